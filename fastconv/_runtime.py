@@ -1,0 +1,58 @@
+"""What was compiled, and how many threads the kernels use.
+
+Two thread pools do the work: OpenMP inside the C kernels, and the BLAS that
+performs the GEMMs (scipy's, reached through scipy.linalg.cython_blas, and
+NumPy's for the Linear layers). ``set_num_threads`` sets all of them so a
+benchmark or a determinism test controls the machine with one call.
+"""
+import os
+
+import threadpoolctl
+
+from . import backend
+
+
+def _kernels():
+    return backend._compiled()
+
+
+def _resolve(n):
+    if n is None or n == -1:
+        return os.cpu_count() or 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of threads must be a positive int, None or -1, got {n!r}")
+    return n
+
+
+_blas_limits = None
+
+
+def set_num_threads(n=None):
+    """Use n threads in the C kernels and in BLAS (None or -1: all cores)."""
+    global _blas_limits
+    n = _resolve(n)
+    _kernels().set_openmp_threads(n)
+    _blas_limits = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    return n
+
+
+def get_num_threads():
+    """Threads the C kernels use (OpenMP), 1 when built without OpenMP."""
+    return _kernels().get_openmp_threads()
+
+
+def build_info():
+    """A dict describing the build: compiled kernels, OpenMP, threads, BLAS."""
+    k = _kernels()
+    blas = [
+        {key: info.get(key) for key in ("internal_api", "version", "num_threads", "filepath", "architecture")}
+        for info in threadpoolctl.threadpool_info() if info.get("user_api") == "blas"
+    ]
+    return {
+        "backend": backend.get_backend(),
+        "compiled_kernels": list(k.KERNELS),
+        "openmp": bool(k.openmp_enabled()),
+        "num_threads": k.get_openmp_threads(),
+        "blas": blas,
+        "gemm": k.GEMM,
+    }

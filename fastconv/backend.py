@@ -1,0 +1,38 @@
+"""Choice of kernel backend: the compiled C kernels or their pure-NumPy twin.
+
+Layers call ``backend.current()`` for every kernel, so switching with
+``set_backend`` takes effect on the next forward pass of any model.
+"""
+import importlib
+
+from . import reference
+
+_BACKENDS = ("compiled", "numpy")
+_current = None
+
+
+def _compiled():
+    return importlib.import_module("fastconv._kernels")
+
+
+def set_backend(name):
+    """Select 'compiled' (C kernels, the default) or 'numpy' (fastconv.reference)."""
+    global _current
+    if name == "numpy":
+        _current = reference
+    elif name == "compiled":
+        _current = _compiled()
+    else:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {name!r}")
+
+
+def get_backend():
+    """Name of the backend in use: 'compiled' or 'numpy'."""
+    return current().BACKEND_NAME
+
+
+def current():
+    """The module holding the kernels in use."""
+    if _current is None:
+        set_backend("compiled")
+    return _current

@@ -1,0 +1,228 @@
+"""Pure-NumPy twin of every compiled kernel: the tests' oracle and the 'numpy' backend.
+
+Each function here has a compiled counterpart in ``fastconv._kernels`` with
+the same name, arguments, results and errors, so a model runs unchanged on
+either backend (``fastconv.set_backend('numpy' | 'compiled')``).
+
+Everything is vectorized: im2col reads strided views, the convolutions are
+single BLAS matmuls, and the only Python loops run over the KH*KW kernel
+offsets, never over pixels.
+
+Conventions shared by both backends
+-----------------------------------
+* Arrays are NCHW, float32 or float64; inputs of any memory layout are
+  accepted (non-contiguous, negative strides, Fortran order) and results are
+  fresh C-contiguous arrays of the input's dtype.
+* ``kernel_size``, ``stride`` and ``padding`` are an int or an (h, w) pair.
+  Output size: OH = 1 + (H + 2*PH - KH) // SH, OW likewise.
+* ``cols`` (im2col's result) has shape (C*KH*KW, N*OH*OW): row
+  c*KH*KW + i*KW + j holds kernel tap (i, j) of channel c, column
+  n*OH*OW + oh*OW + ow holds output pixel (oh, ow) of image n, so that
+  ``weight.reshape(F, -1) @ cols`` is the convolution.
+* Caches returned by forward functions are opaque: pass them back to the
+  matching backward function of the same backend.
+* NaN and inf propagate as in NumPy: ``relu(nan) = nan``, max-pooling
+  selects a NaN in its window (the first one) and batch norm of a channel
+  containing a NaN is NaN throughout that channel.
+"""
+import numpy as np
+
+from . import _checks
+
+__all__ = [
+    "im2col", "col2im",
+    "conv2d_forward", "conv2d_backward",
+    "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward",
+    "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
+    "relu_forward", "relu_backward",
+]
+
+BACKEND_NAME = "numpy"
+
+
+def _pad(x, ph, pw, value=0.0):
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def _windows(xp, kh, kw, sh, sw, oh, ow):
+    """Strided view (N, C, KH, KW, OH, OW) of the padded input xp; no copy."""
+    n, c, _, _ = xp.shape
+    s0, s1, s2, s3 = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, shape=(n, c, kh, kw, oh, ow),
+        strides=(s0, s1, s2, s3, s2 * sh, s3 * sw), writeable=False,
+    )
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """Unfold x (N, C, H, W) into cols (C*KH*KW, N*OH*OW)."""
+    _checks.float_array(x, "x", 4)
+    _checks.nonempty_batch(x)
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.window_geometry(x.shape, kernel_size, stride, padding)
+    n, c = x.shape[:2]
+    win = _windows(_pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    cols[...] = win.transpose(1, 2, 3, 0, 4, 5)
+    return cols.reshape(c * kh * kw, n * oh * ow)
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
+    """Adjoint of im2col: scatter-add cols (C*KH*KW, N*OH*OW) back into (N, C, H, W)."""
+    _checks.float_array(cols, "cols", 2)
+    n, c, h, w = (int(v) for v in x_shape)
+    if n < 1 or c < 1 or h < 1 or w < 1:
+        raise ValueError(f"x_shape must be positive, got {tuple(x_shape)}")
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.window_geometry((n, c, h, w), kernel_size, stride, padding)
+    _checks.matching_shape(cols, "cols", (c * kh * kw, n * oh * ow), f"im2col of {tuple(x_shape)}")
+    blocks = cols.reshape(c, kh, kw, n, oh, ow).transpose(3, 0, 1, 2, 4, 5)
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += blocks[:, :, i, j]
+    return np.ascontiguousarray(xp[:, :, ph:ph + h, pw:pw + w])
+
+
+def conv2d_forward(x, weight, bias, stride=1, padding=0):
+    """y = conv(x, weight) + bias.
+
+    x (N, C, H, W), weight (F, C, KH, KW), bias (F,) or None -> y (N, F, OH, OW), cache.
+    """
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.conv_args(x, weight, bias, stride, padding)
+    n = x.shape[0]
+    f = weight.shape[0]
+    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw))
+    out = weight.reshape(f, -1) @ cols
+    y = out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
+    if bias is not None:
+        y = y + bias.reshape(1, f, 1, 1)
+    y = np.ascontiguousarray(y)
+    cache = (x.shape, y.shape, cols, weight, (kh, kw), (sh, sw), (ph, pw), bias is not None)
+    return y, cache
+
+
+def conv2d_backward(dy, cache, need_dx=True):
+    """Gradients of conv2d_forward: dy (N, F, OH, OW) -> dx (or None), dweight, dbias (or None)."""
+    x_shape, y_shape, cols, weight, kernel, stride, padding, has_bias = cache
+    _checks.float_array(dy, "dy", 4)
+    _checks.matching_shape(dy, "dy", y_shape, "the convolution output")
+    f = weight.shape[0]
+    dy_t = dy.transpose(1, 0, 2, 3).reshape(f, -1)
+    dweight = (dy_t @ cols.T).reshape(weight.shape)
+    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    dx = None
+    if need_dx:
+        dcols = weight.reshape(f, -1).T @ dy_t
+        dx = col2im(dcols, x_shape, kernel, stride, padding)
+    return dx, dweight, dbias
+
+
+def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
+    """Max over each window of x (N, C, H, W), padded with -inf.
+
+    Returns y (N, C, OH, OW) and argmax (N, C, OH, OW) int64: the flat index
+    h*W + w in the (unpadded) input plane of each maximum. Ties go to the
+    first maximum in row-major window order.
+    """
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.pool_args(x, kernel_size, stride, padding)
+    n, c, h, w = x.shape
+    win = _windows(_pad(x, ph, pw, -np.inf), kh, kw, sh, sw, oh, ow)
+    flat = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c, oh, ow, kh * kw)
+    tap = flat.argmax(axis=-1)
+    y = np.take_along_axis(flat, tap[..., None], axis=-1)[..., 0]
+    rows = np.arange(oh).reshape(oh, 1) * sh + tap // kw - ph
+    cols = np.arange(ow).reshape(1, ow) * sw + tap % kw - pw
+    argmax = (rows * w + cols).astype(np.int64)
+    return np.ascontiguousarray(y), argmax
+
+
+def maxpool2d_backward(dy, argmax, x_shape):
+    """Route dy (N, C, OH, OW) to the argmax positions of an input of shape x_shape."""
+    _checks.float_array(dy, "dy", 4)
+    _checks.matching_shape(argmax, "argmax", dy.shape, "the pooled output")
+    n, c, h, w = (int(v) for v in x_shape)
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
+        raise ValueError(f"argmax holds indices outside the {h}x{w} input plane")
+    plane = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
+    dx = np.bincount((argmax + plane).ravel(), weights=dy.ravel(), minlength=n * c * h * w)
+    return dx.astype(dy.dtype, copy=False).reshape(n, c, h, w)
+
+
+def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
+    """Mean over each window of x, zero padding counted in the divisor (PyTorch's default)."""
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.pool_args(x, kernel_size, stride, padding)
+    win = _windows(_pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
+    return np.ascontiguousarray(win.mean(axis=(2, 3), dtype=x.dtype))
+
+
+def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
+    """Spread dy (N, C, OH, OW) evenly over each window of an input of shape x_shape."""
+    _checks.float_array(dy, "dy", 4)
+    n, c, h, w = (int(v) for v in x_shape)
+    probe = np.empty((1, 1, h, w), dtype=dy.dtype)
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.pool_args(probe, kernel_size, stride, padding)
+    _checks.matching_shape(dy, "dy", (n, c, oh, ow), "the pooled output")
+    share = dy / (kh * kw)
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += share
+    return np.ascontiguousarray(xp[:, :, ph:ph + h, pw:pw + w])
+
+
+def batchnorm2d_forward_train(x, weight, bias, eps=1e-5):
+    """Normalize each channel of x with its batch statistics.
+
+    Returns y, batch mean (C,), biased batch variance (C,) and a cache. The
+    statistics are accumulated in float64 whatever the input dtype.
+    """
+    _checks.batchnorm_params(x, weight, bias, eps)
+    mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+    centered = x - mean.reshape(1, -1, 1, 1)  # float64
+    var = np.mean(centered * centered, axis=(0, 2, 3))
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = (centered * inv_std.reshape(1, -1, 1, 1)).astype(x.dtype, copy=False)
+    y = xhat * weight.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+    cache = (xhat, inv_std.astype(x.dtype), weight)
+    return y, mean.astype(x.dtype), var.astype(x.dtype), cache
+
+
+def batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """Normalize each channel of x with the running statistics."""
+    _checks.batchnorm_params(x, weight, bias, eps)
+    c = x.shape[1]
+    for name, p in (("running_mean", running_mean), ("running_var", running_var)):
+        _checks.float_array(p, name, 1)
+        _checks.matching_shape(p, name, (c,), "one value per channel")
+    scale = weight / np.sqrt(running_var.astype(x.dtype) + x.dtype.type(eps))
+    shift = bias - running_mean.astype(x.dtype) * scale
+    return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+def batchnorm2d_backward(dy, cache):
+    """Gradients of batchnorm2d_forward_train: dy -> dx, dweight, dbias."""
+    xhat, inv_std, weight = cache
+    _checks.float_array(dy, "dy", 4)
+    _checks.matching_shape(dy, "dy", xhat.shape, "the batch-norm output")
+    m = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    dbias = dy.sum(axis=(0, 2, 3), dtype=np.float64)
+    dweight = np.einsum("nchw,nchw->c", dy, xhat, dtype=np.float64)
+    scale = (weight * inv_std / m).reshape(1, -1, 1, 1)
+    dx = scale * (m * dy - dbias.reshape(1, -1, 1, 1).astype(dy.dtype)
+                  - xhat * dweight.reshape(1, -1, 1, 1).astype(dy.dtype))
+    return dx.astype(dy.dtype, copy=False), dweight.astype(dy.dtype), dbias.astype(dy.dtype)
+
+
+def relu_forward(x):
+    """max(x, 0); NaN stays NaN."""
+    _checks.float_array(x, "x")
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """dy where the ReLU's output y is positive, else 0."""
+    _checks.float_array(dy, "dy")
+    _checks.matching_shape(y, "y", dy.shape, "the ReLU output")
+    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
