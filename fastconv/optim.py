@@ -1,0 +1,377 @@
+"""Optimizers and learning-rate schedules with PyTorch's update rules.
+
+An optimizer is bound to a model: ``step()`` reads ``model.gradients()`` and
+updates ``model.named_parameters()`` in place. Gradients accumulate across
+backward passes, so a training step is::
+
+    opt.zero_grad()
+    model.backward(loss_fn.backward())
+    opt.step()
+    scheduler.step()          # once per step (OneCycleLR) or per epoch
+
+To resume, rebuild the model, optimizer and schedule as before, then call
+``load_state_dict`` on each with what ``state_dict()`` returned.
+"""
+import math
+
+import numpy as np
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "OneCycleLR"]
+
+
+def _real(value, name, low=0.0, high=math.inf, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (low <= value and (value < high if high_open else value <= high)):
+        raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+    return value
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Optimizer:
+    """Base class: the model binding, ``lr``, per-parameter state and its (de)serialization."""
+
+    _state_names = ()
+
+    def __init__(self, model, lr):
+        if not hasattr(model, "named_parameters") or not hasattr(model, "gradients"):
+            raise TypeError(f"model must be a fastconv Sequential, got {type(model).__name__}")
+        if not model.named_parameters():
+            raise ValueError("the model has no parameters to optimize")
+        self.model = model
+        self.lr = _real(lr, "lr")
+        self.state = {}
+        self.step_count = 0
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        # Any finite value, as PyTorch allows: a linear OneCycleLR's step past
+        # its last one extrapolates slightly below zero.
+        self._lr = _real(value, "lr", -math.inf)
+        if not math.isfinite(self._lr):
+            raise ValueError(f"lr must be finite, got {value!r}")
+
+    def hyperparams(self):
+        """The settings state_dict() saves, by constructor argument name."""
+        return {"lr": self.lr}
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+    def step(self):
+        """Apply one update with the gradients currently in the model."""
+        grads = self.model.gradients()
+        self.step_count += 1
+        for key, param in self.model.named_parameters():
+            self._update(param, grads[key], self.state.setdefault(key, {}))
+
+    def _update(self, param, grad, state):
+        raise NotImplementedError
+
+    def state_dict(self):
+        """{'type', 'hyperparams', 'step_count', 'state': {param key: {name: array}}}; arrays are copies."""
+        return {
+            "type": type(self).__name__,
+            "hyperparams": self.hyperparams(),
+            "step_count": self.step_count,
+            "state": {key: {k: v.copy() for k, v in s.items()} for key, s in self.state.items()},
+        }
+
+    def load_state_dict(self, state_dict):
+        """Restore settings and state saved by state_dict() from an optimizer of the same type."""
+        if not isinstance(state_dict, dict) or state_dict.get("type") != type(self).__name__:
+            found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict is for {found!r}, not {type(self).__name__}")
+        params = dict(self.model.named_parameters())
+        state = {}
+        for key, entries in state_dict["state"].items():
+            if key not in params:
+                raise ValueError(f"state_dict has state for {key!r}, which the model does not have")
+            state[key] = {}
+            for name, value in entries.items():
+                if name not in self._state_names:
+                    raise ValueError(f"unexpected state {name!r} for {key!r}")
+                value = np.asarray(value)
+                if value.shape != params[key].shape:
+                    raise ValueError(
+                        f"state {name!r} of {key!r} has shape {value.shape}, the parameter has {params[key].shape}"
+                    )
+                state[key][name] = value.astype(params[key].dtype, copy=True)
+        hyperparams = state_dict["hyperparams"]
+        self._set_hyperparams(**hyperparams)
+        self.step_count = int(state_dict["step_count"])
+        self.state = state
+
+    def _set_hyperparams(self, lr):
+        self.lr = lr
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, PyTorch's rule:
+
+    g = grad + weight_decay * p; buf = g at the first step, then
+    buf = momentum * buf + g; g = g + momentum * buf (nesterov) or buf;
+    p -= lr * g.
+    """
+
+    _state_names = ("momentum_buffer",)
+
+    def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(model, lr)
+        self._set_hyperparams(lr, momentum, nesterov, weight_decay)
+
+    def _set_hyperparams(self, lr, momentum, nesterov, weight_decay):
+        self.lr = lr
+        self.momentum = _real(momentum, "momentum")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0, got momentum=0")
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _real(weight_decay, "weight_decay")
+
+    def hyperparams(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+    def _update(self, param, grad, state):
+        if self.weight_decay != 0:
+            grad = grad + self.weight_decay * param
+        if self.momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.copy()
+            else:
+                buf *= self.momentum
+                buf += grad
+            grad = grad + self.momentum * buf if self.nesterov else buf
+        param -= self.lr * grad
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with PyTorch's bias correction and eps placement;
+    weight_decay adds weight_decay * p to the gradient (L2)."""
+
+    _state_names = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(model, lr)
+        self._set_hyperparams(lr, betas, eps, weight_decay)
+
+    def _set_hyperparams(self, lr, betas, eps, weight_decay):
+        self.lr = lr
+        self.betas = betas
+        self.eps = _real(eps, "eps")
+        self.weight_decay = _real(weight_decay, "weight_decay")
+
+    @property
+    def betas(self):
+        return self._betas
+
+    @betas.setter
+    def betas(self, value):
+        try:
+            beta1, beta2 = value
+        except (TypeError, ValueError):
+            raise TypeError(f"betas must be a pair of numbers, got {value!r}") from None
+        self._betas = (_real(beta1, "beta1", 0.0, 1.0, high_open=True),
+                       _real(beta2, "beta2", 0.0, 1.0, high_open=True))
+
+    def hyperparams(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _update(self, param, grad, state):
+        beta1, beta2 = self.betas
+        if self.weight_decay != 0:
+            if self._decoupled:
+                param *= 1.0 - self.lr * self.weight_decay
+            else:
+                grad = grad + self.weight_decay * param
+        if not state:
+            state["exp_avg"] = np.zeros_like(param)
+            state["exp_avg_sq"] = np.zeros_like(param)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg += (1.0 - beta1) * (grad - exp_avg)
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1.0 - beta2) * grad * grad
+        step_size = self.lr / (1.0 - beta1 ** self.step_count)
+        denom = np.sqrt(exp_avg_sq) / math.sqrt(1.0 - beta2 ** self.step_count) + self.eps
+        param -= step_size * (exp_avg / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr * weight_decay before the Adam step."""
+
+    _decoupled = True
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(model, lr, betas, eps, weight_decay)
+
+
+class _Schedule:
+    """Base class: sets ``optimizer.lr`` at construction (step 0) and at every ``step()``."""
+
+    _config_names = ()
+
+    def __init__(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastconv Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_epoch = -1
+        self.step()
+
+    def step(self):
+        self.last_epoch += 1
+        self.optimizer.lr = self._next_lr()
+        self.last_lr = self.optimizer.lr
+
+    def get_last_lr(self):
+        return self.last_lr
+
+    def _next_lr(self):
+        raise NotImplementedError
+
+    def state_dict(self):
+        names = ("base_lr", "last_epoch", "last_lr") + self._config_names
+        return {"type": type(self).__name__, **{name: getattr(self, name) for name in names}}
+
+    def load_state_dict(self, state_dict):
+        """Restore the position in the schedule; also sets the optimizer's lr to the last value."""
+        if not isinstance(state_dict, dict) or state_dict.get("type") != type(self).__name__:
+            found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict is for {found!r}, not {type(self).__name__}")
+        names = set(self.state_dict())
+        unknown = sorted(set(state_dict) - names)
+        if unknown:
+            raise ValueError(f"unexpected entry {unknown[0]!r} in the {type(self).__name__} state_dict")
+        for name, value in state_dict.items():
+            if name != "type":
+                setattr(self, name, value)
+        self.optimizer.lr = self.last_lr
+
+
+class StepLR(_Schedule):
+    """Multiply the lr by gamma every step_size steps."""
+
+    _config_names = ("step_size", "gamma")
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size = _positive_int(step_size, "step_size")
+        self.gamma = _real(gamma, "gamma")
+        super().__init__(optimizer)
+
+    def _next_lr(self):
+        lr = self.optimizer.lr
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return lr
+        return lr * self.gamma
+
+
+class CosineAnnealingLR(_Schedule):
+    """Cosine from the initial lr down to eta_min over T_max steps (then back up,
+    periodically), applied recursively to the current lr as PyTorch does."""
+
+    _config_names = ("T_max", "eta_min")
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        self.T_max = _positive_int(T_max, "T_max")
+        self.eta_min = _real(eta_min, "eta_min")
+        super().__init__(optimizer)
+
+    def _next_lr(self):
+        lr, epoch, t_max = self.optimizer.lr, self.last_epoch, self.T_max
+        if epoch == 0:
+            return lr
+        if (epoch - 1 - t_max) % (2 * t_max) == 0:
+            return lr + (self.base_lr - self.eta_min) * (1 - math.cos(math.pi / t_max)) / 2
+        return ((1 + math.cos(math.pi * epoch / t_max)) / (1 + math.cos(math.pi * (epoch - 1) / t_max))
+                * (lr - self.eta_min) + self.eta_min)
+
+
+class OneCycleLR(_Schedule):
+    """The 1cycle policy: lr rises from max_lr / div_factor to max_lr over the
+    first pct_start of total_steps, then falls to that start / final_div_factor;
+    momentum (SGD's momentum, Adam's beta1) moves the opposite way between
+    max_momentum and base_momentum when cycle_momentum is set. Step once per batch.
+    """
+
+    _config_names = ("total_steps", "pct_start", "anneal_strategy", "cycle_momentum", "base_momentum",
+                     "max_momentum", "initial_lr", "max_lr", "min_lr", "three_phase", "last_momentum")
+
+    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, anneal_strategy="cos",
+                 cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, div_factor=25.0,
+                 final_div_factor=1e4, three_phase=False):
+        self.total_steps = _positive_int(total_steps, "total_steps")
+        self.pct_start = _real(pct_start, "pct_start", 0.0, 1.0)
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.anneal_strategy = anneal_strategy
+        self.max_lr = _real(max_lr, "max_lr")
+        self.initial_lr = self.max_lr / _real(div_factor, "div_factor", 0.0, math.inf, high_open=True)
+        self.min_lr = self.initial_lr / _real(final_div_factor, "final_div_factor", 0.0, math.inf, high_open=True)
+        self.three_phase = bool(three_phase)
+        self.cycle_momentum = bool(cycle_momentum)
+        self.base_momentum = _real(base_momentum, "base_momentum")
+        self.max_momentum = _real(max_momentum, "max_momentum")
+        self.last_momentum = None
+        if self.cycle_momentum and not isinstance(optimizer, (SGD, Adam)):
+            raise ValueError(f"cycle_momentum needs an optimizer with momentum or betas, got {type(optimizer).__name__}")
+        super().__init__(optimizer)
+
+    def _phases(self):
+        """(end step, start lr, end lr, start momentum, end momentum) of each phase."""
+        n, pct = self.total_steps, self.pct_start
+        lo_m, hi_m = self.base_momentum, self.max_momentum
+        if self.three_phase:
+            return [
+                (float(pct * n) - 1, self.initial_lr, self.max_lr, hi_m, lo_m),
+                (float(2 * pct * n) - 2, self.max_lr, self.initial_lr, lo_m, hi_m),
+                (n - 1, self.initial_lr, self.min_lr, hi_m, hi_m),
+            ]
+        return [
+            (float(pct * n) - 1, self.initial_lr, self.max_lr, hi_m, lo_m),
+            (n - 1, self.max_lr, self.min_lr, lo_m, hi_m),
+        ]
+
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def _set_momentum(self, momentum):
+        if isinstance(self.optimizer, Adam):
+            self.optimizer.betas = (momentum, self.optimizer.betas[1])
+        else:
+            self.optimizer.momentum = momentum
+
+    def _next_lr(self):
+        step = self.last_epoch
+        if step > self.total_steps:
+            raise ValueError(f"tried to step {step} times; OneCycleLR was set up for total_steps={self.total_steps}")
+        phases = self._phases()
+        start_step = 0.0
+        for i, (end_step, start_lr, end_lr, start_m, end_m) in enumerate(phases):
+            if step <= end_step or i == len(phases) - 1:
+                pct = (step - start_step) / (end_step - start_step)
+                if self.cycle_momentum:
+                    self.last_momentum = self._anneal(start_m, end_m, pct)
+                    self._set_momentum(self.last_momentum)
+                return self._anneal(start_lr, end_lr, pct)
+            start_step = end_step
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.cycle_momentum and self.last_momentum is not None:
+            self._set_momentum(self.last_momentum)

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import backend as backend_module
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def backend(request, monkeypatch):
+    """Run the test on each kernel backend, then restore whatever was selected before.
+
+    The compiled backend is not optional: if fastconv._kernels does not
+    import, its tests fail.
+    """
+    monkeypatch.setattr(backend_module, "_current", backend_module._current)
+    fastconv.set_backend(request.param)
+    return request.param
+
+
+@pytest.fixture
+def torch():
+    torch = pytest.importorskip("torch", reason="PyTorch is the oracle of this test (pip install fastconv[torch])")
+    # one thread: the oracle's small ops are far slower when its pool competes for a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def copy_to_torch(torch):
+    """copy_to_torch(model, twin): load the model's state into a torch module whose
+    state_dict lists the same tensors in the same order (num_batches_tracked aside)."""
+
+    def copy(model, twin):
+        ours = model.state_dict()
+        theirs = twin.state_dict()
+        keys = [k for k in theirs if not k.endswith("num_batches_tracked")]
+        assert len(keys) == len(ours), (keys, list(ours))
+        for their_key, (our_key, value) in zip(keys, ours.items()):
+            assert tuple(theirs[their_key].shape) == value.shape, (their_key, our_key)
+            theirs[their_key] = torch.from_numpy(np.array(value))
+        twin.load_state_dict(theirs, strict=True)
+        return dict(zip(ours, keys))
+
+    return copy

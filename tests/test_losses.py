@@ -1,0 +1,95 @@
+"""Losses and (log-)softmax against PyTorch and numerical gradients."""
+import numpy as np
+import pytest
+
+from fastconv import losses
+
+from test_layers import numerical_gradient, rel_error
+
+
+def batch(dtype=np.float64, n=6, k=5, scale=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, k)) * scale).astype(dtype), rng.integers(0, k, n)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_matches_torch(torch, dtype, tol, reduction):
+    logits, labels = batch(dtype)
+    loss = losses.CrossEntropyLoss(reduction=reduction)
+    value = loss(logits, labels)
+    grad = loss.backward()
+    t_logits = torch.tensor(logits, requires_grad=True)
+    t_value = torch.nn.CrossEntropyLoss(reduction=reduction)(t_logits, torch.tensor(labels))
+    t_value.backward()
+    assert isinstance(value, float)
+    assert value == pytest.approx(t_value.item(), rel=tol)
+    assert grad.dtype == dtype
+    assert rel_error(grad, t_logits.grad.numpy()) < tol
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_nll_and_softmax_match_torch(torch, dtype, tol):
+    logits, labels = batch(dtype)
+    log_probs = losses.log_softmax(logits)
+    t_logits = torch.tensor(logits)
+    assert rel_error(log_probs, torch.log_softmax(t_logits, dim=1).numpy()) < tol
+    assert rel_error(losses.softmax(logits), torch.softmax(t_logits, dim=1).numpy()) < tol
+    assert rel_error(losses.softmax(logits, axis=0), torch.softmax(t_logits, dim=0).numpy()) < tol
+    loss = losses.NLLLoss()
+    value = loss(log_probs, labels)
+    t_log_probs = torch.tensor(log_probs, requires_grad=True)
+    t_value = torch.nn.NLLLoss()(t_log_probs, torch.tensor(labels))
+    t_value.backward()
+    assert value == pytest.approx(t_value.item(), rel=tol)
+    assert rel_error(loss.backward(), t_log_probs.grad.numpy()) < tol
+
+
+def test_cross_entropy_gradient_is_numerically_right():
+    logits, labels = batch()
+    loss = losses.CrossEntropyLoss()
+    loss(logits, labels)
+    assert rel_error(loss.backward(), numerical_gradient(lambda: loss(logits, labels), logits)) < 1e-7
+
+
+def test_cross_entropy_equals_nll_of_log_softmax():
+    logits, labels = batch()
+    expected = -np.mean(np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[np.arange(6), labels])
+    assert losses.CrossEntropyLoss()(logits, labels) == pytest.approx(expected, rel=1e-13)
+    assert losses.NLLLoss()(losses.log_softmax(logits), labels) == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_logits_are_stable(dtype):
+    logits, labels = batch(dtype, scale=1.0)
+    shifted = logits + dtype(1e4)  # exp(1e4) overflows; the loss must be shift-invariant
+    shifted[0] += dtype(500)
+    loss = losses.CrossEntropyLoss()
+    value = loss(shifted, labels)
+    grad = loss.backward()
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    reference = losses.CrossEntropyLoss()
+    unshifted = shifted.astype(np.float64) - 1e4
+    assert value == pytest.approx(reference(unshifted, labels), rel=1e-4)
+    np.testing.assert_allclose(losses.softmax(shifted).sum(axis=1), 1, rtol=1e-6)
+
+
+def test_bad_labels_and_misuse():
+    logits, labels = batch()
+    with pytest.raises(ValueError, match="label 5 at index 2"):
+        losses.CrossEntropyLoss()(logits, np.array([0, 1, 5, 0, 0, 0]))
+    with pytest.raises(ValueError, match="label -1"):
+        losses.NLLLoss()(logits, np.array([0, 1, 2, -1, 0, 0]))
+    with pytest.raises(ValueError, match=r"\(5,\).*\(6,\)"):
+        losses.CrossEntropyLoss()(logits, labels[:5])
+    with pytest.raises(TypeError, match="float64"):
+        losses.CrossEntropyLoss()(logits, labels.astype(np.float64))
+    with pytest.raises(ValueError, match=r"2-D.*\(6, 5, 1\)"):
+        losses.CrossEntropyLoss()(logits[..., None], labels)
+    with pytest.raises(TypeError, match="int64"):
+        losses.CrossEntropyLoss()(logits.astype(np.int64), labels)
+    with pytest.raises(RuntimeError, match="before"):
+        losses.CrossEntropyLoss().backward()
+    with pytest.raises(ValueError, match="'avg'"):
+        losses.CrossEntropyLoss(reduction="avg")
+    assert losses.CrossEntropyLoss()(logits, list(labels)) == losses.CrossEntropyLoss()(logits, labels)
