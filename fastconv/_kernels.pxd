@@ -1,0 +1,81 @@
+# C declarations of the kernels in src_c/ (see src_c/fastconv.h and the buffer
+# shapes documented in src_c/kernels_impl.h).
+from libc.stdint cimport int64_t
+
+
+cdef extern from "fastconv.h" nogil:
+    ctypedef struct fc_window:
+        int64_t h, w
+        int64_t kh, kw
+        int64_t sh, sw
+        int64_t ph, pw
+        int64_t oh, ow
+
+    int fc_openmp_enabled()
+    void fc_set_num_threads(int n)
+    int fc_get_num_threads()
+
+    void fc_im2col_f32(float *cols, const float *x, int64_t n_images, int64_t channels,
+                       const fc_window *g, int64_t ld)
+    void fc_im2col_f64(double *cols, const double *x, int64_t n_images, int64_t channels,
+                       const fc_window *g, int64_t ld)
+    void fc_col2im_f32(float *x, const float *cols, int64_t n_images, int64_t channels,
+                       const fc_window *g, int64_t ld)
+    void fc_col2im_f64(double *x, const double *cols, int64_t n_images, int64_t channels,
+                       const fc_window *g, int64_t ld)
+    void fc_rows_to_images_f32(float *y, const float *rows, const float *bias,
+                               int64_t n_images, int64_t channels, int64_t plane)
+    void fc_rows_to_images_f64(double *y, const double *rows, const double *bias,
+                               int64_t n_images, int64_t channels, int64_t plane)
+    void fc_images_to_rows_f32(float *rows, const float *y,
+                               int64_t n_images, int64_t channels, int64_t plane)
+    void fc_images_to_rows_f64(double *rows, const double *y,
+                               int64_t n_images, int64_t channels, int64_t plane)
+    void fc_fill_rows_f32(float *y, const float *values, int64_t rows, int64_t length)
+    void fc_fill_rows_f64(double *y, const double *values, int64_t rows, int64_t length)
+    void fc_channel_sums_f32(float *sums, const float *y,
+                             int64_t n_images, int64_t channels, int64_t plane)
+    void fc_channel_sums_f64(double *sums, const double *y,
+                             int64_t n_images, int64_t channels, int64_t plane)
+
+    void fc_maxpool_forward_f32(float *y, int64_t *argmax, const float *x, int64_t planes,
+                                const fc_window *g)
+    void fc_maxpool_forward_f64(double *y, int64_t *argmax, const double *x, int64_t planes,
+                                const fc_window *g)
+    void fc_maxpool_backward_f32(float *dx, const float *dy, const int64_t *argmax,
+                                 int64_t planes, int64_t in_plane, int64_t out_plane)
+    void fc_maxpool_backward_f64(double *dx, const double *dy, const int64_t *argmax,
+                                 int64_t planes, int64_t in_plane, int64_t out_plane)
+    void fc_avgpool_forward_f32(float *y, const float *x, int64_t planes, const fc_window *g)
+    void fc_avgpool_forward_f64(double *y, const double *x, int64_t planes, const fc_window *g)
+    void fc_avgpool_backward_f32(float *dx, const float *dy, int64_t planes, const fc_window *g)
+    void fc_avgpool_backward_f64(double *dx, const double *dy, int64_t planes, const fc_window *g)
+
+    void fc_batchnorm_forward_train_f32(float *y, float *xhat, float *mean, float *var,
+                                        float *inv_std, const float *x, const float *weight,
+                                        const float *bias, double eps, int64_t n_images,
+                                        int64_t channels, int64_t plane)
+    void fc_batchnorm_forward_train_f64(double *y, double *xhat, double *mean, double *var,
+                                        double *inv_std, const double *x, const double *weight,
+                                        const double *bias, double eps, int64_t n_images,
+                                        int64_t channels, int64_t plane)
+    void fc_batchnorm_forward_eval_f32(float *y, const float *x, const float *weight,
+                                       const float *bias, const float *running_mean,
+                                       const float *running_var, float eps, int64_t n_images,
+                                       int64_t channels, int64_t plane)
+    void fc_batchnorm_forward_eval_f64(double *y, const double *x, const double *weight,
+                                       const double *bias, const double *running_mean,
+                                       const double *running_var, double eps, int64_t n_images,
+                                       int64_t channels, int64_t plane)
+    void fc_batchnorm_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
+                                   const float *xhat, const float *weight, const float *inv_std,
+                                   int64_t n_images, int64_t channels, int64_t plane)
+    void fc_batchnorm_backward_f64(double *dx, double *dweight, double *dbias, const double *dy,
+                                   const double *xhat, const double *weight,
+                                   const double *inv_std,
+                                   int64_t n_images, int64_t channels, int64_t plane)
+
+    void fc_relu_forward_f32(float *y, const float *x, int64_t size)
+    void fc_relu_forward_f64(double *y, const double *x, int64_t size)
+    void fc_relu_backward_f32(float *dx, const float *dy, const float *y, int64_t size)
+    void fc_relu_backward_f64(double *dx, const double *dy, const double *y, int64_t size)

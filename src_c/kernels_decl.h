@@ -1,0 +1,37 @@
+/* Prototypes of the kernels for one float type; fastconv.h includes this file once
+ * per type with REAL and FC_NAME defined. Buffer shapes are documented at each
+ * definition in kernels_impl.h. No include guard on purpose. */
+
+void FC_NAME(im2col)(REAL *cols, const REAL *x, int64_t n_images, int64_t channels,
+                     const fc_window *g, int64_t ld);
+void FC_NAME(col2im)(REAL *x, const REAL *cols, int64_t n_images, int64_t channels,
+                     const fc_window *g, int64_t ld);
+void FC_NAME(rows_to_images)(REAL *y, const REAL *rows, const REAL *bias,
+                             int64_t n_images, int64_t channels, int64_t plane);
+void FC_NAME(images_to_rows)(REAL *rows, const REAL *y,
+                             int64_t n_images, int64_t channels, int64_t plane);
+void FC_NAME(fill_rows)(REAL *y, const REAL *values, int64_t rows, int64_t length);
+void FC_NAME(channel_sums)(REAL *sums, const REAL *y,
+                           int64_t n_images, int64_t channels, int64_t plane);
+
+void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t planes,
+                              const fc_window *g);
+void FC_NAME(maxpool_backward)(REAL *dx, const REAL *dy, const int64_t *argmax,
+                               int64_t planes, int64_t in_plane, int64_t out_plane);
+void FC_NAME(avgpool_forward)(REAL *y, const REAL *x, int64_t planes, const fc_window *g);
+void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const fc_window *g);
+
+void FC_NAME(batchnorm_forward_train)(REAL *y, REAL *xhat, REAL *mean, REAL *var,
+                                      REAL *inv_std, const REAL *x, const REAL *weight,
+                                      const REAL *bias, double eps, int64_t n_images,
+                                      int64_t channels, int64_t plane);
+void FC_NAME(batchnorm_forward_eval)(REAL *y, const REAL *x, const REAL *weight,
+                                     const REAL *bias, const REAL *running_mean,
+                                     const REAL *running_var, REAL eps, int64_t n_images,
+                                     int64_t channels, int64_t plane);
+void FC_NAME(batchnorm_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
+                                 const REAL *xhat, const REAL *weight, const REAL *inv_std,
+                                 int64_t n_images, int64_t channels, int64_t plane);
+
+void FC_NAME(relu_forward)(REAL *y, const REAL *x, int64_t size);
+void FC_NAME(relu_backward)(REAL *dx, const REAL *dy, const REAL *y, int64_t size);

@@ -1,0 +1,442 @@
+/* Body of every kernel, written once for both float types: kernels_f32.c and
+ * kernels_f64.c include it with REAL and FC_NAME defined.
+ *
+ * Layouts follow fastconv/reference.py: images are NCHW and contiguous, and
+ * "cols" (im2col's result) has row c*KH*KW + i*KW + j for kernel tap (i, j) of
+ * channel c and column n*OH*OW + oh*OW + ow for output pixel (oh, ow) of image n.
+ *
+ * Backward kernels that scatter (col2im, pooling backward) accumulate with += into
+ * a buffer the caller zeroed; every parallel loop gives each thread whole output
+ * planes, so no two threads ever add into the same element.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fc_omp.h"
+
+/* Output positions o in [*lo, *hi) of a window sweep whose input position
+ * o*stride + offset lands inside [0, n_in); clipped to [0, n_out). */
+static void valid_range(int64_t n_out, int64_t stride, int64_t offset, int64_t n_in,
+                        int64_t *lo, int64_t *hi)
+{
+    int64_t first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    int64_t last_in = n_in - 1 - offset;
+    int64_t end = last_in < 0 ? 0 : last_in / stride + 1;
+    if (first > n_out)
+        first = n_out;
+    if (end > n_out)
+        end = n_out;
+    if (end < first)
+        end = first;
+    *lo = first;
+    *hi = end;
+}
+
+/* dst: (OH, OW), the values kernel tap (i, j) sees over one input plane (H, W),
+ * zero where it falls into the padding. */
+static void unfold_tap(REAL *dst, const REAL *plane, const fc_window *g, int64_t i, int64_t j)
+{
+    int64_t lo, hi;
+    valid_range(g->ow, g->sw, j - g->pw, g->w, &lo, &hi);
+    for (int64_t oh = 0; oh < g->oh; oh++, dst += g->ow) {
+        const int64_t ih = oh * g->sh - g->ph + i;
+        if (ih < 0 || ih >= g->h) {
+            for (int64_t ow = 0; ow < g->ow; ow++)
+                dst[ow] = 0;
+            continue;
+        }
+        /* Input column of output column ow is ow*sw + base. */
+        const REAL *row = plane + ih * g->w;
+        const int64_t base = j - g->pw;
+        for (int64_t ow = 0; ow < lo; ow++)
+            dst[ow] = 0;
+        if (g->sw == 1) {
+            for (int64_t ow = lo; ow < hi; ow++)
+                dst[ow] = row[ow + base];
+        } else {
+            for (int64_t ow = lo; ow < hi; ow++)
+                dst[ow] = row[ow * g->sw + base];
+        }
+        for (int64_t ow = hi; ow < g->ow; ow++)
+            dst[ow] = 0;
+    }
+}
+
+/* plane: (H, W) += the values src (OH, OW) of kernel tap (i, j); the adjoint of
+ * unfold_tap, values falling into the padding are dropped. */
+static void fold_tap(REAL *plane, const REAL *src, const fc_window *g, int64_t i, int64_t j)
+{
+    int64_t lo, hi;
+    valid_range(g->ow, g->sw, j - g->pw, g->w, &lo, &hi);
+    for (int64_t oh = 0; oh < g->oh; oh++, src += g->ow) {
+        const int64_t ih = oh * g->sh - g->ph + i;
+        if (ih < 0 || ih >= g->h)
+            continue;
+        REAL *row = plane + ih * g->w;
+        const int64_t base = j - g->pw;
+        if (g->sw == 1) {
+            for (int64_t ow = lo; ow < hi; ow++)
+                row[ow + base] += src[ow];
+        } else {
+            for (int64_t ow = lo; ow < hi; ow++)
+                row[ow * g->sw + base] += src[ow];
+        }
+    }
+}
+
+/* cols: (C*KH*KW rows, row stride ld), image n filling columns n*OH*OW to
+ *       (n+1)*OH*OW - 1 (ld >= n_images*OH*OW);
+ * x:    (n_images, C, H, W). */
+void FC_NAME(im2col)(REAL *cols, const REAL *x, int64_t n_images, int64_t channels,
+                     const fc_window *g, int64_t ld)
+{
+    const int64_t taps = g->kh * g->kw;
+    const int64_t rows = channels * taps;
+    const int64_t out_plane = g->oh * g->ow;
+    const int64_t in_plane = g->h * g->w;
+    FC_OMP(parallel for collapse(2) schedule(static)
+           num_threads(fc_threads_for(rows * n_images * out_plane)))
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t n = 0; n < n_images; n++) {
+            const int64_t c = r / taps, i = r % taps / g->kw, j = r % g->kw;
+            unfold_tap(cols + r * ld + n * out_plane, x + (n * channels + c) * in_plane,
+                       g, i, j);
+        }
+    }
+}
+
+/* x:    (n_images, C, H, W), accumulated into;
+ * cols: laid out as in im2col, row stride ld. */
+void FC_NAME(col2im)(REAL *x, const REAL *cols, int64_t n_images, int64_t channels,
+                     const fc_window *g, int64_t ld)
+{
+    const int64_t taps = g->kh * g->kw;
+    const int64_t out_plane = g->oh * g->ow;
+    const int64_t in_plane = g->h * g->w;
+    const int64_t planes = n_images * channels;
+    /* One thread per (image, channel) plane: the taps of a plane overlap, so
+     * splitting any finer would race. */
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(planes * taps * out_plane)))
+    for (int64_t p = 0; p < planes; p++) {
+        const int64_t n = p / channels, c = p % channels;
+        for (int64_t t = 0; t < taps; t++)
+            fold_tap(x + p * in_plane, cols + (c * taps + t) * ld + n * out_plane,
+                     g, t / g->kw, t % g->kw);
+    }
+}
+
+/* y:    (n_images, channels, plane);
+ * rows: (channels, n_images*plane), image n in columns n*plane to (n+1)*plane - 1;
+ * bias: (channels,) added to every value of its channel, or NULL. */
+void FC_NAME(rows_to_images)(REAL *y, const REAL *rows, const REAL *bias,
+                             int64_t n_images, int64_t channels, int64_t plane)
+{
+    FC_OMP(parallel for collapse(2) schedule(static)
+           num_threads(fc_threads_for(n_images * channels * plane)))
+    for (int64_t n = 0; n < n_images; n++) {
+        for (int64_t c = 0; c < channels; c++) {
+            REAL *dst = y + (n * channels + c) * plane;
+            const REAL *src = rows + c * n_images * plane + n * plane;
+            if (bias) {
+                const REAL b = bias[c];
+                for (int64_t q = 0; q < plane; q++)
+                    dst[q] = src[q] + b;
+            } else {
+                for (int64_t q = 0; q < plane; q++)
+                    dst[q] = src[q];
+            }
+        }
+    }
+}
+
+/* rows: (channels, n_images*plane); y: (n_images, channels, plane). */
+void FC_NAME(images_to_rows)(REAL *rows, const REAL *y,
+                             int64_t n_images, int64_t channels, int64_t plane)
+{
+    FC_OMP(parallel for collapse(2) schedule(static)
+           num_threads(fc_threads_for(n_images * channels * plane)))
+    for (int64_t c = 0; c < channels; c++) {
+        for (int64_t n = 0; n < n_images; n++) {
+            REAL *dst = rows + c * n_images * plane + n * plane;
+            const REAL *src = y + (n * channels + c) * plane;
+            for (int64_t q = 0; q < plane; q++)
+                dst[q] = src[q];
+        }
+    }
+}
+
+/* y: (rows, length), row r set to values[r]. */
+void FC_NAME(fill_rows)(REAL *y, const REAL *values, int64_t rows, int64_t length)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const REAL v = values[r];
+        for (int64_t q = 0; q < length; q++)
+            y[r * length + q] = v;
+    }
+}
+
+/* sums: (channels,), the sum over images and pixels of y (n_images, channels, plane),
+ * accumulated in double. */
+void FC_NAME(channel_sums)(REAL *sums, const REAL *y,
+                           int64_t n_images, int64_t channels, int64_t plane)
+{
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(n_images * channels * plane)))
+    for (int64_t c = 0; c < channels; c++) {
+        double total = 0.0;
+        for (int64_t n = 0; n < n_images; n++) {
+            const REAL *src = y + (n * channels + c) * plane;
+            FC_OMP(simd reduction(+:total))
+            for (int64_t q = 0; q < plane; q++)
+                total += src[q];
+        }
+        sums[c] = (REAL)total;
+    }
+}
+
+/* Window taps [*lo, *hi) that land inside [0, n_in) for a window of k taps
+ * starting at input position start (negative inside the padding). */
+static void taps_inside(int64_t start, int64_t k, int64_t n_in, int64_t *lo, int64_t *hi)
+{
+    *lo = start < 0 ? -start : 0;
+    *hi = n_in - start < k ? n_in - start : k;
+}
+
+/* y, argmax: (planes, OH, OW); x: (planes, H, W).
+ * argmax holds ih*W + iw of each window's maximum, the first in row-major window
+ * order, a NaN beating any number. The padding counts as -inf, so a window whose
+ * values are all -inf reports its first tap even when that tap is padding (this
+ * matches numpy.argmax over the padded window in reference.py). */
+void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t planes,
+                              const fc_window *g)
+{
+    const int64_t in_plane = g->h * g->w;
+    const int64_t out_plane = g->oh * g->ow;
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(planes * in_plane)))
+    for (int64_t p = 0; p < planes; p++) {
+        const REAL *src = x + p * in_plane;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            const int64_t top = oh * g->sh - g->ph;
+            int64_t i_lo, i_hi;
+            taps_inside(top, g->kh, g->h, &i_lo, &i_hi);
+            for (int64_t ow = 0; ow < g->ow; ow++) {
+                const int64_t left = ow * g->sw - g->pw;
+                int64_t j_lo, j_hi;
+                taps_inside(left, g->kw, g->w, &j_lo, &j_hi);
+                REAL best = -INFINITY;
+                int64_t best_at = top * g->w + left;
+                for (int64_t i = i_lo; i < i_hi; i++) {
+                    for (int64_t j = j_lo; j < j_hi; j++) {
+                        const int64_t at = (top + i) * g->w + left + j;
+                        const REAL v = src[at];
+                        if (v > best || (isnan(v) && !isnan(best))) {
+                            best = v;
+                            best_at = at;
+                        }
+                    }
+                }
+                y[p * out_plane + oh * g->ow + ow] = best;
+                argmax[p * out_plane + oh * g->ow + ow] = best_at;
+            }
+        }
+    }
+}
+
+/* dx: (planes, in_plane), accumulated into; dy, argmax: (planes, out_plane), every
+ * argmax value in [0, in_plane). */
+void FC_NAME(maxpool_backward)(REAL *dx, const REAL *dy, const int64_t *argmax,
+                               int64_t planes, int64_t in_plane, int64_t out_plane)
+{
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(planes * out_plane)))
+    for (int64_t p = 0; p < planes; p++) {
+        REAL *dst = dx + p * in_plane;
+        const REAL *src = dy + p * out_plane;
+        const int64_t *at = argmax + p * out_plane;
+        for (int64_t q = 0; q < out_plane; q++)
+            dst[at[q]] += src[q];
+    }
+}
+
+/* The divisor of average pooling: the whole window, padding included. */
+static REAL window_area(const fc_window *g)
+{
+    return (REAL)((double)g->kh * (double)g->kw);
+}
+
+/* y: (planes, OH, OW); x: (planes, H, W). */
+void FC_NAME(avgpool_forward)(REAL *y, const REAL *x, int64_t planes, const fc_window *g)
+{
+    const int64_t in_plane = g->h * g->w;
+    const int64_t out_plane = g->oh * g->ow;
+    const REAL area = window_area(g);
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(planes * in_plane)))
+    for (int64_t p = 0; p < planes; p++) {
+        const REAL *src = x + p * in_plane;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            const int64_t top = oh * g->sh - g->ph;
+            int64_t i_lo, i_hi;
+            taps_inside(top, g->kh, g->h, &i_lo, &i_hi);
+            for (int64_t ow = 0; ow < g->ow; ow++) {
+                const int64_t left = ow * g->sw - g->pw;
+                int64_t j_lo, j_hi;
+                taps_inside(left, g->kw, g->w, &j_lo, &j_hi);
+                REAL total = 0;
+                for (int64_t i = i_lo; i < i_hi; i++)
+                    for (int64_t j = j_lo; j < j_hi; j++)
+                        total += src[(top + i) * g->w + left + j];
+                y[p * out_plane + oh * g->ow + ow] = total / area;
+            }
+        }
+    }
+}
+
+/* dx: (planes, H, W), accumulated into; dy: (planes, OH, OW). */
+void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const fc_window *g)
+{
+    const int64_t in_plane = g->h * g->w;
+    const int64_t out_plane = g->oh * g->ow;
+    const REAL area = window_area(g);
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(planes * in_plane)))
+    for (int64_t p = 0; p < planes; p++) {
+        REAL *dst = dx + p * in_plane;
+        for (int64_t oh = 0; oh < g->oh; oh++) {
+            const int64_t top = oh * g->sh - g->ph;
+            int64_t i_lo, i_hi;
+            taps_inside(top, g->kh, g->h, &i_lo, &i_hi);
+            for (int64_t ow = 0; ow < g->ow; ow++) {
+                const int64_t left = ow * g->sw - g->pw;
+                int64_t j_lo, j_hi;
+                taps_inside(left, g->kw, g->w, &j_lo, &j_hi);
+                const REAL share = dy[p * out_plane + oh * g->ow + ow] / area;
+                for (int64_t i = i_lo; i < i_hi; i++)
+                    for (int64_t j = j_lo; j < j_hi; j++)
+                        dst[(top + i) * g->w + left + j] += share;
+            }
+        }
+    }
+}
+
+/* y, xhat, x: (n_images, channels, plane); mean, var, inv_std, weight, bias: (channels,).
+ * The statistics take two passes in double, the mean and then the squared deviations
+ * from it, so a large offset does not cancel the variance away in float32. var is
+ * the biased variance, inv_std = 1 / sqrt(var + eps), xhat = (x - mean) * inv_std and
+ * y = xhat * weight + bias. */
+void FC_NAME(batchnorm_forward_train)(REAL *y, REAL *xhat, REAL *mean, REAL *var,
+                                      REAL *inv_std, const REAL *x, const REAL *weight,
+                                      const REAL *bias, double eps, int64_t n_images,
+                                      int64_t channels, int64_t plane)
+{
+    const double count = (double)n_images * (double)plane;
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(n_images * channels * plane)))
+    for (int64_t c = 0; c < channels; c++) {
+        double total = 0.0;
+        for (int64_t n = 0; n < n_images; n++) {
+            const REAL *src = x + (n * channels + c) * plane;
+            FC_OMP(simd reduction(+:total))
+            for (int64_t q = 0; q < plane; q++)
+                total += src[q];
+        }
+        const double mu = total / count;
+        double squares = 0.0;
+        for (int64_t n = 0; n < n_images; n++) {
+            const REAL *src = x + (n * channels + c) * plane;
+            FC_OMP(simd reduction(+:squares))
+            for (int64_t q = 0; q < plane; q++) {
+                const double d = (double)src[q] - mu;
+                squares += d * d;
+            }
+        }
+        const double sigma2 = squares / count;
+        const double inv = 1.0 / sqrt(sigma2 + eps);
+        const REAL gamma = weight[c], beta = bias[c];
+        for (int64_t n = 0; n < n_images; n++) {
+            const int64_t off = (n * channels + c) * plane;
+            for (int64_t q = 0; q < plane; q++) {
+                const REAL h = (REAL)(((double)x[off + q] - mu) * inv);
+                xhat[off + q] = h;
+                y[off + q] = h * gamma + beta;
+            }
+        }
+        mean[c] = (REAL)mu;
+        var[c] = (REAL)sigma2;
+        inv_std[c] = (REAL)inv;
+    }
+}
+
+/* y, x: (n_images, channels, plane); weight, bias, running_mean, running_var:
+ * (channels,). y = x * scale + shift with scale = weight / sqrt(running_var + eps)
+ * and shift = bias - running_mean * scale, in REAL like reference.py. */
+void FC_NAME(batchnorm_forward_eval)(REAL *y, const REAL *x, const REAL *weight,
+                                     const REAL *bias, const REAL *running_mean,
+                                     const REAL *running_var, REAL eps, int64_t n_images,
+                                     int64_t channels, int64_t plane)
+{
+    FC_OMP(parallel for collapse(2) schedule(static)
+           num_threads(fc_threads_for(n_images * channels * plane)))
+    for (int64_t n = 0; n < n_images; n++) {
+        for (int64_t c = 0; c < channels; c++) {
+            const REAL scale = weight[c] / (REAL)sqrt((double)(running_var[c] + eps));
+            const REAL shift = bias[c] - running_mean[c] * scale;
+            const int64_t off = (n * channels + c) * plane;
+            for (int64_t q = 0; q < plane; q++)
+                y[off + q] = x[off + q] * scale + shift;
+        }
+    }
+}
+
+/* dx, dy, xhat: (n_images, channels, plane); weight, inv_std, dweight, dbias:
+ * (channels,). dbias = sum(dy) and dweight = sum(dy * xhat) are accumulated in
+ * double; dx = weight * inv_std * (dy - dbias/m - xhat * dweight/m) over the m
+ * values of each channel. */
+void FC_NAME(batchnorm_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
+                                 const REAL *xhat, const REAL *weight, const REAL *inv_std,
+                                 int64_t n_images, int64_t channels, int64_t plane)
+{
+    const double count = (double)n_images * (double)plane;
+    FC_OMP(parallel for schedule(static)
+           num_threads(fc_threads_for(n_images * channels * plane)))
+    for (int64_t c = 0; c < channels; c++) {
+        double sum_dy = 0.0, sum_dy_xhat = 0.0;
+        for (int64_t n = 0; n < n_images; n++) {
+            const int64_t off = (n * channels + c) * plane;
+            FC_OMP(simd reduction(+:sum_dy, sum_dy_xhat))
+            for (int64_t q = 0; q < plane; q++) {
+                sum_dy += dy[off + q];
+                sum_dy_xhat += (double)dy[off + q] * (double)xhat[off + q];
+            }
+        }
+        const double scale = (double)weight[c] * (double)inv_std[c];
+        const double mean_dy = sum_dy / count, mean_dy_xhat = sum_dy_xhat / count;
+        for (int64_t n = 0; n < n_images; n++) {
+            const int64_t off = (n * channels + c) * plane;
+            for (int64_t q = 0; q < plane; q++)
+                dx[off + q] = (REAL)(scale * ((double)dy[off + q] - mean_dy
+                                              - (double)xhat[off + q] * mean_dy_xhat));
+        }
+        dbias[c] = (REAL)sum_dy;
+        dweight[c] = (REAL)sum_dy_xhat;
+    }
+}
+
+/* y, x: (size,). A NaN fails "x < 0" and so passes through. */
+void FC_NAME(relu_forward)(REAL *y, const REAL *x, int64_t size)
+{
+    FC_OMP(parallel for simd schedule(static) num_threads(fc_threads_for(size)))
+    for (int64_t k = 0; k < size; k++)
+        y[k] = x[k] < 0 ? (REAL)0 : x[k];
+}
+
+/* dx, dy, y: (size,). */
+void FC_NAME(relu_backward)(REAL *dx, const REAL *dy, const REAL *y, int64_t size)
+{
+    FC_OMP(parallel for simd schedule(static) num_threads(fc_threads_for(size)))
+    for (int64_t k = 0; k < size; k++)
+        dx[k] = y[k] > 0 ? dy[k] : (REAL)0;
+}

@@ -1,0 +1,47 @@
+/* Thread count shared by every parallel loop of the kernels.
+ *
+ * It is one process-wide value rather than OpenMP's per-thread setting, because
+ * the kernels run on whichever Python thread calls them and all of those threads
+ * must obey set_num_threads. */
+#include <stdatomic.h>
+
+#include "fastconv.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many elements a loop costs less than waking the thread team. */
+#define FC_MIN_PARALLEL_WORK ((int64_t)1 << 15)
+
+/* 0 until set_num_threads is called: OpenMP's default then applies. */
+static atomic_int configured_threads = 0;
+
+int fc_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void fc_set_num_threads(int n)
+{
+    atomic_store_explicit(&configured_threads, n > 0 ? n : 1, memory_order_relaxed);
+}
+
+int fc_get_num_threads(void)
+{
+#ifdef _OPENMP
+    int n = atomic_load_explicit(&configured_threads, memory_order_relaxed);
+    return n > 0 ? n : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int fc_threads_for(int64_t work)
+{
+    return work < FC_MIN_PARALLEL_WORK ? 1 : fc_get_num_threads();
+}

@@ -1,0 +1,615 @@
+"""The compiled kernels (fastconv._kernels) against their NumPy twins (fastconv.reference).
+
+Every kernel is run on random shapes (N=1, C=1, odd sizes, strides 1-3, padding
+0-2, non-square kernels) in float32 and float64 and compared with the twin;
+then the awkward inputs: memory layouts, NaN, ties, bad arguments, threads.
+"""
+import inspect
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastconv import _kernels as fast
+from fastconv import reference as ref
+
+DTYPES = (np.float32, np.float64)
+
+# Both backends sum the same terms in different orders (BLAS blocking, double
+# versus pairwise accumulation), so they may differ by a few ulps of the sum of
+# the terms' absolute values. That sum, not the result, sets the scale: a
+# result can cancel to near zero while its terms are large. The tolerance is
+# therefore rtol * (|expected| + magnitude), magnitude being the largest such
+# sum over the output. 1e-4 is ~800 float32 ulps and 1e-10 ~500k float64 ulps:
+# ample for the sums made here (up to 12,800 terms, whose rounding errors grow
+# like the square root of their number), yet far below the size of any
+# indexing or arithmetic mistake.
+RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+property_test = settings(max_examples=60, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_close(actual, expected, magnitude=0.0):
+    assert isinstance(actual, np.ndarray)
+    assert actual.dtype == expected.dtype
+    assert actual.shape == expected.shape
+    assert actual.flags.c_contiguous
+    rtol = RTOL[expected.dtype]
+    atol = rtol * float(np.max(magnitude, initial=0.0))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def random_array(rng, shape, dtype, scale=1.0, offset=0.0):
+    return np.asarray(offset + scale * rng.standard_normal(shape), dtype=dtype)
+
+
+@st.composite
+def windows(draw, pooling=False):
+    """Shape and window geometry of a sliding-window kernel call."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    if pooling:
+        ph, pw = draw(st.integers(0, min(2, kh // 2))), draw(st.integers(0, min(2, kw // 2)))
+    else:
+        ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    return {
+        "n": draw(st.integers(1, 3)),
+        "c": draw(st.integers(1, 4)),
+        "h": draw(st.integers(max(1, kh - 2 * ph), 9)),
+        "w": draw(st.integers(max(1, kw - 2 * pw), 9)),
+        "kernel": (kh, kw),
+        "stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        "padding": (ph, pw),
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "seed": seed,
+        "rng": np.random.default_rng(seed),
+    }
+
+
+def x_of(case, **kwargs):
+    return random_array(case["rng"], (case["n"], case["c"], case["h"], case["w"]), case["dtype"],
+                        **kwargs)
+
+
+def outputs(result):
+    """The arrays of a kernel's result, whether one array or a tuple of them."""
+    return result if isinstance(result, tuple) else (result,)
+
+
+# ---------------------------------------------------------------------------
+# The module's interface
+
+def test_api_matches_reference():
+    assert fast.BACKEND_NAME == "compiled"
+    assert set(fast.KERNELS) == set(ref.__all__)
+    assert isinstance(fast.GEMM, str) and fast.GEMM
+    for name in ref.__all__:
+        assert inspect.signature(getattr(fast, name)) == inspect.signature(getattr(ref, name)), name
+
+
+def test_thread_settings_round_trip():
+    before = fast.get_openmp_threads()
+    try:
+        fast.set_openmp_threads(1)
+        assert fast.get_openmp_threads() == 1
+        fast.set_openmp_threads(2)
+        assert fast.get_openmp_threads() == (2 if fast.openmp_enabled() else 1)
+    finally:
+        fast.set_openmp_threads(before)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=repr(bad).replace(".", r"\.")):
+            fast.set_openmp_threads(bad)
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im
+
+@property_test
+@given(windows())
+def test_im2col_matches_reference(case):
+    x = x_of(case)
+    args = (case["kernel"], case["stride"], case["padding"])
+    expected = ref.im2col(x, *args)
+    actual = fast.im2col(x, *args)
+    assert_close(actual, expected)
+    np.testing.assert_array_equal(actual, expected)
+
+
+@property_test
+@given(windows())
+def test_col2im_matches_reference(case):
+    x_shape = (case["n"], case["c"], case["h"], case["w"])
+    args = (case["kernel"], case["stride"], case["padding"])
+    cols_shape = ref.im2col(np.zeros(x_shape, case["dtype"]), *args).shape
+    cols = random_array(case["rng"], cols_shape, case["dtype"])
+    assert_close(fast.col2im(cols, x_shape, *args), ref.col2im(cols, x_shape, *args),
+                 ref.col2im(np.abs(cols), x_shape, *args))
+
+
+@property_test
+@given(windows())
+def test_col2im_is_the_adjoint_of_im2col(case):
+    x = x_of(case).astype(np.float64)
+    args = (case["kernel"], case["stride"], case["padding"])
+    cols = fast.im2col(x, *args)
+    c = case["rng"].standard_normal(cols.shape)
+    lhs = np.vdot(cols, c)
+    rhs = np.vdot(x, fast.col2im(c, x.shape, *args))
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12 * np.vdot(np.abs(cols), np.abs(c)))
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+
+def check_conv(x, weight, bias, stride, padding):
+    """Forward and backward of both backends; magnitudes from the twin run on |values|."""
+    y, cache = fast.conv2d_forward(x, weight, bias, stride, padding)
+    y_ref, cache_ref = ref.conv2d_forward(x, weight, bias, stride, padding)
+    abs_bias = None if bias is None else np.abs(bias)
+    y_abs, cache_abs = ref.conv2d_forward(np.abs(x), np.abs(weight), abs_bias, stride, padding)
+    assert_close(y, y_ref, y_abs)
+
+    dy = random_array(np.random.default_rng(y.size), y.shape, y.dtype)
+    grads = fast.conv2d_backward(dy, cache)
+    grads_ref = ref.conv2d_backward(dy, cache_ref)
+    grads_abs = ref.conv2d_backward(np.abs(dy), cache_abs)
+    for got, want, magnitude in zip(grads, grads_ref, grads_abs):
+        if want is None:
+            assert got is None
+        else:
+            assert_close(got, want, magnitude)
+
+    dx, dweight, dbias = fast.conv2d_backward(dy, cache, need_dx=False)
+    assert dx is None
+    assert_close(dweight, grads_ref[1], grads_abs[1])
+    assert (dbias is None) == (bias is None)
+
+
+@property_test
+@given(windows(), st.integers(1, 5), st.booleans())
+def test_conv2d_matches_reference(case, filters, with_bias):
+    rng, dtype = case["rng"], case["dtype"]
+    x = x_of(case)
+    weight = random_array(rng, (filters, case["c"]) + case["kernel"], dtype)
+    bias = random_array(rng, (filters,), dtype) if with_bias else None
+    check_conv(x, weight, bias, case["stride"], case["padding"])
+
+
+@property_test
+@given(windows(), st.integers(1, 4), st.booleans(), st.integers(16, 40), st.integers(16, 40))
+def test_conv2d_on_large_planes_matches_reference(case, filters, with_bias, h, w):
+    # Planes the size of real images, where im2col rows run for hundreds of pixels.
+    case.update(h=h, w=w, n=min(case["n"], 2))
+    rng, dtype = case["rng"], case["dtype"]
+    weight = random_array(rng, (filters, case["c"]) + case["kernel"], dtype)
+    bias = random_array(rng, (filters,), dtype) if with_bias else None
+    check_conv(x_of(case), weight, bias, case["stride"], case["padding"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("plane", [(7, 4), (32, 24)])
+def test_conv2d_pointwise_fast_path(dtype, with_bias, plane):
+    rng = np.random.default_rng(3)
+    x = random_array(rng, (3, 5) + plane, dtype)
+    weight = random_array(rng, (6, 5, 1, 1), dtype)
+    bias = random_array(rng, (6,), dtype) if with_bias else None
+    check_conv(x, weight, bias, 1, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_batch_split_into_several_gemms(dtype):
+    # The batch is unfolded a chunk of images at a time, each chunk's im2col
+    # matrix capped at 64 MiB: 512 channels of 6x6 with a 5x5 kernel make
+    # 1.8 MB per float32 image, so this batch takes two chunks.
+    rng = np.random.default_rng(4)
+    per_image = 512 * 25 * 36 * np.dtype(dtype).itemsize
+    n = (64 << 20) // per_image + 2
+    x = random_array(rng, (n, 512, 6, 6), dtype)
+    weight = random_array(rng, (3, 512, 5, 5), dtype)
+    bias = random_array(rng, (3,), dtype)
+    check_conv(x, weight, bias, 1, 2)
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+
+def pool_args(case, data):
+    stride = data.draw(st.one_of(st.none(), st.just(case["stride"])), label="stride")
+    return case["kernel"], stride, case["padding"]
+
+
+@property_test
+@given(windows(pooling=True), st.data())
+def test_maxpool2d_matches_reference_with_ties_and_nan(case, data):
+    rng = case["rng"]
+    # Integer values from a small range make many ties in every window.
+    x = rng.integers(-3, 4, (case["n"], case["c"], case["h"], case["w"])).astype(case["dtype"])
+    special = data.draw(st.sampled_from([None, np.nan, np.inf, -np.inf]), label="special")
+    if special is not None:
+        x[rng.random(x.shape) < 0.2] = special
+    args = pool_args(case, data)
+    y, argmax = fast.maxpool2d_forward(x, *args)
+    y_ref, argmax_ref = ref.maxpool2d_forward(x, *args)
+    assert y.dtype == y_ref.dtype and argmax.dtype == np.int64
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+
+    dy = random_array(rng, y.shape, y.dtype)
+    if argmax_ref.min() < 0 or argmax_ref.max() >= case["h"] * case["w"]:
+        # A window of -inf whose first tap is padding points into the padding.
+        for backend in (fast, ref):
+            with pytest.raises(ValueError, match="outside"):
+                backend.maxpool2d_backward(dy, argmax, x.shape)
+        return
+    assert_close(fast.maxpool2d_backward(dy, argmax, x.shape),
+                 ref.maxpool2d_backward(dy, argmax_ref, x.shape),
+                 ref.maxpool2d_backward(np.abs(dy), argmax_ref, x.shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool2d_picks_the_first_nan_and_the_first_maximum(dtype):
+    x = np.array([[[[1, 5, 5, 0],
+                    [5, np.nan, 2, np.nan],
+                    [0, 0, 0, 0],
+                    [0, 0, 7, 7]]]], dtype=dtype)
+    y, argmax = fast.maxpool2d_forward(x, 2)
+    np.testing.assert_array_equal(y, np.array([[[[np.nan, np.nan], [0, 7]]]], dtype=dtype))
+    np.testing.assert_array_equal(argmax, [[[[5, 7], [8, 14]]]])
+
+
+@property_test
+@given(windows(pooling=True), st.data())
+def test_avgpool2d_matches_reference(case, data):
+    x = x_of(case)
+    args = pool_args(case, data)
+    y = fast.avgpool2d_forward(x, *args)
+    assert_close(y, ref.avgpool2d_forward(x, *args), ref.avgpool2d_forward(np.abs(x), *args))
+    dy = random_array(case["rng"], y.shape, y.dtype)
+    assert_close(fast.avgpool2d_backward(dy, x.shape, *args),
+                 ref.avgpool2d_backward(dy, x.shape, *args),
+                 ref.avgpool2d_backward(np.abs(dy), x.shape, *args))
+
+
+# ---------------------------------------------------------------------------
+# Batch normalization
+
+@property_test
+@given(windows(), st.floats(-50, 50), st.floats(0.01, 10), st.sampled_from([1e-5, 1e-3, 0.5]))
+def test_batchnorm2d_train_matches_reference(case, offset, scale, eps):
+    rng, dtype, c = case["rng"], case["dtype"], case["c"]
+    x = x_of(case, scale=scale, offset=offset)
+    weight = random_array(rng, (c,), dtype)
+    bias = random_array(rng, (c,), dtype)
+    y, mean, var, cache = fast.batchnorm2d_forward_train(x, weight, bias, eps)
+    y_ref, mean_ref, var_ref, ref_cache = ref.batchnorm2d_forward_train(x, weight, bias, eps)
+    xhat, inv_std, _ = ref_cache
+    assert_close(mean, mean_ref, np.abs(x).max())
+    assert_close(var, var_ref, var_ref)
+    channel = (1, -1, 1, 1)
+    assert_close(y, y_ref,
+                 np.abs(xhat) * np.abs(weight).reshape(channel) + np.abs(bias).reshape(channel))
+
+    dy = random_array(rng, x.shape, dtype)
+    m = x.size // c
+    sum_abs_dy = np.abs(dy).sum(axis=(0, 2, 3))
+    sum_abs_dy_xhat = np.abs(dy * xhat).sum(axis=(0, 2, 3))
+    dx_magnitude = (np.abs(weight * inv_std / m).reshape(channel)
+                    * (m * np.abs(dy) + sum_abs_dy.reshape(channel)
+                       + np.abs(xhat) * sum_abs_dy_xhat.reshape(channel)))
+    dx, dweight, dbias = fast.batchnorm2d_backward(dy, cache)
+    dx_ref, dweight_ref, dbias_ref = ref.batchnorm2d_backward(dy, (xhat, inv_std, weight))
+    assert_close(dx, dx_ref, dx_magnitude)
+    assert_close(dweight, dweight_ref, sum_abs_dy_xhat)
+    assert_close(dbias, dbias_ref, sum_abs_dy)
+
+
+@property_test
+@given(windows(), st.sampled_from(DTYPES))
+def test_batchnorm2d_eval_matches_reference(case, stats_dtype):
+    rng, dtype, c = case["rng"], case["dtype"], case["c"]
+    x = x_of(case)
+    weight, bias = random_array(rng, (c,), dtype), random_array(rng, (c,), dtype)
+    running_mean = random_array(rng, (c,), stats_dtype)
+    running_var = (rng.random(c) + 0.1).astype(stats_dtype)
+    args = (x, weight, bias, running_mean, running_var, 1e-3)
+    expected = ref.batchnorm2d_forward_eval(*args)
+    channel = (1, -1, 1, 1)
+    scale = np.abs(weight / np.sqrt(running_var.astype(dtype) + dtype(1e-3))).reshape(channel)
+    magnitude = ((np.abs(x) + np.abs(running_mean).reshape(channel)) * scale
+                 + np.abs(bias).reshape(channel))
+    assert_close(fast.batchnorm2d_forward_eval(*args), expected, magnitude)
+
+
+def test_batchnorm2d_variance_survives_a_large_mean_in_float32():
+    # 131,072 values per channel around 1000: float32 sums of squares of the raw
+    # values would cancel catastrophically.
+    rng = np.random.default_rng(5)
+    x = (1000 + rng.standard_normal((32, 2, 64, 64))).astype(np.float32)
+    weight, bias = np.ones(2, np.float32), np.zeros(2, np.float32)
+    _, mean, var, _ = fast.batchnorm2d_forward_train(x, weight, bias)
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(mean, exact.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(var, exact.var(axis=(0, 2, 3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm2d_nan_spreads_over_its_channel_only(dtype):
+    x = random_array(np.random.default_rng(6), (2, 3, 4, 4), dtype)
+    x[1, 1, 2, 3] = np.nan
+    y, mean, var, _ = fast.batchnorm2d_forward_train(x, np.ones(3, dtype), np.zeros(3, dtype))
+    assert np.isnan(y[:, 1]).all() and np.isnan(mean[1]) and np.isnan(var[1])
+    assert np.isfinite(y[:, [0, 2]]).all()
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+
+@property_test
+@given(st.lists(st.integers(0, 7), min_size=0, max_size=4), st.sampled_from(DTYPES),
+       st.integers(0, 2 ** 32 - 1))
+def test_relu_matches_reference(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, shape, dtype)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype)
+    mask = rng.random(x.shape) < 0.3
+    x[mask] = rng.choice(specials, size=int(mask.sum()))
+    y = fast.relu_forward(x)
+    np.testing.assert_array_equal(y, ref.relu_forward(x))
+    assert y.dtype == x.dtype and y.shape == x.shape
+    dy = random_array(rng, shape, dtype)
+    dx = fast.relu_backward(dy, y)
+    np.testing.assert_array_equal(dx, ref.relu_backward(dy, y))
+    assert dx.dtype == dtype
+
+
+def test_relu_is_parallel_safe_on_large_arrays():
+    x = random_array(np.random.default_rng(7), (3, 200_001), np.float32)
+    np.testing.assert_array_equal(fast.relu_forward(x), ref.relu_forward(x))
+
+
+# ---------------------------------------------------------------------------
+# Memory layouts of the inputs
+
+def non_contiguous(a):
+    wide = np.repeat(a, 2, axis=-1)
+    view = wide[..., ::2]
+    assert not view.flags.c_contiguous
+    return view
+
+
+def negative_strides(a):
+    view = a[..., ::-1].copy()[..., ::-1]
+    assert view.strides[-1] < 0
+    return view
+
+
+def fortran_order(a):
+    return np.asfortranarray(a)
+
+
+def read_only(a):
+    view = a.copy()
+    view.flags.writeable = False
+    return view
+
+
+def kernel_calls(dtype, n=2):
+    """name -> (function of arrays, the arrays): every kernel, backward through its
+    forward, on a batch of n images."""
+    rng = np.random.default_rng(8)
+    x = random_array(rng, (n, 3, 7, 6), dtype)
+    weight = random_array(rng, (4, 3, 3, 2), dtype)
+    bias = random_array(rng, (4,), dtype)
+    window = (3, 2)
+    cols = random_array(rng, fast.im2col(x, (3, 2), 2, 1).shape, dtype)
+    conv_dy = random_array(rng, (n, 4, 4, 4), dtype)
+    pool_dy = random_array(rng, (n, 3, 4, 4), dtype)
+    bn_params = random_array(rng, (2, 3), dtype)
+    stats = np.abs(random_array(rng, (2, 3), dtype)) + 0.5
+
+    def conv(x, weight, bias, dy, stride=2, padding=1):
+        y, cache = fast.conv2d_forward(x, weight, bias, stride, padding)
+        return (y,) + fast.conv2d_backward(dy, cache)
+
+    # 1x1 kernels take the path without im2col.
+    large_x = random_array(rng, (n, 3, 24, 24), dtype)
+    large_dy = random_array(rng, (n, 4, 24, 24), dtype)
+    pointwise_weight = random_array(rng, (4, 3, 1, 1), dtype)
+
+    def maxpool(x, dy):
+        y, argmax = fast.maxpool2d_forward(x, window, 2, 1)
+        return y, argmax, fast.maxpool2d_backward(dy, argmax, x.shape)
+
+    def avgpool(x, dy):
+        return (fast.avgpool2d_forward(x, window, 2, 1),
+                fast.avgpool2d_backward(dy, x.shape, window, 2, 1))
+
+    def batchnorm(x, params, stats, dy):
+        y, mean, var, cache = fast.batchnorm2d_forward_train(x, params[0], params[1])
+        evaluated = fast.batchnorm2d_forward_eval(x, params[0], params[1], stats[0], stats[1])
+        return (y, mean, var, evaluated) + fast.batchnorm2d_backward(dy, cache)
+
+    def relu(x, dy):
+        y = fast.relu_forward(x)
+        return y, fast.relu_backward(dy, y)
+
+    return {
+        "im2col": (lambda x: fast.im2col(x, (3, 2), 2, 1), (x,)),
+        "col2im": (lambda cols: fast.col2im(cols, x.shape, (3, 2), 2, 1), (cols,)),
+        "conv2d": (conv, (x, weight, bias, conv_dy)),
+        "conv2d stride 1": (lambda *a: conv(*a, stride=1, padding=(1, 0)),
+                            (large_x, weight, bias, large_dy[..., :23])),
+        "conv2d 1x1": (lambda *a: conv(*a, stride=1, padding=0),
+                       (large_x, pointwise_weight, bias, large_dy)),
+        "maxpool2d": (maxpool, (x, pool_dy)),
+        "avgpool2d": (avgpool, (x, pool_dy)),
+        "batchnorm2d": (batchnorm, (x, bn_params, stats, x[:, :, ::-1] * 2)),
+        "relu": (relu, (x, x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2))),
+    }
+
+
+@pytest.mark.parametrize("layout", [non_contiguous, negative_strides, fortran_order, read_only])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", list(kernel_calls(np.float64)))
+def test_any_memory_layout_gives_the_same_results(kernel, dtype, layout):
+    function, arrays = kernel_calls(dtype)[kernel]
+    expected = function(*arrays)
+    actual = function(*(layout(a) for a in arrays))
+    for got, want in zip(outputs(actual), outputs(expected)):
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: the same exception and message as the twin, naming the value
+
+f32, f64 = np.float32, np.float64
+X = np.zeros((2, 3, 4, 4), f32)
+W = np.zeros((5, 3, 3, 3), f32)
+B = np.zeros(5, f32)
+GAMMA = np.ones(3, f32)
+
+BAD_CALLS = [
+    ("conv x 3-D", "conv2d_forward", (X[0], W, B), ValueError, "(3, 4, 4)"),
+    ("conv x int", "conv2d_forward", (X.astype(np.int64), W, B), TypeError, "int64"),
+    ("conv weight float64", "conv2d_forward", (X, W.astype(f64), B), TypeError, "float64"),
+    ("conv bias float64", "conv2d_forward", (X, W, B.astype(f64)), TypeError, "float64"),
+    ("conv channels", "conv2d_forward", (X, W[:, :2], B), ValueError, "(5, 2, 3, 3)"),
+    ("conv bias shape", "conv2d_forward", (X, W, B[:4]), ValueError, "(4,)"),
+    ("conv kernel too large", "conv2d_forward", (X, np.zeros((5, 3, 7, 3), f32), B, 1, 1),
+     ValueError, "(7, 3)"),
+    ("conv empty batch", "conv2d_forward", (X[:0], W, B), ValueError, "(0, 3, 4, 4)"),
+    ("conv negative padding", "conv2d_forward", (X, W, B, 1, -1), ValueError, "(-1, -1)"),
+    ("conv zero stride", "conv2d_forward", (X, W, B, (1, 0)), ValueError, "(1, 0)"),
+    ("conv float stride", "conv2d_forward", (X, W, B, 1.5), TypeError, "1.5"),
+    ("im2col list", "im2col", (X.tolist(), 3), TypeError, "list"),
+    ("im2col empty", "im2col", (X[:, :0], 3), ValueError, "(2, 0, 4, 4)"),
+    ("col2im shape", "col2im", (np.zeros((27, 31), f32), X.shape, 3, 1, 1), ValueError, "(27, 31)"),
+    ("col2im x_shape", "col2im", (np.zeros((27, 32), f32), (2, 3, 0, 4), 3), ValueError,
+     "(2, 3, 0, 4)"),
+    ("maxpool padding", "maxpool2d_forward", (X, 3, 1, 2), ValueError, "(2, 2)"),
+    ("maxpool window", "maxpool2d_forward", (X, 5), ValueError, "(5, 5)"),
+    ("maxpool int", "maxpool2d_forward", (X.astype(np.int32), 2), TypeError, "int32"),
+    ("maxpool empty", "maxpool2d_forward", (X[:0], 2), ValueError, "(0, 3, 4, 4)"),
+    ("maxpool argmax shape", "maxpool2d_backward",
+     (np.zeros((2, 3, 2, 2), f32), np.zeros((2, 3, 2, 1), np.int64), X.shape), ValueError,
+     "(2, 3, 2, 1)"),
+    ("maxpool argmax range", "maxpool2d_backward",
+     (np.zeros((2, 3, 2, 2), f32), np.full((2, 3, 2, 2), 16), X.shape), ValueError, "4x4"),
+    ("avgpool padding", "avgpool2d_forward", (X, (2, 4), 1, (1, 3)), ValueError, "(1, 3)"),
+    ("avgpool dy shape", "avgpool2d_backward", (np.zeros((2, 3, 3, 2), f32), X.shape, 2),
+     ValueError, "(2, 3, 3, 2)"),
+    ("avgpool dy ndim", "avgpool2d_backward", (np.zeros((3, 2, 2), f32), X.shape, 2),
+     ValueError, "(3, 2, 2)"),
+    ("batchnorm weight shape", "batchnorm2d_forward_train", (X, GAMMA[:2], GAMMA), ValueError,
+     "(2,)"),
+    ("batchnorm bias dtype", "batchnorm2d_forward_train", (X, GAMMA, GAMMA.astype(f64)),
+     TypeError, "float64"),
+    ("batchnorm eps", "batchnorm2d_forward_train", (X, GAMMA, GAMMA, 0.0), ValueError, "0.0"),
+    ("batchnorm empty", "batchnorm2d_forward_train", (X[:, :, :0], GAMMA, GAMMA), ValueError,
+     "(2, 3, 0, 4)"),
+    ("batchnorm eval stats", "batchnorm2d_forward_eval", (X, GAMMA, GAMMA, GAMMA[:1], GAMMA),
+     ValueError, "(1,)"),
+    ("relu int", "relu_forward", (np.zeros(3, np.int16),), TypeError, "int16"),
+    ("relu_backward y shape", "relu_backward", (X, X[0]), ValueError, "(3, 4, 4)"),
+]
+
+
+@pytest.mark.parametrize("name, kernel, args, error, fragment", BAD_CALLS,
+                         ids=[case[0] for case in BAD_CALLS])
+def test_bad_input_raises_like_the_reference(name, kernel, args, error, fragment):
+    with pytest.raises(error) as ours:
+        getattr(fast, kernel)(*args)
+    with pytest.raises(error) as theirs:
+        getattr(ref, kernel)(*args)
+    assert str(ours.value) == str(theirs.value)
+    assert fragment in str(ours.value)
+
+
+def test_wrong_dy_raises_naming_its_shape():
+    _, conv_cache = fast.conv2d_forward(X, W, B)
+    with pytest.raises(ValueError, match=r"\(2, 5, 2, 3\)"):
+        fast.conv2d_backward(np.zeros((2, 5, 2, 3), f32), conv_cache)
+    with pytest.raises(ValueError, match="4-D"):
+        fast.conv2d_backward(np.zeros((5, 2, 2), f32), conv_cache)
+    with pytest.raises(TypeError, match="float64"):
+        fast.conv2d_backward(np.zeros((2, 5, 2, 2), f64), conv_cache)
+    _, _, _, bn_cache = fast.batchnorm2d_forward_train(X, GAMMA, GAMMA)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4, 5\)"):
+        fast.batchnorm2d_backward(np.zeros((2, 3, 4, 5), f32), bn_cache)
+    with pytest.raises(TypeError, match="float64"):
+        fast.relu_backward(X, X.astype(f64))
+
+
+def test_caches_must_come_from_the_compiled_forward():
+    _, ref_cache = ref.conv2d_forward(X, W, B)
+    with pytest.raises(TypeError, match="tuple"):
+        fast.conv2d_backward(np.zeros((2, 5, 2, 2), f32), ref_cache)
+    with pytest.raises(TypeError, match="NoneType"):
+        fast.batchnorm2d_backward(X, None)
+
+
+def test_maxpool_backward_checks_argmax_and_x_shape():
+    dy = np.zeros((2, 3, 2, 2), f32)
+    with pytest.raises(TypeError, match="float32"):
+        fast.maxpool2d_backward(dy, dy, X.shape)
+    with pytest.raises(ValueError, match=r"\(2, 4, 4, 4\)"):
+        fast.maxpool2d_backward(dy, np.zeros(dy.shape, np.int64), (2, 4, 4, 4))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: fast.im2col(np.zeros((1, 1, 1, 1), f32), 1, 1, 10 ** 9),
+    lambda: fast.conv2d_forward(np.zeros((1, 1, 1, 1), f32), np.zeros((1, 1, 1, 1), f32), None,
+                                1, 2 ** 40),
+    lambda: fast.col2im(np.zeros((1, 1), f32), (1, 1, 2 ** 40, 2 ** 40), 1, 2 ** 40),
+    lambda: fast.avgpool2d_backward(np.zeros((1, 1, 1, 1), f32), (1, 1, 1, 1), 2 ** 62,
+                                    2 ** 62, 2 ** 61),
+])
+def test_sizes_beyond_the_address_space_are_refused(call):
+    with pytest.raises(ValueError, match="too large"):
+        call()
+
+
+# ---------------------------------------------------------------------------
+# Threads
+
+def test_concurrent_calls_release_the_gil_and_agree():
+    rng = np.random.default_rng(9)
+    x = random_array(rng, (8, 8, 32, 32), np.float32)
+    weight = random_array(rng, (16, 8, 3, 3), np.float32)
+    bias = random_array(rng, (16,), np.float32)
+    expected = fast.conv2d_forward(x, weight, bias, 1, 1)[0]
+    results = [None] * 4
+
+    def run(slot):
+        results[slot] = fast.conv2d_forward(x, weight, bias, 1, 1)[0]
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(len(results))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not fast.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("kernel", ["im2col", "col2im", "maxpool2d", "avgpool2d", "batchnorm2d",
+                                    "relu"])
+def test_thread_count_does_not_change_results(kernel):
+    # 512 images: enough work for every loop to start its threads.
+    function, arrays = kernel_calls(np.float32, n=512)[kernel]
+    before = fast.get_openmp_threads()
+    try:
+        fast.set_openmp_threads(1)
+        serial = function(*arrays)
+        fast.set_openmp_threads(2)
+        parallel = function(*arrays)
+    finally:
+        fast.set_openmp_threads(before)
+    for a, b in zip(outputs(serial), outputs(parallel)):
+        np.testing.assert_array_equal(a, b)
