@@ -1,4 +1,4 @@
-"""The ``fastconv`` command: train, evaluate, demo, info.
+"""The ``fastconv`` command: train, evaluate, demo, info, viz.
 
     fastconv train --dataset mnist --model mnist2 --epochs 8 --optimizer sgd --lr 0.08 --out runs/mnist
     fastconv train --out runs/mnist --resume
@@ -574,6 +574,10 @@ def build_parser():
     info = commands.add_parser("info", help="how fastconv was built: kernels, OpenMP, threads, BLAS",
                                description="Print fastconv.build_info().")
     info.set_defaults(handler=cmd_info)
+
+    from .analysis.cli import add_viz_parser
+
+    add_viz_parser(commands)
     return parser
 
 

@@ -1,0 +1,352 @@
+"""Helpers shared by the analysis tools: input checks, layer lookup, targets,
+evaluation mode and the normalization stored in a model's metadata.
+
+Everything here goes through the model's public API: ``named_layers()``,
+``forward(x, until=name)``, ``backward(grad, start=name)``, ``eval()`` and
+the layers' own ``forward``/``backward``.
+"""
+import contextlib
+import numbers
+
+import numpy as np
+
+from fastconv import layers as L
+
+# Layers that do not change the spatial geometry of what flows through them.
+POINTWISE = (L.ReLU, L.LeakyReLU, L.BatchNorm2d, L.Dropout)
+ACTIVATIONS = (L.ReLU, L.LeakyReLU)
+
+
+def layer_names(model):
+    return [name for name, _ in model.named_layers()]
+
+
+def check_layer(model, name, what="layer"):
+    """Return the layer called ``name``; ValueError listing the valid names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a layer name (str), got {name!r}")
+    for layer_name, layer in model.named_layers():
+        if layer_name == name:
+            return layer
+    raise ValueError(f"unknown {what} {name!r}; the model's layers are {layer_names(model)}")
+
+
+def layer_index(model, name):
+    check_layer(model, name)
+    return layer_names(model).index(name)
+
+
+def layers_after(model, name):
+    """The (name, layer) pairs that follow layer ``name``."""
+    pairs = list(model.named_layers())
+    return pairs[layer_index(model, name) + 1:]
+
+
+def conv_layer_names(model):
+    return [name for name, layer in model.named_layers() if isinstance(layer, L.Conv2d)]
+
+
+def last_conv_name(model):
+    names = conv_layer_names(model)
+    if not names:
+        raise ValueError("the model has no Conv2d layer")
+    return names[-1]
+
+
+def model_dtype(model):
+    for _, layer in model.named_layers():
+        for value in layer.params.values():
+            return value.dtype
+    return np.dtype(np.float32)
+
+
+def input_channels(model):
+    """Channels the first layer with a weight expects (None if it cannot tell)."""
+    for _, layer in model.named_layers():
+        if isinstance(layer, L.Conv2d):
+            return int(layer.params["weight"].shape[1])
+        if isinstance(layer, L.BatchNorm2d):
+            return int(layer.params["weight"].shape[0])
+        if isinstance(layer, L.Linear):
+            return None
+    return None
+
+
+def check_images(model, x, name="x"):
+    """Check that x is a float batch (N, C, H, W) this model accepts; return it.
+
+    The spatial size is checked by following the shapes through every layer,
+    so an image of the wrong size fails here, with its size in the message,
+    rather than deep inside a kernel.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of images (N, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be a batch of images shaped (N, C, H, W), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: shape {x.shape}")
+    dtype = model_dtype(model)
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the model's parameters are {dtype}; "
+            f"convert with x.astype(np.{dtype.name}) (and normalize uint8 images first)"
+        )
+    channels = input_channels(model)
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{name} has {x.shape[1]} channels (shape {x.shape}) but the model expects {channels}"
+        )
+    shape = tuple(x.shape)
+    for layer_name, layer in model.named_layers():
+        try:
+            shape = tuple(layer.output_shape(shape))
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{name} of shape {x.shape} does not fit the model at layer {layer_name!r}: {err}"
+            ) from None
+    return x
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """Run the block with the model in eval mode, then restore its mode and
+    its parameter gradients.
+
+    Attributions must not depend on dropout masks or on batch statistics,
+    and a tool handed a model in the middle of training must leave it as it
+    was: the backward passes it runs add into the layers' ``grads``.
+    """
+    was_training = bool(model.training)
+    saved_grads = [{key: grad.copy() for key, grad in layer.grads.items()} for _, layer in model.named_layers()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for (_, layer), grads in zip(model.named_layers(), saved_grads):
+            for key, grad in grads.items():
+                layer.grads[key][...] = grad
+        if was_training:
+            model.train()
+
+
+def forward_with_outputs(model, x, names, until=None):
+    """Forward x once and return (output, {name: that layer's output})."""
+    captured = {}
+    wanted = set(names)
+
+    def keep(name, layer, output):
+        if name in wanted:
+            captured[name] = output.copy()
+
+    handle = model.register_forward_hook(keep)
+    try:
+        out = model.forward(x, until=until)
+    finally:
+        handle.remove()
+    return out, captured
+
+
+def tail_forward(pairs, a):
+    for _, layer in pairs:
+        a = layer.forward(a)
+    return a
+
+
+def tail_backward(pairs, grad):
+    for _, layer in reversed(pairs):
+        grad = layer.backward(grad)
+    return grad
+
+
+def is_int(value):
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool)
+
+
+def target_list(target, n, where):
+    """Normalize a target to a list of n per-example targets.
+
+    A target is an int (an output index, or a channel for a spatial output),
+    a tuple (c, i, j) naming one unit of a spatial output, or a sequence of
+    n such targets, one per example.
+    """
+    if target is None:
+        raise ValueError(f"a target is required for {where}")
+    if is_int(target) or (isinstance(target, tuple) and all(is_int(t) for t in target)):
+        return [target] * n
+    if isinstance(target, np.ndarray) and target.ndim == 1:
+        target = target.tolist()
+    if isinstance(target, (list, tuple)):
+        if len(target) != n:
+            raise ValueError(
+                f"target has {len(target)} entries but the batch holds {n} examples: {target!r}"
+            )
+        items = [tuple(t) if isinstance(t, (list, tuple)) else t for t in target]
+        for t in items:
+            if not (is_int(t) or (isinstance(t, tuple) and all(is_int(v) for v in t))):
+                raise TypeError(f"a target must be an int or a tuple of ints, got {t!r}")
+        return items
+    raise TypeError(f"target must be an int, a tuple (c, i, j) or a sequence of those, got {target!r}")
+
+
+def seed_gradient(out, target, where="the model output"):
+    """One-hot gradient on ``out`` selecting each example's target unit.
+
+    For a spatial output (N, C, H, W), an int target c selects the position
+    where channel c is largest in that example (the unit Zeiler & Fergus
+    follow back to the image); (c, i, j) selects one unit.
+    """
+    n = out.shape[0]
+    targets = target_list(target, n, where)
+    seed = np.zeros_like(out)
+    per_example = out.shape[1:]
+    for k, t in enumerate(targets):
+        index = _unit_index(out[k], t, per_example, where)
+        seed[(k,) + index] = 1
+    return seed
+
+
+def _unit_index(example_out, t, per_example, where):
+    if is_int(t):
+        t = int(t)
+        if not 0 <= t < per_example[0]:
+            raise ValueError(
+                f"target {t} is out of range for {where} with {per_example[0]} "
+                f"{'channels' if len(per_example) == 3 else 'outputs'} (valid: 0..{per_example[0] - 1})"
+            )
+        if len(per_example) == 1:
+            return (t,)
+        plane = example_out[t]
+        flat = int(np.argmax(plane))
+        return (t,) + tuple(int(v) for v in np.unravel_index(flat, plane.shape))
+    t = tuple(int(v) for v in t)
+    if len(t) != len(per_example) or any(not 0 <= v < s for v, s in zip(t, per_example)):
+        raise ValueError(
+            f"target {t} is out of range for {where} whose examples are shaped {per_example}"
+        )
+    return t
+
+
+def check_positive_int(value, name):
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_pair(value, name):
+    if is_int(value):
+        value = (value, value)
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if not (is_int(a) and is_int(b)) or a < 1 or b < 1:
+        raise ValueError(f"{name} must be positive ints, got {value!r}")
+    return int(a), int(b)
+
+
+def softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def resize(maps, size, mode="bilinear"):
+    """Resize (N, C, h, w) to (N, C, H, W) as torch.nn.functional.interpolate does.
+
+    ``nearest`` takes source index floor(i * h / H); ``bilinear`` samples at
+    (i + 0.5) * h / H - 0.5 (align_corners=False), clamped at the edges.
+    """
+    out_h, out_w = size
+    n, c, h, w = maps.shape
+    if (h, w) == (out_h, out_w):
+        return maps.copy()
+    if mode == "nearest":
+        rows = np.minimum((np.arange(out_h) * h) // out_h, h - 1)
+        cols = np.minimum((np.arange(out_w) * w) // out_w, w - 1)
+        return maps[:, :, rows][:, :, :, cols]
+    if mode != "bilinear":
+        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {mode!r}")
+
+    def axis(out_size, in_size):
+        src = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), in_size - 1)
+        hi = np.minimum(lo + 1, in_size - 1)
+        frac = (src - lo).astype(maps.dtype)
+        return lo, hi, frac
+
+    r0, r1, fr = axis(out_h, h)
+    c0, c1, fc = axis(out_w, w)
+    top = maps[:, :, r0] * (1 - fr)[:, None] + maps[:, :, r1] * fr[:, None]
+    return top[:, :, :, c0] * (1 - fc) + top[:, :, :, c1] * fc
+
+
+def meta_classes(model, count=None):
+    """Class names from the model's metadata, or '0', '1', ... when it has none."""
+    classes = None
+    meta = getattr(model, "meta", None) or {}
+    if meta.get("classes") is not None:
+        classes = [str(c) for c in meta["classes"]]
+    if classes is None and count is not None:
+        classes = [str(i) for i in range(count)]
+    return classes
+
+
+class Normalizer:
+    """Turn raw images (N, C, H, W) into the float input a model was trained on:
+    x = (pixels / scale - mean) / std, per channel.
+
+    :meth:`from_model` reads ``mean``, ``std`` (and ``scale``, default 255)
+    from ``model.meta['normalization']`` as the trainer stores them, or from
+    ``model.meta['mean']`` / ``model.meta['std']``; a model without them gets
+    pixels / 255, as the trainer feeds uint8 images it has no statistics for.
+    """
+
+    def __init__(self, mean, std, scale=255.0, dtype=np.float32):
+        self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
+        if self.mean.shape != self.std.shape:
+            raise ValueError(f"mean {self.mean.tolist()} and std {self.std.tolist()} differ in length")
+        if np.any(self.std <= 0):
+            raise ValueError(f"std must be positive, got {self.std.tolist()}")
+        self.scale = float(scale)
+        self.dtype = np.dtype(dtype)
+
+    @classmethod
+    def from_model(cls, model):
+        meta = getattr(model, "meta", None) or {}
+        stats = meta.get("normalization") or meta
+        mean = stats.get("mean", [0.0])
+        std = stats.get("std", [1.0])
+        return cls(mean, std, stats.get("scale", 255.0), model_dtype(model))
+
+    def _per_channel(self, values, channels):
+        if values.size == 1:
+            return np.full(channels, values[0])
+        if values.size != channels:
+            raise ValueError(
+                f"the normalization has {values.size} channels ({values.tolist()}) but the images have {channels}"
+            )
+        return values
+
+    def _stats(self, channels):
+        shape = (1, channels, 1, 1)
+        return (self._per_channel(self.mean, channels).reshape(shape),
+                self._per_channel(self.std, channels).reshape(shape))
+
+    def __call__(self, images):
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must be shaped (N, C, H, W), got {images.shape}")
+        mean, std = self._stats(images.shape[1])
+        return ((images.astype(np.float64) / self.scale - mean) / std).astype(self.dtype)
+
+    def pixel_value(self, value, channels):
+        """Model-input value of the raw pixel ``value`` in each of ``channels``, shape (C,)."""
+        mean, std = self._stats(channels)
+        return ((value / self.scale - mean) / std).reshape(-1).astype(self.dtype)
+
+
+def batches(n, batch_size):
+    batch_size = check_positive_int(batch_size, "batch_size")
+    for start in range(0, n, batch_size):
+        yield start, min(n, start + batch_size)

@@ -1,0 +1,118 @@
+"""The ``viz`` sub-commands of fastconv.analysis.cli on a saved run folder."""
+import argparse
+import importlib
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+import fastconv
+from fastconv import layers as L
+from fastconv.analysis.cli import TOOLS, add_viz_parser
+from fastconv.model import Sequential
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reference_backend():
+    """Run on the NumPy kernels, one thread for BLAS and OpenMP, and restore the backend after."""
+    try:
+        previous = fastconv.get_backend()
+    except ImportError:
+        previous = None
+    fastconv.set_backend("numpy")
+    for module in ("sklearn.cluster", "sklearn.manifold"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    with threadpoolctl.threadpool_limits(1):
+        yield
+    if previous is not None:
+        fastconv.set_backend(previous)
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(prog="fastconv")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_viz_parser(commands)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder with an (untrained) MNIST-shaped model and the metadata the trainer writes."""
+    rng = np.random.default_rng(0)
+    model = Sequential([
+        L.Conv2d(1, 4, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
+        L.Conv2d(4, 8, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
+        L.Flatten(), L.Linear(8 * 7 * 7, 16, seed=rng), L.ReLU(), L.Linear(16, 10, seed=rng),
+    ])
+    model.meta.update({
+        "normalization": {"mean": [0.1307], "std": [0.3081], "scale": 255.0},
+        "classes": [f"digit {i}" for i in range(10)],
+        "dataset": "mnist-sample",
+    })
+    folder = tmp_path_factory.mktemp("run")
+    model.save(folder / "model.npz")
+    return folder
+
+
+def test_every_level_has_help(capsys):
+    parser = make_parser()
+    for argv in [["viz", "--help"]] + [["viz", tool, "--help"] for tool in TOOLS]:
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(argv)
+        assert stop.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage:" in text
+        if len(argv) == 3:
+            assert "--out" in text and "RUN_DIR" in text
+    args = parser.parse_args(["viz", "filters", "x", "--out", "y"])
+    assert callable(args.func) and args.viz_tool == "filters"
+
+
+COMMANDS = {
+    "filters": ["--layer", "conv2", "--channels", "0", "3"],
+    "activations": ["--layer", "conv2", "--index", "3"],
+    "top-images": ["--layer", "conv2", "--unit", "2", "--k", "6", "--limit", "120"],
+    "clusters": ["--clusters", "3", "--per-cluster", "5", "--limit", "90"],
+    "embedding": ["--method", "pca", "--limit", "90"],
+    "embedding-grid": ["--method", "pca", "--limit", "90", "--grid", "6x8"],
+    "occlusion": ["--index", "0", "1", "--patch", "10", "--stride", "6"],
+    "attribution": ["--index", "0", "1", "--methods", "saliency", "guided-backprop", "gradcam",
+                    "integrated-gradients", "smoothgrad", "--steps", "4", "--samples", "3"],
+    "segment": ["--index", "2"],
+    "erf": ["--limit", "8"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_tool_writes_a_png(run_dir, tmp_path, capsys, name):
+    if name == "segment":
+        pytest.importorskip("cv2", reason="OpenCV is not installed (pip install fastconv[segment])")
+    tool = name.replace("-grid", "")
+    out = tmp_path / f"{name}.png"
+    args = make_parser().parse_args(["viz", tool, str(run_dir), "--out", str(out)] + COMMANDS[name])
+    assert args.func(args) == 0
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert str(out) in capsys.readouterr().out
+
+
+def test_user_errors_name_the_bad_value(run_dir, tmp_path):
+    parser = make_parser()
+    out = str(tmp_path / "x.png")
+    cases = [
+        (["viz", "activations", str(run_dir), "--out", out, "--layer", "conv9"], "'conv9'"),
+        (["viz", "activations", str(run_dir), "--out", out, "--index", "5000"], "--index 5000"),
+        (["viz", "occlusion", str(run_dir), "--out", out, "--patch", "40"], r"patch \(40, 40\)"),
+        (["viz", "top-images", str(run_dir), "--out", out, "--unit", "99"], "unit 99"),
+        (["viz", "filters", str(tmp_path / "nowhere"), "--out", out], "nowhere"),
+        (["viz", "activations", str(run_dir), "--out", out, "--dataset", "no-such-set"], "no-such-set"),
+    ]
+    for argv, message in cases:
+        args = parser.parse_args(argv)
+        with pytest.raises(SystemExit, match=message):
+            args.func(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["viz", "embedding", str(run_dir), "--out", out, "--grid", "6by8"])
