@@ -1,5 +1,8 @@
+import importlib
+
 import numpy as np
 import pytest
+import threadpoolctl
 
 import fastconv
 from fastconv import backend as backend_module
@@ -17,9 +20,24 @@ def backend(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def numpy_backend_one_thread():
+    """Run a module on the NumPy kernels (the oracle) with one BLAS/OpenMP thread,
+    then restore the backend selected before."""
+    previous = backend_module._current
+    fastconv.set_backend("numpy")
+    # threadpoolctl limits only the thread pools already loaded: load
+    # scikit-learn's OpenMP runtime first.
+    for module in ("sklearn.cluster", "sklearn.manifold"):
+        importlib.import_module(module)
+    with threadpoolctl.threadpool_limits(1):
+        yield
+    backend_module._current = previous
+
+
 @pytest.fixture
 def torch():
-    torch = pytest.importorskip("torch", reason="PyTorch is the oracle of this test (pip install fastconv[torch])")
+    torch = pytest.importorskip("torch", reason="PyTorch is the oracle of this test (pip install fastconv[test])")
     # one thread: the oracle's small ops are far slower when its pool competes for a busy machine
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

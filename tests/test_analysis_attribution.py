@@ -3,9 +3,7 @@ defining properties, and agreement with Captum on the same weights."""
 
 import numpy as np
 import pytest
-import threadpoolctl
 
-import fastconv
 from fastconv import layers as L
 from fastconv import losses, optim
 from fastconv.model import Sequential
@@ -16,18 +14,7 @@ import fastconv.analysis as fa
 BAR_SIZE = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reference_backend():
-    """Run on the NumPy kernels (the oracle), one thread for BLAS and OpenMP, and restore the backend after."""
-    try:
-        previous = fastconv.get_backend()
-    except ImportError:
-        previous = None
-    fastconv.set_backend("numpy")
-    with threadpoolctl.threadpool_limits(1):
-        yield
-    if previous is not None:
-        fastconv.set_backend(previous)
+pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
 
 
 def bars(n, seed):

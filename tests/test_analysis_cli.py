@@ -1,34 +1,15 @@
 """The ``viz`` sub-commands of fastconv.analysis.cli on a saved run folder."""
 import argparse
-import importlib
 
 import numpy as np
 import pytest
-import threadpoolctl
 
-import fastconv
 from fastconv import layers as L
 from fastconv.analysis.cli import TOOLS, add_viz_parser
 from fastconv.model import Sequential
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reference_backend():
-    """Run on the NumPy kernels, one thread for BLAS and OpenMP, and restore the backend after."""
-    try:
-        previous = fastconv.get_backend()
-    except ImportError:
-        previous = None
-    fastconv.set_backend("numpy")
-    for module in ("sklearn.cluster", "sklearn.manifold"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
-    with threadpoolctl.threadpool_limits(1):
-        yield
-    if previous is not None:
-        fastconv.set_backend(previous)
+pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
 
 
 def make_parser():

@@ -1,16 +1,13 @@
 """Occlusion, top images, receptive fields, activations, filters, codes,
 segmentation and figures of fastconv.analysis, on a small net trained on
 the bundled MNIST sample and on an untrained RGB net."""
-import importlib
 import itertools
 import sys
 
 import numpy as np
 import pytest
-import threadpoolctl
 from matplotlib.text import Text
 
-import fastconv
 from fastconv import layers as L
 from fastconv import losses, optim
 from fastconv.data import load_dataset
@@ -23,25 +20,7 @@ from fastconv.analysis import figures
 MNIST_NORMALIZATION = {"mean": [0.1307], "std": [0.3081], "scale": 255.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reference_backend():
-    """Run on the NumPy kernels (the oracle), one thread for BLAS and OpenMP, and restore the backend after."""
-    try:
-        previous = fastconv.get_backend()
-    except ImportError:
-        previous = None
-    fastconv.set_backend("numpy")
-    # threadpoolctl limits only the thread pools already loaded: load
-    # scikit-learn's OpenMP runtime first, when it is installed.
-    for module in ("sklearn.cluster", "sklearn.manifold"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
-    with threadpoolctl.threadpool_limits(1):
-        yield
-    if previous is not None:
-        fastconv.set_backend(previous)
+pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
 
 
 @pytest.fixture(scope="module")
