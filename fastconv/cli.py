@@ -1,4 +1,4 @@
-"""The ``fastconv`` command: train, evaluate, demo, info, viz.
+"""The ``fastconv`` command: train, evaluate, demo, info, bench, viz.
 
     fastconv train --dataset mnist --model mnist2 --epochs 8 --optimizer sgd --lr 0.08 --out runs/mnist
     fastconv train --out runs/mnist --resume
@@ -486,6 +486,13 @@ def cmd_info(args):
 # ------------------------------------------------------------------ parser
 
 
+def cmd_bench(args):
+    from . import bench
+
+    bench.run(threads=args.threads, batch_size=args.batch_size, quick=not args.full)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastconv",
@@ -574,6 +581,16 @@ def build_parser():
     info = commands.add_parser("info", help="how fastconv was built: kernels, OpenMP, threads, BLAS",
                                description="Print fastconv.build_info().")
     info.set_defaults(handler=cmd_info)
+
+    bench = commands.add_parser(
+        "bench", help="time the kernels and the seeds' nets against the NumPy backend and PyTorch",
+        description="Print fastconv's speed on this machine next to its NumPy backend and, when "
+                    "installed, PyTorch, measured in the same run (under a minute; --full for every "
+                    "layer shape, a few minutes). benchmarks/README.md explains the columns.")
+    bench.add_argument("--threads", type=_positive_int, help="threads (default all cores)")
+    bench.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")
+    bench.add_argument("--full", action="store_true", help="every layer shape and more repeats")
+    bench.set_defaults(handler=cmd_bench)
 
     from .analysis.cli import add_viz_parser
 
