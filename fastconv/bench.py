@@ -939,7 +939,7 @@ def _plan(batch_size, quick, engines, threads):
             tasks.append((f"{op} {shape.net} {shape.layer_names}",
                           lambda ctx, op=op, shape=shape: [_kernel_row(op, shape, engines, ctx["settings"],
                                                                        ctx["gemm"])]))
-    batches = [batch_size] if quick else sorted({32, batch_size})
+    batches = [batch_size] if quick else sorted({min(32, batch_size), batch_size})
     for net in NETS:
         for batch in batches:
             for training in (True, False):
@@ -950,7 +950,7 @@ def _plan(batch_size, quick, engines, threads):
         scaling_engines = [e for e in engines if e != "numpy"] if quick else list(engines)
         scaling_nets = ["cifar6"] if quick else list(NETS)
         for net in scaling_nets:
-            tasks.append((f"1 thread {net}",
+            tasks.append((f"thread scaling {net}",
                           lambda ctx, net=net: _scaling_rows(net, batch_size, scaling_engines, threads, ctx)))
     memory_engines = [e for e in engines if e != "numpy"] if quick else list(engines)
     for engine in memory_engines:
@@ -1004,13 +1004,14 @@ def run(threads=None, batch_size=128, quick=False, out=sys.stdout):
     ``threads``: threads for fastconv's kernels, BLAS and PyTorch (None or -1:
     all cores). ``batch_size``: the batch of the kernel rows, of the memory
     and thread-scaling rows, and the largest batch of the model rows (which
-    also run at 32). ``quick``: fewer repeats and only the most informative
+    also run at batch 32, or ``batch_size`` if smaller). ``quick``: fewer repeats and only the most informative
     rows, to finish in under a minute.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
         raise ValueError(f"batch_size must be an int >= 2 (batch norm needs 2 samples), got {batch_size!r}")
     batch_size = int(batch_size)
     previous_backend = backend.get_backend()
+    previous_threads = _runtime.get_num_threads()
     torch = _torch()
     previous_torch_threads = torch.get_num_threads() if torch is not None else None
     engines = [e for e in ENGINES if e != "torch" or torch is not None]
@@ -1038,7 +1039,7 @@ def run(threads=None, batch_size=128, quick=False, out=sys.stdout):
                 rows.append(total)
     finally:
         backend.set_backend(previous_backend)
-        _runtime.set_num_threads(threads)
+        _runtime.set_num_threads(previous_threads)
         if torch is not None:
             torch.set_num_threads(previous_torch_threads)
     if out is not None:
