@@ -35,6 +35,27 @@ def numpy_backend_one_thread():
     backend_module._current = previous
 
 
+@pytest.fixture(scope="session")
+def fit_briefly():
+    """fit_briefly(model, x, y, steps, lr): Adam on seeded random mini-batches of 32,
+    for the small models the analysis tests look inside; returns the model in eval mode."""
+    from fastconv import losses, optim
+
+    def fit(model, x, y, steps, lr):
+        opt = optim.Adam(model, lr=lr)
+        loss = losses.CrossEntropyLoss()
+        rng = np.random.default_rng(1)
+        for _ in range(steps):
+            idx = rng.integers(0, len(x), 32)
+            model.zero_grad()
+            loss(model.forward(x[idx]), y[idx])
+            model.backward(loss.backward())
+            opt.step()
+        return model.eval()
+
+    return fit
+
+
 @pytest.fixture
 def torch():
     torch = pytest.importorskip("torch", reason="PyTorch is the oracle of this test (pip install fastconv[test])")

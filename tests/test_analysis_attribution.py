@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastconv import layers as L
-from fastconv import losses, optim
+from fastconv import losses
 from fastconv.model import Sequential
 
 
@@ -46,20 +46,10 @@ def bar_net(seed=0):
 
 
 @pytest.fixture(scope="module")
-def bar_model():
+def bar_model(fit_briefly):
     """A small all-convolutional net trained to tell horizontal from vertical bars."""
     x, y, _ = bars(512, seed=0)
-    model = bar_net()
-    opt = optim.Adam(model, lr=3e-3)
-    loss = losses.CrossEntropyLoss()
-    rng = np.random.default_rng(1)
-    for _ in range(150):
-        idx = rng.integers(0, len(x), 32)
-        model.zero_grad()
-        loss(model.forward(x[idx]), y[idx])
-        model.backward(loss.backward())
-        opt.step()
-    model.eval()
+    model = fit_briefly(bar_net(), x, y, steps=150, lr=3e-3)
     x_test, y_test, _ = bars(64, seed=5)
     accuracy = np.mean(model.predict(x_test).argmax(axis=1) == y_test)
     assert accuracy > 0.9, f"the bar model did not learn (accuracy {accuracy})"

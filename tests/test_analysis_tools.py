@@ -9,7 +9,6 @@ import pytest
 from matplotlib.text import Text
 
 from fastconv import layers as L
-from fastconv import losses, optim
 from fastconv.data import load_dataset
 from fastconv.model import Sequential
 
@@ -38,23 +37,13 @@ def small_mnist_net(seed=0):
 
 
 @pytest.fixture(scope="module")
-def digit_model(mnist):
+def digit_model(mnist, fit_briefly):
     """A small conv net trained for a few hundred steps on the MNIST sample."""
     model = small_mnist_net()
     model.meta["normalization"] = dict(MNIST_NORMALIZATION)
     model.meta["classes"] = list(mnist.classes)
     normalize = fa.Normalizer.from_model(model)
-    x, y = normalize(mnist.x_train[:4000]), mnist.y_train[:4000]
-    opt = optim.Adam(model, lr=2e-3)
-    loss = losses.CrossEntropyLoss()
-    rng = np.random.default_rng(1)
-    for _ in range(200):
-        idx = rng.integers(0, len(x), 32)
-        model.zero_grad()
-        loss(model.forward(x[idx]), y[idx])
-        model.backward(loss.backward())
-        opt.step()
-    model.eval()
+    fit_briefly(model, normalize(mnist.x_train[:4000]), mnist.y_train[:4000], steps=200, lr=2e-3)
     accuracy = np.mean(model.predict(normalize(mnist.x_test[:300])).argmax(axis=1) == mnist.y_test[:300])
     assert accuracy > 0.85, f"the digit model did not learn (accuracy {accuracy})"
     return model
