@@ -9,7 +9,6 @@ Images to display are (C, H, W) with C in (1, 3): uint8 pixels, or floats
 of any range (scaled to their own min..max).
 """
 import os
-import tempfile
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,6 +16,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .._files import atomic_write
 from . import _common as C
 from . import attribution as A
 from . import weights as W
@@ -36,15 +36,7 @@ def save(fig, path):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fastconv-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 

@@ -95,9 +95,9 @@ def _fraction(text):
 
 
 def _write_json(path, data):
-    from .train import _atomic_write
+    from ._files import atomic_write
 
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def _read_config(run_dir):

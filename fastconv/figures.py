@@ -12,13 +12,12 @@ atomically: a temporary file in the target folder, then a rename.
 
 Images are uint8 (N, C, H, W) as the data sets give them, with C = 1 or 3.
 """
-import contextlib
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
+
+from ._files import atomic_write
 
 __all__ = ["plot_history", "plot_predictions", "plot_confusion", "plot_samples"]
 
@@ -38,16 +37,7 @@ def _figure(width, height):
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 

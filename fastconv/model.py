@@ -13,13 +13,13 @@ import contextlib
 import copy
 import json
 import os
-import uuid
 import zipfile
 import zlib
 
 import numpy as np
 
 from . import _checks
+from ._files import atomic_write
 from .layers import LAYER_TYPES, Layer, _float_dtype
 
 __all__ = ["Sequential", "load", "FORMAT", "FORMAT_VERSION"]
@@ -374,21 +374,7 @@ class Sequential:
             "meta": np.array(json.dumps(self.meta, default=_json_default)),
         }
         entries.update(self._state_arrays())
-        directory, name = os.path.split(os.path.abspath(path))
-        # open(..., "xb") rather than mkstemp: the file gets the usual umask-based permissions
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                np.savez(f, **entries)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(path, lambda f: np.savez(f, **entries))
         return path
 
 

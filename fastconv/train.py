@@ -31,9 +31,7 @@ import csv
 import io
 import json
 import math
-import os
 import signal
-import tempfile
 import threading
 import time
 import zipfile
@@ -42,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write
 from .losses import CrossEntropyLoss
 
 __all__ = [
@@ -84,30 +83,6 @@ class TrainingDiverged(RuntimeError):
 # ------------------------------------------------------------------ files
 
 
-def _atomic_write(path, write):
-    """Call write(file) on a temporary file beside path, then rename it to path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _pack(obj, arrays):
     """A JSON-able form of obj; arrays go to the dict ``arrays`` under generated keys."""
     if isinstance(obj, np.ndarray):
@@ -144,7 +119,7 @@ def save_checkpoint(path, state):
     arrays = {}
     payload = json.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                           "state": _pack(state, arrays)})
-    return _atomic_write(path, lambda f: np.savez(f, checkpoint=np.array(payload), **arrays))
+    return atomic_write(path, lambda f: np.savez(f, checkpoint=np.array(payload), **arrays))
 
 
 def load_checkpoint(path):
@@ -168,7 +143,7 @@ def load_checkpoint(path):
 
 
 def _write_history(run_dir, history):
-    _atomic_write(run_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
+    atomic_write(run_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
 
     def write_csv(f):
         text = io.StringIO()
@@ -178,7 +153,7 @@ def _write_history(run_dir, history):
             writer.writerow({k: ("" if record.get(k) is None else record[k]) for k in HISTORY_COLUMNS})
         f.write(text.getvalue().encode())
 
-    _atomic_write(run_dir / "history.csv", write_csv)
+    atomic_write(run_dir / "history.csv", write_csv)
 
 
 # ------------------------------------------------------------------ evaluation
