@@ -592,6 +592,7 @@ def build_parser():
     bench.add_argument("--full", action="store_true", help="every layer shape and more repeats")
     bench.set_defaults(handler=cmd_bench)
 
+    # Commands defined next to the tools they run, one import and one call each.
     from .analysis.cli import add_viz_parser
 
     add_viz_parser(commands)
