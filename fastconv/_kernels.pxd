@@ -23,16 +23,18 @@ cdef extern from "fastconv.h" nogil:
                        const fc_window *g, int64_t ld)
     void fc_col2im_f64(double *x, const double *cols, int64_t n_images, int64_t channels,
                        const fc_window *g, int64_t ld)
-    void fc_rows_to_images_f32(float *y, const float *rows, const float *bias,
-                               int64_t n_images, int64_t channels, int64_t plane)
-    void fc_rows_to_images_f64(double *y, const double *rows, const double *bias,
-                               int64_t n_images, int64_t channels, int64_t plane)
-    void fc_images_to_rows_f32(float *rows, const float *y,
-                               int64_t n_images, int64_t channels, int64_t plane)
-    void fc_images_to_rows_f64(double *rows, const double *y,
-                               int64_t n_images, int64_t channels, int64_t plane)
-    void fc_fill_rows_f32(float *y, const float *values, int64_t rows, int64_t length)
-    void fc_fill_rows_f64(double *y, const double *values, int64_t rows, int64_t length)
+    int fc_conv_forward_f32(float *y, const float *x, const float *weight, const float *bias,
+                            int64_t n_images, int64_t channels, int64_t filters,
+                            const fc_window *g)
+    int fc_conv_forward_f64(double *y, const double *x, const double *weight,
+                            const double *bias, int64_t n_images, int64_t channels,
+                            int64_t filters, const fc_window *g)
+    int fc_conv_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
+                             const float *x, const float *weight, int64_t n_images,
+                             int64_t channels, int64_t filters, const fc_window *g)
+    int fc_conv_backward_f64(double *dx, double *dweight, double *dbias, const double *dy,
+                             const double *x, const double *weight, int64_t n_images,
+                             int64_t channels, int64_t filters, const fc_window *g)
     void fc_channel_sums_f32(float *sums, const float *y,
                              int64_t n_images, int64_t channels, int64_t plane)
     void fc_channel_sums_f64(double *sums, const double *y,

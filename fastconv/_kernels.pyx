@@ -6,8 +6,9 @@ and follows one pattern: validate with ``fastconv._checks`` -> make the inputs
 C-contiguous -> allocate the results with NumPy -> release the GIL -> run C
 (and BLAS) on raw pointers -> return the arrays.
 
-Convolutions are im2col + GEMM, the GEMM being the BLAS that SciPy ships
-(reached through ``scipy.linalg.cython_blas``, so it runs without the GIL).
+Convolutions unfold one image at a time (im2col) and multiply it with a
+register-tiled matrix kernel of their own (src_c/conv_impl.h), the images
+shared out among the OpenMP threads.
 """
 import numpy as np
 
@@ -15,7 +16,6 @@ cimport numpy as cnp
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.limits cimport INT_MAX
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from . import _checks
 
@@ -32,7 +32,7 @@ __all__ = [
 
 BACKEND_NAME = "compiled"
 KERNELS = tuple(__all__)
-GEMM = "scipy.linalg.cython_blas sgemm/dgemm"
+GEMM = "own register-tiled kernel (AVX-512, AVX2 or baseline x86-64, chosen at load time)"
 
 ctypedef fused real:
     float
@@ -102,15 +102,6 @@ cdef fc_window _window(h, w, geometry) except *:
     return g
 
 
-def _check_blas_sizes(**sizes):
-    """The BLAS interface takes 32-bit ints: refuse larger matrix dimensions."""
-    for name, value in sizes.items():
-        if value > INT_MAX:
-            raise ValueError(
-                f"matrix dimension {name} = {value} exceeds the BLAS limit of {INT_MAX}"
-            )
-
-
 def _image_shape(x_shape):
     n, c, h, w = (int(v) for v in x_shape)
     if n < 1 or c < 1 or h < 1 or w < 1:
@@ -120,23 +111,6 @@ def _image_shape(x_shape):
 
 # ---------------------------------------------------------------------------
 # Typed entry points to C: one name for both float types
-
-cdef inline void _matmul(char trans_a, char trans_b, int m, int n, int k,
-                         const real *a, int lda, const real *b, int ldb,
-                         real beta, real *c, int ldc) noexcept nogil:
-    """Row-major c (m x n) = op(a) @ op(b) + beta * c, op transposing when 'T'.
-
-    BLAS is column-major, where a row-major matrix reads as its transpose, so
-    this asks BLAS for c^T = op(b)^T @ op(a)^T.
-    """
-    cdef real one = 1
-    if real is float:
-        sgemm(&trans_b, &trans_a, &n, &m, &k, &one, <float *>b, &ldb, <float *>a, &lda,
-              &beta, c, &ldc)
-    else:
-        dgemm(&trans_b, &trans_a, &n, &m, &k, &one, <double *>b, &ldb, <double *>a, &lda,
-              &beta, c, &ldc)
-
 
 cdef inline void _im2col(real *cols, const real *x, int64_t n_images, int64_t channels,
                          const fc_window *g, int64_t ld) noexcept nogil:
@@ -152,39 +126,6 @@ cdef inline void _col2im(real *x, const real *cols, int64_t n_images, int64_t ch
         fc_col2im_f32(x, cols, n_images, channels, g, ld)
     else:
         fc_col2im_f64(x, cols, n_images, channels, g, ld)
-
-
-cdef inline void _rows_to_images(real *y, const real *rows, const real *bias,
-                                 int64_t n_images, int64_t channels,
-                                 int64_t plane) noexcept nogil:
-    if real is float:
-        fc_rows_to_images_f32(y, rows, bias, n_images, channels, plane)
-    else:
-        fc_rows_to_images_f64(y, rows, bias, n_images, channels, plane)
-
-
-cdef inline void _images_to_rows(real *rows, const real *y, int64_t n_images,
-                                 int64_t channels, int64_t plane) noexcept nogil:
-    if real is float:
-        fc_images_to_rows_f32(rows, y, n_images, channels, plane)
-    else:
-        fc_images_to_rows_f64(rows, y, n_images, channels, plane)
-
-
-cdef inline void _fill_rows(real *y, const real *values, int64_t rows,
-                            int64_t length) noexcept nogil:
-    if real is float:
-        fc_fill_rows_f32(y, values, rows, length)
-    else:
-        fc_fill_rows_f64(y, values, rows, length)
-
-
-cdef inline void _channel_sums(real *sums, const real *y, int64_t n_images,
-                               int64_t channels, int64_t plane) noexcept nogil:
-    if real is float:
-        fc_channel_sums_f32(sums, y, n_images, channels, plane)
-    else:
-        fc_channel_sums_f64(sums, y, n_images, channels, plane)
 
 
 # ---------------------------------------------------------------------------
@@ -248,9 +189,9 @@ cdef void _col2im_run(real tag, object x, object cols, int64_t n, int64_t c,
 cdef class _ConvCache:
     """What conv2d_backward needs from conv2d_forward; opaque to callers.
 
-    The input is kept rather than its im2col matrix: the backward pass rebuilds
-    the columns chunk by chunk, which costs one parallel pass and saves holding
-    a matrix KH*KW times the size of x from the forward to the backward pass.
+    The input is kept rather than its im2col matrix: the backward pass unfolds
+    each image again, one at a time, which costs less than holding a matrix
+    KH*KW times the size of x from the forward to the backward pass.
     """
     cdef object x
     cdef object weight
@@ -258,30 +199,6 @@ cdef class _ConvCache:
     cdef tuple y_shape
     cdef fc_window window
     cdef bint has_bias
-    cdef bint pointwise
-    cdef int64_t chunk
-
-
-# Layout of the convolution GEMMs, chosen by timing on the cifar6 and mnist2
-# layer shapes at batch 128 on 2 cores. The batch is unfolded into one
-# (C*KH*KW, images*OH*OW) matrix and multiplied at once, then a transpose pass
-# writes NCHW and adds the bias. The alternative, one GEMM per image written
-# straight into NCHW, was 1.6x faster on an idle machine (one image's columns
-# stay in cache) but 4-5x slower as soon as other processes used the cores:
-# every GEMM wakes BLAS's threads, so one descheduled thread stalls N GEMMs
-# per pass instead of one; running im2col on the OpenMP team between those
-# GEMMs was worse still, the two thread pools fighting over the cores. Chunks
-# of images bound the unfolded matrix to _CHUNK_BYTES, so that a large batch
-# does not allocate gigabytes of scratch.
-_CHUNK_BYTES = 64 << 20
-
-
-def _images_per_chunk(n, k, out_plane, itemsize):
-    """Images unfolded per GEMM: chunks of equal size, the last not a sliver,
-    whose matrix fits _CHUNK_BYTES and whose sizes fit the BLAS int range."""
-    most = max(1, min(n, _CHUNK_BYTES // (k * out_plane * itemsize), INT_MAX // out_plane))
-    chunks = -(-n // most)
-    return -(-n // chunks)
 
 
 def conv2d_forward(x, weight, bias, stride=1, padding=0):
@@ -290,67 +207,41 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0):
     x (N, C, H, W), weight (F, C, KH, KW), bias (F,) or None -> y (N, F, OH, OW), cache.
     """
     geometry = _checks.conv_args(x, weight, bias, stride, padding)
-    cdef int64_t n = x.shape[0], c = x.shape[1], f = weight.shape[0]
     cdef _ConvCache cache = _ConvCache()
     cache.window = _window(x.shape[2], x.shape[3], geometry)
     cdef fc_window *g = &cache.window
-    k = c * g.kh * g.kw
-    out_plane = g.oh * g.ow
-    _check_blas_sizes(K=k, F=f, OH_OW=out_plane)
-    # A 1x1 kernel with stride 1 and no padding needs no im2col: each image
-    # (C, H*W) is its own column matrix, multiplied straight into y.
-    cache.pointwise = (g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1
-                       and g.ph == 0 and g.pw == 0)
-    cache.chunk = 0 if cache.pointwise else _images_per_chunk(n, k, out_plane, x.dtype.itemsize)
+    cdef int64_t n = x.shape[0], c = x.shape[1], f = weight.shape[0]
     y = _new((n, f, g.oh, g.ow), x.dtype)
-    cols = None if cache.pointwise else _new((k, cache.chunk * out_plane), x.dtype)
-    rows = None if cache.pointwise else _new((f, cache.chunk * out_plane), x.dtype)
-    xc = np.ascontiguousarray(x)
-    wc = np.ascontiguousarray(weight)
+    cache.x = np.ascontiguousarray(x)
+    cache.weight = np.ascontiguousarray(weight)
     bc = None if bias is None else np.ascontiguousarray(bias)
-    if _is_single(xc):
-        _conv_forward_run(<float>0, y, xc, wc, bc, cols, rows, cache.chunk, g, n, c, f)
+    cdef int status
+    if _is_single(y):
+        status = _conv_forward_run(<float>0, y, cache.x, cache.weight, bc, g, n, c, f)
     else:
-        _conv_forward_run(<double>0, y, xc, wc, bc, cols, rows, cache.chunk, g, n, c, f)
-    cache.x = xc
-    cache.weight = wc
+        status = _conv_forward_run(<double>0, y, cache.x, cache.weight, bc, g, n, c, f)
+    if status != 0:
+        raise MemoryError(f"no memory for the convolution's scratch ({c * g.kh * g.kw} x "
+                          f"{g.oh * g.ow} columns per thread)")
     cache.x_shape = tuple(x.shape)
     cache.y_shape = y.shape
     cache.has_bias = bias is not None
     return y, cache
 
 
-cdef void _conv_forward_run(real tag, object y, object x, object weight, object bias,
-                            object cols, object rows, int64_t chunk, const fc_window *g,
-                            int64_t n, int64_t c, int64_t f):
-    """cols (K, chunk*OH*OW) and rows (F, chunk*OH*OW) are scratch for a chunk's
-    im2col matrix and product; both None for 1x1 kernels (chunk 0)."""
+cdef int _conv_forward_run(real tag, object y, object x, object weight, object bias,
+                           const fc_window *g, int64_t n, int64_t c, int64_t f):
     cdef real *py = <real *>_data(y)
     cdef const real *px = <const real *>_data(x)
     cdef const real *pw = <const real *>_data(weight)
     cdef const real *pb = <const real *>_data(bias)
-    cdef real *pc = <real *>_data(cols)
-    cdef real *pr = <real *>_data(rows)
-    cdef int64_t k = c * g.kh * g.kw, p = g.oh * g.ow, in_image = c * g.h * g.w
-    cdef int64_t i = 0, count
-    cdef int width
+    cdef int status
     with nogil:
-        if chunk == 0:
-            for i in range(n):
-                # The bias goes in first and the GEMM adds onto it (beta = 1).
-                if pb != NULL:
-                    _fill_rows(py + i * f * p, pb, f, p)
-                _matmul(c'N', c'N', <int>f, <int>p, <int>k, pw, <int>k, px + i * in_image,
-                        <int>p, 0 if pb == NULL else 1, py + i * f * p, <int>p)
+        if real is float:
+            status = fc_conv_forward_f32(py, px, pw, pb, n, c, f, g)
         else:
-            while i < n:
-                count = min(chunk, n - i)
-                width = <int>(count * p)
-                _im2col(pc, px + i * in_image, count, c, g, width)
-                # rows (F, width) = weight (F, K) @ cols (K, width)
-                _matmul(c'N', c'N', <int>f, width, <int>k, pw, <int>k, pc, width, 0, pr, width)
-                _rows_to_images(py + i * f * p, pr, pb, count, f, p)
-                i += count
+            status = fc_conv_forward_f64(py, px, pw, pb, n, c, f, g)
+    return status
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -363,69 +254,37 @@ def conv2d_backward(dy, cache, need_dx=True):
     _checks.float_array(dy, "dy", 4)
     _checks.same_dtype(cc.weight, dy, "dy")
     _checks.matching_shape(dy, "dy", cc.y_shape, "the convolution output")
-    cdef fc_window *g = &cc.window
-    k = cc.x_shape[1] * g.kh * g.kw
-    width = cc.chunk * g.oh * g.ow
     dweight = _new(np.shape(cc.weight), dy.dtype)
     dbias = _new((cc.y_shape[1],), dy.dtype) if cc.has_bias else None
-    dx = _new(cc.x_shape, dy.dtype, zeroed=True) if need_dx else None
-    cols = None if cc.pointwise else _new((k, width), dy.dtype)
-    rows = None if cc.pointwise else _new((cc.y_shape[1], width), dy.dtype)
-    dcols = None if cc.pointwise or not need_dx else _new((k, width), dy.dtype)
+    dx = _new(cc.x_shape, dy.dtype) if need_dx else None
     dyc = np.ascontiguousarray(dy)
+    cdef int status
     if _is_single(dyc):
-        _conv_backward_run(<float>0, dx, dweight, dbias, dyc, cc, cols, rows, dcols)
+        status = _conv_backward_run(<float>0, dx, dweight, dbias, dyc, cc)
     else:
-        _conv_backward_run(<double>0, dx, dweight, dbias, dyc, cc, cols, rows, dcols)
+        status = _conv_backward_run(<double>0, dx, dweight, dbias, dyc, cc)
+    if status != 0:
+        raise MemoryError("no memory for the convolution gradients' scratch")
     return dx, dweight, dbias
 
 
-cdef void _conv_backward_run(real tag, object dx, object dweight, object dbias, object dy,
-                             _ConvCache cache, object cols, object rows, object dcols):
-    """cols and dcols (K, chunk*OH*OW) hold a chunk's im2col matrix and its
-    gradient, rows (F, chunk*OH*OW) the chunk's dy regrouped by filter; all
-    None for 1x1 kernels, dcols None when dx is not wanted."""
+cdef int _conv_backward_run(real tag, object dx, object dweight, object dbias, object dy,
+                            _ConvCache cache):
     cdef const fc_window *g = &cache.window
     cdef int64_t n = cache.x_shape[0], c = cache.x_shape[1], f = cache.y_shape[1]
-    cdef int64_t k = c * g.kh * g.kw, p = g.oh * g.ow, in_image = c * g.h * g.w
-    cdef int64_t chunk = cache.chunk, i = 0, count
-    cdef int width
     cdef real *pdx = <real *>_data(dx)
     cdef real *pdw = <real *>_data(dweight)
     cdef real *pdb = <real *>_data(dbias)
     cdef const real *pdy = <const real *>_data(dy)
     cdef const real *px = <const real *>_data(cache.x)
     cdef const real *pw = <const real *>_data(cache.weight)
-    cdef real *pc = <real *>_data(cols)
-    cdef real *pr = <real *>_data(rows)
-    cdef real *pdc = <real *>_data(dcols)
+    cdef int status
     with nogil:
-        if chunk == 0:
-            for i in range(n):
-                # dweight (F, C) += dy_i (F, HW) @ x_i^T
-                _matmul(c'N', c'T', <int>f, <int>k, <int>p, pdy + i * f * p, <int>p,
-                        px + i * in_image, <int>p, 0 if i == 0 else 1, pdw, <int>k)
-                # dx_i (C, HW) = weight^T (C, F) @ dy_i
-                if pdx != NULL:
-                    _matmul(c'T', c'N', <int>k, <int>p, <int>f, pw, <int>k, pdy + i * f * p,
-                            <int>p, 0, pdx + i * in_image, <int>p)
+        if real is float:
+            status = fc_conv_backward_f32(pdx, pdw, pdb, pdy, px, pw, n, c, f, g)
         else:
-            while i < n:
-                count = min(chunk, n - i)
-                width = <int>(count * p)
-                _im2col(pc, px + i * in_image, count, c, g, width)
-                _images_to_rows(pr, pdy + i * f * p, count, f, p)
-                # dweight (F, K) += rows (F, width) @ cols^T
-                _matmul(c'N', c'T', <int>f, <int>k, width, pr, width, pc, width,
-                        0 if i == 0 else 1, pdw, <int>k)
-                if pdx != NULL:
-                    # dcols (K, width) = weight^T (K, F) @ rows, folded back into dx
-                    _matmul(c'T', c'N', <int>k, width, <int>f, pw, <int>k, pr, width,
-                            0, pdc, width)
-                    _col2im(pdx + i * in_image, pdc, count, c, g, width)
-                i += count
-        if pdb != NULL:
-            _channel_sums(pdb, pdy, n, f, p)
+            status = fc_conv_backward_f64(pdx, pdw, pdb, pdy, px, pw, n, c, f, g)
+    return status
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,8 @@
 """What was compiled, and how many threads the kernels use.
 
-Two thread pools do the work: OpenMP inside the C kernels, and the BLAS that
-performs the GEMMs (scipy's, reached through scipy.linalg.cython_blas, and
-NumPy's for the Linear layers). ``set_num_threads`` sets all of them so a
-benchmark or a determinism test controls the machine with one call.
+Two thread pools do the work: OpenMP inside the C kernels (convolutions
+included), and NumPy's BLAS for the Linear layers. ``set_num_threads`` sets
+both, so a benchmark or a determinism test controls the machine with one call.
 """
 import os
 

@@ -6,13 +6,15 @@ void FC_NAME(im2col)(REAL *cols, const REAL *x, int64_t n_images, int64_t channe
                      const fc_window *g, int64_t ld);
 void FC_NAME(col2im)(REAL *x, const REAL *cols, int64_t n_images, int64_t channels,
                      const fc_window *g, int64_t ld);
-void FC_NAME(rows_to_images)(REAL *y, const REAL *rows, const REAL *bias,
-                             int64_t n_images, int64_t channels, int64_t plane);
-void FC_NAME(images_to_rows)(REAL *rows, const REAL *y,
-                             int64_t n_images, int64_t channels, int64_t plane);
-void FC_NAME(fill_rows)(REAL *y, const REAL *values, int64_t rows, int64_t length);
 void FC_NAME(channel_sums)(REAL *sums, const REAL *y,
                            int64_t n_images, int64_t channels, int64_t plane);
+
+int FC_NAME(conv_forward)(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
+                          int64_t n_images, int64_t channels, int64_t filters,
+                          const fc_window *g);
+int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
+                           const REAL *x, const REAL *weight, int64_t n_images,
+                           int64_t channels, int64_t filters, const fc_window *g);
 
 void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t planes,
                               const fc_window *g);

@@ -1,6 +1,7 @@
-/* The double instance of the kernels in kernels_impl.h. */
+/* The double instance of the kernels in kernels_impl.h and conv_impl.h. */
 #include "fastconv.h"
 
 #define REAL double
 #define FC_NAME(name) fc_##name##_f64
 #include "kernels_impl.h"
+#include "conv_impl.h"

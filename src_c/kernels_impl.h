@@ -127,56 +127,6 @@ void FC_NAME(col2im)(REAL *x, const REAL *cols, int64_t n_images, int64_t channe
     }
 }
 
-/* y:    (n_images, channels, plane);
- * rows: (channels, n_images*plane), image n in columns n*plane to (n+1)*plane - 1;
- * bias: (channels,) added to every value of its channel, or NULL. */
-void FC_NAME(rows_to_images)(REAL *y, const REAL *rows, const REAL *bias,
-                             int64_t n_images, int64_t channels, int64_t plane)
-{
-    FC_OMP(parallel for collapse(2) schedule(static)
-           num_threads(fc_threads_for(n_images * channels * plane)))
-    for (int64_t n = 0; n < n_images; n++) {
-        for (int64_t c = 0; c < channels; c++) {
-            REAL *dst = y + (n * channels + c) * plane;
-            const REAL *src = rows + c * n_images * plane + n * plane;
-            if (bias) {
-                const REAL b = bias[c];
-                for (int64_t q = 0; q < plane; q++)
-                    dst[q] = src[q] + b;
-            } else {
-                for (int64_t q = 0; q < plane; q++)
-                    dst[q] = src[q];
-            }
-        }
-    }
-}
-
-/* rows: (channels, n_images*plane); y: (n_images, channels, plane). */
-void FC_NAME(images_to_rows)(REAL *rows, const REAL *y,
-                             int64_t n_images, int64_t channels, int64_t plane)
-{
-    FC_OMP(parallel for collapse(2) schedule(static)
-           num_threads(fc_threads_for(n_images * channels * plane)))
-    for (int64_t c = 0; c < channels; c++) {
-        for (int64_t n = 0; n < n_images; n++) {
-            REAL *dst = rows + c * n_images * plane + n * plane;
-            const REAL *src = y + (n * channels + c) * plane;
-            for (int64_t q = 0; q < plane; q++)
-                dst[q] = src[q];
-        }
-    }
-}
-
-/* y: (rows, length), row r set to values[r]. */
-void FC_NAME(fill_rows)(REAL *y, const REAL *values, int64_t rows, int64_t length)
-{
-    for (int64_t r = 0; r < rows; r++) {
-        const REAL v = values[r];
-        for (int64_t q = 0; q < length; q++)
-            y[r * length + q] = v;
-    }
-}
-
 /* sums: (channels,), the sum over images and pixels of y (n_images, channels, plane),
  * accumulated in double. */
 void FC_NAME(channel_sums)(REAL *sums, const REAL *y,
@@ -209,14 +159,49 @@ static void taps_inside(int64_t start, int64_t k, int64_t n_in, int64_t *lo, int
  * order, a NaN beating any number. The padding counts as -inf, so a window whose
  * values are all -inf reports its first tap even when that tap is padding (this
  * matches numpy.argmax over the padded window in reference.py). */
+/* Whether v replaces best as a window's maximum: larger, or the first NaN. */
+static inline int beats(REAL v, REAL best)
+{
+    return v > best || (isnan(v) && !isnan(best));
+}
+
+/* The common 2x2 window, stride 2, no padding: the four taps read directly,
+ * without the general loop's clipping of each window to the plane. */
+static void maxpool_2x2(REAL *y, int64_t *argmax, const REAL *src, const fc_window *g)
+{
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        const int64_t top = 2 * oh * g->w;
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            const int64_t at0 = top + 2 * ow;
+            const int64_t at[4] = {at0, at0 + 1, at0 + g->w, at0 + g->w + 1};
+            REAL best = src[at[0]];
+            int64_t best_at = at[0];
+            for (int t = 1; t < 4; t++) {
+                if (beats(src[at[t]], best)) {
+                    best = src[at[t]];
+                    best_at = at[t];
+                }
+            }
+            y[oh * g->ow + ow] = best;
+            argmax[oh * g->ow + ow] = best_at;
+        }
+    }
+}
+
 void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t planes,
                               const fc_window *g)
 {
     const int64_t in_plane = g->h * g->w;
     const int64_t out_plane = g->oh * g->ow;
+    const int two_by_two = g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2
+                           && g->ph == 0 && g->pw == 0 && g->oh > 1 && g->ow > 1;
     FC_OMP(parallel for schedule(static)
            num_threads(fc_threads_for(planes * in_plane)))
     for (int64_t p = 0; p < planes; p++) {
+        if (two_by_two) {
+            maxpool_2x2(y + p * out_plane, argmax + p * out_plane, x + p * in_plane, g);
+            continue;
+        }
         const REAL *src = x + p * in_plane;
         for (int64_t oh = 0; oh < g->oh; oh++) {
             const int64_t top = oh * g->sh - g->ph;
@@ -232,7 +217,7 @@ void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t p
                     for (int64_t j = j_lo; j < j_hi; j++) {
                         const int64_t at = (top + i) * g->w + left + j;
                         const REAL v = src[at];
-                        if (v > best || (isnan(v) && !isnan(best))) {
+                        if (beats(v, best)) {
                             best = v;
                             best_at = at;
                         }
@@ -433,10 +418,13 @@ void FC_NAME(relu_forward)(REAL *y, const REAL *x, int64_t size)
         y[k] = x[k] < 0 ? (REAL)0 : x[k];
 }
 
-/* dx, dy, y: (size,). */
+/* dx, dy, y: (size,). dy is loaded whatever y is, so that the select
+ * compiles to a vector blend rather than a branch per element. */
 void FC_NAME(relu_backward)(REAL *dx, const REAL *dy, const REAL *y, int64_t size)
 {
     FC_OMP(parallel for simd schedule(static) num_threads(fc_threads_for(size)))
-    for (int64_t k = 0; k < size; k++)
-        dx[k] = y[k] > 0 ? dy[k] : (REAL)0;
+    for (int64_t k = 0; k < size; k++) {
+        const REAL d = dy[k];
+        dx[k] = y[k] > 0 ? d : (REAL)0;
+    }
 }

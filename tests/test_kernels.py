@@ -201,17 +201,45 @@ def test_conv2d_pointwise_fast_path(dtype, with_bias, plane):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_batch_split_into_several_gemms(dtype):
-    # The batch is unfolded a chunk of images at a time, each chunk's im2col
-    # matrix capped at 64 MiB: 512 channels of 6x6 with a 5x5 kernel make
-    # 1.8 MB per float32 image, so this batch takes two chunks.
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    # stride 1: taps read from the padded image, dx by the flipped convolution
+    ((3, 4, 32, 32), (3, 3), 1, 1),
+    ((2, 3, 14, 14), (5, 3), 1, (2, 1)),
+    # padding as large as the kernel: dx falls back to unfolded columns
+    ((2, 2, 5, 6), (2, 2), 1, 2),
+    # one output row and column: the stride never applies, but the flipped
+    # convolution would not give back the input's size
+    ((2, 3, 5, 4), (3, 3), 3, 0),
+    # stride 2: unfolded columns, a plane that is not a whole number of vectors
+    ((3, 5, 15, 13), (3, 3), 2, 1),
+])
+def test_conv2d_paths_match_reference(dtype, shape, kernel, stride, padding):
     rng = np.random.default_rng(4)
-    per_image = 512 * 25 * 36 * np.dtype(dtype).itemsize
-    n = (64 << 20) // per_image + 2
-    x = random_array(rng, (n, 512, 6, 6), dtype)
-    weight = random_array(rng, (3, 512, 5, 5), dtype)
-    bias = random_array(rng, (3,), dtype)
-    check_conv(x, weight, bias, 1, 2)
+    x = random_array(rng, shape, dtype)
+    weight = random_array(rng, (20, shape[1]) + kernel, dtype)
+    bias = random_array(rng, (20,), dtype)
+    check_conv(x, weight, bias, stride, padding)
+
+
+def test_conv2d_gives_the_same_bits_for_a_given_thread_count():
+    # The weight gradient is summed per thread and then across threads in a
+    # fixed order: repeated runs with the same thread count agree exactly,
+    # and a batch smaller than the thread team works.
+    rng = np.random.default_rng(5)
+    weight = random_array(rng, (8, 3, 3, 3), np.float32)
+    before = fast.get_openmp_threads()
+    try:
+        fast.set_openmp_threads(2)
+        for n in (1, 5):
+            x = random_array(rng, (n, 3, 12, 12), np.float32)
+            runs = []
+            for _ in range(2):
+                y, cache = fast.conv2d_forward(x, weight, None, 1, 1)
+                runs.append((y,) + fast.conv2d_backward(np.ones_like(y), cache)[:2])
+            for first, second in zip(*runs):
+                assert np.array_equal(first, second)
+    finally:
+        fast.set_openmp_threads(before)
 
 
 # ---------------------------------------------------------------------------

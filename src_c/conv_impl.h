@@ -1,0 +1,566 @@
+/* Convolution forward and backward, written once for both float types and
+ * included by kernels_f32.c / kernels_f64.c after kernels_impl.h (whose
+ * unfold_tap and fold_tap it uses).
+ *
+ * Why not one BLAS GEMM over the whole batch: on the layer shapes of small
+ * CNNs (few output channels, many pixels) a general GEMM packs its operands
+ * for nothing and runs at under half its large-matrix rate, a whole-batch
+ * column matrix does not fit any cache, and a threaded BLAS fights the
+ * OpenMP team of the other kernels for the cores. Instead each OpenMP thread
+ * takes whole images and multiplies them with the register-tiled micro-kernel
+ * below; scratch stays in the thread's L2 cache, one thread pool does all the
+ * work, and the results depend only on the thread count.
+ *
+ * Stride-1 convolutions never build a column matrix. The image is copied
+ * once into a zero-padded plane of width Wp = W + 2*pw; then the row of
+ * kernel tap (c, i, j) is that padded image itself, read from offset
+ * c*Hp*Wp + i*Wp + j, if the output is computed on a "wide" grid of OH rows
+ * of Wp columns (q = oh*Wp + ow) whose last Wp - OW columns are junk and
+ * dropped. The junk costs Wp/OW more multiply-adds (6% on 32x32 planes with
+ * 3x3 kernels, 25% on 8x8) and saves an unfold that costs about 40% of the
+ * multiply. The gradient with respect to the input is then a stride-1
+ * convolution of the padded dy with the flipped, transposed weights, done by
+ * the same routine. Other strides unfold each image into columns (im2col).
+ *
+ * The micro-kernel uses GCC's vector extensions; target_clones compiles the
+ * per-image routines for AVX-512, AVX2 and baseline x86-64 and picks one at
+ * load time, so one build runs at full width on the machine it lands on.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTCONV_DEBUG)
+#define FC_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#else
+#define FC_CLONES
+#endif
+#define FC_INLINE static inline __attribute__((always_inline))
+/* The vector helpers are inlined into each clone, so the ABI of passing
+ * 64-byte vectors between functions, which GCC warns about, never arises. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* 64-byte vectors: 16 floats or 8 doubles, one AVX-512 register. */
+#define VLEN ((int64_t)(64 / sizeof(REAL)))
+typedef REAL vec __attribute__((vector_size(64)));
+/* A tile updates 8 rows x 2 vectors of C: 16 accumulators leave registers for
+ * the two column loads, and 16 multiply-adds per 10 loads keep the FMA units,
+ * not the load ports, the bottleneck. */
+#define TILE_ROWS 8
+#define TILE_VECS 2
+/* Depth handled per pass over a column panel: 128 rows x 2 vectors of B are
+ * 16 KiB, which stay in L1 while every row block of C reuses them. */
+#define DEPTH_BLOCK 128
+
+static int64_t round_up(int64_t n, int64_t m)
+{
+    return (n + m - 1) / m * m;
+}
+
+FC_INLINE vec load_vec(const REAL *p)
+{
+    vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+FC_INLINE void store_vec(REAL *p, vec v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* The operands of C (m x n) (+)= A (m x depth) @ B (depth x n), each read in
+ * place through offset tables, so one kernel serves weights, transposed
+ * weights, column matrices, shifted views of a padded image and transposed
+ * gradients:
+ *   A(r, k) = a[a_rows[r] + k*a_step],  B(k, j) = b[b_rows[k] + j],
+ *   C(r, j) = c[r*ldc + j].
+ * n is a multiple of VLEN; every B row must be readable up to n. */
+typedef struct {
+    const REAL *a;
+    const int64_t *a_rows;
+    int64_t a_step;
+    const REAL *b;
+    const int64_t *b_rows;
+    REAL *c;
+    int64_t ldc;
+} operands;
+
+/* rows x vecs*VLEN of C from depth k0..k0+depth; rows and vecs are constants at
+ * every call site (the switch in panel), so the accumulators live in registers. */
+FC_INLINE void tile(int rows, int vecs, const operands *o, int64_t r0, int64_t j0,
+                    int64_t k0, int64_t depth, int add)
+{
+    vec acc[TILE_ROWS][TILE_VECS];
+    const REAL *ap[TILE_ROWS];
+    REAL *cp = o->c + r0 * o->ldc + j0;
+    for (int r = 0; r < rows; r++) {
+        ap[r] = o->a + o->a_rows[r0 + r] + k0 * o->a_step;
+        for (int v = 0; v < vecs; v++)
+            acc[r][v] = add ? load_vec(cp + r * o->ldc + v * VLEN) : (vec){0};
+    }
+    const int64_t *b_rows = o->b_rows + k0;
+    const REAL *b = o->b + j0;
+    for (int64_t k = 0; k < depth; k++) {
+        vec col[TILE_VECS];
+        for (int v = 0; v < vecs; v++)
+            col[v] = load_vec(b + b_rows[k] + v * VLEN);
+        for (int r = 0; r < rows; r++) {
+            const REAL s = ap[r][k * o->a_step];
+            for (int v = 0; v < vecs; v++)
+                acc[r][v] += s * col[v];
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vecs; v++)
+            store_vec(cp + r * o->ldc + v * VLEN, acc[r][v]);
+}
+
+/* Columns j0 to j0 + vecs*VLEN of C, all m rows, in depth blocks. */
+FC_INLINE void panel(int vecs, const operands *o, int64_t m, int64_t j0, int64_t depth,
+                     int accumulate)
+{
+    for (int64_t k0 = 0; k0 < depth; k0 += DEPTH_BLOCK) {
+        const int64_t kd = depth - k0 < DEPTH_BLOCK ? depth - k0 : DEPTH_BLOCK;
+        const int add = accumulate || k0 > 0;
+        int64_t r = 0;
+        for (; r + TILE_ROWS <= m; r += TILE_ROWS)
+            tile(TILE_ROWS, vecs, o, r, j0, k0, kd, add);
+        switch (m - r) {
+#define REST(n) case n: tile(n, vecs, o, r, j0, k0, kd, add); break;
+            REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
+#undef REST
+        default:
+            break;
+        }
+    }
+}
+
+/* C (m x n) = A @ B, or C += A @ B when accumulate; n a multiple of VLEN. */
+FC_INLINE void gemm(const operands *o, int64_t m, int64_t n, int64_t depth, int accumulate)
+{
+    int64_t j = 0;
+    for (; j + TILE_VECS * VLEN <= n; j += TILE_VECS * VLEN)
+        panel(TILE_VECS, o, m, j, depth, accumulate);
+    for (; j < n; j += VLEN)
+        panel(1, o, m, j, depth, accumulate);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The plan of one convolution: geometry, offset tables and scratch sizes,
+ * worked out once per call and shared read-only by the threads. */
+
+typedef struct {
+    int64_t channels, filters;  /* C in, F out */
+    const fc_window *g;
+    int64_t k;                  /* C*KH*KW: depth of the forward product */
+    int64_t plane;              /* OH*OW: output pixels per image */
+    int shifted;                /* stride 1: read taps from the padded image */
+    /* shifted: the padded image, (C, Hp, Wp) plus `slack` zeros, and the
+     * wide output grid of `wide` = OH*Wp columns rounded up to a vector. */
+    int64_t hp, wp, padded_plane, slack, wide;
+    /* unfolded: columns (K, OH*OW) with row stride ld. */
+    int64_t ld;
+    int64_t *tap_rows;          /* (K,): where tap row k starts in the padded image or columns */
+    int64_t *weight_rows;       /* (F,): r*K, rows of the weight matrix */
+} conv_plan;
+
+static void free_plan(conv_plan *p)
+{
+    free(p->tap_rows);
+    free(p->weight_rows);
+}
+
+/* Row stride of a scratch matrix of `plane` columns: whole vectors plus one,
+ * so that rows are not a multiple of 4 KiB apart (a 32x32 plane of floats is
+ * exactly 4 KiB), which would put every row of a panel in the same L1 set. */
+static int64_t padded_stride(int64_t plane)
+{
+    return round_up(plane, VLEN) + VLEN;
+}
+
+/* A plan that reads taps from the padded image when `shifted` and the
+ * geometry allows it (stride 1), from unfolded columns otherwise.
+ * Returns 0, or -1 when the tables could not be allocated. */
+static int make_plan(conv_plan *p, int64_t channels, int64_t filters, const fc_window *g,
+                     int shifted)
+{
+    memset(p, 0, sizeof *p);
+    p->channels = channels;
+    p->filters = filters;
+    p->g = g;
+    p->k = channels * g->kh * g->kw;
+    p->plane = g->oh * g->ow;
+    p->shifted = shifted && g->sh == 1 && g->sw == 1;
+    p->tap_rows = malloc((size_t)p->k * sizeof(int64_t));
+    p->weight_rows = malloc((size_t)filters * sizeof(int64_t));
+    if (!p->tap_rows || !p->weight_rows) {
+        free_plan(p);
+        return -1;
+    }
+    for (int64_t f = 0; f < filters; f++)
+        p->weight_rows[f] = f * p->k;
+    const int64_t taps = g->kh * g->kw;
+    if (p->shifted) {
+        p->hp = g->h + 2 * g->ph;
+        p->wp = g->w + 2 * g->pw;
+        p->padded_plane = p->hp * p->wp;
+        p->wide = round_up(g->oh * p->wp, VLEN);
+        /* The last tap reads up to (KW-1) + wide - OH*Wp past the last plane. */
+        p->slack = g->kw + VLEN;
+        for (int64_t r = 0; r < p->k; r++)
+            p->tap_rows[r] = r / taps * p->padded_plane + r % taps / g->kw * p->wp + r % g->kw;
+    } else {
+        p->ld = padded_stride(p->plane);
+        for (int64_t r = 0; r < p->k; r++)
+            p->tap_rows[r] = r * p->ld;
+    }
+    return 0;
+}
+
+/* The zero-padded copy (C, Hp, Wp) of one image, then `slack` zeros. */
+static void pad_image(REAL *dst, const REAL *image, const conv_plan *p)
+{
+    const fc_window *g = p->g;
+    memset(dst, 0, (size_t)(p->channels * p->padded_plane + p->slack) * sizeof(REAL));
+    for (int64_t c = 0; c < p->channels; c++)
+        for (int64_t h = 0; h < g->h; h++)
+            memcpy(dst + c * p->padded_plane + (h + g->ph) * p->wp + g->pw,
+                   image + (c * g->h + h) * g->w, (size_t)g->w * sizeof(REAL));
+}
+
+/* The column matrix (K, OH*OW), row stride ld, of one image, laid out as im2col's. */
+static void unfold_image(REAL *cols, const REAL *image, const conv_plan *p)
+{
+    const fc_window *g = p->g;
+    const int64_t taps = g->kh * g->kw, in_plane = g->h * g->w;
+    for (int64_t r = 0; r < p->k; r++)
+        unfold_tap(cols + r * p->ld, image + r / taps * in_plane, g, r % taps / g->kw,
+                   r % g->kw);
+}
+
+/* image (C, H, W) += the columns folded back; the adjoint of unfold_image. */
+static void fold_image(REAL *image, const REAL *cols, const conv_plan *p)
+{
+    const fc_window *g = p->g;
+    const int64_t taps = g->kh * g->kw, in_plane = g->h * g->w;
+    for (int64_t r = 0; r < p->k; r++)
+        fold_tap(image + r / taps * in_plane, cols + r * p->ld, g, r % taps / g->kw,
+                 r % g->kw);
+}
+
+/* Per-thread scratch of the forward pass: the padded image or the columns,
+ * and the product before it is cut to the output's shape. */
+static size_t forward_scratch(const conv_plan *p)
+{
+    if (p->shifted)
+        return (size_t)(p->channels * p->padded_plane + p->slack + p->filters * p->wide);
+    return (size_t)(p->k * p->ld + p->filters * p->ld);
+}
+
+/* y (F, OH, OW) of one image = weight (F, K) @ taps of the image + bias. */
+FC_CLONES static void forward_image(REAL *y, const REAL *image, const REAL *weight,
+                                    const REAL *bias, const conv_plan *p, REAL *scratch)
+{
+    const fc_window *g = p->g;
+    operands o = {weight, p->weight_rows, 1, scratch, p->tap_rows, NULL, 0};
+    int64_t width, row_stride;
+    if (p->shifted) {
+        pad_image(scratch, image, p);
+        o.c = scratch + p->channels * p->padded_plane + p->slack;
+        width = row_stride = p->wide;
+    } else {
+        unfold_image(scratch, image, p);
+        o.c = scratch + p->k * p->ld;
+        width = round_up(p->plane, VLEN);
+        row_stride = p->ld;
+    }
+    o.ldc = row_stride;
+    gemm(&o, p->filters, width, p->k, 0);
+    /* Cut the product to (OH, OW) per filter and add the bias. */
+    const int64_t grid = p->shifted ? p->wp : g->ow;
+    for (int64_t f = 0; f < p->filters; f++) {
+        const REAL b = bias ? bias[f] : 0;
+        const REAL *src = o.c + f * row_stride;
+        REAL *dst = y + f * p->plane;
+        for (int64_t oh = 0; oh < g->oh; oh++)
+            for (int64_t ow = 0; ow < g->ow; ow++)
+                dst[oh * g->ow + ow] = src[oh * grid + ow] + b;
+    }
+}
+
+/* Threads for a convolution over n_images: never more than images. */
+static int conv_threads(int64_t n_images, const conv_plan *p)
+{
+    int threads = fc_threads_for(n_images * p->filters * p->plane * p->k / 16);
+    if (threads > n_images)
+        threads = (int)n_images;
+    return threads < 1 ? 1 : threads;
+}
+
+/* Images [*first, *last) of thread t of `team`: contiguous equal shares. */
+static void share(int64_t n_images, int t, int team, int64_t *first, int64_t *last)
+{
+    *first = n_images * t / team;
+    *last = n_images * (t + 1) / team;
+}
+
+#ifdef _OPENMP
+#define THREAD_ID() omp_get_thread_num()
+#define TEAM_SIZE() omp_get_num_threads()
+#else
+#define THREAD_ID() 0
+#define TEAM_SIZE() 1
+#endif
+
+/* y (n, F, OH, OW) = conv(x (n, C, H, W), weight (F, C, KH, KW)) + bias under
+ * plan p. Returns 0, or -1 when scratch memory ran out. */
+static int run_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
+                       int64_t n_images, const conv_plan *p)
+{
+    const int64_t in_image = p->channels * p->g->h * p->g->w;
+    const int64_t out_image = p->filters * p->plane;
+    int failed = 0;
+    FC_OMP(parallel num_threads(conv_threads(n_images, p)) reduction(|:failed))
+    {
+        int64_t first, last;
+        share(n_images, THREAD_ID(), TEAM_SIZE(), &first, &last);
+        /* calloc: the padding columns of unfolded scratch feed junk products
+         * that are dropped, but must not be uninitialized denormals or NaNs,
+         * which would slow the multiply-adds down. */
+        REAL *scratch = calloc(forward_scratch(p), sizeof(REAL));
+        if (!scratch)
+            failed = 1;
+        else
+            for (int64_t i = first; i < last; i++)
+                forward_image(y + i * out_image, x + i * in_image, weight, bias, p, scratch);
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+/* y: (n_images, F, OH, OW); x: (n_images, C, H, W); weight: (F, C, KH, KW);
+ * bias: (F,) or NULL. Returns 0, or -1 when memory ran out. */
+int FC_NAME(conv_forward)(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
+                          int64_t n_images, int64_t channels, int64_t filters,
+                          const fc_window *g)
+{
+    conv_plan p;
+    if (make_plan(&p, channels, filters, g, 1) != 0)
+        return -1;
+    const int status = run_forward(y, x, weight, bias, n_images, &p);
+    free_plan(&p);
+    return status;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Backward */
+
+/* Per-thread scratch of the weight gradient: the padded image or the columns
+ * (K rows), and dy transposed to (pixels, F), its rows padded to whole vectors. */
+static size_t weight_grad_scratch(const conv_plan *p, int64_t f_stride)
+{
+    const int64_t pixels = p->shifted ? p->wide : p->plane;
+    const size_t taps = p->shifted ? (size_t)(p->channels * p->padded_plane + p->slack)
+                                   : (size_t)(p->k * p->ld);
+    return taps + (size_t)(pixels * f_stride);
+}
+
+/* dweight_t (K, f_stride) += taps of the image (K, pixels) @ dy^T (pixels, F):
+ * the transpose of dweight, so that the long pixel sum is the depth of the
+ * product. pixel_rows is (pixels,) with q*f_stride. */
+FC_CLONES static void weight_grad_image(REAL *dweight_t, int64_t f_stride, const REAL *dy,
+                                        const REAL *image, const conv_plan *p,
+                                        const int64_t *pixel_rows, REAL *scratch)
+{
+    const fc_window *g = p->g;
+    REAL *dy_t;
+    int64_t pixels, grid;
+    if (p->shifted) {
+        pad_image(scratch, image, p);
+        dy_t = scratch + p->channels * p->padded_plane + p->slack;
+        pixels = p->wide;
+        grid = p->wp;
+    } else {
+        unfold_image(scratch, image, p);
+        dy_t = scratch + p->k * p->ld;
+        pixels = p->plane;
+        grid = g->ow;
+    }
+    /* Junk pixels of the wide grid and the padding columns get zero gradient. */
+    memset(dy_t, 0, (size_t)(pixels * f_stride) * sizeof(REAL));
+    for (int64_t f = 0; f < p->filters; f++)
+        for (int64_t oh = 0; oh < g->oh; oh++)
+            for (int64_t ow = 0; ow < g->ow; ow++)
+                dy_t[(oh * grid + ow) * f_stride + f] = dy[f * p->plane + oh * g->ow + ow];
+    operands o = {scratch, p->tap_rows, 1, dy_t, pixel_rows, dweight_t, f_stride};
+    gemm(&o, p->k, f_stride, pixels, 1);
+}
+
+/* dx (C, H, W) of one image from unfolded columns: fold(weight^T (K, F) @ dy (F, P)).
+ * dy_rows (F, ld) and dcols (K, ld) are scratch. */
+FC_CLONES static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *weight,
+                                          const conv_plan *p, const int64_t *weight_cols,
+                                          const int64_t *dy_row_offsets, REAL *scratch)
+{
+    REAL *dy_rows = scratch, *dcols = scratch + p->filters * p->ld;
+    for (int64_t f = 0; f < p->filters; f++)
+        memcpy(dy_rows + f * p->ld, dy + f * p->plane, (size_t)p->plane * sizeof(REAL));
+    operands o = {weight, weight_cols, p->k, dy_rows, dy_row_offsets, dcols, p->ld};
+    gemm(&o, p->k, round_up(p->plane, VLEN), p->filters, 0);
+    memset(dx, 0, (size_t)(p->channels * p->g->h * p->g->w) * sizeof(REAL));
+    fold_image(dx, dcols, p);
+}
+
+/* The weights of the convolution that maps dy to dx at stride 1:
+ * flipped (F, C, KH, KW) -> (C, F, KH, KW) with taps reversed. */
+static void flip_weights(REAL *dst, const REAL *weight, int64_t filters, int64_t channels,
+                         int64_t kh, int64_t kw)
+{
+    for (int64_t f = 0; f < filters; f++)
+        for (int64_t c = 0; c < channels; c++)
+            for (int64_t i = 0; i < kh; i++)
+                for (int64_t j = 0; j < kw; j++)
+                    dst[((c * filters + f) * kh + kh - 1 - i) * kw + kw - 1 - j] =
+                        weight[((f * channels + c) * kh + i) * kw + j];
+}
+
+/* dx of the whole batch. Stride 1 with padding below the kernel size: a
+ * forward convolution of dy padded by (KH-1-ph, KW-1-pw) with flipped weights.
+ * Otherwise: unfolded columns, folded back. Returns 0 or -1 (out of memory). */
+static int input_grad(REAL *dx, const REAL *dy, const REAL *weight, int64_t n_images,
+                      const conv_plan *p)
+{
+    const fc_window *g = p->g;
+    int status = 0;
+    /* The flipped convolution must reproduce H and W exactly: not so when a
+     * single output row or column let make_plan treat a larger stride as 1. */
+    const int exact = g->h + 2 * g->ph - g->kh + 1 == g->oh && g->w + 2 * g->pw - g->kw + 1 == g->ow;
+    if (p->shifted && exact && g->ph < g->kh && g->pw < g->kw) {
+        fc_window back = {g->oh, g->ow, g->kh, g->kw, 1, 1,
+                          g->kh - 1 - g->ph, g->kw - 1 - g->pw, g->h, g->w};
+        conv_plan bp;
+        REAL *flipped = malloc((size_t)(p->k * p->filters) * sizeof(REAL));
+        if (!flipped || make_plan(&bp, p->filters, p->channels, &back, 1) != 0) {
+            free(flipped);
+            return -1;
+        }
+        flip_weights(flipped, weight, p->filters, p->channels, g->kh, g->kw);
+        status = run_forward(dx, dy, flipped, NULL, n_images, &bp);
+        free_plan(&bp);
+        free(flipped);
+        return status;
+    }
+    conv_plan up;
+    int64_t *weight_cols = malloc((size_t)p->k * sizeof(int64_t));
+    int64_t *dy_row_offsets = malloc((size_t)p->filters * sizeof(int64_t));
+    if (!weight_cols || !dy_row_offsets || make_plan(&up, p->channels, p->filters, g, 0) != 0) {
+        free(weight_cols);
+        free(dy_row_offsets);
+        return -1;
+    }
+    p = &up;
+    for (int64_t r = 0; r < p->k; r++)
+        weight_cols[r] = r;
+    for (int64_t f = 0; f < p->filters; f++)
+        dy_row_offsets[f] = f * p->ld;
+    const int64_t in_image = p->channels * g->h * g->w, out_image = p->filters * p->plane;
+    int failed = 0;
+    FC_OMP(parallel num_threads(conv_threads(n_images, p)) reduction(|:failed))
+    {
+        int64_t first, last;
+        share(n_images, THREAD_ID(), TEAM_SIZE(), &first, &last);
+        REAL *scratch = calloc((size_t)((p->filters + p->k) * p->ld), sizeof(REAL));
+        if (!scratch)
+            failed = 1;
+        else
+            for (int64_t i = first; i < last; i++)
+                input_grad_unfolded(dx + i * in_image, dy + i * out_image, weight, p,
+                                    weight_cols, dy_row_offsets, scratch);
+        free(scratch);
+    }
+    free(weight_cols);
+    free(dy_row_offsets);
+    free_plan(&up);
+    return failed ? -1 : 0;
+}
+
+/* dweight (F, K) of the whole batch. Each thread sums its images' gradients
+ * in its own buffer; the buffers are added in thread order, so a given thread
+ * count always gives the same bits. Returns 0 or -1 (out of memory). */
+static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_images,
+                       const conv_plan *p)
+{
+    const int threads = conv_threads(n_images, p);
+    const int64_t f_stride = round_up(p->filters, VLEN);
+    const int64_t pixels = p->shifted ? p->wide : p->plane;
+    const int64_t in_image = p->channels * p->g->h * p->g->w, out_image = p->filters * p->plane;
+    REAL *partial = calloc((size_t)threads * (size_t)(p->k * f_stride), sizeof(REAL));
+    int64_t *pixel_rows = malloc((size_t)pixels * sizeof(int64_t));
+    if (!partial || !pixel_rows) {
+        free(partial);
+        free(pixel_rows);
+        return -1;
+    }
+    for (int64_t q = 0; q < pixels; q++)
+        pixel_rows[q] = q * f_stride;
+    int failed = 0;
+    FC_OMP(parallel num_threads(threads) reduction(|:failed))
+    {
+        const int t = THREAD_ID();
+        int64_t first, last;
+        share(n_images, t, TEAM_SIZE(), &first, &last);
+        REAL *scratch = malloc(weight_grad_scratch(p, f_stride) * sizeof(REAL));
+        if (!scratch)
+            failed = 1;
+        else
+            for (int64_t i = first; i < last; i++)
+                weight_grad_image(partial + t * p->k * f_stride, f_stride, dy + i * out_image,
+                                  x + i * in_image, p, pixel_rows, scratch);
+        free(scratch);
+    }
+    if (!failed) {
+        for (int64_t f = 0; f < p->filters; f++) {
+            for (int64_t r = 0; r < p->k; r++) {
+                REAL total = 0;
+                for (int t = 0; t < threads; t++)
+                    total += partial[(t * p->k + r) * f_stride + f];
+                dweight[f * p->k + r] = total;
+            }
+        }
+    }
+    free(partial);
+    free(pixel_rows);
+    return failed ? -1 : 0;
+}
+
+/* dx: (n_images, C, H, W) or NULL; dweight: (F, C, KH, KW); dbias: (F,) or NULL;
+ * dy: (n_images, F, OH, OW); x, weight as given to conv_forward.
+ * Returns 0, or -1 when memory ran out. */
+int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
+                           const REAL *x, const REAL *weight, int64_t n_images,
+                           int64_t channels, int64_t filters, const fc_window *g)
+{
+    conv_plan p;
+    if (make_plan(&p, channels, filters, g, 1) != 0)
+        return -1;
+    int status = weight_grad(dweight, dy, x, n_images, &p);
+    if (status == 0 && dx)
+        status = input_grad(dx, dy, weight, n_images, &p);
+    if (status == 0 && dbias)
+        FC_NAME(channel_sums)(dbias, dy, n_images, filters, p.plane);
+    free_plan(&p);
+    return status;
+}
+
+#undef VLEN
+#undef TILE_ROWS
+#undef TILE_VECS
+#undef DEPTH_BLOCK
+#undef THREAD_ID
+#undef TEAM_SIZE
+#undef FC_CLONES
+#undef FC_INLINE
