@@ -149,6 +149,21 @@ FC_INLINE void gemm(const operands *o, int64_t m, int64_t n, int64_t depth, int 
         panel(1, o, m, j, depth, accumulate);
 }
 
+/* Rows [r_lo, r_hi) x columns [j_lo, j_hi) of the product; j_lo and j_hi - j_lo
+ * multiples of VLEN. The one entry to the micro-kernel: compiled once per
+ * target so the kernel inlined into it gets the widest vectors. */
+FC_CLONES static void multiply(const operands *o, int64_t r_lo, int64_t r_hi, int64_t j_lo,
+                               int64_t j_hi, int64_t depth, int accumulate)
+{
+    if (r_hi <= r_lo || j_hi <= j_lo)
+        return;
+    operands part = *o;
+    part.a_rows = o->a_rows + r_lo;
+    part.b = o->b + j_lo;
+    part.c = o->c + r_lo * o->ldc + j_lo;
+    gemm(&part, r_hi - r_lo, j_hi - j_lo, depth, accumulate);
+}
+
 /* ------------------------------------------------------------------------- */
 /* The plan of one convolution: geometry, offset tables and scratch sizes,
  * worked out once per call and shared read-only by the threads. */
@@ -261,30 +276,33 @@ static size_t forward_scratch(const conv_plan *p)
     return (size_t)(p->k * p->ld + p->filters * p->ld);
 }
 
-/* y (F, OH, OW) of one image = weight (F, K) @ taps of the image + bias. */
-FC_CLONES static void forward_image(REAL *y, const REAL *image, const REAL *weight,
-                                    const REAL *bias, const conv_plan *p, REAL *scratch)
+/* The operands of one image's forward product, weight (F, K) @ taps (K, width),
+ * with the image laid out in scratch (padded, or unfolded into columns). */
+static operands forward_operands(const REAL *image, const REAL *weight, const conv_plan *p,
+                                 REAL *scratch, int64_t *width)
 {
-    const fc_window *g = p->g;
     operands o = {weight, p->weight_rows, 1, scratch, p->tap_rows, NULL, 0};
-    int64_t width, row_stride;
     if (p->shifted) {
         pad_image(scratch, image, p);
         o.c = scratch + p->channels * p->padded_plane + p->slack;
-        width = row_stride = p->wide;
+        *width = o.ldc = p->wide;
     } else {
         unfold_image(scratch, image, p);
         o.c = scratch + p->k * p->ld;
-        width = round_up(p->plane, VLEN);
-        row_stride = p->ld;
+        *width = round_up(p->plane, VLEN);
+        o.ldc = p->ld;
     }
-    o.ldc = row_stride;
-    gemm(&o, p->filters, width, p->k, 0);
-    /* Cut the product to (OH, OW) per filter and add the bias. */
+    return o;
+}
+
+/* y (F, OH, OW) of one image: the product cut to the output's shape, plus bias. */
+static void forward_output(REAL *y, const REAL *bias, const operands *o, const conv_plan *p)
+{
+    const fc_window *g = p->g;
     const int64_t grid = p->shifted ? p->wp : g->ow;
     for (int64_t f = 0; f < p->filters; f++) {
         const REAL b = bias ? bias[f] : 0;
-        const REAL *src = o.c + f * row_stride;
+        const REAL *src = o->c + f * o->ldc;
         REAL *dst = y + f * p->plane;
         for (int64_t oh = 0; oh < g->oh; oh++)
             for (int64_t ow = 0; ow < g->ow; ow++)
@@ -292,20 +310,20 @@ FC_CLONES static void forward_image(REAL *y, const REAL *image, const REAL *weig
     }
 }
 
-/* Threads for a convolution over n_images: never more than images. */
+/* Threads worth using for a convolution over n_images. When there are fewer
+ * images than threads, each image's product is shared out instead. */
 static int conv_threads(int64_t n_images, const conv_plan *p)
 {
-    int threads = fc_threads_for(n_images * p->filters * p->plane * p->k / 16);
-    if (threads > n_images)
-        threads = (int)n_images;
-    return threads < 1 ? 1 : threads;
+    return fc_threads_for(n_images * p->filters * p->plane * p->k / 16);
 }
 
-/* Images [*first, *last) of thread t of `team`: contiguous equal shares. */
-static void share(int64_t n_images, int t, int team, int64_t *first, int64_t *last)
+/* Part [*first, *last) of `count` items for thread t of `team`, in whole
+ * multiples of `unit`: contiguous, nearly equal shares. */
+static void share(int64_t count, int64_t unit, int t, int team, int64_t *first, int64_t *last)
 {
-    *first = n_images * t / team;
-    *last = n_images * (t + 1) / team;
+    const int64_t units = count / unit;
+    *first = unit * (units * t / team);
+    *last = t == team - 1 ? count : unit * (units * (t + 1) / team);
 }
 
 #ifdef _OPENMP
@@ -317,26 +335,52 @@ static void share(int64_t n_images, int t, int team, int64_t *first, int64_t *la
 #endif
 
 /* y (n, F, OH, OW) = conv(x (n, C, H, W), weight (F, C, KH, KW)) + bias under
- * plan p. Returns 0, or -1 when scratch memory ran out. */
+ * plan p: whole images per thread, or, with fewer images than threads, each
+ * image's output columns split among the threads. Returns 0, or -1 when
+ * scratch memory ran out. */
 static int run_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
                        int64_t n_images, const conv_plan *p)
 {
     const int64_t in_image = p->channels * p->g->h * p->g->w;
     const int64_t out_image = p->filters * p->plane;
+    const int threads = conv_threads(n_images, p);
     int failed = 0;
-    FC_OMP(parallel num_threads(conv_threads(n_images, p)) reduction(|:failed))
+    if (n_images < threads) {
+        REAL *scratch = calloc(forward_scratch(p), sizeof(REAL));
+        if (!scratch)
+            return -1;
+        for (int64_t i = 0; i < n_images; i++) {
+            int64_t width;
+            const operands o = forward_operands(x + i * in_image, weight, p, scratch, &width);
+            FC_OMP(parallel num_threads(threads))
+            {
+                int64_t j_lo, j_hi;
+                share(width, VLEN, THREAD_ID(), TEAM_SIZE(), &j_lo, &j_hi);
+                multiply(&o, 0, p->filters, j_lo, j_hi, p->k, 0);
+            }
+            forward_output(y + i * out_image, bias, &o, p);
+        }
+        free(scratch);
+        return 0;
+    }
+    FC_OMP(parallel num_threads(threads) reduction(|:failed))
     {
         int64_t first, last;
-        share(n_images, THREAD_ID(), TEAM_SIZE(), &first, &last);
+        share(n_images, 1, THREAD_ID(), TEAM_SIZE(), &first, &last);
         /* calloc: the padding columns of unfolded scratch feed junk products
          * that are dropped, but must not be uninitialized denormals or NaNs,
          * which would slow the multiply-adds down. */
         REAL *scratch = calloc(forward_scratch(p), sizeof(REAL));
-        if (!scratch)
+        if (!scratch) {
             failed = 1;
-        else
-            for (int64_t i = first; i < last; i++)
-                forward_image(y + i * out_image, x + i * in_image, weight, bias, p, scratch);
+        } else {
+            for (int64_t i = first; i < last; i++) {
+                int64_t width;
+                const operands o = forward_operands(x + i * in_image, weight, p, scratch, &width);
+                multiply(&o, 0, p->filters, 0, width, p->k, 0);
+                forward_output(y + i * out_image, bias, &o, p);
+            }
+        }
         free(scratch);
     }
     return failed ? -1 : 0;
@@ -369,40 +413,42 @@ static size_t weight_grad_scratch(const conv_plan *p, int64_t f_stride)
     return taps + (size_t)(pixels * f_stride);
 }
 
-/* dweight_t (K, f_stride) += taps of the image (K, pixels) @ dy^T (pixels, F):
- * the transpose of dweight, so that the long pixel sum is the depth of the
- * product. pixel_rows is (pixels,) with q*f_stride. */
-FC_CLONES static void weight_grad_image(REAL *dweight_t, int64_t f_stride, const REAL *dy,
-                                        const REAL *image, const conv_plan *p,
-                                        const int64_t *pixel_rows, REAL *scratch)
+/* The operands of one image's share of the weight gradient,
+ *   dweight_t (K, f_stride) += taps of the image (K, pixels) @ dy^T (pixels, F),
+ * the transpose of dweight, so that the long sum over pixels is the depth of
+ * the product; pixel_rows is (pixels,) with q*f_stride. */
+static operands weight_grad_operands(REAL *dweight_t, int64_t f_stride, const REAL *dy,
+                                     const REAL *image, const conv_plan *p,
+                                     const int64_t *pixel_rows, REAL *scratch,
+                                     int64_t *pixels)
 {
     const fc_window *g = p->g;
     REAL *dy_t;
-    int64_t pixels, grid;
+    int64_t grid;
     if (p->shifted) {
         pad_image(scratch, image, p);
         dy_t = scratch + p->channels * p->padded_plane + p->slack;
-        pixels = p->wide;
+        *pixels = p->wide;
         grid = p->wp;
     } else {
         unfold_image(scratch, image, p);
         dy_t = scratch + p->k * p->ld;
-        pixels = p->plane;
+        *pixels = p->plane;
         grid = g->ow;
     }
     /* Junk pixels of the wide grid and the padding columns get zero gradient. */
-    memset(dy_t, 0, (size_t)(pixels * f_stride) * sizeof(REAL));
+    memset(dy_t, 0, (size_t)(*pixels * f_stride) * sizeof(REAL));
     for (int64_t f = 0; f < p->filters; f++)
         for (int64_t oh = 0; oh < g->oh; oh++)
             for (int64_t ow = 0; ow < g->ow; ow++)
                 dy_t[(oh * grid + ow) * f_stride + f] = dy[f * p->plane + oh * g->ow + ow];
-    operands o = {scratch, p->tap_rows, 1, dy_t, pixel_rows, dweight_t, f_stride};
-    gemm(&o, p->k, f_stride, pixels, 1);
+    const operands o = {scratch, p->tap_rows, 1, dy_t, pixel_rows, dweight_t, f_stride};
+    return o;
 }
 
 /* dx (C, H, W) of one image from unfolded columns: fold(weight^T (K, F) @ dy (F, P)).
  * dy_rows (F, ld) and dcols (K, ld) are scratch. */
-FC_CLONES static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *weight,
+static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *weight,
                                           const conv_plan *p, const int64_t *weight_cols,
                                           const int64_t *dy_row_offsets, REAL *scratch)
 {
@@ -410,7 +456,7 @@ FC_CLONES static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *
     for (int64_t f = 0; f < p->filters; f++)
         memcpy(dy_rows + f * p->ld, dy + f * p->plane, (size_t)p->plane * sizeof(REAL));
     operands o = {weight, weight_cols, p->k, dy_rows, dy_row_offsets, dcols, p->ld};
-    gemm(&o, p->k, round_up(p->plane, VLEN), p->filters, 0);
+    multiply(&o, 0, p->k, 0, round_up(p->plane, VLEN), p->filters, 0);
     memset(dx, 0, (size_t)(p->channels * p->g->h * p->g->w) * sizeof(REAL));
     fold_image(dx, dcols, p);
 }
@@ -469,10 +515,13 @@ static int input_grad(REAL *dx, const REAL *dy, const REAL *weight, int64_t n_im
         dy_row_offsets[f] = f * p->ld;
     const int64_t in_image = p->channels * g->h * g->w, out_image = p->filters * p->plane;
     int failed = 0;
-    FC_OMP(parallel num_threads(conv_threads(n_images, p)) reduction(|:failed))
+    int threads = conv_threads(n_images, p);
+    if (threads > n_images)
+        threads = (int)n_images;
+    FC_OMP(parallel num_threads(threads) reduction(|:failed))
     {
         int64_t first, last;
-        share(n_images, THREAD_ID(), TEAM_SIZE(), &first, &last);
+        share(n_images, 1, THREAD_ID(), TEAM_SIZE(), &first, &last);
         REAL *scratch = calloc((size_t)((p->filters + p->k) * p->ld), sizeof(REAL));
         if (!scratch)
             failed = 1;
@@ -489,44 +538,66 @@ static int input_grad(REAL *dx, const REAL *dy, const REAL *weight, int64_t n_im
 }
 
 /* dweight (F, K) of the whole batch. Each thread sums its images' gradients
- * in its own buffer; the buffers are added in thread order, so a given thread
- * count always gives the same bits. Returns 0 or -1 (out of memory). */
+ * in its own buffer and the buffers are added in thread order, or, with fewer
+ * images than threads, the rows of one buffer are split among the threads;
+ * either way a given thread count always gives the same bits.
+ * Returns 0 or -1 (out of memory). */
 static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_images,
                        const conv_plan *p)
 {
     const int threads = conv_threads(n_images, p);
+    const int split_images = n_images < threads;
+    const int buffers = split_images ? 1 : threads;
     const int64_t f_stride = round_up(p->filters, VLEN);
     const int64_t pixels = p->shifted ? p->wide : p->plane;
     const int64_t in_image = p->channels * p->g->h * p->g->w, out_image = p->filters * p->plane;
-    REAL *partial = calloc((size_t)threads * (size_t)(p->k * f_stride), sizeof(REAL));
+    REAL *partial = calloc((size_t)buffers * (size_t)(p->k * f_stride), sizeof(REAL));
     int64_t *pixel_rows = malloc((size_t)pixels * sizeof(int64_t));
-    if (!partial || !pixel_rows) {
-        free(partial);
-        free(pixel_rows);
-        return -1;
+    REAL *shared = split_images ? malloc(weight_grad_scratch(p, f_stride) * sizeof(REAL)) : NULL;
+    int failed = !partial || !pixel_rows || (split_images && !shared);
+    if (!failed) {
+        for (int64_t q = 0; q < pixels; q++)
+            pixel_rows[q] = q * f_stride;
     }
-    for (int64_t q = 0; q < pixels; q++)
-        pixel_rows[q] = q * f_stride;
-    int failed = 0;
-    FC_OMP(parallel num_threads(threads) reduction(|:failed))
-    {
-        const int t = THREAD_ID();
-        int64_t first, last;
-        share(n_images, t, TEAM_SIZE(), &first, &last);
-        REAL *scratch = malloc(weight_grad_scratch(p, f_stride) * sizeof(REAL));
-        if (!scratch)
-            failed = 1;
-        else
-            for (int64_t i = first; i < last; i++)
-                weight_grad_image(partial + t * p->k * f_stride, f_stride, dy + i * out_image,
-                                  x + i * in_image, p, pixel_rows, scratch);
-        free(scratch);
+    if (!failed && split_images) {
+        for (int64_t i = 0; i < n_images; i++) {
+            int64_t depth;
+            const operands o = weight_grad_operands(partial, f_stride, dy + i * out_image,
+                                                    x + i * in_image, p, pixel_rows, shared,
+                                                    &depth);
+            FC_OMP(parallel num_threads(threads))
+            {
+                int64_t r_lo, r_hi;
+                share(p->k, 1, THREAD_ID(), TEAM_SIZE(), &r_lo, &r_hi);
+                multiply(&o, r_lo, r_hi, 0, f_stride, depth, 1);
+            }
+        }
+    } else if (!failed) {
+        FC_OMP(parallel num_threads(threads) reduction(|:failed))
+        {
+            const int t = THREAD_ID();
+            int64_t first, last;
+            share(n_images, 1, t, TEAM_SIZE(), &first, &last);
+            REAL *scratch = malloc(weight_grad_scratch(p, f_stride) * sizeof(REAL));
+            if (!scratch) {
+                failed = 1;
+            } else {
+                for (int64_t i = first; i < last; i++) {
+                    int64_t depth;
+                    const operands o = weight_grad_operands(
+                        partial + t * p->k * f_stride, f_stride, dy + i * out_image,
+                        x + i * in_image, p, pixel_rows, scratch, &depth);
+                    multiply(&o, 0, p->k, 0, f_stride, depth, 1);
+                }
+            }
+            free(scratch);
+        }
     }
     if (!failed) {
         for (int64_t f = 0; f < p->filters; f++) {
             for (int64_t r = 0; r < p->k; r++) {
                 REAL total = 0;
-                for (int t = 0; t < threads; t++)
+                for (int t = 0; t < buffers; t++)
                     total += partial[(t * p->k + r) * f_stride + f];
                 dweight[f * p->k + r] = total;
             }
@@ -534,6 +605,7 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
     }
     free(partial);
     free(pixel_rows);
+    free(shared);
     return failed ? -1 : 0;
 }
 
