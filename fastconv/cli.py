@@ -594,8 +594,10 @@ def build_parser():
 
     # Commands defined next to the tools they run, one import and one call each.
     from .analysis.cli import add_viz_parser
+    from .imagenet_cli import add_parsers as add_imagenet_parsers
 
     add_viz_parser(commands)
+    add_imagenet_parsers(commands)
     return parser
 
 
@@ -629,4 +631,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy of it, so that UsageError
+    # raised by other modules is the class main() catches.
+    from fastconv.cli import main as package_main
+
+    sys.exit(package_main())

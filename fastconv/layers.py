@@ -23,7 +23,7 @@ from . import _checks, backend, init
 
 __all__ = [
     "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
-    "GlobalAvgPool2d", "Flatten", "Linear", "Dropout", "LogSoftmax", "LAYER_TYPES",
+    "GlobalAvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "LogSoftmax", "LAYER_TYPES",
 ]
 
 
@@ -563,9 +563,85 @@ class LogSoftmax(Layer):
             return None
         return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
 
+def _adaptive_size(value):
+    """An int or an (h, w) pair whose entries are positive ints or None -> (h, w)."""
+    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(pair) != 2:
+        raise TypeError(f"output_size must be an int or a pair of ints (or None), got {value!r}")
+    for v in pair:
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"output_size must be an int or a pair of ints (or None), got {value!r}")
+        if v < 1:
+            raise ValueError(f"output_size must be positive, got {value!r}")
+    return tuple(None if v is None else int(v) for v in pair)
+
+
+def _averaging_matrix(out_size, in_size, dtype):
+    """(out_size, in_size) matrix whose row i averages inputs floor(i*in/out) .. ceil((i+1)*in/out) - 1."""
+    i = np.arange(out_size)
+    start = (i * in_size) // out_size
+    stop = -((-(i + 1) * in_size) // out_size)
+    columns = np.arange(in_size)
+    inside = (columns >= start[:, None]) & (columns < stop[:, None])
+    return (inside / (stop - start)[:, None]).astype(dtype)
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Mean over the cells that split each plane into ``output_size``, as PyTorch does.
+
+    x (N, C, H, W) -> y (N, C, OH, OW). Output row i averages input rows
+    floor(i*H/OH) .. ceil((i+1)*H/OH) - 1, columns likewise: when OH does not
+    divide H the windows overlap and differ in size, and an input smaller than
+    the output repeats its rows. ``output_size`` is an int or an (OH, OW) pair;
+    None in the pair keeps that dimension of the input.
+
+    The mean over a window is separable, so the layer is two small matmuls
+    with averaging matrices, y = A_h @ x @ A_w.T, and backward their
+    transposes: no loop over windows.
+    """
+
+    name_prefix = "avgpool"
+    input_ndim = 4
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _adaptive_size(output_size)
+
+    def config(self):
+        return {"output_size": list(self.output_size)}
+
+    def _target(self, input_shape):
+        h, w = input_shape[2], input_shape[3]
+        oh, ow = self.output_size
+        return (h if oh is None else oh), (w if ow is None else ow)
+
+    def output_shape(self, input_shape):
+        shape = self._check_ndim(input_shape)
+        return shape[:2] + self._target(shape)
+
+    def _forward(self, x):
+        (oh, ow), (h, w) = self._target(x.shape), x.shape[2:]
+        if (oh, ow) == (h, w):
+            return x, None
+        rows = _averaging_matrix(oh, h, x.dtype)
+        cols = _averaging_matrix(ow, w, x.dtype)
+        return np.matmul(np.matmul(rows, x), cols.T), (rows, cols)
+
+    def _backward(self, dy, cache, need_dx):
+        if not need_dx:
+            return None
+        if cache is None:
+            return dy
+        rows, cols = cache
+        return np.matmul(np.matmul(rows.T, dy), cols)
+
+
 
 LAYER_TYPES = {
     cls.__name__: cls
     for cls in (Conv2d, ReLU, LeakyReLU, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d,
-                Flatten, Linear, Dropout, LogSoftmax)
+                AdaptiveAvgPool2d, Flatten, Linear, Dropout, LogSoftmax)
 }
+

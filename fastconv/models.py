@@ -1,4 +1,4 @@
-"""Ready-made networks for CIFAR-10 and MNIST.
+"""Ready-made networks: small ones for CIFAR-10 and MNIST, VGG-16/19 for ImageNet.
 
 Convolutions and linear layers followed by a ReLU get He (Kaiming) normal
 initialization for ReLU (fan_in) with zero bias; the classifier head keeps the
@@ -8,10 +8,10 @@ initialization reproducible.
 import numpy as np
 
 from . import init
-from .layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from .model import Sequential
 
-__all__ = ["cifar6", "mnist2"]
+__all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19"]
 
 
 def _he_relu(layer, rng):
@@ -74,3 +74,106 @@ def mnist2(num_classes=10, in_channels=1, batchnorm=False, seed=None):
         Linear(500, num_classes, seed=rng),
     ]
     return Sequential(layers)
+
+
+VGG_WIDTHS = (64, 128, 256, 512, 512)
+VGG16_BLOCKS = (2, 2, 3, 3, 3)
+VGG19_BLOCKS = (2, 2, 4, 4, 4)
+
+
+def _bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def vgg(blocks=VGG16_BLOCKS, widths=VGG_WIDTHS, hidden=4096, include_top=True, num_classes=1000,
+        batchnorm=False, in_channels=3, weights=None, seed=None):
+    """A VGG network (Simonyan & Zisserman, 2014): ``blocks[i]`` 3x3 convolutions
+    (padding 1) of ``widths[i]`` channels, each followed by ReLU (BatchNorm2d
+    then ReLU with batchnorm=True), then a 2x2 max-pool, for each block.
+
+    With include_top=True the head follows, as in torchvision:
+    AdaptiveAvgPool2d(7) - Flatten - Linear(widths[-1]*7*7 -> hidden) - ReLU -
+    Dropout - Linear(hidden -> hidden) - ReLU - Dropout - Linear(hidden ->
+    num_classes), so the network takes any image of at least 32x32 pixels and
+    returns logits. Without the head it is fully convolutional and returns the
+    last pool's maps, (N, widths[-1], H/32, W/32).
+
+    Layer names follow Keras's VGG16/VGG19 where it has them: block1_conv1,
+    block1_conv2, block1_pool, ..., block5_pool, fc1, fc2, predictions; the
+    layers Keras fuses into them are block1_conv1_bn, block1_conv1_relu,
+    avgpool, flatten, fc1_relu, fc1_dropout, and so on. A conv layer's output
+    is therefore its pre-activation; take ``*_relu`` for what Keras calls the
+    conv's output.
+
+    ``weights``: a weights file (or a mapping of arrays) loaded with
+    :func:`fastconv.weights.load_weights`; the model is then returned in
+    evaluation mode. Without a head the file may hold one, which is ignored.
+    Otherwise the convolutions get He initialization (``seed``) and the linear
+    layers keep PyTorch's default: drawing another 120 million normal numbers
+    for the head takes seconds, and a VGG is built to load trained weights.
+    """
+    blocks = tuple(_positive_int(b, "blocks entry") for b in blocks)
+    widths = tuple(_positive_int(w, "widths entry") for w in widths)
+    if not blocks or len(blocks) != len(widths):
+        raise ValueError(f"blocks {blocks} and widths {widths} must be non-empty and of the same length")
+    hidden = _positive_int(hidden, "hidden")
+    include_top = _bool(include_top, "include_top")
+    num_classes = _positive_int(num_classes, "num_classes")
+    batchnorm = _bool(batchnorm, "batchnorm")
+    in_channels = _positive_int(in_channels, "in_channels")
+    rng = init.as_generator(seed)
+    # Loaded weights overwrite everything: skip the second initialization then.
+    he = (lambda layer: layer) if weights is not None else (lambda layer: _he_relu(layer, rng))
+    layers = []
+    channels = in_channels
+    for b, (count, width) in enumerate(zip(blocks, widths), start=1):
+        for i in range(1, count + 1):
+            name = f"block{b}_conv{i}"
+            layers.append((name, he(Conv2d(channels, width, 3, padding=1, seed=rng))))
+            if batchnorm:
+                layers.append((f"{name}_bn", BatchNorm2d(width)))
+            layers.append((f"{name}_relu", ReLU()))
+            channels = width
+        layers.append((f"block{b}_pool", MaxPool2d(2)))
+    if include_top:
+        layers += [
+            ("avgpool", AdaptiveAvgPool2d(7)),
+            ("flatten", Flatten()),
+            ("fc1", Linear(channels * 7 * 7, hidden, seed=rng)),
+            ("fc1_relu", ReLU()),
+            ("fc1_dropout", Dropout(0.5, seed=rng)),
+            ("fc2", Linear(hidden, hidden, seed=rng)),
+            ("fc2_relu", ReLU()),
+            ("fc2_dropout", Dropout(0.5, seed=rng)),
+            ("predictions", Linear(hidden, num_classes, seed=rng)),
+        ]
+    model = Sequential(layers)
+    if include_top:
+        model.meta["input_shape"] = [in_channels, 224, 224]  # the size ImageNet networks are trained at
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, weights, strict=include_top)
+        model.eval()
+    return model
+
+
+def vgg16(include_top=True, num_classes=1000, batchnorm=False, in_channels=3, weights=None, seed=None):
+    """VGG-16 (configuration D): 13 convolutions in blocks of 2, 2, 3, 3, 3 with
+    64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
+
+    138,357,544 parameters with the head (14,714,688 without); see :func:`vgg`
+    for the layer names, the head and ``weights``.
+    """
+    return vgg(VGG16_BLOCKS, VGG_WIDTHS, 4096, include_top, num_classes, batchnorm, in_channels, weights, seed)
+
+
+def vgg19(include_top=True, num_classes=1000, batchnorm=False, in_channels=3, weights=None, seed=None):
+    """VGG-19 (configuration E): 16 convolutions in blocks of 2, 2, 4, 4, 4 with
+    64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
+
+    143,667,240 parameters with the head (20,024,384 without); see :func:`vgg`.
+    """
+    return vgg(VGG19_BLOCKS, VGG_WIDTHS, 4096, include_top, num_classes, batchnorm, in_channels, weights, seed)
