@@ -49,6 +49,7 @@ TRAIN_DEFAULTS = {
     "val_fraction": 0.1,
     "seed": 0,
     "limit": None,
+    "init": "he",
 }
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
@@ -185,7 +186,8 @@ def _build_model(config, dataset):
 
     _check_model_fits(config["model"], dataset)
     factory = getattr(models, config["model"])
-    model = factory(num_classes=dataset.num_classes, in_channels=dataset.input_shape[0], seed=config["seed"])
+    model = factory(num_classes=dataset.num_classes, in_channels=dataset.input_shape[0], seed=config["seed"],
+                    init=config.get("init", "he"))
     model.meta.update({
         "model": config["model"],
         "dataset": config["dataset"],
@@ -514,6 +516,10 @@ def build_parser():
                                          "(PATH/<class>/<image>, or a .tar.gz of such a folder)")
     train.add_argument("--model", choices=sorted(MODELS),
                        help="network: mnist2 (28x28 images) or cifar6 (32x32); default: the one that fits")
+    train.add_argument("--init", choices=("he", "torch"),
+                       help="initialization: he (Kaiming normal for layers followed by a ReLU, the default) "
+                            "or torch (PyTorch's layer defaults, as a PyTorch script without explicit "
+                            "initialization)")
     train.add_argument("--epochs", type=_positive_int, help=f"epochs (default {TRAIN_DEFAULTS['epochs']})")
     train.add_argument("--batch-size", type=_positive_int,
                        help=f"mini-batch size (default {TRAIN_DEFAULTS['batch_size']})")

@@ -1,13 +1,16 @@
 """Ready-made networks: small ones for CIFAR-10 and MNIST, VGG-16/19 for ImageNet.
 
-Convolutions and linear layers followed by a ReLU get He (Kaiming) normal
-initialization for ReLU (fan_in) with zero bias; the classifier head keeps the
-layer default (PyTorch's). ``seed`` (int, numpy Generator or None) makes the
+With ``init="he"`` (the default) convolutions and linear layers followed by a
+ReLU get He (Kaiming) normal initialization for ReLU (fan_in) with zero bias
+and the classifier head keeps the layer default; with ``init="torch"`` every
+layer keeps the layer default, PyTorch's (uniform within 1/sqrt(fan_in)),
+which is what a network written in PyTorch without an explicit
+initialization starts from. ``seed`` (int, numpy Generator or None) makes the
 initialization reproducible.
 """
 import numpy as np
 
-from . import init
+from . import init as init_module
 from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from .model import Sequential
 
@@ -15,10 +18,22 @@ __all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19"]
 
 
 def _he_relu(layer, rng):
-    init.kaiming_normal_(layer.params["weight"], rng, mode="fan_in", nonlinearity="relu")
+    init_module.kaiming_normal_(layer.params["weight"], rng, mode="fan_in", nonlinearity="relu")
     if "bias" in layer.params:
         layer.params["bias"].fill(0)
     return layer
+
+
+INITS = ("he", "torch")
+
+
+def _initializer(init_name, rng):
+    """The function applied to each layer followed by a ReLU."""
+    if init_name not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init_name!r}")
+    if init_name == "torch":
+        return lambda layer: layer
+    return lambda layer: _he_relu(layer, rng)
 
 
 def _positive_int(value, name):
@@ -27,20 +42,22 @@ def _positive_int(value, name):
     return int(value)
 
 
-def cifar6(num_classes=10, in_channels=3, seed=None):
+def cifar6(num_classes=10, in_channels=3, seed=None, init="he"):
     """Six 3x3 convolutions (stride 1, padding 1), each followed by ReLU then
     BatchNorm2d, widths 32, 32, 64, 64, 128, 128, a 2x2 max-pool after every
     second one, then Flatten and Linear(128*4*4 -> num_classes).
 
     Expects 32x32 inputs (N, in_channels, 32, 32); 308,394 parameters for 10 classes.
+    ``init``: "he" or "torch" (see the module docstring).
     """
     num_classes = _positive_int(num_classes, "num_classes")
     in_channels = _positive_int(in_channels, "in_channels")
-    rng = init.as_generator(seed)
+    rng = init_module.as_generator(seed)
+    relu_init = _initializer(init, rng)
     layers = []
     channels = in_channels
     for i, width in enumerate((32, 32, 64, 64, 128, 128)):
-        layers += [_he_relu(Conv2d(channels, width, 3, padding=1, seed=rng), rng), ReLU(), BatchNorm2d(width)]
+        layers += [relu_init(Conv2d(channels, width, 3, padding=1, seed=rng)), ReLU(), BatchNorm2d(width)]
         if i % 2 == 1:
             layers.append(MaxPool2d(2))
         channels = width
@@ -48,29 +65,31 @@ def cifar6(num_classes=10, in_channels=3, seed=None):
     return Sequential(layers)
 
 
-def mnist2(num_classes=10, in_channels=1, batchnorm=False, seed=None):
+def mnist2(num_classes=10, in_channels=1, batchnorm=False, seed=None, init="he"):
     """conv 32 3x3 pad 1 - ReLU - maxpool 2 - conv 32 3x3 pad 1 - ReLU - maxpool 2
     - Flatten - Linear(1568 -> 500) - ReLU - Linear(500 -> num_classes).
 
     Expects 28x28 inputs; 799,078 parameters for 10 classes. With batchnorm=True
-    a BatchNorm2d follows each convolution's ReLU.
+    a BatchNorm2d follows each convolution's ReLU. ``init``: "he" or "torch"
+    (see the module docstring).
     """
     num_classes = _positive_int(num_classes, "num_classes")
     in_channels = _positive_int(in_channels, "in_channels")
     if not isinstance(batchnorm, (bool, np.bool_)):
         raise TypeError(f"batchnorm must be a bool, got {batchnorm!r}")
-    rng = init.as_generator(seed)
+    rng = init_module.as_generator(seed)
+    relu_init = _initializer(init, rng)
     layers = []
     channels = in_channels
     for _ in range(2):
-        layers += [_he_relu(Conv2d(channels, 32, 3, padding=1, seed=rng), rng), ReLU()]
+        layers += [relu_init(Conv2d(channels, 32, 3, padding=1, seed=rng)), ReLU()]
         if batchnorm:
             layers.append(BatchNorm2d(32))
         layers.append(MaxPool2d(2))
         channels = 32
     layers += [
         Flatten(),
-        _he_relu(Linear(32 * 7 * 7, 500, seed=rng), rng), ReLU(),
+        relu_init(Linear(32 * 7 * 7, 500, seed=rng)), ReLU(),
         Linear(500, num_classes, seed=rng),
     ]
     return Sequential(layers)
@@ -123,7 +142,7 @@ def vgg(blocks=VGG16_BLOCKS, widths=VGG_WIDTHS, hidden=4096, include_top=True, n
     num_classes = _positive_int(num_classes, "num_classes")
     batchnorm = _bool(batchnorm, "batchnorm")
     in_channels = _positive_int(in_channels, "in_channels")
-    rng = init.as_generator(seed)
+    rng = init_module.as_generator(seed)
     # Loaded weights overwrite everything: skip the second initialization then.
     he = (lambda layer: layer) if weights is not None else (lambda layer: _he_relu(layer, rng))
     layers = []

@@ -248,6 +248,23 @@ def test_models_are_seedable_and_kaiming_initialized():
     assert seven.summary((1, 1, 32, 32)).count("(1, 7)") == 1
 
 
+@pytest.mark.parametrize("build", [models.cifar6, models.mnist2])
+def test_torch_init_keeps_the_layer_defaults(build):
+    # PyTorch's default: weights and biases uniform within 1/sqrt(fan_in),
+    # here the only initialization, so the He-initialized biases are no
+    # longer all zero.
+    model = build(seed=0, init="torch")
+    for name, layer in model.named_layers():
+        if "weight" in layer.params and layer.params["weight"].ndim > 1:
+            weight = layer.params["weight"]
+            bound = 1 / np.sqrt(weight[0].size)
+            assert np.abs(weight).max() <= bound, name
+            assert weight.std() == pytest.approx(bound / np.sqrt(3), rel=0.1), name
+            assert layer.params["bias"].any(), name
+    with pytest.raises(ValueError, match="'xavier'"):
+        build(init="xavier")
+
+
 def test_state_dict_order_copies_and_load(backend):
     model = models.mnist2(batchnorm=True, seed=0)
     keys = list(model.state_dict())
