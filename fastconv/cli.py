@@ -29,7 +29,12 @@ FIGURES = {
     "predictions": "predictions.png",
     "confusion": "confusion_matrix.png",
 }
-MODELS = {"mnist2": 28, "cifar6": 32}  # name -> the image side it takes
+# name -> (the image side it takes, the constructor in fastconv.models, its options)
+MODELS = {
+    "mnist2": (28, "mnist2", {}),
+    "mnist2-bn": (28, "mnist2", {"batchnorm": True}),
+    "cifar6": (32, "cifar6", {}),
+}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 
@@ -161,9 +166,9 @@ def _short_name(name):
 
 def _check_model_fits(model_name, dataset):
     channels, height, width = dataset.input_shape
-    side = MODELS[model_name]
+    side = MODELS[model_name][0]
     if (height, width) != (side, side):
-        fits = [name for name, s in MODELS.items() if (s, s) == (height, width)]
+        fits = [name for name, (s, _, _) in MODELS.items() if (s, s) == (height, width)]
         hint = f"; use --model {fits[0]}" if fits else ""
         raise UsageError(
             f"model {model_name} takes {side}x{side} images, but {dataset.name} has {height}x{width} images{hint}"
@@ -172,12 +177,12 @@ def _check_model_fits(model_name, dataset):
 
 def _default_model(dataset):
     _, height, width = dataset.input_shape
-    for name, side in MODELS.items():
+    for name, (side, _, _) in MODELS.items():
         if (height, width) == (side, side):
             return name
     raise UsageError(
         f"{dataset.name} has {height}x{width} images; the built-in models take "
-        + " or ".join(f"{s}x{s} ({n})" for n, s in MODELS.items())
+        + " or ".join(f"{s}x{s} ({n})" for n, (s, _, _) in MODELS.items())
     )
 
 
@@ -185,9 +190,10 @@ def _build_model(config, dataset):
     from . import models
 
     _check_model_fits(config["model"], dataset)
-    factory = getattr(models, config["model"])
-    model = factory(num_classes=dataset.num_classes, in_channels=dataset.input_shape[0], seed=config["seed"],
-                    init=config.get("init", "he"))
+    _, constructor, options = MODELS[config["model"]]
+    model = getattr(models, constructor)(
+        num_classes=dataset.num_classes, in_channels=dataset.input_shape[0], seed=config["seed"],
+        init=config.get("init", "he"), **options)
     model.meta.update({
         "model": config["model"],
         "dataset": config["dataset"],
@@ -515,7 +521,8 @@ def build_parser():
     train.add_argument("--dataset", help="mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH "
                                          "(PATH/<class>/<image>, or a .tar.gz of such a folder)")
     train.add_argument("--model", choices=sorted(MODELS),
-                       help="network: mnist2 (28x28 images) or cifar6 (32x32); default: the one that fits")
+                       help="network: mnist2 (28x28 images), mnist2-bn (mnist2 with batch norm after each "
+                            "convolution's ReLU) or cifar6 (32x32); default: the one that fits")
     train.add_argument("--init", choices=("he", "torch"),
                        help="initialization: he (Kaiming normal for layers followed by a ReLU, the default) "
                             "or torch (PyTorch's layer defaults, as a PyTorch script without explicit "

@@ -120,6 +120,17 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert report["split"] == "val" and report["images"] == len(held_out) and report["model_file"] == "best_model.npz"
 
 
+def test_model_variant_and_init_are_stored_and_rebuilt(tmp_path, capsys):
+    run = tmp_path / "run"
+    status, _, err = run_main(capsys, "train", *QUICK, "--epochs", "1", "--model", "mnist2-bn", "--init", "torch",
+                              "--out", run)
+    assert status == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert (config["model"], config["init"]) == ("mnist2-bn", "torch")
+    model = fastconv.load(run / "model.npz")
+    assert [name for name, _ in model.named_layers() if name.startswith("bn")] == ["bn1", "bn2"]
+
+
 def test_train_refuses_to_overwrite_and_checks_resume_options(tmp_path, capsys):
     run = tmp_path / "run"
     assert run_main(capsys, "train", *QUICK, "--epochs", "1", "--out", run)[0] == 0
