@@ -3,6 +3,8 @@ with the same message.
 
 Every error a user can trigger names the offending value. Shapes are NCHW.
 """
+import operator
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -57,7 +59,8 @@ def window_geometry(x_shape, kernel_size, stride, padding, what="kernel"):
         raise ValueError(f"stride must be positive, got {(sh, sw)}")
     if ph < 0 or pw < 0:
         raise ValueError(f"padding must be non-negative, got {(ph, pw)}")
-    h, w = x_shape[-2], x_shape[-1]
+    # Python ints: a NumPy int32 extent would wrap around in h + 2 * ph.
+    h, w = operator.index(x_shape[-2]), operator.index(x_shape[-1])
     if kh > h + 2 * ph or kw > w + 2 * pw:
         raise ValueError(
             f"{what} {(kh, kw)} is larger than the padded input {(h + 2 * ph, w + 2 * pw)} "
@@ -66,6 +69,14 @@ def window_geometry(x_shape, kernel_size, stride, padding, what="kernel"):
     oh = (h + 2 * ph - kh) // sh + 1
     ow = (w + 2 * pw - kw) // sw + 1
     return kh, kw, sh, sw, ph, pw, oh, ow
+
+
+# Values past which a convolution's per-image buffers are refused. 2**48 floats
+# is a petabyte, more than any machine holds, and every size derived from one
+# of them (times a thread count, a vector width, an item size) stays far below
+# 2**63: the C kernels compute such sizes in int64, and a product that wrapped
+# around would give them a buffer too small for what they write into it.
+LARGEST_IMAGE_BUFFER = 2 ** 48
 
 
 def conv_args(x, weight, bias, stride, padding):
@@ -85,23 +96,69 @@ def conv_args(x, weight, bias, stride, padding):
         same_dtype(x, bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has shape {bias.shape}, expected ({weight.shape[0]},)")
-    return window_geometry(x.shape, weight.shape[2:], stride, padding)
+    geometry = window_geometry(x.shape, weight.shape[2:], stride, padding)
+    kh, kw, sh, sw, ph, pw, oh, ow = geometry
+    _, c, h, w = x.shape
+    f = weight.shape[0]
+    buffers = {
+        "padded image": c * (h + 2 * ph) * (w + 2 * pw),
+        "unfolded image": c * kh * kw * oh * ow,
+        "output on the padded width": f * oh * (w + 2 * pw),
+        "padded output gradient": f * (oh + 2 * kh) * (ow + 2 * kw),
+    }
+    for what, size in buffers.items():
+        if size > LARGEST_IMAGE_BUFFER:
+            raise ValueError(
+                f"convolving {(c, h, w)} images with a {(kh, kw)} kernel, stride {(sh, sw)} and "
+                f"padding {(ph, pw)} needs a {what} of {size} values: too large"
+            )
+    return geometry
 
 
-def pool_args(x, kernel_size, stride, padding):
-    """Validate a pooling call; stride None means stride = kernel_size."""
-    float_array(x, "x", 4)
-    nonempty_batch(x)
+def image_shape(x_shape, name="x_shape"):
+    """x_shape (N, C, H, W) as a tuple of four positive Python ints.
+
+    For the backward kernels that are told the input's shape rather than given
+    the input: a float, a bool or a fifth entry is refused, never truncated.
+    """
+    try:
+        values = tuple(x_shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {x_shape!r}") from None
+    if len(values) != 4:
+        raise ValueError(f"{name} must have 4 entries (N, C, H, W), got {x_shape!r}")
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {x_shape!r}")
+    shape = tuple(int(v) for v in values)
+    if min(shape) < 1:
+        raise ValueError(f"{name} must be positive, got {shape}")
+    return shape
+
+
+def pool_geometry(x_shape, kernel_size, stride, padding):
+    """Check a pooling window over planes of x_shape[-2:]; stride None means stride =
+    kernel_size. Needs the shape only, so a backward pass can check an input that
+    is too large to exist."""
     if stride is None:
         stride = kernel_size
-    geometry = window_geometry(x.shape, kernel_size, stride, padding, what="pooling window")
+    geometry = window_geometry(x_shape, kernel_size, stride, padding, what="pooling window")
     kh, kw, _, _, ph, pw, _, _ = geometry
     if 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"padding {(ph, pw)} must be at most half the pooling window {(kh, kw)}")
     return geometry
 
 
+def pool_args(x, kernel_size, stride, padding):
+    """Validate a pooling call; stride None means stride = kernel_size."""
+    float_array(x, "x", 4)
+    nonempty_batch(x)
+    return pool_geometry(x.shape, kernel_size, stride, padding)
+
+
 def matching_shape(a, a_name, shape, what):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{a_name} must be a numpy.ndarray, got {type(a).__name__}")
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{a_name} has shape {a.shape}, expected {tuple(shape)} ({what})")
 
@@ -115,5 +172,12 @@ def batchnorm_params(x, gamma, beta, eps):
         same_dtype(x, p, name)
         if p.shape[0] != c:
             raise ValueError(f"{name} has shape {p.shape} but the input has {c} channels")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"eps must be a positive number, got {eps!r}")
+    # The kernels use eps as a C double: an int beyond its range is refused here.
+    try:
+        float(eps)
+    except OverflowError:
+        raise ValueError(f"eps is too large for a float, got {eps!r}") from None
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")

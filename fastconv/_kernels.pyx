@@ -66,6 +66,12 @@ cdef inline bint _is_single(object a):
     return cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT
 
 
+cdef object _c_array(object a, dtype=None):
+    """a as a C-contiguous and aligned array: C reads it through typed pointers,
+    and NumPy's C-contiguous flag says nothing of alignment."""
+    return np.require(a, dtype, ("C_CONTIGUOUS", "ALIGNED"))
+
+
 cdef inline void *_data(object a):
     """The data pointer of a contiguous ndarray, NULL for None."""
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
@@ -102,13 +108,6 @@ cdef fc_window _window(h, w, geometry) except *:
     return g
 
 
-def _image_shape(x_shape):
-    n, c, h, w = (int(v) for v in x_shape)
-    if n < 1 or c < 1 or h < 1 or w < 1:
-        raise ValueError(f"x_shape must be positive, got {tuple(x_shape)}")
-    return n, c, h, w
-
-
 # ---------------------------------------------------------------------------
 # Typed entry points to C: one name for both float types
 
@@ -140,7 +139,7 @@ def im2col(x, kernel_size, stride=1, padding=0):
     cols = _new((x.shape[1] * kh * kw, x.shape[0] * oh * ow), x.dtype)
     cdef int64_t n = x.shape[0], c = x.shape[1]
     cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
-    xc = np.ascontiguousarray(x)
+    xc = _c_array(x)
     if _is_single(xc):
         _im2col_run(<float>0, cols, xc, n, c, &g)
     else:
@@ -159,14 +158,14 @@ cdef void _im2col_run(real tag, object cols, object x, int64_t n, int64_t c,
 def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
     """Adjoint of im2col: scatter-add cols (C*KH*KW, N*OH*OW) back into (N, C, H, W)."""
     _checks.float_array(cols, "cols", 2)
-    shape = _image_shape(x_shape)
+    shape = _checks.image_shape(x_shape)
     geometry = _checks.window_geometry(shape, kernel_size, stride, padding)
     kh, kw, _, _, _, _, oh, ow = geometry
     _checks.matching_shape(cols, "cols", (shape[1] * kh * kw, shape[0] * oh * ow),
                            f"im2col of {tuple(x_shape)}")
     cdef int64_t n = shape[0], c = shape[1]
     cdef fc_window g = _window(shape[2], shape[3], geometry)
-    cc = np.ascontiguousarray(cols)
+    cc = _c_array(cols)
     x = _new(shape, cols.dtype, zeroed=True)
     if _is_single(cc):
         _col2im_run(<float>0, x, cc, n, c, &g)
@@ -212,17 +211,16 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0):
     cdef fc_window *g = &cache.window
     cdef int64_t n = x.shape[0], c = x.shape[1], f = weight.shape[0]
     y = _new((n, f, g.oh, g.ow), x.dtype)
-    cache.x = np.ascontiguousarray(x)
-    cache.weight = np.ascontiguousarray(weight)
-    bc = None if bias is None else np.ascontiguousarray(bias)
+    cache.x = _c_array(x)
+    cache.weight = _c_array(weight)
+    bc = None if bias is None else _c_array(bias)
     cdef int status
     if _is_single(y):
         status = _conv_forward_run(<float>0, y, cache.x, cache.weight, bc, g, n, c, f)
     else:
         status = _conv_forward_run(<double>0, y, cache.x, cache.weight, bc, g, n, c, f)
     if status != 0:
-        raise MemoryError(f"no memory for the convolution's scratch ({c * g.kh * g.kw} x "
-                          f"{g.oh * g.ow} columns per thread)")
+        raise MemoryError("no memory for the convolution's scratch")
     cache.x_shape = tuple(x.shape)
     cache.y_shape = y.shape
     cache.has_bias = bias is not None
@@ -257,7 +255,7 @@ def conv2d_backward(dy, cache, need_dx=True):
     dweight = _new(np.shape(cc.weight), dy.dtype)
     dbias = _new((cc.y_shape[1],), dy.dtype) if cc.has_bias else None
     dx = _new(cc.x_shape, dy.dtype) if need_dx else None
-    dyc = np.ascontiguousarray(dy)
+    dyc = _c_array(dy)
     cdef int status
     if _is_single(dyc):
         status = _conv_backward_run(<float>0, dx, dweight, dbias, dyc, cc)
@@ -300,7 +298,7 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     geometry = _checks.pool_args(x, kernel_size, stride, padding)
     cdef int64_t planes = x.shape[0] * x.shape[1]
     cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
-    xc = np.ascontiguousarray(x)
+    xc = _c_array(x)
     y = _new((x.shape[0], x.shape[1], g.oh, g.ow), x.dtype)
     argmax = _new(y.shape, np.int64)
     if _is_single(xc):
@@ -331,7 +329,7 @@ def maxpool2d_backward(dy, argmax, x_shape):
             f"{getattr(argmax, 'dtype', type(argmax).__name__)}"
         )
     _checks.matching_shape(argmax, "argmax", dy.shape, "the pooled output")
-    n, c, h, w = (int(v) for v in x_shape)
+    n, c, h, w = _checks.image_shape(x_shape)
     if argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
         raise ValueError(f"argmax holds indices outside the {h}x{w} input plane")
     if (n, c) != dy.shape[:2] or h < 1 or w < 1:
@@ -339,8 +337,8 @@ def maxpool2d_backward(dy, argmax, x_shape):
             f"x_shape {tuple(x_shape)} does not fit dy of shape {dy.shape} "
             f"(expected ({dy.shape[0]}, {dy.shape[1]}, H, W) with H, W positive)"
         )
-    dyc = np.ascontiguousarray(dy)
-    argmax_c = np.ascontiguousarray(argmax, dtype=np.int64)
+    dyc = _c_array(dy)
+    argmax_c = _c_array(argmax, np.int64)
     dx = _new((n, c, h, w), dy.dtype, zeroed=True)
     cdef int64_t planes = n * c, in_plane = h * w, out_plane = dy.shape[2] * dy.shape[3]
     if _is_single(dyc):
@@ -367,7 +365,7 @@ def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
     geometry = _checks.pool_args(x, kernel_size, stride, padding)
     cdef int64_t planes = x.shape[0] * x.shape[1]
     cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
-    xc = np.ascontiguousarray(x)
+    xc = _c_array(x)
     y = _new((x.shape[0], x.shape[1], g.oh, g.ow), x.dtype)
     if _is_single(xc):
         _avgpool_forward_run(<float>0, y, xc, planes, &g)
@@ -390,16 +388,13 @@ cdef void _avgpool_forward_run(real tag, object y, object x, int64_t planes,
 def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
     """Spread dy (N, C, OH, OW) evenly over each window of an input of shape x_shape."""
     _checks.float_array(dy, "dy", 4)
-    n, c, h, w = (int(v) for v in x_shape)
-    # A zero-stride stand-in for an input of this shape, so that the shared
-    # checks judge the geometry without allocating anything.
-    probe = np.broadcast_to(np.zeros((), dtype=dy.dtype), (1, 1, h, w))
-    geometry = _checks.pool_args(probe, kernel_size, stride, padding)
+    n, c, h, w = _checks.image_shape(x_shape)
+    geometry = _checks.pool_geometry((n, c, h, w), kernel_size, stride, padding)
     _, _, _, _, _, _, oh, ow = geometry
     _checks.matching_shape(dy, "dy", (n, c, oh, ow), "the pooled output")
     cdef fc_window g = _window(h, w, geometry)
     cdef int64_t planes = n * c
-    dyc = np.ascontiguousarray(dy)
+    dyc = _c_array(dy)
     dx = _new((n, c, h, w), dy.dtype, zeroed=True)
     if _is_single(dyc):
         _avgpool_backward_run(<float>0, dx, dyc, planes, &g)
@@ -438,9 +433,9 @@ def batchnorm2d_forward_train(x, weight, bias, eps=1e-5):
     _checks.batchnorm_params(x, weight, bias, eps)
     cdef int64_t n = x.shape[0], c = x.shape[1], plane = x.shape[2] * x.shape[3]
     cdef double eps_value = float(eps)
-    xc = np.ascontiguousarray(x)
-    wc = np.ascontiguousarray(weight)
-    bc = np.ascontiguousarray(bias)
+    xc = _c_array(x)
+    wc = _c_array(weight)
+    bc = _c_array(bias)
     y = _new(x.shape, x.dtype)
     xhat = _new(x.shape, x.dtype)
     mean = _new((c,), x.dtype)
@@ -484,13 +479,13 @@ def batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, eps=1e-
     for name, p in (("running_mean", running_mean), ("running_var", running_var)):
         _checks.float_array(p, name, 1)
         _checks.matching_shape(p, name, (c,), "one value per channel")
-    xc = np.ascontiguousarray(x)
-    wc = np.ascontiguousarray(weight)
-    bc = np.ascontiguousarray(bias)
+    xc = _c_array(x)
+    wc = _c_array(weight)
+    bc = _c_array(bias)
     # The running statistics may be kept in another float type; reference.py
     # converts them to the input's type the same way.
-    mc = np.ascontiguousarray(running_mean, dtype=x.dtype)
-    vc = np.ascontiguousarray(running_var, dtype=x.dtype)
+    mc = _c_array(running_mean, x.dtype)
+    vc = _c_array(running_var, x.dtype)
     y = _new(x.shape, x.dtype)
     if _is_single(xc):
         _batchnorm_eval_run(<float>eps, y, xc, wc, bc, mc, vc, n, c, plane)
@@ -527,7 +522,7 @@ def batchnorm2d_backward(dy, cache):
     _checks.same_dtype(bn.xhat, dy, "dy")
     _checks.matching_shape(dy, "dy", bn.xhat.shape, "the batch-norm output")
     cdef int64_t n = dy.shape[0], c = dy.shape[1], plane = dy.shape[2] * dy.shape[3]
-    dyc = np.ascontiguousarray(dy)
+    dyc = _c_array(dy)
     dx = _new(dy.shape, dy.dtype)
     dweight = _new((c,), dy.dtype)
     dbias = _new((c,), dy.dtype)
@@ -562,7 +557,7 @@ def relu_forward(x):
     """max(x, 0); NaN stays NaN."""
     _checks.float_array(x, "x")
     cdef int64_t size = x.size
-    xc = np.ascontiguousarray(x)
+    xc = _c_array(x)
     y = _new(x.shape, x.dtype)
     if _is_single(xc):
         _relu_forward_run(<float>0, y, xc, size)
@@ -588,8 +583,8 @@ def relu_backward(dy, y):
     _checks.same_dtype(dy, y, "y")
     _checks.matching_shape(y, "y", dy.shape, "the ReLU output")
     cdef int64_t size = dy.size
-    dyc = np.ascontiguousarray(dy)
-    yc = np.ascontiguousarray(y)
+    dyc = _c_array(dy)
+    yc = _c_array(y)
     dx = _new(dy.shape, dy.dtype)
     if _is_single(dyc):
         _relu_backward_run(<float>0, dx, dyc, yc, size)

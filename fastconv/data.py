@@ -38,6 +38,7 @@ batch-vectorized augmentation (``Augment``).
 import gzip
 import hashlib
 import lzma
+import math
 import os
 import pickle
 import shutil
@@ -47,11 +48,14 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ._files import atomic_write
 
 __all__ = [
     "DataError", "Dataset", "DATASET_NAMES", "load_dataset",
@@ -224,42 +228,39 @@ def download(url, dest, sha256, timeout=30, progress=None):
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    except OSError as exc:
-        raise DataError(f"cannot write the download to {dest.parent}: {exc.strerror or exc}") from None
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = response.headers.get("Content-Length")
-                    bar = tqdm(
-                        total=int(total) if total and total.isdigit() else None,
-                        unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                        disable=None if progress is None else not progress, leave=False,
-                    )
-                    with bar:
-                        for chunk in iter(lambda: response.read(1 << 16), b""):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            bar.update(len(chunk))
-            except urllib.error.HTTPError as exc:
-                raise DataError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise DataError(f"could not download {url}: {reason}") from None
+
+    def receive(out):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = response.headers.get("Content-Length")
+                bar = tqdm(
+                    total=int(total) if total and total.isdigit() else None,
+                    unit="B", unit_scale=True, desc=f"downloading {dest.name}",
+                    disable=None if progress is None else not progress, leave=False,
+                )
+                with bar:
+                    for chunk in iter(lambda: response.read(1 << 16), b""):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        except urllib.error.HTTPError as exc:
+            raise DataError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DataError(f"could not download {url}: {reason}") from None
         actual = digest.hexdigest()
         if actual != sha256:
             raise DataError(
                 f"{url} has SHA-256 {actual}, expected {sha256}: the download is corrupt or "
                 f"not the published file; it was not kept"
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest, receive)
+    except OSError as exc:
+        raise DataError(f"cannot write the download to {dest.parent}: {exc.strerror or exc}") from None
     return dest
 
 
@@ -339,7 +340,9 @@ def read_idx(path, expect_ndim=None):
         raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than its {header}-byte header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_DTYPES[type_code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: four 32-bit extents can multiply past 2**63, where an int64
+    # product would wrap around (65536**4 wraps to 0) and pass the length check.
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) < expected:
         raise DataError(
             f"{path} is truncated: {len(data)} bytes, expected {expected} for an array of shape {shape}"
@@ -608,14 +611,7 @@ def _decode_images(scanned):
 def _atomic_savez(path, **arrays):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_image_folder(root, cache_dir=None):
@@ -640,7 +636,11 @@ def load_image_folder(root, cache_dir=None):
                 x, y, cached_classes = f["x"], f["y"], [str(c) for c in f["classes"]]
             if cached_classes == classes:
                 return x, y, classes
-        except (OSError, ValueError, KeyError, zlib.error, EOFError):
+        # zipfile reports some damage as NotImplementedError (a garbled
+        # compression method or version) or RuntimeError (a garbled flag that
+        # reads as encryption).
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile,
+                NotImplementedError, RuntimeError):
             pass  # a damaged cache is simply rebuilt
     x, y = _decode_images(scanned)
     try:

@@ -453,7 +453,7 @@ class Flatten(Layer):
         shape = self._check_ndim(input_shape)
         if len(shape) < 2:
             raise ValueError(f"Flatten expects an input of at least 2 dimensions, got shape {shape}")
-        return (shape[0], int(np.prod(shape[1:], dtype=np.int64)))
+        return (shape[0], math.prod(shape[1:]))
 
     def _forward(self, x):
         return x.reshape(x.shape[0], -1), x.shape

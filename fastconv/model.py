@@ -416,7 +416,9 @@ def load(path):
             model = _build(architecture)
             model.meta = meta
             model.load_state_dict(state)
+        # zipfile reports some damage as NotImplementedError (a garbled compression
+        # method or version) or RuntimeError (a garbled flag that reads as encryption).
         except (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError,
-                zipfile.BadZipFile, zlib.error) as error:
+                zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
             raise ValueError(f"{path} is not a valid fastconv model file: {error}") from error
     return model

@@ -72,9 +72,7 @@ def im2col(x, kernel_size, stride=1, padding=0):
 def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
     """Adjoint of im2col: scatter-add cols (C*KH*KW, N*OH*OW) back into (N, C, H, W)."""
     _checks.float_array(cols, "cols", 2)
-    n, c, h, w = (int(v) for v in x_shape)
-    if n < 1 or c < 1 or h < 1 or w < 1:
-        raise ValueError(f"x_shape must be positive, got {tuple(x_shape)}")
+    n, c, h, w = _checks.image_shape(x_shape)
     kh, kw, sh, sw, ph, pw, oh, ow = _checks.window_geometry((n, c, h, w), kernel_size, stride, padding)
     _checks.matching_shape(cols, "cols", (c * kh * kw, n * oh * ow), f"im2col of {tuple(x_shape)}")
     blocks = cols.reshape(c, kh, kw, n, oh, ow).transpose(3, 0, 1, 2, 4, 5)
@@ -142,9 +140,14 @@ def maxpool2d_backward(dy, argmax, x_shape):
     """Route dy (N, C, OH, OW) to the argmax positions of an input of shape x_shape."""
     _checks.float_array(dy, "dy", 4)
     _checks.matching_shape(argmax, "argmax", dy.shape, "the pooled output")
-    n, c, h, w = (int(v) for v in x_shape)
+    n, c, h, w = _checks.image_shape(x_shape)
     if argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
         raise ValueError(f"argmax holds indices outside the {h}x{w} input plane")
+    if (n, c) != dy.shape[:2]:
+        raise ValueError(
+            f"x_shape {tuple(x_shape)} does not fit dy of shape {dy.shape} "
+            f"(expected ({dy.shape[0]}, {dy.shape[1]}, H, W) with H, W positive)"
+        )
     plane = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
     dx = np.bincount((argmax + plane).ravel(), weights=dy.ravel(), minlength=n * c * h * w)
     return dx.astype(dy.dtype, copy=False).reshape(n, c, h, w)
@@ -160,9 +163,8 @@ def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
 def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
     """Spread dy (N, C, OH, OW) evenly over each window of an input of shape x_shape."""
     _checks.float_array(dy, "dy", 4)
-    n, c, h, w = (int(v) for v in x_shape)
-    probe = np.empty((1, 1, h, w), dtype=dy.dtype)
-    kh, kw, sh, sw, ph, pw, oh, ow = _checks.pool_args(probe, kernel_size, stride, padding)
+    n, c, h, w = _checks.image_shape(x_shape)
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.pool_geometry((n, c, h, w), kernel_size, stride, padding)
     _checks.matching_shape(dy, "dy", (n, c, oh, ow), "the pooled output")
     share = dy / (kh * kw)
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)

@@ -138,7 +138,10 @@ def load_checkpoint(path):
         return _unpack(header["state"], arrays)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    # zipfile reports some damage as NotImplementedError (a garbled compression
+    # method or version) or RuntimeError (a garbled flag that reads as encryption).
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable fastconv checkpoint: {exc}") from None
 
 
@@ -257,6 +260,12 @@ class Trainer:
         True/False, or None for a progress bar only when stderr is a terminal.
     log
         Called with a line of text per epoch and on events (None: silent).
+    adversarial
+        None, or a callable ``adversarial(model, inputs, labels, rng) -> inputs``
+        that replaces the normalized inputs of every training batch before
+        the forward pass, such as ``fastconv.analysis.AdversarialTraining``
+        (adversarial examples mixed into each batch). It draws any random
+        numbers from the trainer's generator, so a resumed run repeats them.
     callbacks
         Objects with optional methods ``on_batch_end(trainer, epoch, batch, loss)``
         and ``on_epoch_end(trainer, record)``; ``trainer.request_stop()`` in
@@ -265,7 +274,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss=None, schedule=None, *, batch_size=64, seed=0,
                  normalize=None, augment=None, schedule_interval=None, run_dir=None,
-                 overwrite=False, eval_batch_size=256, progress=None, log=print, callbacks=()):
+                 overwrite=False, eval_batch_size=256, progress=None, log=print, callbacks=(),
+                 adversarial=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -289,6 +299,7 @@ class Trainer:
         self.progress = progress
         self.log = log if log is not None else (lambda line: None)
         self.callbacks = list(callbacks)
+        self.adversarial = adversarial
         self.rng = np.random.default_rng(self.seed)
         self.history = []
         self.epoch = 0          # epochs completed
@@ -314,6 +325,8 @@ class Trainer:
             "loss": type(self.loss).__name__,
             "optimizer": type(self.optimizer).__name__,
             "schedule": type(self.schedule).__name__ if self.schedule is not None else None,
+            "adversarial": (getattr(self.adversarial, "config", lambda: type(self.adversarial).__name__)()
+                            if self.adversarial is not None else None),
         }
 
     def state(self):
@@ -423,12 +436,24 @@ class Trainer:
             raise ValueError(f"{what} set is empty")
         return y.astype(np.int64)
 
+    def _remove_stale_temporaries(self):
+        """Delete the temporary files of this trainer's writes that a killed run left
+        behind (atomic_write names them .<file>.<random>.tmp)."""
+        if not self.run_dir.is_dir():
+            return
+        names = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, "history.json", "history.csv")
+        for path in self.run_dir.glob(".*.tmp"):
+            if any(path.name.startswith(f".{name}.") for name in names):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
     def _prepare_run_dir(self, resume):
         if self.run_dir is None:
             if resume:
                 raise CheckpointError("resume needs a run_dir to resume from")
             return False
         last = self.run_dir / LAST_CHECKPOINT
+        self._remove_stale_temporaries()
         if resume:
             if not last.is_file():
                 raise CheckpointError(f"nothing to resume: {last} does not exist")
@@ -505,7 +530,10 @@ class Trainer:
                 if self.augment is not None:
                     xb = self.augment(xb, self.rng)
                 running["lr"] = float(self.optimizer.lr)
-                logits = model.forward(_prepare(xb, self.normalize, dtype))
+                inputs = _prepare(xb, self.normalize, dtype)
+                if self.adversarial is not None:
+                    inputs = self.adversarial(model, inputs, yb, self.rng)
+                logits = model.forward(inputs)
                 loss = float(self.loss(logits, yb))
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
@@ -572,10 +600,14 @@ class Trainer:
         self.log(line)
         if self.run_dir is not None:
             _write_history(self.run_dir, self.history)
-            self._checkpoint(LAST_CHECKPOINT)
+            # The last checkpoint goes last: a run killed before it resumes from
+            # the previous epoch and writes the best files again, whereas one
+            # killed between it and the best files would resume believing in a
+            # best model that was never written.
             if improved:
                 self._checkpoint(BEST_CHECKPOINT)
                 self.model.save(self.run_dir / BEST_MODEL)
+            self._checkpoint(LAST_CHECKPOINT)
         for callback in self.callbacks:
             hook = getattr(callback, "on_epoch_end", None)
             if hook is not None:

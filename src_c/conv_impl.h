@@ -446,6 +446,26 @@ static operands weight_grad_operands(REAL *dweight_t, int64_t f_stride, const RE
     return o;
 }
 
+/* Rows [r_lo, r_hi) of one image's weight gradient from its operands. On the
+ * wide grid the sum runs one output row at a time over its OW real pixels:
+ * a junk pixel reads the start of the next padded row, and a NaN or inf
+ * there times its zero gradient would put NaN in the gradient of a tap that
+ * never sees that value. */
+static void weight_grad_rows(const operands *o, const conv_plan *p, int64_t r_lo, int64_t r_hi,
+                             int64_t f_stride, int64_t depth)
+{
+    if (!p->shifted) {
+        multiply(o, r_lo, r_hi, 0, f_stride, depth, 1);
+        return;
+    }
+    for (int64_t oh = 0; oh < p->g->oh; oh++) {
+        operands row = *o;
+        row.a = o->a + oh * p->wp;
+        row.b_rows = o->b_rows + oh * p->wp;
+        multiply(&row, r_lo, r_hi, 0, f_stride, p->g->ow, 1);
+    }
+}
+
 /* dx (C, H, W) of one image from unfolded columns: fold(weight^T (K, F) @ dy (F, P)).
  * dy_rows (F, ld) and dcols (K, ld) are scratch. */
 static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *weight,
@@ -569,7 +589,7 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
             {
                 int64_t r_lo, r_hi;
                 share(p->k, 1, THREAD_ID(), TEAM_SIZE(), &r_lo, &r_hi);
-                multiply(&o, r_lo, r_hi, 0, f_stride, depth, 1);
+                weight_grad_rows(&o, p, r_lo, r_hi, f_stride, depth);
             }
         }
     } else if (!failed) {
@@ -587,7 +607,7 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
                     const operands o = weight_grad_operands(
                         partial + t * p->k * f_stride, f_stride, dy + i * out_image,
                         x + i * in_image, p, pixel_rows, scratch, &depth);
-                    multiply(&o, 0, p->k, 0, f_stride, depth, 1);
+                    weight_grad_rows(&o, p, 0, p->k, f_stride, depth);
                 }
             }
             free(scratch);

@@ -83,3 +83,14 @@ def copy_to_torch(torch):
         return dict(zip(ours, keys))
 
     return copy
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """One OpenMP and one BLAS thread for a whole module, restored afterwards:
+    for tests that measure memory or run their own threads."""
+    before = fastconv.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=None):
+        fastconv.set_num_threads(1)
+        yield
+    fastconv.set_num_threads(before)

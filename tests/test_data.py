@@ -211,6 +211,17 @@ def test_corrupt_idx_names_the_file(tmp_path, case, compress):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("shape", [(65536,) * 4, (2 ** 21, 2 ** 21, 2 ** 22), (2 ** 32 - 1,) * 3])
+def test_idx_dimensions_whose_product_passes_int64_are_refused(tmp_path, shape):
+    # 65536**4 = 2**64 wraps to 0 in an int64 product: the length check of a
+    # header-only file would pass and reshape would fail without naming the file.
+    path = tmp_path / "huge-idx"
+    path.write_bytes(struct.pack(">HBB", 0, 8, len(shape)) + struct.pack(f">{len(shape)}I", *shape))
+    with pytest.raises(DataError, match="truncated") as info:
+        read_idx(path)
+    assert str(path) in str(info.value) and str(int(np.prod(shape, dtype=object)) + 4 + 4 * len(shape)) in str(info.value)
+
+
 def test_truncated_gzip_names_the_file(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     packed = gzip.compress(idx_bytes(np.arange(4 * 28 * 28, dtype=np.uint8).reshape(4, 28, 28) % 251))
@@ -442,6 +453,35 @@ def test_image_folder_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     x3, _, _ = data.load_image_folder(tmp_path / "f", cache_dir=cache)
     assert (x3[6, 0] == 7).all()
     assert len(list(cache.glob("*.npz"))) == 2
+
+
+def garble_first_compression_method(path):
+    """Give the first member of a zip archive an unknown compression method, as a
+    damaged byte would: zipfile then raises NotImplementedError, not BadZipFile."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x01\x02")
+    raw[at + 10:at + 12] = struct.pack("<H", 99)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "compression method", "not a zip"])
+def test_a_damaged_folder_cache_is_rebuilt(tmp_path, damage):
+    pngs = write_image_folder(tmp_path / "f")
+    cache = tmp_path / "cache"
+    data.load_image_folder(tmp_path / "f", cache_dir=cache)
+    (cached,) = cache.glob("*.npz")
+    if damage == "truncated":
+        cached.write_bytes(cached.read_bytes()[:200])
+    elif damage == "compression method":
+        garble_first_compression_method(cached)
+    else:
+        cached.write_bytes(b"PK\x03\x04 not a zip")
+    x, _, _ = data.load_image_folder(tmp_path / "f", cache_dir=cache)
+    for i, (path, array) in enumerate(sorted(pngs.items())):
+        np.testing.assert_array_equal(x[i, 0], array)
+    assert sorted(p.name for p in cache.iterdir()) == [cached.name], "rebuilt in place, no temporary left"
+    with np.load(cached) as rebuilt:
+        np.testing.assert_array_equal(rebuilt["x"], x)
 
 
 @pytest.mark.parametrize("problem", ["text file", "empty class", "corrupt image", "other size", "no classes"])

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Build the compiled kernels with AddressSanitizer and UndefinedBehaviorSanitizer
+# in a throw-away copy of the source tree, and run the kernel, layer and fuzz
+# tests against that build. Fails on any sanitizer report and on any test
+# failure; the in-place extension of the working tree is never touched.
+#
+#   tools/sanitize.sh                       # the default test selection
+#   tools/sanitize.sh -k conv               # extra arguments go to pytest
+#   KEEP_SANITIZE_TREE=1 tools/sanitize.sh  # keep the copy for a post-mortem
+#
+# Needs gcc (with libasan and libubsan), and Python with numpy, scipy, Cython,
+# setuptools, pytest and hypothesis: the project's build and test requirements.
+set -euo pipefail
+
+source_tree="$(cd "$(dirname "$0")/.." && pwd)"
+tests=(tests/test_kernels.py tests/test_layers.py tests/test_fuzz.py)
+# The interpreter itself, not a wrapper script (pyenv shims, launchers) whose
+# shell and helper processes would otherwise run under the sanitizer runtime.
+python="$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')"
+
+asan_runtime="$(gcc -print-file-name=libasan.so)"
+if [[ "$asan_runtime" != /* || ! -e "$asan_runtime" ]]; then
+    echo "sanitize: gcc has no AddressSanitizer runtime (libasan); on Debian: apt-get install gcc" >&2
+    exit 2
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/fastconv-sanitize.XXXXXX")"
+if [[ "${KEEP_SANITIZE_TREE:-0}" == 1 ]]; then
+    echo "sanitize: the sanitized tree is kept in $work"
+else
+    trap 'rm -rf "$work"' EXIT
+fi
+tree="$work/tree"
+mkdir -p "$tree"
+
+# Copy the sources without any build product: tracked and untracked files that
+# git does not ignore (so work in progress is checked too), or, outside a git
+# checkout, everything but the build folders and compiled extensions.
+if git -C "$source_tree" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (cd "$source_tree" && git ls-files -z --cached --others --exclude-standard) |
+        (cd "$source_tree" && tar --null --ignore-failed-read -T - -cf -) |
+        tar -xf - -C "$tree"
+else
+    (cd "$source_tree" && tar --exclude=./build --exclude='*.so' --exclude=./.git \
+        --exclude=./fastconv/_kernels.c -cf - .) | tar -xf - -C "$tree"
+fi
+
+started=$SECONDS
+echo "sanitize: building the kernels with -fsanitize=address,undefined in $tree"
+if ! (cd "$tree" && FASTCONV_SANITIZE=1 "$python" setup.py -q build_ext --inplace) >"$work/build.log" 2>&1; then
+    cat "$work/build.log" >&2
+    echo "sanitize: the sanitized build failed" >&2
+    exit 2
+fi
+built=$SECONDS
+echo "sanitize: built in $((built - started)) s"
+
+# The tests must import the sanitized copy, not an installed or editable fastconv.
+export PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}"
+# Only the kernels are instrumented, so the runtime is preloaded ahead of the
+# interpreter. Python's allocator keeps memory for the life of the process, so
+# leak reports would be noise; a huge allocation must fail as it does in an
+# ordinary process (NumPy raises MemoryError) rather than abort the run.
+sanitized=(env "LD_PRELOAD=$asan_runtime${LD_PRELOAD:+ $LD_PRELOAD}"
+           "ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1"
+           "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1")
+report_pattern='ERROR: AddressSanitizer|SUMMARY: (Address|UndefinedBehavior)Sanitizer|runtime error:'
+
+# First prove that the sanitizers are live in this build and that the tests
+# import it: a planted heap overflow and a planted misaligned load, each passed
+# straight to a C kernel, must be reported.
+cat >"$work/canary.py" <<'EOF'
+import ctypes
+import os
+import sys
+
+import numpy as np
+
+import fastconv
+from fastconv import _kernels
+
+tree = os.path.realpath(os.environ["PYTHONPATH"].split(os.pathsep)[0])
+for module in (fastconv, _kernels):
+    if not os.path.realpath(module.__file__).startswith(tree + os.sep):
+        sys.exit(f"sanitize: {module.__name__} was imported from {module.__file__}, not from {tree}")
+relu = ctypes.CDLL(_kernels.__file__).fc_relu_forward_f64
+if sys.argv[1] == "overflow":
+    y, x, count = np.empty(4), np.ones(64), 64
+    y_at, x_at = y.ctypes.data, x.ctypes.data
+else:
+    y, x, count = np.zeros(8 * 9, np.uint8), np.zeros(8 * 9, np.uint8), 8
+    y_at, x_at = y.ctypes.data + 1, x.ctypes.data + 1
+relu(ctypes.c_void_p(y_at), ctypes.c_void_p(x_at), ctypes.c_int64(count))
+EOF
+for canary in overflow misaligned; do
+    (cd "$tree" && "${sanitized[@]}" "$python" "$work/canary.py" "$canary") >"$work/canary.log" 2>&1 || true
+    if ! grep -Eq "$report_pattern" "$work/canary.log"; then
+        cat "$work/canary.log" >&2
+        echo "sanitize: the planted $canary error went unreported: the sanitizers are not active" >&2
+        exit 2
+    fi
+done
+echo "sanitize: the planted overflow and misaligned load are both reported; running the tests"
+
+# --capture=sys: pytest captures Python's streams only, so a report that the
+# runtime writes to file descriptor 2 reaches the log even if it ends the process.
+set +e
+(cd "$tree" && "${sanitized[@]}" "$python" -m pytest -p no:cacheprovider --capture=sys -q \
+    "${tests[@]}" "$@") 2>&1 | tee "$work/pytest.log"
+status=${PIPESTATUS[0]}
+set -e
+finished=$SECONDS
+
+echo "sanitize: tests ran in $((finished - built)) s, $((finished - started)) s in all"
+if grep -Eq "$report_pattern" "$work/pytest.log"; then
+    echo "sanitize: FAILED: the sanitizers reported errors:" >&2
+    grep -E -A14 "$report_pattern" "$work/pytest.log" | head -60 >&2
+    exit 1
+fi
+if [[ $status != 0 ]]; then
+    echo "sanitize: FAILED: pytest exited with status $status; no sanitizer report" >&2
+    exit "$status"
+fi
+echo "sanitize: passed, no sanitizer report"
