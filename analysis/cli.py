@@ -218,6 +218,112 @@ def _erf(ctx, args):
     return plot_receptive_fields(fields, path=args.out)
 
 
+def _pixels_of(ctx, args, size):
+    """The image to work on in [0, 1], (C, H, W): ``--image`` (a file or a sample
+    name) scaled and cropped to ``size``, else the ``--index`` image of the data set."""
+    from .optimize import load_image
+
+    if args.image is not None:
+        channels = C.input_channels(ctx.model) or 3
+        return load_image(args.image, channels=channels, size=size)
+    raw, _, _ = ctx.selected()
+    return raw[0].astype("float64") / ctx.normalize.scale
+
+
+@_tool("class-model", "images that maximize each class score (Simonyan et al., Yosinski et al.'s regularizers)")
+def _class_model(ctx, args):
+    from .optimize import class_model, input_shape, logits_layer, output_shape
+    from .optimize_figures import plot_class_models
+
+    shape = input_shape(ctx.model, args.size)
+    count = output_shape(ctx.model, logits_layer(ctx.model), (1,) + shape)[1]
+    targets = args.classes if args.classes is not None else list(range(count))
+    result = class_model(ctx.model, targets, steps=args.steps, seed=args.seed, init=args.init, lr=args.lr,
+                         size=args.size, l2_decay=args.l2_decay, blur_every=args.blur_every,
+                         blur_sigma=args.blur_sigma, jitter=args.jitter, clip_norm=args.clip_norm,
+                         clip_contribution=args.clip_contribution)
+    return plot_class_models(result, classes=C.meta_classes(ctx.model, count), path=args.out)
+
+
+@_tool("feature-vis", "images that maximize channels of each layer (pixel or Fourier parametrization)")
+def _feature_vis(ctx, args):
+    from .optimize import feature_grid
+    from .optimize_figures import plot_feature_grid
+    from .parametrize import color_correlation
+
+    color = None
+    if args.decorrelate:
+        raw, _ = ctx.images()
+        color = color_correlation(raw[:args.limit])
+    grid = feature_grid(ctx.model, layers=args.layers, per_layer=args.per_layer, channels=args.channels,
+                        center=args.center, init=args.init, steps=args.steps, seed=args.seed, lr=args.lr,
+                        size=args.size, parametrization=args.parametrization, color=color, jitter=args.jitter,
+                        scale=args.scale, rotate=args.rotate, l2_decay=args.l2_decay)
+    return plot_feature_grid(grid, path=args.out)
+
+
+@_tool("to-class", "push an image towards a class until its probability passes a threshold")
+def _to_class(ctx, args):
+    from .optimize import input_shape, to_class
+    from .optimize_figures import plot_to_class
+
+    image = _pixels_of(ctx, args, input_shape(ctx.model)[1:])
+    result = to_class(ctx.model, image, args.target, threshold=args.threshold, max_steps=args.max_steps, lr=args.lr)
+    return plot_to_class(result, classes=ctx.classes(), path=args.out)
+
+
+@_tool("invert", "reconstruct an image from its code at each layer (Mahendran & Vedaldi)")
+def _invert(ctx, args):
+    from .optimize import input_shape, invert_layers
+    from .optimize_figures import plot_inversions
+
+    image = _pixels_of(ctx, args, input_shape(ctx.model)[1:])
+    results = invert_layers(ctx.model, image, layers=args.layers, steps=args.steps, method=args.method,
+                            tv_weight=args.tv_weight, tv_beta=args.tv_beta, alpha_weight=args.alpha_weight,
+                            seed=args.seed)
+    return plot_inversions(results, path=args.out)
+
+
+@_tool("dream", "DeepDream: amplify what a layer sees in an image of any size, over octaves")
+def _dream(ctx, args):
+    from .optimize import deep_dream, load_image
+    from .optimize_figures import plot_dream
+    from .style import default_content_layer
+
+    image = load_image(args.image, channels=C.input_channels(ctx.model) or 3, size=args.size)
+    layers = args.layers or [default_content_layer(ctx.model)]
+    results = [deep_dream(ctx.model, image, layer, steps=args.steps, octaves=args.octaves,
+                          octave_scale=args.octave_scale, lr=args.lr, jitter=args.jitter,
+                          channel=args.channel, seed=args.seed) for layer in layers]
+    return plot_dream(results, path=args.out)
+
+
+@_tool("style", "neural style transfer or, with --texture, texture synthesis (Gatys et al.)")
+def _style(ctx, args):
+    from .optimize import load_image
+    from .optimize_figures import plot_style
+    from .style import random_weights, style_transfer
+
+    model = ctx.model if args.random_weights is None else random_weights(ctx.model, seed=args.random_weights)
+    channels = C.input_channels(model) or 3
+    size = (args.size, args.size)
+    content = None if args.texture else load_image(args.content, channels=channels, size=size)
+    style_size = (args.style_size, args.style_size) if args.style_size else size
+    style = load_image(args.style, channels=channels, size=style_size)
+    result = style_transfer(model, content, style, steps=args.steps, method=args.method, lr=args.lr,
+                            size=size if args.texture else None, content_layer=args.content_layer,
+                            style_layers=args.style_layers, content_weight=args.content_weight,
+                            style_weight=args.style_weight, tv_weight=args.tv_weight,
+                            statistics=args.statistics, seed=args.seed)
+    weights = f"random weights (seed {args.random_weights})" if args.random_weights is not None else "trained weights"
+    print(f"{result.evaluations} evaluations in {result.seconds:.1f} s ({result.method}, {weights})")
+    what = "texture synthesis" if content is None else "neural style transfer"
+    title = f"{what} with {weights}: style at {', '.join(result.style_layers)}"
+    if content is not None:
+        title += f", content at {result.content_layer}"
+    return plot_style(result, content, style, path=args.out, title=title)
+
+
 def _grid_size(text):
     try:
         rows, cols = (int(v) for v in text.lower().split("x"))
@@ -300,6 +406,105 @@ def add_viz_parser(subparsers):
     _add_common(p, index=False)
     p.add_argument("--layers", nargs="+", help="layers to measure (default: every convolution and pooling layer)")
     p.add_argument("--limit", type=int, default=256, help="average over the first N images (default: 256)")
+
+
+    def add_regularizers(p):
+        p.add_argument("--steps", type=int, default=200, help="gradient steps (default: 200)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+        p.add_argument("--size", type=int, help="image side in pixels (default: the model's input size)")
+        p.add_argument("--l2-decay", type=float, help="fraction of the image removed per step (default: %(default)s)")
+        p.add_argument("--jitter", type=int, default=0, help="random shift of up to N pixels per step (default: 0)")
+
+    p = tools.add_parser("class-model", help=TOOLS["class-model"][1], description=TOOLS["class-model"][1])
+    _add_common(p, data=False, index=False)
+    add_regularizers(p)
+    p.set_defaults(l2_decay=0.01)
+    p.add_argument("--classes", type=int, nargs="+", metavar="K", help="classes to draw (default: all)")
+    p.add_argument("--init", choices=("zeros", "noise"), default="zeros", help="start image (default: zeros)")
+    p.add_argument("--lr", type=float, default=0.05, help="step, in RMS pixel change (default: 0.05)")
+    p.add_argument("--blur-every", type=int, default=4, help="blur every N steps, 0 never (default: 4)")
+    p.add_argument("--blur-sigma", type=float, default=0.5, help="blur width in pixels (default: 0.5)")
+    p.add_argument("--clip-norm", type=float, default=0.0, help="percentile of weakest pixels reset each step")
+    p.add_argument("--clip-contribution", type=float, default=0.0,
+                   help="percentile of least-contributing pixels reset each step")
+
+    p = tools.add_parser("feature-vis", help=TOOLS["feature-vis"][1], description=TOOLS["feature-vis"][1])
+    _add_common(p, index=False)
+    add_regularizers(p)
+    p.set_defaults(l2_decay=0.0)
+    p.add_argument("--layers", nargs="+", help="layers (default: every Conv2d)")
+    p.add_argument("--per-layer", type=int, default=8, help="channels per layer, spread evenly (default: 8)")
+    p.add_argument("--channels", type=int, nargs="+", help="these channels in every layer instead")
+    p.add_argument("--init", choices=("zeros", "noise"), default="noise", help="start image (default: noise)")
+    p.add_argument("--center", action="store_true",
+                   help="maximize each channel's central unit instead of the channel's mean")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam step (default: 0.05)")
+    p.add_argument("--parametrization", choices=("pixel", "fourier"), default="pixel",
+                   help="optimize pixels or a 1/f-scaled spectrum (default: pixel)")
+    p.add_argument("--decorrelate", action="store_true",
+                   help="Fourier only: correlate colours as in the data set's images")
+    p.add_argument("--limit", type=int, default=1000, help="images used for --decorrelate (default: 1000)")
+    p.add_argument("--scale", type=float, nargs=2, metavar=("LOW", "HIGH"), help="random zoom range per step")
+    p.add_argument("--rotate", type=float, default=0.0, help="random rotation of up to N degrees per step")
+
+    p = tools.add_parser("to-class", help=TOOLS["to-class"][1], description=TOOLS["to-class"][1])
+    _add_common(p)
+    p.add_argument("--image", metavar="FILE", help="an image file or sample name instead of --index")
+    p.add_argument("--target", type=int, required=True, help="the class to push the image towards")
+    p.add_argument("--threshold", type=float, default=0.9, help="probability to reach (default: 0.9)")
+    p.add_argument("--max-steps", type=int, default=300, help="give up after N steps (default: 300)")
+    p.add_argument("--lr", type=float, default=0.01, help="step, in RMS pixel change (default: 0.01)")
+
+    p = tools.add_parser("invert", help=TOOLS["invert"][1], description=TOOLS["invert"][1])
+    _add_common(p)
+    p.add_argument("--image", metavar="FILE", help="an image file or sample name instead of --index")
+    p.add_argument("--layers", nargs="+", help="layers (default: every activation, pooling and the logits)")
+    p.add_argument("--steps", type=int, default=200, help="evaluations of the loss (default: 200)")
+    p.add_argument("--method", choices=("lbfgs", "adam"), default="lbfgs", help="optimizer (default: lbfgs)")
+    p.add_argument("--tv-weight", type=float, default=0.3, help="total-variation weight (default: 0.3)")
+    p.add_argument("--tv-beta", type=float, default=2.0, help="total-variation exponent (default: 2)")
+    p.add_argument("--alpha-weight", type=float, default=1e-3, help="alpha-norm weight (default: 0.001)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start image (default: 0)")
+
+    p = tools.add_parser("dream", help=TOOLS["dream"][1], description=TOOLS["dream"][1])
+    _add_common(p, data=False, index=False)
+    p.add_argument("--image", default="grace_hopper", metavar="FILE",
+                   help="an image file or a sample: grace_hopper (default), present, flower, china")
+    p.add_argument("--size", type=int, default=256, help="longer side in pixels (default: 256)")
+    p.add_argument("--layers", nargs="+", help="layers to dream at, one image each "
+                                               "(default: a rectified convolution two thirds up)")
+    p.add_argument("--channel", type=int, help="amplify this channel only")
+    p.add_argument("--steps", type=int, default=10, help="steps per octave (default: 10)")
+    p.add_argument("--octaves", type=int, default=4, help="octaves (default: 4)")
+    p.add_argument("--octave-scale", type=float, default=1.4, help="size ratio between octaves (default: 1.4)")
+    p.add_argument("--lr", type=float, default=0.01, help="step, in mean absolute pixel change (default: 0.01)")
+    p.add_argument("--jitter", type=int, default=8, help="random shift of up to N pixels (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    p = tools.add_parser("style", help=TOOLS["style"][1], description=TOOLS["style"][1])
+    _add_common(p, data=False, index=False)
+    p.add_argument("--content", default="grace_hopper", metavar="FILE",
+                   help="content image file or sample name (default: grace_hopper)")
+    p.add_argument("--style", default="flower", metavar="FILE",
+                   help="style image file or sample name (default: flower)")
+    p.add_argument("--texture", action="store_true", help="no content: synthesize a texture from --style")
+    p.add_argument("--size", type=int, default=256, help="output side: a centre square of N x N (default: 256)")
+    p.add_argument("--style-size", type=int, help="side of the style image (default: --size)")
+    p.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="use a network of the same shape with random weights drawn from SEED")
+    p.add_argument("--content-layer",
+                   help="layer for the content loss (default: a rectified convolution two thirds up)")
+    p.add_argument("--style-layers", nargs="+",
+                   help="layers for the style loss (default: the first rectified convolution of each block)")
+    p.add_argument("--statistics", choices=("gram", "mean_var"), default="gram",
+                   help="style statistics: Gram matrices or per-channel mean and variance (default: gram)")
+    p.add_argument("--method", choices=("lbfgs", "adam"), default="lbfgs", help="optimizer (default: lbfgs)")
+    p.add_argument("--steps", type=int, default=200, help="evaluations of the loss (default: 200)")
+    p.add_argument("--lr", type=float, default=0.02, help="Adam step (default: 0.02)")
+    p.add_argument("--content-weight", type=float, default=1.0, help="content weight (default: 1)")
+    p.add_argument("--style-weight", type=float, default=100.0, help="style weight (default: 100)")
+    p.add_argument("--tv-weight", type=float, default=1.0, help="total-variation weight (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a noise start (default: 0)")
 
     for name, (fn, _) in TOOLS.items():
         # ``handler`` as well as ``func``: fastconv's own commands dispatch on ``handler``.
