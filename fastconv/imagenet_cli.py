@@ -17,11 +17,15 @@ fastconv.analysis.optimize and fastconv.analysis.style.
 file, Keras weights (.h5), or a fastconv model file written by ``convert``
 (which needs no ``--arch``). fastconv downloads nothing: the file is yours.
 """
-import argparse
 import os
 import zipfile
 
 import numpy as np
+
+from ._argtypes import non_negative_float as _non_negative_float
+from ._argtypes import positive_float as _positive_float
+from ._argtypes import positive_int as _positive_int
+from ._argtypes import probability as _probability
 
 __all__ = ["add_parsers", "ARCHITECTURES"]
 
@@ -40,15 +44,6 @@ def _usage_error(message):
     # class stays the same when the command line runs as ``python -m fastconv.cli``.
     return ValueError(message)
 
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _is_fastconv_model(path):
@@ -321,31 +316,7 @@ def cmd_style(args):
     return _wrote(args)
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
-
-
-def _probability(text):
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
-    return value
 
 
 def _add_figure_options(parser, result=True):
