@@ -5,7 +5,8 @@ batch-first, through the model's public API only, return NumPy arrays, and
 each has a figure function in :mod:`fastconv.analysis.figures`.
 
 Attribution methods share one verb, ``Method(model).attribute(x, target)``,
-whose result is shaped like x.
+whose result is shaped like x. Attacks share another,
+``Attack(model, ...)(x, y=None, target=None) -> x_adv``, on [0, 1] pixels.
 """
 from .feature_maps import Activations, activations
 from .attribution import (
@@ -19,6 +20,25 @@ from .occlusion import Occlusion, OcclusionMaps, occlusion_maps
 from .receptive_field import EffectiveField, effective_receptive_field, geometry, theoretical_size
 from .segment import grabcut_from_saliency
 from .units import TopImages, top_images
+from .attacks import (
+    ATTACKS, BIM, FGSM, PGD, PGDL2, Attack, CarliniWagnerL2, DeepFool, IterativeTargeted, make_attack,
+)
+from .robustness import (
+    AdversarialTraining, attack_report, defensive_distillation, evaluate_attack, jacobian_augmentation,
+    robustness_curve, train_substitute, transfer,
+)
+from .linear import add_template, linear_classifier, template_flip, templates, train_linear
+from .attack_figures import plot_adversarial, plot_fooling_images, plot_robustness, plot_templates
+from .optimize import (
+    Dream, Inversion, ToClass, Visualization, class_model, deep_dream, feature_grid, feature_visualization,
+    invert, invert_layers, load_image, to_class,
+)
+from .style import StyleObjective, Stylized, gram_matrix, random_weights, style_loss, style_transfer
+from .optimize_figures import (
+    plot_class_models, plot_dream, plot_feature_grid, plot_inversions, plot_optimizer_comparison, plot_style,
+    plot_to_class,
+)
+from .report import Report, ReportSettings, build_report, write_report
 
 __all__ = [
     "Activations", "activations",
@@ -31,4 +51,16 @@ __all__ = [
     "EffectiveField", "effective_receptive_field", "geometry", "theoretical_size",
     "grabcut_from_saliency",
     "TopImages", "top_images",
+    "Attack", "FGSM", "BIM", "PGD", "PGDL2", "IterativeTargeted", "DeepFool", "CarliniWagnerL2",
+    "ATTACKS", "make_attack",
+    "AdversarialTraining", "attack_report", "evaluate_attack", "robustness_curve", "transfer",
+    "defensive_distillation", "train_substitute", "jacobian_augmentation",
+    "linear_classifier", "train_linear", "templates", "add_template", "template_flip",
+    "plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates",
+    "Visualization", "class_model", "feature_visualization", "feature_grid", "ToClass", "to_class",
+    "Inversion", "invert", "invert_layers", "Dream", "deep_dream", "load_image",
+    "Stylized", "StyleObjective", "style_transfer", "gram_matrix", "style_loss", "random_weights",
+    "plot_class_models", "plot_feature_grid", "plot_to_class", "plot_inversions", "plot_dream", "plot_style",
+    "plot_optimizer_comparison",
+    "Report", "ReportSettings", "build_report", "write_report",
 ]

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._argtypes import fraction as _fraction
+from ._argtypes import non_negative_float as _non_negative_float
+from ._argtypes import positive_int as _positive_int
+
 __all__ = ["main", "build_parser"]
 
 CONFIG_FILE = "config.json"
@@ -54,6 +58,8 @@ TRAIN_DEFAULTS = {
     "val_fraction": 0.1,
     "seed": 0,
     "limit": None,
+    "adversarial": None,
+    "adv_eps": None,
     "init": "he",
 }
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
@@ -73,31 +79,7 @@ class UsageError(Exception):
 # ------------------------------------------------------------------ helpers
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
-
-
-def _fraction(text):
-    value = _non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
 
 
 def _write_json(path, data):
@@ -253,6 +235,9 @@ def _merge_config(args, run_dir):
             raise UsageError(f"--momentum is for --optimizer sgd; {config['optimizer']} has betas instead")
         if "step_size" in given and config["schedule"] != "step":
             raise UsageError("--step-size is for --schedule step")
+        if ("adversarial" in given) != ("adv_eps" in given):
+            raise UsageError("--adversarial fgsm|pgd and --adv-eps EPS go together: EPS is the size of the "
+                             "perturbations in [0, 1] pixels (e.g. 0.3 for MNIST, 0.03 for CIFAR-10)")
         config["lr"] = config["lr"] if config["lr"] is not None else DEFAULT_LR[config["optimizer"]]
         if config["weight_decay"] is None:
             config["weight_decay"] = DEFAULT_WEIGHT_DECAY[config["optimizer"]]
@@ -301,12 +286,17 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
         # Mirrored digits are other symbols; clothes and photos survive the flip.
         augment = Augment(padding=4 if dataset.input_shape[1] >= 32 else 2,
                           flip=config["dataset"] not in ("mnist", "mnist-sample"))
+    adversarial = None
+    if config.get("adversarial"):
+        from .analysis.robustness import AdversarialTraining
+
+        adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"])
     run_dir.mkdir(parents=True, exist_ok=True)
     title = f"{config['model']} on {_short_name(config['dataset'])}"
     trainer = Trainer(
         model, optimizer, schedule=schedule, batch_size=config["batch_size"], seed=config["seed"],
         normalize=normalize, augment=augment, run_dir=run_dir, overwrite=overwrite,
-        callbacks=[_FigureWriter(run_dir, title)],
+        callbacks=[_FigureWriter(run_dir, title)], adversarial=adversarial,
     )
     if not resume:
         from .train import LAST_CHECKPOINT
@@ -327,7 +317,8 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
         + f", schedule {config['schedule']}"
         + (f" every {config['step_size']} epochs" if config["schedule"] == "step" else "")
         + f", batch size {config['batch_size']}, {config['epochs']} epochs of {steps_per_epoch} batches"
-        + (f", augmentation {augment}" if augment else ""),
+        + (f", augmentation {augment}" if augment else "")
+        + (f", {adversarial}" if adversarial else ""),
         f"data: {dataset.source}; test split: {dataset.test_split}",
         f"run folder: {run_dir}",
     )
@@ -454,6 +445,10 @@ def cmd_demo(args):
            "(10,000 training and 2,000 test images of the real MNIST)")
     trainer, dataset, val = _train(config, run_dir, None, args.threads, resume=False, overwrite=True)
     report = _evaluate(run_dir, config, None, "test", dataset=dataset, val=val)
+    if not args.no_report:
+        from .analysis.report_cli import write_demo_report
+
+        write_demo_report(run_dir)
     elapsed = time.perf_counter() - started
     _print(
         f"test accuracy {report['accuracy']:.2%} on {report['images']:,} MNIST test images "
@@ -558,6 +553,12 @@ def build_parser():
     train.add_argument("--data-dir", metavar="DIR",
                        help="folder holding the data sets (default $FASTCONV_DATA or ~/.cache/fastconv, "
                             "then system locations); missing files are downloaded there")
+    train.add_argument("--adversarial", choices=("fgsm", "pgd"),
+                       help="adversarial training: half of every batch is replaced by FGSM or PGD "
+                            "(7 steps, random start) adversarial examples of its images; needs --adv-eps")
+    train.add_argument("--adv-eps", type=_non_negative_float, metavar="EPS",
+                       help="L-infinity size of the adversarial training perturbations, in pixels "
+                            "scaled to [0, 1] (e.g. 0.3 for MNIST, 0.03 for CIFAR-10)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN_DIR from its last checkpoint, with its stored options")
     train.set_defaults(handler=cmd_train)
@@ -589,6 +590,8 @@ def build_parser():
     demo.add_argument("--limit", type=_positive_int,
                       help="use only N training and N test images, a fixed random subset")
     demo.add_argument("--threads", type=_positive_int, help="threads (default all cores)")
+    demo.add_argument("--no-report", action="store_true",
+                      help="skip report.html, the one-page look inside the model (fastconv report --quick)")
     demo.set_defaults(handler=cmd_demo)
 
     info = commands.add_parser("info", help="how fastconv was built: kernels, OpenMP, threads, BLAS",
@@ -607,9 +610,13 @@ def build_parser():
 
     # Commands defined next to the tools they run, one import and one call each.
     from .analysis.cli import add_viz_parser
+    from .analysis import attack_cli
+    from .analysis import report_cli
     from .imagenet_cli import add_parsers as add_imagenet_parsers
 
     add_viz_parser(commands)
+    report_cli.add_parsers(commands)
+    attack_cli.add_parsers(commands)
     add_imagenet_parsers(commands)
     return parser
 

@@ -271,7 +271,7 @@ def test_info(capsys):
 def test_quick_demo_writes_everything(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     for _ in range(2):  # a second demo replaces the first
-        status, out, err = run_main(capsys, "demo", "--out", out_dir, "--epochs", "1", "--limit", "300",
+        status, out, err = run_main(capsys, "demo", "--out", out_dir, "--epochs", "1", "--limit", "300", "--no-report",
                                     "--threads", "1")
         assert status == 0, err
     assert re.search(r"^accuracy: \d\.\d{4}$", out, re.M)
