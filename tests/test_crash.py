@@ -57,7 +57,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 def environment(**extra):
-    """The test's environment for a child process, importing this fastconv."""
+    """The test's environment for a child process, importing this fastconv.
+
+    Children run in the test's temporary folder: ``python -m`` and ``-c`` put
+    the working directory first on sys.path, and from the repository root
+    that is the source tree, not the installed package."""
     env = dict(os.environ, MPLBACKEND="Agg", **extra)
     package_root = str(Path(fastconv.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -71,7 +75,7 @@ def train_command(run_dir, resume, launcher=("-m", "fastconv.cli")):
 
 def train(run_dir, resume=False):
     done = subprocess.run(train_command(run_dir, resume), env=environment(), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, cwd=run_dir.parent)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -156,7 +160,8 @@ def test_kill_during_a_file_write_then_resume(tmp_path, reference, target):
     run_dir = tmp_path / "run"
     killed = subprocess.run(
         train_command(run_dir, resume=False, launcher=("-c", KILL_BEFORE_RENAME)),
-        env=environment(FASTCONV_KILL_BEFORE_RENAME=target), capture_output=True, text=True, timeout=600)
+        env=environment(FASTCONV_KILL_BEFORE_RENAME=target), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     name = target.split(":")[0]
     assert any(p.name.startswith(f".{name}.") for p in run_dir.iterdir()), "killed before the write began"
@@ -181,7 +186,8 @@ def kill_repeatedly(tmp_path, reference_dir, seed, kills, longest_delay):
     while len(delays) < kills:
         before = temporaries(run_dir)
         process = subprocess.Popen(train_command(run_dir, (run_dir / LAST_CHECKPOINT).exists()),
-                                   env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                   env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   cwd=tmp_path)
         delay = float(rng.uniform(0.3, longest_delay))
         try:
             _, err = process.communicate(timeout=delay)

@@ -75,12 +75,14 @@ TRAINING = textwrap.dedent("""
 
 @pytest.mark.parametrize("steps, warm_up", [pytest.param(200, 50, id="200 steps"),
                                             pytest.param(1000, 100, id="1000 steps", marks=pytest.mark.slow)])
-def test_training_does_not_grow_the_resident_set(steps, warm_up):
+def test_training_does_not_grow_the_resident_set(tmp_path, steps, warm_up):
     env = dict(os.environ)
     package_root = str(Path(fastconv.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    # From the temporary folder: "-c" puts the working directory first on
+    # sys.path, and from the repository root that is the source tree.
     done = subprocess.run([sys.executable, "-c", TRAINING, str(steps)], capture_output=True, text=True,
-                          env=env, timeout=1200)
+                          env=env, timeout=1200, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     rss = np.array(report["rss"], dtype=np.float64)
