@@ -236,11 +236,13 @@ static int make_plan(conv_plan *p, int64_t channels, int64_t filters, const fc_w
     return 0;
 }
 
-/* The zero-padded copy (C, Hp, Wp) of one image, then `slack` zeros. */
+/* The zero-padded copy (C, Hp, Wp) of one image, then `slack` zeros. Only
+ * the image's own pixels are written: dst comes from scratch that was zeroed
+ * when it was allocated and holds padded images of one plan only, so its
+ * border and slack are still zero. */
 static void pad_image(REAL *dst, const REAL *image, const conv_plan *p)
 {
     const fc_window *g = p->g;
-    memset(dst, 0, (size_t)(p->channels * p->padded_plane + p->slack) * sizeof(REAL));
     for (int64_t c = 0; c < p->channels; c++)
         for (int64_t h = 0; h < g->h; h++)
             memcpy(dst + c * p->padded_plane + (h + g->ph) * p->wp + g->pw,
@@ -367,9 +369,10 @@ static int run_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *b
     {
         int64_t first, last;
         share(n_images, 1, THREAD_ID(), TEAM_SIZE(), &first, &last);
-        /* calloc: the padding columns of unfolded scratch feed junk products
-         * that are dropped, but must not be uninitialized denormals or NaNs,
-         * which would slow the multiply-adds down. */
+        /* calloc: pad_image never writes the padded border, and the padding
+         * columns of unfolded scratch feed junk products that are dropped but
+         * must not be uninitialized denormals or NaNs, which would slow the
+         * multiply-adds down. */
         REAL *scratch = calloc(forward_scratch(p), sizeof(REAL));
         if (!scratch) {
             failed = 1;
@@ -436,8 +439,8 @@ static operands weight_grad_operands(REAL *dweight_t, int64_t f_stride, const RE
         *pixels = p->plane;
         grid = g->ow;
     }
-    /* Junk pixels of the wide grid and the padding columns get zero gradient. */
-    memset(dy_t, 0, (size_t)(*pixels * f_stride) * sizeof(REAL));
+    /* Only the F real columns are written: the padding columns up to f_stride
+     * keep the zeros of the scratch's allocation. */
     for (int64_t f = 0; f < p->filters; f++)
         for (int64_t oh = 0; oh < g->oh; oh++)
             for (int64_t ow = 0; ow < g->ow; ow++)
@@ -469,8 +472,8 @@ static void weight_grad_rows(const operands *o, const conv_plan *p, int64_t r_lo
 /* dx (C, H, W) of one image from unfolded columns: fold(weight^T (K, F) @ dy (F, P)).
  * dy_rows (F, ld) and dcols (K, ld) are scratch. */
 static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *weight,
-                                          const conv_plan *p, const int64_t *weight_cols,
-                                          const int64_t *dy_row_offsets, REAL *scratch)
+                                const conv_plan *p, const int64_t *weight_cols,
+                                const int64_t *dy_row_offsets, REAL *scratch)
 {
     REAL *dy_rows = scratch, *dcols = scratch + p->filters * p->ld;
     for (int64_t f = 0; f < p->filters; f++)
@@ -573,7 +576,8 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
     const int64_t in_image = p->channels * p->g->h * p->g->w, out_image = p->filters * p->plane;
     REAL *partial = calloc((size_t)buffers * (size_t)(p->k * f_stride), sizeof(REAL));
     int64_t *pixel_rows = malloc((size_t)pixels * sizeof(int64_t));
-    REAL *shared = split_images ? malloc(weight_grad_scratch(p, f_stride) * sizeof(REAL)) : NULL;
+    /* Scratch is zeroed once (calloc): see pad_image and weight_grad_operands. */
+    REAL *shared = split_images ? calloc(weight_grad_scratch(p, f_stride), sizeof(REAL)) : NULL;
     int failed = !partial || !pixel_rows || (split_images && !shared);
     if (!failed) {
         for (int64_t q = 0; q < pixels; q++)
@@ -598,7 +602,7 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
             const int t = THREAD_ID();
             int64_t first, last;
             share(n_images, 1, t, TEAM_SIZE(), &first, &last);
-            REAL *scratch = malloc(weight_grad_scratch(p, f_stride) * sizeof(REAL));
+            REAL *scratch = calloc(weight_grad_scratch(p, f_stride), sizeof(REAL));
             if (!scratch) {
                 failed = 1;
             } else {
