@@ -496,35 +496,28 @@ class Linear(Layer):
         self._check_channels(shape, self.in_features, what="features")
         return (shape[0], self.out_features)
 
-    # On the compiled backend the product runs on the convolution kernel, as a
-    # 1x1 convolution of one image whose pixels are the batch: x.T is
-    # (in_features, N). NumPy's matmul would wake BLAS's own thread pool, whose
-    # threads then spin while the kernels' OpenMP threads need the cores
-    # (a third of mnist2's training step on 2 cores went to that spinning).
+    # The product runs on the backend's convolution kernel, as a 1x1
+    # convolution of one image whose pixels are the batch: x.T is
+    # (in_features, N). On the compiled backend this keeps the work on the
+    # kernels' OpenMP threads: NumPy's matmul would wake BLAS's own thread
+    # pool, whose threads then spin while the kernels need the cores (a third
+    # of mnist2's training step on 2 cores went to that spinning). On the
+    # NumPy backend it is the same matmul after one transposed copy.
 
     def _forward(self, x):
         kernels = backend.current()
-        weight, bias = self.params["weight"], self.params.get("bias")
-        if kernels.BACKEND_NAME != "compiled":
-            y = x @ weight.T
-            if bias is not None:
-                y += bias
-            return y, (None, x)
+        weight = self.params["weight"]
         n = x.shape[0]
         columns = np.ascontiguousarray(x.T).reshape(1, self.in_features, 1, n)
-        y, cache = kernels.conv2d_forward(columns, weight.reshape(weight.shape + (1, 1)), bias)
+        y, cache = kernels.conv2d_forward(columns, weight.reshape(weight.shape + (1, 1)),
+                                          self.params.get("bias"))
         return np.ascontiguousarray(y.reshape(self.out_features, n).T), (kernels, cache)
 
     def _backward(self, dy, cache, need_dx):
-        kernels, saved = cache
-        if kernels is None:
-            self.grads["weight"] += dy.T @ saved
-            if "bias" in self.params:
-                self.grads["bias"] += dy.sum(axis=0)
-            return dy @ self.params["weight"] if need_dx else None
+        kernels, kernel_cache = cache
         n = dy.shape[0]
         dy_columns = np.ascontiguousarray(dy.T).reshape(1, self.out_features, 1, n)
-        dx, dweight, dbias = kernels.conv2d_backward(dy_columns, saved, need_dx=need_dx)
+        dx, dweight, dbias = kernels.conv2d_backward(dy_columns, kernel_cache, need_dx=need_dx)
         self.grads["weight"] += dweight.reshape(self.out_features, self.in_features)
         if dbias is not None:
             self.grads["bias"] += dbias
