@@ -8,7 +8,6 @@ functions are safe in scripts, servers and tests.
 Images to display are (C, H, W) with C in (1, 3): uint8 pixels, or floats
 of any range (scaled to their own min..max).
 """
-import os
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -16,7 +15,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .._files import atomic_write
+from fastconv.figures import save
 from . import _common as C
 from . import attribution as A
 from . import weights as W
@@ -29,15 +28,6 @@ def new_figure(width, height):
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def save(fig, path):
-    """Write ``fig`` to ``path`` (PNG) atomically; return the path."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    return path
 
 
 def _finish(fig, path):

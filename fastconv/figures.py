@@ -19,7 +19,7 @@ import numpy as np
 
 from ._files import atomic_write
 
-__all__ = ["plot_history", "plot_predictions", "plot_confusion", "plot_samples"]
+__all__ = ["plot_history", "plot_predictions", "plot_confusion", "plot_samples", "save"]
 
 CORRECT_COLOUR = "#1a7f37"
 WRONG_COLOUR = "#cf222e"
@@ -34,7 +34,8 @@ def _figure(width, height):
     return fig
 
 
-def _save(fig, path):
+def save(fig, path):
+    """Write ``fig`` to ``path`` as PNG, atomically, creating its folder; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
@@ -99,7 +100,7 @@ def plot_history(history, path, title="Training history"):
     if last.get("val_accuracy") is not None:
         summary += f", validation accuracy {last['val_accuracy']:.2%}"
     _suptitle(fig, f"{title} ({summary})")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_predictions(images, labels, probabilities, classes, path, count=16, columns=4, seed=0,
@@ -134,7 +135,7 @@ def plot_predictions(images, labels, probabilities, classes, path, count=16, col
     _suptitle(fig, f"{title}: {right} of {len(chosen)} right\n"
                    f"(predicted class with the model's probability for it; green = right, red = wrong)",
               fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_confusion(matrix, classes, path, title="Confusion matrix"):
@@ -164,7 +165,7 @@ def plot_confusion(matrix, classes, path, title="Confusion matrix"):
                         color="white" if shares[i, j] > 0.5 else "black")
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     _suptitle(fig, f"{title}\n{int(matrix.sum()):,} images, accuracy {accuracy:.2%}")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_samples(images, labels, classes, path, count=25, columns=5, seed=0,
@@ -187,4 +188,4 @@ def plot_samples(images, labels, classes, path, count=25, columns=5, seed=0,
     for ax in axes[len(chosen):]:
         ax.set_axis_off()
     _suptitle(fig, f"{title} ({len(chosen)} of {len(images):,} images, with their labels)")
-    return _save(fig, path)
+    return save(fig, path)
