@@ -86,6 +86,14 @@ def _torch():
     return importlib.import_module("torch")
 
 
+def _required_torch():
+    """The torch module for the 'torch' engine; RuntimeError when it is missing."""
+    torch = _torch()
+    if torch is None:
+        raise RuntimeError("engine 'torch' needs PyTorch, which is not installed")
+    return torch
+
+
 def _compiled_kernels():
     return importlib.import_module("fastconv._kernels")
 
@@ -412,10 +420,7 @@ def kernel_call(op, shape, engine, data=None):
         )
     data = _kernel_inputs(shape, op) if data is None else data
     if engine == "torch":
-        torch = _torch()
-        if torch is None:
-            raise RuntimeError("engine 'torch' needs PyTorch, which is not installed")
-        return _torch_kernel_call(op, shape, torch, data)
+        return _torch_kernel_call(op, shape, _required_torch(), data)
     if engine not in _BACKEND_OF_ENGINE:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     return _fastconv_kernel_call(op, shape, _kernel_module(engine), data)
@@ -548,10 +553,7 @@ def model_call(net, batch_size, engine, training):
     """
     _check_net(net)
     if engine == "torch":
-        torch = _torch()
-        if torch is None:
-            raise RuntimeError("engine 'torch' needs PyTorch, which is not installed")
-        return _torch_model_call(net, batch_size, training, torch)
+        return _torch_model_call(net, batch_size, training, _required_torch())
     if engine not in _BACKEND_OF_ENGINE:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     return _fastconv_model_call(net, batch_size, engine, training)

@@ -143,8 +143,8 @@ def vgg(blocks=VGG16_BLOCKS, widths=VGG_WIDTHS, hidden=4096, include_top=True, n
     batchnorm = _bool(batchnorm, "batchnorm")
     in_channels = _positive_int(in_channels, "in_channels")
     rng = init_module.as_generator(seed)
-    # Loaded weights overwrite everything: skip the second initialization then.
-    he = (lambda layer: layer) if weights is not None else (lambda layer: _he_relu(layer, rng))
+    # Loaded weights overwrite everything: keep the layer defaults then.
+    he = _initializer("torch" if weights is not None else "he", rng)
     layers = []
     channels = in_channels
     for b, (count, width) in enumerate(zip(blocks, widths), start=1):
