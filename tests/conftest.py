@@ -56,7 +56,7 @@ def fit_briefly():
     return fit
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def torch():
     torch = pytest.importorskip("torch", reason="PyTorch is the oracle of this test (pip install fastconv[test])")
     # one thread: the oracle's small ops are far slower when its pool competes for a busy machine

@@ -32,6 +32,7 @@ def run_dir(tmp_path_factory):
         "normalization": {"mean": [0.1307], "std": [0.3081], "scale": 255.0},
         "classes": [f"digit {i}" for i in range(10)],
         "dataset": "mnist-sample",
+        "input_shape": [1, 28, 28],
     })
     folder = tmp_path_factory.mktemp("run")
     model.save(folder / "model.npz")
@@ -64,6 +65,14 @@ COMMANDS = {
                     "integrated-gradients", "smoothgrad", "--steps", "4", "--samples", "3"],
     "segment": ["--index", "2"],
     "erf": ["--limit", "8"],
+    "class-model": ["--classes", "1", "2", "--steps", "3", "--jitter", "1", "--clip-norm", "10"],
+    "feature-vis": ["--per-layer", "2", "--steps", "3", "--parametrization", "fourier", "--decorrelate",
+                    "--limit", "20", "--scale", "0.9", "1.1", "--rotate", "5"],
+    "to-class": ["--target", "3", "--index", "2", "--max-steps", "3"],
+    "invert": ["--layers", "relu1", "fc1", "--steps", "3", "--index", "1"],
+    "dream": ["--image", "present", "--size", "40", "--steps", "2", "--octaves", "2"],
+    "style": ["--size", "24", "--style-size", "20", "--steps", "3", "--random-weights", "1"],
+    "style-texture": ["--texture", "--size", "20", "--steps", "3", "--method", "adam", "--statistics", "mean_var"],
 }
 
 
@@ -71,7 +80,7 @@ COMMANDS = {
 def test_each_tool_writes_a_png(run_dir, tmp_path, capsys, name):
     if name == "segment":
         pytest.importorskip("cv2", reason="OpenCV is not installed (pip install fastconv[segment])")
-    tool = name.replace("-grid", "")
+    tool = name.replace("-grid", "").replace("-texture", "")
     out = tmp_path / f"{name}.png"
     args = make_parser().parse_args(["viz", tool, str(run_dir), "--out", str(out)] + COMMANDS[name])
     assert args.func(args) == 0
@@ -83,6 +92,8 @@ def test_each_tool_writes_a_png(run_dir, tmp_path, capsys, name):
 def test_user_errors_name_the_bad_value(run_dir, tmp_path):
     parser = make_parser()
     out = str(tmp_path / "x.png")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\x00" * 10)
     cases = [
         (["viz", "activations", str(run_dir), "--out", out, "--layer", "conv9"], "'conv9'"),
         (["viz", "activations", str(run_dir), "--out", out, "--index", "5000"], "--index 5000"),
@@ -90,6 +101,12 @@ def test_user_errors_name_the_bad_value(run_dir, tmp_path):
         (["viz", "top-images", str(run_dir), "--out", out, "--unit", "99"], "unit 99"),
         (["viz", "filters", str(tmp_path / "nowhere"), "--out", out], "nowhere"),
         (["viz", "activations", str(run_dir), "--out", out, "--dataset", "no-such-set"], "no-such-set"),
+        (["viz", "class-model", str(run_dir), "--out", out, "--classes", "11"], "class 11"),
+        (["viz", "feature-vis", str(run_dir), "--out", out, "--layers", "conv5"], "'conv5'"),
+        (["viz", "to-class", str(run_dir), "--out", out, "--target", "10"], "class 10"),
+        (["viz", "invert", str(run_dir), "--out", out, "--tv-weight", "-3"], "-3"),
+        (["viz", "dream", str(run_dir), "--out", out, "--image", str(junk)], "junk.jpg"),
+        (["viz", "style", str(run_dir), "--out", out, "--style", str(tmp_path / "none.png")], "none.png"),
     ]
     for argv, message in cases:
         args = parser.parse_args(argv)

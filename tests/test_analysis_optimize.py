@@ -2,7 +2,6 @@
 class models, feature visualization, pushing an image to a class, feature
 inversion, DeepDream and style transfer, each checked for what it promises,
 on a small net trained on the bundled MNIST sample and on small RGB nets."""
-import argparse
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from fastconv.analysis import optimize_figures as OF
 from fastconv.analysis import parametrize as P
 from fastconv.analysis import style as S
 from fastconv.analysis._common import softmax
-from fastconv.analysis.cli import add_viz_parser
 from fastconv.data import load_dataset
 from fastconv.model import Sequential
 
@@ -477,64 +475,3 @@ def test_every_figure_is_written(digit_model, tmp_path):
         assert isinstance(draw(path), Figure)
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A run folder with an untrained MNIST-shaped model and the metadata the trainer writes."""
-    rng = np.random.default_rng(0)
-    model = Sequential([
-        L.Conv2d(1, 4, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(4, 6, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Flatten(), L.Linear(6 * 7 * 7, 10, seed=rng),
-    ])
-    model.meta.update(MNIST_META)
-    model.meta["dataset"] = "mnist-sample"
-    folder = tmp_path_factory.mktemp("run")
-    model.save(folder / "model.npz")
-    return folder
-
-
-COMMANDS = {
-    "class-model": ["--classes", "1", "2", "--steps", "3", "--jitter", "1", "--clip-norm", "10"],
-    "feature-vis": ["--per-layer", "2", "--steps", "3", "--parametrization", "fourier", "--decorrelate",
-                    "--limit", "20", "--scale", "0.9", "1.1", "--rotate", "5"],
-    "to-class": ["--target", "3", "--index", "2", "--max-steps", "3"],
-    "invert": ["--layers", "relu1", "fc1", "--steps", "3", "--index", "1"],
-    "dream": ["--image", "present", "--size", "40", "--steps", "2", "--octaves", "2"],
-    "style": ["--size", "24", "--style-size", "20", "--steps", "3", "--random-weights", "1"],
-    "style-texture": ["--texture", "--size", "20", "--steps", "3", "--method", "adam", "--statistics", "mean_var"],
-}
-
-
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_each_subcommand_writes_a_png(run_dir, tmp_path, capsys, name):
-    parser = argparse.ArgumentParser(prog="fastconv")
-    add_viz_parser(parser.add_subparsers(dest="command", required=True))
-    out = tmp_path / f"{name}.png"
-    tool = name.replace("-texture", "")
-    args = parser.parse_args(["viz", tool, str(run_dir), "--out", str(out)] + COMMANDS[name])
-    assert args.func(args) == 0
-    with open(out, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert str(out) in capsys.readouterr().out
-
-
-def test_subcommand_errors_name_the_bad_value(run_dir, tmp_path):
-    parser = argparse.ArgumentParser(prog="fastconv")
-    add_viz_parser(parser.add_subparsers(dest="command", required=True))
-    out = str(tmp_path / "x.png")
-    junk = tmp_path / "junk.jpg"
-    junk.write_bytes(b"\x00" * 10)
-    cases = [
-        (["viz", "class-model", str(run_dir), "--out", out, "--classes", "11"], "class 11"),
-        (["viz", "feature-vis", str(run_dir), "--out", out, "--layers", "conv5"], "'conv5'"),
-        (["viz", "to-class", str(run_dir), "--out", out, "--target", "10"], "class 10"),
-        (["viz", "invert", str(run_dir), "--out", out, "--tv-weight", "-3"], "-3"),
-        (["viz", "dream", str(run_dir), "--out", out, "--image", str(junk)], "junk.jpg"),
-        (["viz", "style", str(run_dir), "--out", out, "--style", str(tmp_path / "none.png")], "none.png"),
-    ]
-    for argv, message in cases:
-        args = parser.parse_args(argv)
-        with pytest.raises(SystemExit, match=message):
-            args.func(args)

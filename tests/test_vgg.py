@@ -95,23 +95,14 @@ def images(shape, seed=0):
 
 
 @pytest.fixture(scope="module")
-def torch_module():
-    torch = pytest.importorskip("torch", reason="PyTorch is the oracle of this test (pip install fastconv[test])")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(threads)
+def narrow_net(torch):
+    return torch_vgg(torch, models.VGG16_BLOCKS, NARROW_WIDTHS, NARROW_HIDDEN)
 
 
 @pytest.fixture(scope="module")
-def narrow_net(torch_module):
-    return torch_vgg(torch_module, models.VGG16_BLOCKS, NARROW_WIDTHS, NARROW_HIDDEN)
-
-
-@pytest.fixture(scope="module")
-def narrow_pth(narrow_net, torch_module, tmp_path_factory):
+def narrow_pth(narrow_net, torch, tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "narrow_vgg16.pth"
-    torch_module.save(narrow_net.state_dict(), path)
+    torch.save(narrow_net.state_dict(), path)
     return path
 
 
@@ -218,51 +209,51 @@ def test_vgg_rejects_bad_arguments(options, error):
 
 
 @pytest.mark.parametrize("batchnorm", [False, True], ids=["plain", "batchnorm"])
-def test_pytorch_state_dict_import_matches_torch(torch_module, tmp_path, batchnorm):
-    net = torch_vgg(torch_module, models.VGG16_BLOCKS, NARROW_WIDTHS, NARROW_HIDDEN, batchnorm=batchnorm)
+def test_pytorch_state_dict_import_matches_torch(torch, tmp_path, batchnorm):
+    net = torch_vgg(torch, models.VGG16_BLOCKS, NARROW_WIDTHS, NARROW_HIDDEN, batchnorm=batchnorm)
     path = tmp_path / "vgg.pth"
-    torch_module.save(net.state_dict(), path)
+    torch.save(net.state_dict(), path)
     model = narrow(batchnorm=batchnorm, weights=path)
     assert not model.training
     x = images((2, 3, 64, 64))
-    assert relative_error(model.predict(x), torch_output(torch_module, net, x)) < RTOL
+    assert relative_error(model.predict(x), torch_output(torch, net, x)) < RTOL
     assert model.meta["preprocessing"] == "torch"
     assert model.meta["normalization"] == imagenet.normalization("torch")
     assert model.meta["classes"][65] == "sea snake"
 
 
-def test_headless_import_is_fully_convolutional(torch_module, narrow_pth, narrow_net):
+def test_headless_import_is_fully_convolutional(torch, narrow_pth, narrow_net):
     model = narrow(include_top=False, weights=narrow_pth)  # the file's head is left out
     for shape in [(1, 3, 32, 32), (2, 3, 48, 80)]:
         x = images(shape)
-        assert relative_error(model.predict(x), torch_output(torch_module, narrow_net.features, x)) < RTOL
+        assert relative_error(model.predict(x), torch_output(torch, narrow_net.features, x)) < RTOL
     assert "classes" not in model.meta
 
 
-def test_gradient_to_the_image_matches_torch(torch_module, narrow_pth, narrow_net):
+def test_gradient_to_the_image_matches_torch(torch, narrow_pth, narrow_net):
     model = narrow(weights=narrow_pth)
     x = images((2, 3, 64, 64), seed=3)
     logits = model.forward(x)
     seed = np.zeros_like(logits)
     seed[:, [51, 65]] = 1.0
     dx = model.backward(seed)
-    xt = torch_module.tensor(x, requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
     narrow_net(xt)[:, [51, 65]].sum().backward()
     assert relative_error(dx, xt.grad.numpy()) < RTOL
 
 
-def test_checkpoint_dicts_and_npz_files_import(torch_module, narrow_net, tmp_path):
+def test_checkpoint_dicts_and_npz_files_import(torch, narrow_net, tmp_path):
     expected = narrow(weights=torch_state(narrow_net)).state_dict()
-    torch_module.save({"epoch": 3, "state_dict": narrow_net.state_dict()}, tmp_path / "checkpoint.pt")
+    torch.save({"epoch": 3, "state_dict": narrow_net.state_dict()}, tmp_path / "checkpoint.pt")
     np.savez(tmp_path / "state.npz", **torch_state(narrow_net))
     for name in ("checkpoint.pt", "state.npz"):
         loaded = narrow(weights=tmp_path / name).state_dict()
         assert all(np.array_equal(loaded[k], expected[k]) for k in expected), name
 
 
-def test_whole_pickled_model_is_refused(torch_module, narrow_net, tmp_path):
+def test_whole_pickled_model_is_refused(torch, narrow_net, tmp_path):
     path = tmp_path / "whole.pth"
-    torch_module.save(narrow_net.features, path)  # an nn.Sequential, pickled whole
+    torch.save(narrow_net.features, path)  # an nn.Sequential, pickled whole
     with pytest.raises(ValueError, match="state_dict"):
         load_weights(narrow(), path)
 
@@ -302,7 +293,7 @@ def test_safetensors_reads_bfloat16_as_float32(tmp_path):
     np.testing.assert_array_equal(back["x"], values)
 
 
-def test_safetensors_agrees_with_the_reference_package(narrow_net, torch_module, tmp_path):
+def test_safetensors_agrees_with_the_reference_package(narrow_net, torch, tmp_path):
     safetensors_torch = pytest.importorskip("safetensors.torch")
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     state = {key: value.contiguous() for key, value in narrow_net.state_dict().items()}
@@ -313,7 +304,7 @@ def test_safetensors_agrees_with_the_reference_package(narrow_net, torch_module,
     # before 'features.2'): the import still pairs the layers correctly.
     model = narrow(weights=tmp_path / "theirs.safetensors")
     x = images((1, 3, 32, 32))
-    assert relative_error(model.predict(x), torch_output(torch_module, narrow_net, x)) < RTOL
+    assert relative_error(model.predict(x), torch_output(torch, narrow_net, x)) < RTOL
     save_weights(model, tmp_path / "ours.safetensors")
     theirs = safetensors_numpy.load_file(tmp_path / "ours.safetensors")
     assert theirs.keys() == model.state_dict().keys()
@@ -411,31 +402,31 @@ def keras_forward(torch, keras, x_bgr_nhwc):
 
 @pytest.mark.parametrize("wrap_in_model, legacy", [(False, False), (True, False), (False, True)],
                          ids=["save_weights", "whole_model", "keras1_names"])
-def test_keras_h5_import_matches_keras_semantics(torch_module, narrow_net, tmp_path, wrap_in_model, legacy):
+def test_keras_h5_import_matches_keras_semantics(torch, narrow_net, tmp_path, wrap_in_model, legacy):
     keras = keras_layers(narrow_net)
     path = write_keras_h5(tmp_path / "vgg16.h5", keras1_names(keras) if legacy else keras, wrap_in_model)
     x = images((2, 3, 224, 224), seed=5)  # Keras's VGG16 head takes 224x224 images only
-    reference = keras_forward(torch_module, keras, x[:, ::-1].transpose(0, 2, 3, 1))
+    reference = keras_forward(torch, keras, x[:, ::-1].transpose(0, 2, 3, 1))
     # The test's own conversion is faithful: Keras's forward equals the PyTorch network's.
-    assert relative_error(reference, torch_output(torch_module, narrow_net, x)) < RTOL
+    assert relative_error(reference, torch_output(torch, narrow_net, x)) < RTOL
     model = narrow(weights=path)
     assert relative_error(model.predict(x), reference) < RTOL
     assert model.meta["preprocessing"] == "caffe"
 
 
-def test_keras_h5_headless_and_caffe_preprocessing(torch_module, narrow_net, tmp_path):
+def test_keras_h5_headless_and_caffe_preprocessing(torch, narrow_net, tmp_path):
     keras = keras_layers(narrow_net, include_top=False)
     path = write_keras_h5(tmp_path / "notop.h5", keras)
     model = narrow(include_top=False, weights=path)
     pixels = np.random.default_rng(2).integers(0, 256, (1, 40, 56, 3), dtype=np.uint8)
     # Keras's preprocess_input for VGG16: RGB -> BGR, minus the BGR mean, in 0-255.
     keras_input = pixels[..., ::-1].astype(np.float64) - np.array([103.939, 116.779, 123.68])
-    reference = keras_forward(torch_module, keras, keras_input.astype(np.float32))
+    reference = keras_forward(torch, keras, keras_input.astype(np.float32))
     ours = model.predict(imagenet.preprocess(pixels[0], model.meta["preprocessing"], size=None, resize=None))
     assert relative_error(ours.transpose(0, 2, 3, 1), reference) < RTOL
 
 
-def test_keras_dense_after_flatten_needs_the_map_size(torch_module, tmp_path):
+def test_keras_dense_after_flatten_needs_the_map_size(torch, tmp_path):
     """Without an AdaptiveAvgPool2d before the Flatten the (H, W) of the flattened maps
     comes from model.meta['input_shape']; non-square maps cannot be guessed."""
     rng = np.random.default_rng(8)
@@ -452,9 +443,9 @@ def test_keras_dense_after_flatten_needs_the_map_size(torch_module, tmp_path):
     model.meta["input_shape"] = [3, 10, 14]
     load_weights(model, path, preprocessing="torch")  # RGB weights: no colour flip
     x = images((2, 3, 10, 14), seed=9)
-    functional = torch_module.nn.functional
-    maps = functional.max_pool2d(functional.conv2d(torch_module.from_numpy(x),
-                                                   torch_module.from_numpy(kernel).permute(3, 2, 0, 1)), 2)
+    functional = torch.nn.functional
+    maps = functional.max_pool2d(functional.conv2d(torch.from_numpy(x),
+                                                   torch.from_numpy(kernel).permute(3, 2, 0, 1)), 2)
     reference = maps.permute(0, 2, 3, 1).reshape(2, -1).numpy() @ dense
     assert relative_error(model.predict(x), reference) < RTOL
 
@@ -462,9 +453,9 @@ def test_keras_dense_after_flatten_needs_the_map_size(torch_module, tmp_path):
 # --------------------------------------------------------------------------- errors
 
 
-def test_weights_of_another_architecture_name_the_layer(torch_module, tmp_path):
-    vgg19 = torch_vgg(torch_module, models.VGG19_BLOCKS, NARROW_WIDTHS, NARROW_HIDDEN)
-    torch_module.save(vgg19.state_dict(), tmp_path / "vgg19.pth")
+def test_weights_of_another_architecture_name_the_layer(torch, tmp_path):
+    vgg19 = torch_vgg(torch, models.VGG19_BLOCKS, NARROW_WIDTHS, NARROW_HIDDEN)
+    torch.save(vgg19.state_dict(), tmp_path / "vgg19.pth")
     model = narrow()
     before = model.state_dict()
     with pytest.raises(ValueError, match=r"'block4_conv1' \(Conv2d\) expects weight of shape \(32, 16, 3, 3\)"
@@ -524,12 +515,12 @@ def test_missing_and_unknown_files(tmp_path):
 # --------------------------------------------------------------------------- full size
 
 
-def test_full_size_vgg16_matches_torch_at_224(torch_module):
-    net = torch_vgg(torch_module, models.VGG16_BLOCKS, models.VGG_WIDTHS, 4096)
+def test_full_size_vgg16_matches_torch_at_224(torch):
+    net = torch_vgg(torch, models.VGG16_BLOCKS, models.VGG_WIDTHS, 4096)
     model = models.vgg16(weights=torch_state(net))
     assert model.num_parameters() == sum(p.numel() for p in net.parameters()) == 138_357_544
     x = images((1, 3, 224, 224), seed=7)
-    assert relative_error(model.predict(x), torch_output(torch_module, net, x)) < RTOL
+    assert relative_error(model.predict(x), torch_output(torch, net, x)) < RTOL
 
 
 # --------------------------------------------------------------------------- ImageNet helpers
@@ -623,17 +614,17 @@ def test_cli_reports_a_missing_weights_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_predict_with_full_size_pytorch_weights(torch_module, tmp_path, capsys):
+def test_cli_predict_with_full_size_pytorch_weights(torch, tmp_path, capsys):
     from PIL import Image
 
-    net = torch_vgg(torch_module, models.VGG16_BLOCKS, models.VGG_WIDTHS, 4096)
-    torch_module.save(net.state_dict(), tmp_path / "vgg16.pth")
+    net = torch_vgg(torch, models.VGG16_BLOCKS, models.VGG_WIDTHS, 4096)
+    torch.save(net.state_dict(), tmp_path / "vgg16.pth")
     pixels = np.random.default_rng(6).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "photo.png")
     assert main(["imagenet", "predict", str(tmp_path / "photo.png"), "--weights", str(tmp_path / "vgg16.pth"),
                  "--arch", "vgg16"]) == 0
     printed = [line.split("(class ")[1].rstrip(")") for line in capsys.readouterr().out.splitlines()[1:]]
-    logits = torch_output(torch_module, net, imagenet.preprocess(pixels))
+    logits = torch_output(torch, net, imagenet.preprocess(pixels))
     assert [int(i) for i in printed] == list(np.argsort(-logits[0], kind="stable")[:5])
 
 
