@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 BACKEND_NAME = "compiled"
+# The kernels' OpenMP team owns the cores: the layers' own matmuls (Linear)
+# run BLAS on one thread, so no BLAS pool spins against the next kernel.
+LINEAR_BLAS_THREADS = 1
 KERNELS = tuple(__all__)
 GEMM = "own register-tiled kernel (AVX-512, AVX2 or baseline x86-64, chosen at load time)"
 

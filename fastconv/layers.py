@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import _checks, backend, init
+from . import _checks, _runtime, backend, init
 
 __all__ = [
     "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
@@ -496,32 +496,25 @@ class Linear(Layer):
         self._check_channels(shape, self.in_features, what="features")
         return (shape[0], self.out_features)
 
-    # The product runs on the backend's convolution kernel, as a 1x1
-    # convolution of one image whose pixels are the batch: x.T is
-    # (in_features, N). On the compiled backend this keeps the work on the
-    # kernels' OpenMP threads: NumPy's matmul would wake BLAS's own thread
-    # pool, whose threads then spin while the kernels need the cores (a third
-    # of mnist2's training step on 2 cores went to that spinning). On the
-    # NumPy backend it is the same matmul after one transposed copy.
+    # The products are NumPy matmuls, with BLAS held to the backend's
+    # LINEAR_BLAS_THREADS (see fastconv._runtime.blas_threads).
 
     def _forward(self, x):
         kernels = backend.current()
-        weight = self.params["weight"]
-        n = x.shape[0]
-        columns = np.ascontiguousarray(x.T).reshape(1, self.in_features, 1, n)
-        y, cache = kernels.conv2d_forward(columns, weight.reshape(weight.shape + (1, 1)),
-                                          self.params.get("bias"))
-        return np.ascontiguousarray(y.reshape(self.out_features, n).T), (kernels, cache)
+        with _runtime.blas_threads(kernels.LINEAR_BLAS_THREADS):
+            y = x @ self.params["weight"].T
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y, (kernels, x)
 
     def _backward(self, dy, cache, need_dx):
-        kernels, kernel_cache = cache
-        n = dy.shape[0]
-        dy_columns = np.ascontiguousarray(dy.T).reshape(1, self.out_features, 1, n)
-        dx, dweight, dbias = kernels.conv2d_backward(dy_columns, kernel_cache, need_dx=need_dx)
-        self.grads["weight"] += dweight.reshape(self.out_features, self.in_features)
-        if dbias is not None:
-            self.grads["bias"] += dbias
-        return np.ascontiguousarray(dx.reshape(self.in_features, n).T) if need_dx else None
+        kernels, x = cache
+        with _runtime.blas_threads(kernels.LINEAR_BLAS_THREADS):
+            self.grads["weight"] += dy.T @ x
+            dx = dy @ self.params["weight"] if need_dx else None
+        if "bias" in self.params:
+            self.grads["bias"] += dy.sum(axis=0)
+        return dx
 
 
 class Dropout(Layer):

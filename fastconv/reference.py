@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 BACKEND_NAME = "numpy"
+# The NumPy backend is all BLAS: its matmuls, the layers' included, use every thread.
+LINEAR_BLAS_THREADS = None
 
 
 def _pad(x, ph, pw, value=0.0):

@@ -484,17 +484,54 @@ static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *weight,
     fold_image(dx, dcols, p);
 }
 
+/* Side of the square tiles in which matrices are transposed: a 32 x 32 tile of
+ * floats is 32 cache lines on each side, so both the rows read and the rows
+ * written stay in L1 however long the matrix rows are (a 4096 x 25088 linear
+ * layer's weights transposed element by element miss the cache at every
+ * element). */
+#define TRANSPOSE_TILE 32
+
 /* The weights of the convolution that maps dy to dx at stride 1:
- * flipped (F, C, KH, KW) -> (C, F, KH, KW) with taps reversed. */
+ * flipped (F, C, KH, KW) -> (C, F, KH, KW) with taps reversed, tile by tile. */
 static void flip_weights(REAL *dst, const REAL *weight, int64_t filters, int64_t channels,
                          int64_t kh, int64_t kw)
 {
-    for (int64_t f = 0; f < filters; f++)
-        for (int64_t c = 0; c < channels; c++)
-            for (int64_t i = 0; i < kh; i++)
-                for (int64_t j = 0; j < kw; j++)
-                    dst[((c * filters + f) * kh + kh - 1 - i) * kw + kw - 1 - j] =
-                        weight[((f * channels + c) * kh + i) * kw + j];
+    const int64_t taps = kh * kw;
+    FC_OMP(parallel for collapse(2) schedule(static)
+           num_threads(fc_threads_for(filters * channels * taps)))
+    for (int64_t f0 = 0; f0 < filters; f0 += TRANSPOSE_TILE) {
+        for (int64_t c0 = 0; c0 < channels; c0 += TRANSPOSE_TILE) {
+            const int64_t f_end = f0 + TRANSPOSE_TILE < filters ? f0 + TRANSPOSE_TILE : filters;
+            const int64_t c_end = c0 + TRANSPOSE_TILE < channels ? c0 + TRANSPOSE_TILE : channels;
+            for (int64_t c = c0; c < c_end; c++)
+                for (int64_t f = f0; f < f_end; f++)
+                    for (int64_t t = 0; t < taps; t++)
+                        dst[(c * filters + f) * taps + taps - 1 - t] = weight[(f * channels + c) * taps + t];
+        }
+    }
+}
+
+/* dweight (F, K) = the sum of `buffers` matrices (K, f_stride) laid one after
+ * the other, transposed tile by tile and summed in buffer order. */
+static void sum_transposed(REAL *dweight, const REAL *partial, int buffers, int64_t k,
+                           int64_t filters, int64_t f_stride)
+{
+    FC_OMP(parallel for collapse(2) schedule(static)
+           num_threads(fc_threads_for(k * filters * buffers)))
+    for (int64_t f0 = 0; f0 < filters; f0 += TRANSPOSE_TILE) {
+        for (int64_t r0 = 0; r0 < k; r0 += TRANSPOSE_TILE) {
+            const int64_t f_end = f0 + TRANSPOSE_TILE < filters ? f0 + TRANSPOSE_TILE : filters;
+            const int64_t r_end = r0 + TRANSPOSE_TILE < k ? r0 + TRANSPOSE_TILE : k;
+            for (int64_t f = f0; f < f_end; f++) {
+                for (int64_t r = r0; r < r_end; r++) {
+                    REAL total = 0;
+                    for (int t = 0; t < buffers; t++)
+                        total += partial[(t * k + r) * f_stride + f];
+                    dweight[f * k + r] = total;
+                }
+            }
+        }
+    }
 }
 
 /* dx of the whole batch. Stride 1 with padding below the kernel size: a
@@ -617,16 +654,8 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
             free(scratch);
         }
     }
-    if (!failed) {
-        for (int64_t f = 0; f < p->filters; f++) {
-            for (int64_t r = 0; r < p->k; r++) {
-                REAL total = 0;
-                for (int t = 0; t < buffers; t++)
-                    total += partial[(t * p->k + r) * f_stride + f];
-                dweight[f * p->k + r] = total;
-            }
-        }
-    }
+    if (!failed)
+        sum_transposed(dweight, partial, buffers, p->k, p->filters, f_stride);
     free(partial);
     free(pixel_rows);
     free(shared);
@@ -656,6 +685,7 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
 #undef TILE_ROWS
 #undef TILE_VECS
 #undef DEPTH_BLOCK
+#undef TRANSPOSE_TILE
 #undef THREAD_ID
 #undef TEAM_SIZE
 #undef FC_CLONES
