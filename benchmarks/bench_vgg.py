@@ -26,6 +26,8 @@ from fastconv import backend, bench, layers, models
 IMAGE_SHAPE = (1, 3, 224, 224)
 TARGET_CLASS = 65
 ROUNDS = 3
+# Relative L2 difference allowed between engines' float32 image gradients (see bench_vgg16).
+IMAGE_GRADIENT_RTOL = 0.05
 
 
 def _torch():
@@ -148,7 +150,14 @@ def bench_vgg16(benchmark, training, engine, engine_available, record_rates):
     if expected is not None:
         assert bench.outputs_agree(first["logits"], expected["logits"]), f"{engine} logits disagree with the oracle"
         if training:
-            assert bench.outputs_agree(first["image_gradient"], expected["image_gradient"], norm="l2"), (
+            # In float32 the image gradient of a 16-layer network is sensitive to
+            # rounding: a pre-activation or a max-pool window that two summation
+            # orders put on different sides of a tie routes its gradient
+            # elsewhere. The compiled and NumPy backends agree to 5e-15 in
+            # float64 and to 0.4-1.5% (L2) in float32 on this network, so the
+            # check here catches a wrong gradient, not rounding.
+            assert bench.outputs_agree(first["image_gradient"], expected["image_gradient"],
+                                       rtol=IMAGE_GRADIENT_RTOL, norm="l2"), (
                 f"{engine} image gradient disagrees with the oracle")
     benchmark.pedantic(call, rounds=ROUNDS, iterations=1)
     record_rates(benchmark, _flops(training), IMAGE_SHAPE[0])
