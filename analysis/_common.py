@@ -154,7 +154,7 @@ def tail_forward(pairs, a):
 
 def tail_backward(pairs, grad):
     for _, layer in reversed(pairs):
-        grad = layer.backward(grad)
+        grad = layer.backward(grad, param_grads=False)
     return grad
 
 

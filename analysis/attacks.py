@@ -135,7 +135,7 @@ class _PixelModel:
     def input_gradient(self, dlogits, channels):
         """Gradient w.r.t. the pixels of the last forward, given the one w.r.t. its logits."""
         _, std = self._stats(channels)
-        return self.model.backward(dlogits.astype(self.dtype, copy=False)) / std
+        return self.model.backward(dlogits.astype(self.dtype, copy=False), param_grads=False) / std
 
 
 def _softmax(logits):

@@ -56,13 +56,13 @@ def relu_backward_rule(model, rule):
 
 
 def _overridden_backward(standard_backward, rule):
-    def backward(dy, need_dx=True):
+    def backward(dy, need_dx=True, param_grads=True):
         positive_part = np.maximum(dy, 0).astype(dy.dtype, copy=False)
         if rule == "guided":
-            return standard_backward(positive_part, need_dx)
+            return standard_backward(positive_part, need_dx, param_grads)
         # The standard backward still runs so that a gradient of the wrong
         # shape or dtype, or a backward before forward, fails as it would.
-        standard_backward(dy, need_dx)
+        standard_backward(dy, need_dx, param_grads)
         return positive_part if need_dx else None
     return backward
 
@@ -85,7 +85,7 @@ class Attribution:
         with C.evaluating(self.model), relu_backward_rule(self.model, rule):
             out = self.model.forward(x, until=self.layer)
             seed = C.seed_gradient(out, target, self._where())
-            return self.model.backward(seed, start=self.layer)
+            return self.model.backward(seed, start=self.layer, param_grads=False)
 
     def _output(self, x, target):
         """The target unit's value for each example, shape (N,)."""

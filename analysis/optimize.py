@@ -366,7 +366,7 @@ def feature_visualization(model, layer, channel, steps=256, seed=0, init="noise"
             history["objective"].append(values)
             if is_class:
                 history["probability"].append(C.softmax(out.astype(np.float64))[np.arange(len(units)), labels])
-            grad = model.backward(seed_gradient.astype(out.dtype), start=layer)
+            grad = model.backward(seed_gradient.astype(out.dtype), start=layer, param_grads=False)
             pixel_gradient = transform.adjoint(space.pixel_gradient(grad))
             param_gradient = image.backward(pixel_gradient)
             if adam is not None:
@@ -517,7 +517,7 @@ def to_class(model, image, target, threshold=0.9, max_steps=300, lr=0.01, progre
                 break
             log_probability_gradient = -probabilities[None]
             log_probability_gradient[0, target] += 1.0
-            grad = model.backward(log_probability_gradient.astype(out.dtype), start=layer)
+            grad = model.backward(log_probability_gradient.astype(out.dtype), start=layer, param_grads=False)
             pixels = np.clip(pixels + P.normalized_step(space.pixel_gradient(grad), lr), 0.0, 1.0)
             steps += 1
             bar.update(1)
@@ -574,7 +574,8 @@ def invert(model, image, layer, steps=200, method="lbfgs", lr=0.05, tv_weight=0.
             out = model.forward(space.to_input(pixels), until=layer)
             difference = out.astype(np.float64) - target
             representation = float(np.sum(difference ** 2)) / scale
-            grad = space.pixel_gradient(model.backward((2.0 * difference / scale).astype(out.dtype), start=layer))
+            seed = (2.0 * difference / scale).astype(out.dtype)
+            grad = space.pixel_gradient(model.backward(seed, start=layer, param_grads=False))
             tv, tv_grad = P.total_variation(pixels, tv_beta)
             norm, norm_grad = P.alpha_norm(pixels - center.reshape(1, -1, 1, 1), alpha)
             prior = tv_weight * tv + alpha_weight * norm
@@ -683,7 +684,7 @@ def deep_dream(model, image, layer, steps=10, octaves=4, octave_scale=1.4, lr=0.
                     activation = kept
                 history["objective"].append(0.5 * float(np.mean(activation ** 2)))
                 history["octave"].append(octave)
-                grad = model.backward(activation.astype(out.dtype), start=layer)
+                grad = model.backward(activation.astype(out.dtype), start=layer, param_grads=False)
                 pixel_gradient = transform.adjoint(space.pixel_gradient(grad))
                 pixels = np.clip(pixels + P.normalized_step(pixel_gradient, lr, norm="mean_abs"), 0.0, 1.0)
                 bar.update(1)

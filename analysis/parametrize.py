@@ -489,5 +489,5 @@ def backward_from(model, gradients):
         name, layer = pairs[index]
         if name in gradients:
             grad = gradients[name] if grad is None else grad + gradients[name]
-        grad = layer.backward(grad)
+        grad = layer.backward(grad, param_grads=False)
     return grad

@@ -133,7 +133,7 @@ def effective_receptive_field(model, x, layers=None, channel=None, mass=0.95, ba
                     seed[:, :, i, j] = 1
                 else:
                     seed[:, channel, i, j] = 1
-                grad = model.backward(seed, start=name)
+                grad = model.backward(seed, start=name, param_grads=False)
                 total += np.abs(grad).sum(axis=(0, 1))
             field = total / x.shape[0]
             peak = field.max()

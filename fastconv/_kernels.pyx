@@ -245,8 +245,12 @@ cdef int _conv_forward_run(real tag, object y, object x, object weight, object b
     return status
 
 
-def conv2d_backward(dy, cache, need_dx=True):
-    """Gradients of conv2d_forward: dy (N, F, OH, OW) -> dx (or None), dweight, dbias (or None)."""
+def conv2d_backward(dy, cache, need_dx=True, need_params=True):
+    """Gradients of conv2d_forward: dy (N, F, OH, OW) -> dx, dweight, dbias.
+
+    dx is None when need_dx is False; dweight and dbias are None when
+    need_params is False, and dbias is None for a convolution without bias.
+    """
     if not isinstance(cache, _ConvCache):
         raise TypeError(
             f"cache must be the one returned by conv2d_forward, got {type(cache).__name__}"
@@ -255,8 +259,8 @@ def conv2d_backward(dy, cache, need_dx=True):
     _checks.float_array(dy, "dy", 4)
     _checks.same_dtype(cc.weight, dy, "dy")
     _checks.matching_shape(dy, "dy", cc.y_shape, "the convolution output")
-    dweight = _new(np.shape(cc.weight), dy.dtype)
-    dbias = _new((cc.y_shape[1],), dy.dtype) if cc.has_bias else None
+    dweight = _new(np.shape(cc.weight), dy.dtype) if need_params else None
+    dbias = _new((cc.y_shape[1],), dy.dtype) if cc.has_bias and need_params else None
     dx = _new(cc.x_shape, dy.dtype) if need_dx else None
     dyc = _c_array(dy)
     cdef int status

@@ -178,10 +178,12 @@ class Layer:
 
     __call__ = forward
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, param_grads=True):
         """Gradient w.r.t. the last forward's input (None when need_dx is False).
 
-        Parameter gradients are added into ``grads``.
+        Parameter gradients are added into ``grads``; with ``param_grads=False``
+        they are neither computed nor added (tools that only want the input
+        gradient: attacks, saliency, image optimization).
         """
         if self._last_io is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -193,12 +195,12 @@ class Layer:
             raise ValueError(
                 f"gradient has shape {dy.shape}, expected the output shape {out_shape} of the last forward"
             )
-        return self._backward(dy, self._cache, need_dx)
+        return self._backward(dy, self._cache, need_dx, param_grads)
 
     def _forward(self, x):
         raise NotImplementedError
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         raise NotImplementedError
 
 
@@ -253,12 +255,14 @@ class Conv2d(Layer):
         )
         return y, (kernels, cache)
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         kernels, kernel_cache = cache
-        dx, dweight, dbias = kernels.conv2d_backward(dy, kernel_cache, need_dx=need_dx)
-        self.grads["weight"] += dweight
-        if dbias is not None:
-            self.grads["bias"] += dbias
+        dx, dweight, dbias = kernels.conv2d_backward(dy, kernel_cache, need_dx=need_dx,
+                                                     need_params=param_grads)
+        if param_grads:
+            self.grads["weight"] += dweight
+            if dbias is not None:
+                self.grads["bias"] += dbias
         return dx
 
 
@@ -272,7 +276,7 @@ class ReLU(Layer):
         y = kernels.relu_forward(x)
         return y, (kernels, y)
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         kernels, y = cache
         return kernels.relu_backward(dy, y) if need_dx else None
 
@@ -298,7 +302,7 @@ class LeakyReLU(Layer):
         y = np.where(positive, x, x * x.dtype.type(self.negative_slope))
         return y, positive
 
-    def _backward(self, dy, positive, need_dx):
+    def _backward(self, dy, positive, need_dx, param_grads):
         if not need_dx:
             return None
         return np.where(positive, dy, dy * dy.dtype.type(self.negative_slope))
@@ -356,18 +360,21 @@ class BatchNorm2d(Layer):
         running_var[...] = (1.0 - m) * running_var + m * var * (count / (count - 1))
         return y, ("train", kernels, cache)
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if cache[0] == "train":
+            # The kernel's dx needs dweight and dbias, so they are always made.
             _, kernels, kernel_cache = cache
             dx, dweight, dbias = kernels.batchnorm2d_backward(dy, kernel_cache)
         else:
             _, mean, inv_std, x = cache
-            xhat = (x - mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
-            dweight = np.einsum("nchw,nchw->c", dy, xhat)
-            dbias = dy.sum(axis=(0, 2, 3))
             dx = dy * (self.params["weight"] * inv_std).reshape(1, -1, 1, 1) if need_dx else None
-        self.grads["weight"] += dweight
-        self.grads["bias"] += dbias
+            if param_grads:
+                xhat = (x - mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
+                dweight = np.einsum("nchw,nchw->c", dy, xhat)
+                dbias = dy.sum(axis=(0, 2, 3))
+        if param_grads:
+            self.grads["weight"] += dweight
+            self.grads["bias"] += dbias
         return dx if need_dx else None
 
 
@@ -405,7 +412,7 @@ class MaxPool2d(_Pool2d):
         y, argmax = kernels.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return y, (kernels, argmax, x.shape)
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         kernels, argmax, x_shape = cache
         return kernels.maxpool2d_backward(dy, argmax, x_shape) if need_dx else None
 
@@ -417,7 +424,7 @@ class AvgPool2d(_Pool2d):
         kernels = backend.current()
         return kernels.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding), (kernels, x.shape)
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
         kernels, x_shape = cache
@@ -436,7 +443,7 @@ class GlobalAvgPool2d(Layer):
     def _forward(self, x):
         return x.mean(axis=(2, 3), dtype=x.dtype), x.shape
 
-    def _backward(self, dy, x_shape, need_dx):
+    def _backward(self, dy, x_shape, need_dx, param_grads):
         if not need_dx:
             return None
         dx = np.empty(x_shape, dtype=dy.dtype)
@@ -458,7 +465,7 @@ class Flatten(Layer):
     def _forward(self, x):
         return x.reshape(x.shape[0], -1), x.shape
 
-    def _backward(self, dy, x_shape, need_dx):
+    def _backward(self, dy, x_shape, need_dx, param_grads):
         return dy.reshape(x_shape) if need_dx else None
 
 
@@ -507,12 +514,13 @@ class Linear(Layer):
             y += self.params["bias"]
         return y, (kernels, x)
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         kernels, x = cache
         with _runtime.blas_threads(kernels.LINEAR_BLAS_THREADS):
-            self.grads["weight"] += dy.T @ x
+            if param_grads:
+                self.grads["weight"] += dy.T @ x
             dx = dy @ self.params["weight"] if need_dx else None
-        if "bias" in self.params:
+        if param_grads and "bias" in self.params:
             self.grads["bias"] += dy.sum(axis=0)
         return dx
 
@@ -544,7 +552,7 @@ class Dropout(Layer):
             mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         return x * mask, mask
 
-    def _backward(self, dy, mask, need_dx):
+    def _backward(self, dy, mask, need_dx, param_grads):
         if not need_dx:
             return None
         return dy if mask is None else dy * mask
@@ -566,7 +574,7 @@ class LogSoftmax(Layer):
         y = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return y, y
 
-    def _backward(self, dy, y, need_dx):
+    def _backward(self, dy, y, need_dx, param_grads):
         if not need_dx:
             return None
         return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
@@ -637,7 +645,7 @@ class AdaptiveAvgPool2d(Layer):
         cols = _averaging_matrix(ow, w, x.dtype)
         return np.matmul(np.matmul(rows, x), cols.T), (rows, cols)
 
-    def _backward(self, dy, cache, need_dx):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
         if cache is None:

@@ -180,15 +180,20 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad, start=None, input_grad=True):
+    def backward(self, grad, start=None, input_grad=True, param_grads=True):
         """Backpropagate ``grad``, the gradient w.r.t. the output of layer ``start``
         (default the last layer), through the layers of the last forward pass.
 
         Parameter gradients are added into ``gradients()``. Returns the
         gradient w.r.t. the model input; with ``input_grad=False`` (training)
         it returns None and stops as soon as every parameter gradient is known,
-        so the first convolution skips its input gradient.
+        so the first convolution skips its input gradient. With
+        ``param_grads=False`` (attacks, saliency, image optimization) no
+        parameter gradient is computed or added, which saves the convolutions'
+        weight-gradient products.
         """
+        if not input_grad and not param_grads:
+            raise ValueError("backward with input_grad=False and param_grads=False has nothing to compute")
         if self._reached is None:
             raise RuntimeError("backward called before forward")
         first = len(self._layers) - 1 if start is None else self._position(start)
@@ -208,7 +213,7 @@ class Sequential:
             name, layer = self._names[i], self._layers[i]
             need_dx = input_grad or i > last
             with _blame(name, layer):
-                grad = layer.backward(grad, need_dx=need_dx)
+                grad = layer.backward(grad, need_dx=need_dx, param_grads=param_grads)
         return grad if input_grad else None
 
     def predict(self, x, batch_size=256):

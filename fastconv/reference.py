@@ -103,16 +103,21 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0):
     return y, cache
 
 
-def conv2d_backward(dy, cache, need_dx=True):
-    """Gradients of conv2d_forward: dy (N, F, OH, OW) -> dx (or None), dweight, dbias (or None)."""
+def conv2d_backward(dy, cache, need_dx=True, need_params=True):
+    """Gradients of conv2d_forward: dy (N, F, OH, OW) -> dx, dweight, dbias.
+
+    dx is None when need_dx is False; dweight and dbias are None when
+    need_params is False, and dbias is None for a convolution without bias.
+    """
     x_shape, y_shape, cols, weight, kernel, stride, padding, has_bias = cache
     _checks.float_array(dy, "dy", 4)
     _checks.matching_shape(dy, "dy", y_shape, "the convolution output")
     f = weight.shape[0]
     dy_t = dy.transpose(1, 0, 2, 3).reshape(f, -1)
-    dweight = (dy_t @ cols.T).reshape(weight.shape)
-    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    dx = None
+    dweight = dbias = dx = None
+    if need_params:
+        dweight = (dy_t @ cols.T).reshape(weight.shape)
+        dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     if need_dx:
         dcols = weight.reshape(f, -1).T @ dy_t
         dx = col2im(dcols, x_shape, kernel, stride, padding)

@@ -662,7 +662,7 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
     return failed ? -1 : 0;
 }
 
-/* dx: (n_images, C, H, W) or NULL; dweight: (F, C, KH, KW); dbias: (F,) or NULL;
+/* dx: (n_images, C, H, W) or NULL; dweight: (F, C, KH, KW) or NULL; dbias: (F,) or NULL;
  * dy: (n_images, F, OH, OW); x, weight as given to conv_forward.
  * Returns 0, or -1 when memory ran out. */
 int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
@@ -672,7 +672,7 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
     conv_plan p;
     if (make_plan(&p, channels, filters, g, 1) != 0)
         return -1;
-    int status = weight_grad(dweight, dy, x, n_images, &p);
+    int status = dweight ? weight_grad(dweight, dy, x, n_images, &p) : 0;
     if (status == 0 && dx)
         status = input_grad(dx, dy, weight, n_images, &p);
     if (status == 0 && dbias)

@@ -167,6 +167,12 @@ def check_conv(x, weight, bias, stride, padding):
     assert_close(dweight, grads_ref[1], grads_abs[1])
     assert (dbias is None) == (bias is None)
 
+    # The input gradient alone: the same bits as with the parameter gradients.
+    for kernels, cache_of, full in ((fast, cache, grads), (ref, cache_ref, grads_ref)):
+        dx, dweight, dbias = kernels.conv2d_backward(dy, cache_of, need_params=False)
+        assert dweight is None and dbias is None
+        np.testing.assert_array_equal(dx, full[0])
+
 
 @property_test
 @given(windows(), st.integers(1, 5), st.booleans())

@@ -153,6 +153,28 @@ def test_training_without_input_gradient(backend):
     assert head_only.gradients()["fc1.bias"].tolist() == [3.0, 3.0]
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_input_gradient_without_parameter_gradients(backend, mode):
+    # Attacks and image optimization ask for the input gradient alone: it must
+    # be the very same array, and the parameter gradients must stay as they were.
+    model = small_model()
+    getattr(model, mode)()
+    x = inputs()
+    g = np.random.default_rng(5).standard_normal((3, 5))
+    model.layer("dropout1").rng = np.random.default_rng(0)
+    model.forward(x)
+    full = model.backward(g)
+    before = {k: v.copy() for k, v in model.gradients().items()}
+    model.layer("dropout1").rng = np.random.default_rng(0)
+    model.forward(x)
+    alone = model.backward(g, param_grads=False)
+    np.testing.assert_array_equal(alone, full)
+    for key, grad in model.gradients().items():
+        np.testing.assert_array_equal(grad, before[key], err_msg=key)
+    with pytest.raises(ValueError, match="nothing to compute"):
+        model.backward(g, input_grad=False, param_grads=False)
+
+
 def test_hooks_record_every_layer_and_can_be_removed(backend):
     model = small_model()
     seen = []
