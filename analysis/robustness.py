@@ -419,8 +419,9 @@ class AdversarialTraining:
     """
 
     METHODS = ("fgsm", "pgd")
+    PGD_STEPS = 7
 
-    def __init__(self, method="pgd", eps=0.3, fraction=0.5, steps=7, alpha=None):
+    def __init__(self, method="pgd", eps=0.3, fraction=0.5, steps=PGD_STEPS, alpha=None):
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
         self.method = method

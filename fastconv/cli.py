@@ -60,6 +60,7 @@ TRAIN_DEFAULTS = {
     "limit": None,
     "adversarial": None,
     "adv_eps": None,
+    "adv_steps": None,
     "init": "he",
 }
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
@@ -238,6 +239,8 @@ def _merge_config(args, run_dir):
         if ("adversarial" in given) != ("adv_eps" in given):
             raise UsageError("--adversarial fgsm|pgd and --adv-eps EPS go together: EPS is the size of the "
                              "perturbations in [0, 1] pixels (e.g. 0.3 for MNIST, 0.03 for CIFAR-10)")
+        if "adv_steps" in given and config["adversarial"] != "pgd":
+            raise UsageError("--adv-steps is for --adversarial pgd (FGSM takes one step)")
         config["lr"] = config["lr"] if config["lr"] is not None else DEFAULT_LR[config["optimizer"]]
         if config["weight_decay"] is None:
             config["weight_decay"] = DEFAULT_WEIGHT_DECAY[config["optimizer"]]
@@ -290,7 +293,8 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
     if config.get("adversarial"):
         from .analysis.robustness import AdversarialTraining
 
-        adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"])
+        adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"],
+                                          steps=config.get("adv_steps") or AdversarialTraining.PGD_STEPS)
     run_dir.mkdir(parents=True, exist_ok=True)
     title = f"{config['model']} on {_short_name(config['dataset'])}"
     trainer = Trainer(
@@ -555,10 +559,13 @@ def build_parser():
                             "then system locations); missing files are downloaded there")
     train.add_argument("--adversarial", choices=("fgsm", "pgd"),
                        help="adversarial training: half of every batch is replaced by FGSM or PGD "
-                            "(7 steps, random start) adversarial examples of its images; needs --adv-eps")
+                            "(random start) adversarial examples of its images; needs --adv-eps")
     train.add_argument("--adv-eps", type=_non_negative_float, metavar="EPS",
                        help="L-infinity size of the adversarial training perturbations, in pixels "
                             "scaled to [0, 1] (e.g. 0.3 for MNIST, 0.03 for CIFAR-10)")
+    train.add_argument("--adv-steps", type=_positive_int, metavar="N",
+                       help="steps of the PGD attack of --adversarial pgd (default 7; fewer is "
+                            "cheaper: each step is a forward and backward pass of half the batch)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN_DIR from its last checkpoint, with its stored options")
     train.set_defaults(handler=cmd_train)

@@ -518,3 +518,13 @@ def test_train_command_adversarial_options(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["adversarial"] == "fgsm" and config["adv_eps"] == 0.1
     assert "adversarial training (fgsm, eps 0.1" in capsys.readouterr().out
+
+    assert main(["train", "--dataset", "mnist-sample", "--adversarial", "fgsm", "--adv-eps", "0.1",
+                 "--adv-steps", "3", "--out", str(tmp_path / "b")]) == 2
+    assert "--adv-steps is for --adversarial pgd" in capsys.readouterr().err
+    out = tmp_path / "pgd"
+    status = main(["train", "--dataset", "mnist-sample", "--limit", "64", "--epochs", "1", "--threads", "1",
+                   "--adversarial", "pgd", "--adv-eps", "0.1", "--adv-steps", "2", "--out", str(out)])
+    assert status == 0
+    assert json.loads((out / "config.json").read_text())["adv_steps"] == 2
+    assert "adversarial training (pgd, eps 0.1, 2 steps" in capsys.readouterr().out
