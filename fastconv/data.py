@@ -696,17 +696,26 @@ def _is_archive(path):
 
 
 def held_out_split(labels, fraction):
-    """Indices (kept, held_out): the last ceil(fraction * n_c) items of each class c, in order."""
+    """Indices (kept, held_out): the last ceil(fraction * n_c) items of each class c.
+
+    ``kept`` is in the original order. ``held_out`` goes round the classes: the
+    first held-out item of each class, then the second of each, and so on. An
+    image folder is read class by class, and the analysis tools take the first
+    ``--limit`` test images: in folder order those would all be one class.
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"test fraction must be in (0, 1), got {fraction!r}")
-    kept, held = [], []
+    kept, held, rank = [], [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         n_held = min(len(idx) - 1, int(np.ceil(fraction * len(idx))))
         cut = len(idx) - n_held
         kept.append(idx[:cut])
         held.append(idx[cut:])
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+        rank.append(np.arange(n_held))
+    held, rank = np.concatenate(held), np.concatenate(rank)
+    # Sort by rank within the class, then by class (held is in class order).
+    return np.sort(np.concatenate(kept)), held[np.argsort(rank, kind="stable")]
 
 
 def load_folder_dataset(path, test_fraction=0.1):
@@ -732,7 +741,8 @@ def load_folder_dataset(path, test_fraction=0.1):
     kept, held = held_out_split(y, test_fraction)
     return Dataset(
         f"folder:{path}", x[kept], y[kept], x[held], y[held], classes,
-        test_split=f"the last {test_fraction:.0%} of each class, held out", source=str(root),
+        test_split=f"the last {test_fraction:.0%} of each class, held out (classes interleaved)",
+        source=str(root),
     )
 
 

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from fastconv import data
-from fastconv.data import Augment, DataError, Normalize, load_dataset, read_idx, stratified_split
+from fastconv.data import (Augment, DataError, Normalize, held_out_split, load_dataset, read_idx,
+                           stratified_split)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_MNIST = SHARED / "mnist"
@@ -531,7 +532,7 @@ def test_folder_dataset_from_an_archive_holds_out_each_class(tmp_path, private_c
     assert [p.name for p in (tmp_path / "shared").iterdir()] == ["pets.tar.gz"]
     assert ds.classes == ["cat", "dog", "owl"]
     assert ds.x_train.shape == (27, 3, 10, 12) and ds.x_test.shape == (3, 3, 10, 12)
-    assert np.bincount(ds.y_test).tolist() == [1, 1, 1]
+    assert ds.y_test.tolist() == [0, 1, 2]
     # The held-out image of each class is its last file.
     last_cat = pixels[source / "pets" / "train" / "cat" / "009.png"]
     np.testing.assert_array_equal(ds.x_test[0].transpose(1, 2, 0), last_cat)
@@ -651,6 +652,15 @@ def test_offline_and_missing_says_where_to_put_the_files(tmp_path, monkeypatch, 
 
 
 # ---------------------------------------------------------------- preparation
+
+
+def test_held_out_split_takes_each_class_tail_and_interleaves_the_classes():
+    labels = np.array([0] * 10 + [1] * 20 + [2] * 5)
+    kept, held = held_out_split(labels, 0.2)
+    assert held.tolist() == [8, 26, 34, 9, 27, 28, 29]
+    assert kept.tolist() == sorted(set(range(35)) - set(held.tolist()))
+    # A leading slice has every class, which a class-ordered folder would not.
+    assert sorted(labels[held[:3]].tolist()) == [0, 1, 2]
 
 
 def test_stratified_split_properties():
