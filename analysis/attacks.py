@@ -32,6 +32,8 @@ import numbers
 
 import numpy as np
 
+from fastconv import _checks
+
 from . import _common as C
 
 __all__ = [
@@ -88,22 +90,10 @@ def check_pixels(model, x, name="x"):
 
 
 def _class_array(values, n, num_classes, name):
-    """An int array of n classes in [0, num_classes); ValueError naming the first bad one."""
+    """An int array of n classes in [0, num_classes), from one class or one per image."""
     if C.is_int(values):
         values = [values] * n
-    array = np.asarray(values)
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {values!r}")
-    if array.shape != (n,):
-        raise ValueError(f"{name} must be one class or {n} classes (one per image), got shape {array.shape}")
-    outside = np.flatnonzero((array < 0) | (array >= num_classes))
-    if outside.size:
-        i = int(outside[0])
-        raise ValueError(
-            f"{name} {int(array[i])} (image {i}) is out of range for a model with "
-            f"{num_classes} classes (valid: 0 to {num_classes - 1})"
-        )
-    return array.astype(np.intp)
+    return _checks.class_indices(values, name, (n,), num_classes, context=" (one class, or one per image)")
 
 
 # ------------------------------------------------------------------ the model in pixel space

@@ -181,3 +181,23 @@ def batchnorm_params(x, gamma, beta, eps):
         raise ValueError(f"eps is too large for a float, got {eps!r}") from None
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")
+
+
+def class_indices(values, name, shape, num_classes, context=""):
+    """``values`` as an intp array of class indices of the given shape.
+
+    TypeError unless integers; ValueError for another shape (``context`` says
+    what fixes it), or naming the first index outside [0, num_classes). Used
+    for training labels and attack targets.
+    """
+    array = np.asarray(values)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {array.dtype}")
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {array.shape}, expected {tuple(shape)}{context}")
+    outside = np.flatnonzero((array < 0) | (array >= num_classes))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(f"{name} {int(array.flat[i])} at index {i} is out of range for "
+                         f"{num_classes} classes (valid: 0 to {num_classes - 1})")
+    return array.astype(np.intp, copy=False)

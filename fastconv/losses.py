@@ -38,16 +38,7 @@ def softmax(logits, axis=-1):
 
 def _check_labels(labels, scores, name):
     n, k = scores.shape
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.shape != (n,):
-        raise ValueError(f"labels have shape {labels.shape}, expected ({n},) for {name} of shape {scores.shape}")
-    outside = np.flatnonzero((labels < 0) | (labels >= k))
-    if outside.size:
-        i = int(outside[0])
-        raise ValueError(f"label {labels[i]} at index {i} is out of range for {k} classes (valid: 0 to {k - 1})")
-    return labels.astype(np.intp, copy=False)
+    return _checks.class_indices(labels, "label", (n,), k, context=f" for {name} of shape {scores.shape}")
 
 
 class _Loss:
