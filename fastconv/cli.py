@@ -314,7 +314,7 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
     val = f"{len(x_val):,} validation" if len(x_val) else "no validation"
     _print(
         f"training {config['model']} ({model.num_parameters():,} parameters) on {config['dataset']}: "
-        f"{len(x_train):,} training and {val} images, {threads} threads",
+        f"{len(x_train):,} training and {val} images, {threads} thread{'' if threads == 1 else 's'}",
         f"{config['optimizer']} lr {config['lr']:g}"
         + (f" momentum {config['momentum']:g}" if config["optimizer"] == "sgd" else "")
         + (f" weight decay {config['weight_decay']:g}" if config["weight_decay"] else "")
