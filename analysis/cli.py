@@ -8,6 +8,8 @@ normalized as the model was trained (``model.meta``).
 import argparse
 import os
 
+from fastconv import _argtypes as argtypes
+
 from . import _common as C
 
 TOOLS = {}
@@ -348,29 +350,33 @@ def add_viz_parser(subparsers):
     _add_common(p, data=False, index=False)
     p.add_argument("--layer", help="Conv2d layer (default: the first)")
     p.add_argument("--channels", type=int, nargs="+", help="input channels to show for a deeper layer (default: 0-3)")
-    p.add_argument("--max-filters", type=int, default=64, help="show at most this many filters (default: 64)")
+    p.add_argument("--max-filters", type=argtypes.positive_int, default=64,
+                   help="show at most this many filters (default: 64)")
 
     p = tools.add_parser("activations", help=TOOLS["activations"][1], description=TOOLS["activations"][1])
     _add_common(p)
     p.add_argument("--layer", help="layer whose maps to show (default: the first Conv2d)")
-    p.add_argument("--max-maps", type=int, default=64, help="show at most this many maps (default: 64)")
+    p.add_argument("--max-maps", type=argtypes.positive_int, default=64,
+                   help="show at most this many maps (default: 64)")
 
     p = tools.add_parser("top-images", help=TOOLS["top-images"][1], description=TOOLS["top-images"][1])
     _add_common(p, index=False)
     p.add_argument("--layer", help="layer of the unit (default: the last Conv2d)")
     p.add_argument("--unit", type=int, nargs="+", default=[0], metavar="U",
                    help="channel (its maximum over the map), neuron, or C I J for one position (default: 0)")
-    p.add_argument("--k", type=int, default=20, help="how many images (default: 20)")
-    p.add_argument("--limit", type=int, default=2000, help="search the first N images (default: 2000)")
+    p.add_argument("--k", type=argtypes.positive_int, default=20, help="how many images (default: 20)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=2000,
+                   help="search the first N images (default: 2000)")
 
     p = tools.add_parser("clusters", help=TOOLS["clusters"][1], description=TOOLS["clusters"][1])
     _add_common(p, index=False)
     p.add_argument("--layer", help="layer whose codes to cluster (default: the input of the last Linear)")
-    p.add_argument("--clusters", type=int, default=10, help="number of k-means clusters (default: 10)")
-    p.add_argument("--show", type=int, help="draw only the first N clusters")
-    p.add_argument("--per-cluster", type=int, default=12, help="images per cluster (default: 12)")
-    p.add_argument("--limit", type=int, default=2000, help="use the first N images (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
+    p.add_argument("--clusters", type=argtypes.positive_int, default=10,
+                   help="number of k-means clusters (default: 10)")
+    p.add_argument("--show", type=argtypes.positive_int, help="draw only the first N clusters")
+    p.add_argument("--per-cluster", type=argtypes.positive_int, default=12, help="images per cluster (default: 12)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=2000, help="use the first N images (default: 2000)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="k-means seed (default: 0)")
 
     p = tools.add_parser("embedding", help=TOOLS["embedding"][1], description=TOOLS["embedding"][1])
     _add_common(p, index=False)
@@ -378,14 +384,15 @@ def add_viz_parser(subparsers):
     p.add_argument("--method", choices=("tsne", "pca"), default="tsne", help="t-SNE or the faster PCA (default: tsne)")
     p.add_argument("--grid", type=_grid_size, metavar="ROWSxCOLS",
                    help="draw thumbnails snapped to a lattice of this size instead of a scatter")
-    p.add_argument("--limit", type=int, default=1000, help="use the first N images (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=1000, help="use the first N images (default: 1000)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
 
     p = tools.add_parser("occlusion", help=TOOLS["occlusion"][1], description=TOOLS["occlusion"][1])
     _add_common(p, many=True)
-    p.add_argument("--patch", type=int, default=14, help="patch size in pixels (default: 14)")
-    p.add_argument("--stride", type=int, default=2, help="patch stride in pixels (default: 2)")
-    p.add_argument("--fill", type=float, default=0.0, help="raw pixel value 0-255 under the patch (default: 0)")
+    p.add_argument("--patch", type=argtypes.positive_int, default=14, help="patch size in pixels (default: 14)")
+    p.add_argument("--stride", type=argtypes.positive_int, default=2, help="patch stride in pixels (default: 2)")
+    p.add_argument("--fill", type=argtypes.pixel_value, default=0.0,
+                   help="raw pixel value 0-255 under the patch (default: 0)")
 
     p = tools.add_parser("attribution", help=TOOLS["attribution"][1], description=TOOLS["attribution"][1])
     _add_common(p, many=True)
@@ -394,26 +401,32 @@ def add_viz_parser(subparsers):
                    help=f"any of {', '.join(sorted(METHODS))} (default: saliency deconvnet guided-backprop gradcam guided-gradcam)")
     p.add_argument("--target", type=int, help="class to explain (default: each image's label)")
     p.add_argument("--layer", help="layer for Grad-CAM (default: the ReLU after the last Conv2d)")
-    p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (default: 50)")
-    p.add_argument("--samples", type=int, default=25, help="SmoothGrad noisy samples (default: 25)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=50, help="integrated-gradients steps (default: 50)")
+    p.add_argument("--samples", type=argtypes.positive_int, default=25, help="SmoothGrad noisy samples (default: 25)")
 
     p = tools.add_parser("segment", help=TOOLS["segment"][1], description=TOOLS["segment"][1])
     _add_common(p)
-    p.add_argument("--foreground", type=float, default=0.95, help="saliency quantile seeding the object (default: 0.95)")
-    p.add_argument("--background", type=float, default=0.30, help="saliency quantile seeding the background (default: 0.30)")
+    p.add_argument("--foreground", type=argtypes.unit_interval, default=0.95,
+                   help="saliency quantile seeding the object (default: 0.95)")
+    p.add_argument("--background", type=argtypes.unit_interval, default=0.30,
+                   help="saliency quantile seeding the background (default: 0.30)")
 
     p = tools.add_parser("erf", help=TOOLS["erf"][1], description=TOOLS["erf"][1])
     _add_common(p, index=False)
     p.add_argument("--layers", nargs="+", help="layers to measure (default: every convolution and pooling layer)")
-    p.add_argument("--limit", type=int, default=256, help="average over the first N images (default: 256)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=256,
+                   help="average over the first N images (default: 256)")
 
 
     def add_regularizers(p):
-        p.add_argument("--steps", type=int, default=200, help="gradient steps (default: 200)")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-        p.add_argument("--size", type=int, help="image side in pixels (default: the model's input size)")
-        p.add_argument("--l2-decay", type=float, help="fraction of the image removed per step (default: %(default)s)")
-        p.add_argument("--jitter", type=int, default=0, help="random shift of up to N pixels per step (default: 0)")
+        p.add_argument("--steps", type=argtypes.positive_int, default=200, help="gradient steps (default: 200)")
+        p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
+        p.add_argument("--size", type=argtypes.positive_int,
+                       help="image side in pixels (default: the model's input size)")
+        p.add_argument("--l2-decay", type=argtypes.fraction,
+                       help="fraction of the image removed per step (default: %(default)s)")
+        p.add_argument("--jitter", type=argtypes.non_negative_int, default=0,
+                       help="random shift of up to N pixels per step (default: 0)")
 
     p = tools.add_parser("class-model", help=TOOLS["class-model"][1], description=TOOLS["class-model"][1])
     _add_common(p, data=False, index=False)
@@ -421,11 +434,14 @@ def add_viz_parser(subparsers):
     p.set_defaults(l2_decay=0.01)
     p.add_argument("--classes", type=int, nargs="+", metavar="K", help="classes to draw (default: all)")
     p.add_argument("--init", choices=("zeros", "noise"), default="zeros", help="start image (default: zeros)")
-    p.add_argument("--lr", type=float, default=0.05, help="step, in RMS pixel change (default: 0.05)")
-    p.add_argument("--blur-every", type=int, default=4, help="blur every N steps, 0 never (default: 4)")
-    p.add_argument("--blur-sigma", type=float, default=0.5, help="blur width in pixels (default: 0.5)")
-    p.add_argument("--clip-norm", type=float, default=0.0, help="percentile of weakest pixels reset each step")
-    p.add_argument("--clip-contribution", type=float, default=0.0,
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.05, help="step, in RMS pixel change (default: 0.05)")
+    p.add_argument("--blur-every", type=argtypes.non_negative_int, default=4,
+                   help="blur every N steps, 0 never (default: 4)")
+    p.add_argument("--blur-sigma", type=argtypes.non_negative_float, default=0.5,
+                   help="blur width in pixels (default: 0.5)")
+    p.add_argument("--clip-norm", type=argtypes.percentile, default=0.0,
+                   help="percentile of weakest pixels reset each step")
+    p.add_argument("--clip-contribution", type=argtypes.percentile, default=0.0,
                    help="percentile of least-contributing pixels reset each step")
 
     p = tools.add_parser("feature-vis", help=TOOLS["feature-vis"][1], description=TOOLS["feature-vis"][1])
@@ -433,53 +449,62 @@ def add_viz_parser(subparsers):
     add_regularizers(p)
     p.set_defaults(l2_decay=0.0)
     p.add_argument("--layers", nargs="+", help="layers (default: every Conv2d)")
-    p.add_argument("--per-layer", type=int, default=8, help="channels per layer, spread evenly (default: 8)")
+    p.add_argument("--per-layer", type=argtypes.positive_int, default=8,
+                   help="channels per layer, spread evenly (default: 8)")
     p.add_argument("--channels", type=int, nargs="+", help="these channels in every layer instead")
     p.add_argument("--init", choices=("zeros", "noise"), default="noise", help="start image (default: noise)")
     p.add_argument("--center", action="store_true",
                    help="maximize each channel's central unit instead of the channel's mean")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam step (default: 0.05)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.05, help="Adam step (default: 0.05)")
     p.add_argument("--parametrization", choices=("pixel", "fourier"), default="pixel",
                    help="optimize pixels or a 1/f-scaled spectrum (default: pixel)")
     p.add_argument("--decorrelate", action="store_true",
                    help="Fourier only: correlate colours as in the data set's images")
-    p.add_argument("--limit", type=int, default=1000, help="images used for --decorrelate (default: 1000)")
-    p.add_argument("--scale", type=float, nargs=2, metavar=("LOW", "HIGH"), help="random zoom range per step")
-    p.add_argument("--rotate", type=float, default=0.0, help="random rotation of up to N degrees per step")
+    p.add_argument("--limit", type=argtypes.positive_int, default=1000,
+                   help="images used for --decorrelate (default: 1000)")
+    p.add_argument("--scale", type=argtypes.positive_float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="random zoom range per step")
+    p.add_argument("--rotate", type=argtypes.non_negative_float, default=0.0,
+                   help="random rotation of up to N degrees per step")
 
     p = tools.add_parser("to-class", help=TOOLS["to-class"][1], description=TOOLS["to-class"][1])
     _add_common(p)
     p.add_argument("--image", metavar="FILE", help="an image file or sample name instead of --index")
     p.add_argument("--target", type=int, required=True, help="the class to push the image towards")
-    p.add_argument("--threshold", type=float, default=0.9, help="probability to reach (default: 0.9)")
-    p.add_argument("--max-steps", type=int, default=300, help="give up after N steps (default: 300)")
-    p.add_argument("--lr", type=float, default=0.01, help="step, in RMS pixel change (default: 0.01)")
+    p.add_argument("--threshold", type=argtypes.probability, default=0.9, help="probability to reach (default: 0.9)")
+    p.add_argument("--max-steps", type=argtypes.positive_int, default=300, help="give up after N steps (default: 300)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.01, help="step, in RMS pixel change (default: 0.01)")
 
     p = tools.add_parser("invert", help=TOOLS["invert"][1], description=TOOLS["invert"][1])
     _add_common(p)
     p.add_argument("--image", metavar="FILE", help="an image file or sample name instead of --index")
     p.add_argument("--layers", nargs="+", help="layers (default: every activation, pooling and the logits)")
-    p.add_argument("--steps", type=int, default=200, help="evaluations of the loss (default: 200)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=200, help="evaluations of the loss (default: 200)")
     p.add_argument("--method", choices=("lbfgs", "adam"), default="lbfgs", help="optimizer (default: lbfgs)")
-    p.add_argument("--tv-weight", type=float, default=0.3, help="total-variation weight (default: 0.3)")
-    p.add_argument("--tv-beta", type=float, default=2.0, help="total-variation exponent (default: 2)")
-    p.add_argument("--alpha-weight", type=float, default=1e-3, help="alpha-norm weight (default: 0.001)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the start image (default: 0)")
+    p.add_argument("--tv-weight", type=argtypes.non_negative_float, default=0.3,
+                   help="total-variation weight (default: 0.3)")
+    p.add_argument("--tv-beta", type=argtypes.positive_float, default=2.0, help="total-variation exponent (default: 2)")
+    p.add_argument("--alpha-weight", type=argtypes.non_negative_float, default=1e-3,
+                   help="alpha-norm weight (default: 0.001)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="seed of the start image (default: 0)")
 
     p = tools.add_parser("dream", help=TOOLS["dream"][1], description=TOOLS["dream"][1])
     _add_common(p, data=False, index=False)
     p.add_argument("--image", default="grace_hopper", metavar="FILE",
                    help="an image file or a sample: grace_hopper (default), present, flower, china")
-    p.add_argument("--size", type=int, default=256, help="longer side in pixels (default: 256)")
+    p.add_argument("--size", type=argtypes.positive_int, default=256, help="longer side in pixels (default: 256)")
     p.add_argument("--layers", nargs="+", help="layers to dream at, one image each "
                                                "(default: a rectified convolution two thirds up)")
     p.add_argument("--channel", type=int, help="amplify this channel only")
-    p.add_argument("--steps", type=int, default=10, help="steps per octave (default: 10)")
-    p.add_argument("--octaves", type=int, default=4, help="octaves (default: 4)")
-    p.add_argument("--octave-scale", type=float, default=1.4, help="size ratio between octaves (default: 1.4)")
-    p.add_argument("--lr", type=float, default=0.01, help="step, in mean absolute pixel change (default: 0.01)")
-    p.add_argument("--jitter", type=int, default=8, help="random shift of up to N pixels (default: 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=10, help="steps per octave (default: 10)")
+    p.add_argument("--octaves", type=argtypes.positive_int, default=4, help="octaves (default: 4)")
+    p.add_argument("--octave-scale", type=argtypes.positive_float, default=1.4,
+                   help="size ratio between octaves (default: 1.4)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.01,
+                   help="step, in mean absolute pixel change (default: 0.01)")
+    p.add_argument("--jitter", type=argtypes.non_negative_int, default=8,
+                   help="random shift of up to N pixels (default: 8)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
 
     p = tools.add_parser("style", help=TOOLS["style"][1], description=TOOLS["style"][1])
     _add_common(p, data=False, index=False)
@@ -488,9 +513,10 @@ def add_viz_parser(subparsers):
     p.add_argument("--style", default="flower", metavar="FILE",
                    help="style image file or sample name (default: flower)")
     p.add_argument("--texture", action="store_true", help="no content: synthesize a texture from --style")
-    p.add_argument("--size", type=int, default=256, help="output side: a centre square of N x N (default: 256)")
-    p.add_argument("--style-size", type=int, help="side of the style image (default: --size)")
-    p.add_argument("--random-weights", type=int, metavar="SEED",
+    p.add_argument("--size", type=argtypes.positive_int, default=256,
+                   help="output side: a centre square of N x N (default: 256)")
+    p.add_argument("--style-size", type=argtypes.positive_int, help="side of the style image (default: --size)")
+    p.add_argument("--random-weights", type=argtypes.non_negative_int, metavar="SEED",
                    help="use a network of the same shape with random weights drawn from SEED")
     p.add_argument("--content-layer",
                    help="layer for the content loss (default: a rectified convolution two thirds up)")
@@ -499,12 +525,15 @@ def add_viz_parser(subparsers):
     p.add_argument("--statistics", choices=("gram", "mean_var"), default="gram",
                    help="style statistics: Gram matrices or per-channel mean and variance (default: gram)")
     p.add_argument("--method", choices=("lbfgs", "adam"), default="lbfgs", help="optimizer (default: lbfgs)")
-    p.add_argument("--steps", type=int, default=200, help="evaluations of the loss (default: 200)")
-    p.add_argument("--lr", type=float, default=0.02, help="Adam step (default: 0.02)")
-    p.add_argument("--content-weight", type=float, default=1.0, help="content weight (default: 1)")
-    p.add_argument("--style-weight", type=float, default=100.0, help="style weight (default: 100)")
-    p.add_argument("--tv-weight", type=float, default=1.0, help="total-variation weight (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a noise start (default: 0)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=200, help="evaluations of the loss (default: 200)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.02, help="Adam step (default: 0.02)")
+    p.add_argument("--content-weight", type=argtypes.non_negative_float, default=1.0,
+                   help="content weight (default: 1)")
+    p.add_argument("--style-weight", type=argtypes.non_negative_float, default=100.0,
+                   help="style weight (default: 100)")
+    p.add_argument("--tv-weight", type=argtypes.non_negative_float, default=1.0,
+                   help="total-variation weight (default: 1)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="seed of a noise start (default: 0)")
 
     for name, (fn, _) in TOOLS.items():
         # ``handler`` as well as ``func``: fastconv's own commands dispatch on ``handler``.

@@ -104,7 +104,6 @@ def test_user_errors_name_the_bad_value(run_dir, tmp_path):
         (["viz", "class-model", str(run_dir), "--out", out, "--classes", "11"], "class 11"),
         (["viz", "feature-vis", str(run_dir), "--out", out, "--layers", "conv5"], "'conv5'"),
         (["viz", "to-class", str(run_dir), "--out", out, "--target", "10"], "class 10"),
-        (["viz", "invert", str(run_dir), "--out", out, "--tv-weight", "-3"], "-3"),
         (["viz", "dream", str(run_dir), "--out", out, "--image", str(junk)], "junk.jpg"),
         (["viz", "style", str(run_dir), "--out", out, "--style", str(tmp_path / "none.png")], "none.png"),
     ]
@@ -114,3 +113,57 @@ def test_user_errors_name_the_bad_value(run_dir, tmp_path):
             args.func(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["viz", "embedding", str(run_dir), "--out", out, "--grid", "6by8"])
+
+
+# Each case: a tool's arguments with one bad number, and the text the error must quote.
+BAD_NUMBERS = [
+    (["filters", "--max-filters", "0"], "'0'"),
+    (["activations", "--max-maps", "-3"], "'-3'"),
+    (["top-images", "--k", "0"], "'0'"),
+    (["top-images", "--limit", "-5"], "'-5'"),
+    (["clusters", "--clusters", "2.5"], "'2.5'"),
+    (["clusters", "--seed", "-1"], "'-1'"),
+    (["occlusion", "--patch", "0"], "'0'"),
+    (["occlusion", "--fill", "300"], "'300'"),
+    (["attribution", "--samples", "-2"], "'-2'"),
+    (["segment", "--foreground", "1.5"], "'1.5'"),
+    (["class-model", "--lr", "0"], "'0'"),
+    (["class-model", "--blur-every", "-1"], "'-1'"),
+    (["class-model", "--clip-norm", "100"], "'100'"),
+    (["class-model", "--l2-decay", "1"], "'1'"),
+    (["feature-vis", "--rotate", "-10"], "'-10'"),
+    (["to-class", "--target", "1", "--threshold", "1"], "'1'"),
+    (["dream", "--octaves", "0"], "'0'"),
+    (["invert", "--tv-weight", "-3"], "'-3'"),
+    (["style", "--style-weight", "nan"], "'nan'"),
+]
+
+
+@pytest.mark.parametrize("arguments, quoted", BAD_NUMBERS, ids=[" ".join(a) for a, _ in BAD_NUMBERS])
+def test_a_bad_number_is_refused_before_anything_runs(run_dir, tmp_path, capsys, arguments, quoted):
+    from fastconv.cli import main
+
+    tool, *options = arguments
+    with pytest.raises(SystemExit) as exit_:
+        main(["viz", tool, str(run_dir), "--out", str(tmp_path / "x.png"), *options])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert options[-2] in error and quoted in error
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("parse, good, bad", [
+    ("non_negative_int", {"0": 0, "7": 7}, ["-1", "1.5", "x"]),
+    ("unit_interval", {"0": 0.0, "1": 1.0, "0.25": 0.25}, ["-0.1", "1.01", "nan"]),
+    ("percentile", {"0": 0.0, "99.5": 99.5}, ["100", "-1", "nan"]),
+    ("pixel_value", {"0": 0.0, "255": 255.0}, ["256", "-1", "inf"]),
+])
+def test_argument_types(parse, good, bad):
+    from fastconv import _argtypes
+
+    function = getattr(_argtypes, parse)
+    for text, value in good.items():
+        assert function(text) == value
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(text).replace(".", r"\.")):
+            function(text)
