@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from fastconv._argtypes import non_negative_float as _non_negative
+from fastconv._argtypes import non_negative_int as _non_negative_int
+from fastconv._argtypes import positive_float as _positive_float
 from fastconv._argtypes import positive_int as _positive_int
 from fastconv._argtypes import probability as _probability
 
@@ -287,12 +289,13 @@ def _attack_tuning(parser, curves=False):
         steps_help = ("iterations of bim, pgd, pgd-l2, deepfool or cw (per constant), or the step budget "
                       "of iterative (default: each attack's own)")
     parser.add_argument("--steps", type=_positive_int, help=steps_help)
-    parser.add_argument("--alpha", type=_non_negative,
+    parser.add_argument("--alpha", type=_positive_float,
                         help="step size of bim, pgd, pgd-l2 (default 2.5 * eps / steps) or iterative "
                              "(default 0.01, relative to the gradient's RMS)")
     parser.add_argument("--confidence", type=_probability,
                         help="probability of the target at which iterative stops (default 0.99)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noise images (default 0)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of random starts and noise images (default 0)")
 
 
 def add_parsers(commands):

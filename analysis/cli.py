@@ -122,6 +122,9 @@ def _top_images(ctx, args):
     from .figures import plot_top_images
     from .units import top_images
 
+    if len(args.unit) not in (1, 3):
+        raise SystemExit(f"error: --unit takes one channel or neuron, or C I J for one position; "
+                         f"got {' '.join(map(str, args.unit))}")
     raw, labels = ctx.images()
     layer = args.layer or C.last_conv_name(ctx.model)
     unit = args.unit[0] if len(args.unit) == 1 else tuple(args.unit)
@@ -498,7 +501,7 @@ def add_viz_parser(subparsers):
     p.add_argument("--channel", type=int, help="amplify this channel only")
     p.add_argument("--steps", type=argtypes.positive_int, default=10, help="steps per octave (default: 10)")
     p.add_argument("--octaves", type=argtypes.positive_int, default=4, help="octaves (default: 4)")
-    p.add_argument("--octave-scale", type=argtypes.positive_float, default=1.4,
+    p.add_argument("--octave-scale", type=argtypes.above_one, default=1.4,
                    help="size ratio between octaves (default: 1.4)")
     p.add_argument("--lr", type=argtypes.positive_float, default=0.01,
                    help="step, in mean absolute pixel change (default: 0.01)")

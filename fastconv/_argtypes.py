@@ -83,6 +83,14 @@ def percentile(text):
     return value
 
 
+def above_one(text):
+    """A finite number greater than 1, such as a growth ratio."""
+    value = _number(text)
+    if not (value > 1 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number above 1, got {text!r}")
+    return value
+
+
 def pixel_value(text):
     """A raw 8-bit pixel value in [0, 255]."""
     return _bounded(text, 0, 255, "a pixel value")

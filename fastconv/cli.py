@@ -21,6 +21,7 @@ import numpy as np
 
 from ._argtypes import fraction as _fraction
 from ._argtypes import non_negative_float as _non_negative_float
+from ._argtypes import non_negative_int as _non_negative_int
 from ._argtypes import positive_int as _positive_int
 
 __all__ = ["main", "build_parser"]
@@ -546,8 +547,8 @@ def build_parser():
                             "horizontal flips")
     train.add_argument("--val-fraction", type=_fraction,
                        help="stratified part of the training split held out for validation (default 0.1)")
-    train.add_argument("--seed", type=int, help="seed of the initialization, split, shuffling and augmentation "
-                                                "(default 0)")
+    train.add_argument("--seed", type=_non_negative_int,
+                       help="seed of the initialization, split, shuffling and augmentation (default 0)")
     train.add_argument("--limit", type=_positive_int,
                        help="use only N training and N test images, a fixed random subset (quick trials)")
     train.add_argument("--threads", type=_positive_int,

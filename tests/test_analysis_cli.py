@@ -99,6 +99,7 @@ def test_user_errors_name_the_bad_value(run_dir, tmp_path):
         (["viz", "activations", str(run_dir), "--out", out, "--index", "5000"], "--index 5000"),
         (["viz", "occlusion", str(run_dir), "--out", out, "--patch", "40"], r"patch \(40, 40\)"),
         (["viz", "top-images", str(run_dir), "--out", out, "--unit", "99"], "unit 99"),
+        (["viz", "top-images", str(run_dir), "--out", out, "--unit", "1", "2"], "--unit.*got 1 2"),
         (["viz", "filters", str(tmp_path / "nowhere"), "--out", out], "nowhere"),
         (["viz", "activations", str(run_dir), "--out", out, "--dataset", "no-such-set"], "no-such-set"),
         (["viz", "class-model", str(run_dir), "--out", out, "--classes", "11"], "class 11"),
@@ -115,27 +116,36 @@ def test_user_errors_name_the_bad_value(run_dir, tmp_path):
         parser.parse_args(["viz", "embedding", str(run_dir), "--out", out, "--grid", "6by8"])
 
 
-# Each case: a tool's arguments with one bad number, and the text the error must quote.
+# Each case: the command, its options with one bad number last, and the text the error must quote.
 BAD_NUMBERS = [
-    (["filters", "--max-filters", "0"], "'0'"),
-    (["activations", "--max-maps", "-3"], "'-3'"),
-    (["top-images", "--k", "0"], "'0'"),
-    (["top-images", "--limit", "-5"], "'-5'"),
-    (["clusters", "--clusters", "2.5"], "'2.5'"),
-    (["clusters", "--seed", "-1"], "'-1'"),
-    (["occlusion", "--patch", "0"], "'0'"),
-    (["occlusion", "--fill", "300"], "'300'"),
-    (["attribution", "--samples", "-2"], "'-2'"),
-    (["segment", "--foreground", "1.5"], "'1.5'"),
-    (["class-model", "--lr", "0"], "'0'"),
-    (["class-model", "--blur-every", "-1"], "'-1'"),
-    (["class-model", "--clip-norm", "100"], "'100'"),
-    (["class-model", "--l2-decay", "1"], "'1'"),
-    (["feature-vis", "--rotate", "-10"], "'-10'"),
-    (["to-class", "--target", "1", "--threshold", "1"], "'1'"),
-    (["dream", "--octaves", "0"], "'0'"),
-    (["invert", "--tv-weight", "-3"], "'-3'"),
-    (["style", "--style-weight", "nan"], "'nan'"),
+    (["viz", "filters", "--max-filters", "0"], "'0'"),
+    (["viz", "activations", "--max-maps", "-3"], "'-3'"),
+    (["viz", "top-images", "--k", "0"], "'0'"),
+    (["viz", "top-images", "--limit", "-5"], "'-5'"),
+    (["viz", "clusters", "--clusters", "2.5"], "'2.5'"),
+    (["viz", "clusters", "--seed", "-1"], "'-1'"),
+    (["viz", "occlusion", "--patch", "0"], "'0'"),
+    (["viz", "occlusion", "--fill", "300"], "'300'"),
+    (["viz", "attribution", "--samples", "-2"], "'-2'"),
+    (["viz", "segment", "--foreground", "1.5"], "'1.5'"),
+    (["viz", "class-model", "--lr", "0"], "'0'"),
+    (["viz", "class-model", "--blur-every", "-1"], "'-1'"),
+    (["viz", "class-model", "--clip-norm", "100"], "'100'"),
+    (["viz", "class-model", "--l2-decay", "1"], "'1'"),
+    (["viz", "feature-vis", "--rotate", "-10"], "'-10'"),
+    (["viz", "to-class", "--target", "1", "--threshold", "1"], "'1'"),
+    (["viz", "dream", "--octaves", "0"], "'0'"),
+    (["viz", "invert", "--tv-weight", "-3"], "'-3'"),
+    (["viz", "style", "--style-weight", "nan"], "'nan'"),
+    (["viz", "dream", "--octave-scale", "1"], "'1'"),
+    (["attack", "--method", "pgd", "--eps", "0.1", "--seed", "-1"], "'-1'"),
+    (["attack", "--method", "bim", "--eps", "0.1", "--alpha", "0"], "'0'"),
+    (["attack", "--method", "fgsm", "--eps", "-0.1"], "'-0.1'"),
+    (["attack", "--method", "iterative", "--confidence", "1.5"], "'1.5'"),
+    (["robustness", "--limit", "0"], "'0'"),
+    (["robustness", "--steps", "three"], "'three'"),
+    (["robustness", "--eps-list", "0", "0.1", "inf"], "'inf'"),
+    (["robustness", "--threads", "-2"], "'-2'"),
 ]
 
 
@@ -143,12 +153,14 @@ BAD_NUMBERS = [
 def test_a_bad_number_is_refused_before_anything_runs(run_dir, tmp_path, capsys, arguments, quoted):
     from fastconv.cli import main
 
-    tool, *options = arguments
+    words = next(i for i, a in enumerate(arguments) if a.startswith("--"))
+    command, options = arguments[:words], arguments[words:]
     with pytest.raises(SystemExit) as exit_:
-        main(["viz", tool, str(run_dir), "--out", str(tmp_path / "x.png"), *options])
+        main([*command, str(run_dir), "--out", str(tmp_path / "x.png"), *options])
     assert exit_.value.code == 2
     error = capsys.readouterr().err
-    assert options[-2] in error and quoted in error
+    option = next(a for a in reversed(options) if a.startswith("--"))
+    assert f"argument {option}" in error and quoted in error
     assert not (tmp_path / "x.png").exists()
 
 
@@ -157,6 +169,7 @@ def test_a_bad_number_is_refused_before_anything_runs(run_dir, tmp_path, capsys,
     ("unit_interval", {"0": 0.0, "1": 1.0, "0.25": 0.25}, ["-0.1", "1.01", "nan"]),
     ("percentile", {"0": 0.0, "99.5": 99.5}, ["100", "-1", "nan"]),
     ("pixel_value", {"0": 0.0, "255": 255.0}, ["256", "-1", "inf"]),
+    ("above_one", {"1.4": 1.4, "2": 2.0}, ["1", "0.5", "-3", "inf", "nan"]),
 ])
 def test_argument_types(parse, good, bad):
     from fastconv import _argtypes
