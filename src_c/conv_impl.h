@@ -491,6 +491,12 @@ static void input_grad_unfolded(REAL *dx, const REAL *dy, const REAL *weight,
  * element). */
 #define TRANSPOSE_TILE 32
 
+/* The end of the tile that starts at `start` in a dimension of size n. */
+FC_INLINE int64_t tile_end(int64_t start, int64_t n)
+{
+    return start + TRANSPOSE_TILE < n ? start + TRANSPOSE_TILE : n;
+}
+
 /* The weights of the convolution that maps dy to dx at stride 1:
  * flipped (F, C, KH, KW) -> (C, F, KH, KW) with taps reversed, tile by tile. */
 static void flip_weights(REAL *dst, const REAL *weight, int64_t filters, int64_t channels,
@@ -501,10 +507,8 @@ static void flip_weights(REAL *dst, const REAL *weight, int64_t filters, int64_t
            num_threads(fc_threads_for(filters * channels * taps)))
     for (int64_t f0 = 0; f0 < filters; f0 += TRANSPOSE_TILE) {
         for (int64_t c0 = 0; c0 < channels; c0 += TRANSPOSE_TILE) {
-            const int64_t f_end = f0 + TRANSPOSE_TILE < filters ? f0 + TRANSPOSE_TILE : filters;
-            const int64_t c_end = c0 + TRANSPOSE_TILE < channels ? c0 + TRANSPOSE_TILE : channels;
-            for (int64_t c = c0; c < c_end; c++)
-                for (int64_t f = f0; f < f_end; f++)
+            for (int64_t c = c0; c < tile_end(c0, channels); c++)
+                for (int64_t f = f0; f < tile_end(f0, filters); f++)
                     for (int64_t t = 0; t < taps; t++)
                         dst[(c * filters + f) * taps + taps - 1 - t] = weight[(f * channels + c) * taps + t];
         }
@@ -520,10 +524,8 @@ static void sum_transposed(REAL *dweight, const REAL *partial, int buffers, int6
            num_threads(fc_threads_for(k * filters * buffers)))
     for (int64_t f0 = 0; f0 < filters; f0 += TRANSPOSE_TILE) {
         for (int64_t r0 = 0; r0 < k; r0 += TRANSPOSE_TILE) {
-            const int64_t f_end = f0 + TRANSPOSE_TILE < filters ? f0 + TRANSPOSE_TILE : filters;
-            const int64_t r_end = r0 + TRANSPOSE_TILE < k ? r0 + TRANSPOSE_TILE : k;
-            for (int64_t f = f0; f < f_end; f++) {
-                for (int64_t r = r0; r < r_end; r++) {
+            for (int64_t f = f0; f < tile_end(f0, filters); f++) {
+                for (int64_t r = r0; r < tile_end(r0, k); r++) {
                     REAL total = 0;
                     for (int t = 0; t < buffers; t++)
                         total += partial[(t * k + r) * f_stride + f];
