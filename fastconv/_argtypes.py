@@ -5,92 +5,60 @@ import argparse
 import math
 
 
+def _parsed(text, parse, accept, expected):
+    """parse(text) when it parses and accept() takes it; otherwise an error
+    saying what was expected and quoting the text. NaN fails every bound."""
+    try:
+        value = parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
 def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _number(text):
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def non_negative_float(text):
-    value = _number(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    value = _number(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def fraction(text):
-    """A fraction in [0, 1)."""
-    value = non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
-
-
-def probability(text):
-    """A probability strictly between 0 and 1."""
-    value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability strictly between 0 and 1, got {text!r}")
-    return value
+    return _parsed(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def non_negative_int(text):
     """An int >= 0: a count where none is meaningful, or a seed."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+    return _parsed(text, int, lambda v: v >= 0, "a non-negative integer")
 
 
-def _bounded(text, low, high, what):
-    value = _number(text)
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"expected {what} from {low:g} to {high:g}, got {text!r}")
-    return value
+def non_negative_float(text):
+    return _parsed(text, float, lambda v: 0 <= v < math.inf, "a non-negative number")
 
 
-def unit_interval(text):
-    """A number in [0, 1], such as a quantile."""
-    return _bounded(text, 0, 1, "a number")
-
-
-def percentile(text):
-    """A percentile in [0, 100): the share of pixels to reset, all of them excluded."""
-    value = _number(text)
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"expected a percentile in [0, 100), got {text!r}")
-    return value
+def positive_float(text):
+    return _parsed(text, float, lambda v: 0 < v < math.inf, "a positive number")
 
 
 def above_one(text):
     """A finite number greater than 1, such as a growth ratio."""
-    value = _number(text)
-    if not (value > 1 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number above 1, got {text!r}")
-    return value
+    return _parsed(text, float, lambda v: 1 < v < math.inf, "a number above 1")
+
+
+def fraction(text):
+    """A fraction in [0, 1)."""
+    return _parsed(text, float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+
+
+def probability(text):
+    """A probability strictly between 0 and 1."""
+    return _parsed(text, float, lambda v: 0 < v < 1, "a probability strictly between 0 and 1")
+
+
+def unit_interval(text):
+    """A number in [0, 1], such as a quantile."""
+    return _parsed(text, float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+
+
+def percentile(text):
+    """A percentile in [0, 100): the share of pixels to reset, all of them excluded."""
+    return _parsed(text, float, lambda v: 0 <= v < 100, "a percentile in [0, 100)")
 
 
 def pixel_value(text):
     """A raw 8-bit pixel value in [0, 255]."""
-    return _bounded(text, 0, 255, "a pixel value")
+    return _parsed(text, float, lambda v: 0 <= v <= 255, "a pixel value from 0 to 255")
