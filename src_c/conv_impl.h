@@ -416,14 +416,59 @@ static size_t weight_grad_scratch(const conv_plan *p, int64_t f_stride)
     return taps + (size_t)(pixels * f_stride);
 }
 
+/* Whether every value of p[0..n) is finite: x*0 is 0 for a finite x, NaN otherwise. */
+static int all_finite(const REAL *p, int64_t n)
+{
+    REAL zero_if_finite = 0;
+    FC_OMP(simd reduction(+:zero_if_finite))
+    for (int64_t i = 0; i < n; i++)
+        zero_if_finite += p[i] * 0;
+    return zero_if_finite == 0;
+}
+
+/* dy (F, OH*OW) of one image transposed onto a pixel grid of `grid` columns:
+ * row q = oh*grid + ow of dy_t holds the F gradients of pixel (oh, ow). Only
+ * the F real columns of the real pixels are written; the rest of dy_t keeps
+ * the zeros of the scratch's allocation. Blocks of VLEN pixels keep the F
+ * source rows and the VLEN destination rows in L1 (transposing a filter at a
+ * time strides through every destination row once per filter). When bias_sums
+ * is not NULL, each filter's gradients are added to bias_sums[f] on the way,
+ * which saves a separate pass over dy for the bias gradient. */
+static void transpose_gradient(REAL *dy_t, int64_t f_stride, int64_t grid, const REAL *dy,
+                               const conv_plan *p, double *bias_sums)
+{
+    const fc_window *g = p->g;
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        for (int64_t ow0 = 0; ow0 < g->ow; ow0 += VLEN) {
+            const int64_t ow1 = ow0 + VLEN < g->ow ? ow0 + VLEN : g->ow;
+            for (int64_t f = 0; f < p->filters; f++) {
+                const REAL *src = dy + f * p->plane + oh * g->ow;
+                REAL *dst = dy_t + oh * grid * f_stride + f;
+                for (int64_t ow = ow0; ow < ow1; ow++)
+                    dst[ow * f_stride] = src[ow];
+            }
+        }
+        if (!bias_sums)
+            continue;
+        /* Across filters, so that the double sums vectorize without reordering. */
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            const REAL *row = dy_t + (oh * grid + ow) * f_stride;
+            for (int64_t f = 0; f < p->filters; f++)
+                bias_sums[f] += row[f];
+        }
+    }
+}
+
 /* The operands of one image's share of the weight gradient,
  *   dweight_t (K, f_stride) += taps of the image (K, pixels) @ dy^T (pixels, F),
  * the transpose of dweight, so that the long sum over pixels is the depth of
- * the product; pixel_rows is (pixels,) with q*f_stride. */
+ * the product; pixel_rows is (pixels,) with q*f_stride. *finite tells whether
+ * the image holds only finite values (see weight_grad_rows); bias_sums, when
+ * not NULL, gets each filter's sum of dy added. */
 static operands weight_grad_operands(REAL *dweight_t, int64_t f_stride, const REAL *dy,
                                      const REAL *image, const conv_plan *p,
                                      const int64_t *pixel_rows, REAL *scratch,
-                                     int64_t *pixels)
+                                     double *bias_sums, int64_t *pixels, int *finite)
 {
     const fc_window *g = p->g;
     REAL *dy_t;
@@ -433,31 +478,30 @@ static operands weight_grad_operands(REAL *dweight_t, int64_t f_stride, const RE
         dy_t = scratch + p->channels * p->padded_plane + p->slack;
         *pixels = p->wide;
         grid = p->wp;
+        *finite = all_finite(image, p->channels * g->h * g->w);
     } else {
         unfold_image(scratch, image, p);
         dy_t = scratch + p->k * p->ld;
         *pixels = p->plane;
         grid = g->ow;
+        *finite = 1;
     }
-    /* Only the F real columns are written: the padding columns up to f_stride
-     * keep the zeros of the scratch's allocation. */
-    for (int64_t f = 0; f < p->filters; f++)
-        for (int64_t oh = 0; oh < g->oh; oh++)
-            for (int64_t ow = 0; ow < g->ow; ow++)
-                dy_t[(oh * grid + ow) * f_stride + f] = dy[f * p->plane + oh * g->ow + ow];
+    transpose_gradient(dy_t, f_stride, grid, dy, p, bias_sums);
     const operands o = {scratch, p->tap_rows, 1, dy_t, pixel_rows, dweight_t, f_stride};
     return o;
 }
 
 /* Rows [r_lo, r_hi) of one image's weight gradient from its operands. On the
- * wide grid the sum runs one output row at a time over its OW real pixels:
- * a junk pixel reads the start of the next padded row, and a NaN or inf
- * there times its zero gradient would put NaN in the gradient of a tap that
- * never sees that value. */
+ * wide grid a junk pixel has a zero gradient and reads the start of the next
+ * padded row, which adds exactly zero when the image is finite: then one
+ * product runs over the whole grid. A NaN or inf there, though, times that
+ * zero would put NaN in the gradient of a tap that never sees the value, so
+ * an image that is not finite is summed one output row at a time over its OW
+ * real pixels (short products, several times slower). */
 static void weight_grad_rows(const operands *o, const conv_plan *p, int64_t r_lo, int64_t r_hi,
-                             int64_t f_stride, int64_t depth)
+                             int64_t f_stride, int64_t depth, int finite)
 {
-    if (!p->shifted) {
+    if (!p->shifted || finite) {
         multiply(o, r_lo, r_hi, 0, f_stride, depth, 1);
         return;
     }
@@ -599,13 +643,13 @@ static int input_grad(REAL *dx, const REAL *dy, const REAL *weight, int64_t n_im
     return failed ? -1 : 0;
 }
 
-/* dweight (F, K) of the whole batch. Each thread sums its images' gradients
- * in its own buffer and the buffers are added in thread order, or, with fewer
- * images than threads, the rows of one buffer are split among the threads;
- * either way a given thread count always gives the same bits.
- * Returns 0 or -1 (out of memory). */
-static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_images,
-                       const conv_plan *p)
+/* dweight (F, K) of the whole batch, and dbias (F,) unless NULL. Each thread
+ * sums its images' gradients in its own buffers and the buffers are added in
+ * thread order, or, with fewer images than threads, the rows of one buffer are
+ * split among the threads; either way a given thread count always gives the
+ * same bits. Returns 0 or -1 (out of memory). */
+static int weight_grad(REAL *dweight, REAL *dbias, const REAL *dy, const REAL *x,
+                       int64_t n_images, const conv_plan *p)
 {
     const int threads = conv_threads(n_images, p);
     const int split_images = n_images < threads;
@@ -614,10 +658,12 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
     const int64_t pixels = p->shifted ? p->wide : p->plane;
     const int64_t in_image = p->channels * p->g->h * p->g->w, out_image = p->filters * p->plane;
     REAL *partial = calloc((size_t)buffers * (size_t)(p->k * f_stride), sizeof(REAL));
+    double *bias_partial = dbias ? calloc((size_t)buffers * (size_t)p->filters, sizeof(double))
+                                 : NULL;
     int64_t *pixel_rows = malloc((size_t)pixels * sizeof(int64_t));
-    /* Scratch is zeroed once (calloc): see pad_image and weight_grad_operands. */
+    /* Scratch is zeroed once (calloc): see pad_image and transpose_gradient. */
     REAL *shared = split_images ? calloc(weight_grad_scratch(p, f_stride), sizeof(REAL)) : NULL;
-    int failed = !partial || !pixel_rows || (split_images && !shared);
+    int failed = !partial || !pixel_rows || (dbias && !bias_partial) || (split_images && !shared);
     if (!failed) {
         for (int64_t q = 0; q < pixels; q++)
             pixel_rows[q] = q * f_stride;
@@ -625,14 +671,15 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
     if (!failed && split_images) {
         for (int64_t i = 0; i < n_images; i++) {
             int64_t depth;
+            int finite;
             const operands o = weight_grad_operands(partial, f_stride, dy + i * out_image,
                                                     x + i * in_image, p, pixel_rows, shared,
-                                                    &depth);
+                                                    bias_partial, &depth, &finite);
             FC_OMP(parallel num_threads(threads))
             {
                 int64_t r_lo, r_hi;
                 share(p->k, 1, THREAD_ID(), TEAM_SIZE(), &r_lo, &r_hi);
-                weight_grad_rows(&o, p, r_lo, r_hi, f_stride, depth);
+                weight_grad_rows(&o, p, r_lo, r_hi, f_stride, depth, finite);
             }
         }
     } else if (!failed) {
@@ -642,23 +689,33 @@ static int weight_grad(REAL *dweight, const REAL *dy, const REAL *x, int64_t n_i
             int64_t first, last;
             share(n_images, 1, t, TEAM_SIZE(), &first, &last);
             REAL *scratch = calloc(weight_grad_scratch(p, f_stride), sizeof(REAL));
+            double *sums = bias_partial ? bias_partial + t * p->filters : NULL;
             if (!scratch) {
                 failed = 1;
             } else {
                 for (int64_t i = first; i < last; i++) {
                     int64_t depth;
+                    int finite;
                     const operands o = weight_grad_operands(
                         partial + t * p->k * f_stride, f_stride, dy + i * out_image,
-                        x + i * in_image, p, pixel_rows, scratch, &depth);
-                    weight_grad_rows(&o, p, 0, p->k, f_stride, depth);
+                        x + i * in_image, p, pixel_rows, scratch, sums, &depth, &finite);
+                    weight_grad_rows(&o, p, 0, p->k, f_stride, depth, finite);
                 }
             }
             free(scratch);
         }
     }
-    if (!failed)
+    if (!failed) {
         sum_transposed(dweight, partial, buffers, p->k, p->filters, f_stride);
+        for (int64_t f = 0; dbias && f < p->filters; f++) {
+            double total = 0;
+            for (int t = 0; t < buffers; t++)
+                total += bias_partial[t * p->filters + f];
+            dbias[f] = (REAL)total;
+        }
+    }
     free(partial);
+    free(bias_partial);
     free(pixel_rows);
     free(shared);
     return failed ? -1 : 0;
@@ -674,10 +731,10 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
     conv_plan p;
     if (make_plan(&p, channels, filters, g, 1) != 0)
         return -1;
-    int status = dweight ? weight_grad(dweight, dy, x, n_images, &p) : 0;
+    int status = dweight ? weight_grad(dweight, dbias, dy, x, n_images, &p) : 0;
     if (status == 0 && dx)
         status = input_grad(dx, dy, weight, n_images, &p);
-    if (status == 0 && dbias)
+    if (status == 0 && dbias && !dweight)
         FC_NAME(channel_sums)(dbias, dy, n_images, filters, p.plane);
     free_plan(&p);
     return status;
