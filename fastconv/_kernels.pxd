@@ -14,6 +14,8 @@ cdef extern from "fastconv.h" nogil:
     int fc_openmp_enabled()
     void fc_set_num_threads(int n)
     int fc_get_num_threads()
+    void fc_set_winograd(int enabled)
+    int fc_winograd_enabled()
 
     void fc_im2col_f32(float *cols, const float *x, int64_t n_images, int64_t channels,
                        const fc_window *g, int64_t ld)
@@ -29,6 +31,8 @@ cdef extern from "fastconv.h" nogil:
     int fc_conv_forward_f64(double *y, const double *x, const double *weight,
                             const double *bias, int64_t n_images, int64_t channels,
                             int64_t filters, const fc_window *g)
+    int fc_conv_uses_winograd_f32(int64_t channels, int64_t filters, const fc_window *g)
+    int fc_conv_uses_winograd_f64(int64_t channels, int64_t filters, const fc_window *g)
     int fc_conv_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
                              const float *x, const float *weight, int64_t n_images,
                              int64_t channels, int64_t filters, const fc_window *g)

@@ -62,6 +62,16 @@ def get_openmp_threads():
     return fc_get_num_threads()
 
 
+def set_winograd(enabled):
+    """Let stride-1 3x3 convolutions go through Winograd F(2x2, 3x3) where a
+    cost model says it is faster (True, the default), or keep every
+    convolution on the direct kernel (False); returns the previous setting.
+    For the tests and benchmarks that compare the two."""
+    previous = bool(fc_winograd_enabled())
+    fc_set_winograd(1 if enabled else 0)
+    return previous
+
+
 # ---------------------------------------------------------------------------
 # Helpers run with the GIL: validation, allocation, geometry
 
@@ -243,6 +253,17 @@ cdef int _conv_forward_run(real tag, object y, object x, object weight, object b
         else:
             status = fc_conv_forward_f64(py, px, pw, pb, n, c, f, g)
     return status
+
+
+def conv2d_uses_winograd(x, weight, stride=1, padding=0):
+    """Whether conv2d_forward(x, weight, ...) goes through Winograd F(2x2, 3x3)
+    rather than the direct kernel (see set_winograd). Its input gradient is the
+    forward convolution of dy with the flipped filters, decided the same way."""
+    geometry = _checks.conv_args(x, weight, None, stride, padding)
+    cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
+    if _is_single(_c_array(x)):
+        return bool(fc_conv_uses_winograd_f32(x.shape[1], weight.shape[0], &g))
+    return bool(fc_conv_uses_winograd_f64(x.shape[1], weight.shape[0], &g))
 
 
 def conv2d_backward(dy, cache, need_dx=True, need_params=True):

@@ -337,11 +337,11 @@ static void share(int64_t count, int64_t unit, int t, int team, int64_t *first, 
 #endif
 
 /* y (n, F, OH, OW) = conv(x (n, C, H, W), weight (F, C, KH, KW)) + bias under
- * plan p: whole images per thread, or, with fewer images than threads, each
+ * plan p, directly: whole images per thread, or, with fewer images than threads, each
  * image's output columns split among the threads. Returns 0, or -1 when
  * scratch memory ran out. */
-static int run_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
-                       int64_t n_images, const conv_plan *p)
+static int direct_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
+                          int64_t n_images, const conv_plan *p)
 {
     const int64_t in_image = p->channels * p->g->h * p->g->w;
     const int64_t out_image = p->filters * p->plane;
@@ -387,6 +387,28 @@ static int run_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *b
         free(scratch);
     }
     return failed ? -1 : 0;
+}
+
+#include "winograd_impl.h"
+
+/* The forward convolution under plan p, through Winograd where it is faster. */
+static int run_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
+                       int64_t n_images, const conv_plan *p)
+{
+    if (winograd_applies(p))
+        return winograd_forward(y, x, weight, bias, n_images, p);
+    return direct_forward(y, x, weight, bias, n_images, p);
+}
+
+/* 1 when conv_forward takes Winograd for this geometry, else 0. */
+int FC_NAME(conv_uses_winograd)(int64_t channels, int64_t filters, const fc_window *g)
+{
+    conv_plan p;
+    memset(&p, 0, sizeof p);
+    p.channels = channels;
+    p.filters = filters;
+    p.g = g;
+    return winograd_applies(&p);
 }
 
 /* y: (n_images, F, OH, OW); x: (n_images, C, H, W); weight: (F, C, KH, KW);

@@ -12,6 +12,7 @@ void FC_NAME(channel_sums)(REAL *sums, const REAL *y,
 int FC_NAME(conv_forward)(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
                           int64_t n_images, int64_t channels, int64_t filters,
                           const fc_window *g);
+int FC_NAME(conv_uses_winograd)(int64_t channels, int64_t filters, const fc_window *g);
 int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
                            const REAL *x, const REAL *weight, int64_t n_images,
                            int64_t channels, int64_t filters, const fc_window *g);

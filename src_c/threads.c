@@ -45,3 +45,17 @@ int fc_threads_for(int64_t work)
 {
     return work < FC_MIN_PARALLEL_WORK ? 1 : fc_get_num_threads();
 }
+
+/* 1 by default; 0 makes every convolution take the direct kernel, for the
+ * tests and benchmarks that compare the two. */
+static atomic_int winograd_enabled = 1;
+
+void fc_set_winograd(int enabled)
+{
+    atomic_store_explicit(&winograd_enabled, enabled != 0, memory_order_relaxed);
+}
+
+int fc_winograd_enabled(void)
+{
+    return atomic_load_explicit(&winograd_enabled, memory_order_relaxed);
+}

@@ -250,6 +250,103 @@ def test_conv2d_gives_the_same_bits_for_a_given_thread_count():
 
 
 # ---------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): the path of stride-1 3x3 layers with many channels
+
+WINOGRAD_CASES = [
+    # cifar6's conv2, conv4 and conv6: whole vectors of tiles, and a quarter
+    ((2, 32, 32, 32), 32, 1),
+    ((3, 64, 16, 16), 64, 1),
+    ((2, 128, 8, 8), 128, 1),
+    # odd output sizes: the last tile row and column lie half outside
+    ((2, 64, 9, 8), 64, (2, 3)),
+    ((5, 64, 2, 11), 64, 3),
+    # fewer images than threads: the tile rows of one image are shared out
+    ((1, 128, 7, 9), 96, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, filters, padding", WINOGRAD_CASES)
+def test_conv2d_winograd_matches_reference(dtype, shape, filters, padding):
+    rng = np.random.default_rng(6)
+    x = random_array(rng, shape, dtype)
+    weight = random_array(rng, (filters, shape[1], 3, 3), dtype)
+    bias = random_array(rng, (filters,), dtype)
+    assert fast.conv2d_uses_winograd(x, weight, 1, padding)
+    check_conv(x, weight, bias, 1, padding)
+
+
+def test_conv2d_set_winograd_false_keeps_every_layer_direct():
+    rng = np.random.default_rng(7)
+    x = random_array(rng, (2, 32, 32, 32), np.float32)
+    weight = random_array(rng, (32, 32, 3, 3), np.float32)
+    winograd, _ = fast.conv2d_forward(x, weight, None, 1, 1)
+    previous = fast.set_winograd(False)
+    try:
+        assert previous is True
+        assert not fast.conv2d_uses_winograd(x, weight, 1, 1)
+        direct, _ = fast.conv2d_forward(x, weight, None, 1, 1)
+    finally:
+        fast.set_winograd(previous)
+    assert fast.conv2d_uses_winograd(x, weight, 1, 1)
+    # Different rounding, the same convolution.
+    assert not np.array_equal(winograd, direct)
+    np.testing.assert_allclose(winograd, direct, rtol=1e-4, atol=1e-4 * np.abs(direct).max())
+
+
+def test_conv2d_winograd_only_where_it_pays():
+    # Three input channels (cifar6's first layer) leave the transforms
+    # nothing to save; strides and other kernel sizes have no Winograd path.
+    def uses(c, f, h, kernel=3, stride=1):
+        x = np.zeros((1, c, h, h), np.float32)
+        return fast.conv2d_uses_winograd(x, np.zeros((f, c, kernel, kernel), np.float32),
+                                         stride, kernel // 2)
+    assert uses(32, 32, 32) and uses(128, 128, 8)
+    assert not uses(3, 32, 32)
+    assert not uses(64, 64, 16, stride=2)
+    assert not uses(64, 64, 16, kernel=5)
+    assert not uses(64, 64, 16, kernel=1)
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_winograd_keeps_nan_to_its_windows(dtype, special):
+    # The transforms mix every pixel of a 4x4 tile into all four of its
+    # outputs, so a NaN or inf would reach outputs whose window never holds
+    # it; such images are computed by the direct kernel instead.
+    rng = np.random.default_rng(8)
+    x = random_array(rng, (3, 128, 9, 10), dtype)
+    x[1, 5, 4, 0] = special
+    weight = random_array(rng, (128, 128, 3, 3), dtype)
+    assert fast.conv2d_uses_winograd(x, weight, 1, 1)
+    y, _ = fast.conv2d_forward(x, weight, None, 1, 1)
+    y_ref, _ = ref.conv2d_forward(x, weight, None, 1, 1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(y_ref))
+    assert np.isfinite(y[1, :, 4, 2]).all()  # two columns right of the pixel: outside
+    finite_x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    y_abs, _ = ref.conv2d_forward(np.abs(finite_x), np.abs(weight), None, 1, 1)
+    assert_close(y, y_ref, y_abs)
+
+
+def test_conv2d_winograd_gives_the_same_bits_on_any_thread_count():
+    # Every output depends on its own tile only: how the tile rows are shared
+    # out does not change a bit.
+    rng = np.random.default_rng(9)
+    x = random_array(rng, (3, 64, 16, 16), np.float32)
+    weight = random_array(rng, (64, 64, 3, 3), np.float32)
+    before = fast.get_openmp_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            fast.set_openmp_threads(threads)
+            results.append(fast.conv2d_forward(x, weight, None, 1, 1)[0])
+        np.testing.assert_array_equal(results[0], results[1])
+    finally:
+        fast.set_openmp_threads(before)
+
+
+# ---------------------------------------------------------------------------
 # Pooling
 
 def pool_args(case, data):

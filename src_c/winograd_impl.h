@@ -1,0 +1,375 @@
+/* Winograd F(2x2, 3x3) for stride-1 3x3 convolutions, written once for both
+ * float types and included by conv_impl.h (whose micro-kernel, multiply, does
+ * the products).
+ *
+ * Why: a 2x2 block of outputs of one filter over one channel costs 36
+ * multiply-adds directly and 16 in the Winograd domain, where the convolution
+ * becomes 16 independent matrix products, one per position xi of a 4x4 tile:
+ *   M[xi] (F x tiles) = U[xi] (F x C) @ V[xi] (C x tiles),
+ * with U = G g G^T the transformed 3x3 filters and V = B^T d B the transformed
+ * 4x4 input tiles (stride 2, overlapping by 2). The transforms cost additions
+ * only, proportional to C + F per tile rather than C * F, so on layers with
+ * tens of channels the products dominate and the layer runs in about half the
+ * multiply-adds. Its rounding differs from the direct sum by a few units in
+ * the last place (the transforms add and subtract before multiplying); the
+ * tests hold it to the same tolerances as the direct kernel.
+ *
+ *   B^T = | 1  0 -1  0 |   G = | 1    0    0  |   A^T = | 1  1  1  0 |
+ *         | 0  1  1  0 |       | 1/2  1/2  1/2 |         | 0  1 -1 -1 |
+ *         | 0 -1  1  0 |       | 1/2 -1/2  1/2 |
+ *         | 0  1  0 -1 |       | 0    0    1  |
+ *   y (2x2) = A^T (U (.) V) A, correlation as in every CNN layer.
+ *
+ * Work is cut into units, one row of output tiles of one image (two output
+ * rows); each thread takes a contiguous run of units and handles them in
+ * chunks whose transformed tiles fit in L2. A chunk spans several images when
+ * the planes are small, so that the products on 8x8 planes are still wide.
+ * Every output depends on its own tile only, so the result does not depend on
+ * the thread count or the chunking.
+ */
+
+/* Bytes of transformed input tiles per chunk: V, and M beside it, stay in L2. */
+#define WINO_CHUNK_BYTES ((int64_t)256 * 1024)
+/* What the transforms cost per vector of tiles of one tile row, in vector
+ * multiply-adds (two per cycle): per input channel (split, transform, the stores of V and
+ * their reloads by the products) and per filter (the output transform).
+ * Fitted to timings of both paths on the cifar6 and mnist2 layers, forward
+ * and input gradient; see winograd_applies. */
+#define WINO_COST_PER_CHANNEL 220
+#define WINO_COST_PER_FILTER 40
+
+typedef struct {
+    int64_t channels, filters;
+    const fc_window *g;
+    int64_t tiles_h, tiles_w;   /* output tiles per image: ceil(OH/2) x ceil(OW/2) */
+    int64_t chunk;              /* units per product */
+    int64_t cols;               /* columns of V and M: chunk * tiles_w rounded up to VLEN */
+    int64_t *filter_rows;       /* (F,): f*C, rows of U[xi] */
+    int64_t *channel_rows;      /* (C,): c*cols, rows of V[xi] */
+} wino_plan;
+
+/* Whether plan p is a stride-1 3x3 convolution that Winograd does faster.
+ * Per row of output tiles, in vector multiply-adds: the direct kernel does
+ * 9*C*F per pixel of two rows of the wide grid (OW + 2 columns); Winograd
+ * does 16*C*F per tile and transforms whose cost grows with C and F but not
+ * C*F, and is paid per whole vector of tiles. So Winograd wins on layers with
+ * many channels and filters and loses on narrow ones (cifar6's first layer,
+ * mnist2's 14x14 planes of 32 channels). */
+static int winograd_applies(const conv_plan *p)
+{
+    const fc_window *g = p->g;
+    if (!fc_winograd_enabled() || g->sh != 1 || g->sw != 1 || g->kh != 3 || g->kw != 3)
+        return 0;
+    const double c = (double)p->channels, f = (double)p->filters;
+    const int64_t tiles_w = (g->ow + 1) / 2;
+    const double direct = 9 * c * f * 2 * (double)(g->ow + 2) / (2 * VLEN);
+    const double winograd = 16 * c * f * (double)tiles_w / (2 * VLEN)
+                            + (WINO_COST_PER_CHANNEL * c + WINO_COST_PER_FILTER * f)
+                                  * (double)(round_up(tiles_w, VLEN) / VLEN);
+    return winograd < 0.9 * direct;
+}
+
+static void free_wino_plan(wino_plan *w)
+{
+    free(w->filter_rows);
+    free(w->channel_rows);
+}
+
+/* Returns 0, or -1 when the tables could not be allocated. */
+static int make_wino_plan(wino_plan *w, const conv_plan *p)
+{
+    memset(w, 0, sizeof *w);
+    w->channels = p->channels;
+    w->filters = p->filters;
+    w->g = p->g;
+    w->tiles_h = (p->g->oh + 1) / 2;
+    w->tiles_w = (p->g->ow + 1) / 2;
+    const int64_t widest = p->channels > p->filters ? p->channels : p->filters;
+    const int64_t target = WINO_CHUNK_BYTES / (16 * widest * (int64_t)sizeof(REAL));
+    w->chunk = target / w->tiles_w > 1 ? target / w->tiles_w : 1;
+    /* One vector more than the tiles: wino_input stores whole vectors. */
+    w->cols = round_up(w->chunk * w->tiles_w, VLEN) + VLEN;
+    w->filter_rows = malloc((size_t)p->filters * sizeof(int64_t));
+    w->channel_rows = malloc((size_t)p->channels * sizeof(int64_t));
+    if (!w->filter_rows || !w->channel_rows) {
+        free_wino_plan(w);
+        return -1;
+    }
+    for (int64_t f = 0; f < p->filters; f++)
+        w->filter_rows[f] = f * p->channels;
+    for (int64_t c = 0; c < p->channels; c++)
+        w->channel_rows[c] = c * w->cols;
+    return 0;
+}
+
+/* u (16, F, C) = G g G^T of every 3x3 filter g of weight (F, C, 3, 3). */
+static void wino_filters(REAL *u, const REAL *weight, int64_t filters, int64_t channels)
+{
+    const int64_t fc = filters * channels;
+    for (int64_t n = 0; n < fc; n++) {
+        const REAL *g = weight + 9 * n;
+        REAL t[4][3]; /* G g: rows */
+        for (int j = 0; j < 3; j++) {
+            t[0][j] = g[j];
+            t[1][j] = (REAL)0.5 * (g[j] + g[3 + j] + g[6 + j]);
+            t[2][j] = (REAL)0.5 * (g[j] - g[3 + j] + g[6 + j]);
+            t[3][j] = g[6 + j];
+        }
+        for (int i = 0; i < 4; i++) { /* (G g) G^T: columns */
+            u[(4 * i + 0) * fc + n] = t[i][0];
+            u[(4 * i + 1) * fc + n] = (REAL)0.5 * (t[i][0] + t[i][1] + t[i][2]);
+            u[(4 * i + 2) * fc + n] = (REAL)0.5 * (t[i][0] - t[i][1] + t[i][2]);
+            u[(4 * i + 3) * fc + n] = t[i][2];
+        }
+    }
+}
+
+/* The integer vector whose lanes match vec's: the type of a vector comparison. */
+typedef __typeof__((vec){0} < (vec){0}) lane_index;
+
+/* Columns of a deinterleaved row: the tiles of a row plus the one column of
+ * the next tile that the last tile reads, rounded up to whole vectors, plus
+ * a vector for the loads at t + 1. */
+static int64_t half_row_stride(const wino_plan *w)
+{
+    return round_up(w->tiles_w + 1, VLEN) + VLEN;
+}
+
+/* Rows of the padded image: two per tile row, plus the two that the last
+ * tile row reads below its own. */
+static int64_t padded_rows(const wino_plan *w)
+{
+    return 2 * w->tiles_h + 2;
+}
+
+/* One image (C, H, W), zero-padded and split into its even and odd columns:
+ * even (C, padded_rows, half_row_stride) holds padded column 2k at k, odd
+ * column 2k + 1. The 4x4 tile t of a tile row then reads columns even[t],
+ * odd[t], even[t + 1], odd[t + 1]: whole vectors of tiles at a time. Only the
+ * image's own pixels are written: the padding keeps the zeros of the
+ * scratch's allocation, which holds split images of this plan only.
+ * Returns whether every pixel is finite (x*0 is 0 for a finite x, else NaN). */
+FC_CLONES static int wino_split(REAL *even, REAL *odd, const REAL *image, const wino_plan *w)
+{
+    vec zero_if_finite = {0};
+    REAL tail_zero_if_finite = 0;
+    const fc_window *g = w->g;
+    const int64_t rows = padded_rows(w), hs = half_row_stride(w);
+    /* Pixel 2k lands in padded column 2k + pw, pixel 2k + 1 in 2k + 1 + pw. */
+    const int64_t to_even_pixels = g->pw / 2, to_odd_pixels = (g->pw + 1) / 2;
+    lane_index evens, odds; /* lanes of two vectors of pixels, a then b */
+    for (int k = 0; k < VLEN; k++) {
+        evens[k] = 2 * k;
+        odds[k] = 2 * k + 1;
+    }
+    for (int64_t c = 0; c < w->channels; c++) {
+        for (int64_t h = 0; h < g->h; h++) {
+            const REAL *src = image + (c * g->h + h) * g->w;
+            const int64_t row = (c * rows + h + g->ph) * hs;
+            REAL *to_even = (g->pw % 2 ? odd : even) + row + to_even_pixels;
+            REAL *to_odd = (g->pw % 2 ? even : odd) + row + to_odd_pixels;
+            int64_t k = 0;
+            for (; 2 * (k + VLEN) <= g->w; k += VLEN) {
+                const vec a = load_vec(src + 2 * k), b = load_vec(src + 2 * k + VLEN);
+                store_vec(to_even + k, __builtin_shuffle(a, b, evens));
+                store_vec(to_odd + k, __builtin_shuffle(a, b, odds));
+                zero_if_finite += a * 0 + b * 0;
+            }
+            for (; 2 * k < g->w; k++) {
+                to_even[k] = src[2 * k];
+                tail_zero_if_finite += src[2 * k] * 0;
+                if (2 * k + 1 < g->w) {
+                    to_odd[k] = src[2 * k + 1];
+                    tail_zero_if_finite += src[2 * k + 1] * 0;
+                }
+            }
+        }
+    }
+    for (int k = 0; k < VLEN; k++)
+        tail_zero_if_finite += zero_if_finite[k];
+    return tail_zero_if_finite == 0;
+}
+
+/* V (16, C, cols), columns col0 .. col0 + tiles_w: the transformed input tiles
+ * of tile row th of one image split by wino_split. Whole vectors are stored,
+ * so up to VLEN - 1 columns past the tile row are overwritten: the next
+ * unit's, which are written after, or the padding at the end of each row of V. */
+FC_CLONES static void wino_input(REAL *v, int64_t col0, const REAL *even, const REAL *odd,
+                                 int64_t th, const wino_plan *w)
+{
+    const int64_t rows = padded_rows(w), hs = half_row_stride(w);
+    const int64_t plane_stride = w->channels * w->cols;
+    for (int64_t c = 0; c < w->channels; c++) {
+        const REAL *e = even + (c * rows + 2 * th) * hs, *o = odd + (c * rows + 2 * th) * hs;
+        REAL *out = v + c * w->cols + col0;
+        for (int64_t t = 0; t < w->tiles_w; t += VLEN) {
+            vec d[4][4];
+            for (int i = 0; i < 4; i++) {
+                d[i][0] = load_vec(e + i * hs + t);
+                d[i][1] = load_vec(o + i * hs + t);
+                d[i][2] = load_vec(e + i * hs + t + 1);
+                d[i][3] = load_vec(o + i * hs + t + 1);
+            }
+            for (int j = 0; j < 4; j++) { /* B^T d: rows */
+                const vec r0 = d[0][j] - d[2][j], r1 = d[1][j] + d[2][j];
+                const vec r2 = d[2][j] - d[1][j], r3 = d[1][j] - d[3][j];
+                d[0][j] = r0, d[1][j] = r1, d[2][j] = r2, d[3][j] = r3;
+            }
+            for (int i = 0; i < 4; i++) { /* (B^T d) B: columns */
+                store_vec(out + (4 * i + 0) * plane_stride + t, d[i][0] - d[i][2]);
+                store_vec(out + (4 * i + 1) * plane_stride + t, d[i][1] + d[i][2]);
+                store_vec(out + (4 * i + 2) * plane_stride + t, d[i][2] - d[i][1]);
+                store_vec(out + (4 * i + 3) * plane_stride + t, d[i][1] - d[i][3]);
+            }
+        }
+    }
+}
+
+/* dst[0 .. n) = the first n lanes of v, n <= VLEN; nothing when n <= 0. */
+FC_INLINE void store_lanes(REAL *dst, vec v, int64_t n)
+{
+    if (n >= VLEN) {
+        store_vec(dst, v);
+    } else if (n > 0) {
+        REAL lanes[VLEN];
+        store_vec(lanes, v);
+        memcpy(dst, lanes, (size_t)n * sizeof(REAL));
+    }
+}
+
+/* Outputs 2t .. 2t + 2*VLEN of a row, from its even (a) and odd (b) columns. */
+FC_INLINE void store_interleaved(REAL *y_row, int64_t t, vec a, vec b, int64_t ow)
+{
+    lane_index lo, hi;
+    for (int k = 0; k < VLEN; k++) {
+        lo[k] = k / 2 + (k % 2) * VLEN;
+        hi[k] = lo[k] + VLEN / 2;
+    }
+    store_lanes(y_row + 2 * t, __builtin_shuffle(a, b, lo), ow - 2 * t);
+    store_lanes(y_row + 2 * t + VLEN, __builtin_shuffle(a, b, hi), ow - 2 * t - VLEN);
+}
+
+/* Output rows 2th, 2th+1 (those below OH) of one image y (F, OH, OW) from
+ * M (16, F, cols), columns col0 .. col0 + tiles_w, plus bias. Only outputs are
+ * written: other threads write the rows around them. */
+FC_CLONES static void wino_output(REAL *y, const REAL *m, int64_t col0, int64_t th,
+                                  const REAL *bias, const wino_plan *w)
+{
+    const fc_window *g = w->g;
+    const int64_t plane_stride = w->filters * w->cols;
+    const int two_rows = 2 * th + 1 < g->oh;
+    for (int64_t f = 0; f < w->filters; f++) {
+        const vec b = (vec){0} + (bias ? bias[f] : 0);
+        const REAL *in = m + f * w->cols + col0;
+        REAL *y0 = y + (f * g->oh + 2 * th) * g->ow;
+        for (int64_t t = 0; t < w->tiles_w; t += VLEN) {
+            vec s[2][4]; /* A^T M: rows */
+            for (int j = 0; j < 4; j++) {
+                const vec m0 = load_vec(in + (0 + j) * plane_stride + t);
+                const vec m1 = load_vec(in + (4 + j) * plane_stride + t);
+                const vec m2 = load_vec(in + (8 + j) * plane_stride + t);
+                const vec m3 = load_vec(in + (12 + j) * plane_stride + t);
+                s[0][j] = m0 + m1 + m2;
+                s[1][j] = m1 - m2 - m3;
+            }
+            /* (A^T M) A: columns */
+            for (int r = 0; r < 1 + two_rows; r++)
+                store_interleaved(y0 + r * g->ow, t, s[r][0] + s[r][1] + s[r][2] + b,
+                                  s[r][1] - s[r][2] - s[r][3] + b, g->ow);
+        }
+    }
+}
+
+/* y (n, F, OH, OW) = conv(x, weight) + bias, the filters given transformed,
+ * u (16, F, C); not_finite[i] set to 1 for each image i that holds a NaN or
+ * an inf (the caller zeroes it). Returns 0, or -1 when scratch ran out. */
+static int run_winograd(REAL *y, const REAL *x, const REAL *u, const REAL *bias,
+                        int64_t n_images, const wino_plan *w, char *not_finite)
+{
+    const fc_window *g = w->g;
+    const int64_t in_image = w->channels * g->h * g->w;
+    const int64_t out_image = w->filters * g->oh * g->ow;
+    const int64_t units = n_images * w->tiles_h;
+    const int threads = fc_threads_for(n_images * w->filters * g->oh * g->ow * w->channels);
+    int failed = 0;
+    FC_OMP(parallel num_threads(threads) reduction(|:failed))
+    {
+        int64_t first, last;
+        share(units, 1, THREAD_ID(), TEAM_SIZE(), &first, &last);
+        const size_t split_size = (size_t)(w->channels * padded_rows(w) * half_row_stride(w));
+        const size_t v_size = (size_t)(16 * w->channels * w->cols);
+        /* calloc: wino_split never writes the padding, and columns past a
+         * short chunk's tiles feed products that are dropped, which must not
+         * be uninitialized denormals or NaNs. */
+        REAL *scratch = calloc(2 * split_size + v_size + (size_t)(16 * w->filters * w->cols),
+                               sizeof(REAL));
+        if (!scratch) {
+            failed = 1;
+        } else {
+            REAL *even = scratch, *odd = even + split_size;
+            REAL *v = odd + split_size, *m = v + v_size;
+            int64_t split_image = -1;
+            for (int64_t u0 = first; u0 < last; u0 += w->chunk) {
+                const int64_t count = last - u0 < w->chunk ? last - u0 : w->chunk;
+                for (int64_t k = 0; k < count; k++) {
+                    const int64_t unit = u0 + k, image = unit / w->tiles_h;
+                    if (image != split_image) {
+                        if (!wino_split(even, odd, x + image * in_image, w))
+                            FC_OMP(atomic write)
+                            not_finite[image] = 1;
+                        split_image = image;
+                    }
+                    wino_input(v, k * w->tiles_w, even, odd, unit % w->tiles_h, w);
+                }
+                const int64_t width = round_up(count * w->tiles_w, VLEN);
+                for (int xi = 0; xi < 16; xi++) {
+                    const operands o = {u + xi * w->filters * w->channels, w->filter_rows, 1,
+                                        v + xi * w->channels * w->cols, w->channel_rows,
+                                        m + xi * w->filters * w->cols, w->cols};
+                    multiply(&o, 0, w->filters, 0, width, w->channels, 0);
+                }
+                for (int64_t k = 0; k < count; k++) {
+                    const int64_t unit = u0 + k;
+                    wino_output(y + unit / w->tiles_h * out_image, m, k * w->tiles_w,
+                                unit % w->tiles_h, bias, w);
+                }
+            }
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+/* The forward convolution of plan p through Winograd, for winograd_applies(p).
+ * A NaN or inf in a tile spreads to all four of its outputs (the transforms
+ * mix every pixel of the tile into every product), where the direct sum puts
+ * it only into the outputs whose window holds it: the images that are not
+ * finite are computed again by the direct kernel, so that both paths give
+ * NaN and inf in the same places. Returns 0, or -1 when memory ran out. */
+static int winograd_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
+                            int64_t n_images, const conv_plan *p)
+{
+    wino_plan w;
+    if (make_wino_plan(&w, p) != 0)
+        return -1;
+    REAL *u = malloc((size_t)(16 * p->filters * p->channels) * sizeof(REAL));
+    char *not_finite = calloc((size_t)n_images, 1);
+    int status = -1;
+    if (u && not_finite) {
+        wino_filters(u, weight, p->filters, p->channels);
+        status = run_winograd(y, x, u, bias, n_images, &w, not_finite);
+    }
+    const int64_t in_image = p->channels * p->g->h * p->g->w;
+    const int64_t out_image = p->filters * p->plane;
+    for (int64_t i = 0; status == 0 && i < n_images; i++)
+        if (not_finite[i])
+            status = direct_forward(y + i * out_image, x + i * in_image, weight, bias, 1, p);
+    free(not_finite);
+    free(u);
+    free_wino_plan(&w);
+    return status;
+}
+
+#undef WINO_CHUNK_BYTES
+#undef WINO_COST_PER_CHANNEL
+#undef WINO_COST_PER_FILTER
