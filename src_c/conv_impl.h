@@ -60,6 +60,9 @@ static int64_t round_up(int64_t n, int64_t m)
     return (n + m - 1) / m * m;
 }
 
+/* The integer vector whose lanes match vec's: the type of a vector comparison. */
+typedef __typeof__((vec){0} < (vec){0}) lane_index;
+
 FC_INLINE vec load_vec(const REAL *p)
 {
     vec v;
@@ -162,6 +165,63 @@ FC_CLONES static void multiply(const operands *o, int64_t r_lo, int64_t r_hi, in
     part.b = o->b + j_lo;
     part.c = o->c + r_lo * o->ldc + j_lo;
     gemm(&part, r_hi - r_lo, j_hi - j_lo, depth, accumulate);
+}
+
+/* A VLEN x VLEN block r transposed in registers: log2(VLEN) rounds that each
+ * interleave row i with row i + VLEN/2 into rows 2i and 2i + 1 (each round
+ * rotates the bits of the element's index, so the rounds swap row and column
+ * bits): VLEN shuffles a round instead of a load and a store per element. */
+FC_INLINE void transpose_vectors(vec r[VLEN])
+{
+    lane_index lo, hi;
+    for (int k = 0; k < VLEN; k++) {
+        lo[k] = k / 2 + (k % 2) * VLEN;
+        hi[k] = lo[k] + VLEN / 2;
+    }
+    for (int round = 1; round < VLEN; round *= 2) {
+        vec next[VLEN];
+        for (int i = 0; i < VLEN / 2; i++) {
+            next[2 * i] = __builtin_shuffle(r[i], r[i + VLEN / 2], lo);
+            next[2 * i + 1] = __builtin_shuffle(r[i], r[i + VLEN / 2], hi);
+        }
+        memcpy(r, next, sizeof next);
+    }
+}
+
+/* dst[q*ld_dst + f] = src[f*ld_src + q] for f < rows, q < cols: whole
+ * VLEN x VLEN blocks in registers, the edges element by element. */
+FC_CLONES static void transpose_to_rows(REAL *dst, int64_t ld_dst, const REAL *src,
+                                        int64_t ld_src, int64_t rows, int64_t cols)
+{
+    int64_t f0 = 0;
+    for (; f0 + VLEN <= rows; f0 += VLEN) {
+        int64_t q0 = 0;
+        for (; q0 + VLEN <= cols; q0 += VLEN) {
+            vec r[VLEN];
+            for (int i = 0; i < VLEN; i++)
+                r[i] = load_vec(src + (f0 + i) * ld_src + q0);
+            transpose_vectors(r);
+            for (int j = 0; j < VLEN; j++)
+                store_vec(dst + (q0 + j) * ld_dst + f0, r[j]);
+        }
+        for (int64_t f = f0; f < f0 + VLEN; f++)
+            for (int64_t q = q0; q < cols; q++)
+                dst[q * ld_dst + f] = src[f * ld_src + q];
+    }
+    for (int64_t f = f0; f < rows; f++)
+        for (int64_t q = 0; q < cols; q++)
+            dst[q * ld_dst + f] = src[f * ld_src + q];
+}
+
+/* bias_sums[f] += the sum over `pixels` rows of dy_t (rows of F gradients,
+ * f_stride apart), across filters so that the double sums vectorize
+ * without reordering. */
+FC_CLONES static void add_filter_sums(double *bias_sums, const REAL *dy_t, int64_t f_stride,
+                                      int64_t pixels, int64_t filters)
+{
+    for (int64_t q = 0; q < pixels; q++)
+        for (int64_t f = 0; f < filters; f++)
+            bias_sums[f] += dy_t[q * f_stride + f];
 }
 
 /* ------------------------------------------------------------------------- */
@@ -391,13 +451,24 @@ static int direct_forward(REAL *y, const REAL *x, const REAL *weight, const REAL
 
 #include "winograd_impl.h"
 
-/* The forward convolution under plan p, through Winograd where it is faster. */
+/* The forward convolution under plan p, through Winograd where it is faster;
+ * the images that Winograd flags as not finite are computed again directly. */
 static int run_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
                        int64_t n_images, const conv_plan *p)
 {
-    if (winograd_applies(p))
-        return winograd_forward(y, x, weight, bias, n_images, p);
-    return direct_forward(y, x, weight, bias, n_images, p);
+    if (!winograd_applies(p))
+        return direct_forward(y, x, weight, bias, n_images, p);
+    char *not_finite = calloc((size_t)n_images, 1);
+    if (!not_finite)
+        return -1;
+    int status = winograd_forward(y, x, weight, bias, n_images, p, not_finite);
+    const int64_t in_image = p->channels * p->g->h * p->g->w;
+    const int64_t out_image = p->filters * p->plane;
+    for (int64_t i = 0; status == 0 && i < n_images; i++)
+        if (not_finite[i])
+            status = direct_forward(y + i * out_image, x + i * in_image, weight, bias, 1, p);
+    free(not_finite);
+    return status;
 }
 
 /* 1 when conv_forward takes Winograd for this geometry, else 0. */
@@ -451,33 +522,18 @@ static int all_finite(const REAL *p, int64_t n)
 /* dy (F, OH*OW) of one image transposed onto a pixel grid of `grid` columns:
  * row q = oh*grid + ow of dy_t holds the F gradients of pixel (oh, ow). Only
  * the F real columns of the real pixels are written; the rest of dy_t keeps
- * the zeros of the scratch's allocation. Blocks of VLEN pixels keep the F
- * source rows and the VLEN destination rows in L1 (transposing a filter at a
- * time strides through every destination row once per filter). When bias_sums
- * is not NULL, each filter's gradients are added to bias_sums[f] on the way,
- * which saves a separate pass over dy for the bias gradient. */
+ * the zeros of the scratch's allocation. When bias_sums is not NULL, each
+ * filter's gradients are added to bias_sums[f] on the way, which saves a
+ * separate pass over dy for the bias gradient. */
 static void transpose_gradient(REAL *dy_t, int64_t f_stride, int64_t grid, const REAL *dy,
                                const conv_plan *p, double *bias_sums)
 {
     const fc_window *g = p->g;
     for (int64_t oh = 0; oh < g->oh; oh++) {
-        for (int64_t ow0 = 0; ow0 < g->ow; ow0 += VLEN) {
-            const int64_t ow1 = ow0 + VLEN < g->ow ? ow0 + VLEN : g->ow;
-            for (int64_t f = 0; f < p->filters; f++) {
-                const REAL *src = dy + f * p->plane + oh * g->ow;
-                REAL *dst = dy_t + oh * grid * f_stride + f;
-                for (int64_t ow = ow0; ow < ow1; ow++)
-                    dst[ow * f_stride] = src[ow];
-            }
-        }
-        if (!bias_sums)
-            continue;
-        /* Across filters, so that the double sums vectorize without reordering. */
-        for (int64_t ow = 0; ow < g->ow; ow++) {
-            const REAL *row = dy_t + (oh * grid + ow) * f_stride;
-            for (int64_t f = 0; f < p->filters; f++)
-                bias_sums[f] += row[f];
-        }
+        REAL *rows = dy_t + oh * grid * f_stride;
+        transpose_to_rows(rows, f_stride, dy + oh * g->ow, p->plane, p->filters, g->ow);
+        if (bias_sums)
+            add_filter_sums(bias_sums, rows, f_stride, g->ow, p->filters);
     }
 }
 
@@ -743,6 +799,37 @@ static int weight_grad(REAL *dweight, REAL *dbias, const REAL *dy, const REAL *x
     return failed ? -1 : 0;
 }
 
+/* dweight and dbias (or NULL) of the whole batch, through Winograd where it
+ * is faster; the gradients of the images that Winograd leaves out (not
+ * finite) are then added, computed directly. Returns 0 or -1 (out of memory). */
+static int run_weight_grad(REAL *dweight, REAL *dbias, const REAL *dy, const REAL *x,
+                           int64_t n_images, const conv_plan *p)
+{
+    if (!winograd_applies(p))
+        return weight_grad(dweight, dbias, dy, x, n_images, p);
+    char *not_finite = calloc((size_t)n_images, 1);
+    REAL *one = malloc((size_t)(p->filters * p->k + p->filters) * sizeof(REAL));
+    int status = !not_finite || !one ? -1 : 0;
+    if (status == 0)
+        status = winograd_weight_grad(dweight, dbias, dy, x, n_images, p, not_finite);
+    const int64_t in_image = p->channels * p->g->h * p->g->w;
+    const int64_t out_image = p->filters * p->plane;
+    REAL *one_bias = one ? one + p->filters * p->k : NULL;
+    for (int64_t i = 0; status == 0 && i < n_images; i++) {
+        if (!not_finite[i])
+            continue;
+        status = weight_grad(one, dbias ? one_bias : NULL, dy + i * out_image, x + i * in_image,
+                             1, p);
+        for (int64_t r = 0; status == 0 && r < p->filters * p->k; r++)
+            dweight[r] += one[r];
+        for (int64_t f = 0; status == 0 && dbias && f < p->filters; f++)
+            dbias[f] += one_bias[f];
+    }
+    free(not_finite);
+    free(one);
+    return status;
+}
+
 /* dx: (n_images, C, H, W) or NULL; dweight: (F, C, KH, KW) or NULL; dbias: (F,) or NULL;
  * dy: (n_images, F, OH, OW); x, weight as given to conv_forward.
  * Returns 0, or -1 when memory ran out. */
@@ -753,7 +840,7 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
     conv_plan p;
     if (make_plan(&p, channels, filters, g, 1) != 0)
         return -1;
-    int status = dweight ? weight_grad(dweight, dbias, dy, x, n_images, &p) : 0;
+    int status = dweight ? run_weight_grad(dweight, dbias, dy, x, n_images, &p) : 0;
     if (status == 0 && dx)
         status = input_grad(dx, dy, weight, n_images, &p);
     if (status == 0 && dbias && !dweight)

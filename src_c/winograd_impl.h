@@ -28,8 +28,13 @@
  * the thread count or the chunking.
  */
 
-/* Bytes of transformed input tiles per chunk: V, and M beside it, stay in L2. */
-#define WINO_CHUNK_BYTES ((int64_t)256 * 1024)
+/* Chunks of tile rows: transformed tiles of about WINO_CHUNK_BYTES (V, with
+ * M or the transformed gradients beside it, stays in L2), but at least
+ * WINO_MIN_COLS tiles, so that the products are wide enough to keep the
+ * micro-kernel busy on the small late layers. Both measured on cifar6's layers
+ * (256 KiB chunks were 5-10% slower, 64 KiB ones starved the 8x8 layers). */
+#define WINO_CHUNK_BYTES ((int64_t)128 * 1024)
+#define WINO_MIN_COLS 64
 /* What the transforms cost per vector of tiles of one tile row, in vector
  * multiply-adds (two per cycle): per input channel (split, transform, the stores of V and
  * their reloads by the products) and per filter (the output transform).
@@ -43,6 +48,7 @@ typedef struct {
     const fc_window *g;
     int64_t tiles_h, tiles_w;   /* output tiles per image: ceil(OH/2) x ceil(OW/2) */
     int64_t chunk;              /* units per product */
+    int64_t v_xi, m_xi;         /* distance between the 16 matrices of V and of M */
     int64_t cols;               /* columns of V and M: chunk * tiles_w rounded up to VLEN */
     int64_t *filter_rows;       /* (F,): f*C, rows of U[xi] */
     int64_t *channel_rows;      /* (C,): c*cols, rows of V[xi] */
@@ -55,6 +61,15 @@ typedef struct {
  * C*F, and is paid per whole vector of tiles. So Winograd wins on layers with
  * many channels and filters and loses on narrow ones (cifar6's first layer,
  * mnist2's 14x14 planes of 32 channels). */
+/* A distance of at least n elements between the 16 matrices of a transform,
+ * one vector past a multiple of 4 KiB: the transforms write and read the 16
+ * at once, and 16 streams a multiple of 4 KiB apart would all fall into one
+ * set of the L1 cache, which holds only 8 to 12 lines of a set. */
+static int64_t spread_stride(int64_t n)
+{
+    return round_up(n, 4096 / (int64_t)sizeof(REAL)) + VLEN;
+}
+
 static int winograd_applies(const conv_plan *p)
 {
     const fc_window *g = p->g;
@@ -85,10 +100,14 @@ static int make_wino_plan(wino_plan *w, const conv_plan *p)
     w->tiles_h = (p->g->oh + 1) / 2;
     w->tiles_w = (p->g->ow + 1) / 2;
     const int64_t widest = p->channels > p->filters ? p->channels : p->filters;
-    const int64_t target = WINO_CHUNK_BYTES / (16 * widest * (int64_t)sizeof(REAL));
+    int64_t target = WINO_CHUNK_BYTES / (16 * widest * (int64_t)sizeof(REAL));
+    if (target < WINO_MIN_COLS)
+        target = WINO_MIN_COLS;
     w->chunk = target / w->tiles_w > 1 ? target / w->tiles_w : 1;
     /* One vector more than the tiles: wino_input stores whole vectors. */
     w->cols = round_up(w->chunk * w->tiles_w, VLEN) + VLEN;
+    w->v_xi = spread_stride(p->channels * w->cols);
+    w->m_xi = spread_stride(p->filters * w->cols);
     w->filter_rows = malloc((size_t)p->filters * sizeof(int64_t));
     w->channel_rows = malloc((size_t)p->channels * sizeof(int64_t));
     if (!w->filter_rows || !w->channel_rows) {
@@ -123,9 +142,6 @@ static void wino_filters(REAL *u, const REAL *weight, int64_t filters, int64_t c
         }
     }
 }
-
-/* The integer vector whose lanes match vec's: the type of a vector comparison. */
-typedef __typeof__((vec){0} < (vec){0}) lane_index;
 
 /* Columns of a deinterleaved row: the tiles of a row plus the one column of
  * the next tile that the last tile reads, rounded up to whole vectors, plus
@@ -198,7 +214,7 @@ FC_CLONES static void wino_input(REAL *v, int64_t col0, const REAL *even, const 
                                  int64_t th, const wino_plan *w)
 {
     const int64_t rows = padded_rows(w), hs = half_row_stride(w);
-    const int64_t plane_stride = w->channels * w->cols;
+    const int64_t plane_stride = w->v_xi;
     for (int64_t c = 0; c < w->channels; c++) {
         const REAL *e = even + (c * rows + 2 * th) * hs, *o = odd + (c * rows + 2 * th) * hs;
         REAL *out = v + c * w->cols + col0;
@@ -256,7 +272,7 @@ FC_CLONES static void wino_output(REAL *y, const REAL *m, int64_t col0, int64_t 
                                   const REAL *bias, const wino_plan *w)
 {
     const fc_window *g = w->g;
-    const int64_t plane_stride = w->filters * w->cols;
+    const int64_t plane_stride = w->m_xi;
     const int two_rows = 2 * th + 1 < g->oh;
     for (int64_t f = 0; f < w->filters; f++) {
         const vec b = (vec){0} + (bias ? bias[f] : 0);
@@ -297,11 +313,11 @@ static int run_winograd(REAL *y, const REAL *x, const REAL *u, const REAL *bias,
         int64_t first, last;
         share(units, 1, THREAD_ID(), TEAM_SIZE(), &first, &last);
         const size_t split_size = (size_t)(w->channels * padded_rows(w) * half_row_stride(w));
-        const size_t v_size = (size_t)(16 * w->channels * w->cols);
+        const size_t v_size = (size_t)(16 * w->v_xi);
         /* calloc: wino_split never writes the padding, and columns past a
          * short chunk's tiles feed products that are dropped, which must not
          * be uninitialized denormals or NaNs. */
-        REAL *scratch = calloc(2 * split_size + v_size + (size_t)(16 * w->filters * w->cols),
+        REAL *scratch = calloc(2 * split_size + v_size + (size_t)(16 * w->m_xi),
                                sizeof(REAL));
         if (!scratch) {
             failed = 1;
@@ -324,8 +340,8 @@ static int run_winograd(REAL *y, const REAL *x, const REAL *u, const REAL *bias,
                 const int64_t width = round_up(count * w->tiles_w, VLEN);
                 for (int xi = 0; xi < 16; xi++) {
                     const operands o = {u + xi * w->filters * w->channels, w->filter_rows, 1,
-                                        v + xi * w->channels * w->cols, w->channel_rows,
-                                        m + xi * w->filters * w->cols, w->cols};
+                                        v + xi * w->v_xi, w->channel_rows,
+                                        m + xi * w->m_xi, w->cols};
                     multiply(&o, 0, w->filters, 0, width, w->channels, 0);
                 }
                 for (int64_t k = 0; k < count; k++) {
@@ -343,33 +359,219 @@ static int run_winograd(REAL *y, const REAL *x, const REAL *u, const REAL *bias,
 /* The forward convolution of plan p through Winograd, for winograd_applies(p).
  * A NaN or inf in a tile spreads to all four of its outputs (the transforms
  * mix every pixel of the tile into every product), where the direct sum puts
- * it only into the outputs whose window holds it: the images that are not
- * finite are computed again by the direct kernel, so that both paths give
- * NaN and inf in the same places. Returns 0, or -1 when memory ran out. */
+ * it only into the outputs whose window holds it: not_finite (n_images, zeroed
+ * by the caller) gets a 1 for each such image, whose outputs the caller must
+ * compute again directly. Returns 0, or -1 when memory ran out. */
 static int winograd_forward(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
-                            int64_t n_images, const conv_plan *p)
+                            int64_t n_images, const conv_plan *p, char *not_finite)
 {
     wino_plan w;
     if (make_wino_plan(&w, p) != 0)
         return -1;
     REAL *u = malloc((size_t)(16 * p->filters * p->channels) * sizeof(REAL));
-    char *not_finite = calloc((size_t)n_images, 1);
     int status = -1;
-    if (u && not_finite) {
+    if (u) {
         wino_filters(u, weight, p->filters, p->channels);
         status = run_winograd(y, x, u, bias, n_images, &w, not_finite);
     }
-    const int64_t in_image = p->channels * p->g->h * p->g->w;
-    const int64_t out_image = p->filters * p->plane;
-    for (int64_t i = 0; status == 0 && i < n_images; i++)
-        if (not_finite[i])
-            status = direct_forward(y + i * out_image, x + i * in_image, weight, bias, 1, p);
-    free(not_finite);
     free(u);
     free_wino_plan(&w);
     return status;
 }
 
+/* ------------------------------------------------------------------------- */
+/* The weight gradient through Winograd. The adjoint of y = A^T (U . V) A in
+ * the filters: each tile's share of dweight is G^T ((A dy A^T) . V) G, where
+ * dy is the tile's 2x2 output gradient. G^T (.) G is linear, so the products
+ * D[xi] = A dy A^T (tiles x F) and V[xi] (C x tiles) are summed over all the
+ * tiles first, 16 products with the long sum over tiles as their depth,
+ *   dW^[xi]^T (C x F) += V[xi] (C x tiles) @ D[xi] (tiles x F),
+ * and transformed back to 3x3 once at the end. D is built from dy transposed
+ * to pixels x filters, so that its transform runs over vectors of filters. */
+
+/* dy_t (2, OW, f_stride): output rows 2th and 2th+1 (zeros past OH) of one
+ * image's dy (F, OH, OW), transposed; each filter's sum over them is added
+ * to bias_sums[f] when that is not NULL. Only the F real columns are written;
+ * the rest keep the zeros of the scratch's allocation. */
+static void wino_dy_rows(REAL *dy_t, int64_t f_stride, const REAL *dy, int64_t th,
+                         const wino_plan *w, double *bias_sums)
+{
+    const fc_window *g = w->g;
+    const int64_t plane = g->oh * g->ow;
+    for (int64_t r = 0; r < 2; r++) {
+        const int64_t oh = 2 * th + r;
+        REAL *rows = dy_t + r * g->ow * f_stride;
+        if (oh >= g->oh) {
+            for (int64_t q = 0; q < g->ow; q++)
+                memset(rows + q * f_stride, 0, (size_t)w->filters * sizeof(REAL));
+            continue;
+        }
+        transpose_to_rows(rows, f_stride, dy + oh * g->ow, plane, w->filters, g->ow);
+        if (bias_sums)
+            add_filter_sums(bias_sums, rows, f_stride, g->ow, w->filters);
+    }
+}
+
+/* D (16, cols, f_stride), rows col0 .. col0 + tiles_w: A dy A^T of every tile
+ * of one tile row, from its two rows of dy_t. A tile whose second column lies
+ * past OW has a zero gradient there. */
+FC_CLONES static void wino_dy_tiles(REAL *d, int64_t col0, int64_t f_stride, const REAL *dy_t,
+                                    const wino_plan *w)
+{
+    const int64_t ow = w->g->ow;
+    const int64_t xi_stride = spread_stride(w->cols * f_stride);
+    for (int64_t t = 0; t < w->tiles_w; t++) {
+        const REAL *row0 = dy_t + 2 * t * f_stride, *row1 = row0 + ow * f_stride;
+        const int second = 2 * t + 1 < ow;
+        REAL *out = d + (col0 + t) * f_stride;
+        for (int64_t v = 0; v < f_stride; v += VLEN) {
+            const vec zero = {0};
+            vec g[2][4]; /* dy A^T: columns */
+            const vec a00 = load_vec(row0 + v), a01 = second ? load_vec(row0 + f_stride + v) : zero;
+            const vec a10 = load_vec(row1 + v), a11 = second ? load_vec(row1 + f_stride + v) : zero;
+            g[0][0] = a00, g[0][1] = a00 + a01, g[0][2] = a00 - a01, g[0][3] = -a01;
+            g[1][0] = a10, g[1][1] = a10 + a11, g[1][2] = a10 - a11, g[1][3] = -a11;
+            for (int j = 0; j < 4; j++) { /* A (dy A^T): rows */
+                store_vec(out + (0 + j) * xi_stride + v, g[0][j]);
+                store_vec(out + (4 + j) * xi_stride + v, g[0][j] + g[1][j]);
+                store_vec(out + (8 + j) * xi_stride + v, g[0][j] - g[1][j]);
+                store_vec(out + (12 + j) * xi_stride + v, -g[1][j]);
+            }
+        }
+    }
+}
+
+/* dweight (F, C, 3, 3) = G^T dW^ G of each filter pair, from dW^ (16, C, f_stride). */
+static void wino_filter_grads(REAL *dweight, const REAL *hat, int64_t filters, int64_t channels,
+                              int64_t f_stride)
+{
+    const int64_t xi_stride = channels * f_stride;
+    for (int64_t c = 0; c < channels; c++)
+        for (int64_t f = 0; f < filters; f++) {
+            REAL m[4][4], r[3][4];
+            for (int xi = 0; xi < 16; xi++)
+                m[xi / 4][xi % 4] = hat[xi * xi_stride + c * f_stride + f];
+            for (int j = 0; j < 4; j++) { /* G^T m: rows */
+                r[0][j] = m[0][j] + (REAL)0.5 * (m[1][j] + m[2][j]);
+                r[1][j] = (REAL)0.5 * (m[1][j] - m[2][j]);
+                r[2][j] = (REAL)0.5 * (m[1][j] + m[2][j]) + m[3][j];
+            }
+            REAL *out = dweight + (f * channels + c) * 9;
+            for (int i = 0; i < 3; i++) { /* (G^T m) G: columns */
+                out[3 * i + 0] = r[i][0] + (REAL)0.5 * (r[i][1] + r[i][2]);
+                out[3 * i + 1] = (REAL)0.5 * (r[i][1] - r[i][2]);
+                out[3 * i + 2] = (REAL)0.5 * (r[i][1] + r[i][2]) + r[i][3];
+            }
+        }
+}
+
+/* dweight (F, C, 3, 3), and dbias (F,) unless NULL, of plan p through
+ * Winograd, for winograd_applies(p). Each thread sums its tiles into its own
+ * dW^ and the threads' sums are added in thread order, so a given thread
+ * count always gives the same bits. An image with a NaN or inf is left out
+ * and flagged in not_finite (n_images, zeroed by the caller), for the caller
+ * to add its gradients directly. Returns 0, or -1 when memory ran out. */
+static int winograd_weight_grad(REAL *dweight, REAL *dbias, const REAL *dy, const REAL *x,
+                                int64_t n_images, const conv_plan *p, char *not_finite)
+{
+    wino_plan w;
+    if (make_wino_plan(&w, p) != 0)
+        return -1;
+    const fc_window *g = p->g;
+    const int64_t in_image = w.channels * g->h * g->w, out_image = w.filters * g->oh * g->ow;
+    const int64_t units = n_images * w.tiles_h;
+    const int64_t f_stride = round_up(w.filters, VLEN);
+    const int64_t hat_size = 16 * w.channels * f_stride;
+    const int threads = fc_threads_for(n_images * w.filters * g->oh * g->ow * w.channels);
+    REAL *hats = calloc((size_t)(threads * hat_size), sizeof(REAL));
+    double *bias_partial = dbias ? calloc((size_t)(threads * w.filters), sizeof(double)) : NULL;
+    int64_t *tile_rows = malloc((size_t)w.cols * sizeof(int64_t));
+    int failed = !hats || !tile_rows || (dbias && !bias_partial);
+    for (int64_t t = 0; !failed && t < w.cols; t++)
+        tile_rows[t] = t * f_stride;
+    if (!failed) {
+        FC_OMP(parallel num_threads(threads) reduction(|:failed))
+        {
+            const int thread = THREAD_ID();
+            int64_t first, last;
+            share(units, 1, thread, TEAM_SIZE(), &first, &last);
+            const size_t split_size = (size_t)(w.channels * padded_rows(&w) * half_row_stride(&w));
+            const size_t v_size = (size_t)(16 * w.v_xi);
+            const int64_t d_xi = spread_stride(w.cols * f_stride);
+            const size_t d_size = (size_t)(16 * d_xi);
+            /* calloc: see run_winograd; the padding columns of dy_t and D up
+             * to f_stride, and D's rows past a short chunk's tiles, are zero. */
+            REAL *scratch = calloc(2 * split_size + v_size + d_size
+                                       + (size_t)(2 * g->ow * f_stride),
+                                   sizeof(REAL));
+            REAL *hat = hats + thread * hat_size;
+            double *sums = bias_partial ? bias_partial + thread * w.filters : NULL;
+            if (!scratch) {
+                failed = 1;
+            } else {
+                REAL *even = scratch, *odd = even + split_size, *v = odd + split_size;
+                REAL *d = v + v_size, *dy_t = d + d_size;
+                int64_t split_image = -1;
+                int finite = 1;
+                int64_t u0 = first;
+                while (u0 < last) {
+                    /* Gather up to a chunk of tile rows of finite images. */
+                    int64_t count = 0;
+                    for (; u0 < last && count < w.chunk; u0++) {
+                        const int64_t image = u0 / w.tiles_h, th = u0 % w.tiles_h;
+                        if (image != split_image) {
+                            finite = wino_split(even, odd, x + image * in_image, &w);
+                            split_image = image;
+                            if (!finite)
+                                FC_OMP(atomic write)
+                                not_finite[image] = 1;
+                        }
+                        if (!finite)
+                            continue;
+                        wino_input(v, count * w.tiles_w, even, odd, th, &w);
+                        wino_dy_rows(dy_t, f_stride, dy + image * out_image, th, &w, sums);
+                        wino_dy_tiles(d, count * w.tiles_w, f_stride, dy_t, &w);
+                        count++;
+                    }
+                    if (count == 0)
+                        continue;
+                    /* The sum runs over whole vectors of tiles: the rows of D
+                     * past the chunk's tiles must add zero. */
+                    const int64_t depth = round_up(count * w.tiles_w, VLEN);
+                    for (int xi = 0; xi < 16; xi++)
+                        memset(d + xi * d_xi + count * w.tiles_w * f_stride, 0,
+                               (size_t)((depth - count * w.tiles_w) * f_stride) * sizeof(REAL));
+                    for (int xi = 0; xi < 16; xi++) {
+                        const operands o = {v + xi * w.v_xi, w.channel_rows, 1,
+                                            d + xi * d_xi, tile_rows,
+                                            hat + xi * w.channels * f_stride, f_stride};
+                        multiply(&o, 0, w.channels, 0, f_stride, depth, 1);
+                    }
+                }
+            }
+            free(scratch);
+        }
+    }
+    if (!failed) {
+        for (int t = 1; t < threads; t++)
+            for (int64_t k = 0; k < hat_size; k++)
+                hats[k] += hats[t * hat_size + k];
+        wino_filter_grads(dweight, hats, w.filters, w.channels, f_stride);
+        for (int64_t f = 0; dbias && f < w.filters; f++) {
+            double total = 0;
+            for (int t = 0; t < threads; t++)
+                total += bias_partial[t * w.filters + f];
+            dbias[f] = (REAL)total;
+        }
+    }
+    free(hats);
+    free(bias_partial);
+    free(tile_rows);
+    free_wino_plan(&w);
+    return failed ? -1 : 0;
+}
+
 #undef WINO_CHUNK_BYTES
+#undef WINO_MIN_COLS
 #undef WINO_COST_PER_CHANNEL
 #undef WINO_COST_PER_FILTER

@@ -312,21 +312,32 @@ def test_conv2d_winograd_only_where_it_pays():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_winograd_keeps_nan_to_its_windows(dtype, special):
     # The transforms mix every pixel of a 4x4 tile into all four of its
-    # outputs, so a NaN or inf would reach outputs whose window never holds
-    # it; such images are computed by the direct kernel instead.
+    # outputs (and into every tap's share of the weight gradient), so a NaN
+    # or inf would reach values whose window never holds it; such images are
+    # computed by the direct kernel instead.
     rng = np.random.default_rng(8)
     x = random_array(rng, (3, 128, 9, 10), dtype)
     x[1, 5, 4, 0] = special
     weight = random_array(rng, (128, 128, 3, 3), dtype)
+    bias = random_array(rng, (128,), dtype)
     assert fast.conv2d_uses_winograd(x, weight, 1, 1)
-    y, _ = fast.conv2d_forward(x, weight, None, 1, 1)
-    y_ref, _ = ref.conv2d_forward(x, weight, None, 1, 1)
-    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
-    np.testing.assert_array_equal(np.isinf(y), np.isinf(y_ref))
+    y, cache = fast.conv2d_forward(x, weight, bias, 1, 1)
+    y_ref, cache_ref = ref.conv2d_forward(x, weight, bias, 1, 1)
     assert np.isfinite(y[1, :, 4, 2]).all()  # two columns right of the pixel: outside
+    dy = random_array(rng, y.shape, dtype)
+    dweight = fast.conv2d_backward(dy, cache)[1]
+    # The pixel is in the first column: the taps of the last kernel column,
+    # which read one column to its left, never see it.
+    assert np.isfinite(dweight[:, 5, :, 2]).all()
     finite_x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    y_abs, _ = ref.conv2d_forward(np.abs(finite_x), np.abs(weight), None, 1, 1)
-    assert_close(y, y_ref, y_abs)
+    y_abs, cache_abs = ref.conv2d_forward(np.abs(finite_x), np.abs(weight), np.abs(bias), 1, 1)
+    got = (y,) + fast.conv2d_backward(dy, cache)
+    want = (y_ref,) + ref.conv2d_backward(dy, cache_ref)
+    magnitude = (y_abs,) + ref.conv2d_backward(np.abs(dy), cache_abs)
+    for g, w, m in zip(got, want, magnitude):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
+        assert_close(g, w, m)
 
 
 def test_conv2d_winograd_gives_the_same_bits_on_any_thread_count():
