@@ -258,7 +258,7 @@ WINOGRAD_CASES = [
     ((3, 64, 16, 16), 64, 1),
     ((2, 128, 8, 8), 128, 1),
     # odd output sizes: the last tile row and column lie half outside
-    ((2, 64, 9, 8), 64, (2, 3)),
+    ((2, 128, 9, 8), 128, (2, 3)),
     ((5, 64, 2, 11), 64, 3),
     # fewer images than threads: the tile rows of one image are shared out
     ((1, 128, 7, 9), 96, 1),
