@@ -57,11 +57,11 @@ cdef extern from "fastconv.h" nogil:
     void fc_avgpool_backward_f32(float *dx, const float *dy, int64_t planes, const fc_window *g)
     void fc_avgpool_backward_f64(double *dx, const double *dy, int64_t planes, const fc_window *g)
 
-    void fc_batchnorm_forward_train_f32(float *y, float *xhat, float *mean, float *var,
+    void fc_batchnorm_forward_train_f32(float *y, double *stats, float *mean, float *var,
                                         float *inv_std, const float *x, const float *weight,
                                         const float *bias, double eps, int64_t n_images,
                                         int64_t channels, int64_t plane)
-    void fc_batchnorm_forward_train_f64(double *y, double *xhat, double *mean, double *var,
+    void fc_batchnorm_forward_train_f64(double *y, double *stats, double *mean, double *var,
                                         double *inv_std, const double *x, const double *weight,
                                         const double *bias, double eps, int64_t n_images,
                                         int64_t channels, int64_t plane)
@@ -74,12 +74,13 @@ cdef extern from "fastconv.h" nogil:
                                        const double *running_var, double eps, int64_t n_images,
                                        int64_t channels, int64_t plane)
     void fc_batchnorm_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
-                                   const float *xhat, const float *weight, const float *inv_std,
-                                   int64_t n_images, int64_t channels, int64_t plane)
+                                   const float *x, const double *stats, const float *weight,
+                                   const float *inv_std, int64_t n_images, int64_t channels,
+                                   int64_t plane)
     void fc_batchnorm_backward_f64(double *dx, double *dweight, double *dbias, const double *dy,
-                                   const double *xhat, const double *weight,
-                                   const double *inv_std,
-                                   int64_t n_images, int64_t channels, int64_t plane)
+                                   const double *x, const double *stats, const double *weight,
+                                   const double *inv_std, int64_t n_images, int64_t channels,
+                                   int64_t plane)
 
     void fc_relu_forward_f32(float *y, const float *x, int64_t size)
     void fc_relu_forward_f64(double *y, const double *x, int64_t size)

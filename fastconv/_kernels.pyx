@@ -446,8 +446,14 @@ cdef void _avgpool_backward_run(real tag, object dx, object dy, int64_t planes,
 # Batch normalization
 
 cdef class _BatchNormCache:
-    """What batchnorm2d_backward needs from batchnorm2d_forward_train; opaque to callers."""
-    cdef object xhat
+    """What batchnorm2d_backward needs from batchnorm2d_forward_train; opaque to callers.
+
+    The input is kept, with the statistics in double, rather than the
+    normalized input: the backward pass recomputes it in the same rounding,
+    which costs less than writing, holding and reading a copy the size of x.
+    """
+    cdef object x
+    cdef object stats
     cdef object inv_std
     cdef object weight
 
@@ -465,28 +471,29 @@ def batchnorm2d_forward_train(x, weight, bias, eps=1e-5):
     wc = _c_array(weight)
     bc = _c_array(bias)
     y = _new(x.shape, x.dtype)
-    xhat = _new(x.shape, x.dtype)
+    stats = _new((2, c), np.float64)
     mean = _new((c,), x.dtype)
     var = _new((c,), x.dtype)
     inv_std = _new((c,), x.dtype)
     if _is_single(xc):
-        _batchnorm_train_run(<float>0, y, xhat, mean, var, inv_std, xc, wc, bc, eps_value,
+        _batchnorm_train_run(<float>0, y, stats, mean, var, inv_std, xc, wc, bc, eps_value,
                              n, c, plane)
     else:
-        _batchnorm_train_run(<double>0, y, xhat, mean, var, inv_std, xc, wc, bc, eps_value,
+        _batchnorm_train_run(<double>0, y, stats, mean, var, inv_std, xc, wc, bc, eps_value,
                              n, c, plane)
     cdef _BatchNormCache cache = _BatchNormCache()
-    cache.xhat = xhat
+    cache.x = xc
+    cache.stats = stats
     cache.inv_std = inv_std
     cache.weight = wc
     return y, mean, var, cache
 
 
-cdef void _batchnorm_train_run(real tag, object y, object xhat, object mean, object var,
+cdef void _batchnorm_train_run(real tag, object y, object stats, object mean, object var,
                                object inv_std, object x, object weight, object bias,
                                double eps, int64_t n, int64_t c, int64_t plane):
     cdef real *py = <real *>_data(y)
-    cdef real *ph = <real *>_data(xhat)
+    cdef double *ps = <double *>_data(stats)
     cdef real *pm = <real *>_data(mean)
     cdef real *pv = <real *>_data(var)
     cdef real *pi = <real *>_data(inv_std)
@@ -495,9 +502,9 @@ cdef void _batchnorm_train_run(real tag, object y, object xhat, object mean, obj
     cdef const real *pb = <const real *>_data(bias)
     with nogil:
         if real is float:
-            fc_batchnorm_forward_train_f32(py, ph, pm, pv, pi, px, pw, pb, eps, n, c, plane)
+            fc_batchnorm_forward_train_f32(py, ps, pm, pv, pi, px, pw, pb, eps, n, c, plane)
         else:
-            fc_batchnorm_forward_train_f64(py, ph, pm, pv, pi, px, pw, pb, eps, n, c, plane)
+            fc_batchnorm_forward_train_f64(py, ps, pm, pv, pi, px, pw, pb, eps, n, c, plane)
 
 
 def batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
@@ -547,8 +554,8 @@ def batchnorm2d_backward(dy, cache):
         )
     cdef _BatchNormCache bn = cache
     _checks.float_array(dy, "dy", 4)
-    _checks.same_dtype(bn.xhat, dy, "dy")
-    _checks.matching_shape(dy, "dy", bn.xhat.shape, "the batch-norm output")
+    _checks.same_dtype(bn.x, dy, "dy")
+    _checks.matching_shape(dy, "dy", bn.x.shape, "the batch-norm output")
     cdef int64_t n = dy.shape[0], c = dy.shape[1], plane = dy.shape[2] * dy.shape[3]
     dyc = _c_array(dy)
     dx = _new(dy.shape, dy.dtype)
@@ -568,14 +575,15 @@ cdef void _batchnorm_backward_run(real tag, object dx, object dweight, object db
     cdef real *pdw = <real *>_data(dweight)
     cdef real *pdb = <real *>_data(dbias)
     cdef const real *pdy = <const real *>_data(dy)
-    cdef const real *ph = <const real *>_data(cache.xhat)
+    cdef const real *px = <const real *>_data(cache.x)
+    cdef const double *ps = <const double *>_data(cache.stats)
     cdef const real *pw = <const real *>_data(cache.weight)
     cdef const real *pi = <const real *>_data(cache.inv_std)
     with nogil:
         if real is float:
-            fc_batchnorm_backward_f32(pdx, pdw, pdb, pdy, ph, pw, pi, n, c, plane)
+            fc_batchnorm_backward_f32(pdx, pdw, pdb, pdy, px, ps, pw, pi, n, c, plane)
         else:
-            fc_batchnorm_backward_f64(pdx, pdw, pdb, pdy, ph, pw, pi, n, c, plane)
+            fc_batchnorm_backward_f64(pdx, pdw, pdb, pdy, px, ps, pw, pi, n, c, plane)
 
 
 # ---------------------------------------------------------------------------

@@ -33,12 +33,6 @@
 #include <omp.h>
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTCONV_DEBUG)
-#define FC_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#else
-#define FC_CLONES
-#endif
-#define FC_INLINE static inline __attribute__((always_inline))
 /* The vector helpers are inlined into each clone, so the ABI of passing
  * 64-byte vectors between functions, which GCC warns about, never arises. */
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -856,5 +850,3 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
 #undef TRANSPOSE_TILE
 #undef THREAD_ID
 #undef TEAM_SIZE
-#undef FC_CLONES
-#undef FC_INLINE

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "fc_omp.h"
+#include "fc_target.h"
 
 /* Output positions o in [*lo, *hi) of a window sweep whose input position
  * o*stride + offset lands inside [0, n_in); clipped to [0, n_out). */
@@ -307,51 +308,68 @@ void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const f
     }
 }
 
-/* y, xhat, x: (n_images, channels, plane); mean, var, inv_std, weight, bias: (channels,).
+/* y, x: (n_images, channels, plane); mean, var, inv_std, weight, bias: (channels,);
+ * stats: (2, channels), the mean and inv_std in double, for batchnorm_backward.
  * The statistics take two passes in double, the mean and then the squared deviations
  * from it, so a large offset does not cancel the variance away in float32. var is
  * the biased variance, inv_std = 1 / sqrt(var + eps), xhat = (x - mean) * inv_std and
- * y = xhat * weight + bias. */
-void FC_NAME(batchnorm_forward_train)(REAL *y, REAL *xhat, REAL *mean, REAL *var,
+ * y = xhat * weight + bias. The backward pass recomputes xhat from x and stats
+ * rather than read a copy the size of x. */
+
+/* One channel: x and y point at its plane in the first image, the next
+ * image's `stride` elements on. Returns the mean, inv_std and variance in
+ * moments[0..2]. */
+FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x, REAL gamma,
+                                        REAL beta, double eps, int64_t n_images,
+                                        int64_t stride, int64_t plane)
+{
+    const double count = (double)n_images * (double)plane;
+    double total = 0.0;
+    for (int64_t n = 0; n < n_images; n++) {
+        const REAL *src = x + n * stride;
+        FC_OMP(simd reduction(+:total))
+        for (int64_t q = 0; q < plane; q++)
+            total += src[q];
+    }
+    const double mu = total / count;
+    double squares = 0.0;
+    for (int64_t n = 0; n < n_images; n++) {
+        const REAL *src = x + n * stride;
+        FC_OMP(simd reduction(+:squares))
+        for (int64_t q = 0; q < plane; q++) {
+            const double d = (double)src[q] - mu;
+            squares += d * d;
+        }
+    }
+    const double sigma2 = squares / count;
+    const double inv = 1.0 / sqrt(sigma2 + eps);
+    for (int64_t n = 0; n < n_images; n++) {
+        const REAL *src = x + n * stride;
+        REAL *dst = y + n * stride;
+        for (int64_t q = 0; q < plane; q++)
+            dst[q] = (REAL)(((double)src[q] - mu) * inv) * gamma + beta;
+    }
+    moments[0] = mu;
+    moments[1] = inv;
+    moments[2] = sigma2;
+}
+
+void FC_NAME(batchnorm_forward_train)(REAL *y, double *stats, REAL *mean, REAL *var,
                                       REAL *inv_std, const REAL *x, const REAL *weight,
                                       const REAL *bias, double eps, int64_t n_images,
                                       int64_t channels, int64_t plane)
 {
-    const double count = (double)n_images * (double)plane;
     FC_OMP(parallel for schedule(static)
            num_threads(fc_threads_for(n_images * channels * plane)))
     for (int64_t c = 0; c < channels; c++) {
-        double total = 0.0;
-        for (int64_t n = 0; n < n_images; n++) {
-            const REAL *src = x + (n * channels + c) * plane;
-            FC_OMP(simd reduction(+:total))
-            for (int64_t q = 0; q < plane; q++)
-                total += src[q];
-        }
-        const double mu = total / count;
-        double squares = 0.0;
-        for (int64_t n = 0; n < n_images; n++) {
-            const REAL *src = x + (n * channels + c) * plane;
-            FC_OMP(simd reduction(+:squares))
-            for (int64_t q = 0; q < plane; q++) {
-                const double d = (double)src[q] - mu;
-                squares += d * d;
-            }
-        }
-        const double sigma2 = squares / count;
-        const double inv = 1.0 / sqrt(sigma2 + eps);
-        const REAL gamma = weight[c], beta = bias[c];
-        for (int64_t n = 0; n < n_images; n++) {
-            const int64_t off = (n * channels + c) * plane;
-            for (int64_t q = 0; q < plane; q++) {
-                const REAL h = (REAL)(((double)x[off + q] - mu) * inv);
-                xhat[off + q] = h;
-                y[off + q] = h * gamma + beta;
-            }
-        }
-        mean[c] = (REAL)mu;
-        var[c] = (REAL)sigma2;
-        inv_std[c] = (REAL)inv;
+        double moments[3];
+        batchnorm_channel(y + c * plane, moments, x + c * plane, weight[c], bias[c], eps,
+                          n_images, channels * plane, plane);
+        stats[c] = moments[0];
+        stats[channels + c] = moments[1];
+        mean[c] = (REAL)moments[0];
+        inv_std[c] = (REAL)moments[1];
+        var[c] = (REAL)moments[2];
     }
 }
 
@@ -376,37 +394,57 @@ void FC_NAME(batchnorm_forward_eval)(REAL *y, const REAL *x, const REAL *weight,
     }
 }
 
-/* dx, dy, xhat: (n_images, channels, plane); weight, inv_std, dweight, dbias:
- * (channels,). dbias = sum(dy) and dweight = sum(dy * xhat) are accumulated in
- * double; dx = weight * inv_std * (dy - dbias/m - xhat * dweight/m) over the m
- * values of each channel. */
-void FC_NAME(batchnorm_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
-                                 const REAL *xhat, const REAL *weight, const REAL *inv_std,
-                                 int64_t n_images, int64_t channels, int64_t plane)
+/* dx, dy, x: (n_images, channels, plane); weight, inv_std, dweight, dbias:
+ * (channels,); stats: (2, channels) from batchnorm_forward_train. With xhat
+ * recomputed from x (in double, without the forward pass's rounding to REAL),
+ * dbias = sum(dy) and dweight = sum(dy * xhat) are accumulated in double;
+ * dx = weight * inv_std * (dy - dbias/m - xhat * dweight/m) over the m values
+ * of each channel. */
+
+/* One channel, laid out as in batchnorm_channel; returns sum(dy) and
+ * sum(dy * xhat) in sums[0..1]. */
+FC_CLONES static void batchnorm_channel_backward(REAL *dx, double *sums, const REAL *dy,
+                                                 const REAL *x, double mu, double inv,
+                                                 double scale, int64_t n_images,
+                                                 int64_t stride, int64_t plane)
 {
     const double count = (double)n_images * (double)plane;
+    double sum_dy = 0.0, sum_dy_xhat = 0.0;
+    for (int64_t n = 0; n < n_images; n++) {
+        const REAL *g = dy + n * stride, *src = x + n * stride;
+        FC_OMP(simd reduction(+:sum_dy, sum_dy_xhat))
+        for (int64_t q = 0; q < plane; q++) {
+            sum_dy += g[q];
+            sum_dy_xhat += (double)g[q] * (((double)src[q] - mu) * inv);
+        }
+    }
+    const double mean_dy = sum_dy / count, mean_dy_xhat = sum_dy_xhat / count;
+    for (int64_t n = 0; n < n_images; n++) {
+        const REAL *g = dy + n * stride, *src = x + n * stride;
+        REAL *dst = dx + n * stride;
+        for (int64_t q = 0; q < plane; q++)
+            dst[q] = (REAL)(scale * ((double)g[q] - mean_dy
+                                     - ((double)src[q] - mu) * inv * mean_dy_xhat));
+    }
+    sums[0] = sum_dy;
+    sums[1] = sum_dy_xhat;
+}
+
+void FC_NAME(batchnorm_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
+                                 const REAL *x, const double *stats, const REAL *weight,
+                                 const REAL *inv_std, int64_t n_images, int64_t channels,
+                                 int64_t plane)
+{
     FC_OMP(parallel for schedule(static)
            num_threads(fc_threads_for(n_images * channels * plane)))
     for (int64_t c = 0; c < channels; c++) {
-        double sum_dy = 0.0, sum_dy_xhat = 0.0;
-        for (int64_t n = 0; n < n_images; n++) {
-            const int64_t off = (n * channels + c) * plane;
-            FC_OMP(simd reduction(+:sum_dy, sum_dy_xhat))
-            for (int64_t q = 0; q < plane; q++) {
-                sum_dy += dy[off + q];
-                sum_dy_xhat += (double)dy[off + q] * (double)xhat[off + q];
-            }
-        }
-        const double scale = (double)weight[c] * (double)inv_std[c];
-        const double mean_dy = sum_dy / count, mean_dy_xhat = sum_dy_xhat / count;
-        for (int64_t n = 0; n < n_images; n++) {
-            const int64_t off = (n * channels + c) * plane;
-            for (int64_t q = 0; q < plane; q++)
-                dx[off + q] = (REAL)(scale * ((double)dy[off + q] - mean_dy
-                                              - (double)xhat[off + q] * mean_dy_xhat));
-        }
-        dbias[c] = (REAL)sum_dy;
-        dweight[c] = (REAL)sum_dy_xhat;
+        double sums[2];
+        const int64_t off = c * plane;
+        batchnorm_channel_backward(dx + off, sums, dy + off, x + off, stats[c],
+                                   stats[channels + c], (double)weight[c] * (double)inv_std[c],
+                                   n_images, channels * plane, plane);
+        dbias[c] = (REAL)sums[0];
+        dweight[c] = (REAL)sums[1];
     }
 }
 
