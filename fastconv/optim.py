@@ -78,6 +78,16 @@ class Optimizer:
     def _update(self, param, grad, state):
         raise NotImplementedError
 
+    def _scratch(self, like):
+        """An uninitialized array shaped and typed like `like`, a view of one
+        buffer reused by every parameter and step: the updates' temporaries
+        in fresh arrays cost more in page faults than in arithmetic (Adam's
+        step on mnist2's 0.8 M parameters took 4 ms)."""
+        buffer = getattr(self, "_scratch_buffer", None)
+        if buffer is None or buffer.size < like.size or buffer.dtype != like.dtype:
+            buffer = self._scratch_buffer = np.empty(like.size, like.dtype)
+        return buffer[:like.size].reshape(like.shape)
+
     def state_dict(self):
         """{'type', 'hyperparams', 'step_count', 'state': {param key: {name: array}}}; arrays are copies."""
         return {
@@ -155,7 +165,9 @@ class SGD(Optimizer):
                 buf *= self.momentum
                 buf += grad
             grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self.lr * grad
+        step = self._scratch(param)
+        np.multiply(grad, self.lr, out=step)
+        param -= step
 
 
 class Adam(Optimizer):
@@ -202,12 +214,25 @@ class Adam(Optimizer):
             state["exp_avg"] = np.zeros_like(param)
             state["exp_avg_sq"] = np.zeros_like(param)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg += (1.0 - beta1) * (grad - exp_avg)
+        # In place, in the order of operations of
+        #   exp_avg += (1 - beta1) * (grad - exp_avg)
+        #   exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+        #   param -= step_size * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2^t) + eps)
+        tmp = self._scratch(param)
+        np.subtract(grad, exp_avg, out=tmp)
+        tmp *= 1.0 - beta1
+        exp_avg += tmp
         exp_avg_sq *= beta2
-        exp_avg_sq += (1.0 - beta2) * grad * grad
+        np.multiply(grad, 1.0 - beta2, out=tmp)
+        tmp *= grad
+        exp_avg_sq += tmp
         step_size = self.lr / (1.0 - beta1 ** self.step_count)
-        denom = np.sqrt(exp_avg_sq) / math.sqrt(1.0 - beta2 ** self.step_count) + self.eps
-        param -= step_size * (exp_avg / denom)
+        np.sqrt(exp_avg_sq, out=tmp)
+        tmp /= math.sqrt(1.0 - beta2 ** self.step_count)
+        tmp += self.eps
+        np.divide(exp_avg, tmp, out=tmp)
+        tmp *= step_size
+        param -= tmp
 
 
 class AdamW(Adam):
