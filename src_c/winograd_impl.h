@@ -36,8 +36,9 @@
 #define WINO_CHUNK_BYTES ((int64_t)128 * 1024)
 #define WINO_MIN_COLS 64
 /* What the transforms cost per vector of tiles of one tile row, in vector
- * multiply-adds (two per cycle): per input channel (split, transform, the stores of V and
- * their reloads by the products) and per filter (the output transform).
+ * multiply-adds (two per cycle): per input channel (split, transform, the
+ * stores of V and their reloads by the products) and per filter (the output
+ * transform).
  * Fitted, with the 0.85 margin of winograd_applies, to timings of both
  * paths (forward and weight gradient, batch 64) on 80 layer shapes: 8x8 to
  * 32x32 planes, 16 to 128 channels and filters. It picks the faster path for
@@ -52,18 +53,11 @@ typedef struct {
     int64_t tiles_h, tiles_w;   /* output tiles per image: ceil(OH/2) x ceil(OW/2) */
     int64_t chunk;              /* units per product */
     int64_t v_xi, m_xi;         /* distance between the 16 matrices of V and of M */
-    int64_t cols;               /* columns of V and M: chunk * tiles_w rounded up to VLEN */
+    int64_t cols;               /* columns of V and M: chunk * tiles_w, whole vectors, + 1 */
     int64_t *filter_rows;       /* (F,): f*C, rows of U[xi] */
     int64_t *channel_rows;      /* (C,): c*cols, rows of V[xi] */
 } wino_plan;
 
-/* Whether plan p is a stride-1 3x3 convolution that Winograd does faster.
- * Per row of output tiles, in vector multiply-adds: the direct kernel does
- * 9*C*F per pixel of two rows of the wide grid (OW + 2 columns); Winograd
- * does 16*C*F per tile and transforms whose cost grows with C and F but not
- * C*F, and is paid per whole vector of tiles. So Winograd wins on layers with
- * many channels and filters and loses on narrow ones (cifar6's first layer,
- * mnist2's 14x14 planes of 32 channels). */
 /* A distance of at least n elements between the 16 matrices of a transform,
  * one vector past a multiple of 4 KiB: the transforms write and read the 16
  * at once, and 16 streams a multiple of 4 KiB apart would all fall into one
@@ -73,6 +67,13 @@ static int64_t spread_stride(int64_t n)
     return round_up(n, 4096 / (int64_t)sizeof(REAL)) + VLEN;
 }
 
+/* Whether plan p is a stride-1 3x3 convolution that Winograd does faster.
+ * Per row of output tiles, in vector multiply-adds: the direct kernel does
+ * 9*C*F per pixel of two rows of the wide grid (OW + 2 columns); Winograd
+ * does 16*C*F per tile and transforms whose cost grows with C and F but not
+ * C*F, and is paid per whole vector of tiles. So Winograd wins on layers with
+ * many channels and filters and loses on narrow ones (cifar6's first layer,
+ * mnist2's 14x14 planes of 32 channels). */
 static int winograd_applies(const conv_plan *p)
 {
     const fc_window *g = p->g;
