@@ -22,6 +22,14 @@ def _tool(name, help_text):
     return register
 
 
+def _usage_error(message):
+    """The error fastconv's command line prints as 'fastconv viz: error: ...'
+    with exit status 2, as it does for every other command's mistakes."""
+    from fastconv.cli import UsageError
+
+    return UsageError(message)
+
+
 class _Context:
     """The model, its normalization and the requested data, loaded lazily."""
 
@@ -33,7 +41,7 @@ class _Context:
         if os.path.isdir(path):
             path = os.path.join(path, "model.npz")
         if not os.path.exists(path):
-            raise SystemExit(f"error: no model file at {path} (expected RUN_DIR/model.npz)")
+            raise _usage_error(f"no model file at {path} (expected RUN_DIR/model.npz)")
         self.model = fastconv.load(path)
         self.normalize = C.Normalizer.from_model(self.model)
         self._dataset = None
@@ -45,8 +53,8 @@ class _Context:
 
             name = self.args.dataset or self.model.meta.get("dataset")
             if not name:
-                raise SystemExit(
-                    "error: the model's metadata names no data set; pass --dataset NAME "
+                raise _usage_error(
+                    "the model's metadata names no data set; pass --dataset NAME "
                     "(mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH)"
                 )
             self._dataset = load_dataset(name)
@@ -68,7 +76,8 @@ class _Context:
         index = list(self.args.index)
         for i in index:
             if not 0 <= i < len(raw):
-                raise SystemExit(f"error: --index {i} is out of range for the {self.args.split} split of {len(raw)} images")
+                raise _usage_error(
+                    f"--index {i} is out of range for the {self.args.split} split of {len(raw)} images")
         chosen = raw[index]
         return chosen, self.normalize(chosen), labels[index]
 
@@ -123,8 +132,8 @@ def _top_images(ctx, args):
     from .units import top_images
 
     if len(args.unit) not in (1, 3):
-        raise SystemExit(f"error: --unit takes one channel or neuron, or C I J for one position; "
-                         f"got {' '.join(map(str, args.unit))}")
+        raise _usage_error(f"--unit takes one channel or neuron, or C I J for one position; "
+                           f"got {' '.join(map(str, args.unit))}")
     raw, labels = ctx.images()
     layer = args.layer or C.last_conv_name(ctx.model)
     unit = args.unit[0] if len(args.unit) == 1 else tuple(args.unit)
@@ -552,6 +561,6 @@ def run(args):
     try:
         args.viz_function(ctx, args)
     except (ValueError, ImportError, DataError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise _usage_error(str(err)) from None
     print(f"wrote {args.out}")
     return 0

@@ -126,10 +126,12 @@ class Run:
 
     @property
     def dataset(self):
+        from fastconv.cli import UsageError
+
         try:
             return self._context.dataset
-        except SystemExit as exit_:
-            raise ValueError(str(exit_.code).removeprefix("error: ")) from None
+        except UsageError as err:
+            raise ValueError(str(err)) from None
 
     @property
     def test(self):

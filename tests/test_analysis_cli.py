@@ -6,6 +6,7 @@ import pytest
 
 from fastconv import layers as L
 from fastconv.analysis.cli import TOOLS, add_viz_parser
+from fastconv.cli import UsageError
 from fastconv.model import Sequential
 
 
@@ -110,10 +111,22 @@ def test_user_errors_name_the_bad_value(run_dir, tmp_path):
     ]
     for argv, message in cases:
         args = parser.parse_args(argv)
-        with pytest.raises(SystemExit, match=message):
+        with pytest.raises(UsageError, match=message):
             args.func(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["viz", "embedding", str(run_dir), "--out", out, "--grid", "6by8"])
+
+
+def test_a_viz_error_exits_2_naming_the_command(run_dir, tmp_path, capsys):
+    # The same status and prefix as every other command's mistakes.
+    from fastconv.cli import main
+
+    out = str(tmp_path / "x.png")
+    assert main(["viz", "top-images", str(run_dir), "--out", out, "--unit", "99"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fastconv viz: error: ") and "unit 99" in error
+    assert main(["viz", "filters", str(tmp_path / "nowhere"), "--out", out]) == 2
+    assert "fastconv viz: error: no model file at" in capsys.readouterr().err
 
 
 # Each case: the command, its options with one bad number last, and the text the error must quote.
