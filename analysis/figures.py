@@ -115,6 +115,9 @@ def plot_filters(model, layer=None, channels=None, max_filters=64, columns=8, pa
     name = layer or C.conv_layer_names(model)[0]
     weights = weights[:max_filters]
     n_filters, in_channels = weights.shape[:2]
+    for c in channels or ():
+        if not 0 <= int(c) < in_channels:
+            raise ValueError(f"input channel {c!r} is out of range for layer {name!r} with {in_channels} input channels")
     if in_channels == 3 and channels is None:
         tiles = W.filter_tiles(weights)
         rows, cols = _grid(n_filters, columns)
@@ -135,9 +138,6 @@ def plot_filters(model, layer=None, channels=None, max_filters=64, columns=8, pa
         return _finish(fig, path)
     if channels is None:
         channels = list(range(min(4, in_channels)))
-    for c in channels:
-        if not 0 <= int(c) < in_channels:
-            raise ValueError(f"input channel {c!r} is out of range for layer {name!r} with {in_channels} input channels")
     rows, cols = _grid(n_filters, columns)
     fig = new_figure(len(channels) * (1.0 * cols) + 0.8, 1.0 * rows + 0.8)
     subfigs = np.atleast_1d(fig.subfigures(1, len(channels)))

@@ -361,6 +361,10 @@ def test_figures_have_titles_class_names_and_colour_bars(digit_model, rgb_model,
     assert "conv1" in _texts(fig) and _colorbars(fig) == 1
     fig = figures.plot_filters(digit_model, "conv2", channels=[0, 5])
     assert "input channel 5" in _texts(fig)
+    # conv1 of a grey-scale model has one input channel: asking for another is
+    # an error, not a picture of channel 0.
+    with pytest.raises(ValueError, match="input channel 2 is out of range for layer 'conv1' with 1 input"):
+        figures.plot_filters(digit_model, channels=[2])
     fig = figures.plot_filters(rgb_model)
     assert "RGB filters" in _texts(fig)
     points = np.random.default_rng(0).normal(size=(60, 2))
