@@ -189,6 +189,36 @@ static void maxpool_2x2(REAL *y, int64_t *argmax, const REAL *src, const fc_wind
     }
 }
 
+/* maxpool_2x2 for a plane without NaN, where the first maximum needs no NaN
+ * test: plain compares and selects, which the compiler vectorizes. Returns 0,
+ * having written nothing, when the plane holds a NaN. */
+FC_CLONES static int maxpool_2x2_no_nan(REAL *y, int64_t *argmax, const REAL *src,
+                                        const fc_window *g)
+{
+    int has_nan = 0;
+    for (int64_t k = 0; k < 2 * g->oh * g->w; k++)
+        has_nan |= src[k] != src[k];
+    if (has_nan)
+        return 0;
+    for (int64_t oh = 0; oh < g->oh; oh++) {
+        const int64_t top = 2 * oh * g->w;
+        const REAL *row0 = src + top, *row1 = row0 + g->w;
+        REAL *out = y + oh * g->ow;
+        int64_t *out_at = argmax + oh * g->ow;
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            const REAL a = row0[2 * ow], b = row0[2 * ow + 1];
+            const REAL c = row1[2 * ow], d = row1[2 * ow + 1];
+            /* Ties go to the earlier tap: only a strictly larger value wins. */
+            const REAL ab = b > a ? b : a, cd = d > c ? d : c;
+            const int64_t at_ab = b > a ? 1 : 0, at_cd = d > c ? g->w + 1 : g->w;
+            const int lower = cd > ab;
+            out[ow] = lower ? cd : ab;
+            out_at[ow] = top + 2 * ow + (lower ? at_cd : at_ab);
+        }
+    }
+    return 1;
+}
+
 void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t planes,
                               const fc_window *g)
 {
@@ -200,7 +230,8 @@ void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t p
            num_threads(fc_threads_for(planes * in_plane)))
     for (int64_t p = 0; p < planes; p++) {
         if (two_by_two) {
-            maxpool_2x2(y + p * out_plane, argmax + p * out_plane, x + p * in_plane, g);
+            if (!maxpool_2x2_no_nan(y + p * out_plane, argmax + p * out_plane, x + p * in_plane, g))
+                maxpool_2x2(y + p * out_plane, argmax + p * out_plane, x + p * in_plane, g);
             continue;
         }
         const REAL *src = x + p * in_plane;
