@@ -161,23 +161,29 @@ FC_CLONES static void multiply(const operands *o, int64_t r_lo, int64_t r_hi, in
     gemm(&part, r_hi - r_lo, j_hi - j_lo, depth, accumulate);
 }
 
+/* a and b interleaved, a0 b0 a1 b1 ...: the first half into *lo, the second
+ * into *hi. */
+FC_INLINE void interleave(vec a, vec b, vec *lo, vec *hi)
+{
+    lane_index first, second;
+    for (int k = 0; k < VLEN; k++) {
+        first[k] = k / 2 + (k % 2) * VLEN;
+        second[k] = first[k] + VLEN / 2;
+    }
+    *lo = __builtin_shuffle(a, b, first);
+    *hi = __builtin_shuffle(a, b, second);
+}
+
 /* A VLEN x VLEN block r transposed in registers: log2(VLEN) rounds that each
  * interleave row i with row i + VLEN/2 into rows 2i and 2i + 1 (each round
  * rotates the bits of the element's index, so the rounds swap row and column
  * bits): VLEN shuffles a round instead of a load and a store per element. */
 FC_INLINE void transpose_vectors(vec r[VLEN])
 {
-    lane_index lo, hi;
-    for (int k = 0; k < VLEN; k++) {
-        lo[k] = k / 2 + (k % 2) * VLEN;
-        hi[k] = lo[k] + VLEN / 2;
-    }
     for (int round = 1; round < VLEN; round *= 2) {
         vec next[VLEN];
-        for (int i = 0; i < VLEN / 2; i++) {
-            next[2 * i] = __builtin_shuffle(r[i], r[i + VLEN / 2], lo);
-            next[2 * i + 1] = __builtin_shuffle(r[i], r[i + VLEN / 2], hi);
-        }
+        for (int i = 0; i < VLEN / 2; i++)
+            interleave(r[i], r[i + VLEN / 2], &next[2 * i], &next[2 * i + 1]);
         memcpy(r, next, sizeof next);
     }
 }

@@ -260,13 +260,10 @@ FC_INLINE void store_lanes(REAL *dst, vec v, int64_t n)
 /* Outputs 2t .. 2t + 2*VLEN of a row, from its even (a) and odd (b) columns. */
 FC_INLINE void store_interleaved(REAL *y_row, int64_t t, vec a, vec b, int64_t ow)
 {
-    lane_index lo, hi;
-    for (int k = 0; k < VLEN; k++) {
-        lo[k] = k / 2 + (k % 2) * VLEN;
-        hi[k] = lo[k] + VLEN / 2;
-    }
-    store_lanes(y_row + 2 * t, __builtin_shuffle(a, b, lo), ow - 2 * t);
-    store_lanes(y_row + 2 * t + VLEN, __builtin_shuffle(a, b, hi), ow - 2 * t - VLEN);
+    vec lo, hi;
+    interleave(a, b, &lo, &hi);
+    store_lanes(y_row + 2 * t, lo, ow - 2 * t);
+    store_lanes(y_row + 2 * t + VLEN, hi, ow - 2 * t - VLEN);
 }
 
 /* Output rows 2th, 2th+1 (those below OH) of one image y (F, OH, OW) from
