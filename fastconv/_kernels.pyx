@@ -261,7 +261,7 @@ def conv2d_uses_winograd(x, weight, stride=1, padding=0):
     forward convolution of dy with the flipped filters, decided the same way."""
     geometry = _checks.conv_args(x, weight, None, stride, padding)
     cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
-    if _is_single(_c_array(x)):
+    if x.dtype == np.float32:
         return bool(fc_conv_uses_winograd_f32(x.shape[1], weight.shape[0], &g))
     return bool(fc_conv_uses_winograd_f64(x.shape[1], weight.shape[0], &g))
 
@@ -449,8 +449,8 @@ cdef class _BatchNormCache:
     """What batchnorm2d_backward needs from batchnorm2d_forward_train; opaque to callers.
 
     The input is kept, with the statistics in double, rather than the
-    normalized input: the backward pass recomputes it in the same rounding,
-    which costs less than writing, holding and reading a copy the size of x.
+    normalized input: the backward pass recomputes it (in double), which
+    costs less than writing, holding and reading a copy the size of x.
     """
     cdef object x
     cdef object stats
