@@ -26,8 +26,8 @@ void fc_set_num_threads(int n);
 int fc_get_num_threads(void);
 /* Threads worth starting for a loop touching `work` elements. */
 int fc_threads_for(int64_t work);
-/* Whether stride-1 3x3 convolutions with enough channels go through
- * Winograd F(2x2, 3x3) (the default) or the direct kernel. */
+/* Whether stride-1 3x3 convolutions go through Winograd F(2x2, 3x3) where its
+ * cost model says it is faster (the default), or all take the direct kernel. */
 void fc_set_winograd(int enabled);
 int fc_winograd_enabled(void);
 
