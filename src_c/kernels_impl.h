@@ -343,7 +343,8 @@ void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const f
 /* y, x: (n_images, channels, plane); mean, var, inv_std, weight, bias: (channels,);
  * stats: (2, channels), the mean and inv_std in double, for batchnorm_backward.
  * The statistics take two passes in double, the mean and then the squared deviations
- * from it, so a large offset does not cancel the variance away in float32. var is
+ * from it (the corrected two-pass algorithm), so a large offset does not cancel the
+ * variance away in float32. var is
  * the biased variance, inv_std = 1 / sqrt(var + eps), xhat = (x - mean) * inv_std and
  * y = xhat * weight + bias. The backward pass recomputes xhat from x and stats
  * rather than read a copy the size of x. */
@@ -363,17 +364,29 @@ FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x,
         for (int64_t q = 0; q < plane; q++)
             total += src[q];
     }
-    const double mu = total / count;
-    double squares = 0.0;
+    const double rough_mu = total / count;
+    /* The second pass also sums the deviations from the first pass's mean,
+     * whose rounding depends on the order of the sum (the vector width): the
+     * corrected mean is that error taken back, so a constant channel gets its
+     * value as its mean exactly, and xhat exactly 0, on every machine. */
+    double deviations = 0.0, squares = 0.0;
     for (int64_t n = 0; n < n_images; n++) {
         const REAL *src = x + n * stride;
-        FC_OMP(simd reduction(+:squares))
+        FC_OMP(simd reduction(+:deviations, squares))
         for (int64_t q = 0; q < plane; q++) {
-            const double d = (double)src[q] - mu;
+            const double d = (double)src[q] - rough_mu;
+            deviations += d;
             squares += d * d;
         }
     }
-    const double sigma2 = squares / count;
+    /* An inf or NaN in the channel makes the deviations NaN: the statistics
+     * are then the uncorrected ones, as NaN or inf as the twin's. */
+    const double shift = deviations / count;
+    const int corrected = isfinite(shift);
+    const double mu = corrected ? rough_mu + shift : rough_mu;
+    const double spread = corrected ? squares / count - shift * shift : squares / count;
+    /* Never below 0 by rounding; a NaN stays NaN. */
+    const double sigma2 = spread < 0 ? 0.0 : spread;
     const double inv = 1.0 / sqrt(sigma2 + eps);
     for (int64_t n = 0; n < n_images; n++) {
         const REAL *src = x + n * stride;

@@ -480,6 +480,24 @@ def test_batchnorm2d_variance_survives_a_large_mean_in_float32():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("plane", [(1, 8), (3, 5), (16, 16)])
+def test_batchnorm2d_of_a_constant_channel_is_exactly_its_bias(dtype, plane):
+    # The mean of equal values, summed in whatever order the vector width
+    # gives, can be off by an ulp; x - mean must still be exactly 0, as in
+    # the twin, or the weight gradient of a constant channel is not 0.
+    rng = np.random.default_rng(10)
+    for value in rng.standard_normal(100):
+        x = np.broadcast_to(np.asarray(value, dtype), (2, 1) + plane)
+        weight, bias = np.full(1, 1.5, dtype), np.full(1, 0.25, dtype)
+        y, mean, var, cache = fast.batchnorm2d_forward_train(x, weight, bias)
+        assert mean[0] == x[0, 0, 0, 0] and var[0] == 0
+        np.testing.assert_array_equal(y, np.full(x.shape, 0.25, dtype))
+        dy = random_array(rng, x.shape, dtype)
+        dx, dweight, dbias = fast.batchnorm2d_backward(dy, cache)
+        assert dweight[0] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_batchnorm2d_nan_spreads_over_its_channel_only(dtype):
     x = random_array(np.random.default_rng(6), (2, 3, 4, 4), dtype)
     x[1, 1, 2, 3] = np.nan
