@@ -48,10 +48,10 @@ cdef extern from "fastconv.h" nogil:
                                 const fc_window *g)
     void fc_maxpool_forward_f64(double *y, int64_t *argmax, const double *x, int64_t planes,
                                 const fc_window *g)
-    void fc_maxpool_backward_f32(float *dx, const float *dy, const int64_t *argmax,
-                                 int64_t planes, int64_t in_plane, int64_t out_plane)
-    void fc_maxpool_backward_f64(double *dx, const double *dy, const int64_t *argmax,
-                                 int64_t planes, int64_t in_plane, int64_t out_plane)
+    int64_t fc_maxpool_backward_f32(float *dx, const float *dy, const int64_t *argmax,
+                                    int64_t planes, int64_t in_plane, int64_t out_plane)
+    int64_t fc_maxpool_backward_f64(double *dx, const double *dy, const int64_t *argmax,
+                                    int64_t planes, int64_t in_plane, int64_t out_plane)
     void fc_avgpool_forward_f32(float *y, const float *x, int64_t planes, const fc_window *g)
     void fc_avgpool_forward_f64(double *y, const double *x, int64_t planes, const fc_window *g)
     void fc_avgpool_backward_f32(float *dx, const float *dy, int64_t planes, const fc_window *g)

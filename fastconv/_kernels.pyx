@@ -358,8 +358,6 @@ def maxpool2d_backward(dy, argmax, x_shape):
         )
     _checks.matching_shape(argmax, "argmax", dy.shape, "the pooled output")
     n, c, h, w = _checks.image_shape(x_shape)
-    if argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
-        raise ValueError(f"argmax holds indices outside the {h}x{w} input plane")
     if (n, c) != dy.shape[:2] or h < 1 or w < 1:
         raise ValueError(
             f"x_shape {tuple(x_shape)} does not fit dy of shape {dy.shape} "
@@ -369,23 +367,31 @@ def maxpool2d_backward(dy, argmax, x_shape):
     argmax_c = _c_array(argmax, np.int64)
     dx = _new((n, c, h, w), dy.dtype, zeroed=True)
     cdef int64_t planes = n * c, in_plane = h * w, out_plane = dy.shape[2] * dy.shape[3]
+    cdef int64_t outside
     if _is_single(dyc):
-        _maxpool_backward_run(<float>0, dx, dyc, argmax_c, planes, in_plane, out_plane)
+        outside = _maxpool_backward_run(<float>0, dx, dyc, argmax_c, planes, in_plane, out_plane)
     else:
-        _maxpool_backward_run(<double>0, dx, dyc, argmax_c, planes, in_plane, out_plane)
+        outside = _maxpool_backward_run(<double>0, dx, dyc, argmax_c, planes, in_plane, out_plane)
+    if outside:
+        raise ValueError(
+            f"argmax: {outside} of its {argmax.size} indices fall outside the {h}x{w} input plane"
+        )
     return dx
 
 
-cdef void _maxpool_backward_run(real tag, object dx, object dy, object argmax,
-                                int64_t planes, int64_t in_plane, int64_t out_plane):
+cdef int64_t _maxpool_backward_run(real tag, object dx, object dy, object argmax,
+                                   int64_t planes, int64_t in_plane, int64_t out_plane):
+    """The number of argmax values outside the plane (skipped)."""
     cdef real *pdx = <real *>_data(dx)
     cdef const real *pdy = <const real *>_data(dy)
     cdef const int64_t *pa = <const int64_t *>_data(argmax)
+    cdef int64_t outside
     with nogil:
         if real is float:
-            fc_maxpool_backward_f32(pdx, pdy, pa, planes, in_plane, out_plane)
+            outside = fc_maxpool_backward_f32(pdx, pdy, pa, planes, in_plane, out_plane)
         else:
-            fc_maxpool_backward_f64(pdx, pdy, pa, planes, in_plane, out_plane)
+            outside = fc_maxpool_backward_f64(pdx, pdy, pa, planes, in_plane, out_plane)
+    return outside
 
 
 def avgpool2d_forward(x, kernel_size, stride=None, padding=0):

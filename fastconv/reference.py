@@ -148,12 +148,15 @@ def maxpool2d_backward(dy, argmax, x_shape):
     _checks.float_array(dy, "dy", 4)
     _checks.matching_shape(argmax, "argmax", dy.shape, "the pooled output")
     n, c, h, w = _checks.image_shape(x_shape)
-    if argmax.size and (argmax.min() < 0 or argmax.max() >= h * w):
-        raise ValueError(f"argmax holds indices outside the {h}x{w} input plane")
     if (n, c) != dy.shape[:2]:
         raise ValueError(
             f"x_shape {tuple(x_shape)} does not fit dy of shape {dy.shape} "
             f"(expected ({dy.shape[0]}, {dy.shape[1]}, H, W) with H, W positive)"
+        )
+    outside = np.count_nonzero((argmax < 0) | (argmax >= h * w))
+    if outside:
+        raise ValueError(
+            f"argmax: {outside} of its {argmax.size} indices fall outside the {h}x{w} input plane"
         )
     plane = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
     dx = np.bincount((argmax + plane).ravel(), weights=dy.ravel(), minlength=n * c * h * w)

@@ -19,8 +19,8 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
 
 void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t planes,
                               const fc_window *g);
-void FC_NAME(maxpool_backward)(REAL *dx, const REAL *dy, const int64_t *argmax,
-                               int64_t planes, int64_t in_plane, int64_t out_plane);
+int64_t FC_NAME(maxpool_backward)(REAL *dx, const REAL *dy, const int64_t *argmax,
+                                  int64_t planes, int64_t in_plane, int64_t out_plane);
 void FC_NAME(avgpool_forward)(REAL *y, const REAL *x, int64_t planes, const fc_window *g);
 void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const fc_window *g);
 

