@@ -115,6 +115,34 @@ def conv_args(x, weight, bias, stride, padding):
     return geometry
 
 
+def linear_args(x, weight, bias):
+    """Validate a fully connected layer's call: x (N, in_features), weight
+    (out_features, in_features), bias (out_features,) or None."""
+    float_array(x, "x", 2)
+    float_array(weight, "weight", 2)
+    same_dtype(x, weight, "weight")
+    nonempty_batch(x)
+    if weight.size == 0:
+        raise ValueError(f"weight has a zero-size dimension: shape {weight.shape}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"input has {x.shape[1]} features but weight {weight.shape} expects {weight.shape[1]}"
+        )
+    if bias is not None:
+        float_array(bias, "bias", 1)
+        same_dtype(x, bias, "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+    # The compiled kernel holds x and y transposed, the batch padded to a
+    # whole vector (at most 16 more rows).
+    padded_batch = x.shape[0] + 16
+    if max(weight.shape) * padded_batch > LARGEST_IMAGE_BUFFER:
+        raise ValueError(
+            f"a batch of {x.shape[0]} through a {weight.shape[1]} -> {weight.shape[0]} layer "
+            f"needs a transposed batch of {max(weight.shape) * padded_batch} values: too large"
+        )
+
+
 def image_shape(x_shape, name="x_shape"):
     """x_shape (N, C, H, W) as a tuple of four positive Python ints.
 

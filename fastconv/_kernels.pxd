@@ -44,6 +44,17 @@ cdef extern from "fastconv.h" nogil:
     void fc_channel_sums_f64(double *sums, const double *y,
                              int64_t n_images, int64_t channels, int64_t plane)
 
+    int fc_linear_forward_f32(float *y, const float *x, const float *weight, const float *bias,
+                              int64_t n, int64_t in_f, int64_t out_f)
+    int fc_linear_forward_f64(double *y, const double *x, const double *weight,
+                              const double *bias, int64_t n, int64_t in_f, int64_t out_f)
+    int fc_linear_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
+                               const float *x, const float *weight, int64_t n, int64_t in_f,
+                               int64_t out_f)
+    int fc_linear_backward_f64(double *dx, double *dweight, double *dbias, const double *dy,
+                               const double *x, const double *weight, int64_t n,
+                               int64_t in_f, int64_t out_f)
+
     void fc_maxpool_forward_f32(float *y, int64_t *argmax, const float *x, int64_t planes,
                                 const fc_window *g)
     void fc_maxpool_forward_f64(double *y, int64_t *argmax, const double *x, int64_t planes,

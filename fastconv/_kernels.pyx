@@ -4,11 +4,11 @@ Every public function here has the name, arguments, results and errors of its
 NumPy twin in ``fastconv.reference`` (whose docstrings are the specification)
 and follows one pattern: validate with ``fastconv._checks`` -> make the inputs
 C-contiguous -> allocate the results with NumPy -> release the GIL -> run C
-(and BLAS) on raw pointers -> return the arrays.
+on raw pointers -> return the arrays.
 
-Convolutions unfold one image at a time (im2col) and multiply it with a
-register-tiled matrix kernel of their own (src_c/conv_impl.h), the images
-shared out among the OpenMP threads.
+Convolutions and fully connected layers multiply with a register-tiled matrix
+kernel of their own (src_c/conv_impl.h), never BLAS, so that one OpenMP team
+does all the work.
 """
 import numpy as np
 
@@ -24,6 +24,7 @@ cnp.import_array()
 __all__ = [
     "im2col", "col2im",
     "conv2d_forward", "conv2d_backward",
+    "linear_forward", "linear_backward",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
@@ -31,9 +32,6 @@ __all__ = [
 ]
 
 BACKEND_NAME = "compiled"
-# The kernels' OpenMP team owns the cores: the layers' own matmuls (Linear)
-# run BLAS on one thread, so no BLAS pool spins against the next kernel.
-LINEAR_BLAS_THREADS = 1
 KERNELS = tuple(__all__)
 GEMM = "own register-tiled kernel (AVX-512, AVX2 or baseline x86-64, chosen at load time)"
 
@@ -310,6 +308,100 @@ cdef int _conv_backward_run(real tag, object dx, object dweight, object dbias, o
             status = fc_conv_backward_f32(pdx, pdw, pdb, pdy, px, pw, n, c, f, g)
         else:
             status = fc_conv_backward_f64(pdx, pdw, pdb, pdy, px, pw, n, c, f, g)
+    return status
+
+
+# ---------------------------------------------------------------------------
+# Fully connected
+
+cdef class _LinearCache:
+    """What linear_backward needs from linear_forward; opaque to callers."""
+    cdef object x
+    cdef object weight
+    cdef bint has_bias
+
+
+def linear_forward(x, weight, bias=None):
+    """y = x @ weight.T + bias.
+
+    x (N, in_features), weight (out_features, in_features), bias
+    (out_features,) or None -> y (N, out_features), cache.
+    """
+    _checks.linear_args(x, weight, bias)
+    cdef _LinearCache cache = _LinearCache()
+    cache.x = _c_array(x)
+    cache.weight = _c_array(weight)
+    cache.has_bias = bias is not None
+    bc = None if bias is None else _c_array(bias)
+    y = _new((x.shape[0], weight.shape[0]), x.dtype)
+    cdef int status
+    if _is_single(y):
+        status = _linear_forward_run(<float>0, y, cache.x, cache.weight, bc)
+    else:
+        status = _linear_forward_run(<double>0, y, cache.x, cache.weight, bc)
+    if status != 0:
+        raise MemoryError("no memory for the fully connected layer's scratch")
+    return y, cache
+
+
+cdef int _linear_forward_run(real tag, object y, object x, object weight, object bias):
+    cdef real *py = <real *>_data(y)
+    cdef const real *px = <const real *>_data(x)
+    cdef const real *pw = <const real *>_data(weight)
+    cdef const real *pb = <const real *>_data(bias)
+    cdef int64_t n = x.shape[0], in_f = x.shape[1], out_f = weight.shape[0]
+    cdef int status
+    with nogil:
+        if real is float:
+            status = fc_linear_forward_f32(py, px, pw, pb, n, in_f, out_f)
+        else:
+            status = fc_linear_forward_f64(py, px, pw, pb, n, in_f, out_f)
+    return status
+
+
+def linear_backward(dy, cache, need_dx=True, need_params=True):
+    """Gradients of linear_forward: dy (N, out_features) -> dx, dweight, dbias.
+
+    dx is None when need_dx is False; dweight and dbias are None when
+    need_params is False, and dbias is None for a layer without bias.
+    """
+    if not isinstance(cache, _LinearCache):
+        raise TypeError(
+            f"cache must be the one returned by linear_forward, got {type(cache).__name__}"
+        )
+    cdef _LinearCache lc = cache
+    _checks.float_array(dy, "dy", 2)
+    _checks.same_dtype(lc.weight, dy, "dy")
+    _checks.matching_shape(dy, "dy", (lc.x.shape[0], lc.weight.shape[0]), "the layer output")
+    dweight = _new(lc.weight.shape, dy.dtype) if need_params else None
+    dbias = _new((lc.weight.shape[0],), dy.dtype) if lc.has_bias and need_params else None
+    dx = _new(lc.x.shape, dy.dtype) if need_dx else None
+    dyc = _c_array(dy)
+    cdef int status
+    if _is_single(dyc):
+        status = _linear_backward_run(<float>0, dx, dweight, dbias, dyc, lc)
+    else:
+        status = _linear_backward_run(<double>0, dx, dweight, dbias, dyc, lc)
+    if status != 0:
+        raise MemoryError("no memory for the fully connected layer's gradient scratch")
+    return dx, dweight, dbias
+
+
+cdef int _linear_backward_run(real tag, object dx, object dweight, object dbias, object dy,
+                              _LinearCache cache):
+    cdef real *pdx = <real *>_data(dx)
+    cdef real *pdw = <real *>_data(dweight)
+    cdef real *pdb = <real *>_data(dbias)
+    cdef const real *pdy = <const real *>_data(dy)
+    cdef const real *px = <const real *>_data(cache.x)
+    cdef const real *pw = <const real *>_data(cache.weight)
+    cdef int64_t n = cache.x.shape[0], in_f = cache.x.shape[1], out_f = cache.weight.shape[0]
+    cdef int status
+    with nogil:
+        if real is float:
+            status = fc_linear_backward_f32(pdx, pdw, pdb, pdy, px, pw, n, in_f, out_f)
+        else:
+            status = fc_linear_backward_f64(pdx, pdw, pdb, pdy, px, pw, n, in_f, out_f)
     return status
 
 

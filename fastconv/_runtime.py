@@ -1,11 +1,10 @@
 """What was compiled, and how many threads the kernels use.
 
-Two thread pools do the work: OpenMP inside the C kernels (convolutions
-included), and NumPy's BLAS for the Linear layers and the NumPy backend.
+Two thread pools do the work: OpenMP inside the C kernels, and NumPy's BLAS
+for the NumPy backend.
 ``set_num_threads`` sets both, so a benchmark or a determinism test controls
 the machine with one call.
 """
-import contextlib
 import os
 
 import threadpoolctl
@@ -35,26 +34,6 @@ def set_num_threads(n=None):
     _kernels().set_openmp_threads(n)
     _blas_limits = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
     return n
-
-
-_blas_pools = None
-
-
-def blas_threads(n):
-    """Context in which NumPy's BLAS uses at most n threads (None: no limit).
-
-    The layers' own matmuls (Linear) run in it with the backend's
-    ``LINEAR_BLAS_THREADS``: 1 on the compiled backend, whose OpenMP team
-    owns the cores. A BLAS pool woken there keeps its threads spinning after
-    the product, against the next kernel's threads (a third of mnist2's
-    training step on 2 cores).
-    """
-    global _blas_pools
-    if n is None:
-        return contextlib.nullcontext()
-    if _blas_pools is None:
-        _blas_pools = threadpoolctl.ThreadpoolController().select(user_api="blas")
-    return _blas_pools.limit(limits=n)
 
 
 def get_num_threads():

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import _checks, _runtime, backend, init
+from . import _checks, backend, init
 
 __all__ = [
     "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
@@ -503,25 +503,19 @@ class Linear(Layer):
         self._check_channels(shape, self.in_features, what="features")
         return (shape[0], self.out_features)
 
-    # The products are NumPy matmuls, with BLAS held to the backend's
-    # LINEAR_BLAS_THREADS (see fastconv._runtime.blas_threads).
-
     def _forward(self, x):
         kernels = backend.current()
-        with _runtime.blas_threads(kernels.LINEAR_BLAS_THREADS):
-            y = x @ self.params["weight"].T
-        if "bias" in self.params:
-            y += self.params["bias"]
-        return y, (kernels, x)
+        y, kernel_cache = kernels.linear_forward(x, self.params["weight"], self.params.get("bias"))
+        return y, (kernels, kernel_cache)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, x = cache
-        with _runtime.blas_threads(kernels.LINEAR_BLAS_THREADS):
-            if param_grads:
-                self.grads["weight"] += dy.T @ x
-            dx = dy @ self.params["weight"] if need_dx else None
-        if param_grads and "bias" in self.params:
-            self.grads["bias"] += dy.sum(axis=0)
+        kernels, kernel_cache = cache
+        dx, dweight, dbias = kernels.linear_backward(dy, kernel_cache, need_dx=need_dx,
+                                                     need_params=param_grads)
+        if param_grads:
+            self.grads["weight"] += dweight
+            if dbias is not None:
+                self.grads["bias"] += dbias
         return dx
 
 

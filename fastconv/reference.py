@@ -32,6 +32,7 @@ from . import _checks
 __all__ = [
     "im2col", "col2im",
     "conv2d_forward", "conv2d_backward",
+    "linear_forward", "linear_backward",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
@@ -39,8 +40,6 @@ __all__ = [
 ]
 
 BACKEND_NAME = "numpy"
-# The NumPy backend is all BLAS: its matmuls, the layers' included, use every thread.
-LINEAR_BLAS_THREADS = None
 
 
 def _pad(x, ph, pw, value=0.0):
@@ -121,6 +120,35 @@ def conv2d_backward(dy, cache, need_dx=True, need_params=True):
     if need_dx:
         dcols = weight.reshape(f, -1).T @ dy_t
         dx = col2im(dcols, x_shape, kernel, stride, padding)
+    return dx, dweight, dbias
+
+
+def linear_forward(x, weight, bias=None):
+    """y = x @ weight.T + bias.
+
+    x (N, in_features), weight (out_features, in_features), bias
+    (out_features,) or None -> y (N, out_features), cache.
+    """
+    _checks.linear_args(x, weight, bias)
+    y = x @ weight.T
+    if bias is not None:
+        y += bias
+    return y, (x, weight, bias is not None)
+
+
+def linear_backward(dy, cache, need_dx=True, need_params=True):
+    """Gradients of linear_forward: dy (N, out_features) -> dx, dweight, dbias.
+
+    dx is None when need_dx is False; dweight and dbias are None when
+    need_params is False, and dbias is None for a layer without bias.
+    """
+    x, weight, has_bias = cache
+    _checks.float_array(dy, "dy", 2)
+    _checks.same_dtype(weight, dy, "dy")
+    _checks.matching_shape(dy, "dy", (x.shape[0], weight.shape[0]), "the layer output")
+    dweight = dy.T @ x if need_params else None
+    dbias = dy.sum(axis=0) if need_params and has_bias else None
+    dx = dy @ weight if need_dx else None
     return dx, dweight, dbias
 
 

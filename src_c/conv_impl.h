@@ -849,6 +849,8 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
     return status;
 }
 
+#include "linear_impl.h"
+
 #undef VLEN
 #undef TILE_ROWS
 #undef TILE_VECS

@@ -17,6 +17,12 @@ int FC_NAME(conv_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
                            const REAL *x, const REAL *weight, int64_t n_images,
                            int64_t channels, int64_t filters, const fc_window *g);
 
+int FC_NAME(linear_forward)(REAL *y, const REAL *x, const REAL *weight, const REAL *bias,
+                            int64_t n, int64_t in_f, int64_t out_f);
+int FC_NAME(linear_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
+                             const REAL *x, const REAL *weight, int64_t n, int64_t in_f,
+                             int64_t out_f);
+
 void FC_NAME(maxpool_forward)(REAL *y, int64_t *argmax, const REAL *x, int64_t planes,
                               const fc_window *g);
 int64_t FC_NAME(maxpool_backward)(REAL *dx, const REAL *dy, const int64_t *argmax,

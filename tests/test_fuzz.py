@@ -291,6 +291,37 @@ def check_conv(data, g, filters, with_bias):
 
 
 @target
+def fuzz_linear(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    # Up to a few vectors of batch and features, so that every tail of the
+    # compiled kernel's vectors (and none) is drawn.
+    n, in_features, out_features = (data.draw(st.integers(1, 40), label=label)
+                                    for label in ("batch", "in_features", "out_features"))
+    x = draw_array(data, rng, (n, in_features), dtype, "x")
+    weight = draw_array(data, rng, (out_features, in_features), dtype, "weight", specials=False)
+    with_bias = data.draw(st.booleans(), label="bias")
+    bias = draw_array(data, rng, (out_features,), dtype, "bias", specials=False) if with_bias else None
+    y, cache = fast.linear_forward(x, weight, bias)
+    y_ref, cache_ref = ref.linear_forward(x, weight, bias)
+    abs_bias = None if bias is None else np.abs(bias)
+    y_abs, cache_abs = ref.linear_forward(np.abs(x), np.abs(weight), abs_bias)
+    assert_matches(y, y_ref, y_abs)
+
+    dy = draw_array(data, rng, y.shape, dtype, "dy", specials=False)
+    need_dx = data.draw(st.booleans(), label="need_dx")
+    need_params = data.draw(st.booleans(), label="need_params")
+    grads = fast.linear_backward(dy, cache, need_dx, need_params)
+    grads_ref = ref.linear_backward(dy, cache_ref, need_dx, need_params)
+    grads_abs = ref.linear_backward(np.abs(dy), cache_abs, need_dx, need_params)
+    for got, want, magnitude in zip(grads, grads_ref, grads_abs):
+        if want is None:
+            assert got is None
+        else:
+            assert_matches(got, want, magnitude)
+
+
+@target
 def fuzz_conv2d(data):
     g = data.draw(geometries(), label="geometry")
     check_conv(data, g, data.draw(st.integers(1, 5), label="filters"),
@@ -482,6 +513,16 @@ def valid_call(data, name):
         weight = random_values(rng, (2, c) + g["kernel"], dtype)
         y, cache = fast.conv2d_forward(x, weight, None, g["stride"], g["padding"])
         _, cache_ref = ref.conv2d_forward(x, weight, None, g["stride"], g["padding"])
+        dy = random_values(rng, y.shape, dtype)
+        return (dy, cache, True), (dy, cache_ref, True), {0: "array", 1: "cache"}
+    if name in ("linear_forward", "linear_backward"):
+        features = x.reshape(x.shape[0], -1)
+        weight = random_values(rng, (3, features.shape[1]), dtype)
+        if name == "linear_forward":
+            args = (features, weight, random_values(rng, (3,), dtype))
+            return args, args, {0: "array", 1: "array", 2: "array"}
+        y, cache = fast.linear_forward(features, weight, None)
+        _, cache_ref = ref.linear_forward(features, weight, None)
         dy = random_values(rng, y.shape, dtype)
         return (dy, cache, True), (dy, cache_ref, True), {0: "array", 1: "cache"}
     if name == "maxpool2d_forward" or name == "avgpool2d_forward":
@@ -1098,6 +1139,7 @@ def test_misaligned_arrays_are_aligned_before_they_reach_c(dtype):
         ("relu_backward", (x, x)),
         ("im2col", (x, (3, 2), 2, 1)),
         ("conv2d_forward", (x, weight, gamma[:1].repeat(4), 1, 1)),
+        ("linear_forward", (x.reshape(2, -1), x.reshape(2, -1)[::-1] * 0.5, gamma[:1].repeat(2))),
         ("maxpool2d_forward", (x, 2)),
         ("avgpool2d_forward", (x, 3, 2, 1)),
         ("batchnorm2d_forward_train", (x, gamma, gamma)),

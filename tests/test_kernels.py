@@ -195,6 +195,76 @@ def test_conv2d_on_large_planes_matches_reference(case, filters, with_bias, h, w
     check_conv(x_of(case), weight, bias, case["stride"], case["padding"])
 
 
+def check_linear(x, weight, bias):
+    """The compiled fully connected layer against its twin, forward and backward."""
+    y, cache = fast.linear_forward(x, weight, bias)
+    y_ref, cache_ref = ref.linear_forward(x, weight, bias)
+    abs_bias = None if bias is None else np.abs(bias)
+    y_abs, cache_abs = ref.linear_forward(np.abs(x), np.abs(weight), abs_bias)
+    assert_close(y, y_ref, y_abs)
+    dy = random_array(np.random.default_rng(y.size), y.shape, y.dtype)
+    grads = fast.linear_backward(dy, cache)
+    grads_ref = ref.linear_backward(dy, cache_ref)
+    grads_abs = ref.linear_backward(np.abs(dy), cache_abs)
+    assert (grads[2] is None) == (bias is None)
+    for got, want, magnitude in zip(grads, grads_ref, grads_abs):
+        if want is not None:
+            assert_close(got, want, magnitude)
+    # Either gradient alone: the same bits as both together.
+    dx, dweight, dbias = fast.linear_backward(dy, cache, need_params=False)
+    assert dweight is None and dbias is None
+    np.testing.assert_array_equal(dx, grads[0])
+    dx, dweight, dbias = fast.linear_backward(dy, cache, need_dx=False)
+    assert dx is None
+    np.testing.assert_array_equal(dweight, grads[1])
+
+
+@property_test
+@given(st.integers(1, 70), st.integers(1, 70), st.integers(1, 70), st.sampled_from(DTYPES),
+       st.booleans(), st.integers(0, 2 ** 32 - 1))
+def test_linear_matches_reference(n, in_features, out_features, dtype, with_bias, seed):
+    # Up to four vectors of each extent, with every tail past whole vectors.
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, (n, in_features), dtype)
+    weight = random_array(rng, (out_features, in_features), dtype)
+    bias = random_array(rng, (out_features,), dtype) if with_bias else None
+    check_linear(x, weight, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, in_features, out_features", [
+    (128, 1568, 500),  # mnist2's fc1: several depth blocks, threads on rows and columns
+    (1, 3000, 700),    # one image through a wide layer
+    (129, 260, 3),     # fewer outputs than a vector
+])
+def test_linear_on_layer_sizes_matches_reference(dtype, n, in_features, out_features):
+    rng = np.random.default_rng(n)
+    check_linear(random_array(rng, (n, in_features), dtype),
+                 random_array(rng, (out_features, in_features), dtype),
+                 random_array(rng, (out_features,), dtype))
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_keeps_nan_and_inf_to_their_rows_and_columns(dtype, special):
+    # The compiled kernel pads the batch and the features with zeros to whole
+    # vectors; an inf times such a zero is NaN, which must stay in the padding.
+    rng = np.random.default_rng(3)
+    x = random_array(rng, (5, 19), dtype)
+    x[2, 7] = special
+    weight = random_array(rng, (17, 19), dtype)
+    y, cache = fast.linear_forward(x, weight)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref.linear_forward(x, weight)[0]))
+    assert np.isfinite(np.delete(y, 2, axis=0)).all()
+    dy = random_array(rng, y.shape, dtype)
+    dx, dweight, _ = fast.linear_backward(dy, cache)
+    want_dx, want_dweight, _ = ref.linear_backward(dy, ref.linear_forward(x, weight)[1])
+    np.testing.assert_array_equal(np.isnan(dweight), np.isnan(want_dweight))
+    np.testing.assert_array_equal(np.isinf(dweight), np.isinf(want_dweight))
+    assert np.isfinite(np.delete(dweight, 7, axis=1)).all()
+    assert np.isfinite(dx).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("plane", [(7, 4), (32, 24)])
@@ -598,6 +668,13 @@ def kernel_calls(dtype, n=2):
         y = fast.relu_forward(x)
         return y, fast.relu_backward(dy, y)
 
+    def linear(x, weight, bias, dy):
+        y, cache = fast.linear_forward(x, weight, bias)
+        return (y,) + fast.linear_backward(dy, cache)
+
+    features = x.reshape(n, -1)
+    fc_weight = random_array(rng, (21, features.shape[1]), dtype)
+
     return {
         "im2col": (lambda x: fast.im2col(x, (3, 2), 2, 1), (x,)),
         "col2im": (lambda cols: fast.col2im(cols, x.shape, (3, 2), 2, 1), (cols,)),
@@ -610,6 +687,7 @@ def kernel_calls(dtype, n=2):
         "avgpool2d": (avgpool, (x, pool_dy)),
         "batchnorm2d": (batchnorm, (x, bn_params, stats, x[:, :, ::-1] * 2)),
         "relu": (relu, (x, x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2))),
+        "linear": (linear, (features, fc_weight, bias[:1].repeat(21), features[:, :21] * 3)),
     }
 
 
@@ -647,6 +725,17 @@ BAD_CALLS = [
     ("conv negative padding", "conv2d_forward", (X, W, B, 1, -1), ValueError, "(-1, -1)"),
     ("conv zero stride", "conv2d_forward", (X, W, B, (1, 0)), ValueError, "(1, 0)"),
     ("conv float stride", "conv2d_forward", (X, W, B, 1.5), TypeError, "1.5"),
+    ("linear x 4-D", "linear_forward", (X, W.reshape(5, -1)), ValueError, "(2, 3, 4, 4)"),
+    ("linear features", "linear_forward", (X.reshape(2, -1), W.reshape(5, -1)), ValueError,
+     "(5, 27)"),
+    ("linear weight float64", "linear_forward", (X.reshape(2, -1), np.zeros((5, 48))), TypeError,
+     "float64"),
+    ("linear bias shape", "linear_forward", (X.reshape(2, -1), np.zeros((5, 48), f32), B[:4]),
+     ValueError, "(4,)"),
+    ("linear empty batch", "linear_forward", (X[:0].reshape(0, 48), np.zeros((5, 48), f32)),
+     ValueError, "(0, 48)"),
+    ("linear empty weight", "linear_forward", (X.reshape(2, -1), np.zeros((0, 48), f32)),
+     ValueError, "(0, 48)"),
     ("im2col list", "im2col", (X.tolist(), 3), TypeError, "list"),
     ("im2col empty", "im2col", (X[:, :0], 3), ValueError, "(2, 0, 4, 4)"),
     ("col2im shape", "col2im", (np.zeros((27, 31), f32), X.shape, 3, 1, 1), ValueError, "(27, 31)"),
@@ -707,6 +796,9 @@ def test_wrong_dy_raises_naming_its_shape():
         fast.batchnorm2d_backward(np.zeros((2, 3, 4, 5), f32), bn_cache)
     with pytest.raises(TypeError, match="float64"):
         fast.relu_backward(X, X.astype(f64))
+    _, fc_cache = fast.linear_forward(X.reshape(2, -1), np.zeros((5, 48), f32))
+    with pytest.raises(ValueError, match=r"\(2, 4\)"):
+        fast.linear_backward(np.zeros((2, 4), f32), fc_cache)
 
 
 def test_caches_must_come_from_the_compiled_forward():
@@ -715,6 +807,9 @@ def test_caches_must_come_from_the_compiled_forward():
         fast.conv2d_backward(np.zeros((2, 5, 2, 2), f32), ref_cache)
     with pytest.raises(TypeError, match="NoneType"):
         fast.batchnorm2d_backward(X, None)
+    _, fc_ref_cache = ref.linear_forward(X.reshape(2, -1), np.zeros((5, 48), f32))
+    with pytest.raises(TypeError, match="tuple"):
+        fast.linear_backward(np.zeros((2, 5), f32), fc_ref_cache)
 
 
 def test_maxpool_backward_checks_argmax_and_x_shape():
@@ -763,7 +858,7 @@ def test_concurrent_calls_release_the_gil_and_agree():
 
 @pytest.mark.skipif(not fast.openmp_enabled(), reason="built without OpenMP")
 @pytest.mark.parametrize("kernel", ["im2col", "col2im", "maxpool2d", "avgpool2d", "batchnorm2d",
-                                    "relu"])
+                                    "relu", "linear"])
 def test_thread_count_does_not_change_results(kernel):
     # 512 images: enough work for every loop to start its threads.
     function, arrays = kernel_calls(np.float32, n=512)[kernel]

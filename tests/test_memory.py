@@ -107,11 +107,16 @@ def kernel_calls(dtype=np.float32):
     pooled, argmax = fast.maxpool2d_forward(x, 2)
     *_, bn_cache = fast.batchnorm2d_forward_train(x, gamma, gamma)
     relu_y = fast.relu_forward(x)
+    features = x.reshape(64, -1)
+    fc_weight = rng.standard_normal((128, features.shape[1])).astype(dtype)
+    fc_y, fc_cache = fast.linear_forward(features, fc_weight, bias[:1].repeat(128))
     return {
         "im2col": lambda: fast.im2col(x, 3, 1, 1),
         "col2im": lambda: fast.col2im(cols, x.shape, 3, 1, 1),
         "conv2d_forward": lambda: fast.conv2d_forward(x, weight, bias, 1, 1),
         "conv2d_backward": lambda: fast.conv2d_backward(y, conv_cache),
+        "linear_forward": lambda: fast.linear_forward(features, fc_weight, bias[:1].repeat(128)),
+        "linear_backward": lambda: fast.linear_backward(fc_y, fc_cache),
         "maxpool2d_forward": lambda: fast.maxpool2d_forward(x, 2),
         "maxpool2d_backward": lambda: fast.maxpool2d_backward(pooled, argmax, x.shape),
         "avgpool2d_forward": lambda: fast.avgpool2d_forward(x, 3, 2, 1),

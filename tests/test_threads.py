@@ -119,11 +119,16 @@ def long_calls():
     *_, bn_cache = fast.batchnorm2d_forward_train(x, gamma, gamma)
     big = rng.standard_normal((32, 16, 64, 64)).astype(np.float32)
     big_y = fast.relu_forward(big)
+    features = rng.standard_normal((256, 2048)).astype(np.float32)
+    fc_weight = rng.standard_normal((1024, 2048)).astype(np.float32)
+    fc_y, fc_cache = fast.linear_forward(features, fc_weight)
     return {
         "im2col": lambda: fast.im2col(x, 3, 1, 1),
         "col2im": lambda: fast.col2im(cols, x.shape, 3, 1, 1),
         "conv2d_forward": lambda: fast.conv2d_forward(x, weight, None, 1, 1),
         "conv2d_backward": lambda: fast.conv2d_backward(y, conv_cache),
+        "linear_forward": lambda: fast.linear_forward(features, fc_weight),
+        "linear_backward": lambda: fast.linear_backward(fc_y, fc_cache),
         "maxpool2d_forward": lambda: fast.maxpool2d_forward(x, 5, 1, 2),
         "maxpool2d_backward": lambda: fast.maxpool2d_backward(pooled, argmax, x.shape),
         "avgpool2d_forward": lambda: fast.avgpool2d_forward(x, 5, 1, 2),
