@@ -3,6 +3,7 @@ with the same message.
 
 Every error a user can trigger names the offending value. Shapes are NCHW.
 """
+import math
 import operator
 
 import numpy as np
@@ -209,6 +210,53 @@ def batchnorm_params(x, gamma, beta, eps):
         raise ValueError(f"eps is too large for a float, got {eps!r}") from None
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}")
+
+
+def _number(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float, got {value!r}") from None
+
+
+def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
+    """Validate an Adam update; return its scalars (1 - beta1, beta2, 1 - beta2,
+    sqrt(1 - beta2**step), eps, lr / (1 - beta1**step)) as Python floats.
+
+    param, exp_avg and exp_avg_sq are updated in place, so they must be
+    writeable and C-contiguous, and no two of the four arrays may overlap.
+    """
+    float_array(param, "param")
+    for name, a in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        float_array(a, name)
+        same_dtype(param, a, name)
+        matching_shape(a, name, param.shape, "the parameter")
+    for name, a in (("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        if not (a.flags.c_contiguous and a.flags.writeable and a.flags.aligned):
+            raise ValueError(f"{name} is updated in place and must be a writeable, aligned, "
+                             f"C-contiguous array; got one with strides {a.strides}")
+    arrays = {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    names = list(arrays)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if arrays[a].size and np.may_share_memory(arrays[a], arrays[b]):
+                raise ValueError(f"{a} and {b} share memory; Adam needs four separate arrays")
+    lr, beta1, beta2, eps = (_number(v, n) for v, n in ((lr, "lr"), (beta1, "beta1"),
+                                                          (beta2, "beta2"), (eps, "eps")))
+    if not np.isfinite(lr):
+        raise ValueError(f"lr must be finite, got {lr!r}")
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {beta!r}")
+    if not 0.0 <= eps < np.inf:
+        raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be a positive int, got {step!r}")
+    step = int(step)
+    return (1.0 - beta1, beta2, 1.0 - beta2, math.sqrt(1.0 - beta2 ** step), eps,
+            lr / (1.0 - beta1 ** step))
 
 
 def class_indices(values, name, shape, num_classes, context=""):

@@ -97,3 +97,12 @@ cdef extern from "fastconv.h" nogil:
     void fc_relu_forward_f64(double *y, const double *x, int64_t size)
     void fc_relu_backward_f32(float *dx, const float *dy, const float *y, int64_t size)
     void fc_relu_backward_f64(double *dx, const double *dy, const double *y, int64_t size)
+
+    void fc_adam_update_f32(float *param, const float *grad, float *exp_avg, float *exp_avg_sq,
+                            int64_t size, double one_minus_beta1, double beta2,
+                            double one_minus_beta2, double bias_correction2_sqrt, double eps,
+                            double step_size)
+    void fc_adam_update_f64(double *param, const double *grad, double *exp_avg,
+                            double *exp_avg_sq, int64_t size, double one_minus_beta1,
+                            double beta2, double one_minus_beta2,
+                            double bias_correction2_sqrt, double eps, double step_size)

@@ -29,6 +29,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
+    "adam_update",
 ]
 
 BACKEND_NAME = "compiled"
@@ -736,3 +737,42 @@ cdef void _relu_backward_run(real tag, object dx, object dy, object y, int64_t s
             fc_relu_backward_f32(pdx, pdy, py, size)
         else:
             fc_relu_backward_f64(pdx, pdy, py, size)
+
+
+# ---------------------------------------------------------------------------
+# Optimizers
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
+    """One step of Adam (PyTorch's bias correction and eps placement), in place:
+
+        exp_avg += (1 - beta1) * (grad - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+        param -= lr / (1 - beta1^step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2^step) + eps)
+
+    each operation rounded to the arrays' dtype in this order. ``step`` counts
+    from 1. param, exp_avg and exp_avg_sq must be writeable and C-contiguous.
+    """
+    scalars = _checks.adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step)
+    gc = _c_array(grad)
+    if _is_single(param):
+        _adam_update_run(<float>0, param, gc, exp_avg, exp_avg_sq, scalars)
+    else:
+        _adam_update_run(<double>0, param, gc, exp_avg, exp_avg_sq, scalars)
+
+
+cdef void _adam_update_run(real tag, object param, object grad, object exp_avg, object exp_avg_sq,
+                           tuple scalars):
+    cdef real *pp = <real *>_data(param)
+    cdef const real *pg = <const real *>_data(grad)
+    cdef real *pm = <real *>_data(exp_avg)
+    cdef real *pv = <real *>_data(exp_avg_sq)
+    cdef int64_t size = param.size
+    cdef double one_minus_beta1 = scalars[0], beta2 = scalars[1], one_minus_beta2 = scalars[2]
+    cdef double correction2 = scalars[3], eps = scalars[4], step_size = scalars[5]
+    with nogil:
+        if real is float:
+            fc_adam_update_f32(pp, pg, pm, pv, size, one_minus_beta1, beta2, one_minus_beta2,
+                               correction2, eps, step_size)
+        else:
+            fc_adam_update_f64(pp, pg, pm, pv, size, one_minus_beta1, beta2, one_minus_beta2,
+                               correction2, eps, step_size)

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from . import backend
+
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "OneCycleLR"]
 
 
@@ -81,8 +83,8 @@ class Optimizer:
     def _scratch(self, like):
         """An uninitialized array shaped and typed like `like`, a view of one
         buffer reused by every parameter and step instead of a fresh
-        temporary per operation (Adam's step on mnist2's 0.8 M parameters:
-        3.1 ms with temporaries, 2.5 ms in place)."""
+        temporary per operation (when Adam's step was NumPy's too, on mnist2's
+        0.8 M parameters: 3.1 ms with temporaries, 2.5 ms in place)."""
         buffer = getattr(self, "_scratch_buffer", None)
         if buffer is None or buffer.size < like.size or buffer.dtype != like.dtype:
             buffer = self._scratch_buffer = np.empty(like.size, like.dtype)
@@ -116,7 +118,8 @@ class Optimizer:
                     raise ValueError(
                         f"state {name!r} of {key!r} has shape {value.shape}, the parameter has {params[key].shape}"
                     )
-                state[key][name] = value.astype(params[key].dtype, copy=True)
+                # C order: Adam's kernel updates its state in place.
+                state[key][name] = np.array(value, dtype=params[key].dtype, order="C", copy=True)
         hyperparams = state_dict["hyperparams"]
         self._set_hyperparams(**hyperparams)
         self.step_count = int(state_dict["step_count"])
@@ -213,26 +216,10 @@ class Adam(Optimizer):
         if not state:
             state["exp_avg"] = np.zeros_like(param)
             state["exp_avg_sq"] = np.zeros_like(param)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        # In place, in the order of operations of
-        #   exp_avg += (1 - beta1) * (grad - exp_avg)
-        #   exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
-        #   param -= step_size * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2^t) + eps)
-        tmp = self._scratch(param)
-        np.subtract(grad, exp_avg, out=tmp)
-        tmp *= 1.0 - beta1
-        exp_avg += tmp
-        exp_avg_sq *= beta2
-        np.multiply(grad, 1.0 - beta2, out=tmp)
-        tmp *= grad
-        exp_avg_sq += tmp
-        step_size = self.lr / (1.0 - beta1 ** self.step_count)
-        np.sqrt(exp_avg_sq, out=tmp)
-        tmp /= math.sqrt(1.0 - beta2 ** self.step_count)
-        tmp += self.eps
-        np.divide(exp_avg, tmp, out=tmp)
-        tmp *= step_size
-        param -= tmp
+        # One fused pass on the compiled backend (mnist2's 0.8 M parameters:
+        # 0.25 ms, against 2.4 ms for the NumPy twin's eleven array passes).
+        backend.current().adam_update(param, grad, state["exp_avg"], state["exp_avg_sq"],
+                                      self.lr, beta1, beta2, self.eps, self.step_count)
 
 
 class AdamW(Adam):

@@ -37,6 +37,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
+    "adam_update",
 ]
 
 BACKEND_NAME = "numpy"
@@ -266,3 +267,31 @@ def relu_backward(dy, y):
     _checks.float_array(dy, "dy")
     _checks.matching_shape(y, "y", dy.shape, "the ReLU output")
     return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
+    """One step of Adam (PyTorch's bias correction and eps placement), in place:
+
+        exp_avg += (1 - beta1) * (grad - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+        param -= lr / (1 - beta1^step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2^step) + eps)
+
+    each operation rounded to the arrays' dtype in this order. ``step`` counts
+    from 1. param, exp_avg and exp_avg_sq must be writeable and C-contiguous.
+    """
+    one_minus_beta1, beta2, one_minus_beta2, correction2, eps, step_size = _checks.adam_args(
+        param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step)
+    tmp = np.empty_like(param)
+    np.subtract(grad, exp_avg, out=tmp)
+    tmp *= one_minus_beta1
+    exp_avg += tmp
+    exp_avg_sq *= beta2
+    np.multiply(grad, one_minus_beta2, out=tmp)
+    tmp *= grad
+    exp_avg_sq += tmp
+    np.sqrt(exp_avg_sq, out=tmp)
+    tmp /= correction2
+    tmp += eps
+    np.divide(exp_avg, tmp, out=tmp)
+    tmp *= step_size
+    param -= tmp

@@ -45,3 +45,8 @@ void FC_NAME(batchnorm_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REA
 
 void FC_NAME(relu_forward)(REAL *y, const REAL *x, int64_t size);
 void FC_NAME(relu_backward)(REAL *dx, const REAL *dy, const REAL *y, int64_t size);
+
+void FC_NAME(adam_update)(REAL *param, const REAL *grad, REAL *exp_avg, REAL *exp_avg_sq,
+                          int64_t size, double one_minus_beta1, double beta2,
+                          double one_minus_beta2, double bias_correction2_sqrt, double eps,
+                          double step_size);

@@ -16,6 +16,9 @@
 #include "fc_omp.h"
 #include "fc_target.h"
 
+/* The square root in REAL's own precision, one rounding, as NumPy's. */
+#define REAL_SQRT(x) _Generic((x), float: sqrtf, default: sqrt)(x)
+
 /* Output positions o in [*lo, *hi) of a window sweep whose input position
  * o*stride + offset lands inside [0, n_in); clipped to [0, n_out). */
 static void valid_range(int64_t n_out, int64_t stride, int64_t offset, int64_t n_in,
@@ -521,3 +524,49 @@ void FC_NAME(relu_backward)(REAL *dx, const REAL *dy, const REAL *y, int64_t siz
         dx[k] = y[k] > 0 ? d : (REAL)0;
     }
 }
+
+/* ------------------------------------------------------------------------- */
+/* Optimizers */
+
+#define ADAM_CHUNK 4096
+
+/* adam_update on one chunk. Each operation is rounded to REAL in the order of
+ * fastconv.reference.adam_update, NumPy's in-place steps, so both backends
+ * give the same bits: GCC must not fuse a multiply and an add into one
+ * rounding, which it does by default wherever FMA is available. */
+FC_CLONES __attribute__((optimize("fp-contract=off")))
+static void adam_chunk(REAL *param, const REAL *grad, REAL *exp_avg, REAL *exp_avg_sq,
+                       int64_t count, REAL one_minus_beta1, REAL beta2, REAL one_minus_beta2,
+                       REAL bias_correction2_sqrt, REAL eps, REAL step_size)
+{
+    for (int64_t k = 0; k < count; k++) {
+        const REAL g = grad[k];
+        const REAL m = exp_avg[k] + (g - exp_avg[k]) * one_minus_beta1;
+        const REAL v = exp_avg_sq[k] * beta2 + g * one_minus_beta2 * g;
+        const REAL denominator = REAL_SQRT(v) / bias_correction2_sqrt + eps;
+        exp_avg[k] = m;
+        exp_avg_sq[k] = v;
+        param[k] -= m / denominator * step_size;
+    }
+}
+
+/* One Adam step on `size` parameters, in place: param, exp_avg, exp_avg_sq
+ * and grad (size,); the scalars as fastconv.reference.adam_update computes
+ * them, in double, rounded to REAL here. */
+void FC_NAME(adam_update)(REAL *param, const REAL *grad, REAL *exp_avg, REAL *exp_avg_sq,
+                          int64_t size, double one_minus_beta1, double beta2,
+                          double one_minus_beta2, double bias_correction2_sqrt, double eps,
+                          double step_size)
+{
+    const int64_t chunks = (size + ADAM_CHUNK - 1) / ADAM_CHUNK;
+    FC_OMP(parallel for schedule(static) num_threads(fc_threads_for(size)))
+    for (int64_t i = 0; i < chunks; i++) {
+        const int64_t first = i * ADAM_CHUNK;
+        const int64_t count = size - first < ADAM_CHUNK ? size - first : ADAM_CHUNK;
+        adam_chunk(param + first, grad + first, exp_avg + first, exp_avg_sq + first, count,
+                   (REAL)one_minus_beta1, (REAL)beta2, (REAL)one_minus_beta2,
+                   (REAL)bias_correction2_sqrt, (REAL)eps, (REAL)step_size);
+    }
+}
+
+#undef ADAM_CHUNK

@@ -321,6 +321,34 @@ def fuzz_linear(data):
             assert_matches(got, want, magnitude)
 
 
+def adam_state(rng, shape, dtype):
+    """param, exp_avg and exp_avg_sq as Adam holds them: C-contiguous, writeable."""
+    return (random_values(rng, shape, dtype), 0.1 * random_values(rng, shape, dtype),
+            np.abs(0.01 * random_values(rng, shape, dtype)))
+
+
+@target
+def fuzz_adam_update(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    shape = tuple(data.draw(st.lists(st.integers(1, 9), min_size=1, max_size=3), label="shape"))
+    if data.draw(st.booleans(), label="one chunk and a tail"):
+        shape = (4096 + data.draw(st.integers(1, 300), label="tail"),)
+    grad = draw_array(data, rng, shape, dtype, "grad")
+    state = adam_state(rng, shape, dtype)
+    scalars = (data.draw(st.sampled_from([1e-3, 0.5, -1e-2, 0.0]), label="lr"),
+               data.draw(st.sampled_from([0.9, 0.0, 0.5]), label="beta1"),
+               data.draw(st.sampled_from([0.999, 0.0, 0.9]), label="beta2"),
+               data.draw(st.sampled_from([1e-8, 0.0, 1.0]), label="eps"),
+               data.draw(st.integers(1, 10 ** 4), label="step"))
+    ours = [a.copy() for a in state]
+    fast.adam_update(ours[0], grad, ours[1], ours[2], *scalars)
+    ref.adam_update(state[0], grad, state[1], state[2], *scalars)
+    # The same operations rounded in the same order: the same bits, NaN included.
+    for got, want in zip(ours, state):
+        assert_matches(got, want)
+
+
 @target
 def fuzz_conv2d(data):
     g = data.draw(geometries(), label="geometry")
@@ -525,6 +553,11 @@ def valid_call(data, name):
         _, cache_ref = ref.linear_forward(features, weight, None)
         dy = random_values(rng, y.shape, dtype)
         return (dy, cache, True), (dy, cache_ref, True), {0: "array", 1: "cache"}
+    if name == "adam_update":
+        param, exp_avg, exp_avg_sq = adam_state(rng, x.shape, dtype)
+        fast_args = (param, x, exp_avg, exp_avg_sq, 1e-3, 0.9, 0.999, 1e-8, 3)
+        ref_args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in fast_args)
+        return fast_args, ref_args, {0: "array", 1: "array", 2: "array", 3: "array"}
     if name == "maxpool2d_forward" or name == "avgpool2d_forward":
         args = (x,) + geometry
         return args, args, {0: "array", **geometry_kinds}

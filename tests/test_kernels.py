@@ -265,6 +265,70 @@ def test_linear_keeps_nan_and_inf_to_their_rows_and_columns(dtype, special):
     assert np.isfinite(dx).all()
 
 
+def adam_arrays(rng, shape, dtype):
+    """param, grad, exp_avg, exp_avg_sq of an Adam step, grad with zeros and ties."""
+    grad = random_array(rng, shape, dtype)
+    grad.flat[::5] = 0
+    return [random_array(rng, shape, dtype), grad, random_array(rng, shape, dtype, 0.1),
+            np.abs(random_array(rng, shape, dtype, 0.01))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (4096,), (4097,), (500, 1568)])
+def test_adam_update_gives_the_twins_bits(dtype, shape):
+    # The compiled pass rounds each operation in the twin's order; a fused
+    # multiply-add anywhere would change the last bit of some elements.
+    rng = np.random.default_rng(len(shape) + shape[0])
+    ours = adam_arrays(rng, shape, dtype)
+    twins = [a.copy() for a in ours]
+    for step, (lr, beta1, beta2, eps) in enumerate([(1e-3, 0.9, 0.999, 1e-8), (0.05, 0.5, 0.9, 1e-3),
+                                                     (1e-3, 0.0, 0.0, 1e-12)], start=1):
+        fast.adam_update(ours[0], ours[1], ours[2], ours[3], lr, beta1, beta2, eps, step)
+        ref.adam_update(twins[0], twins[1], twins[2], twins[3], lr, beta1, beta2, eps, step)
+        for got, want in zip(ours, twins):
+            np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(ours[0], adam_arrays(np.random.default_rng(len(shape) + shape[0]),
+                                                   shape, dtype)[0])
+
+
+@pytest.mark.skipif(not fast.openmp_enabled(), reason="built without OpenMP")
+def test_adam_update_gives_the_same_bits_on_any_thread_count():
+    results = []
+    before = fast.get_openmp_threads()
+    try:
+        for threads in (1, 2, 3):
+            fast.set_openmp_threads(threads)
+            arrays = adam_arrays(np.random.default_rng(5), (300_001,), np.float32)
+            fast.adam_update(*arrays, 1e-3, 0.9, 0.999, 1e-8, 7)
+            results.append(arrays)
+    finally:
+        fast.set_openmp_threads(before)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernels", [fast, ref], ids=["compiled", "numpy"])
+def test_adam_update_refuses_state_it_cannot_update_in_place(kernels):
+    param, grad, exp_avg, exp_avg_sq = adam_arrays(np.random.default_rng(1), (4, 6), f32)
+    with pytest.raises(ValueError, match="exp_avg is updated in place.*strides"):
+        kernels.adam_update(param, grad, np.asfortranarray(exp_avg), exp_avg_sq, 1e-3, 0.9, 0.999, 1e-8, 1)
+    read_only = param.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="param is updated in place"):
+        kernels.adam_update(read_only, grad, exp_avg, exp_avg_sq, 1e-3, 0.9, 0.999, 1e-8, 1)
+    with pytest.raises(ValueError, match="grad and exp_avg share memory"):
+        kernels.adam_update(param, exp_avg, exp_avg, exp_avg_sq, 1e-3, 0.9, 0.999, 1e-8, 1)
+    with pytest.raises(ValueError, match="beta2 must be in"):
+        kernels.adam_update(param, grad, exp_avg, exp_avg_sq, 1e-3, 0.9, 1.0, 1e-8, 1)
+    with pytest.raises(ValueError, match="step must be a positive int, got 0"):
+        kernels.adam_update(param, grad, exp_avg, exp_avg_sq, 1e-3, 0.9, 0.999, 1e-8, 0)
+    with pytest.raises(TypeError, match="float64"):
+        kernels.adam_update(param, grad.astype(f64), exp_avg, exp_avg_sq, 1e-3, 0.9, 0.999, 1e-8, 1)
+    # A non-contiguous gradient is fine: it is only read.
+    kernels.adam_update(param, np.asfortranarray(grad), exp_avg, exp_avg_sq, 1e-3, 0.9, 0.999, 1e-8, 1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("plane", [(7, 4), (32, 24)])

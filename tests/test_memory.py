@@ -110,6 +110,7 @@ def kernel_calls(dtype=np.float32):
     features = x.reshape(64, -1)
     fc_weight = rng.standard_normal((128, features.shape[1])).astype(dtype)
     fc_y, fc_cache = fast.linear_forward(features, fc_weight, bias[:1].repeat(128))
+    adam_arrays = [np.zeros_like(fc_weight) for _ in range(3)]
     return {
         "im2col": lambda: fast.im2col(x, 3, 1, 1),
         "col2im": lambda: fast.col2im(cols, x.shape, 3, 1, 1),
@@ -126,6 +127,8 @@ def kernel_calls(dtype=np.float32):
         "batchnorm2d_backward": lambda: fast.batchnorm2d_backward(x, bn_cache),
         "relu_forward": lambda: fast.relu_forward(x),
         "relu_backward": lambda: fast.relu_backward(x, relu_y),
+        "adam_update": lambda: fast.adam_update(adam_arrays[0], fc_weight, adam_arrays[1], adam_arrays[2],
+                                                1e-3, 0.9, 0.999, 1e-8, 1),
     }
 
 

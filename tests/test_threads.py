@@ -122,6 +122,7 @@ def long_calls():
     features = rng.standard_normal((256, 2048)).astype(np.float32)
     fc_weight = rng.standard_normal((1024, 2048)).astype(np.float32)
     fc_y, fc_cache = fast.linear_forward(features, fc_weight)
+    adam_arrays = [np.zeros_like(big) for _ in range(3)]
     return {
         "im2col": lambda: fast.im2col(x, 3, 1, 1),
         "col2im": lambda: fast.col2im(cols, x.shape, 3, 1, 1),
@@ -138,6 +139,8 @@ def long_calls():
         "batchnorm2d_backward": lambda: fast.batchnorm2d_backward(x, bn_cache),
         "relu_forward": lambda: fast.relu_forward(big),
         "relu_backward": lambda: fast.relu_backward(big, big_y),
+        "adam_update": lambda: fast.adam_update(adam_arrays[0], big, adam_arrays[1], adam_arrays[2],
+                                                1e-3, 0.9, 0.999, 1e-8, 1),
     }
 
 
