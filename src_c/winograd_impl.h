@@ -147,61 +147,86 @@ static void wino_filters(REAL *u, const REAL *weight, int64_t filters, int64_t c
     }
 }
 
-/* Columns of a deinterleaved row: the tiles of a row plus the one column of
- * the next tile that the last tile reads, rounded up to whole vectors, plus
- * a vector for the loads at t + 1. */
-static int64_t half_row_stride(const wino_plan *w)
+/* Length of one tap plane of wino_split: a row of tiles_w for each row pair
+ * of the padded image, plus a vector for the loads past the last tile. */
+static int64_t tap_plane_length(const wino_plan *w)
 {
-    return round_up(w->tiles_w + 1, VLEN) + VLEN;
+    return (w->tiles_h + 1) * w->tiles_w + VLEN;
 }
 
-/* Rows of the padded image: two per tile row, plus the two that the last
- * tile row reads below its own. */
-static int64_t padded_rows(const wino_plan *w)
+/* Values per split image: 8 tap planes per channel. */
+static int64_t split_size(const wino_plan *w)
 {
-    return 2 * w->tiles_h + 2;
+    return 8 * w->channels * tap_plane_length(w);
 }
 
-/* One image (C, H, W), zero-padded and split into its even and odd columns:
- * even (C, padded_rows, half_row_stride) holds padded column 2k at k, odd
- * column 2k + 1. The 4x4 tile t of a tile row then reads columns even[t],
- * odd[t], even[t + 1], odd[t + 1]: whole vectors of tiles at a time. Only the
- * image's own pixels are written: the padding keeps the zeros of the
+/* Values of wino_split's row buffer: one padded row, with zeros up to the
+ * columns that whole vectors of tiles read past its end. */
+static int64_t split_row_buffer(const wino_plan *w)
+{
+    return round_up(2 * w->tiles_w + 2 * VLEN + 4, VLEN);
+}
+
+/* One image (C, H, W), zero-padded and cut into 8 tap planes per channel:
+ * plane (c, a, j) holds at r*tiles_w + t the padded pixel (2r + a, 2t + j),
+ * for row parity a in {0, 1} and column tap j in 0..3. Tap (i, j) of tile
+ * (th, t) is then plane (c, i % 2, j) at (th + i/2)*tiles_w + t: consecutive
+ * tiles, across tile rows, are consecutive values, so wino_input fills whole
+ * vectors even when a tile row is shorter than one (8x8 planes have 4 tiles
+ * a row; a vector per tile row left 12 of 16 lanes idle).
+ * Each row is copied into row_buffer, between the zeros of its padding, and
+ * cut from there in whole vectors; the lanes past a plane row's tiles_w
+ * values are zeroed, and land on the next rows' place, which is written
+ * after, or, below the image, holds zeros anyway.
+ * Rows that are all padding are never written: they keep the zeros of the
  * scratch's allocation, which holds split images of this plan only.
  * Returns whether every pixel is finite (x*0 is 0 for a finite x, else NaN). */
-FC_CLONES static int wino_split(REAL *even, REAL *odd, const REAL *image, const wino_plan *w)
+FC_CLONES static int wino_split(REAL *planes, REAL *row_buffer, const REAL *image,
+                                const wino_plan *w)
 {
     vec zero_if_finite = {0};
     REAL tail_zero_if_finite = 0;
     const fc_window *g = w->g;
-    const int64_t rows = padded_rows(w), hs = half_row_stride(w);
-    /* Pixel 2k lands in padded column 2k + pw, pixel 2k + 1 in 2k + 1 + pw. */
-    const int64_t to_even_pixels = g->pw / 2, to_odd_pixels = (g->pw + 1) / 2;
-    lane_index evens, odds; /* lanes of two vectors of pixels, a then b */
+    const int64_t tw = w->tiles_w, length = tap_plane_length(w);
+    lane_index evens, odds, lane; /* lanes of two vectors of columns, a then b */
     for (int k = 0; k < VLEN; k++) {
         evens[k] = 2 * k;
         odds[k] = 2 * k + 1;
+        lane[k] = k;
     }
+    memset(row_buffer, 0, (size_t)split_row_buffer(w) * sizeof(REAL));
+    REAL *row = row_buffer + g->pw;
     for (int64_t c = 0; c < w->channels; c++) {
         for (int64_t h = 0; h < g->h; h++) {
+            const int64_t padded_row = h + g->ph, a = padded_row % 2, r = padded_row / 2;
+            if (r > w->tiles_h)
+                continue; /* below every tile */
             const REAL *src = image + (c * g->h + h) * g->w;
-            const int64_t row = (c * rows + h + g->ph) * hs;
-            REAL *to_even = (g->pw % 2 ? odd : even) + row + to_even_pixels;
-            REAL *to_odd = (g->pw % 2 ? even : odd) + row + to_odd_pixels;
             int64_t k = 0;
-            for (; 2 * (k + VLEN) <= g->w; k += VLEN) {
-                const vec a = load_vec(src + 2 * k), b = load_vec(src + 2 * k + VLEN);
-                store_vec(to_even + k, __builtin_shuffle(a, b, evens));
-                store_vec(to_odd + k, __builtin_shuffle(a, b, odds));
-                zero_if_finite += a * 0 + b * 0;
+            for (; k + VLEN <= g->w; k += VLEN) {
+                const vec pixels = load_vec(src + k);
+                store_vec(row + k, pixels);
+                zero_if_finite += pixels * 0;
             }
-            for (; 2 * k < g->w; k++) {
-                to_even[k] = src[2 * k];
-                tail_zero_if_finite += src[2 * k] * 0;
-                if (2 * k + 1 < g->w) {
-                    to_odd[k] = src[2 * k + 1];
-                    tail_zero_if_finite += src[2 * k + 1] * 0;
-                }
+            for (; k < g->w; k++) {
+                row[k] = src[k];
+                tail_zero_if_finite += src[k] * 0;
+            }
+            REAL *plane = planes + (c * 8 + a * 4) * length + r * tw;
+            for (int64_t t = 0; t < tw; t += VLEN) {
+                /* Lanes past the row's tiles read real pixels (the last
+                 * tiles' right taps); they are stored as zeros. */
+                lane_index keep;
+                keep = lane < (__typeof__(lane[0]))(tw - t < VLEN ? tw - t : VLEN);
+                const REAL *at = row_buffer + 2 * t;
+                const vec lo = load_vec(at), hi = load_vec(at + VLEN);
+                const vec lo2 = load_vec(at + 2), hi2 = load_vec(at + 2 + VLEN);
+                store_vec(plane + t, (vec)((lane_index)__builtin_shuffle(lo, hi, evens) & keep));
+                store_vec(plane + length + t, (vec)((lane_index)__builtin_shuffle(lo, hi, odds) & keep));
+                store_vec(plane + 2 * length + t,
+                          (vec)((lane_index)__builtin_shuffle(lo2, hi2, evens) & keep));
+                store_vec(plane + 3 * length + t,
+                          (vec)((lane_index)__builtin_shuffle(lo2, hi2, odds) & keep));
             }
         }
     }
@@ -210,36 +235,35 @@ FC_CLONES static int wino_split(REAL *even, REAL *odd, const REAL *image, const 
     return tail_zero_if_finite == 0;
 }
 
-/* V (16, C, cols), columns col0 .. col0 + tiles_w: the transformed input tiles
- * of tile row th of one image split by wino_split. Whole vectors are stored,
- * so up to VLEN - 1 columns past the tile row are overwritten: the next
- * unit's, which are written after, or the padding at the end of each row of V. */
-FC_CLONES static void wino_input(REAL *v, int64_t col0, const REAL *even, const REAL *odd,
-                                 int64_t th, const wino_plan *w)
+/* V (16, C, cols), columns col0 .. col0 + (th1 - th0)*tiles_w: the
+ * transformed input tiles of tile rows th0 .. th1 - 1 of one image split by
+ * wino_split. Whole vectors are stored, so up to VLEN - 1 columns past them
+ * are overwritten: the next run's, which are written after, or the padding
+ * at the end of each row of V. */
+FC_CLONES static void wino_input(REAL *v, int64_t col0, const REAL *planes, int64_t th0,
+                                 int64_t th1, const wino_plan *w)
 {
-    const int64_t rows = padded_rows(w), hs = half_row_stride(w);
+    const int64_t tw = w->tiles_w, length = tap_plane_length(w);
     const int64_t plane_stride = w->v_xi;
+    const int64_t q0 = th0 * tw, q1 = th1 * tw;
     for (int64_t c = 0; c < w->channels; c++) {
-        const REAL *e = even + (c * rows + 2 * th) * hs, *o = odd + (c * rows + 2 * th) * hs;
-        REAL *out = v + c * w->cols + col0;
-        for (int64_t t = 0; t < w->tiles_w; t += VLEN) {
+        const REAL *p = planes + c * 8 * length;
+        REAL *out = v + c * w->cols + col0 - q0;
+        for (int64_t q = q0; q < q1; q += VLEN) {
             vec d[4][4];
-            for (int i = 0; i < 4; i++) {
-                d[i][0] = load_vec(e + i * hs + t);
-                d[i][1] = load_vec(o + i * hs + t);
-                d[i][2] = load_vec(e + i * hs + t + 1);
-                d[i][3] = load_vec(o + i * hs + t + 1);
-            }
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++)
+                    d[i][j] = load_vec(p + ((i % 2) * 4 + j) * length + (i / 2) * tw + q);
             for (int j = 0; j < 4; j++) { /* B^T d: rows */
                 const vec r0 = d[0][j] - d[2][j], r1 = d[1][j] + d[2][j];
                 const vec r2 = d[2][j] - d[1][j], r3 = d[1][j] - d[3][j];
                 d[0][j] = r0, d[1][j] = r1, d[2][j] = r2, d[3][j] = r3;
             }
             for (int i = 0; i < 4; i++) { /* (B^T d) B: columns */
-                store_vec(out + (4 * i + 0) * plane_stride + t, d[i][0] - d[i][2]);
-                store_vec(out + (4 * i + 1) * plane_stride + t, d[i][1] + d[i][2]);
-                store_vec(out + (4 * i + 2) * plane_stride + t, d[i][2] - d[i][1]);
-                store_vec(out + (4 * i + 3) * plane_stride + t, d[i][1] - d[i][3]);
+                store_vec(out + (4 * i + 0) * plane_stride + q, d[i][0] - d[i][2]);
+                store_vec(out + (4 * i + 1) * plane_stride + q, d[i][1] + d[i][2]);
+                store_vec(out + (4 * i + 2) * plane_stride + q, d[i][2] - d[i][1]);
+                store_vec(out + (4 * i + 3) * plane_stride + q, d[i][1] - d[i][3]);
             }
         }
     }
@@ -313,30 +337,35 @@ static int run_winograd(REAL *y, const REAL *x, const REAL *u, const REAL *bias,
     {
         int64_t first, last;
         share(units, 1, THREAD_ID(), TEAM_SIZE(), &first, &last);
-        const size_t split_size = (size_t)(w->channels * padded_rows(w) * half_row_stride(w));
+        const size_t planes_size = (size_t)split_size(w);
         const size_t v_size = (size_t)(16 * w->v_xi);
         /* calloc: wino_split never writes the padding, and columns past a
          * short chunk's tiles feed products that are dropped, which must not
          * be uninitialized denormals or NaNs. */
-        REAL *scratch = calloc(2 * split_size + v_size + (size_t)(16 * w->m_xi),
+        REAL *scratch = calloc(planes_size + v_size + (size_t)(16 * w->m_xi)
+                                   + (size_t)split_row_buffer(w),
                                sizeof(REAL));
         if (!scratch) {
             failed = 1;
         } else {
-            REAL *even = scratch, *odd = even + split_size;
-            REAL *v = odd + split_size, *m = v + v_size;
+            REAL *planes = scratch, *v = planes + planes_size, *m = v + v_size;
+            REAL *row_buffer = m + 16 * w->m_xi;
             int64_t split_image = -1;
             for (int64_t u0 = first; u0 < last; u0 += w->chunk) {
                 const int64_t count = last - u0 < w->chunk ? last - u0 : w->chunk;
-                for (int64_t k = 0; k < count; k++) {
+                /* Runs of tile rows of one image, one wino_input call each. */
+                for (int64_t k = 0; k < count;) {
                     const int64_t unit = u0 + k, image = unit / w->tiles_h;
+                    const int64_t th = unit % w->tiles_h;
+                    const int64_t run = count - k < w->tiles_h - th ? count - k : w->tiles_h - th;
                     if (image != split_image) {
-                        if (!wino_split(even, odd, x + image * in_image, w))
+                        if (!wino_split(planes, row_buffer, x + image * in_image, w))
                             FC_OMP(atomic write)
                             not_finite[image] = 1;
                         split_image = image;
                     }
-                    wino_input(v, k * w->tiles_w, even, odd, unit % w->tiles_h, w);
+                    wino_input(v, k * w->tiles_w, planes, th, th + run, w);
+                    k += run;
                 }
                 const int64_t width = round_up(count * w->tiles_w, VLEN);
                 for (int xi = 0; xi < 16; xi++) {
@@ -496,32 +525,38 @@ static int winograd_weight_grad(REAL *dweight, REAL *dbias, const REAL *dy, cons
             const int thread = THREAD_ID();
             int64_t first, last;
             share(units, 1, thread, TEAM_SIZE(), &first, &last);
-            const size_t split_size = (size_t)(w.channels * padded_rows(&w) * half_row_stride(&w));
+            const size_t planes_size = (size_t)split_size(&w);
             const size_t v_size = (size_t)(16 * w.v_xi);
             const int64_t d_xi = spread_stride(w.cols * f_stride);
             const size_t d_size = (size_t)(16 * d_xi);
             /* calloc: see run_winograd; the padding columns of dy_t and D up
              * to f_stride, and D's rows past a short chunk's tiles, are zero. */
-            REAL *scratch = calloc(2 * split_size + v_size + d_size
-                                       + (size_t)(2 * g->ow * f_stride),
+            REAL *scratch = calloc(planes_size + v_size + d_size
+                                       + (size_t)(2 * g->ow * f_stride)
+                                       + (size_t)split_row_buffer(&w),
                                    sizeof(REAL));
             REAL *hat = hats + thread * hat_size;
             double *sums = bias_partial ? bias_partial + thread * w.filters : NULL;
             if (!scratch) {
                 failed = 1;
             } else {
-                REAL *even = scratch, *odd = even + split_size, *v = odd + split_size;
+                REAL *planes = scratch, *v = planes + planes_size;
                 REAL *d = v + v_size, *dy_t = d + d_size;
+                REAL *row_buffer = dy_t + 2 * g->ow * f_stride;
                 int64_t split_image = -1;
                 int finite = 1;
                 int64_t u0 = first;
                 while (u0 < last) {
-                    /* Gather up to a chunk of tile rows of finite images. */
+                    /* Gather up to a chunk of tile rows of finite images, in
+                     * runs of tile rows of one image. */
                     int64_t count = 0;
-                    for (; u0 < last && count < w.chunk; u0++) {
-                        const int64_t image = u0 / w.tiles_h, th = u0 % w.tiles_h;
+                    while (u0 < last && count < w.chunk) {
+                        const int64_t image = u0 / w.tiles_h, th0 = u0 % w.tiles_h;
+                        const int64_t left = w.chunk - count < last - u0 ? w.chunk - count : last - u0;
+                        const int64_t run = left < w.tiles_h - th0 ? left : w.tiles_h - th0;
+                        u0 += run;
                         if (image != split_image) {
-                            finite = wino_split(even, odd, x + image * in_image, &w);
+                            finite = wino_split(planes, row_buffer, x + image * in_image, &w);
                             split_image = image;
                             if (!finite)
                                 FC_OMP(atomic write)
@@ -529,10 +564,11 @@ static int winograd_weight_grad(REAL *dweight, REAL *dbias, const REAL *dy, cons
                         }
                         if (!finite)
                             continue;
-                        wino_input(v, count * w.tiles_w, even, odd, th, &w);
-                        wino_dy_rows(dy_t, f_stride, dy + image * out_image, th, &w, sums);
-                        wino_dy_tiles(d, count * w.tiles_w, f_stride, dy_t, &w);
-                        count++;
+                        wino_input(v, count * w.tiles_w, planes, th0, th0 + run, &w);
+                        for (int64_t th = th0; th < th0 + run; th++, count++) {
+                            wino_dy_rows(dy_t, f_stride, dy + image * out_image, th, &w, sums);
+                            wino_dy_tiles(d, count * w.tiles_w, f_stride, dy_t, &w);
+                        }
                     }
                     if (count == 0)
                         continue;

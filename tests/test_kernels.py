@@ -396,6 +396,11 @@ WINOGRAD_CASES = [
     ((5, 64, 2, 11), 64, 3),
     # fewer images than threads: the tile rows of one image are shared out
     ((1, 128, 7, 9), 96, 1),
+    # no padding: the last tile row reads a row below the image, which the
+    # row above it, cut in whole vectors, must not have written into
+    ((2, 128, 15, 15), 128, 0),
+    # rows of tiles longer than a vector, but not a whole number of them
+    ((1, 64, 12, 40), 64, (1, 2)),
 ]
 
 
