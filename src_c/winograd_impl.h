@@ -43,7 +43,12 @@
  * paths (forward and weight gradient, batch 64) on 80 layer shapes: 8x8 to
  * 32x32 planes, 16 to 128 channels and filters. It picks the faster path for
  * every pass of every cifar6 and mnist2 layer; where it errs on the other
- * shapes, the path it picks was at most 13% slower than the other. */
+ * shapes, the path it picks was at most 13% slower than the other. The fit
+ * predates the tap planes of wino_split, which made the input transform of
+ * short tile rows cheaper; it still picks the faster path on every cifar6
+ * and mnist2 layer (measured again after), and charging the input transform
+ * per tile instead of per whole vector would wrongly send mnist2's conv2
+ * through Winograd (forward 2.25 ms against 1.94 ms direct). */
 #define WINO_COST_PER_CHANNEL 230
 #define WINO_COST_PER_FILTER 20
 
