@@ -295,33 +295,73 @@ FC_INLINE void store_interleaved(REAL *y_row, int64_t t, vec a, vec b, int64_t o
     store_lanes(y_row + 2 * t + VLEN, hi, ow - 2 * t - VLEN);
 }
 
-/* Output rows 2th, 2th+1 (those below OH) of one image y (F, OH, OW) from
- * M (16, F, cols), columns col0 .. col0 + tiles_w, plus bias. Only outputs are
- * written: other threads write the rows around them. */
-FC_CLONES static void wino_output(REAL *y, const REAL *m, int64_t col0, int64_t th,
-                                  const REAL *bias, const wino_plan *w)
+/* The outputs of tile rows th0 .. th1 - 1 of one image y (F, OH, OW) (those
+ * below OH and left of OW) from M (16, F, cols), columns col0 ..
+ * col0 + (th1 - th0)*tiles_w, plus bias. Only outputs are written: other
+ * threads write the rows around them.
+ * A tile row as long as a vector or longer is stored a vector of tiles at a
+ * time. Shorter ones are transformed as wino_input does, a vector across
+ * tile rows, and each tile row's outputs copied to its two rows of y from a
+ * buffer: a vector per tile row left half the lanes idle on 16x16 planes and
+ * three quarters on 8x8. The copies are loops on purpose: as calls to
+ * memcpy, their few values each cost more than the transform saved. */
+FC_CLONES __attribute__((optimize("no-tree-loop-distribute-patterns")))
+static void wino_output(REAL *y, const REAL *m, int64_t col0, int64_t th0, int64_t th1,
+                        const REAL *bias, const wino_plan *w)
 {
     const fc_window *g = w->g;
-    const int64_t plane_stride = w->m_xi;
-    const int two_rows = 2 * th + 1 < g->oh;
+    const int64_t plane_stride = w->m_xi, tw = w->tiles_w;
+    const int64_t q0 = th0 * tw, q1 = th1 * tw;
     for (int64_t f = 0; f < w->filters; f++) {
         const vec b = (vec){0} + (bias ? bias[f] : 0);
-        const REAL *in = m + f * w->cols + col0;
-        REAL *y0 = y + (f * g->oh + 2 * th) * g->ow;
-        for (int64_t t = 0; t < w->tiles_w; t += VLEN) {
-            vec s[2][4]; /* A^T M: rows */
-            for (int j = 0; j < 4; j++) {
-                const vec m0 = load_vec(in + (0 + j) * plane_stride + t);
-                const vec m1 = load_vec(in + (4 + j) * plane_stride + t);
-                const vec m2 = load_vec(in + (8 + j) * plane_stride + t);
-                const vec m3 = load_vec(in + (12 + j) * plane_stride + t);
-                s[0][j] = m0 + m1 + m2;
-                s[1][j] = m1 - m2 - m3;
+        const REAL *in = m + f * w->cols + col0 - q0;
+        REAL *y_plane = y + f * g->oh * g->ow;
+        for (int64_t q = q0; q < q1; q += tw >= VLEN ? tw : VLEN) {
+            for (int64_t t = 0; t < (tw >= VLEN ? tw : 1); t += VLEN) {
+                vec s[2][4]; /* A^T M: rows */
+                for (int j = 0; j < 4; j++) {
+                    const vec m0 = load_vec(in + (0 + j) * plane_stride + q + t);
+                    const vec m1 = load_vec(in + (4 + j) * plane_stride + q + t);
+                    const vec m2 = load_vec(in + (8 + j) * plane_stride + q + t);
+                    const vec m3 = load_vec(in + (12 + j) * plane_stride + q + t);
+                    s[0][j] = m0 + m1 + m2;
+                    s[1][j] = m1 - m2 - m3;
+                }
+                vec out[2][2]; /* (A^T M) A: columns; row r, columns 2t + c */
+                for (int r = 0; r < 2; r++) {
+                    out[r][0] = s[r][0] + s[r][1] + s[r][2] + b;
+                    out[r][1] = s[r][1] - s[r][2] - s[r][3] + b;
+                }
+                if (tw >= VLEN) {
+                    const int64_t th = q / tw;
+                    for (int r = 0; r < 2 && 2 * th + r < g->oh; r++)
+                        store_interleaved(y_plane + (2 * th + r) * g->ow, t, out[r][0], out[r][1],
+                                          g->ow);
+                    continue;
+                }
+                REAL pairs[2][2 * VLEN]; /* each row's outputs, tile after tile */
+                for (int r = 0; r < 2; r++) {
+                    vec lo, hi;
+                    interleave(out[r][0], out[r][1], &lo, &hi);
+                    store_vec(pairs[r], lo);
+                    store_vec(pairs[r] + VLEN, hi);
+                }
+                const int64_t q_end = q + VLEN < q1 ? q + VLEN : q1;
+                for (int64_t th = q / tw; th * tw < q_end; th++) {
+                    const int64_t first = th * tw > q ? th * tw : q;
+                    const int64_t last = (th + 1) * tw < q_end ? (th + 1) * tw : q_end;
+                    const int64_t col = 2 * (first - th * tw);
+                    int64_t count = 2 * (last - first);
+                    if (col + count > g->ow)
+                        count = g->ow - col;
+                    for (int r = 0; r < 2 && 2 * th + r < g->oh; r++) {
+                        const REAL *src = pairs[r] + 2 * (first - q);
+                        REAL *dst = y_plane + (2 * th + r) * g->ow + col;
+                        for (int64_t k = 0; k < count; k++)
+                            dst[k] = src[k];
+                    }
+                }
             }
-            /* (A^T M) A: columns */
-            for (int r = 0; r < 1 + two_rows; r++)
-                store_interleaved(y0 + r * g->ow, t, s[r][0] + s[r][1] + s[r][2] + b,
-                                  s[r][1] - s[r][2] - s[r][3] + b, g->ow);
         }
     }
 }
@@ -379,10 +419,12 @@ static int run_winograd(REAL *y, const REAL *x, const REAL *u, const REAL *bias,
                                         m + xi * w->m_xi, w->cols};
                     multiply(&o, 0, w->filters, 0, width, w->channels, 0);
                 }
-                for (int64_t k = 0; k < count; k++) {
-                    const int64_t unit = u0 + k;
-                    wino_output(y + unit / w->tiles_h * out_image, m, k * w->tiles_w,
-                                unit % w->tiles_h, bias, w);
+                for (int64_t k = 0; k < count;) {
+                    const int64_t unit = u0 + k, th = unit % w->tiles_h;
+                    const int64_t run = count - k < w->tiles_h - th ? count - k : w->tiles_h - th;
+                    wino_output(y + unit / w->tiles_h * out_image, m, k * w->tiles_w, th,
+                                th + run, bias, w);
+                    k += run;
                 }
             }
         }
