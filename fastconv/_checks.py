@@ -259,6 +259,11 @@ def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
             lr / (1.0 - beta1 ** step))
 
 
+def flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def class_indices(values, name, shape, num_classes, context=""):
     """``values`` as an intp array of class indices of the given shape.
 

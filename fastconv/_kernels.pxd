@@ -71,11 +71,11 @@ cdef extern from "fastconv.h" nogil:
     void fc_batchnorm_forward_train_f32(float *y, double *stats, float *mean, float *var,
                                         float *inv_std, const float *x, const float *weight,
                                         const float *bias, double eps, int64_t n_images,
-                                        int64_t channels, int64_t plane)
+                                        int64_t channels, int64_t plane, int relu)
     void fc_batchnorm_forward_train_f64(double *y, double *stats, double *mean, double *var,
                                         double *inv_std, const double *x, const double *weight,
                                         const double *bias, double eps, int64_t n_images,
-                                        int64_t channels, int64_t plane)
+                                        int64_t channels, int64_t plane, int relu)
     void fc_batchnorm_forward_eval_f32(float *y, const float *x, const float *weight,
                                        const float *bias, const float *running_mean,
                                        const float *running_var, float eps, int64_t n_images,
@@ -87,11 +87,11 @@ cdef extern from "fastconv.h" nogil:
     void fc_batchnorm_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
                                    const float *x, const double *stats, const float *weight,
                                    const float *inv_std, int64_t n_images, int64_t channels,
-                                   int64_t plane)
+                                   int64_t plane, int relu, int through_relu)
     void fc_batchnorm_backward_f64(double *dx, double *dweight, double *dbias, const double *dy,
                                    const double *x, const double *stats, const double *weight,
                                    const double *inv_std, int64_t n_images, int64_t channels,
-                                   int64_t plane)
+                                   int64_t plane, int relu, int through_relu)
 
     void fc_relu_forward_f32(float *y, const float *x, int64_t size)
     void fc_relu_forward_f64(double *y, const double *x, int64_t size)

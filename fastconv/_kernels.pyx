@@ -555,15 +555,19 @@ cdef class _BatchNormCache:
     cdef object stats
     cdef object inv_std
     cdef object weight
+    cdef bint relu_input
 
 
-def batchnorm2d_forward_train(x, weight, bias, eps=1e-5):
+def batchnorm2d_forward_train(x, weight, bias, eps=1e-5, relu_input=False):
     """Normalize each channel of x with its batch statistics.
 
     Returns y, batch mean (C,), biased batch variance (C,) and a cache. The
-    statistics are accumulated in float64 whatever the input dtype.
+    statistics are accumulated in float64 whatever the input dtype. With
+    relu_input=True the input is relu_forward(x): the ReLU before a batch
+    norm, fused into its pass.
     """
     _checks.batchnorm_params(x, weight, bias, eps)
+    _checks.flag(relu_input, "relu_input")
     cdef int64_t n = x.shape[0], c = x.shape[1], plane = x.shape[2] * x.shape[3]
     cdef double eps_value = float(eps)
     xc = _c_array(x)
@@ -574,23 +578,25 @@ def batchnorm2d_forward_train(x, weight, bias, eps=1e-5):
     mean = _new((c,), x.dtype)
     var = _new((c,), x.dtype)
     inv_std = _new((c,), x.dtype)
+    cdef int relu = 1 if relu_input else 0
     if _is_single(xc):
         _batchnorm_train_run(<float>0, y, stats, mean, var, inv_std, xc, wc, bc, eps_value,
-                             n, c, plane)
+                             n, c, plane, relu)
     else:
         _batchnorm_train_run(<double>0, y, stats, mean, var, inv_std, xc, wc, bc, eps_value,
-                             n, c, plane)
+                             n, c, plane, relu)
     cdef _BatchNormCache cache = _BatchNormCache()
     cache.x = xc
     cache.stats = stats
     cache.inv_std = inv_std
     cache.weight = wc
+    cache.relu_input = relu
     return y, mean, var, cache
 
 
 cdef void _batchnorm_train_run(real tag, object y, object stats, object mean, object var,
                                object inv_std, object x, object weight, object bias,
-                               double eps, int64_t n, int64_t c, int64_t plane):
+                               double eps, int64_t n, int64_t c, int64_t plane, int relu):
     cdef real *py = <real *>_data(y)
     cdef double *ps = <double *>_data(stats)
     cdef real *pm = <real *>_data(mean)
@@ -601,9 +607,9 @@ cdef void _batchnorm_train_run(real tag, object y, object stats, object mean, ob
     cdef const real *pb = <const real *>_data(bias)
     with nogil:
         if real is float:
-            fc_batchnorm_forward_train_f32(py, ps, pm, pv, pi, px, pw, pb, eps, n, c, plane)
+            fc_batchnorm_forward_train_f32(py, ps, pm, pv, pi, px, pw, pb, eps, n, c, plane, relu)
         else:
-            fc_batchnorm_forward_train_f64(py, ps, pm, pv, pi, px, pw, pb, eps, n, c, plane)
+            fc_batchnorm_forward_train_f64(py, ps, pm, pv, pi, px, pw, pb, eps, n, c, plane, relu)
 
 
 def batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
@@ -644,14 +650,22 @@ cdef void _batchnorm_eval_run(real eps, object y, object x, object weight, objec
             fc_batchnorm_forward_eval_f64(py, px, pw, pb, pm, pv, eps, n, c, plane)
 
 
-def batchnorm2d_backward(dy, cache):
-    """Gradients of batchnorm2d_forward_train: dy -> dx, dweight, dbias."""
+def batchnorm2d_backward(dy, cache, through_relu=False):
+    """Gradients of batchnorm2d_forward_train: dy -> dx, dweight, dbias.
+
+    dx is the gradient with respect to the batch norm's input; after a
+    forward pass with relu_input=True, through_relu=True gives it with
+    respect to x instead, through the ReLU (relu_backward fused in).
+    """
     if not isinstance(cache, _BatchNormCache):
         raise TypeError(
             f"cache must be the one returned by batchnorm2d_forward_train, "
             f"got {type(cache).__name__}"
         )
     cdef _BatchNormCache bn = cache
+    _checks.flag(through_relu, "through_relu")
+    if through_relu and not bn.relu_input:
+        raise ValueError("through_relu=True needs the cache of a forward pass with relu_input=True")
     _checks.float_array(dy, "dy", 4)
     _checks.same_dtype(bn.x, dy, "dy")
     _checks.matching_shape(dy, "dy", bn.x.shape, "the batch-norm output")
@@ -660,16 +674,17 @@ def batchnorm2d_backward(dy, cache):
     dx = _new(dy.shape, dy.dtype)
     dweight = _new((c,), dy.dtype)
     dbias = _new((c,), dy.dtype)
+    cdef int mask = 1 if through_relu else 0
     if _is_single(dyc):
-        _batchnorm_backward_run(<float>0, dx, dweight, dbias, dyc, bn, n, c, plane)
+        _batchnorm_backward_run(<float>0, dx, dweight, dbias, dyc, bn, n, c, plane, mask)
     else:
-        _batchnorm_backward_run(<double>0, dx, dweight, dbias, dyc, bn, n, c, plane)
+        _batchnorm_backward_run(<double>0, dx, dweight, dbias, dyc, bn, n, c, plane, mask)
     return dx, dweight, dbias
 
 
 cdef void _batchnorm_backward_run(real tag, object dx, object dweight, object dbias,
                                   object dy, _BatchNormCache cache, int64_t n, int64_t c,
-                                  int64_t plane):
+                                  int64_t plane, int mask):
     cdef real *pdx = <real *>_data(dx)
     cdef real *pdw = <real *>_data(dweight)
     cdef real *pdb = <real *>_data(dbias)
@@ -678,11 +693,12 @@ cdef void _batchnorm_backward_run(real tag, object dx, object dweight, object db
     cdef const double *ps = <const double *>_data(cache.stats)
     cdef const real *pw = <const real *>_data(cache.weight)
     cdef const real *pi = <const real *>_data(cache.inv_std)
+    cdef int relu = cache.relu_input
     with nogil:
         if real is float:
-            fc_batchnorm_backward_f32(pdx, pdw, pdb, pdy, px, ps, pw, pi, n, c, plane)
+            fc_batchnorm_backward_f32(pdx, pdw, pdb, pdy, px, ps, pw, pi, n, c, plane, relu, mask)
         else:
-            fc_batchnorm_backward_f64(pdx, pdw, pdb, pdy, px, ps, pw, pi, n, c, plane)
+            fc_batchnorm_backward_f64(pdx, pdw, pdb, pdy, px, ps, pw, pi, n, c, plane, relu, mask)
 
 
 # ---------------------------------------------------------------------------

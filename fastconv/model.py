@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _checks
 from ._files import atomic_write
-from .layers import LAYER_TYPES, Layer, _float_dtype
+from .layers import LAYER_TYPES, BatchNorm2d, Layer, ReLU, _float_dtype
 
 __all__ = ["Sequential", "load", "FORMAT", "FORMAT_VERSION"]
 
@@ -169,12 +169,31 @@ class Sequential:
             hook(name, layer, y)
         return y
 
+    def _fuses_relu_batchnorm(self, i, stop):
+        """Whether layers i and i + 1 run as one pass: a ReLU, then a
+        BatchNorm2d in training mode, both within the pass, and no hook to
+        see the ReLU's output (see BatchNorm2d._forward_after_relu)."""
+        if i + 1 > stop or self._hooks:
+            return False
+        relu, bn = self._layers[i], self._layers[i + 1]
+        return type(relu) is ReLU and type(bn) is BatchNorm2d and bn.training
+
     def forward(self, x, until=None):
         """Output of layer ``until`` (inclusive; default the last layer) for input x."""
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
-        for i in range(stop + 1):
-            x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
+        i = 0
+        while i <= stop:
+            if self._fuses_relu_batchnorm(i, stop):
+                relu, bn = self._layers[i], self._layers[i + 1]
+                with _blame(self._names[i], relu):
+                    relu._check_input(x)
+                with _blame(self._names[i + 1], bn):
+                    x = bn._forward_after_relu(relu, x)
+                i += 2
+            else:
+                x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
+                i += 1
         self._reached = stop
         return x
 
@@ -209,11 +228,20 @@ class Sequential:
             if not with_params:
                 return None
             last = with_params[0]
-        for i in range(first, last - 1, -1):
+        i = first
+        while i >= last:
             name, layer = self._names[i], self._layers[i]
             need_dx = input_grad or i > last
+            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last and i >= 1
+            if fused and layer._relu_fused_in() is self._layers[i - 1]:
+                # The ReLU's backward too, in the batch norm's pass.
+                with _blame(name, layer):
+                    grad = layer._backward_through_relu(grad, param_grads)
+                i -= 2
+                continue
             with _blame(name, layer):
                 grad = layer.backward(grad, need_dx=need_dx, param_grads=param_grads)
+            i -= 1
         return grad if input_grad else None
 
     def predict(self, x, batch_size=256):

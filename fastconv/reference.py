@@ -213,20 +213,26 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
     return np.ascontiguousarray(xp[:, :, ph:ph + h, pw:pw + w])
 
 
-def batchnorm2d_forward_train(x, weight, bias, eps=1e-5):
+def batchnorm2d_forward_train(x, weight, bias, eps=1e-5, relu_input=False):
     """Normalize each channel of x with its batch statistics.
 
     Returns y, batch mean (C,), biased batch variance (C,) and a cache. The
-    statistics are accumulated in float64 whatever the input dtype.
+    statistics are accumulated in float64 whatever the input dtype. With
+    relu_input=True the input is relu_forward(x): the ReLU before a batch
+    norm, fused into its pass.
     """
     _checks.batchnorm_params(x, weight, bias, eps)
+    _checks.flag(relu_input, "relu_input")
+    relu_of = x if relu_input else None
+    if relu_input:
+        x = relu_forward(x)
     mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
     centered = x - mean.reshape(1, -1, 1, 1)  # float64
     var = np.mean(centered * centered, axis=(0, 2, 3))
     inv_std = 1.0 / np.sqrt(var + eps)
     xhat = (centered * inv_std.reshape(1, -1, 1, 1)).astype(x.dtype, copy=False)
     y = xhat * weight.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
-    cache = (xhat, inv_std.astype(x.dtype), weight)
+    cache = (xhat, inv_std.astype(x.dtype), weight, relu_of)
     return y, mean.astype(x.dtype), var.astype(x.dtype), cache
 
 
@@ -242,9 +248,17 @@ def batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, eps=1e-
     return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
-def batchnorm2d_backward(dy, cache):
-    """Gradients of batchnorm2d_forward_train: dy -> dx, dweight, dbias."""
-    xhat, inv_std, weight = cache
+def batchnorm2d_backward(dy, cache, through_relu=False):
+    """Gradients of batchnorm2d_forward_train: dy -> dx, dweight, dbias.
+
+    dx is the gradient with respect to the batch norm's input; after a
+    forward pass with relu_input=True, through_relu=True gives it with
+    respect to x instead, through the ReLU (relu_backward fused in).
+    """
+    xhat, inv_std, weight, relu_of = cache
+    _checks.flag(through_relu, "through_relu")
+    if through_relu and relu_of is None:
+        raise ValueError("through_relu=True needs the cache of a forward pass with relu_input=True")
     _checks.float_array(dy, "dy", 4)
     _checks.matching_shape(dy, "dy", xhat.shape, "the batch-norm output")
     m = dy.shape[0] * dy.shape[2] * dy.shape[3]
@@ -253,7 +267,10 @@ def batchnorm2d_backward(dy, cache):
     scale = (weight * inv_std / m).reshape(1, -1, 1, 1)
     dx = scale * (m * dy - dbias.reshape(1, -1, 1, 1).astype(dy.dtype)
                   - xhat * dweight.reshape(1, -1, 1, 1).astype(dy.dtype))
-    return dx.astype(dy.dtype, copy=False), dweight.astype(dy.dtype), dbias.astype(dy.dtype)
+    dx = dx.astype(dy.dtype, copy=False)
+    if through_relu:
+        dx = relu_backward(dx, relu_of)
+    return dx, dweight.astype(dy.dtype), dbias.astype(dy.dtype)
 
 
 def relu_forward(x):

@@ -33,7 +33,7 @@ void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const f
 void FC_NAME(batchnorm_forward_train)(REAL *y, double *stats, REAL *mean, REAL *var,
                                       REAL *inv_std, const REAL *x, const REAL *weight,
                                       const REAL *bias, double eps, int64_t n_images,
-                                      int64_t channels, int64_t plane);
+                                      int64_t channels, int64_t plane, int relu);
 void FC_NAME(batchnorm_forward_eval)(REAL *y, const REAL *x, const REAL *weight,
                                      const REAL *bias, const REAL *running_mean,
                                      const REAL *running_var, REAL eps, int64_t n_images,
@@ -41,7 +41,7 @@ void FC_NAME(batchnorm_forward_eval)(REAL *y, const REAL *x, const REAL *weight,
 void FC_NAME(batchnorm_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
                                  const REAL *x, const double *stats, const REAL *weight,
                                  const REAL *inv_std, int64_t n_images, int64_t channels,
-                                 int64_t plane);
+                                 int64_t plane, int relu, int through_relu);
 
 void FC_NAME(relu_forward)(REAL *y, const REAL *x, int64_t size);
 void FC_NAME(relu_backward)(REAL *dx, const REAL *dy, const REAL *y, int64_t size);

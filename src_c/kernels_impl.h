@@ -362,12 +362,20 @@ void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const f
  * y = xhat * weight + bias. The backward pass recomputes xhat from x and stats
  * rather than read a copy the size of x. */
 
+/* The value batch norm reads from x: x itself, or max(x, 0) as relu_forward
+ * computes it (a NaN passes) when the channel is the ReLU's output fused in.
+ * The functions that take max(x, 0) are compiled without trapping math:
+ * otherwise GCC keeps the compare, which may raise a flag on a NaN, as a
+ * branch, and these loops ran scalar, 6x slower. No result changes. */
+#define BN_INPUT(v, relu) ((relu) && (v) < 0 ? (REAL)0 : (v))
+
 /* One channel: x and y point at its plane in the first image, the next
- * image's `stride` elements on. Returns the mean, inv_std and variance in
- * moments[0..2]. */
-FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x, REAL gamma,
-                                        REAL beta, double eps, int64_t n_images,
-                                        int64_t stride, int64_t plane)
+ * image's `stride` elements on; with relu, of max(x, 0). Returns the mean,
+ * inv_std and variance in moments[0..2]. Inlined into one clone per value of
+ * relu, so that neither pays for the other's test. */
+FC_INLINE void batchnorm_channel_body(REAL *y, double *moments, const REAL *x, REAL gamma,
+                                      REAL beta, double eps, int64_t n_images,
+                                      int64_t stride, int64_t plane, const int relu)
 {
     const double count = (double)n_images * (double)plane;
     double total = 0.0;
@@ -375,7 +383,7 @@ FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x,
         const REAL *src = x + n * stride;
         FC_OMP(simd reduction(+:total))
         for (int64_t q = 0; q < plane; q++)
-            total += src[q];
+            total += BN_INPUT(src[q], relu);
     }
     const double rough_mu = total / count;
     /* The second pass also sums the deviations from the first pass's mean,
@@ -387,7 +395,7 @@ FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x,
         const REAL *src = x + n * stride;
         FC_OMP(simd reduction(+:deviations, squares))
         for (int64_t q = 0; q < plane; q++) {
-            const double d = (double)src[q] - rough_mu;
+            const double d = (double)BN_INPUT(src[q], relu) - rough_mu;
             deviations += d;
             squares += d * d;
         }
@@ -405,24 +413,42 @@ FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x,
         const REAL *src = x + n * stride;
         REAL *dst = y + n * stride;
         for (int64_t q = 0; q < plane; q++)
-            dst[q] = (REAL)(((double)src[q] - mu) * inv) * gamma + beta;
+            dst[q] = (REAL)(((double)BN_INPUT(src[q], relu) - mu) * inv) * gamma + beta;
     }
     moments[0] = mu;
     moments[1] = inv;
     moments[2] = sigma2;
 }
 
+FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x, REAL gamma,
+                                        REAL beta, double eps, int64_t n_images,
+                                        int64_t stride, int64_t plane)
+{
+    batchnorm_channel_body(y, moments, x, gamma, beta, eps, n_images, stride, plane, 0);
+}
+
+FC_CLONES __attribute__((optimize("no-trapping-math")))
+static void batchnorm_channel_relu(REAL *y, double *moments, const REAL *x,
+                                             REAL gamma, REAL beta, double eps,
+                                             int64_t n_images, int64_t stride, int64_t plane)
+{
+    batchnorm_channel_body(y, moments, x, gamma, beta, eps, n_images, stride, plane, 1);
+}
+
+/* relu: normalize max(x, 0) rather than x, the ReLU before the batch norm
+ * fused in. */
 void FC_NAME(batchnorm_forward_train)(REAL *y, double *stats, REAL *mean, REAL *var,
                                       REAL *inv_std, const REAL *x, const REAL *weight,
                                       const REAL *bias, double eps, int64_t n_images,
-                                      int64_t channels, int64_t plane)
+                                      int64_t channels, int64_t plane, int relu)
 {
     FC_OMP(parallel for schedule(static)
            num_threads(fc_threads_for(n_images * channels * plane)))
     for (int64_t c = 0; c < channels; c++) {
         double moments[3];
-        batchnorm_channel(y + c * plane, moments, x + c * plane, weight[c], bias[c], eps,
-                          n_images, channels * plane, plane);
+        (relu ? batchnorm_channel_relu : batchnorm_channel)(
+            y + c * plane, moments, x + c * plane, weight[c], bias[c], eps, n_images,
+            channels * plane, plane);
         stats[c] = moments[0];
         stats[channels + c] = moments[1];
         mean[c] = (REAL)moments[0];
@@ -460,11 +486,14 @@ void FC_NAME(batchnorm_forward_eval)(REAL *y, const REAL *x, const REAL *weight,
  * of each channel. */
 
 /* One channel, laid out as in batchnorm_channel; returns sum(dy) and
- * sum(dy * xhat) in sums[0..1]. */
-FC_CLONES static void batchnorm_channel_backward(REAL *dx, double *sums, const REAL *dy,
-                                                 const REAL *x, double mu, double inv,
-                                                 double scale, int64_t n_images,
-                                                 int64_t stride, int64_t plane)
+ * sum(dy * xhat) in sums[0..1]. With relu the forward pass normalized
+ * max(x, 0); with mask as well, dx is the gradient with respect to x itself,
+ * zero where x is not positive, as relu_backward makes it. */
+FC_INLINE void batchnorm_channel_backward_body(REAL *dx, double *sums, const REAL *dy,
+                                               const REAL *x, double mu, double inv,
+                                               double scale, int64_t n_images,
+                                               int64_t stride, int64_t plane,
+                                               const int relu, const int mask)
 {
     const double count = (double)n_images * (double)plane;
     double sum_dy = 0.0, sum_dy_xhat = 0.0;
@@ -473,34 +502,66 @@ FC_CLONES static void batchnorm_channel_backward(REAL *dx, double *sums, const R
         FC_OMP(simd reduction(+:sum_dy, sum_dy_xhat))
         for (int64_t q = 0; q < plane; q++) {
             sum_dy += g[q];
-            sum_dy_xhat += (double)g[q] * (((double)src[q] - mu) * inv);
+            sum_dy_xhat += (double)g[q] * (((double)BN_INPUT(src[q], relu) - mu) * inv);
         }
     }
     const double mean_dy = sum_dy / count, mean_dy_xhat = sum_dy_xhat / count;
     for (int64_t n = 0; n < n_images; n++) {
         const REAL *g = dy + n * stride, *src = x + n * stride;
         REAL *dst = dx + n * stride;
-        for (int64_t q = 0; q < plane; q++)
-            dst[q] = (REAL)(scale * ((double)g[q] - mean_dy
-                                     - ((double)src[q] - mu) * inv * mean_dy_xhat));
+        for (int64_t q = 0; q < plane; q++) {
+            const REAL d = (REAL)(scale * ((double)g[q] - mean_dy
+                                           - ((double)BN_INPUT(src[q], relu) - mu) * inv
+                                                 * mean_dy_xhat));
+            dst[q] = mask && !(src[q] > 0) ? (REAL)0 : d;
+        }
     }
     sums[0] = sum_dy;
     sums[1] = sum_dy_xhat;
 }
 
+FC_CLONES static void batchnorm_channel_backward(REAL *dx, double *sums, const REAL *dy, const REAL *x,
+    double mu, double inv, double scale, int64_t n_images, int64_t stride, int64_t plane)
+{
+    batchnorm_channel_backward_body(dx, sums, dy, x, mu, inv, scale, n_images, stride, plane,
+                                    0, 0);
+}
+
+FC_CLONES __attribute__((optimize("no-trapping-math")))
+static void batchnorm_channel_backward_relu(REAL *dx, double *sums, const REAL *dy, const REAL *x,
+    double mu, double inv, double scale, int64_t n_images, int64_t stride, int64_t plane)
+{
+    batchnorm_channel_backward_body(dx, sums, dy, x, mu, inv, scale, n_images, stride, plane,
+                                    1, 0);
+}
+
+FC_CLONES __attribute__((optimize("no-trapping-math")))
+static void batchnorm_channel_backward_through_relu(REAL *dx, double *sums, const REAL *dy, const REAL *x,
+    double mu, double inv, double scale, int64_t n_images, int64_t stride, int64_t plane)
+{
+    batchnorm_channel_backward_body(dx, sums, dy, x, mu, inv, scale, n_images, stride, plane,
+                                    1, 1);
+}
+
+/* relu: the forward pass normalized max(x, 0); through_relu (with relu): dx
+ * is the gradient with respect to x, through the ReLU. */
 void FC_NAME(batchnorm_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *dy,
                                  const REAL *x, const double *stats, const REAL *weight,
                                  const REAL *inv_std, int64_t n_images, int64_t channels,
-                                 int64_t plane)
+                                 int64_t plane, int relu, int through_relu)
 {
+    __typeof__(batchnorm_channel_backward) *channel_backward =
+        !relu ? batchnorm_channel_backward
+              : through_relu ? batchnorm_channel_backward_through_relu
+                             : batchnorm_channel_backward_relu;
     FC_OMP(parallel for schedule(static)
            num_threads(fc_threads_for(n_images * channels * plane)))
     for (int64_t c = 0; c < channels; c++) {
         double sums[2];
         const int64_t off = c * plane;
-        batchnorm_channel_backward(dx + off, sums, dy + off, x + off, stats[c],
-                                   stats[channels + c], (double)weight[c] * (double)inv_std[c],
-                                   n_images, channels * plane, plane);
+        channel_backward(dx + off, sums, dy + off, x + off, stats[c], stats[channels + c],
+                         (double)weight[c] * (double)inv_std[c], n_images, channels * plane,
+                         plane);
         dbias[c] = (REAL)sums[0];
         dweight[c] = (REAL)sums[1];
     }

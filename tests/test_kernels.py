@@ -568,7 +568,7 @@ def test_batchnorm2d_train_matches_reference(case, offset, scale, eps):
     bias = random_array(rng, (c,), dtype)
     y, mean, var, cache = fast.batchnorm2d_forward_train(x, weight, bias, eps)
     y_ref, mean_ref, var_ref, ref_cache = ref.batchnorm2d_forward_train(x, weight, bias, eps)
-    xhat, inv_std, _ = ref_cache
+    xhat, inv_std, *_ = ref_cache
     assert_close(mean, mean_ref, np.abs(x).max())
     assert_close(var, var_ref, var_ref)
     channel = (1, -1, 1, 1)
@@ -583,10 +583,54 @@ def test_batchnorm2d_train_matches_reference(case, offset, scale, eps):
                     * (m * np.abs(dy) + sum_abs_dy.reshape(channel)
                        + np.abs(xhat) * sum_abs_dy_xhat.reshape(channel)))
     dx, dweight, dbias = fast.batchnorm2d_backward(dy, cache)
-    dx_ref, dweight_ref, dbias_ref = ref.batchnorm2d_backward(dy, (xhat, inv_std, weight))
+    dx_ref, dweight_ref, dbias_ref = ref.batchnorm2d_backward(dy, ref_cache)
     assert_close(dx, dx_ref, dx_magnitude)
     assert_close(dweight, dweight_ref, sum_abs_dy_xhat)
     assert_close(dbias, dbias_ref, sum_abs_dy)
+
+
+@pytest.mark.parametrize("kernels", [fast, ref], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm2d_with_the_relu_fused_in_matches_the_two_kernels(kernels, dtype):
+    # relu_input / through_relu fold ReLU into the batch norm's passes; the
+    # result must be the ReLU kernel's then the batch norm's: NaN, inf and
+    # zeros in the same places, and the same values but for the rounding of
+    # the statistics' sums, which the compiler may vectorize differently in
+    # the fused loop (the twin runs the very same NumPy operations: bit for
+    # bit).
+    def same(got, want):
+        if kernels is ref:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(got == 0, want == 0)
+            finite = np.isfinite(want)
+            np.testing.assert_allclose(got[finite], want[finite], rtol=RTOL[want.dtype],
+                                       atol=RTOL[want.dtype] * np.abs(want[finite]).max(initial=1.0))
+
+    rng = np.random.default_rng(21)
+    x = random_array(rng, (3, 4, 9, 7), dtype, offset=0.3)
+    x[0, 1, 2, 3], x[1, 2, 0, 0], x[2, 3, 4, 4], x[0, 0, 0, 1] = np.nan, np.inf, -np.inf, -0.0
+    weight, bias = random_array(rng, (4,), dtype), random_array(rng, (4,), dtype)
+    dy = random_array(rng, x.shape, dtype)
+    relu_y = kernels.relu_forward(x)
+    y, mean, var, cache = kernels.batchnorm2d_forward_train(relu_y, weight, bias)
+    dx, dweight, dbias = kernels.batchnorm2d_backward(dy, cache)
+    fused_y, fused_mean, fused_var, fused_cache = kernels.batchnorm2d_forward_train(
+        x, weight, bias, relu_input=True)
+    for got, want in ((fused_y, y), (fused_mean, mean), (fused_var, var)):
+        same(got, want)
+    # Without through_relu: the gradient with respect to relu(x), as before.
+    for got, want in zip(kernels.batchnorm2d_backward(dy, fused_cache), (dx, dweight, dbias)):
+        same(got, want)
+    through = kernels.batchnorm2d_backward(dy, fused_cache, through_relu=True)
+    same(through[0], kernels.relu_backward(dx, relu_y))
+    same(through[1], dweight)
+    assert (through[0][~(x > 0)] == 0).all()
+    with pytest.raises(ValueError, match="through_relu=True needs"):
+        kernels.batchnorm2d_backward(dy, cache, through_relu=True)
+    with pytest.raises(TypeError, match="relu_input must be a bool, got 1"):
+        kernels.batchnorm2d_forward_train(x, weight, bias, 1e-5, 1)
 
 
 @property_test

@@ -447,3 +447,87 @@ def test_gradients_accumulate_and_zero_grad(backend):
         np.testing.assert_allclose(grad, 2 * once[key], rtol=1e-14)
     model.zero_grad()
     assert not any(g.any() for g in model.gradients().values())
+
+
+# ---------------------------------------------------------------------------
+# A ReLU followed by a batch norm in training runs as one pass
+
+def relu_batchnorm_model(seed=3):
+    return models.cifar6(num_classes=4, seed=seed).astype(np.float64)
+
+
+def train_pass(model, x, labels, until=None, start=None):
+    """Output, loss, input gradient and parameter gradients of one training pass."""
+    model.zero_grad()
+    out = model.forward(x, until=until)
+    if start is None:
+        loss_fn = losses.CrossEntropyLoss()
+        loss = loss_fn(out, labels)
+        grad = loss_fn.backward()
+    else:
+        loss, grad = None, np.cos(out)
+    dx = model.backward(grad, start=start)
+    return out, loss, dx, {k: g.copy() for k, g in model.gradients().items()}
+
+
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
+def test_fusing_relu_into_batchnorm_changes_no_result(backend):
+    # A hook sees every layer's output, so with one registered nothing is
+    # fused: the same model and batch, run both ways, must agree.
+    previous = fastconv.get_backend()
+    fastconv.set_backend(backend)
+    try:
+        rng = np.random.default_rng(4)
+        x = rng.standard_normal((4, 3, 32, 32))
+        labels = rng.integers(0, 4, 4)
+        fused_model, plain_model = relu_batchnorm_model(), relu_batchnorm_model()
+        fused = train_pass(fused_model, x, labels)
+        handle = plain_model.register_forward_hook(lambda name, layer, y: None)
+        plain = train_pass(plain_model, x, labels)
+        handle.remove()
+    finally:
+        fastconv.set_backend(previous)
+    assert type(fused_model.layer("bn1")._relu_fused_in()) is layers.ReLU
+    assert plain_model.layer("bn1")._relu_fused_in() is None
+    np.testing.assert_allclose(fused[0], plain[0], rtol=1e-12, atol=1e-12)
+    assert fused[1] == pytest.approx(plain[1], rel=1e-12)
+    np.testing.assert_allclose(fused[2], plain[2], rtol=1e-9, atol=1e-12)
+    for key in plain[3]:
+        np.testing.assert_allclose(fused[3][key], plain[3][key], rtol=1e-9, atol=1e-12, err_msg=key)
+    for name in ("bn1", "bn6"):
+        for buffer in ("running_mean", "running_var"):
+            np.testing.assert_allclose(fused_model.layer(name).buffers[buffer],
+                                       plain_model.layer(name).buffers[buffer], rtol=1e-12)
+
+
+def test_layers_of_a_fused_pair_still_backpropagate_one_by_one():
+    # Tools that walk the layers themselves (layer.backward, last to first)
+    # after a fused forward pass get what the model's backward gives.
+    model = relu_batchnorm_model()
+    x = np.random.default_rng(5).standard_normal((3, 3, 32, 32))
+    out = model.forward(x, until="bn2")
+    grad = np.sin(out)
+    want = model.backward(grad, start="bn2")
+    pairs = model.named_layers()[:model._position("bn2") + 1]
+    got = grad
+    for _, layer in reversed(pairs):
+        got = layer.backward(got, param_grads=False)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_pass_that_stops_between_relu_and_batchnorm_is_not_fused():
+    model = relu_batchnorm_model()
+    x = np.random.default_rng(6).standard_normal((2, 3, 32, 32))
+    relu_out = model.forward(x, until="relu1")
+    assert (relu_out >= 0).all()
+    np.testing.assert_array_equal(relu_out, np.maximum(model.forward(x, until="conv1"), 0))
+    # Forward through the pair, backward from the ReLU: its cache still
+    # holds what its backward needs.
+    model.forward(x, until="bn1")
+    out, _, dx, _ = train_pass(model, x, None, until="bn1", start="relu1")
+    assert dx.shape == x.shape and np.isfinite(dx).all()
+    reference = relu_batchnorm_model()
+    handle = reference.register_forward_hook(lambda name, layer, y: None)
+    _, _, want, _ = train_pass(reference, x, None, until="bn1", start="relu1")
+    handle.remove()
+    np.testing.assert_allclose(dx, want, rtol=1e-9, atol=1e-12)
