@@ -881,6 +881,26 @@ def _conv_total_row(net, kernel_rows, gemm):
     return _rates(row, row["flops"], gemm, row["batch"])
 
 
+def _profiled_steps(model):
+    """[(row name, forward, backward(grad, need_dx), index of its first layer)]:
+    a training step cut where it can be timed, each ReLU that Sequential
+    fuses into the batch norm after it timed with that batch norm."""
+    named = model.named_layers()
+    steps, i = [], 0
+    while i < len(named):
+        (name, layer), last = named[i], len(named) - 1
+        if model._fuses_relu_batchnorm(i, last):
+            bn_name, bn = named[i + 1]
+            steps.append((f"{name}+{bn_name}", lambda a, relu=layer, bn=bn: bn._forward_after_relu(relu, a),
+                          lambda g, need_dx, bn=bn: bn._backward_through_relu(g, True), i))
+            i += 2
+        else:
+            steps.append((name, layer.forward,
+                          lambda g, need_dx, layer=layer: layer.backward(g, need_dx=need_dx), i))
+            i += 1
+    return steps
+
+
 def _layer_profile(net, batch_size, repeats):
     """Best forward and backward time of each layer of a training step on the compiled backend."""
     backend.set_backend("compiled")
@@ -888,26 +908,25 @@ def _layer_profile(net, batch_size, repeats):
     x, labels = _batch(net, batch_size)
     loss_fn = losses.CrossEntropyLoss()
     optimizer = optim.Adam(model, lr=1e-3)
-    named = model.named_layers()
-    samples = {name: ([], []) for name, _ in named}
+    steps = _profiled_steps(model)
+    samples = {name: ([], []) for name, *_ in steps}
     extra = {"loss": [], "optimizer": []}
     for _ in range(repeats + 1):  # the first round warms up
         start = time.perf_counter()
         optimizer.zero_grad()
         zeroing = time.perf_counter() - start
         out = x
-        for name, layer in named:
+        for name, forward, _, _ in steps:
             start = time.perf_counter()
-            out = layer.forward(out)
+            out = forward(out)
             samples[name][0].append(time.perf_counter() - start)
         start = time.perf_counter()
         loss_fn(out, labels)
         grad = loss_fn.backward()
         extra["loss"].append(time.perf_counter() - start)
-        for index in range(len(named) - 1, -1, -1):
-            name, layer = named[index]
+        for name, _, backward, first in reversed(steps):
             start = time.perf_counter()
-            grad = layer.backward(grad, need_dx=index > 0)
+            grad = backward(grad, first > 0)
             samples[name][1].append(time.perf_counter() - start)
         start = time.perf_counter()
         optimizer.step()
