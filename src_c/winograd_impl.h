@@ -165,8 +165,8 @@ static int64_t split_size(const wino_plan *w)
     return 8 * w->channels * tap_plane_length(w);
 }
 
-/* Values of wino_split's row buffer: one padded row, with zeros up to the
- * columns that whole vectors of tiles read past its end. */
+/* Values of one of wino_split's two row buffers: a padded row, with zeros up
+ * to the columns that whole vectors of tiles read past its end. */
 static int64_t split_row_buffer(const wino_plan *w)
 {
     return round_up(2 * w->tiles_w + 2 * VLEN + 4, VLEN);
@@ -179,8 +179,9 @@ static int64_t split_row_buffer(const wino_plan *w)
  * tiles, across tile rows, are consecutive values, so wino_input fills whole
  * vectors even when a tile row is shorter than one (8x8 planes have 4 tiles
  * a row; a vector per tile row left 12 of 16 lanes idle).
- * Each row is copied into row_buffer, between the zeros of its padding, and
- * cut from there in whole vectors; the lanes past a plane row's tiles_w
+ * Each row is copied into one of the two halves of row_buffer (2 *
+ * split_row_buffer values), between the zeros of its padding, and cut from
+ * there in whole vectors; the lanes past a plane row's tiles_w
  * values are zeroed, and land on the next rows' place, which is written
  * after, or, below the image, holds zeros anyway.
  * Rows that are all padding are never written: they keep the zeros of the
@@ -199,40 +200,52 @@ FC_CLONES static int wino_split(REAL *planes, REAL *row_buffer, const REAL *imag
         odds[k] = 2 * k + 1;
         lane[k] = k;
     }
-    memset(row_buffer, 0, (size_t)split_row_buffer(w) * sizeof(REAL));
-    REAL *row = row_buffer + g->pw;
-    for (int64_t c = 0; c < w->channels; c++) {
-        for (int64_t h = 0; h < g->h; h++) {
-            const int64_t padded_row = h + g->ph, a = padded_row % 2, r = padded_row / 2;
-            if (r > w->tiles_h)
-                continue; /* below every tile */
-            const REAL *src = image + (c * g->h + h) * g->w;
-            int64_t k = 0;
-            for (; k + VLEN <= g->w; k += VLEN) {
-                const vec pixels = load_vec(src + k);
-                store_vec(row + k, pixels);
+    /* Two row buffers, used in turn: a row is copied into one while the row
+     * before is cut from the other. Cut right after its copy, a row's loads
+     * straddle its stores, which the CPU cannot forward, and waited for them
+     * to retire (37% of the function's time). */
+    const int64_t half = split_row_buffer(w);
+    memset(row_buffer, 0, (size_t)(2 * half) * sizeof(REAL));
+    /* The rows that reach a tile: h + ph <= 2*tiles_h + 1. */
+    int64_t rows = 2 * w->tiles_h + 2 - g->ph;
+    rows = rows < g->h ? rows : g->h;
+    const int64_t count = rows > 0 ? w->channels * rows : 0;
+    for (int64_t k = 0; k <= count; k++) {
+        if (k < count) { /* copy row k */
+            const REAL *src = image + ((k / rows) * g->h + k % rows) * g->w;
+            REAL *row = row_buffer + (k % 2) * half + g->pw;
+            int64_t q = 0;
+            for (; q + VLEN <= g->w; q += VLEN) {
+                const vec pixels = load_vec(src + q);
+                store_vec(row + q, pixels);
                 zero_if_finite += pixels * 0;
             }
-            for (; k < g->w; k++) {
-                row[k] = src[k];
-                tail_zero_if_finite += src[k] * 0;
+            for (; q < g->w; q++) {
+                row[q] = src[q];
+                tail_zero_if_finite += src[q] * 0;
             }
-            REAL *plane = planes + (c * 8 + a * 4) * length + r * tw;
-            for (int64_t t = 0; t < tw; t += VLEN) {
-                /* Lanes past the row's tiles read real pixels (the last
-                 * tiles' right taps); they are stored as zeros. */
-                lane_index keep;
-                keep = lane < (__typeof__(lane[0]))(tw - t < VLEN ? tw - t : VLEN);
-                const REAL *at = row_buffer + 2 * t;
-                const vec lo = load_vec(at), hi = load_vec(at + VLEN);
-                const vec lo2 = load_vec(at + 2), hi2 = load_vec(at + 2 + VLEN);
-                store_vec(plane + t, (vec)((lane_index)__builtin_shuffle(lo, hi, evens) & keep));
-                store_vec(plane + length + t, (vec)((lane_index)__builtin_shuffle(lo, hi, odds) & keep));
-                store_vec(plane + 2 * length + t,
-                          (vec)((lane_index)__builtin_shuffle(lo2, hi2, evens) & keep));
-                store_vec(plane + 3 * length + t,
-                          (vec)((lane_index)__builtin_shuffle(lo2, hi2, odds) & keep));
-            }
+        }
+        if (k == 0)
+            continue;
+        /* cut row k - 1 */
+        const int64_t c = (k - 1) / rows, padded_row = (k - 1) % rows + g->ph;
+        const int64_t a = padded_row % 2, r = padded_row / 2;
+        const REAL *row = row_buffer + ((k - 1) % 2) * half;
+        REAL *plane = planes + (c * 8 + a * 4) * length + r * tw;
+        for (int64_t t = 0; t < tw; t += VLEN) {
+            /* Lanes past the row's tiles read real pixels (the last tiles'
+             * right taps); they are stored as zeros. */
+            lane_index keep;
+            keep = lane < (__typeof__(lane[0]))(tw - t < VLEN ? tw - t : VLEN);
+            const REAL *at = row + 2 * t;
+            const vec lo = load_vec(at), hi = load_vec(at + VLEN);
+            const vec lo2 = load_vec(at + 2), hi2 = load_vec(at + 2 + VLEN);
+            store_vec(plane + t, (vec)((lane_index)__builtin_shuffle(lo, hi, evens) & keep));
+            store_vec(plane + length + t, (vec)((lane_index)__builtin_shuffle(lo, hi, odds) & keep));
+            store_vec(plane + 2 * length + t,
+                      (vec)((lane_index)__builtin_shuffle(lo2, hi2, evens) & keep));
+            store_vec(plane + 3 * length + t,
+                      (vec)((lane_index)__builtin_shuffle(lo2, hi2, odds) & keep));
         }
     }
     for (int k = 0; k < VLEN; k++)
@@ -388,7 +401,7 @@ static int run_winograd(REAL *y, const REAL *x, const REAL *u, const REAL *bias,
          * short chunk's tiles feed products that are dropped, which must not
          * be uninitialized denormals or NaNs. */
         REAL *scratch = calloc(planes_size + v_size + (size_t)(16 * w->m_xi)
-                                   + (size_t)split_row_buffer(w),
+                                   + (size_t)(2 * split_row_buffer(w)),
                                sizeof(REAL));
         if (!scratch) {
             failed = 1;
@@ -580,7 +593,7 @@ static int winograd_weight_grad(REAL *dweight, REAL *dbias, const REAL *dy, cons
              * to f_stride, and D's rows past a short chunk's tiles, are zero. */
             REAL *scratch = calloc(planes_size + v_size + d_size
                                        + (size_t)(2 * g->ow * f_stride)
-                                       + (size_t)split_row_buffer(&w),
+                                       + (size_t)(2 * split_row_buffer(&w)),
                                    sizeof(REAL));
             REAL *hat = hats + thread * hat_size;
             double *sums = bias_partial ? bias_partial + thread * w.filters : NULL;
