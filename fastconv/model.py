@@ -171,12 +171,16 @@ class Sequential:
 
     def _fuses_relu_batchnorm(self, i, stop):
         """Whether layers i and i + 1 run as one pass: a ReLU, then a
-        BatchNorm2d in training mode, both within the pass, and no hook to
-        see the ReLU's output (see BatchNorm2d._forward_after_relu)."""
+        BatchNorm2d in training mode, both within the pass, no hook to see
+        the ReLU's output, and neither layer's forward or backward replaced
+        on the instance, as the attribution tools do to the ReLUs (see
+        BatchNorm2d._forward_after_relu)."""
         if i + 1 > stop or self._hooks:
             return False
         relu, bn = self._layers[i], self._layers[i + 1]
-        return type(relu) is ReLU and type(bn) is BatchNorm2d and bn.training
+        if type(relu) is not ReLU or type(bn) is not BatchNorm2d or not bn.training:
+            return False
+        return not any(method in vars(layer) for layer in (relu, bn) for method in ("forward", "backward"))
 
     def forward(self, x, until=None):
         """Output of layer ``until`` (inclusive; default the last layer) for input x."""
@@ -233,7 +237,8 @@ class Sequential:
             name, layer = self._names[i], self._layers[i]
             need_dx = input_grad or i > last
             fused = isinstance(layer, BatchNorm2d) and i - 1 >= last and i >= 1
-            if fused and layer._relu_fused_in() is self._layers[i - 1]:
+            if fused and layer._relu_fused_in() is self._layers[i - 1] \
+                    and "backward" not in vars(self._layers[i - 1]):
                 # The ReLU's backward too, in the batch norm's pass.
                 with _blame(name, layer):
                     grad = layer._backward_through_relu(grad, param_grads)

@@ -531,3 +531,22 @@ def test_a_pass_that_stops_between_relu_and_batchnorm_is_not_fused():
     _, _, want, _ = train_pass(reference, x, None, until="bn1", start="relu1")
     handle.remove()
     np.testing.assert_allclose(dx, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_relu_whose_backward_is_replaced_is_not_fused():
+    # The attribution tools replace each ReLU's backward on the instance
+    # (deconvnet, guided backprop); a fused pass would skip the replacement.
+    from fastconv.analysis.attribution import relu_backward_rule
+    model = relu_batchnorm_model()
+    x = np.random.default_rng(7).standard_normal((2, 3, 32, 32))
+    with relu_backward_rule(model, "deconvnet"):
+        model.forward(x, until="bn1")
+        assert model.layer("bn1")._relu_fused_in() is None
+        grad = model.backward(np.ones((2, 32, 32, 32)), start="bn1")
+    reference = relu_batchnorm_model()
+    handle = reference.register_forward_hook(lambda name, layer, y: None)
+    reference.forward(x, until="bn1")
+    handle.remove()
+    relu_grad = reference.layer("bn1").backward(np.ones((2, 32, 32, 32)), param_grads=False)
+    want = reference.layer("conv1").backward(np.maximum(relu_grad, 0), param_grads=False)
+    np.testing.assert_allclose(grad, want, rtol=1e-9, atol=1e-12)
