@@ -80,23 +80,31 @@ def window_geometry(x_shape, kernel_size, stride, padding, what="kernel"):
 LARGEST_IMAGE_BUFFER = 2 ** 48
 
 
-def conv_args(x, weight, bias, stride, padding):
-    """Validate a convolution call; return the window geometry."""
-    float_array(x, "x", 4)
-    float_array(weight, "weight", 4)
+def _input_weight_bias(x, weight, bias, ndim, inputs):
+    """The checks a convolution and a fully connected layer share: x and weight
+    ndim-D arrays of one float dtype, a nonempty batch, weight's axis 1
+    matching x's (its `inputs`: channels or features), bias (weight.shape[0],)
+    or None."""
+    float_array(x, "x", ndim)
+    float_array(weight, "weight", ndim)
     same_dtype(x, weight, "weight")
     nonempty_batch(x)
     if weight.size == 0:
         raise ValueError(f"weight has a zero-size dimension: shape {weight.shape}")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(
-            f"input has {x.shape[1]} channels but weight {weight.shape} expects {weight.shape[1]}"
+            f"input has {x.shape[1]} {inputs} but weight {weight.shape} expects {weight.shape[1]}"
         )
     if bias is not None:
         float_array(bias, "bias", 1)
         same_dtype(x, bias, "bias")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias has shape {bias.shape}, expected ({weight.shape[0]},)")
+
+
+def conv_args(x, weight, bias, stride, padding):
+    """Validate a convolution call; return the window geometry."""
+    _input_weight_bias(x, weight, bias, 4, "channels")
     geometry = window_geometry(x.shape, weight.shape[2:], stride, padding)
     kh, kw, sh, sw, ph, pw, oh, ow = geometry
     _, c, h, w = x.shape
@@ -119,24 +127,10 @@ def conv_args(x, weight, bias, stride, padding):
 def linear_args(x, weight, bias):
     """Validate a fully connected layer's call: x (N, in_features), weight
     (out_features, in_features), bias (out_features,) or None."""
-    float_array(x, "x", 2)
-    float_array(weight, "weight", 2)
-    same_dtype(x, weight, "weight")
-    nonempty_batch(x)
-    if weight.size == 0:
-        raise ValueError(f"weight has a zero-size dimension: shape {weight.shape}")
-    if x.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"input has {x.shape[1]} features but weight {weight.shape} expects {weight.shape[1]}"
-        )
-    if bias is not None:
-        float_array(bias, "bias", 1)
-        same_dtype(x, bias, "bias")
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias has shape {bias.shape}, expected ({weight.shape[0]},)")
-    # The compiled kernel holds x and y transposed, the batch padded to a
-    # whole vector (at most 16 more rows).
-    padded_batch = x.shape[0] + 16
+    _input_weight_bias(x, weight, bias, 2, "features")
+    # The compiled kernel holds x and y transposed, the batch padded to whole
+    # vectors and x's rows one vector more (at most 31 more values a row).
+    padded_batch = x.shape[0] + 32
     if max(weight.shape) * padded_batch > LARGEST_IMAGE_BUFFER:
         raise ValueError(
             f"a batch of {x.shape[0]} through a {weight.shape[1]} -> {weight.shape[0]} layer "
