@@ -206,13 +206,20 @@ def batchnorm_params(x, gamma, beta, eps):
         raise ValueError(f"eps must be positive, got {eps!r}")
 
 
-def _number(value, name):
+def real_number(value, name, low=0.0, high=math.inf, low_open=False, high_open=False):
+    """value as a Python float in [low, high], either end open on request:
+    TypeError unless a real number, ValueError naming it otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
     try:
-        return float(value)
+        number = float(value)
     except OverflowError:
         raise ValueError(f"{name} is too large for a float, got {value!r}") from None
+    if not ((low < number if low_open else low <= number)
+            and (number < high if high_open else number <= high)):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return number
 
 
 def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
@@ -237,15 +244,12 @@ def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
         for b in names[i + 1:]:
             if arrays[a].size and np.may_share_memory(arrays[a], arrays[b]):
                 raise ValueError(f"{a} and {b} share memory; Adam needs four separate arrays")
-    lr, beta1, beta2, eps = (_number(v, n) for v, n in ((lr, "lr"), (beta1, "beta1"),
-                                                          (beta2, "beta2"), (eps, "eps")))
-    if not np.isfinite(lr):
+    lr = real_number(lr, "lr", -math.inf)
+    if not math.isfinite(lr):
         raise ValueError(f"lr must be finite, got {lr!r}")
-    for name, beta in (("beta1", beta1), ("beta2", beta2)):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {beta!r}")
-    if not 0.0 <= eps < np.inf:
-        raise ValueError(f"eps must be a non-negative finite number, got {eps!r}")
+    beta1 = real_number(beta1, "beta1", 0.0, 1.0, high_open=True)
+    beta2 = real_number(beta2, "beta2", 0.0, 1.0, high_open=True)
+    eps = real_number(eps, "eps", 0.0, math.inf, high_open=True)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be a positive int, got {step!r}")
     step = int(step)

@@ -35,17 +35,6 @@ def _positive_int(value, name):
     return int(value)
 
 
-def _number(value, name, low, high, low_open=False):
-    """A real number in [low, high] (or (low, high] when low_open)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not (low < value if low_open else low <= value) or not value <= high:
-        interval = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return value
-
-
 def _float_dtype(dtype):
     try:
         dt = np.dtype(dtype)
@@ -327,8 +316,8 @@ class BatchNorm2d(Layer):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
-        self.eps = _number(eps, "eps", 0.0, math.inf, low_open=True)
-        self.momentum = _number(momentum, "momentum", 0.0, 1.0)
+        self.eps = _checks.real_number(eps, "eps", 0.0, math.inf, low_open=True)
+        self.momentum = _checks.real_number(momentum, "momentum", 0.0, 1.0)
         dtype = _float_dtype(dtype)
         self._add_param("weight", np.ones(self.num_features, dtype=dtype))
         self._add_param("bias", np.zeros(self.num_features, dtype=dtype))
@@ -576,7 +565,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
-        self.p = _number(p, "p", 0.0, 1.0)
+        self.p = _checks.real_number(p, "p", 0.0, 1.0)
         self.rng = init.as_generator(seed)
 
     def config(self):

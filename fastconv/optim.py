@@ -16,18 +16,9 @@ import math
 
 import numpy as np
 
-from . import backend
+from . import _checks, backend
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineAnnealingLR", "OneCycleLR"]
-
-
-def _real(value, name, low=0.0, high=math.inf, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not (low <= value and (value < high if high_open else value <= high)):
-        raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
-    return value
 
 
 def _positive_int(value, name):
@@ -47,7 +38,7 @@ class Optimizer:
         if not model.named_parameters():
             raise ValueError("the model has no parameters to optimize")
         self.model = model
-        self.lr = _real(lr, "lr")
+        self.lr = _checks.real_number(lr, "lr")
         self.state = {}
         self.step_count = 0
 
@@ -59,7 +50,7 @@ class Optimizer:
     def lr(self, value):
         # Any finite value, as PyTorch allows: a linear OneCycleLR's step past
         # its last one extrapolates slightly below zero.
-        self._lr = _real(value, "lr", -math.inf)
+        self._lr = _checks.real_number(value, "lr", -math.inf)
         if not math.isfinite(self._lr):
             raise ValueError(f"lr must be finite, got {value!r}")
 
@@ -145,13 +136,13 @@ class SGD(Optimizer):
 
     def _set_hyperparams(self, lr, momentum, nesterov, weight_decay):
         self.lr = lr
-        self.momentum = _real(momentum, "momentum")
+        self.momentum = _checks.real_number(momentum, "momentum")
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov momentum needs momentum > 0, got momentum=0")
         self.nesterov = bool(nesterov)
-        self.weight_decay = _real(weight_decay, "weight_decay")
+        self.weight_decay = _checks.real_number(weight_decay, "weight_decay")
 
     def hyperparams(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -187,8 +178,8 @@ class Adam(Optimizer):
     def _set_hyperparams(self, lr, betas, eps, weight_decay):
         self.lr = lr
         self.betas = betas
-        self.eps = _real(eps, "eps")
-        self.weight_decay = _real(weight_decay, "weight_decay")
+        self.eps = _checks.real_number(eps, "eps")
+        self.weight_decay = _checks.real_number(weight_decay, "weight_decay")
 
     @property
     def betas(self):
@@ -200,8 +191,8 @@ class Adam(Optimizer):
             beta1, beta2 = value
         except (TypeError, ValueError):
             raise TypeError(f"betas must be a pair of numbers, got {value!r}") from None
-        self._betas = (_real(beta1, "beta1", 0.0, 1.0, high_open=True),
-                       _real(beta2, "beta2", 0.0, 1.0, high_open=True))
+        self._betas = (_checks.real_number(beta1, "beta1", 0.0, 1.0, high_open=True),
+                       _checks.real_number(beta2, "beta2", 0.0, 1.0, high_open=True))
 
     def hyperparams(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
@@ -281,7 +272,7 @@ class StepLR(_Schedule):
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         self.step_size = _positive_int(step_size, "step_size")
-        self.gamma = _real(gamma, "gamma")
+        self.gamma = _checks.real_number(gamma, "gamma")
         super().__init__(optimizer)
 
     def _next_lr(self):
@@ -299,7 +290,7 @@ class CosineAnnealingLR(_Schedule):
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         self.T_max = _positive_int(T_max, "T_max")
-        self.eta_min = _real(eta_min, "eta_min")
+        self.eta_min = _checks.real_number(eta_min, "eta_min")
         super().__init__(optimizer)
 
     def _next_lr(self):
@@ -326,17 +317,18 @@ class OneCycleLR(_Schedule):
                  cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, div_factor=25.0,
                  final_div_factor=1e4, three_phase=False):
         self.total_steps = _positive_int(total_steps, "total_steps")
-        self.pct_start = _real(pct_start, "pct_start", 0.0, 1.0)
+        self.pct_start = _checks.real_number(pct_start, "pct_start", 0.0, 1.0)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
-        self.max_lr = _real(max_lr, "max_lr")
-        self.initial_lr = self.max_lr / _real(div_factor, "div_factor", 0.0, math.inf, high_open=True)
-        self.min_lr = self.initial_lr / _real(final_div_factor, "final_div_factor", 0.0, math.inf, high_open=True)
+        self.max_lr = _checks.real_number(max_lr, "max_lr")
+        positive = {"low": 0.0, "high": math.inf, "low_open": True, "high_open": True}
+        self.initial_lr = self.max_lr / _checks.real_number(div_factor, "div_factor", **positive)
+        self.min_lr = self.initial_lr / _checks.real_number(final_div_factor, "final_div_factor", **positive)
         self.three_phase = bool(three_phase)
         self.cycle_momentum = bool(cycle_momentum)
-        self.base_momentum = _real(base_momentum, "base_momentum")
-        self.max_momentum = _real(max_momentum, "max_momentum")
+        self.base_momentum = _checks.real_number(base_momentum, "base_momentum")
+        self.max_momentum = _checks.real_number(max_momentum, "max_momentum")
         self.last_momentum = None
         if self.cycle_momentum and not isinstance(optimizer, (SGD, Adam)):
             raise ValueError(f"cycle_momentum needs an optimizer with momentum or betas, got {type(optimizer).__name__}")

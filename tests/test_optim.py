@@ -190,6 +190,11 @@ def test_bad_arguments():
         optim.SGD(model, lr=0.1).load_state_dict(optim.Adam(model).state_dict())
     with pytest.raises(ValueError, match="'exponential'"):
         optim.OneCycleLR(optim.SGD(model, lr=0.1), 0.1, 10, anneal_strategy="exponential")
+    # A zero divisor was let through and failed as a ZeroDivisionError.
+    with pytest.raises(ValueError, match=r"div_factor must be in \(0.0, inf\), got 0"):
+        optim.OneCycleLR(optim.SGD(model, lr=0.1), 0.1, 10, div_factor=0)
+    with pytest.raises(ValueError, match="lr is too large for a float"):
+        optim.SGD(model, lr=10 ** 400)
     schedule = optim.OneCycleLR(optim.SGD(model, lr=0.1), max_lr=0.1, total_steps=2)
     schedule.step()
     schedule.step()
