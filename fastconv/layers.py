@@ -88,6 +88,12 @@ class Layer:
         for g in self.grads.values():
             g.fill(0)
 
+    def _add_grads(self, dweight, dbias):
+        """Add one backward pass's weight and bias gradients (dbias None: none)."""
+        self.grads["weight"] += dweight
+        if dbias is not None:
+            self.grads["bias"] += dbias
+
     def train(self, mode=True):
         self.training = bool(mode)
         return self
@@ -252,9 +258,7 @@ class Conv2d(Layer):
         dx, dweight, dbias = kernels.conv2d_backward(dy, kernel_cache, need_dx=need_dx,
                                                      need_params=param_grads)
         if param_grads:
-            self.grads["weight"] += dweight
-            if dbias is not None:
-                self.grads["bias"] += dbias
+            self._add_grads(dweight, dbias)
         return dx
 
 
@@ -391,8 +395,7 @@ class BatchNorm2d(Layer):
         _, kernels, kernel_cache, _ = self._cache
         dx, dweight, dbias = kernels.batchnorm2d_backward(dy, kernel_cache, through_relu=True)
         if param_grads:
-            self.grads["weight"] += dweight
-            self.grads["bias"] += dbias
+            self._add_grads(dweight, dbias)
         return dx
 
     def _backward(self, dy, cache, need_dx, param_grads):
@@ -408,8 +411,7 @@ class BatchNorm2d(Layer):
                 dweight = np.einsum("nchw,nchw->c", dy, xhat)
                 dbias = dy.sum(axis=(0, 2, 3))
         if param_grads:
-            self.grads["weight"] += dweight
-            self.grads["bias"] += dbias
+            self._add_grads(dweight, dbias)
         return dx if need_dx else None
 
 
@@ -548,9 +550,7 @@ class Linear(Layer):
         dx, dweight, dbias = kernels.linear_backward(dy, kernel_cache, need_dx=need_dx,
                                                      need_params=param_grads)
         if param_grads:
-            self.grads["weight"] += dweight
-            if dbias is not None:
-                self.grads["bias"] += dbias
+            self._add_grads(dweight, dbias)
         return dx
 
 
