@@ -264,6 +264,31 @@ def fuzz_col2im(data):
     assert_matches(fast.col2im(*args), ref.col2im(*args), magnitude)
 
 
+def check_weighted_layer(data, rng, kind, x, weight, bias, *geometry):
+    """{kind}_forward (kind: 'conv2d' or 'linear') of x, weight, bias and the
+    geometry, then its backward for a drawn dy, need_dx and need_params,
+    against the twin; the tolerances scale with the same computation on
+    absolute values."""
+    forward, backward = f"{kind}_forward", f"{kind}_backward"
+    y, cache = getattr(fast, forward)(x, weight, bias, *geometry)
+    y_ref, cache_ref = getattr(ref, forward)(x, weight, bias, *geometry)
+    abs_bias = None if bias is None else np.abs(bias)
+    y_abs, cache_abs = getattr(ref, forward)(np.abs(x), np.abs(weight), abs_bias, *geometry)
+    assert_matches(y, y_ref, y_abs)
+
+    dy = draw_array(data, rng, y.shape, y.dtype, "dy", specials=False)
+    need_dx = data.draw(st.booleans(), label="need_dx")
+    need_params = data.draw(st.booleans(), label="need_params")
+    grads = getattr(fast, backward)(dy, cache, need_dx, need_params)
+    grads_ref = getattr(ref, backward)(dy, cache_ref, need_dx, need_params)
+    grads_abs = getattr(ref, backward)(np.abs(dy), cache_abs, need_dx, need_params)
+    for got, want, magnitude in zip(grads, grads_ref, grads_abs):
+        if want is None:
+            assert got is None
+        else:
+            assert_matches(got, want, magnitude)
+
+
 def check_conv(data, g, filters, with_bias):
     rng, dtype = g["rng"], g["dtype"]
     x = draw_array(data, rng, x_shape_of(g), dtype, "x")
@@ -271,23 +296,7 @@ def check_conv(data, g, filters, with_bias):
     bias = draw_array(data, rng, (filters,), dtype, "bias", specials=False) if with_bias else None
     stride = as_argument(data, g["stride"], "stride")
     padding = as_argument(data, g["padding"], "padding")
-    y, cache = fast.conv2d_forward(x, weight, bias, stride, padding)
-    y_ref, cache_ref = ref.conv2d_forward(x, weight, bias, stride, padding)
-    abs_bias = None if bias is None else np.abs(bias)
-    y_abs, cache_abs = ref.conv2d_forward(np.abs(x), np.abs(weight), abs_bias, stride, padding)
-    assert_matches(y, y_ref, y_abs)
-
-    dy = draw_array(data, rng, y.shape, dtype, "dy", specials=False)
-    need_dx = data.draw(st.booleans(), label="need_dx")
-    need_params = data.draw(st.booleans(), label="need_params")
-    grads = fast.conv2d_backward(dy, cache, need_dx, need_params)
-    grads_ref = ref.conv2d_backward(dy, cache_ref, need_dx, need_params)
-    grads_abs = ref.conv2d_backward(np.abs(dy), cache_abs, need_dx, need_params)
-    for got, want, magnitude in zip(grads, grads_ref, grads_abs):
-        if want is None:
-            assert got is None
-        else:
-            assert_matches(got, want, magnitude)
+    check_weighted_layer(data, rng, "conv2d", x, weight, bias, stride, padding)
 
 
 @target
@@ -302,23 +311,7 @@ def fuzz_linear(data):
     weight = draw_array(data, rng, (out_features, in_features), dtype, "weight", specials=False)
     with_bias = data.draw(st.booleans(), label="bias")
     bias = draw_array(data, rng, (out_features,), dtype, "bias", specials=False) if with_bias else None
-    y, cache = fast.linear_forward(x, weight, bias)
-    y_ref, cache_ref = ref.linear_forward(x, weight, bias)
-    abs_bias = None if bias is None else np.abs(bias)
-    y_abs, cache_abs = ref.linear_forward(np.abs(x), np.abs(weight), abs_bias)
-    assert_matches(y, y_ref, y_abs)
-
-    dy = draw_array(data, rng, y.shape, dtype, "dy", specials=False)
-    need_dx = data.draw(st.booleans(), label="need_dx")
-    need_params = data.draw(st.booleans(), label="need_params")
-    grads = fast.linear_backward(dy, cache, need_dx, need_params)
-    grads_ref = ref.linear_backward(dy, cache_ref, need_dx, need_params)
-    grads_abs = ref.linear_backward(np.abs(dy), cache_abs, need_dx, need_params)
-    for got, want, magnitude in zip(grads, grads_ref, grads_abs):
-        if want is None:
-            assert got is None
-        else:
-            assert_matches(got, want, magnitude)
+    check_weighted_layer(data, rng, "linear", x, weight, bias)
 
 
 def adam_state(rng, shape, dtype):
