@@ -21,8 +21,8 @@ static int product_threads(int64_t m, int64_t n, int64_t depth)
     return fc_threads_for(work > 1e15 ? (int64_t)1e15 : (int64_t)work);
 }
 
-/* C (m x n) = A (m x depth) @ B (depth x n), or C += A @ B when accumulate,
- * for any n: A(r, k) = a[r*a_row + k*a_step], B(k, j) = b[k*ldb + j],
+/* C (m x n) = A (m x depth) @ B (depth x n), for any n:
+ * A(r, k) = a[r*a_row + k*a_step], B(k, j) = b[k*ldb + j],
  * C(r, j) = c[r*ldc + j]. The whole vectors of columns are read and written
  * in place; the last n % VLEN go through a zero-padded copy of B's and a
  * scratch C, so nothing past the end of a row is touched. The threads share
@@ -30,7 +30,7 @@ static int product_threads(int64_t m, int64_t n, int64_t depth)
  * ran out. */
 static int matmul(REAL *c, int64_t ldc, const REAL *a, int64_t a_row, int64_t a_step,
                   const REAL *b, int64_t ldb, int64_t m, int64_t n, int64_t depth,
-                  int accumulate, int by_rows)
+                  int by_rows)
 {
     const int64_t whole = n / VLEN * VLEN, tail = n - whole;
     int64_t *a_rows = malloc((size_t)m * sizeof *a_rows);
@@ -49,8 +49,6 @@ static int matmul(REAL *c, int64_t ldc, const REAL *a, int64_t a_row, int64_t a_
         tail_rows[k] = k * VLEN;
         memcpy(b_tail + k * VLEN, b + k * ldb + whole, (size_t)tail * sizeof(REAL));
     }
-    for (int64_t r = 0; tail && accumulate && r < m; r++)
-        memcpy(c_tail + r * VLEN, c + r * ldc + whole, (size_t)tail * sizeof(REAL));
     /* The tail counts as one more vector of columns when they are shared out. */
     const int64_t columns = whole + (tail ? VLEN : 0);
     FC_OMP(parallel num_threads(product_threads(m, n, depth)))
@@ -66,7 +64,7 @@ static int matmul(REAL *c, int64_t ldc, const REAL *a, int64_t a_row, int64_t a_
          * 1.49 ms instead of 1.02 ms. */
         for (int64_t k0 = 0; k0 < depth; k0 += DEPTH_BLOCK) {
             const int64_t kd = depth - k0 < DEPTH_BLOCK ? depth - k0 : DEPTH_BLOCK;
-            const int add = accumulate || k0 > 0;
+            const int add = k0 > 0;
             const operands body = {a + k0 * a_step, a_rows, a_step, b, b_rows + k0, c, ldc};
             const operands edge = {a + k0 * a_step, a_rows, a_step, b_tail, tail_rows + k0,
                                    c_tail, VLEN};
@@ -106,7 +104,7 @@ int FC_NAME(linear_forward)(REAL *y, const REAL *x, const REAL *weight, const RE
     if (x_t && y_t) {
         transpose_to_rows(x_t, ld, x, in_f, n, in_f);
         /* By rows of W: each thread streams its own share of the weights. */
-        status = matmul(y_t, wide, weight, in_f, 1, x_t, ld, out_f, wide, in_f, 0, 1);
+        status = matmul(y_t, wide, weight, in_f, 1, x_t, ld, out_f, wide, in_f, 1);
     }
     if (status == 0) {
         transpose_to_rows(y, out_f, y_t, wide, out_f, n);
@@ -128,9 +126,9 @@ int FC_NAME(linear_backward)(REAL *dx, REAL *dweight, REAL *dbias, const REAL *d
 {
     int status = 0;
     if (dweight) /* dy^T: A(f, i) = dy[i*out_f + f] */
-        status = matmul(dweight, in_f, dy, 1, out_f, x, in_f, out_f, in_f, n, 0, 0);
+        status = matmul(dweight, in_f, dy, 1, out_f, x, in_f, out_f, in_f, n, 0);
     if (status == 0 && dx)
-        status = matmul(dx, in_f, dy, out_f, 1, weight, in_f, n, in_f, out_f, 0, 0);
+        status = matmul(dx, in_f, dy, out_f, 1, weight, in_f, n, in_f, out_f, 0);
     if (status == 0 && dbias) {
         double *sums = calloc((size_t)out_f, sizeof *sums);
         if (!sums)
