@@ -428,9 +428,9 @@ FC_CLONES static void batchnorm_channel(REAL *y, double *moments, const REAL *x,
 }
 
 FC_CLONES __attribute__((optimize("no-trapping-math")))
-static void batchnorm_channel_relu(REAL *y, double *moments, const REAL *x,
-                                             REAL gamma, REAL beta, double eps,
-                                             int64_t n_images, int64_t stride, int64_t plane)
+static void batchnorm_channel_relu(REAL *y, double *moments, const REAL *x, REAL gamma,
+                                   REAL beta, double eps, int64_t n_images, int64_t stride,
+                                   int64_t plane)
 {
     batchnorm_channel_body(y, moments, x, gamma, beta, eps, n_images, stride, plane, 1);
 }
@@ -520,24 +520,27 @@ FC_INLINE void batchnorm_channel_backward_body(REAL *dx, double *sums, const REA
     sums[1] = sum_dy_xhat;
 }
 
-FC_CLONES static void batchnorm_channel_backward(REAL *dx, double *sums, const REAL *dy, const REAL *x,
-    double mu, double inv, double scale, int64_t n_images, int64_t stride, int64_t plane)
+FC_CLONES static void batchnorm_channel_backward(REAL *dx, double *sums, const REAL *dy,
+    const REAL *x, double mu, double inv, double scale, int64_t n_images, int64_t stride,
+    int64_t plane)
 {
     batchnorm_channel_backward_body(dx, sums, dy, x, mu, inv, scale, n_images, stride, plane,
                                     0, 0);
 }
 
 FC_CLONES __attribute__((optimize("no-trapping-math")))
-static void batchnorm_channel_backward_relu(REAL *dx, double *sums, const REAL *dy, const REAL *x,
-    double mu, double inv, double scale, int64_t n_images, int64_t stride, int64_t plane)
+static void batchnorm_channel_backward_relu(REAL *dx, double *sums, const REAL *dy,
+    const REAL *x, double mu, double inv, double scale, int64_t n_images, int64_t stride,
+    int64_t plane)
 {
     batchnorm_channel_backward_body(dx, sums, dy, x, mu, inv, scale, n_images, stride, plane,
                                     1, 0);
 }
 
 FC_CLONES __attribute__((optimize("no-trapping-math")))
-static void batchnorm_channel_backward_through_relu(REAL *dx, double *sums, const REAL *dy, const REAL *x,
-    double mu, double inv, double scale, int64_t n_images, int64_t stride, int64_t plane)
+static void batchnorm_channel_backward_through_relu(REAL *dx, double *sums, const REAL *dy,
+    const REAL *x, double mu, double inv, double scale, int64_t n_images, int64_t stride,
+    int64_t plane)
 {
     batchnorm_channel_backward_body(dx, sums, dy, x, mu, inv, scale, n_images, stride, plane,
                                     1, 1);

@@ -308,6 +308,25 @@ FC_INLINE void store_interleaved(REAL *y_row, int64_t t, vec a, vec b, int64_t o
     store_lanes(y_row + 2 * t + VLEN, hi, ow - 2 * t - VLEN);
 }
 
+/* out[r][c]: output (r, c) of a vector of consecutive tiles, from M at `in`
+ * (the 16 matrices plane_stride apart), plus b: (A^T M) A. */
+FC_INLINE void output_tiles(vec out[2][2], const REAL *in, int64_t plane_stride, vec b)
+{
+    vec s[2][4]; /* A^T M: rows */
+    for (int j = 0; j < 4; j++) {
+        const vec m0 = load_vec(in + (0 + j) * plane_stride);
+        const vec m1 = load_vec(in + (4 + j) * plane_stride);
+        const vec m2 = load_vec(in + (8 + j) * plane_stride);
+        const vec m3 = load_vec(in + (12 + j) * plane_stride);
+        s[0][j] = m0 + m1 + m2;
+        s[1][j] = m1 - m2 - m3;
+    }
+    for (int r = 0; r < 2; r++) { /* (A^T M) A: columns */
+        out[r][0] = s[r][0] + s[r][1] + s[r][2] + b;
+        out[r][1] = s[r][1] - s[r][2] - s[r][3] + b;
+    }
+}
+
 /* The outputs of tile rows th0 .. th1 - 1 of one image y (F, OH, OW) (those
  * below OH and left of OW) from M (16, F, cols), columns col0 ..
  * col0 + (th1 - th0)*tiles_w, plus bias. Only outputs are written: other
@@ -329,50 +348,39 @@ static void wino_output(REAL *y, const REAL *m, int64_t col0, int64_t th0, int64
         const vec b = (vec){0} + (bias ? bias[f] : 0);
         const REAL *in = m + f * w->cols + col0 - q0;
         REAL *y_plane = y + f * g->oh * g->ow;
-        for (int64_t q = q0; q < q1; q += tw >= VLEN ? tw : VLEN) {
-            for (int64_t t = 0; t < (tw >= VLEN ? tw : 1); t += VLEN) {
-                vec s[2][4]; /* A^T M: rows */
-                for (int j = 0; j < 4; j++) {
-                    const vec m0 = load_vec(in + (0 + j) * plane_stride + q + t);
-                    const vec m1 = load_vec(in + (4 + j) * plane_stride + q + t);
-                    const vec m2 = load_vec(in + (8 + j) * plane_stride + q + t);
-                    const vec m3 = load_vec(in + (12 + j) * plane_stride + q + t);
-                    s[0][j] = m0 + m1 + m2;
-                    s[1][j] = m1 - m2 - m3;
-                }
-                vec out[2][2]; /* (A^T M) A: columns; row r, columns 2t + c */
-                for (int r = 0; r < 2; r++) {
-                    out[r][0] = s[r][0] + s[r][1] + s[r][2] + b;
-                    out[r][1] = s[r][1] - s[r][2] - s[r][3] + b;
-                }
-                if (tw >= VLEN) {
-                    const int64_t th = q / tw;
+        vec out[2][2];
+        if (tw >= VLEN) {
+            for (int64_t th = th0; th < th1; th++) {
+                for (int64_t t = 0; t < tw; t += VLEN) {
+                    output_tiles(out, in + th * tw + t, plane_stride, b);
                     for (int r = 0; r < 2 && 2 * th + r < g->oh; r++)
-                        store_interleaved(y_plane + (2 * th + r) * g->ow, t, out[r][0], out[r][1],
-                                          g->ow);
-                    continue;
+                        store_interleaved(y_plane + (2 * th + r) * g->ow, t, out[r][0],
+                                          out[r][1], g->ow);
                 }
-                REAL pairs[2][2 * VLEN]; /* each row's outputs, tile after tile */
-                for (int r = 0; r < 2; r++) {
-                    vec lo, hi;
-                    interleave(out[r][0], out[r][1], &lo, &hi);
-                    store_vec(pairs[r], lo);
-                    store_vec(pairs[r] + VLEN, hi);
-                }
-                const int64_t q_end = q + VLEN < q1 ? q + VLEN : q1;
-                for (int64_t th = q / tw; th * tw < q_end; th++) {
-                    const int64_t first = th * tw > q ? th * tw : q;
-                    const int64_t last = (th + 1) * tw < q_end ? (th + 1) * tw : q_end;
-                    const int64_t col = 2 * (first - th * tw);
-                    int64_t count = 2 * (last - first);
-                    if (col + count > g->ow)
-                        count = g->ow - col;
-                    for (int r = 0; r < 2 && 2 * th + r < g->oh; r++) {
-                        const REAL *src = pairs[r] + 2 * (first - q);
-                        REAL *dst = y_plane + (2 * th + r) * g->ow + col;
-                        for (int64_t k = 0; k < count; k++)
-                            dst[k] = src[k];
-                    }
+            }
+            continue;
+        }
+        for (int64_t q = q0; q < q1; q += VLEN) {
+            output_tiles(out, in + q, plane_stride, b);
+            REAL pairs[2][2 * VLEN]; /* each row's outputs, tile after tile */
+            for (int r = 0; r < 2; r++) {
+                vec lo, hi;
+                interleave(out[r][0], out[r][1], &lo, &hi);
+                store_vec(pairs[r], lo);
+                store_vec(pairs[r] + VLEN, hi);
+            }
+            const int64_t q_end = q + VLEN < q1 ? q + VLEN : q1;
+            for (int64_t th = q / tw; th * tw < q_end; th++) {
+                const int64_t first = th * tw > q ? th * tw : q;
+                const int64_t last = (th + 1) * tw < q_end ? (th + 1) * tw : q_end;
+                const int64_t col = 2 * (first - th * tw);
+                const int64_t count = col + 2 * (last - first) > g->ow ? g->ow - col
+                                                                       : 2 * (last - first);
+                for (int r = 0; r < 2 && 2 * th + r < g->oh; r++) {
+                    const REAL *src = pairs[r] + 2 * (first - q);
+                    REAL *dst = y_plane + (2 * th + r) * g->ow + col;
+                    for (int64_t k = 0; k < count; k++)
+                        dst[k] = src[k];
                 }
             }
         }
