@@ -366,7 +366,8 @@ void FC_NAME(avgpool_backward)(REAL *dx, const REAL *dy, int64_t planes, const f
  * computes it (a NaN passes) when the channel is the ReLU's output fused in.
  * The functions that take max(x, 0) are compiled without trapping math:
  * otherwise GCC keeps the compare, which may raise a flag on a NaN, as a
- * branch, and these loops ran scalar, 6x slower. No result changes. */
+ * branch, and these loops ran scalar (cifar6's training step took 280 ms
+ * instead of 128). No result changes. */
 #define BN_INPUT(v, relu) ((relu) && (v) < 0 ? (REAL)0 : (v))
 
 /* One channel: x and y point at its plane in the first image, the next
