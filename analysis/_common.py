@@ -10,7 +10,8 @@ import numbers
 
 import numpy as np
 
-from fastconv import layers as L
+from fastconv import _checks
+from fastconv.nn import layers as L
 
 # Layers that do not change the spatial geometry of what flows through them.
 POINTWISE = (L.ReLU, L.LeakyReLU, L.BatchNorm2d, L.Dropout)
@@ -226,10 +227,6 @@ def _unit_index(example_out, t, per_example, where):
     return t
 
 
-def check_positive_int(value, name):
-    if not is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def check_pair(value, name):
@@ -244,10 +241,6 @@ def check_pair(value, name):
     return int(a), int(b)
 
 
-def softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def resize(maps, size, mode="bilinear"):
@@ -347,6 +340,6 @@ class Normalizer:
 
 
 def batches(n, batch_size):
-    batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     for start in range(0, n, batch_size):
         yield start, min(n, start + batch_size)

@@ -22,7 +22,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from fastconv import backend, bench, layers, models
+from fastconv import backend, bench, models
+from fastconv.nn import layers
 
 IMAGE_SHAPE = (1, 3, 224, 224)
 TARGET_CLASS = 65

@@ -1,13 +1,25 @@
 """fastconv: a convolutional-network engine for the CPU.
 
 C kernels under a NumPy layer API, a training loop, and tools to look inside
-the networks it trains (``fastconv.analysis``).
+the networks it trains (``fastconv.analysis``). The subpackages, from the
+bottom up (docs/architecture.md): the kernels (``backend``, ``reference``),
+``nn``, then ``optim``, ``data``, ``train`` and ``models``, then
+``analysis``, then ``cli``.
 """
-from ._runtime import build_info, get_num_threads, set_num_threads
-from .backend import get_backend, set_backend
-from .model import Sequential, load
-from . import layers, losses, optim, models, init
-from .weights import load_weights, save_weights
+import sys as _sys
+
+from fastconv import models, optim
+from fastconv._runtime import build_info, get_num_threads, set_num_threads
+from fastconv.backend import get_backend, set_backend
+from fastconv.models.weights import load_weights, save_weights
+from fastconv.nn import init, layers, losses
+from fastconv.nn import model
+from fastconv.nn.model import Sequential, load
+
+# The first releases kept layers, losses, init and model at the top level:
+# `from fastconv.losses import CrossEntropyLoss` keeps working.
+for _name, _module in (("layers", layers), ("losses", losses), ("init", init), ("model", model)):
+    _sys.modules[f"{__name__}.{_name}"] = _module
 
 __version__ = "0.1.0"
 

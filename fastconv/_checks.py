@@ -258,8 +258,20 @@ def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
 
 
 def flag(value, name):
+    """``value`` as a bool; anything but a bool (an int included) is a TypeError."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def positive_int(value, name):
+    """``value`` as an int >= 1: a TypeError for a non-integer (a bool or a float
+    included), a ValueError for zero or a negative number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 def class_indices(values, name, shape, num_classes, context=""):

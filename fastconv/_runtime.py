@@ -9,7 +9,7 @@ import os
 
 import threadpoolctl
 
-from . import backend
+from fastconv import backend
 
 
 def _kernels():

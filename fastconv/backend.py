@@ -5,7 +5,7 @@ Layers call ``backend.current()`` for every kernel, so switching with
 """
 import importlib
 
-from . import reference
+from fastconv import reference
 
 _BACKENDS = ("compiled", "numpy")
 _current = None

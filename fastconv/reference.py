@@ -27,7 +27,7 @@ Conventions shared by both backends
 """
 import numpy as np
 
-from . import _checks
+from fastconv import _checks
 
 __all__ = [
     "im2col", "col2im",

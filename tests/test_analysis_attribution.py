@@ -4,9 +4,9 @@ defining properties, and agreement with Captum on the same weights."""
 import numpy as np
 import pytest
 
-from fastconv import layers as L
-from fastconv import losses
-from fastconv.model import Sequential
+from fastconv.nn import layers as L
+from fastconv.nn import losses
+from fastconv.nn.model import Sequential
 
 
 import fastconv.analysis as fa

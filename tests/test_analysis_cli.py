@@ -1,13 +1,13 @@
-"""The ``viz`` sub-commands of fastconv.analysis.cli on a saved run folder."""
+"""The ``viz`` sub-commands of fastconv.cli.viz on a saved run folder."""
 import argparse
 
 import numpy as np
 import pytest
 
-from fastconv import layers as L
-from fastconv.analysis.cli import TOOLS, add_viz_parser
+from fastconv.nn import layers as L
+from fastconv.cli.viz import TOOLS, add_viz_parser
 from fastconv.cli import UsageError
-from fastconv.model import Sequential
+from fastconv.nn.model import Sequential
 
 
 pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
@@ -185,7 +185,7 @@ def test_a_bad_number_is_refused_before_anything_runs(run_dir, tmp_path, capsys,
     ("above_one", {"1.4": 1.4, "2": 2.0}, ["1", "0.5", "-3", "inf", "nan"]),
 ])
 def test_argument_types(parse, good, bad):
-    from fastconv import _argtypes
+    from fastconv.cli import argtypes as _argtypes
 
     function = getattr(_argtypes, parse)
     for text, value in good.items():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from fastconv import layers as L
+from fastconv.nn import layers as L
 from fastconv.data import load_dataset
-from fastconv.model import Sequential
+from fastconv.nn.model import Sequential
 
 
 import fastconv.analysis as fa
-from fastconv.analysis import figures
+from fastconv.analysis.visualize import figures
 
 MNIST_NORMALIZATION = {"mean": [0.1307], "std": [0.3081], "scale": 255.0}
 

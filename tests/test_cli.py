@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 import fastconv
-from fastconv import cli, data
+from fastconv import cli
+from fastconv.data import datasets as data
 from fastconv.data import Normalize, load_dataset, stratified_split
 
 PACKAGE_PARENT = str(Path(fastconv.__file__).resolve().parents[1])
@@ -58,7 +59,7 @@ def assert_one_line_error(status, err, *words):
 
 
 def weights(path):
-    return fastconv.model.load(path).state_dict()
+    return fastconv.nn.model.load(path).state_dict()
 
 
 def assert_same_weights(a, b):

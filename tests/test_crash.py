@@ -27,7 +27,7 @@ import threadpoolctl
 import fastconv
 from fastconv import cli
 from fastconv.data import SAMPLE_DIR
-from fastconv.train import (
+from fastconv.train.trainer import (
     BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL, HISTORY_COLUMNS, LAST_CHECKPOINT, CheckpointError,
     load_checkpoint, save_checkpoint,
 )
@@ -375,7 +375,7 @@ def test_randomly_damaged_checkpoint_is_refused_or_intact(tmp_path, count):
 @pytest.mark.parametrize("count", [pytest.param(300, id="300"),
                                    pytest.param(5000, id="5000", marks=pytest.mark.slow)])
 def test_randomly_damaged_model_is_refused_or_intact(tmp_path, count):
-    model = fastconv.Sequential([fastconv.layers.Conv2d(1, 2, 3, seed=0), fastconv.layers.Flatten()])
+    model = fastconv.Sequential([fastconv.nn.layers.Conv2d(1, 2, 3, seed=0), fastconv.nn.layers.Flatten()])
     path = Path(model.save(tmp_path / "model.npz"))
     assert_refused_or_intact(path, path.read_bytes(), fastconv.load, ValueError, same_model, count)
 

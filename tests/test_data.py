@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastconv import data
+from fastconv.data import datasets as data
 from fastconv.data import (Augment, DataError, Normalize, held_out_split, load_dataset, read_idx,
                            stratified_split)
 

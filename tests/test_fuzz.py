@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import _checks, layers
+from fastconv import _checks
+from fastconv.nn import layers
 from fastconv import _kernels as fast
 from fastconv import reference as ref
 

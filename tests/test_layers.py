@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from fastconv import init, layers
+from fastconv.nn import init, layers
 
 RTOL_GRAD = 1e-6
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fastconv import losses
+from fastconv.nn import losses
 
 from test_layers import numerical_gradient, rel_error
 

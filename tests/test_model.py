@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import layers, losses, models
-from fastconv.model import Sequential
+from fastconv.nn import layers, losses
+from fastconv import models
+from fastconv.nn.model import Sequential
 
 from test_layers import numerical_gradient, rel_error
 
@@ -536,7 +537,7 @@ def test_a_pass_that_stops_between_relu_and_batchnorm_is_not_fused():
 def test_a_relu_whose_backward_is_replaced_is_not_fused():
     # The attribution tools replace each ReLU's backward on the instance
     # (deconvnet, guided backprop); a fused pass would skip the replacement.
-    from fastconv.analysis.attribution import relu_backward_rule
+    from fastconv.analysis.attribution.methods import relu_backward_rule
     model = relu_batchnorm_model()
     x = np.random.default_rng(7).standard_normal((2, 3, 32, 32))
     with relu_backward_rule(model, "deconvnet"):

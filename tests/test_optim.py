@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from fastconv import layers, losses, optim
-from fastconv.model import Sequential
+from fastconv.nn import layers, losses
+from fastconv import optim
+from fastconv.nn.model import Sequential
 
 from test_layers import rel_error
 

@@ -19,7 +19,7 @@ import threadpoolctl
 
 import fastconv
 from fastconv import cli
-from fastconv.analysis import report as R
+from fastconv.analysis.report import page as R
 from fastconv.cli import limited
 from fastconv.data import Normalize, load_dataset
 from fastconv.models import mnist2

@@ -13,8 +13,9 @@ import pytest
 
 import fastconv
 from fastconv import _kernels as fast
-from fastconv import layers, optim
-from fastconv.model import Sequential
+from fastconv.nn import layers
+from fastconv import optim
+from fastconv.nn.model import Sequential
 from fastconv.train import Trainer
 
 

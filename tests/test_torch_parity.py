@@ -4,7 +4,8 @@ statistics and one optimizer step, in training and evaluation mode."""
 import numpy as np
 import pytest
 
-from fastconv import losses, models, optim
+from fastconv.nn import losses
+from fastconv import models, optim
 
 pytestmark = pytest.mark.torch
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import model as fc_model
-from fastconv import train as fc_train
+from fastconv.nn import model as fc_model
+from fastconv.train import trainer as fc_train
 from fastconv.data import Augment, Normalize
-from fastconv.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
-from fastconv.losses import CrossEntropyLoss
-from fastconv.model import Sequential
+from fastconv.nn.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from fastconv.nn.losses import CrossEntropyLoss
+from fastconv.nn.model import Sequential
 from fastconv.optim import SGD, Adam, OneCycleLR, StepLR
 from fastconv.train import (
     BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, CheckpointError, Trainer,
@@ -116,7 +116,7 @@ def test_loss_decreases_and_files_are_written(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [float(r["val_loss"]) for r in rows] == pytest.approx([r["val_loss"] for r in history])
 
-    final = fastconv.model.load(run / FINAL_MODEL)
+    final = fastconv.nn.model.load(run / FINAL_MODEL)
     assert_same_weights(final.state_dict(), trainer.model.state_dict())
     assert final.meta["normalization"] == trainer.normalize.to_meta()
 
@@ -126,7 +126,7 @@ def test_loss_decreases_and_files_are_written(tmp_path):
     best_epoch = max(history, key=lambda r: r["val_accuracy"])["epoch"]
     best = load_checkpoint(run / BEST_CHECKPOINT)
     assert best["epoch"] == best_epoch == trainer.best["epoch"]
-    assert_same_weights(fastconv.model.load(run / BEST_MODEL).state_dict(), best["model"])
+    assert_same_weights(fastconv.nn.model.load(run / BEST_MODEL).state_dict(), best["model"])
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 

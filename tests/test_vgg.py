@@ -17,9 +17,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import fastconv
-from fastconv import imagenet, layers, models
+from fastconv.models import imagenet
+from fastconv.nn import layers
+from fastconv import models
 from fastconv.cli import main
-from fastconv.weights import load_weights, read_safetensors, save_weights, write_safetensors
+from fastconv.models.weights import load_weights, read_safetensors, save_weights, write_safetensors
 
 NARROW_WIDTHS = (4, 8, 16, 32, 32)
 NARROW_HIDDEN = 64

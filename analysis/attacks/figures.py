@@ -1,0 +1,184 @@
+"""Figures of adversarial examples and of robustness (matplotlib, Agg, PNG).
+
+Like :mod:`.figures`, each ``plot_*`` function returns a Figure and, given
+``path``, writes it there atomically. Images are [0, 1] pixels (N, C, H, W)
+and are drawn on that fixed scale, so that noise, a photo and its
+adversarial version are shown alike.
+"""
+import numpy as np
+
+from fastconv.nn.losses import softmax
+
+from fastconv.analysis import _common as C
+from fastconv.analysis.attacks import methods as A
+from fastconv.analysis.visualize.figures import _class_name, _clean, _finish, new_figure
+
+__all__ = ["plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates"]
+
+NORM_TITLES = {"linf": "L-infinity", "l2": "L2"}
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _pixels_for_display(image):
+    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3), clipped."""
+    image = np.clip(np.asarray(image, dtype=np.float64), 0, 1)
+    return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
+def _show_pixels(ax, image, title=None):
+    shown = _pixels_for_display(image)
+    ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    _clean(ax, title)
+
+
+def _confidences(model, x):
+    p = softmax((A.predict_pixels(model, x)).astype(np.float64), axis=1)
+    return p.argmax(axis=1), p.max(axis=1), p
+
+
+def _describe(classes, k, confidence):
+    return f"{_class_name(classes, k)} ({confidence:.1%})"
+
+
+def plot_adversarial(model, x, x_adv, y=None, target=None, classes=None, amplify=None, title=None, path=None):
+    """One row per image: the original, the perturbation (amplified), the
+    adversarial image, each with what ``model`` makes of it.
+
+    The perturbation is drawn as 0.5 + amplify * (x_adv - x), grey meaning
+    no change; ``amplify`` defaults to the factor that brings the largest
+    change of the figure to half the grey range. ``y`` (true labels) and
+    ``target`` (the class aimed at) go into the titles when given.
+    """
+    x = A.check_pixels(model, x)
+    x_adv = A.check_pixels(model, x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x_adv has shape {x_adv.shape} but x has shape {x.shape}")
+    classes = classes if classes is not None else C.meta_classes(model)
+    n = x.shape[0]
+    delta = x_adv.astype(np.float64) - x.astype(np.float64)
+    largest = float(np.abs(delta).max())
+    if amplify is None:
+        amplify = 0.5 / largest if largest > 0 else 1.0
+    amplify = A._number(amplify, "amplify", 0.0, strict=True)
+    y = None if y is None else np.broadcast_to(np.asarray(y), (n,))
+    target = None if target is None else np.broadcast_to(np.asarray(target), (n,))
+    before, before_conf, _ = _confidences(model, x)
+    after, after_conf, p_after = _confidences(model, x_adv)
+    fig = new_figure(7.2, 2.3 * n + 0.6)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i in range(n):
+        truth = "" if y is None else f"label {_class_name(classes, y[i])}\n"
+        _show_pixels(axes[i, 0], x[i], f"{truth}original: {_describe(classes, before[i], before_conf[i])}")
+        l2 = float(np.sqrt(np.square(delta[i]).sum()))
+        linf = float(np.abs(delta[i]).max())
+        _show_pixels(axes[i, 1], 0.5 + amplify * delta[i],
+                     f"perturbation x{amplify:.3g}\nL2 {l2:.2f}, L-inf {linf:.3f}")
+        aim = "" if target is None else f"target {_class_name(classes, target[i])}: {p_after[i, target[i]]:.1%}\n"
+        _show_pixels(axes[i, 2], x_adv[i], f"{aim}adversarial: {_describe(classes, after[i], after_conf[i])}")
+    fig.suptitle(title or "original + perturbation = adversarial example", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_fooling_images(model, images, classes=None, columns=10, title=None, path=None):
+    """A grid of images, each titled with the class ``model`` sees in it and
+    its confidence (fooling images made from noise, for instance)."""
+    images = A.check_pixels(model, images, "images")
+    classes = classes if classes is not None else C.meta_classes(model)
+    predicted, confidence, _ = _confidences(model, images)
+    n = images.shape[0]
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    fig = new_figure(1.5 * columns + 0.2, 1.7 * rows + 0.6)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _show_pixels(ax, images[i], _describe(classes, predicted[i], confidence[i]))
+        else:
+            ax.axis("off")
+    fig.suptitle(title or "what the network sees, with its confidence", fontsize=10)
+    return _finish(fig, path)
+
+
+def _as_models(curves):
+    """{model label: robustness_curve result} from one result or a mapping of them."""
+    if not isinstance(curves, dict):
+        raise TypeError(f"curves must be a robustness_curve result or a dict of them, got {type(curves).__name__}")
+    if "curves" in curves:
+        return {"": curves}
+    for label, result in curves.items():
+        if not isinstance(result, dict) or "curves" not in result:
+            raise ValueError(f"curves[{label!r}] is not a robustness_curve result")
+    if not curves:
+        raise ValueError("no curves to plot")
+    return curves
+
+
+def plot_robustness(curves, title=None, path=None):
+    """Accuracy against perturbation size, one line per attack, one panel per
+    norm (L-infinity, L2).
+
+    ``curves`` is a :func:`~fastconv.analysis.robustness_curve` result, or
+    {model label: result} to compare models (e.g. a standard and an
+    adversarially trained one): the same colour for an attack, one line
+    style per model.
+    """
+    models = _as_models(curves)
+    norms = [norm for norm in ("linf", "l2")
+             if any(c["norm"] == norm for r in models.values() for c in r["curves"].values())]
+    if not norms:
+        raise ValueError("the results hold no curve")
+    attacks = []
+    for result in models.values():
+        attacks += [label for label in result["curves"] if label not in attacks]
+    colours = {label: f"C{i % 10}" for i, label in enumerate(attacks)}
+    fig = new_figure(5.2 * len(norms) + 0.4, 4.2)
+    axes = fig.subplots(1, len(norms), squeeze=False)[0]
+    for ax, norm in zip(axes, norms):
+        for m, (model_label, result) in enumerate(models.items()):
+            style = LINE_STYLES[m % len(LINE_STYLES)]
+            for label, curve in result["curves"].items():
+                if curve["norm"] != norm:
+                    continue
+                name = label if not model_label else f"{label}, {model_label}"
+                ax.plot(curve["eps"], curve["accuracy"], style, marker="o", markersize=3,
+                        color=colours[label], label=name)
+        ax.set_xlabel(f"{NORM_TITLES[norm]} size of the perturbation (pixels in [0, 1])")
+        ax.set_ylabel("accuracy on the adversarial images")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{NORM_TITLES[norm]} attacks", fontsize=10)
+        ax.legend(fontsize=7)
+    sizes = sorted({r["images"] for r in models.values()})
+    fig.suptitle(title or f"Accuracy under attack ({', '.join(map(str, sizes))} images)", fontsize=11)
+    return _finish(fig, path)
+
+
+def plot_templates(templates, classes=None, title=None, path=None):
+    """The templates of a linear classifier (K, C, H, W), one tile per class:
+    single-channel ones on a signed scale (red raises the class score, blue
+    lowers it), colour ones each stretched to its own range."""
+    templates = np.asarray(templates, dtype=np.float64)
+    if templates.ndim != 4 or templates.shape[1] not in (1, 3):
+        raise ValueError(f"templates must be shaped (K, C, H, W) with C in (1, 3), got {templates.shape}")
+    k = templates.shape[0]
+    columns = min(k, 10)
+    rows = -(-k // columns)
+    fig = new_figure(1.5 * columns + 0.8, 1.7 * rows + 0.6)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    image = None
+    limit = float(np.abs(templates).max()) or 1.0
+    for i, ax in enumerate(axes.flat):
+        if i >= k:
+            ax.axis("off")
+            continue
+        t = templates[i]
+        if t.shape[0] == 1:
+            image = ax.imshow(t[0], cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
+        else:
+            lo, hi = t.min(), t.max()
+            ax.imshow(((t - lo) / (hi - lo if hi > lo else 1.0)).transpose(1, 2, 0), interpolation="nearest")
+        _clean(ax, _class_name(classes, i))
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, fraction=0.02)
+    fig.suptitle(title or "templates of a linear classifier (one weight row per class)", fontsize=10)
+    return _finish(fig, path)

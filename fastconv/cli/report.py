@@ -1,0 +1,76 @@
+"""``fastconv report RUN_DIR --out report.html [--quick]``: one HTML page about a trained run.
+
+The page (:mod:`fastconv.analysis.report`) holds every figure as an
+embedded image, so it can be opened anywhere without the run folder or a
+network. The command exits with status 0 once the page is written, even if
+some sections failed (they are marked in the page), and says how many did.
+"""
+from pathlib import Path
+
+REPORT_FILE = "report.html"
+
+
+def add_parsers(commands):
+    """Add the ``report`` command to an argparse ``subparsers`` object."""
+    from fastconv.cli.argtypes import positive_int as _positive_int
+
+    from fastconv.analysis.report.page import SECTIONS
+
+    keys = [s.key for s in SECTIONS]
+    p = commands.add_parser(
+        "report", help="one self-contained HTML page looking inside a trained model",
+        description="Run the analysis tools on a trained run (model summary, training curves, predictions, "
+                    "confusion matrix, filters, activations, top images, clusters and t-SNE, occlusion, "
+                    "saliency family, class models, inversions, DeepDream, adversarial examples and "
+                    "robustness) and write them into one HTML file with every image embedded. "
+                    "A section that fails is marked in the page and the others still render.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'fastconv train' (or a model .npz file)")
+    p.add_argument("--out", metavar="FILE.html", help=f"where to write the page (default RUN_DIR/{REPORT_FILE})")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer images, fewer optimization steps and a smaller t-SNE sample "
+                        "(about two minutes for mnist2 on two cores)")
+    p.add_argument("--sections", nargs="+", choices=keys, metavar="NAME",
+                   help=f"only these sections, of: {', '.join(keys)}")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="data set of the images (default: the one in the model's metadata)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="threads for the kernels and BLAS (default all cores)")
+    p.set_defaults(handler=run)
+    return p
+
+
+def _default_out(run_dir):
+    path = Path(run_dir)
+    return (path if path.is_dir() else path.parent) / REPORT_FILE
+
+
+def run(args):
+    """Write the report the command line asks for; returns the exit status."""
+    from fastconv.analysis.report.page import write_report
+
+    if args.threads is not None:
+        import fastconv
+
+        fastconv.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else _default_out(args.run_dir)
+    report = write_report(args.run_dir, out, quick=args.quick, sections=args.sections, dataset=args.dataset)
+    _print_outcome(report)
+    return 0
+
+
+def _print_outcome(report):
+    failures = report.failures
+    print(f"wrote {report.path}: {len(report.results)} sections in {report.seconds:.0f} s, "
+          f"{len(failures)} failed", flush=True)
+    for result in failures:
+        print(f"  failed: {result.section.title}: {result.error}", flush=True)
+
+
+def write_demo_report(run_dir):
+    """The quick report of a run written by ``fastconv demo``, in its folder."""
+    from fastconv.analysis.report.page import write_report
+
+    report = write_report(run_dir, Path(run_dir) / REPORT_FILE, quick=True)
+    _print_outcome(report)
+    return report

@@ -1,0 +1,566 @@
+"""``fastconv viz TOOL RUN_DIR ... --out FILE.png``: one figure per call.
+
+RUN_DIR is a training run folder holding ``model.npz`` (or the path of a
+model file itself). The images come from the data set named by
+``--dataset``, by default the one recorded in the model's metadata, and are
+normalized as the model was trained (``model.meta``).
+"""
+import argparse
+import os
+
+from fastconv.cli import argtypes
+
+from fastconv.analysis import _common as C
+
+TOOLS = {}
+
+
+def _tool(name, help_text):
+    def register(fn):
+        TOOLS[name] = (fn, help_text)
+        return fn
+    return register
+
+
+def _usage_error(message):
+    """The error fastconv's command line prints as 'fastconv viz: error: ...'
+    with exit status 2, as it does for every other command's mistakes."""
+    from fastconv.cli.argtypes import UsageError
+
+    return UsageError(message)
+
+
+class _Context:
+    """The model, its normalization and the requested data, loaded lazily."""
+
+    def __init__(self, args):
+        import fastconv
+
+        self.args = args
+        path = args.run_dir
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.npz")
+        if not os.path.exists(path):
+            raise _usage_error(f"no model file at {path} (expected RUN_DIR/model.npz)")
+        self.model = fastconv.load(path)
+        self.normalize = C.Normalizer.from_model(self.model)
+        self._dataset = None
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            from fastconv.data import load_dataset
+
+            name = self.args.dataset or self.model.meta.get("dataset")
+            if not name:
+                raise _usage_error(
+                    "the model's metadata names no data set; pass --dataset NAME "
+                    "(mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH)"
+                )
+            self._dataset = load_dataset(name)
+        return self._dataset
+
+    def images(self):
+        ds = self.dataset
+        return (ds.x_test, ds.y_test) if self.args.split == "test" else (ds.x_train, ds.y_train)
+
+    def classes(self):
+        meta_classes = C.meta_classes(self.model)
+        if meta_classes is not None:
+            return meta_classes
+        return list(self.dataset.classes) if self.args.dataset or self.model.meta.get("dataset") else None
+
+    def selected(self):
+        """Raw images, model inputs and labels of the ``--index`` images."""
+        raw, labels = self.images()
+        index = list(self.args.index)
+        for i in index:
+            if not 0 <= i < len(raw):
+                raise _usage_error(
+                    f"--index {i} is out of range for the {self.args.split} split of {len(raw)} images")
+        chosen = raw[index]
+        return chosen, self.normalize(chosen), labels[index]
+
+    def fill_value(self, channels):
+        return self.normalize.pixel_value(self.args.fill, channels)
+
+
+def _add_common(parser, data=True, index=True, many=False):
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run folder holding model.npz (or a model .npz file)")
+    parser.add_argument("--out", required=True, metavar="FILE.png", help="where to write the figure (PNG)")
+    if data:
+        parser.add_argument("--dataset", default=None, metavar="NAME",
+                            help="data set to draw images from (default: the one in the model's metadata)")
+        parser.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
+    if index:
+        parser.add_argument("--index", type=int, nargs="+" if many else 1, default=[0], metavar="I",
+                            help="index of the image%s in the split (default: 0)" % ("s" if many else ""))
+
+
+def _default_code_layer(model):
+    """The input of the last Linear layer: the codes the classifier reads."""
+    from fastconv.nn import layers as L
+
+    names = C.layer_names(model)
+    linear = [i for i, (_, layer) in enumerate(model.named_layers()) if isinstance(layer, L.Linear)]
+    if linear and linear[-1] > 0:
+        return names[linear[-1] - 1]
+    return names[-2] if len(names) > 1 else names[-1]
+
+
+@_tool("filters", "first-layer filters as image tiles, deeper layers per input channel")
+def _filters(ctx, args):
+    from fastconv.analysis.visualize.figures import plot_filters
+
+    return plot_filters(ctx.model, args.layer, channels=args.channels, max_filters=args.max_filters, path=args.out)
+
+
+@_tool("activations", "every feature map of a layer for one image, before and after its ReLU")
+def _activations(ctx, args):
+    from fastconv.analysis.visualize.feature_maps import activations
+    from fastconv.analysis.visualize.figures import plot_activations
+
+    raw, x, _ = ctx.selected()
+    layer = args.layer or C.conv_layer_names(ctx.model)[0]
+    acts = activations(ctx.model, x[0], layer)
+    return plot_activations(acts, raw[0], classes=ctx.classes(), max_maps=args.max_maps, path=args.out)
+
+
+@_tool("top-images", "the top-k images out of N for one channel or neuron, with receptive-field crops")
+def _top_images(ctx, args):
+    from fastconv.analysis.visualize.figures import plot_top_images
+    from fastconv.analysis.visualize.units import top_images
+
+    if len(args.unit) not in (1, 3):
+        raise _usage_error(f"--unit takes one channel or neuron, or C I J for one position; "
+                           f"got {' '.join(map(str, args.unit))}")
+    raw, labels = ctx.images()
+    layer = args.layer or C.last_conv_name(ctx.model)
+    unit = args.unit[0] if len(args.unit) == 1 else tuple(args.unit)
+    top = top_images(ctx.model, raw, layer, unit, k=args.k, transform=ctx.normalize, limit=args.limit)
+    return plot_top_images(top, raw, labels=labels, classes=ctx.classes(), path=args.out)
+
+
+@_tool("clusters", "k-means clusters of a layer's codes as image montages")
+def _clusters(ctx, args):
+    from fastconv.analysis.visualize.embedding import cluster, layer_features
+    from fastconv.analysis.visualize.figures import plot_clusters
+
+    raw, labels = ctx.images()
+    layer = args.layer or _default_code_layer(ctx.model)
+    codes = layer_features(ctx.model, raw, layer, transform=ctx.normalize, limit=args.limit)
+    groups = cluster(codes, n_clusters=args.clusters, seed=args.seed)
+    which = None if args.show is None else range(min(args.show, args.clusters))
+    return plot_clusters(groups, raw, which=which, per_cluster=args.per_cluster, labels=labels,
+                         classes=ctx.classes(), path=args.out)
+
+
+@_tool("embedding", "t-SNE or PCA map of a layer's codes, as a class-coloured scatter or a thumbnail grid")
+def _embedding(ctx, args):
+    from fastconv.analysis.visualize.embedding import embed, layer_features, snap_to_grid
+    from fastconv.analysis.visualize.figures import plot_embedding, plot_embedding_grid
+
+    raw, labels = ctx.images()
+    layer = args.layer or _default_code_layer(ctx.model)
+    codes = layer_features(ctx.model, raw, layer, transform=ctx.normalize, limit=args.limit)
+    points = embed(codes, method=args.method, seed=args.seed)
+    name = "t-SNE" if args.method == "tsne" else "PCA"
+    if args.grid:
+        rows, cols = args.grid
+        grid = snap_to_grid(points, rows, cols)
+        return plot_embedding_grid(grid, raw, title=f"{name} of {layer} codes, snapped to a {rows}x{cols} grid",
+                                   path=args.out)
+    return plot_embedding(points, labels[:len(points)], classes=ctx.classes(),
+                          title=f"{name} of {layer} codes ({len(points)} images)", path=args.out)
+
+
+@_tool("occlusion", "true-class probability and most probable class as a patch slides over the image")
+def _occlusion(ctx, args):
+    from fastconv.analysis.visualize.figures import plot_occlusion
+    from fastconv.analysis.attribution.occlusion import occlusion_maps
+
+    raw, x, labels = ctx.selected()
+    maps = occlusion_maps(ctx.model, x, labels.tolist(), patch=args.patch, stride=args.stride,
+                          fill=ctx.fill_value(x.shape[1]))
+    return plot_occlusion(maps, raw, classes=ctx.classes(), path=args.out)
+
+
+@_tool("attribution", "saliency, deconvnet, guided backprop, Grad-CAM, SmoothGrad, integrated gradients")
+def _attribution(ctx, args):
+    from fastconv.analysis.attribution import methods as A
+    from fastconv.analysis.visualize.figures import plot_attributions
+
+    raw, x, labels = ctx.selected()
+    targets = labels.tolist() if args.target is None else [args.target] * len(x)
+    results = {}
+    for method in args.methods:
+        if method in ("gradcam", "guided-gradcam"):
+            layer = args.layer or A.default_gradcam_layer(ctx.model)
+            results[f"{method} ({layer})"] = A.METHODS[method](ctx.model, layer).attribute(x, targets)
+        elif method == "integrated-gradients":
+            results[method] = A.IntegratedGradients(ctx.model).attribute(x, targets, steps=args.steps)
+        elif method == "smoothgrad":
+            results[method] = A.SmoothGrad(ctx.model).attribute(x, targets, samples=args.samples)
+        else:
+            results[method] = A.METHODS[method](ctx.model).attribute(x, targets)
+    signed = {"gradient", "integrated-gradients"}
+    return plot_attributions(raw, results, targets=targets, classes=ctx.classes(), signed=signed, path=args.out)
+
+
+@_tool("segment", "GrabCut segmentation seeded by the saliency map (needs opencv)")
+def _segment(ctx, args):
+    from fastconv.analysis.attribution.methods import Saliency, channel_max
+    from fastconv.analysis.visualize.figures import plot_segmentation
+    from fastconv.analysis.attribution.segment import grabcut_from_saliency
+
+    raw, x, labels = ctx.selected()
+    saliency = channel_max(Saliency(ctx.model).attribute(x, labels.tolist()))[0]
+    mask = grabcut_from_saliency(raw[0], saliency, foreground=args.foreground, background=args.background)
+    classes = ctx.classes()
+    name = classes[labels[0]] if classes is not None else str(labels[0])
+    return plot_segmentation(raw[0], saliency, mask, title=f"image {args.index[0]}: {name}", path=args.out)
+
+
+@_tool("erf", "effective receptive field of a central unit at each layer, with the theoretical one")
+def _erf(ctx, args):
+    from fastconv.analysis.visualize.figures import plot_receptive_fields
+    from fastconv.analysis.visualize.receptive_field import effective_receptive_field
+
+    raw, _ = ctx.images()
+    x = ctx.normalize(raw[:args.limit])
+    fields = effective_receptive_field(ctx.model, x, layers=args.layers)
+    return plot_receptive_fields(fields, path=args.out)
+
+
+def _pixels_of(ctx, args, size):
+    """The image to work on in [0, 1], (C, H, W): ``--image`` (a file or a sample
+    name) scaled and cropped to ``size``, else the ``--index`` image of the data set."""
+    from fastconv.analysis.optimize.methods import load_image
+
+    if args.image is not None:
+        channels = C.input_channels(ctx.model) or 3
+        return load_image(args.image, channels=channels, size=size)
+    raw, _, _ = ctx.selected()
+    return raw[0].astype("float64") / ctx.normalize.scale
+
+
+@_tool("class-model", "images that maximize each class score (Simonyan et al., Yosinski et al.'s regularizers)")
+def _class_model(ctx, args):
+    from fastconv.analysis.optimize.methods import class_model, input_shape, logits_layer, output_shape
+    from fastconv.analysis.optimize.figures import plot_class_models
+
+    shape = input_shape(ctx.model, args.size)
+    count = output_shape(ctx.model, logits_layer(ctx.model), (1,) + shape)[1]
+    targets = args.classes if args.classes is not None else list(range(count))
+    result = class_model(ctx.model, targets, steps=args.steps, seed=args.seed, init=args.init, lr=args.lr,
+                         size=args.size, l2_decay=args.l2_decay, blur_every=args.blur_every,
+                         blur_sigma=args.blur_sigma, jitter=args.jitter, clip_norm=args.clip_norm,
+                         clip_contribution=args.clip_contribution)
+    return plot_class_models(result, classes=C.meta_classes(ctx.model, count), path=args.out)
+
+
+@_tool("feature-vis", "images that maximize channels of each layer (pixel or Fourier parametrization)")
+def _feature_vis(ctx, args):
+    from fastconv.analysis.optimize.methods import feature_grid
+    from fastconv.analysis.optimize.figures import plot_feature_grid
+    from fastconv.analysis.optimize.parametrize import color_correlation
+
+    color = None
+    if args.decorrelate:
+        raw, _ = ctx.images()
+        color = color_correlation(raw[:args.limit])
+    grid = feature_grid(ctx.model, layers=args.layers, per_layer=args.per_layer, channels=args.channels,
+                        center=args.center, init=args.init, steps=args.steps, seed=args.seed, lr=args.lr,
+                        size=args.size, parametrization=args.parametrization, color=color, jitter=args.jitter,
+                        scale=args.scale, rotate=args.rotate, l2_decay=args.l2_decay)
+    return plot_feature_grid(grid, path=args.out)
+
+
+@_tool("to-class", "push an image towards a class until its probability passes a threshold")
+def _to_class(ctx, args):
+    from fastconv.analysis.optimize.methods import input_shape, to_class
+    from fastconv.analysis.optimize.figures import plot_to_class
+
+    image = _pixels_of(ctx, args, input_shape(ctx.model)[1:])
+    result = to_class(ctx.model, image, args.target, threshold=args.threshold, max_steps=args.max_steps, lr=args.lr)
+    return plot_to_class(result, classes=ctx.classes(), path=args.out)
+
+
+@_tool("invert", "reconstruct an image from its code at each layer (Mahendran & Vedaldi)")
+def _invert(ctx, args):
+    from fastconv.analysis.optimize.methods import input_shape, invert_layers
+    from fastconv.analysis.optimize.figures import plot_inversions
+
+    image = _pixels_of(ctx, args, input_shape(ctx.model)[1:])
+    results = invert_layers(ctx.model, image, layers=args.layers, steps=args.steps, method=args.method,
+                            tv_weight=args.tv_weight, tv_beta=args.tv_beta, alpha_weight=args.alpha_weight,
+                            seed=args.seed)
+    return plot_inversions(results, path=args.out)
+
+
+@_tool("dream", "DeepDream: amplify what a layer sees in an image of any size, over octaves")
+def _dream(ctx, args):
+    from fastconv.analysis.optimize.methods import deep_dream, load_image
+    from fastconv.analysis.optimize.figures import plot_dream
+    from fastconv.analysis.optimize.style import default_content_layer
+
+    image = load_image(args.image, channels=C.input_channels(ctx.model) or 3, size=args.size)
+    layers = args.layers or [default_content_layer(ctx.model)]
+    results = [deep_dream(ctx.model, image, layer, steps=args.steps, octaves=args.octaves,
+                          octave_scale=args.octave_scale, lr=args.lr, jitter=args.jitter,
+                          channel=args.channel, seed=args.seed) for layer in layers]
+    return plot_dream(results, path=args.out)
+
+
+@_tool("style", "neural style transfer or, with --texture, texture synthesis (Gatys et al.)")
+def _style(ctx, args):
+    from fastconv.analysis.optimize.methods import load_image
+    from fastconv.analysis.optimize.figures import plot_style
+    from fastconv.analysis.optimize.style import random_weights, style_transfer
+
+    model = ctx.model if args.random_weights is None else random_weights(ctx.model, seed=args.random_weights)
+    channels = C.input_channels(model) or 3
+    size = (args.size, args.size)
+    content = None if args.texture else load_image(args.content, channels=channels, size=size)
+    style_size = (args.style_size, args.style_size) if args.style_size else size
+    style = load_image(args.style, channels=channels, size=style_size)
+    result = style_transfer(model, content, style, steps=args.steps, method=args.method, lr=args.lr,
+                            size=size if args.texture else None, content_layer=args.content_layer,
+                            style_layers=args.style_layers, content_weight=args.content_weight,
+                            style_weight=args.style_weight, tv_weight=args.tv_weight,
+                            statistics=args.statistics, seed=args.seed)
+    weights = f"random weights (seed {args.random_weights})" if args.random_weights is not None else "trained weights"
+    print(f"{result.evaluations} evaluations in {result.seconds:.1f} s ({result.method}, {weights})")
+    what = "texture synthesis" if content is None else "neural style transfer"
+    title = f"{what} with {weights}: style at {', '.join(result.style_layers)}"
+    if content is not None:
+        title += f", content at {result.content_layer}"
+    return plot_style(result, content, style, path=args.out, title=title)
+
+
+def _grid_size(text):
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid must look like ROWSxCOLS, e.g. 20x20, got {text!r}") from None
+    if rows < 1 or cols < 1:
+        raise argparse.ArgumentTypeError(f"grid must be positive, got {text!r}")
+    return rows, cols
+
+
+def add_viz_parser(subparsers):
+    """Add ``viz`` with one sub-command per tool to an argparse ``subparsers`` object."""
+    from fastconv.analysis.attribution.methods import METHODS
+
+    viz = subparsers.add_parser(
+        "viz", help="draw what a trained network does (filters, activations, attributions, ...)",
+        description="Figures that look inside a trained network. Each tool writes one PNG with --out.",
+    )
+    tools = viz.add_subparsers(dest="viz_tool", metavar="TOOL", required=True)
+
+    p = tools.add_parser("filters", help=TOOLS["filters"][1], description=TOOLS["filters"][1])
+    _add_common(p, data=False, index=False)
+    p.add_argument("--layer", help="Conv2d layer (default: the first)")
+    p.add_argument("--channels", type=int, nargs="+", help="input channels to show for a deeper layer (default: 0-3)")
+    p.add_argument("--max-filters", type=argtypes.positive_int, default=64,
+                   help="show at most this many filters (default: 64)")
+
+    p = tools.add_parser("activations", help=TOOLS["activations"][1], description=TOOLS["activations"][1])
+    _add_common(p)
+    p.add_argument("--layer", help="layer whose maps to show (default: the first Conv2d)")
+    p.add_argument("--max-maps", type=argtypes.positive_int, default=64,
+                   help="show at most this many maps (default: 64)")
+
+    p = tools.add_parser("top-images", help=TOOLS["top-images"][1], description=TOOLS["top-images"][1])
+    _add_common(p, index=False)
+    p.add_argument("--layer", help="layer of the unit (default: the last Conv2d)")
+    p.add_argument("--unit", type=int, nargs="+", default=[0], metavar="U",
+                   help="channel (its maximum over the map), neuron, or C I J for one position (default: 0)")
+    p.add_argument("--k", type=argtypes.positive_int, default=20, help="how many images (default: 20)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=2000,
+                   help="search the first N images (default: 2000)")
+
+    p = tools.add_parser("clusters", help=TOOLS["clusters"][1], description=TOOLS["clusters"][1])
+    _add_common(p, index=False)
+    p.add_argument("--layer", help="layer whose codes to cluster (default: the input of the last Linear)")
+    p.add_argument("--clusters", type=argtypes.positive_int, default=10,
+                   help="number of k-means clusters (default: 10)")
+    p.add_argument("--show", type=argtypes.positive_int, help="draw only the first N clusters")
+    p.add_argument("--per-cluster", type=argtypes.positive_int, default=12, help="images per cluster (default: 12)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=2000, help="use the first N images (default: 2000)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="k-means seed (default: 0)")
+
+    p = tools.add_parser("embedding", help=TOOLS["embedding"][1], description=TOOLS["embedding"][1])
+    _add_common(p, index=False)
+    p.add_argument("--layer", help="layer whose codes to map (default: the input of the last Linear)")
+    p.add_argument("--method", choices=("tsne", "pca"), default="tsne", help="t-SNE or the faster PCA (default: tsne)")
+    p.add_argument("--grid", type=_grid_size, metavar="ROWSxCOLS",
+                   help="draw thumbnails snapped to a lattice of this size instead of a scatter")
+    p.add_argument("--limit", type=argtypes.positive_int, default=1000, help="use the first N images (default: 1000)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
+
+    p = tools.add_parser("occlusion", help=TOOLS["occlusion"][1], description=TOOLS["occlusion"][1])
+    _add_common(p, many=True)
+    p.add_argument("--patch", type=argtypes.positive_int, default=14, help="patch size in pixels (default: 14)")
+    p.add_argument("--stride", type=argtypes.positive_int, default=2, help="patch stride in pixels (default: 2)")
+    p.add_argument("--fill", type=argtypes.pixel_value, default=0.0,
+                   help="raw pixel value 0-255 under the patch (default: 0)")
+
+    p = tools.add_parser("attribution", help=TOOLS["attribution"][1], description=TOOLS["attribution"][1])
+    _add_common(p, many=True)
+    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="METHOD",
+                   default=["saliency", "deconvnet", "guided-backprop", "gradcam", "guided-gradcam"],
+                   help=f"any of {', '.join(sorted(METHODS))} (default: saliency deconvnet guided-backprop gradcam guided-gradcam)")
+    p.add_argument("--target", type=int, help="class to explain (default: each image's label)")
+    p.add_argument("--layer", help="layer for Grad-CAM (default: the ReLU after the last Conv2d)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=50, help="integrated-gradients steps (default: 50)")
+    p.add_argument("--samples", type=argtypes.positive_int, default=25, help="SmoothGrad noisy samples (default: 25)")
+
+    p = tools.add_parser("segment", help=TOOLS["segment"][1], description=TOOLS["segment"][1])
+    _add_common(p)
+    p.add_argument("--foreground", type=argtypes.unit_interval, default=0.95,
+                   help="saliency quantile seeding the object (default: 0.95)")
+    p.add_argument("--background", type=argtypes.unit_interval, default=0.30,
+                   help="saliency quantile seeding the background (default: 0.30)")
+
+    p = tools.add_parser("erf", help=TOOLS["erf"][1], description=TOOLS["erf"][1])
+    _add_common(p, index=False)
+    p.add_argument("--layers", nargs="+", help="layers to measure (default: every convolution and pooling layer)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=256,
+                   help="average over the first N images (default: 256)")
+
+
+    def add_regularizers(p):
+        p.add_argument("--steps", type=argtypes.positive_int, default=200, help="gradient steps (default: 200)")
+        p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
+        p.add_argument("--size", type=argtypes.positive_int,
+                       help="image side in pixels (default: the model's input size)")
+        p.add_argument("--l2-decay", type=argtypes.fraction,
+                       help="fraction of the image removed per step (default: %(default)s)")
+        p.add_argument("--jitter", type=argtypes.non_negative_int, default=0,
+                       help="random shift of up to N pixels per step (default: 0)")
+
+    p = tools.add_parser("class-model", help=TOOLS["class-model"][1], description=TOOLS["class-model"][1])
+    _add_common(p, data=False, index=False)
+    add_regularizers(p)
+    p.set_defaults(l2_decay=0.01)
+    p.add_argument("--classes", type=int, nargs="+", metavar="K", help="classes to draw (default: all)")
+    p.add_argument("--init", choices=("zeros", "noise"), default="zeros", help="start image (default: zeros)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.05, help="step, in RMS pixel change (default: 0.05)")
+    p.add_argument("--blur-every", type=argtypes.non_negative_int, default=4,
+                   help="blur every N steps, 0 never (default: 4)")
+    p.add_argument("--blur-sigma", type=argtypes.non_negative_float, default=0.5,
+                   help="blur width in pixels (default: 0.5)")
+    p.add_argument("--clip-norm", type=argtypes.percentile, default=0.0,
+                   help="percentile of weakest pixels reset each step")
+    p.add_argument("--clip-contribution", type=argtypes.percentile, default=0.0,
+                   help="percentile of least-contributing pixels reset each step")
+
+    p = tools.add_parser("feature-vis", help=TOOLS["feature-vis"][1], description=TOOLS["feature-vis"][1])
+    _add_common(p, index=False)
+    add_regularizers(p)
+    p.set_defaults(l2_decay=0.0)
+    p.add_argument("--layers", nargs="+", help="layers (default: every Conv2d)")
+    p.add_argument("--per-layer", type=argtypes.positive_int, default=8,
+                   help="channels per layer, spread evenly (default: 8)")
+    p.add_argument("--channels", type=int, nargs="+", help="these channels in every layer instead")
+    p.add_argument("--init", choices=("zeros", "noise"), default="noise", help="start image (default: noise)")
+    p.add_argument("--center", action="store_true",
+                   help="maximize each channel's central unit instead of the channel's mean")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.05, help="Adam step (default: 0.05)")
+    p.add_argument("--parametrization", choices=("pixel", "fourier"), default="pixel",
+                   help="optimize pixels or a 1/f-scaled spectrum (default: pixel)")
+    p.add_argument("--decorrelate", action="store_true",
+                   help="Fourier only: correlate colours as in the data set's images")
+    p.add_argument("--limit", type=argtypes.positive_int, default=1000,
+                   help="images used for --decorrelate (default: 1000)")
+    p.add_argument("--scale", type=argtypes.positive_float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="random zoom range per step")
+    p.add_argument("--rotate", type=argtypes.non_negative_float, default=0.0,
+                   help="random rotation of up to N degrees per step")
+
+    p = tools.add_parser("to-class", help=TOOLS["to-class"][1], description=TOOLS["to-class"][1])
+    _add_common(p)
+    p.add_argument("--image", metavar="FILE", help="an image file or sample name instead of --index")
+    p.add_argument("--target", type=int, required=True, help="the class to push the image towards")
+    p.add_argument("--threshold", type=argtypes.probability, default=0.9, help="probability to reach (default: 0.9)")
+    p.add_argument("--max-steps", type=argtypes.positive_int, default=300, help="give up after N steps (default: 300)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.01, help="step, in RMS pixel change (default: 0.01)")
+
+    p = tools.add_parser("invert", help=TOOLS["invert"][1], description=TOOLS["invert"][1])
+    _add_common(p)
+    p.add_argument("--image", metavar="FILE", help="an image file or sample name instead of --index")
+    p.add_argument("--layers", nargs="+", help="layers (default: every activation, pooling and the logits)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=200, help="evaluations of the loss (default: 200)")
+    p.add_argument("--method", choices=("lbfgs", "adam"), default="lbfgs", help="optimizer (default: lbfgs)")
+    p.add_argument("--tv-weight", type=argtypes.non_negative_float, default=0.3,
+                   help="total-variation weight (default: 0.3)")
+    p.add_argument("--tv-beta", type=argtypes.positive_float, default=2.0, help="total-variation exponent (default: 2)")
+    p.add_argument("--alpha-weight", type=argtypes.non_negative_float, default=1e-3,
+                   help="alpha-norm weight (default: 0.001)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="seed of the start image (default: 0)")
+
+    p = tools.add_parser("dream", help=TOOLS["dream"][1], description=TOOLS["dream"][1])
+    _add_common(p, data=False, index=False)
+    p.add_argument("--image", default="grace_hopper", metavar="FILE",
+                   help="an image file or a sample: grace_hopper (default), present, flower, china")
+    p.add_argument("--size", type=argtypes.positive_int, default=256, help="longer side in pixels (default: 256)")
+    p.add_argument("--layers", nargs="+", help="layers to dream at, one image each "
+                                               "(default: a rectified convolution two thirds up)")
+    p.add_argument("--channel", type=int, help="amplify this channel only")
+    p.add_argument("--steps", type=argtypes.positive_int, default=10, help="steps per octave (default: 10)")
+    p.add_argument("--octaves", type=argtypes.positive_int, default=4, help="octaves (default: 4)")
+    p.add_argument("--octave-scale", type=argtypes.above_one, default=1.4,
+                   help="size ratio between octaves (default: 1.4)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.01,
+                   help="step, in mean absolute pixel change (default: 0.01)")
+    p.add_argument("--jitter", type=argtypes.non_negative_int, default=8,
+                   help="random shift of up to N pixels (default: 8)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
+
+    p = tools.add_parser("style", help=TOOLS["style"][1], description=TOOLS["style"][1])
+    _add_common(p, data=False, index=False)
+    p.add_argument("--content", default="grace_hopper", metavar="FILE",
+                   help="content image file or sample name (default: grace_hopper)")
+    p.add_argument("--style", default="flower", metavar="FILE",
+                   help="style image file or sample name (default: flower)")
+    p.add_argument("--texture", action="store_true", help="no content: synthesize a texture from --style")
+    p.add_argument("--size", type=argtypes.positive_int, default=256,
+                   help="output side: a centre square of N x N (default: 256)")
+    p.add_argument("--style-size", type=argtypes.positive_int, help="side of the style image (default: --size)")
+    p.add_argument("--random-weights", type=argtypes.non_negative_int, metavar="SEED",
+                   help="use a network of the same shape with random weights drawn from SEED")
+    p.add_argument("--content-layer",
+                   help="layer for the content loss (default: a rectified convolution two thirds up)")
+    p.add_argument("--style-layers", nargs="+",
+                   help="layers for the style loss (default: the first rectified convolution of each block)")
+    p.add_argument("--statistics", choices=("gram", "mean_var"), default="gram",
+                   help="style statistics: Gram matrices or per-channel mean and variance (default: gram)")
+    p.add_argument("--method", choices=("lbfgs", "adam"), default="lbfgs", help="optimizer (default: lbfgs)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=200, help="evaluations of the loss (default: 200)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.02, help="Adam step (default: 0.02)")
+    p.add_argument("--content-weight", type=argtypes.non_negative_float, default=1.0,
+                   help="content weight (default: 1)")
+    p.add_argument("--style-weight", type=argtypes.non_negative_float, default=100.0,
+                   help="style weight (default: 100)")
+    p.add_argument("--tv-weight", type=argtypes.non_negative_float, default=1.0,
+                   help="total-variation weight (default: 1)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="seed of a noise start (default: 0)")
+
+    for name, (fn, _) in TOOLS.items():
+        # ``handler`` as well as ``func``: fastconv's own commands dispatch on ``handler``.
+        tools.choices[name].set_defaults(func=run, handler=run, viz_function=fn)
+    return viz
+
+
+def run(args):
+    """Run the viz tool chosen on the command line; returns the exit status."""
+    from fastconv.data import DataError
+
+    ctx = _Context(args)
+    try:
+        args.viz_function(ctx, args)
+    except (ValueError, ImportError, DataError) as err:
+        raise _usage_error(str(err)) from None
+    print(f"wrote {args.out}")
+    return 0

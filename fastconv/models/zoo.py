@@ -1,0 +1,191 @@
+"""Ready-made networks: small ones for CIFAR-10 and MNIST, VGG-16/19 for ImageNet.
+
+With ``init="he"`` (the default) convolutions and linear layers followed by a
+ReLU get He (Kaiming) normal initialization for ReLU (fan_in) with zero bias
+and the classifier head keeps the layer default; with ``init="torch"`` every
+layer keeps the layer default, PyTorch's (uniform within 1/sqrt(fan_in)),
+which is what a network written in PyTorch without an explicit
+initialization starts from. ``seed`` (int, numpy Generator or None) makes the
+initialization reproducible.
+"""
+import numpy as np
+
+from fastconv import _checks
+from fastconv.nn import init as init_module
+from fastconv.nn.layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from fastconv.nn.model import Sequential
+
+__all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19", "VGG16_BLOCKS", "VGG19_BLOCKS", "VGG_WIDTHS"]
+
+
+def _he_relu(layer, rng):
+    init_module.kaiming_normal_(layer.params["weight"], rng, mode="fan_in", nonlinearity="relu")
+    if "bias" in layer.params:
+        layer.params["bias"].fill(0)
+    return layer
+
+
+INITS = ("he", "torch")
+
+
+def _initializer(init_name, rng):
+    """The function applied to each layer followed by a ReLU."""
+    if init_name not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init_name!r}")
+    if init_name == "torch":
+        return lambda layer: layer
+    return lambda layer: _he_relu(layer, rng)
+
+
+
+
+def cifar6(num_classes=10, in_channels=3, seed=None, init="he"):
+    """Six 3x3 convolutions (stride 1, padding 1), each followed by ReLU then
+    BatchNorm2d, widths 32, 32, 64, 64, 128, 128, a 2x2 max-pool after every
+    second one, then Flatten and Linear(128*4*4 -> num_classes).
+
+    Expects 32x32 inputs (N, in_channels, 32, 32); 308,394 parameters for 10 classes.
+    ``init``: "he" or "torch" (see the module docstring).
+    """
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+    in_channels = _checks.positive_int(in_channels, "in_channels")
+    rng = init_module.as_generator(seed)
+    relu_init = _initializer(init, rng)
+    layers = []
+    channels = in_channels
+    for i, width in enumerate((32, 32, 64, 64, 128, 128)):
+        layers += [relu_init(Conv2d(channels, width, 3, padding=1, seed=rng)), ReLU(), BatchNorm2d(width)]
+        if i % 2 == 1:
+            layers.append(MaxPool2d(2))
+        channels = width
+    layers += [Flatten(), Linear(128 * 4 * 4, num_classes, seed=rng)]
+    return Sequential(layers)
+
+
+def mnist2(num_classes=10, in_channels=1, batchnorm=False, seed=None, init="he"):
+    """conv 32 3x3 pad 1 - ReLU - maxpool 2 - conv 32 3x3 pad 1 - ReLU - maxpool 2
+    - Flatten - Linear(1568 -> 500) - ReLU - Linear(500 -> num_classes).
+
+    Expects 28x28 inputs; 799,078 parameters for 10 classes. With batchnorm=True
+    a BatchNorm2d follows each convolution's ReLU. ``init``: "he" or "torch"
+    (see the module docstring).
+    """
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+    in_channels = _checks.positive_int(in_channels, "in_channels")
+    if not isinstance(batchnorm, (bool, np.bool_)):
+        raise TypeError(f"batchnorm must be a bool, got {batchnorm!r}")
+    rng = init_module.as_generator(seed)
+    relu_init = _initializer(init, rng)
+    layers = []
+    channels = in_channels
+    for _ in range(2):
+        layers += [relu_init(Conv2d(channels, 32, 3, padding=1, seed=rng)), ReLU()]
+        if batchnorm:
+            layers.append(BatchNorm2d(32))
+        layers.append(MaxPool2d(2))
+        channels = 32
+    layers += [
+        Flatten(),
+        relu_init(Linear(32 * 7 * 7, 500, seed=rng)), ReLU(),
+        Linear(500, num_classes, seed=rng),
+    ]
+    return Sequential(layers)
+
+
+VGG_WIDTHS = (64, 128, 256, 512, 512)
+VGG16_BLOCKS = (2, 2, 3, 3, 3)
+VGG19_BLOCKS = (2, 2, 4, 4, 4)
+
+
+
+
+def vgg(blocks=VGG16_BLOCKS, widths=VGG_WIDTHS, hidden=4096, include_top=True, num_classes=1000,
+        batchnorm=False, in_channels=3, weights=None, seed=None):
+    """A VGG network (Simonyan & Zisserman, 2014): ``blocks[i]`` 3x3 convolutions
+    (padding 1) of ``widths[i]`` channels, each followed by ReLU (BatchNorm2d
+    then ReLU with batchnorm=True), then a 2x2 max-pool, for each block.
+
+    With include_top=True the head follows, as in torchvision:
+    AdaptiveAvgPool2d(7) - Flatten - Linear(widths[-1]*7*7 -> hidden) - ReLU -
+    Dropout - Linear(hidden -> hidden) - ReLU - Dropout - Linear(hidden ->
+    num_classes), so the network takes any image of at least 32x32 pixels and
+    returns logits. Without the head it is fully convolutional and returns the
+    last pool's maps, (N, widths[-1], H/32, W/32).
+
+    Layer names follow Keras's VGG16/VGG19 where it has them: block1_conv1,
+    block1_conv2, block1_pool, ..., block5_pool, fc1, fc2, predictions; the
+    layers Keras fuses into them are block1_conv1_bn, block1_conv1_relu,
+    avgpool, flatten, fc1_relu, fc1_dropout, and so on. A conv layer's output
+    is therefore its pre-activation; take ``*_relu`` for what Keras calls the
+    conv's output.
+
+    ``weights``: a weights file (or a mapping of arrays) loaded with
+    :func:`fastconv.models.weights.load_weights`; the model is then returned in
+    evaluation mode. Without a head the file may hold one, which is ignored.
+    Otherwise the convolutions get He initialization (``seed``) and the linear
+    layers keep PyTorch's default: drawing another 120 million normal numbers
+    for the head takes seconds, and a VGG is built to load trained weights.
+    """
+    blocks = tuple(_checks.positive_int(b, "blocks entry") for b in blocks)
+    widths = tuple(_checks.positive_int(w, "widths entry") for w in widths)
+    if not blocks or len(blocks) != len(widths):
+        raise ValueError(f"blocks {blocks} and widths {widths} must be non-empty and of the same length")
+    hidden = _checks.positive_int(hidden, "hidden")
+    include_top = _checks.flag(include_top, "include_top")
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+    batchnorm = _checks.flag(batchnorm, "batchnorm")
+    in_channels = _checks.positive_int(in_channels, "in_channels")
+    rng = init_module.as_generator(seed)
+    # Loaded weights overwrite everything: keep the layer defaults then.
+    he = _initializer("torch" if weights is not None else "he", rng)
+    layers = []
+    channels = in_channels
+    for b, (count, width) in enumerate(zip(blocks, widths), start=1):
+        for i in range(1, count + 1):
+            name = f"block{b}_conv{i}"
+            layers.append((name, he(Conv2d(channels, width, 3, padding=1, seed=rng))))
+            if batchnorm:
+                layers.append((f"{name}_bn", BatchNorm2d(width)))
+            layers.append((f"{name}_relu", ReLU()))
+            channels = width
+        layers.append((f"block{b}_pool", MaxPool2d(2)))
+    if include_top:
+        layers += [
+            ("avgpool", AdaptiveAvgPool2d(7)),
+            ("flatten", Flatten()),
+            ("fc1", Linear(channels * 7 * 7, hidden, seed=rng)),
+            ("fc1_relu", ReLU()),
+            ("fc1_dropout", Dropout(0.5, seed=rng)),
+            ("fc2", Linear(hidden, hidden, seed=rng)),
+            ("fc2_relu", ReLU()),
+            ("fc2_dropout", Dropout(0.5, seed=rng)),
+            ("predictions", Linear(hidden, num_classes, seed=rng)),
+        ]
+    model = Sequential(layers)
+    if include_top:
+        model.meta["input_shape"] = [in_channels, 224, 224]  # the size ImageNet networks are trained at
+    if weights is not None:
+        from fastconv.models.weights import load_weights
+
+        load_weights(model, weights, strict=include_top)
+        model.eval()
+    return model
+
+
+def vgg16(include_top=True, num_classes=1000, batchnorm=False, in_channels=3, weights=None, seed=None):
+    """VGG-16 (configuration D): 13 convolutions in blocks of 2, 2, 3, 3, 3 with
+    64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
+
+    138,357,544 parameters with the head (14,714,688 without); see :func:`vgg`
+    for the layer names, the head and ``weights``.
+    """
+    return vgg(VGG16_BLOCKS, VGG_WIDTHS, 4096, include_top, num_classes, batchnorm, in_channels, weights, seed)
+
+
+def vgg19(include_top=True, num_classes=1000, batchnorm=False, in_channels=3, weights=None, seed=None):
+    """VGG-19 (configuration E): 16 convolutions in blocks of 2, 2, 4, 4, 4 with
+    64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
+
+    143,667,240 parameters with the head (20,024,384 without); see :func:`vgg`.
+    """
+    return vgg(VGG19_BLOCKS, VGG_WIDTHS, 4096, include_top, num_classes, batchnorm, in_channels, weights, seed)

@@ -1,0 +1,108 @@
+"""Classification losses with PyTorch's semantics, and (log-)softmax.
+
+A loss is called on a batch, returns a Python float, and ``backward()`` then
+returns the gradient of that value w.r.t. the loss's input::
+
+    loss = CrossEntropyLoss()
+    value = loss(logits, labels)
+    model.backward(loss.backward())
+"""
+import numpy as np
+
+from fastconv import _checks
+
+__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "NLLLoss"]
+
+_REDUCTIONS = ("mean", "sum")
+
+
+def _scores(array, name):
+    _checks.float_array(array, name)
+    _checks.nonempty_batch(array, name)
+    return array
+
+
+def log_softmax(logits, axis=-1):
+    """log(softmax(logits)) along ``axis``, stable for large logits."""
+    _scores(logits, "logits")
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax(logits, axis=-1):
+    """exp(logits) normalized along ``axis``, stable for large logits."""
+    _scores(logits, "logits")
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _check_labels(labels, scores, name):
+    n, k = scores.shape
+    return _checks.class_indices(labels, "label", (n,), k, context=f" for {name} of shape {scores.shape}")
+
+
+class _Loss:
+    def __init__(self, reduction="mean"):
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        self._cache = None
+
+    def _check(self, scores, labels, name):
+        _checks.float_array(scores, name, 2)
+        _checks.nonempty_batch(scores, name)
+        return _check_labels(labels, scores, name)
+
+    def _reduce(self, picked):
+        total = -picked.sum(dtype=np.float64)
+        return float(total / picked.shape[0] if self.reduction == "mean" else total)
+
+    def _scale(self, n, dtype):
+        return dtype.type(1.0 / n if self.reduction == "mean" else 1.0)
+
+    def backward(self):
+        """Gradient of the last value w.r.t. the loss's input."""
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
+        return self._gradient(*self._cache)
+
+
+class CrossEntropyLoss(_Loss):
+    """-log softmax(logits)[label], averaged (reduction='mean') or summed over the batch.
+
+    logits (N, K) float32/float64, labels (N,) ints in [0, K).
+    """
+
+    def __call__(self, logits, labels):
+        labels = self._check(logits, labels, "logits")
+        log_probs = log_softmax(logits, axis=1)
+        rows = np.arange(logits.shape[0])
+        self._cache = (log_probs, labels)
+        return self._reduce(log_probs[rows, labels])
+
+    forward = __call__
+
+    def _gradient(self, log_probs, labels):
+        grad = np.exp(log_probs)
+        grad[np.arange(grad.shape[0]), labels] -= 1
+        grad *= self._scale(grad.shape[0], grad.dtype)
+        return grad
+
+
+class NLLLoss(_Loss):
+    """-log_probs[label], averaged (reduction='mean') or summed over the batch.
+
+    log_probs (N, K), e.g. the output of a LogSoftmax layer; labels (N,) ints in [0, K).
+    """
+
+    def __call__(self, log_probs, labels):
+        labels = self._check(log_probs, labels, "log_probs")
+        self._cache = (log_probs.shape, log_probs.dtype, labels)
+        return self._reduce(log_probs[np.arange(log_probs.shape[0]), labels])
+
+    forward = __call__
+
+    def _gradient(self, shape, dtype, labels):
+        grad = np.zeros(shape, dtype=dtype)
+        grad[np.arange(shape[0]), labels] = -self._scale(shape[0], dtype)
+        return grad

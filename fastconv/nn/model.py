@@ -1,0 +1,462 @@
+"""Sequential: a chain of named layers, with partial passes, hooks and save/load.
+
+The analysis tools work on this API only: ``forward(x, until=name)`` gives a
+layer's activation, ``backward(grad, start=name)`` sends a chosen gradient of
+that activation back to the image, hooks record activations on the way.
+
+File format (``save`` / ``load``): an uncompressed ``.npz`` holding
+``architecture`` (JSON: format tag, version, mode and, per layer, its name,
+class and ``config()``), ``meta`` (JSON: the user's ``model.meta``) and one
+array per ``state_dict()`` key.
+"""
+import contextlib
+import copy
+import json
+import os
+import zipfile
+import zlib
+
+import numpy as np
+
+from fastconv import _checks
+from fastconv._files import atomic_write
+from fastconv.nn.layers import LAYER_TYPES, BatchNorm2d, Layer, ReLU, _float_dtype
+
+__all__ = ["Sequential", "load", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "fastconv.Sequential"
+FORMAT_VERSION = 1
+_RESERVED_ENTRIES = ("architecture", "meta")
+
+
+class HookHandle:
+    """Returned by ``register_forward_hook``; ``remove()`` unregisters the hook."""
+
+    def __init__(self, hooks, key):
+        self._hooks = hooks
+        self._key = key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+
+@contextlib.contextmanager
+def _blame(name, layer):
+    """Prefix a TypeError/ValueError raised inside a layer with the layer's name."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise
+        raise type(error)(f"layer {name!r} ({type(layer).__name__}): {error}") from error
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"meta holds {value!r} of type {type(value).__name__}, which cannot be saved as JSON")
+
+
+class Sequential:
+    """Layers applied in order: ``Sequential(layer, layer, ...)`` or
+    ``Sequential([(name, layer), ...])`` (a list may also mix plain layers in).
+
+    Unnamed layers are named from their type and rank: conv1, relu1, bn1,
+    pool1, flatten1, fc1, dropout1, ... Names must be unique and contain no '.'.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, dict)):
+            items = list(layers[0].items()) if isinstance(layers[0], dict) else list(layers[0])
+        else:
+            items = list(layers)
+        if not items:
+            raise ValueError("Sequential needs at least one layer")
+        named = []
+        for item in items:
+            if isinstance(item, Layer):
+                named.append((None, item))
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Layer):
+                name = item[0]
+                if not isinstance(name, str) or not name or "." in name:
+                    raise ValueError(f"layer names must be non-empty strings without '.', got {name!r}")
+                named.append(item)
+            else:
+                raise TypeError(f"expected a Layer or a (name, Layer) pair, got {item!r}")
+        used = [name for name, _ in named if name is not None]
+        duplicates = sorted({name for name in used if used.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate layer name {duplicates[0]!r}")
+        seen_layers = set()
+        for _, layer in named:
+            if id(layer) in seen_layers:
+                raise ValueError(f"the same {type(layer).__name__} object appears twice; create one per position")
+            seen_layers.add(id(layer))
+        counters = {}
+        used = set(used)
+        self._names = []
+        self._layers = []
+        for name, layer in named:
+            if name is None:
+                prefix = type(layer).name_prefix
+                while True:
+                    counters[prefix] = counters.get(prefix, 0) + 1
+                    name = f"{prefix}{counters[prefix]}"
+                    if name not in used:
+                        break
+                used.add(name)
+            self._names.append(name)
+            self._layers.append(layer)
+        self._index = {name: i for i, name in enumerate(self._names)}
+        self._hooks = {}
+        self._next_hook = 0
+        self._reached = None  # index of the last layer the last forward ran through
+        self._training = all(layer.training for layer in self._layers)
+        self.meta = {}
+
+    # -- structure ------------------------------------------------------------
+    def named_layers(self):
+        """[(name, layer), ...] in order."""
+        return list(zip(self._names, self._layers))
+
+    def layer(self, name):
+        return self._layers[self._position(name)]
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __repr__(self):
+        lines = [f"  ({name}): {layer!r}" for name, layer in self.named_layers()]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def _position(self, name):
+        if not isinstance(name, str):
+            raise TypeError(f"layer name must be a str, got {name!r}")
+        try:
+            return self._index[name]
+        except KeyError:
+            raise ValueError(f"no layer named {name!r}; the layers are {', '.join(self._names)}") from None
+
+    @property
+    def dtype(self):
+        """dtype of the parameters (None if the model has none)."""
+        for layer in self._layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return None
+
+    # -- modes ------------------------------------------------------------------
+    def train(self, mode=True):
+        self._training = bool(mode)
+        for layer in self._layers:
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    @property
+    def training(self):
+        return self._training
+
+    # -- passes -----------------------------------------------------------------
+    def _run_layer(self, name, layer, method, x):
+        with _blame(name, layer):
+            y = method(x)
+        for hook in list(self._hooks.values()):
+            hook(name, layer, y)
+        return y
+
+    def _fuses_relu_batchnorm(self, i, stop):
+        """Whether layers i and i + 1 run as one pass: a ReLU, then a
+        BatchNorm2d in training mode, both within the pass, no hook to see
+        the ReLU's output, and neither layer's forward or backward replaced
+        on the instance, as the attribution tools do to the ReLUs (see
+        BatchNorm2d._forward_after_relu)."""
+        if i + 1 > stop or self._hooks:
+            return False
+        relu, bn = self._layers[i], self._layers[i + 1]
+        if type(relu) is not ReLU or type(bn) is not BatchNorm2d or not bn.training:
+            return False
+        return not any(method in vars(layer) for layer in (relu, bn) for method in ("forward", "backward"))
+
+    def forward(self, x, until=None):
+        """Output of layer ``until`` (inclusive; default the last layer) for input x."""
+        stop = len(self._layers) - 1 if until is None else self._position(until)
+        self._reached = None
+        i = 0
+        while i <= stop:
+            if self._fuses_relu_batchnorm(i, stop):
+                relu, bn = self._layers[i], self._layers[i + 1]
+                with _blame(self._names[i], relu):
+                    relu._check_input(x)
+                with _blame(self._names[i + 1], bn):
+                    x = bn._forward_after_relu(relu, x)
+                i += 2
+            else:
+                x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
+                i += 1
+        self._reached = stop
+        return x
+
+    __call__ = forward
+
+    def backward(self, grad, start=None, input_grad=True, param_grads=True):
+        """Backpropagate ``grad``, the gradient w.r.t. the output of layer ``start``
+        (default the last layer), through the layers of the last forward pass.
+
+        Parameter gradients are added into ``gradients()``. Returns the
+        gradient w.r.t. the model input; with ``input_grad=False`` (training)
+        it returns None and stops as soon as every parameter gradient is known,
+        so the first convolution skips its input gradient. With
+        ``param_grads=False`` (attacks, saliency, image optimization) no
+        parameter gradient is computed or added, which saves the convolutions'
+        weight-gradient products.
+        """
+        if not input_grad and not param_grads:
+            raise ValueError("backward with input_grad=False and param_grads=False has nothing to compute")
+        if self._reached is None:
+            raise RuntimeError("backward called before forward")
+        first = len(self._layers) - 1 if start is None else self._position(start)
+        if first > self._reached:
+            raise RuntimeError(
+                f"backward from layer {self._names[first]!r} needs a forward pass through it; "
+                f"the last forward stopped at {self._names[self._reached]!r}"
+            )
+        if input_grad:
+            last = 0
+        else:
+            with_params = [i for i, layer in enumerate(self._layers[:first + 1]) if layer.params]
+            if not with_params:
+                return None
+            last = with_params[0]
+        i = first
+        while i >= last:
+            name, layer = self._names[i], self._layers[i]
+            need_dx = input_grad or i > last
+            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last
+            if fused and layer._relu_fused_in() is self._layers[i - 1] \
+                    and "backward" not in vars(self._layers[i - 1]):
+                # The ReLU's backward too, in the batch norm's pass.
+                with _blame(name, layer):
+                    grad = layer._backward_through_relu(grad, param_grads)
+                i -= 2
+                continue
+            with _blame(name, layer):
+                grad = layer.backward(grad, need_dx=need_dx, param_grads=param_grads)
+            i -= 1
+        return grad if input_grad else None
+
+    def predict(self, x, batch_size=256):
+        """Evaluation-mode output for x, computed ``batch_size`` samples at a time.
+
+        Keeps no cache (so ``backward`` still refers to the last ``forward``)
+        and leaves every layer in the mode it was in.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _checks.float_array(x, "input")
+        if x.ndim == 0:
+            raise ValueError(f"input must have a batch dimension, got shape {x.shape}")
+        _checks.nonempty_batch(x, "input")
+        modes = [layer.training for layer in self._layers]
+        for layer in self._layers:
+            layer.eval()
+        try:
+            outputs = []
+            for begin in range(0, x.shape[0], batch_size):
+                out = x[begin:begin + batch_size]
+                for name, layer in zip(self._names, self._layers):
+                    out = self._run_layer(name, layer, layer.infer, out)
+                outputs.append(out)
+        finally:
+            for layer, mode in zip(self._layers, modes):
+                layer.train(mode)
+        return np.concatenate(outputs)
+
+    def register_forward_hook(self, fn):
+        """Call ``fn(name, layer, output)`` after every layer of every forward pass
+        (``predict`` included, once per batch); the return value is ignored."""
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {fn!r}")
+        key = self._next_hook
+        self._next_hook += 1
+        self._hooks[key] = fn
+        return HookHandle(self._hooks, key)
+
+    # -- description --------------------------------------------------------------
+    def num_parameters(self):
+        return sum(p.size for layer in self._layers for p in layer.params.values())
+
+    def summary(self, input_shape):
+        """A table of each layer's output shape and parameter count for an
+        input of shape ``input_shape`` (batch included), with the total."""
+        try:
+            shape = tuple(int(v) for v in input_shape)
+        except (TypeError, ValueError):
+            raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+        rows = [("input", str(shape), "")]
+        for name, layer in self.named_layers():
+            with _blame(name, layer):
+                shape = layer.output_shape(shape)
+            count = sum(p.size for p in layer.params.values())
+            rows.append((f"{name} ({type(layer).__name__})", str(shape), f"{count:,}"))
+        header = ("Layer (type)", "Output shape", "Param #")
+        widths = [max(len(r[i]) for r in rows + [header]) + 2 for i in range(3)]
+        rule = "=" * sum(widths)
+
+        def fmt(row):
+            return row[0].ljust(widths[0]) + row[1].ljust(widths[1]) + row[2].rjust(widths[2])
+
+        buffers = sum(b.size for layer in self._layers for b in layer.buffers.values())
+        lines = [fmt(header), rule] + [fmt(r) for r in rows] + [
+            rule,
+            f"Total parameters: {self.num_parameters():,}",
+            f"Buffers (not trained): {buffers:,}",
+            f"dtype: {self.dtype}",
+        ]
+        return "\n".join(lines)
+
+    # -- parameters and state ---------------------------------------------------------
+    def named_parameters(self):
+        """[(key, array), ...] of the trainable parameters, keys as in state_dict."""
+        return [(f"{name}.{k}", p) for name, layer in self.named_layers() for k, p in layer.params.items()]
+
+    def gradients(self):
+        """{key: gradient} with the keys of named_parameters(), filled by backward."""
+        return {f"{name}.{k}": g for name, layer in self.named_layers() for k, g in layer.grads.items()}
+
+    def zero_grad(self):
+        for layer in self._layers:
+            layer.zero_grad()
+
+    def _state_arrays(self):
+        state = {}
+        for name, layer in self.named_layers():
+            for k, p in layer.params.items():
+                state[f"{name}.{k}"] = p
+            for k, b in layer.buffers.items():
+                state[f"{name}.{k}"] = b
+        return state
+
+    def state_dict(self):
+        """Copies of all parameters and buffers, ``layername.param``, in layer order."""
+        return {k: v.copy() for k, v in self._state_arrays().items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values into the parameters and buffers (converted to the model's dtype).
+
+        With strict=True the keys must match exactly. Shapes must always match.
+        Nothing is changed unless every check passes. Returns (missing, unexpected) keys.
+        """
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        targets = self._state_arrays()
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict.keys() if k not in targets]
+        if strict and missing:
+            raise ValueError(f"state_dict is missing key {missing[0]!r} ({len(missing)} missing in all)")
+        if strict and unexpected:
+            raise ValueError(f"state_dict has unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
+        values = {}
+        for key, target in targets.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(state_dict[key])
+            if value.dtype.kind not in "fiu":
+                raise TypeError(f"state_dict[{key!r}] has dtype {value.dtype}, expected a real number type")
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"state_dict[{key!r}] has shape {value.shape}, the model expects {target.shape}"
+                )
+            values[key] = value
+        for key, value in values.items():
+            targets[key][...] = value
+        return missing, unexpected
+
+    def astype(self, dtype):
+        """A copy of the model with parameters and buffers in float32 or float64.
+
+        Names, modes and meta are copied; hooks are not.
+        """
+        dtype = _float_dtype(dtype)
+        clone = Sequential([(name, layer.astype(dtype)) for name, layer in self.named_layers()])
+        clone._training = self._training
+        clone.meta = copy.deepcopy(self.meta)
+        return clone
+
+    # -- files ----------------------------------------------------------------------
+    def architecture(self):
+        """The JSON-able description save() writes: mode and each layer's name, class and config."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "training": self._training,
+            "layers": [
+                {"name": name, "class": type(layer).__name__, "config": layer.config()}
+                for name, layer in self.named_layers()
+            ],
+        }
+
+    def save(self, path):
+        """Write the model to ``path`` (.npz) atomically: a temporary file in the
+        same directory, then os.replace. Returns the path."""
+        path = os.fspath(path)
+        for name, layer in self.named_layers():
+            if type(layer).__name__ not in LAYER_TYPES:
+                raise TypeError(f"layer {name!r} is a {type(layer).__name__}, which load() cannot rebuild")
+        entries = {
+            "architecture": np.array(json.dumps(self.architecture())),
+            "meta": np.array(json.dumps(self.meta, default=_json_default)),
+        }
+        entries.update(self._state_arrays())
+        atomic_write(path, lambda f: np.savez(f, **entries))
+        return path
+
+
+def _build(architecture):
+    if not isinstance(architecture, dict) or architecture.get("format") != FORMAT:
+        raise ValueError("its architecture entry is not a fastconv Sequential")
+    if architecture.get("version") != FORMAT_VERSION:
+        raise ValueError(f"format version {architecture.get('version')!r} is not supported "
+                         f"(this fastconv reads version {FORMAT_VERSION})")
+    layers = []
+    for entry in architecture["layers"]:
+        cls = LAYER_TYPES.get(entry["class"])
+        if cls is None:
+            raise ValueError(f"unknown layer class {entry['class']!r}")
+        layers.append((entry["name"], cls(**entry["config"])))
+    model = Sequential(layers)
+    model.train(bool(architecture["training"]))
+    return model
+
+
+def load(path):
+    """Rebuild a model written by ``Sequential.save``.
+
+    A missing file raises FileNotFoundError; a truncated or corrupt file, or
+    one that is not a fastconv model, raises ValueError naming the file.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        try:
+            with np.load(f, allow_pickle=False) as archive:
+                if not hasattr(archive, "files"):
+                    raise ValueError("it holds a single array, not a model archive")
+                names = set(archive.files)
+                if "architecture" not in names:
+                    raise ValueError("it has no 'architecture' entry")
+                architecture = json.loads(archive["architecture"].item())
+                meta = json.loads(archive["meta"].item()) if "meta" in names else {}
+                state = {k: archive[k] for k in archive.files if k not in _RESERVED_ENTRIES}
+            model = _build(architecture)
+            model.meta = meta
+            model.load_state_dict(state)
+        # zipfile reports some damage as NotImplementedError (a garbled compression
+        # method or version) or RuntimeError (a garbled flag that reads as encryption).
+        except (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError,
+                zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
+            raise ValueError(f"{path} is not a valid fastconv model file: {error}") from error
+    return model

@@ -1,0 +1,218 @@
+"""Optimizers and learning-rate schedules with PyTorch's update rules.
+
+An optimizer is bound to a model: ``step()`` reads ``model.gradients()`` and
+updates ``model.named_parameters()`` in place. Gradients accumulate across
+backward passes, so a training step is::
+
+    opt.zero_grad()
+    model.backward(loss_fn.backward())
+    opt.step()
+    scheduler.step()          # once per step (OneCycleLR) or per epoch
+
+To resume, rebuild the model, optimizer and schedule as before, then call
+``load_state_dict`` on each with what ``state_dict()`` returned.
+"""
+import math
+
+import numpy as np
+
+from fastconv import _checks, backend
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+
+
+
+class Optimizer:
+    """Base class: the model binding, ``lr``, per-parameter state and its (de)serialization."""
+
+    _state_names = ()
+
+    def __init__(self, model, lr):
+        if not hasattr(model, "named_parameters") or not hasattr(model, "gradients"):
+            raise TypeError(f"model must be a fastconv Sequential, got {type(model).__name__}")
+        if not model.named_parameters():
+            raise ValueError("the model has no parameters to optimize")
+        self.model = model
+        self.lr = _checks.real_number(lr, "lr")
+        self.state = {}
+        self.step_count = 0
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        # Any finite value, as PyTorch allows: a linear OneCycleLR's step past
+        # its last one extrapolates slightly below zero.
+        self._lr = _checks.real_number(value, "lr", -math.inf)
+        if not math.isfinite(self._lr):
+            raise ValueError(f"lr must be finite, got {value!r}")
+
+    def hyperparams(self):
+        """The settings state_dict() saves, by constructor argument name."""
+        return {"lr": self.lr}
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+    def step(self):
+        """Apply one update with the gradients currently in the model."""
+        grads = self.model.gradients()
+        self.step_count += 1
+        for key, param in self.model.named_parameters():
+            self._update(param, grads[key], self.state.setdefault(key, {}))
+
+    def _update(self, param, grad, state):
+        raise NotImplementedError
+
+    def _scratch(self, like):
+        """An uninitialized array shaped and typed like `like`, a view of one
+        buffer reused by every parameter and step instead of a fresh
+        temporary per operation (when Adam's step was NumPy's too, on mnist2's
+        0.8 M parameters: 3.1 ms with temporaries, 2.5 ms in place)."""
+        buffer = getattr(self, "_scratch_buffer", None)
+        if buffer is None or buffer.size < like.size or buffer.dtype != like.dtype:
+            buffer = self._scratch_buffer = np.empty(like.size, like.dtype)
+        return buffer[:like.size].reshape(like.shape)
+
+    def state_dict(self):
+        """{'type', 'hyperparams', 'step_count', 'state': {param key: {name: array}}}; arrays are copies."""
+        return {
+            "type": type(self).__name__,
+            "hyperparams": self.hyperparams(),
+            "step_count": self.step_count,
+            "state": {key: {k: v.copy() for k, v in s.items()} for key, s in self.state.items()},
+        }
+
+    def load_state_dict(self, state_dict):
+        """Restore settings and state saved by state_dict() from an optimizer of the same type."""
+        if not isinstance(state_dict, dict) or state_dict.get("type") != type(self).__name__:
+            found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"state_dict is for {found!r}, not {type(self).__name__}")
+        params = dict(self.model.named_parameters())
+        state = {}
+        for key, entries in state_dict["state"].items():
+            if key not in params:
+                raise ValueError(f"state_dict has state for {key!r}, which the model does not have")
+            state[key] = {}
+            for name, value in entries.items():
+                if name not in self._state_names:
+                    raise ValueError(f"unexpected state {name!r} for {key!r}")
+                value = np.asarray(value)
+                if value.shape != params[key].shape:
+                    raise ValueError(
+                        f"state {name!r} of {key!r} has shape {value.shape}, the parameter has {params[key].shape}"
+                    )
+                # C order: Adam's kernel updates its state in place.
+                state[key][name] = np.array(value, dtype=params[key].dtype, order="C", copy=True)
+        hyperparams = state_dict["hyperparams"]
+        self._set_hyperparams(**hyperparams)
+        self.step_count = int(state_dict["step_count"])
+        self.state = state
+
+    def _set_hyperparams(self, lr):
+        self.lr = lr
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, PyTorch's rule:
+
+    g = grad + weight_decay * p; buf = g at the first step, then
+    buf = momentum * buf + g; g = g + momentum * buf (nesterov) or buf;
+    p -= lr * g.
+    """
+
+    _state_names = ("momentum_buffer",)
+
+    def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(model, lr)
+        self._set_hyperparams(lr, momentum, nesterov, weight_decay)
+
+    def _set_hyperparams(self, lr, momentum, nesterov, weight_decay):
+        self.lr = lr
+        self.momentum = _checks.real_number(momentum, "momentum")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0, got momentum=0")
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _checks.real_number(weight_decay, "weight_decay")
+
+    def hyperparams(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+    def _update(self, param, grad, state):
+        if self.weight_decay != 0:
+            grad = grad + self.weight_decay * param
+        if self.momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.copy()
+            else:
+                buf *= self.momentum
+                buf += grad
+            grad = grad + self.momentum * buf if self.nesterov else buf
+        step = self._scratch(param)
+        np.multiply(grad, self.lr, out=step)
+        param -= step
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with PyTorch's bias correction and eps placement;
+    weight_decay adds weight_decay * p to the gradient (L2)."""
+
+    _state_names = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(model, lr)
+        self._set_hyperparams(lr, betas, eps, weight_decay)
+
+    def _set_hyperparams(self, lr, betas, eps, weight_decay):
+        self.lr = lr
+        self.betas = betas
+        self.eps = _checks.real_number(eps, "eps")
+        self.weight_decay = _checks.real_number(weight_decay, "weight_decay")
+
+    @property
+    def betas(self):
+        return self._betas
+
+    @betas.setter
+    def betas(self, value):
+        try:
+            beta1, beta2 = value
+        except (TypeError, ValueError):
+            raise TypeError(f"betas must be a pair of numbers, got {value!r}") from None
+        self._betas = (_checks.real_number(beta1, "beta1", 0.0, 1.0, high_open=True),
+                       _checks.real_number(beta2, "beta2", 0.0, 1.0, high_open=True))
+
+    def hyperparams(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _update(self, param, grad, state):
+        beta1, beta2 = self.betas
+        if self.weight_decay != 0:
+            if self._decoupled:
+                param *= 1.0 - self.lr * self.weight_decay
+            else:
+                grad = grad + self.weight_decay * param
+        if not state:
+            state["exp_avg"] = np.zeros_like(param)
+            state["exp_avg_sq"] = np.zeros_like(param)
+        # One fused pass on the compiled backend (mnist2's 0.8 M parameters:
+        # 0.25 ms, against 2.4 ms for the NumPy twin's eleven array passes).
+        backend.current().adam_update(param, grad, state["exp_avg"], state["exp_avg_sq"],
+                                      self.lr, beta1, beta2, self.eps, self.step_count)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr * weight_decay before the Adam step."""
+
+    _decoupled = True
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(model, lr, betas, eps, weight_decay)

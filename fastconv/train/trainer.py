@@ -1,0 +1,620 @@
+"""The training loop: epochs of shuffled mini-batches, validation, history and checkpoints.
+
+``Trainer(model, optimizer, loss, schedule, ...).fit(x_train, y_train, epochs,
+x_val, y_val)`` runs the epochs; ``train(...)`` does the same in one call.
+Images may be uint8 (then ``normalize`` maps them to floats, or they are
+divided by 255) or already floats.
+
+With a ``run_dir`` the trainer writes, each epoch:
+
+``history.json``, ``history.csv``
+    One record per epoch: learning rate (of the epoch's last batch),
+    training and validation loss and accuracy, seconds, images per second.
+``checkpoint-last.npz``, ``checkpoint-best.npz``
+    Everything needed to continue: the model's weights and architecture,
+    the optimizer's and the schedule's state, the epoch and batch reached,
+    the random generators' states and the history. Best is the epoch with
+    the highest validation accuracy (training accuracy without validation).
+``model.npz``, ``best_model.npz``
+    The final and the best model, readable by ``fastconv.load``.
+
+Every file is written to a temporary name in ``run_dir`` and renamed, so an
+interrupt (Ctrl-C, kill -9, power loss) never leaves a half-written file.
+Ctrl-C stops at the end of the current batch, saves a checkpoint there and
+raises ``TrainingInterrupted``; a second Ctrl-C stops at once (the files on
+disk stay whole). ``fit(..., resume=True)`` continues from
+``checkpoint-last.npz`` and reaches the same weights, bit for bit, as a run
+that was never interrupted, for a given seed and thread count.
+"""
+import contextlib
+import csv
+import io
+import json
+import math
+import signal
+import threading
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from fastconv._files import atomic_write
+from fastconv.nn.losses import CrossEntropyLoss
+
+__all__ = [
+    "Trainer", "train", "evaluate", "confusion_matrix",
+    "TrainingInterrupted", "CheckpointError", "TrainingDiverged",
+    "save_checkpoint", "load_checkpoint",
+    "LAST_CHECKPOINT", "BEST_CHECKPOINT", "FINAL_MODEL", "BEST_MODEL",
+]
+
+CHECKPOINT_FORMAT = "fastconv.checkpoint"
+CHECKPOINT_VERSION = 1
+LAST_CHECKPOINT = "checkpoint-last.npz"
+BEST_CHECKPOINT = "checkpoint-best.npz"
+FINAL_MODEL = "model.npz"
+BEST_MODEL = "best_model.npz"
+HISTORY_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "seconds", "images_per_second",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or belongs to another model or set-up."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (Ctrl-C); ``checkpoint`` is where it can resume from."""
+
+    def __init__(self, message, checkpoint=None, epoch=0, batch=0):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.batch = batch
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ------------------------------------------------------------------ files
+
+
+def _pack(obj, arrays):
+    """A JSON-able form of obj; arrays go to the dict ``arrays`` under generated keys."""
+    if isinstance(obj, np.ndarray):
+        key = f"array{len(arrays)}"
+        arrays[key] = obj
+        return {"__ndarray__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_pack(k, arrays), _pack(v, arrays)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_pack(v, arrays) for v in obj]}
+    if isinstance(obj, list):
+        return [_pack(v, arrays) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint: {obj!r}")
+
+
+def _unpack(obj, arrays):
+    if isinstance(obj, list):
+        return [_unpack(v, arrays) for v in obj]
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return arrays[obj["__ndarray__"]]
+        if "__tuple__" in obj:
+            return tuple(_unpack(v, arrays) for v in obj["__tuple__"])
+        return {_unpack(k, arrays): _unpack(v, arrays) for k, v in obj["__dict__"]}
+    return obj
+
+
+def save_checkpoint(path, state):
+    """Write a dict of arrays, numbers, strings, lists, tuples and dicts to path atomically."""
+    arrays = {}
+    payload = json.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                          "state": _pack(state, arrays)})
+    return atomic_write(path, lambda f: np.savez(f, checkpoint=np.array(payload), **arrays))
+
+
+def load_checkpoint(path):
+    """The state dict written by save_checkpoint; CheckpointError naming the file if unreadable."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files") or "checkpoint" not in archive.files:
+                raise ValueError("it has no 'checkpoint' entry")
+            header = json.loads(archive["checkpoint"].item())
+            if header.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"its format is {header.get('format')!r}")
+            if header.get("version") != CHECKPOINT_VERSION:
+                raise ValueError(f"format version {header.get('version')!r} is not supported")
+            arrays = {k: archive[k] for k in archive.files if k != "checkpoint"}
+        return _unpack(header["state"], arrays)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    # zipfile reports some damage as NotImplementedError (a garbled compression
+    # method or version) or RuntimeError (a garbled flag that reads as encryption).
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable fastconv checkpoint: {exc}") from None
+
+
+def _write_history(run_dir, history):
+    atomic_write(run_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
+
+    def write_csv(f):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for record in history:
+            writer.writerow({k: ("" if record.get(k) is None else record[k]) for k in HISTORY_COLUMNS})
+        f.write(text.getvalue().encode())
+
+    atomic_write(run_dir / "history.csv", write_csv)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def _model_dtype(model):
+    dtype = getattr(model, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
+
+
+def _prepare(x, normalize, dtype):
+    if normalize is not None:
+        return normalize(x, dtype=dtype)
+    if x.dtype == np.uint8:
+        return x.astype(dtype) * dtype.type(1 / 255)
+    return x.astype(dtype, copy=False)
+
+
+def evaluate(model, x, y, normalize=None, batch_size=256, loss=None):
+    """Loss, accuracy, logits and predictions of the model (in eval mode) on (x, y).
+
+    Returns a dict: ``loss`` (mean), ``accuracy``, ``logits`` (N, K),
+    ``predictions`` (N,). The model's mode is left as it was.
+    """
+    loss = loss if loss is not None else CrossEntropyLoss()
+    y = np.asarray(y, dtype=np.int64)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise ValueError("nothing to evaluate: no images")
+    dtype = _model_dtype(model)
+    logits, total = [], 0.0
+    for start in range(0, len(x), batch_size):
+        xb = _prepare(x[start:start + batch_size], normalize, dtype)
+        out = model.predict(xb, batch_size=batch_size)
+        total += float(loss(out, y[start:start + batch_size])) * len(xb)
+        logits.append(out)
+    logits = np.concatenate(logits)
+    predictions = logits.argmax(axis=1)
+    return {
+        "loss": total / len(x),
+        "accuracy": float(np.mean(predictions == y)),
+        "logits": logits,
+        "predictions": predictions,
+    }
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """counts[i, j] = number of items of true class i predicted as class j."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+# ------------------------------------------------------------------ trainer
+
+
+def _layer_rngs(model):
+    """The random generators held by layers (Dropout), by layer name."""
+    return {name: layer.rng for name, layer in model.named_layers()
+            if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+
+
+def _architecture(model):
+    """The model's layer list as plain JSON values, or None for a model without one."""
+    describe = getattr(model, "architecture", None)
+    if describe is None:
+        return None
+    return json.loads(json.dumps(describe()["layers"]))
+
+
+def _threads():
+    try:
+        from fastconv import _runtime
+        return _runtime.get_num_threads()
+    except ImportError:
+        return None
+
+
+class Trainer:
+    """Trains a model with any optimizer, loss and learning-rate schedule.
+
+    model, optimizer, loss, schedule
+        A ``fastconv.nn.model.Sequential``, a ``fastconv.optim`` optimizer built
+        on it, a loss (default ``CrossEntropyLoss()``) and an optional schedule.
+    batch_size, seed
+        Mini-batch size; the seed of the generator that shuffles the training
+        set every epoch and draws the augmentations.
+    normalize, augment
+        A ``fastconv.data.Normalize`` (its record goes into
+        ``model.meta['normalization']``) and a ``fastconv.data.Augment``
+        applied to training batches only.
+    schedule_interval
+        ``'epoch'`` or ``'step'`` (after every batch); default ``'step'`` for
+        ``OneCycleLR`` and ``'epoch'`` for the others.
+    run_dir, overwrite
+        Folder for history, checkpoints and models (None: write nothing).
+        A folder that already holds a run is refused unless ``overwrite`` or
+        ``fit(resume=True)``.
+    progress
+        True/False, or None for a progress bar only when stderr is a terminal.
+    log
+        Called with a line of text per epoch and on events (None: silent).
+    adversarial
+        None, or a callable ``adversarial(model, inputs, labels, rng) -> inputs``
+        that replaces the normalized inputs of every training batch before
+        the forward pass, such as ``fastconv.analysis.AdversarialTraining``
+        (adversarial examples mixed into each batch). It draws any random
+        numbers from the trainer's generator, so a resumed run repeats them.
+    callbacks
+        Objects with optional methods ``on_batch_end(trainer, epoch, batch, loss)``
+        and ``on_epoch_end(trainer, record)``; ``trainer.request_stop()`` in
+        either stops training as Ctrl-C does.
+    """
+
+    def __init__(self, model, optimizer, loss=None, schedule=None, *, batch_size=64, seed=0,
+                 normalize=None, augment=None, schedule_interval=None, run_dir=None,
+                 overwrite=False, eval_batch_size=256, progress=None, log=print, callbacks=(),
+                 adversarial=None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if schedule_interval is None:
+            schedule_interval = "step" if type(schedule).__name__ == "OneCycleLR" else "epoch"
+        if schedule_interval not in ("epoch", "step"):
+            raise ValueError(f"schedule_interval must be 'epoch' or 'step', got {schedule_interval!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.loss = loss if loss is not None else CrossEntropyLoss()
+        self.schedule = schedule
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.normalize = normalize
+        self.augment = augment
+        self.schedule_interval = schedule_interval
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.overwrite = overwrite
+        self.eval_batch_size = eval_batch_size
+        self.progress = progress
+        self.log = log if log is not None else (lambda line: None)
+        self.callbacks = list(callbacks)
+        self.adversarial = adversarial
+        self.rng = np.random.default_rng(self.seed)
+        self.history = []
+        self.epoch = 0          # epochs completed
+        self.batch = 0          # batches completed in the current epoch
+        self.best = None        # {"epoch", "metric", "value"}
+        self._perm = None
+        self._running = None
+        self._stop_requested = False
+        if normalize is not None:
+            model.meta["normalization"] = normalize.to_meta()
+
+    # -- state ---------------------------------------------------------------
+    def request_stop(self):
+        """Stop at the end of the current batch (saving a checkpoint), as Ctrl-C does."""
+        self._stop_requested = True
+
+    def _settings(self):
+        return {
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "schedule_interval": self.schedule_interval,
+            "augment": self.augment.config() if self.augment is not None else None,
+            "loss": type(self.loss).__name__,
+            "optimizer": type(self.optimizer).__name__,
+            "schedule": type(self.schedule).__name__ if self.schedule is not None else None,
+            "adversarial": (getattr(self.adversarial, "config", lambda: type(self.adversarial).__name__)()
+                            if self.adversarial is not None else None),
+        }
+
+    def state(self):
+        """Everything a checkpoint holds, as a dict."""
+        return {
+            "settings": self._settings(),
+            "architecture": _architecture(self.model),
+            "model": self.model.state_dict(),
+            "meta": dict(self.model.meta),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "perm": self._perm if self.batch else None,
+            "running": dict(self._running) if self.batch else None,
+            "rng": self.rng.bit_generator.state,
+            "layer_rngs": {name: g.bit_generator.state for name, g in _layer_rngs(self.model).items()},
+            "history": self.history,
+            "best": self.best,
+            "threads": _threads(),
+        }
+
+    def load_state(self, state, source="checkpoint"):
+        """Restore a state written by ``state()``; CheckpointError if it belongs to another set-up."""
+        def mismatch(what):
+            return CheckpointError(f"{source} {what}")
+
+        architecture = _architecture(self.model)
+        if architecture is not None and state.get("architecture") not in (None, architecture):
+            theirs = [f"{layer['name']}:{layer['class']}" for layer in state["architecture"]]
+            ours = [f"{layer['name']}:{layer['class']}" for layer in architecture]
+            detail = "" if theirs == ours else f" ({' '.join(theirs)} vs {' '.join(ours)})"
+            raise mismatch(f"was written for another architecture{detail}")
+        theirs, ours = state["settings"], self._settings()
+        for key in ours:
+            if theirs.get(key) != ours[key]:
+                raise mismatch(f"was trained with {key}={theirs.get(key)!r}, not {ours[key]!r}")
+        try:
+            self.model.load_state_dict(state["model"])
+        except (ValueError, TypeError) as exc:
+            raise mismatch(f"does not fit this model: {exc}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        self.model.meta.update(state["meta"])
+        self.rng.bit_generator.state = state["rng"]
+        layer_rngs = _layer_rngs(self.model)
+        for name, rng_state in state["layer_rngs"].items():
+            if name in layer_rngs:
+                layer_rngs[name].bit_generator.state = rng_state
+        self.epoch = int(state["epoch"])
+        self.batch = int(state["batch"])
+        self._perm = state["perm"]
+        self._running = state["running"]
+        self.history = list(state["history"])
+        self.best = state["best"]
+        threads = _threads()
+        if state.get("threads") not in (None, threads):
+            self.log(f"note: {source} was written with {state['threads']} threads, now {threads}; "
+                     f"results may differ in the last bits from an uninterrupted run")
+
+    def _checkpoint(self, name):
+        if self.run_dir is not None:
+            return save_checkpoint(self.run_dir / name, self.state())
+        return None
+
+    # -- interrupts ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _deferred_interrupts(self):
+        """Turn the first Ctrl-C into a stop request; a second one interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_interrupt(signum, frame):
+            if self._stop_requested:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.log("\ninterrupt: stopping after this batch (Ctrl-C again to stop at once)")
+
+        signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+    def _stop(self):
+        path = self._checkpoint(LAST_CHECKPOINT)
+        if self.run_dir is not None:
+            _write_history(self.run_dir, self.history)
+        where = (f"after batch {self.batch} of epoch {self.epoch + 1}" if self.batch
+                 else f"at the end of epoch {self.epoch}")
+        saved = f"; the state {where} is saved in {path}" if path else ""
+        raise TrainingInterrupted(f"training interrupted{saved}", path, self.epoch, self.batch)
+
+    # -- the loop ------------------------------------------------------------
+    def _check_data(self, x, y, what):
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            raise ValueError(f"{what} images must be an (N, C, H, W) array, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        y = np.asarray(y)
+        if y.shape != (len(x),):
+            raise ValueError(f"{what} labels have shape {y.shape}, expected ({len(x)},)")
+        if len(x) == 0:
+            raise ValueError(f"{what} set is empty")
+        return y.astype(np.int64)
+
+    def _remove_stale_temporaries(self):
+        """Delete the temporary files of this trainer's writes that a killed run left
+        behind (atomic_write names them .<file>.<random>.tmp)."""
+        if not self.run_dir.is_dir():
+            return
+        names = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, "history.json", "history.csv")
+        for path in self.run_dir.glob(".*.tmp"):
+            if any(path.name.startswith(f".{name}.") for name in names):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def _prepare_run_dir(self, resume):
+        if self.run_dir is None:
+            if resume:
+                raise CheckpointError("resume needs a run_dir to resume from")
+            return False
+        last = self.run_dir / LAST_CHECKPOINT
+        self._remove_stale_temporaries()
+        if resume:
+            if not last.is_file():
+                raise CheckpointError(f"nothing to resume: {last} does not exist")
+            self.load_state(load_checkpoint(last), source=str(last))
+            return True
+        if last.exists() and not self.overwrite:
+            raise CheckpointError(
+                f"{self.run_dir} already holds a training run ({LAST_CHECKPOINT}); "
+                f"resume it or choose another folder"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / stale).unlink()
+        return False
+
+    def fit(self, x_train, y_train, epochs, x_val=None, y_val=None, resume=False):
+        """Train until ``epochs`` epochs are complete; return the history (one dict per epoch).
+
+        With ``resume=True`` the state is first restored from
+        ``run_dir/checkpoint-last.npz``. Raises TrainingInterrupted after
+        Ctrl-C (or ``request_stop()``) once the checkpoint is saved.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        y_train = self._check_data(x_train, y_train, "training")
+        if (x_val is None) != (y_val is None):
+            raise ValueError("give both x_val and y_val, or neither")
+        if x_val is not None:
+            y_val = self._check_data(x_val, y_val, "validation")
+        resumed = self._prepare_run_dir(resume)
+        if self._perm is not None and len(self._perm) != len(x_train):
+            raise CheckpointError(
+                f"the checkpoint was taken on {len(self._perm)} training images, now there are {len(x_train)}"
+            )
+        if resumed:
+            where = (f"epoch {self.epoch + 1} after batch {self.batch}" if self.batch
+                     else f"epoch {self.epoch + 1}")
+            if self.epoch >= epochs:
+                self.log(f"already trained for {self.epoch} epochs: nothing to do")
+            else:
+                self.log(f"resuming at {where}")
+        self._stop_requested = False
+        with self._deferred_interrupts():
+            while self.epoch < epochs:
+                record = self._run_epoch(x_train, y_train, epochs, x_val, y_val)
+                self._end_epoch(record)
+                if self._stop_requested and self.epoch < epochs:
+                    self._stop()
+        if self.run_dir is not None:
+            self.model.save(self.run_dir / FINAL_MODEL)
+            _write_history(self.run_dir, self.history)
+        return self.history
+
+    def _run_epoch(self, x, y, epochs, x_val, y_val):
+        from tqdm.auto import tqdm
+
+        model, n, bs = self.model, len(x), self.batch_size
+        num_batches = math.ceil(n / bs)
+        if self.batch == 0:
+            self._perm = self.rng.permutation(n)
+            self._running = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "lr": None}
+        running = self._running
+        dtype = _model_dtype(model)
+        model.train()
+        bar = tqdm(total=num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{epochs}",
+                   unit="batch", leave=False, dynamic_ncols=True,
+                   disable=None if self.progress is None else not self.progress)
+        started = time.perf_counter() - running["seconds"]
+        with bar:
+            while self.batch < num_batches:
+                idx = self._perm[self.batch * bs:(self.batch + 1) * bs]
+                xb, yb = x[idx], y[idx]
+                if self.augment is not None:
+                    xb = self.augment(xb, self.rng)
+                running["lr"] = float(self.optimizer.lr)
+                inputs = _prepare(xb, self.normalize, dtype)
+                if self.adversarial is not None:
+                    inputs = self.adversarial(model, inputs, yb, self.rng)
+                logits = model.forward(inputs)
+                loss = float(self.loss(logits, yb))
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at epoch {self.epoch + 1}, batch {self.batch + 1}; "
+                        f"try a lower learning rate"
+                    )
+                dlogits = self.loss.backward()
+                self.optimizer.zero_grad()
+                model.backward(dlogits, input_grad=False)
+                self.optimizer.step()
+                if self.schedule is not None and self.schedule_interval == "step":
+                    self.schedule.step()
+                self.batch += 1
+                running["loss"] += loss * len(idx)
+                running["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+                running["seen"] += len(idx)
+                running["seconds"] = time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{running['loss'] / running['seen']:.4f}",
+                                acc=f"{running['correct'] / running['seen']:.4f}",
+                                img_s=f"{running['seen'] / max(running['seconds'], 1e-9):.0f}",
+                                refresh=False)
+                for callback in self.callbacks:
+                    hook = getattr(callback, "on_batch_end", None)
+                    if hook is not None:
+                        hook(self, self.epoch, self.batch, loss)
+                if self._stop_requested and self.batch < num_batches:
+                    self._stop()
+        record = {
+            "epoch": self.epoch + 1,
+            "lr": running["lr"],
+            "train_loss": running["loss"] / running["seen"],
+            "train_accuracy": running["correct"] / running["seen"],
+            "val_loss": None,
+            "val_accuracy": None,
+            "seconds": running["seconds"],
+            "images_per_second": running["seen"] / max(running["seconds"], 1e-9),
+        }
+        if x_val is not None:
+            result = evaluate(model, x_val, y_val, self.normalize, self.eval_batch_size, self.loss)
+            record["val_loss"] = result["loss"]
+            record["val_accuracy"] = result["accuracy"]
+        model.train()
+        return record
+
+    def _end_epoch(self, record):
+        if self.schedule is not None and self.schedule_interval == "epoch":
+            self.schedule.step()
+        self.epoch += 1
+        self.batch = 0
+        self._perm = None
+        self._running = None
+        self.history.append(record)
+        metric = "val_accuracy" if record["val_accuracy"] is not None else "train_accuracy"
+        improved = self.best is None or record[metric] > self.best["value"]
+        if improved:
+            self.best = {"epoch": record["epoch"], "metric": metric, "value": record[metric]}
+        line = (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+                f"acc {record['train_accuracy']:.4f}")
+        if record["val_accuracy"] is not None:
+            line += f" | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}"
+        line += (f" | lr {record['lr']:.3g} | {record['images_per_second']:.0f} img/s, "
+                 f"{record['seconds']:.1f} s")
+        self.log(line)
+        if self.run_dir is not None:
+            _write_history(self.run_dir, self.history)
+            # The last checkpoint goes last: a run killed before it resumes from
+            # the previous epoch and writes the best files again, whereas one
+            # killed between it and the best files would resume believing in a
+            # best model that was never written.
+            if improved:
+                self._checkpoint(BEST_CHECKPOINT)
+                self.model.save(self.run_dir / BEST_MODEL)
+            self._checkpoint(LAST_CHECKPOINT)
+        for callback in self.callbacks:
+            hook = getattr(callback, "on_epoch_end", None)
+            if hook is not None:
+                hook(self, record)
+
+
+def train(model, optimizer, x_train, y_train, epochs, x_val=None, y_val=None, *, resume=False, **options):
+    """``Trainer(model, optimizer, **options).fit(...)`` in one call; returns the history."""
+    trainer = Trainer(model, optimizer, **options)
+    return trainer.fit(x_train, y_train, epochs, x_val, y_val, resume=resume)
