@@ -84,9 +84,9 @@ extensions = [
     Extension(
         "fastconv._kernels",
         sources=["fastconv/_kernels.pyx"] + sorted(glob.glob("src_c/*.c")),
-        # The kernels are written once in headers included by each .c file:
-        # editing a header must rebuild them.
-        depends=sorted(glob.glob("src_c/*.h")),
+        # The kernels are written once in template bodies (.inc) and headers
+        # included by each .c file: editing either must rebuild them.
+        depends=sorted(glob.glob("src_c/*.h") + glob.glob("src_c/*.inc")),
         include_dirs=["src_c", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
