@@ -4,7 +4,8 @@
  * generated from one body written in REAL and FC_NAME. All sizes and indices are
  * 64-bit. Kernels write into buffers the caller allocated and never print or
  * exit. They trust their arguments: the wrapper validates everything a user can
- * pass.
+ * pass, and a debug build (FASTCONV_DEBUG=1 or FASTCONV_SANITIZE=1 to setup.py)
+ * checks the preconditions with assert; release builds define NDEBUG.
  *
  * Scratch memory. Most kernels allocate nothing. Four allocate scratch with
  * malloc/calloc on every call (plans and offset tables, and per-thread buffers
@@ -48,6 +49,18 @@ typedef struct {
     int64_t ph, pw;
     int64_t oh, ow;
 } fc_window;
+
+/* Whether g is a window the kernels can take: positive sizes and strides,
+ * padding not negative, and every window inside the padded plane. oh may be
+ * smaller than the formula above (the wrapper gives a single window stride 1),
+ * never larger. For the kernels' asserts. */
+static inline int fc_window_valid(const fc_window *g)
+{
+    return g && g->h > 0 && g->w > 0 && g->kh > 0 && g->kw > 0 && g->sh > 0 && g->sw > 0
+           && g->ph >= 0 && g->pw >= 0 && g->oh > 0 && g->ow > 0
+           && (g->oh - 1) * g->sh + g->kh <= g->h + 2 * g->ph
+           && (g->ow - 1) * g->sw + g->kw <= g->w + 2 * g->pw;
+}
 
 /* Threads used by the parallel loops; 1 when built without OpenMP. */
 int fc_openmp_enabled(void);

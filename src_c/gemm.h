@@ -7,6 +7,7 @@
 #ifndef FC_GEMM_H
 #define FC_GEMM_H
 
+#include <assert.h>
 #include <stdint.h>
 
 #ifdef _OPENMP
@@ -27,6 +28,7 @@
 /* n rounded up to a multiple of m. */
 static int64_t round_up(int64_t n, int64_t m)
 {
+    assert(n >= 0 && m > 0);
     return (n + m - 1) / m * m;
 }
 
@@ -34,6 +36,8 @@ static int64_t round_up(int64_t n, int64_t m)
  * multiples of `unit`: contiguous, nearly equal shares. */
 static void share(int64_t count, int64_t unit, int t, int team, int64_t *first, int64_t *last)
 {
+    assert(count >= 0 && unit > 0);
+    assert(team > 0 && t >= 0 && t < team);
     const int64_t units = count / unit;
     *first = unit * (units * t / team);
     *last = t == team - 1 ? count : unit * (units * (t + 1) / team);
