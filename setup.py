@@ -4,7 +4,7 @@ Only the extension list lives here; project metadata is in pyproject.toml.
 
 Switches (environment variables):
   FASTCONV_OPENMP=0     build without OpenMP even if the compiler has it
-  FASTCONV_DEBUG=1      -O0 -g, assertions on
+  FASTCONV_DEBUG=1      -O1 -g, assertions on
   FASTCONV_SANITIZE=1   -fsanitize=address,undefined (run with the ASan runtime preloaded)
 """
 import glob
@@ -59,10 +59,13 @@ class BuildExt(build_ext):
         compile_args, link_args, macros = [], [], []
         if unix:
             if _env_flag("FASTCONV_DEBUG") or _env_flag("FASTCONV_SANITIZE"):
-                compile_args += ["-O1", "-g", "-fno-omit-frame-pointer"]
+                # -UNDEBUG: Python's own CFLAGS define NDEBUG, which would
+                # turn the kernels' asserts off.
+                compile_args += ["-O1", "-g", "-fno-omit-frame-pointer", "-UNDEBUG"]
                 macros.append(("FASTCONV_DEBUG", "1"))
             else:
                 compile_args += ["-O3", "-fno-math-errno"]
+                macros.append(("NDEBUG", "1"))
             if _env_flag("FASTCONV_SANITIZE"):
                 san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
                 compile_args += san
@@ -84,9 +87,9 @@ extensions = [
     Extension(
         "fastconv._kernels",
         sources=["fastconv/_kernels.pyx"] + sorted(glob.glob("src_c/*.c")),
-        # The kernels are written once in headers included by each .c file:
-        # editing a header must rebuild them.
-        depends=sorted(glob.glob("src_c/*.h")),
+        # The kernels are written once in template bodies (.inc) and headers
+        # included by each .c file: editing either must rebuild them.
+        depends=sorted(glob.glob("src_c/*.h") + glob.glob("src_c/*.inc")),
         include_dirs=["src_c", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

@@ -1,5 +1,5 @@
 # C declarations of the kernels in src_c/ (see src_c/fastconv.h and the buffer
-# shapes documented in src_c/kernels_impl.h).
+# shapes documented at each kernel's definition in the src_c/*.inc files).
 from libc.stdint cimport int64_t
 
 

@@ -7,7 +7,7 @@ C-contiguous -> allocate the results with NumPy -> release the GIL -> run C
 on raw pointers -> return the arrays.
 
 Convolutions and fully connected layers multiply with a register-tiled matrix
-kernel of their own (src_c/conv_impl.h), never BLAS, so that one OpenMP team
+kernel of their own (src_c/gemm.inc), never BLAS, so that one OpenMP team
 does all the work.
 """
 import numpy as np

@@ -1,5 +1,5 @@
 /* OpenMP directives that vanish when the compiler has no OpenMP, so the kernels
- * build and run serially without it. */
+ * build and run serially without it. A header: stands alone (see fastconv.h). */
 #ifndef FC_OMP_H
 #define FC_OMP_H
 

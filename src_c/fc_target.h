@@ -1,4 +1,5 @@
-/* Instruction sets the hot loops are compiled for. */
+/* Instruction sets the hot loops are compiled for. A header: stands alone (see
+ * fastconv.h). */
 #ifndef FC_TARGET_H
 #define FC_TARGET_H
 

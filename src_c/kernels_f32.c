@@ -1,7 +1,18 @@
-/* The float instance of the kernels in kernels_impl.h and conv_impl.h. */
+/* The float instance of every kernel: the template bodies (.inc, see fastconv.h)
+ * compiled with REAL = float and names ending in _f32. kernels_f32.c and
+ * kernels_f64.c list the same files in the same order; an .inc relies on the
+ * ones above it. */
 #include "fastconv.h"
 
 #define REAL float
 #define FC_NAME(name) fc_##name##_f32
-#include "kernels_impl.h"
-#include "conv_impl.h"
+
+#include "im2col.inc"
+#include "pooling.inc"
+#include "batchnorm.inc"
+#include "relu.inc"
+#include "optimizer.inc"
+#include "gemm.inc"
+#include "winograd.inc"
+#include "conv.inc"
+#include "linear.inc"

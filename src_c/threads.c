@@ -1,4 +1,6 @@
-/* Thread count shared by every parallel loop of the kernels.
+/* Thread count shared by every parallel loop of the kernels, and the switch
+ * between Winograd and the direct convolution: compiled once, not per float
+ * type (see fastconv.h).
  *
  * It is one process-wide value rather than OpenMP's per-thread setting, because
  * the kernels run on whichever Python thread calls them and all of those threads
