@@ -7,6 +7,26 @@ bottom up (docs/architecture.md): the kernels (``backend``, ``reference``),
 ``analysis``, then ``cli``.
 """
 import sys as _sys
+from pathlib import Path as _Path
+
+
+def _refuse_unbuilt_source_tree():
+    """Stop with a sentence, not a missing-module error on the first forward
+    pass, when Python picked up the source checkout instead of the installed
+    package (a script run from the checkout's root) and the kernels were never
+    compiled there."""
+    package = _Path(__file__).resolve().parent
+    in_checkout = (package.parent / "setup.py").is_file() and (package.parent / "src_c").is_dir()
+    compiled = [path for path in package.glob("_kernels*") if path.suffix in (".so", ".pyd")]
+    if in_checkout and not compiled:
+        raise ImportError(
+            f"fastconv was imported from its source folder {package}, where its C kernels are not compiled: "
+            "run your script from another folder to use the installed fastconv, or build the checkout "
+            f"in place with `pip install -e {package.parent}`"
+        )
+
+
+_refuse_unbuilt_source_tree()
 
 from fastconv import models, optim
 from fastconv._runtime import build_info, get_num_threads, set_num_threads
