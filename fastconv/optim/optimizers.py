@@ -70,8 +70,8 @@ class Optimizer:
     def _scratch(self, like):
         """An uninitialized array shaped and typed like `like`, a view of one
         buffer reused by every parameter and step instead of a fresh
-        temporary per operation (when Adam's step was NumPy's too, on mnist2's
-        0.8 M parameters: 3.1 ms with temporaries, 2.5 ms in place)."""
+        temporary per operation, which was measurably slower (docs/engine.md,
+        "Measurements behind the code's comments")."""
         buffer = getattr(self, "_scratch_buffer", None)
         if buffer is None or buffer.size < like.size or buffer.dtype != like.dtype:
             buffer = self._scratch_buffer = np.empty(like.size, like.dtype)
@@ -203,8 +203,8 @@ class Adam(Optimizer):
         if not state:
             state["exp_avg"] = np.zeros_like(param)
             state["exp_avg_sq"] = np.zeros_like(param)
-        # One fused pass on the compiled backend (mnist2's 0.8 M parameters:
-        # 0.25 ms, against 2.4 ms for the NumPy twin's eleven array passes).
+        # One fused pass on the compiled backend instead of the NumPy twin's
+        # eleven array passes (docs/engine.md has the timing).
         backend.current().adam_update(param, grad, state["exp_avg"], state["exp_avg_sq"],
                                       self.lr, beta1, beta2, self.eps, self.step_count)
 
