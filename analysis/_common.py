@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from fastconv import _checks
+from fastconv.data.transforms import Normalize
 from fastconv.nn import layers as L
 
 # Layers that do not change the spatial geometry of what flows through them.
@@ -284,59 +285,8 @@ def meta_classes(model, count=None):
     return classes
 
 
-class Normalizer:
-    """Turn raw images (N, C, H, W) into the float input a model was trained on:
-    x = (pixels / scale - mean) / std, per channel.
-
-    :meth:`from_model` reads ``mean``, ``std`` (and ``scale``, default 255)
-    from ``model.meta['normalization']`` as the trainer stores them, or from
-    ``model.meta['mean']`` / ``model.meta['std']``; a model without them gets
-    pixels / 255, as the trainer feeds uint8 images it has no statistics for.
-    """
-
-    def __init__(self, mean, std, scale=255.0, dtype=np.float32):
-        self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
-        if self.mean.shape != self.std.shape:
-            raise ValueError(f"mean {self.mean.tolist()} and std {self.std.tolist()} differ in length")
-        if np.any(self.std <= 0):
-            raise ValueError(f"std must be positive, got {self.std.tolist()}")
-        self.scale = float(scale)
-        self.dtype = np.dtype(dtype)
-
-    @classmethod
-    def from_model(cls, model):
-        meta = getattr(model, "meta", None) or {}
-        stats = meta.get("normalization") or meta
-        mean = stats.get("mean", [0.0])
-        std = stats.get("std", [1.0])
-        return cls(mean, std, stats.get("scale", 255.0), model_dtype(model))
-
-    def _per_channel(self, values, channels):
-        if values.size == 1:
-            return np.full(channels, values[0])
-        if values.size != channels:
-            raise ValueError(
-                f"the normalization has {values.size} channels ({values.tolist()}) but the images have {channels}"
-            )
-        return values
-
-    def _stats(self, channels):
-        shape = (1, channels, 1, 1)
-        return (self._per_channel(self.mean, channels).reshape(shape),
-                self._per_channel(self.std, channels).reshape(shape))
-
-    def __call__(self, images):
-        images = np.asarray(images)
-        if images.ndim != 4:
-            raise ValueError(f"images must be shaped (N, C, H, W), got {images.shape}")
-        mean, std = self._stats(images.shape[1])
-        return ((images.astype(np.float64) / self.scale - mean) / std).astype(self.dtype)
-
-    def pixel_value(self, value, channels):
-        """Model-input value of the raw pixel ``value`` in each of ``channels``, shape (C,)."""
-        mean, std = self._stats(channels)
-        return ((value / self.scale - mean) / std).reshape(-1).astype(self.dtype)
+# The analysis tools normalize as the trainer does: with the one Normalize.
+Normalizer = Normalize
 
 
 def batches(n, batch_size):

@@ -84,7 +84,7 @@ def templates(model, input_shape=None):
     input_shape = tuple(int(v) for v in input_shape)
     if int(np.prod(input_shape)) != d:
         raise ValueError(f"input_shape {input_shape} has {int(np.prod(input_shape))} values, the classifier takes {d}")
-    _, std = C.Normalizer.from_model(model)._stats(input_shape[0])
+    _, std = C.Normalizer.from_model(model).per_channel(input_shape[0])
     return weight.reshape((k,) + input_shape) / std
 
 

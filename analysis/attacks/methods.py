@@ -114,7 +114,7 @@ class _PixelModel:
         self.normalizer = C.Normalizer.from_model(model)
 
     def _stats(self, channels):
-        mean, std = self.normalizer._stats(channels)
+        mean, std = self.normalizer.per_channel(channels)
         return mean.astype(self.dtype), std.astype(self.dtype)
 
     def inputs(self, x):

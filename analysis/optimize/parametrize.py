@@ -75,7 +75,7 @@ class PixelSpace:
 
     def stats(self, channels):
         """Per-channel mean and std in pixel units, each shaped (1, C, 1, 1)."""
-        return self.normalizer._stats(channels)
+        return self.normalizer.per_channel(channels)
 
     def mean_color(self, channels):
         """The pixel colour the model sees as a zero input, shape (C,), clipped to [0, 1]."""

@@ -6,21 +6,31 @@ __all__ = ["Normalize", "Augment"]
 
 
 class Normalize:
-    """x -> (x / scale - mean[c]) / std[c], per channel, to float32 (or the given dtype).
+    """x -> (x - scale * mean[c]) / (scale * std[c]), per channel: raw images
+    (N, C, H, W) of pixel values in [0, scale] to the float input a network
+    is trained on. The one normalization of the package: the trainer, the
+    command line and every analysis tool use this arithmetic.
 
     ``Normalize.fit(x_train)`` computes mean and std from uint8 images;
-    ``to_meta()`` gives the JSON-able dict stored in ``model.meta['normalization']``
-    and ``undo`` maps a normalized array back to pixel values in [0, scale].
+    ``from_model(model)`` reads what a trained model carries in
+    ``model.meta['normalization']``; ``to_meta()`` gives that JSON-able dict;
+    ``undo`` maps a normalized array back to pixel values. A mean and std of
+    one value apply to every channel. ``dtype`` (float32 or float64) is the
+    type of the output, unless a call asks for another.
     """
 
-    def __init__(self, mean, std, scale=255.0):
+    def __init__(self, mean, std, scale=255.0, dtype=np.float32):
         self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
         self.std = np.asarray(std, dtype=np.float64).reshape(-1)
         self.scale = float(scale)
+        self.dtype = np.dtype(dtype)
         if self.mean.shape != self.std.shape:
-            raise ValueError(f"mean {self.mean.shape} and std {self.std.shape} must have one value per channel each")
+            raise ValueError(f"mean {self.mean.tolist()} and std {self.std.tolist()} must have one value "
+                             "per channel each")
         if not np.all(self.std > 0):
             raise ValueError(f"std must be positive, got {self.std.tolist()}")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
 
     @classmethod
     def fit(cls, x, chunk=4096):
@@ -38,18 +48,51 @@ class Normalize:
         std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
         return cls(mean, np.where(std > 1e-6, std, 1.0), 255.0)
 
-    def __call__(self, x, dtype=np.float32):
-        shape = (1, -1, 1, 1)
-        mean = (self.mean * self.scale).astype(dtype).reshape(shape)
-        inv = (1.0 / (self.std * self.scale)).astype(dtype).reshape(shape)
-        if x.shape[1] != self.mean.size:
-            raise ValueError(f"images have {x.shape[1]} channels, the normalization {self.mean.size}")
+    @classmethod
+    def from_model(cls, model):
+        """The normalization a model was trained with, from ``model.meta``
+        (``normalization``, as the trainer stores it, or top-level ``mean``
+        and ``std``), in the model's dtype. A model without statistics gets
+        pixels / 255, as the trainer feeds uint8 images it has none for."""
+        meta = getattr(model, "meta", None) or {}
+        stats = meta.get("normalization") or meta
+        dtype = getattr(model, "dtype", None) or np.float32
+        return cls(stats.get("mean", [0.0]), stats.get("std", [1.0]), stats.get("scale", 255.0), dtype)
+
+    def per_channel(self, channels):
+        """(mean, std) in units of ``scale`` for ``channels`` channels, float64
+        arrays shaped (1, C, 1, 1): what a tool working on [0, 1] pixels needs."""
+        mean, std = self.mean, self.std
+        if mean.size == 1:
+            mean, std = np.full(channels, mean[0]), np.full(channels, std[0])
+        elif mean.size != channels:
+            raise ValueError(f"the images have {channels} channels, but the normalization has "
+                             f"{mean.size} (mean {mean.tolist()})")
+        return mean.reshape(1, channels, 1, 1), std.reshape(1, channels, 1, 1)
+
+    def _stats(self, channels, dtype):
+        """(scale * mean, 1 / (scale * std)) in ``dtype``, shaped to broadcast over NCHW."""
+        mean, std = self.per_channel(channels)
+        return (mean * self.scale).astype(dtype), (1.0 / (std * self.scale)).astype(dtype)
+
+    def __call__(self, x, dtype=None):
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"images must be shaped (N, C, H, W), got shape {x.shape}")
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        mean, inv = self._stats(x.shape[1], dtype)
         return (x.astype(dtype) - mean) * inv
+
+    def pixel_value(self, value, channels):
+        """The normalized value of raw pixel ``value`` in each of ``channels`` channels, shape (C,)."""
+        mean, inv = self._stats(channels, self.dtype)
+        return ((self.dtype.type(value) - mean) * inv).reshape(-1)
 
     def undo(self, x):
         """Pixel values (float, in [0, scale] for in-range input) of normalized images."""
-        shape = (1, -1, 1, 1)
-        return (x * self.std.reshape(shape) + self.mean.reshape(shape)) * self.scale
+        channels = x.shape[1]
+        mean, inv = self._stats(channels, np.float64)
+        return x.astype(np.float64) / inv + mean
 
     def to_meta(self):
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "scale": self.scale}
