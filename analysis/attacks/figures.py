@@ -1,6 +1,6 @@
 """Figures of adversarial examples and of robustness (matplotlib, Agg, PNG).
 
-Like :mod:`.figures`, each ``plot_*`` function returns a Figure and, given
+Like :mod:`fastconv.analysis.visualize.figures`, each ``plot_*`` function returns a Figure and, given
 ``path``, writes it there atomically. Images are [0, 1] pixels (N, C, H, W)
 and are drawn on that fixed scale, so that noise, a photo and its
 adversarial version are shown alike.

@@ -318,8 +318,8 @@ def feature_visualization(model, layer, channel, steps=256, seed=0, init="noise"
     every step: ``l2_decay`` (shrink towards the zero image by that
     fraction), ``blur_every`` k steps a Gaussian blur of ``blur_sigma``
     pixels, ``clip_norm`` / ``clip_contribution`` (percentiles: pixels whose
-    norm over channels, or whose |sum over channels of (pixel - zero image)
-    * gradient|, is below that percentile are reset to the zero image).
+    norm over channels, or whose ``|sum over channels of (pixel - zero image)
+    * gradient|``, is below that percentile are reset to the zero image).
 
     Transformation robustness: before each forward pass the image is
     shifted by up to ``jitter`` pixels, zoomed by a factor in ``scale``
@@ -535,7 +535,7 @@ def to_class(model, image, target, threshold=0.9, max_steps=300, lr=0.01, progre
 class Inversion:
     """An image reconstructed from the code of ``original`` at ``layer``.
 
-    ``relative_error`` is ||code(image) - code(original)|| / ||code(original)||;
+    ``relative_error`` is ``||code(image) - code(original)|| / ||code(original)||``;
     ``history['loss']``, ``['representation']`` (the squared relative error)
     and ``['prior']`` hold the objective and its parts at every evaluation.
     """
@@ -551,8 +551,8 @@ def invert(model, image, layer, steps=200, method="lbfgs", lr=0.05, tv_weight=0.
            alpha_weight=1e-3, alpha=6.0, init="noise", seed=0, progress=None):
     """Reconstruct ``image`` (C, H, W) from its code at ``layer``.
 
-    Minimizes ||code(x) - code(image)||^2 / ||code(image)||^2
-    + ``tv_weight`` * TV_beta(x) + ``alpha_weight`` * mean(|x - m|^alpha)
+    Minimizes ``||code(x) - code(image)||^2 / ||code(image)||^2
+    + tv_weight * TV_beta(x) + alpha_weight * mean(|x - m|^alpha)``
     over pixels x in [0, 1], where m is the colour the model sees as zero
     (:func:`~fastconv.analysis.optimize.parametrize.total_variation`,
     :func:`~fastconv.analysis.optimize.parametrize.alpha_norm`), with ``steps``

@@ -361,7 +361,7 @@ def total_variation(images, beta=2.0, eps=1e-8):
 
 
 def alpha_norm(values, alpha=6.0):
-    """mean(|v|^alpha) and its gradient; a large alpha keeps values in a bounded range."""
+    """``mean(|v|^alpha)`` and its gradient; a large alpha keeps values in a bounded range."""
     alpha = check_positive(alpha, "alpha")
     values = np.asarray(values, dtype=np.float64)
     magnitude = np.abs(values)

@@ -325,7 +325,7 @@ def _outline(ax, image):
 # -- attributions --------------------------------------------------------------
 
 def attribution_map(attributions, signed=False):
-    """One (N, H, W) map per example: max over channels of |a|, or the
+    """One (N, H, W) map per example: max over channels of ``|a|``, or the
     channel sum keeping the sign when ``signed``."""
     attributions = np.asarray(attributions, dtype=np.float64)
     if signed:

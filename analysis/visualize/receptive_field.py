@@ -81,7 +81,7 @@ def theoretical_size(model, layer, image_size):
 class EffectiveField:
     """Effective receptive field of the central unit of one layer.
 
-    ``map`` (H, W) is the mean over images of |d unit / d input| summed over
+    ``map`` (H, W) is the mean over images of ``|d unit / d input|`` summed over
     channels, scaled to max 1. ``box`` is the theoretical field of that unit
     (top, left, bottom, right), clipped to the image; ``theoretical`` its
     unclipped size; ``effective`` the

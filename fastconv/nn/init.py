@@ -1,7 +1,7 @@
 """Weight initializations, filled in place from a ``numpy.random.Generator``.
 
 The distributions follow PyTorch's ``torch.nn.init``: for a weight of shape
-(out, in, *kernel), fan_in = in * prod(kernel) and fan_out = out * prod(kernel).
+``(out, in, *kernel)``, ``fan_in = in * prod(kernel)`` and ``fan_out = out * prod(kernel)``.
 
 Every function takes ``rng``: a ``numpy.random.Generator``, an int seed or
 None (fresh OS entropy), and returns the array it filled.
@@ -50,7 +50,7 @@ def calculate_gain(nonlinearity, param=None):
 
 
 def fans(array):
-    """(fan_in, fan_out) of a weight shaped (out, in, *kernel)."""
+    """(fan_in, fan_out) of a weight shaped ``(out, in, *kernel)``."""
     if array.ndim < 2:
         raise ValueError(f"fan in and fan out need an array of at least 2 dimensions, got shape {array.shape}")
     receptive_field = int(np.prod(array.shape[2:], dtype=np.int64))
