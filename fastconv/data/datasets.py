@@ -50,19 +50,20 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fastconv._files import atomic_write
+from fastconv.data.transforms import resize_and_crop
 
 __all__ = [
     "DataError", "Dataset", "DATASET_NAMES", "load_dataset",
     "read_idx", "load_idx_dataset", "load_cifar10", "load_image_folder", "load_folder_dataset",
     "held_out_split",
     "download", "user_data_dir", "search_dirs",
-    "stratified_split", "limited", "short_name",
+    "stratified_split", "limited", "short_name", "cache_info", "clear_cache",
 ]
 
 DATASET_NAMES = ("mnist", "mnist-sample", "fashion-mnist", "cifar10", "folder:PATH")
@@ -157,6 +158,7 @@ class Dataset:
     classes: list
     test_split: str = "the data set's test split"
     source: str = ""
+    skipped: list = field(default_factory=list)  # unreadable files left out (folder data sets)
 
     @property
     def input_shape(self):
@@ -567,8 +569,8 @@ def _scan_folder(root):
     return scanned
 
 
-def _folder_key(root, scanned):
-    digest = hashlib.sha256(f"v{FOLDER_CACHE_VERSION}\n".encode())
+def _folder_key(root, scanned, image_size, skip_bad):
+    digest = hashlib.sha256(f"v{FOLDER_CACHE_VERSION}\t{image_size}\t{skip_bad}\n".encode())
     for class_name, files in scanned:
         for p in files:
             st = p.stat()
@@ -576,10 +578,22 @@ def _folder_key(root, scanned):
     return digest.hexdigest()[:24]
 
 
-def _decode_images(scanned):
+# How many unreadable files an error names before it says how many more there are.
+_LISTED_BAD_FILES = 10
+
+
+def _decode_images(scanned, image_size=None, skip_bad=False):
+    """(x uint8 NCHW, y int64, unreadable paths) of the scanned files.
+
+    Every file is tried before an unreadable one stops the load, so that one
+    error lists them all; with ``skip_bad`` they are left out instead.
+    ``image_size`` brings every image to that square side (shorter side
+    resized to it, then the centre cut out); without it the images must
+    already share one size.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    decoded, labels, grey = [], [], True
+    decoded, labels, bad, grey = [], [], [], True
     first_size = first_path = None
     for label, (_, files) in enumerate(scanned):
         for path in files:
@@ -588,24 +602,35 @@ def _decode_images(scanned):
                     img.load()
                     is_grey = img.mode in ("1", "L", "I;16", "I", "F") and "transparency" not in img.info
                     array = np.asarray(img.convert("L" if is_grey else "RGB"))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-                raise DataError(f"{path} is not a readable image ({exc})") from None
-            if first_size is None:
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                bad.append(path)
+                continue
+            if image_size is not None:
+                array = resize_and_crop(array, size=image_size, resize=image_size)
+            elif first_size is None:
                 first_size, first_path = array.shape[:2], path
             elif array.shape[:2] != first_size:
                 raise DataError(
                     f"{path} is {array.shape[1]}x{array.shape[0]} but {first_path} is "
-                    f"{first_size[1]}x{first_size[0]}: the images of a folder data set must all have one size"
+                    f"{first_size[1]}x{first_size[0]}: the images of a folder data set must all have one size "
+                    "(--image-size N resizes each to N x N: shorter side to N, then the centre)"
                 )
             grey &= is_grey
             decoded.append(array)
             labels.append(label)
+    if bad and not skip_bad:
+        listed = ", ".join(str(p) for p in bad[:_LISTED_BAD_FILES])
+        more = f" and {len(bad) - _LISTED_BAD_FILES} more" if len(bad) > _LISTED_BAD_FILES else ""
+        raise DataError(f"{len(bad)} file{'s are' if len(bad) > 1 else ' is'} not a readable image: "
+                        f"{listed}{more} (--skip-bad-images leaves them out)")
+    if not decoded:
+        raise DataError(f"none of the {len(bad)} images could be read")
     if grey:
         x = np.stack(decoded)[:, None, :, :]
     else:
         x = np.stack([a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in decoded])
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    return x, np.asarray(labels, dtype=np.int64)
+    return x, np.asarray(labels, dtype=np.int64), bad
 
 
 def _atomic_savez(path, **arrays):
@@ -614,40 +639,95 @@ def _atomic_savez(path, **arrays):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_image_folder(root, cache_dir=None):
+def _check_image_size(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image size must be a positive number of pixels, got {image_size!r}")
+    return int(image_size)
+
+
+def load_image_folder(root, cache_dir=None, image_size=None, skip_bad=False):
     """Decode root/<class>/<image> into (x uint8 NCHW, y int64, class names).
 
     Class labels follow the sorted class folder names; images within a class
     follow sorted file names. Greyscale-only folders give one channel, any
     colour image makes all of them RGB. Hidden files are ignored; any other
-    non-image file, an empty class folder, an unreadable image or images of
-    different sizes raise DataError naming the file. The decoded arrays are
-    cached in cache_dir (default: the user data folder) keyed by the file
-    list, sizes and modification times.
+    non-image file, an empty class folder or images of different sizes raise
+    DataError naming the file; unreadable images are all listed in one
+    DataError, or left out with ``skip_bad``. ``image_size`` N brings every
+    image to N x N (shorter side resized to N, then the centre cut out). The
+    decoded arrays are cached in cache_dir (default: the user data folder,
+    see :func:`cache_info`) keyed by the file list, sizes, modification times
+    and these options.
     """
+    return _load_image_folder(root, cache_dir, image_size, skip_bad)[:3]
+
+
+def _load_image_folder(root, cache_dir, image_size, skip_bad):
+    """load_image_folder's result and the unreadable files it left out."""
     root = Path(root)
+    image_size = _check_image_size(image_size)
     scanned = _scan_folder(root)
-    cache_dir = Path(cache_dir) if cache_dir is not None else user_data_dir() / "folder-cache"
-    cache = cache_dir / f"{root.name}-{_folder_key(root, scanned)}.npz"
+    cache_dir = Path(cache_dir) if cache_dir is not None else _folder_cache_dir()
+    cache = cache_dir / f"{root.name}-{_folder_key(root, scanned, image_size, skip_bad)}.npz"
     classes = [name for name, _ in scanned]
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as f:
                 x, y, cached_classes = f["x"], f["y"], [str(c) for c in f["classes"]]
+                skipped = [Path(s) for s in f["skipped"]] if "skipped" in f.files else []
             if cached_classes == classes:
-                return x, y, classes
+                return x, y, classes, skipped
         # zipfile reports some damage as NotImplementedError (a garbled
         # compression method or version) or RuntimeError (a garbled flag that
         # reads as encryption).
         except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile,
                 NotImplementedError, RuntimeError):
             pass  # a damaged cache is simply rebuilt
-    x, y = _decode_images(scanned)
+    x, y, skipped = _decode_images(scanned, image_size, skip_bad)
     try:
-        _atomic_savez(cache, x=x, y=y, classes=np.array(classes))
+        _atomic_savez(cache, x=x, y=y, classes=np.array(classes), skipped=np.array([str(p) for p in skipped]))
     except OSError:
         pass  # a read-only cache folder only costs speed
-    return x, y, classes
+    return x, y, classes, skipped
+
+
+def _folder_cache_dir():
+    return user_data_dir() / "folder-cache"
+
+
+def _extracted_dir():
+    return user_data_dir() / "extracted"
+
+
+def cache_info():
+    """Where decoded folder data sets and extracted archives are cached, and how much each holds.
+
+    A list of dicts ``{"what", "path", "files", "bytes"}``; a folder that does
+    not exist yet has 0 files. Everything there is rebuilt on demand, so
+    :func:`clear_cache` loses no data.
+    """
+    rows = []
+    for what, folder in (("decoded image folders", _folder_cache_dir()), ("extracted archives", _extracted_dir())):
+        files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+        rows.append({"what": what, "path": folder, "files": len(files),
+                     "bytes": sum(p.stat().st_size for p in files)})
+    return rows
+
+
+def clear_cache():
+    """Delete the cached decoded folders and extracted archives; returns the bytes freed.
+
+    Only those two folders of the user data folder are touched: downloaded
+    data sets (MNIST, CIFAR-10, ...) beside them stay.
+    """
+    freed = 0
+    for row in cache_info():
+        if row["path"].is_dir():
+            freed += row["bytes"]
+            shutil.rmtree(row["path"])
+    return freed
 
 
 def _extract_archive(archive, cache_dir):
@@ -718,21 +798,25 @@ def held_out_split(labels, fraction):
     return np.sort(np.concatenate(kept)), held[np.argsort(rank, kind="stable")]
 
 
-def load_folder_dataset(path, test_fraction=0.1):
-    """A Dataset from an image folder (or a tar archive of one) with a held-out test part."""
+def load_folder_dataset(path, test_fraction=0.1, image_size=None, skip_bad_images=False):
+    """A Dataset from an image folder (or a tar archive of one) with a held-out test part.
+
+    ``image_size`` and ``skip_bad_images`` are :func:`load_image_folder`'s
+    ``image_size`` and ``skip_bad``; the images left out are listed in the
+    Dataset's ``skipped``.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"image folder {path} does not exist")
     # The cache lives in the user folder even when data_dir is given: data_dir
     # may be a read-only shared copy.
-    cache_root = user_data_dir()
     root = path
     if _is_archive(path):
-        root = _extract_archive(path, cache_root / "extracted")
+        root = _extract_archive(path, _extracted_dir())
     elif path.is_file():
         raise DataError(f"{path} is neither a folder nor a .tar/.tar.gz archive of one")
     root = _single_child_descent(root)
-    x, y, classes = load_image_folder(root, cache_root / "folder-cache")
+    x, y, classes, skipped = _load_image_folder(root, _folder_cache_dir(), image_size, skip_bad_images)
     if len(classes) < 2:
         raise DataError(f"{root} has one class folder ({classes[0]}); a classifier needs at least two")
     small = [classes[c] for c in range(len(classes)) if np.count_nonzero(y == c) < 2]
@@ -742,24 +826,28 @@ def load_folder_dataset(path, test_fraction=0.1):
     return Dataset(
         f"folder:{path}", x[kept], y[kept], x[held], y[held], classes,
         test_split=f"the last {test_fraction:.0%} of each class, held out (classes interleaved)",
-        source=str(root),
+        source=str(root), skipped=skipped,
     )
 
 
 # ---------------------------------------------------------------- entry point
 
 
-def load_dataset(name, data_dir=None, download=True, test_fraction=0.1):
+def load_dataset(name, data_dir=None, download=True, test_fraction=0.1, image_size=None, skip_bad_images=False):
     """Load a data set by name: mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH.
 
     Returns a Dataset with uint8 NCHW images and int64 labels. Raises
     DataError (one line, naming the file or folder) when the data is missing,
-    truncated or corrupt.
+    truncated or corrupt. ``image_size`` and ``skip_bad_images`` apply to
+    ``folder:`` data sets (:func:`load_folder_dataset`).
     """
     if not isinstance(name, str):
         raise TypeError(f"data set name must be a str, got {type(name).__name__}")
     if name.startswith("folder:"):
-        return load_folder_dataset(name[len("folder:"):], test_fraction)
+        return load_folder_dataset(name[len("folder:"):], test_fraction, image_size, skip_bad_images)
+    if image_size is not None or skip_bad_images:
+        option = "image size" if image_size is not None else "skipping unreadable images"
+        raise DataError(f"{option} applies to folder: data sets; {name} has images of one size, all readable")
     if name == "mnist-sample":
         ds = load_idx_dataset(SAMPLE_DIR, "mnist-sample", MNIST_CLASSES)
         ds.test_split = "the first 2,000 images of the MNIST test split"

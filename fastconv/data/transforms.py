@@ -2,7 +2,7 @@
 (``Normalize``) and batch-vectorized augmentation (``Augment``)."""
 import numpy as np
 
-__all__ = ["Normalize", "Augment"]
+__all__ = ["Normalize", "Augment", "resize_and_crop"]
 
 
 class Normalize:
@@ -144,3 +144,34 @@ class Augment:
 
     def __repr__(self):
         return f"Augment(padding={self.padding}, flip={self.flip})"
+
+
+def resize_and_crop(image, size=None, resize=None):
+    """Resize a uint8 image (H, W) or (H, W, C) so that its shorter side is
+    ``resize`` pixels (bilinear, with Pillow's antialiasing), then cut the
+    central ``size`` x ``size`` square: the usual way to bring photos of any
+    shape to a network's input. ``resize`` None keeps the scale, ``size``
+    None keeps the whole resized image. The longer side is truncated to whole
+    pixels, as torchvision's Resize does."""
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"expected a uint8 image shaped (H, W) or (H, W, C), got {array.dtype} {array.shape}")
+    h, w = array.shape[:2]
+    if resize is not None:
+        resize = int(resize)
+        if resize < 1:
+            raise ValueError(f"resize must be a positive number of pixels, got {resize}")
+        if min(h, w) != resize:
+            new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+            array = np.asarray(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
+            h, w = new_h, new_w
+    if size is None:
+        return array
+    size = int(size)
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"crop size {size} does not fit the resized {w}x{h} image")
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return array[top:top + size, left:left + size]

@@ -27,6 +27,8 @@ from importlib import resources
 
 import numpy as np
 
+from fastconv.data import transforms
+
 __all__ = [
     "PREPROCESSING", "NUM_CLASSES", "CAFFE_MEAN_RGB", "class_names", "normalization", "load_image", "resize_and_crop",
     "preprocess", "deprocess", "decode",
@@ -112,27 +114,7 @@ def resize_and_crop(image, size=224, resize=256):
     ``image``: a file path, a PIL image or a uint8 array (H, W, 3). ``resize``
     None keeps the image's scale; ``size`` None keeps the whole resized image.
     """
-    from PIL import Image
-
-    array = _as_rgb_uint8(image)
-    h, w = array.shape[:2]
-    if resize is not None:
-        resize = int(resize)
-        if resize < 1:
-            raise ValueError(f"resize must be a positive number of pixels, got {resize}")
-        if min(h, w) != resize:
-            # The longer side is truncated, as torchvision's Resize does.
-            new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-            array = np.asarray(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
-            h, w = new_h, new_w
-    if size is None:
-        return array
-    size = int(size)
-    if not 1 <= size <= min(h, w):
-        raise ValueError(f"crop size {size} does not fit the resized {w}x{h} image")
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return array[top:top + size, left:left + size]
+    return transforms.resize_and_crop(_as_rgb_uint8(image), size=size, resize=resize)
 
 
 def preprocess(images, mode="torch", size=224, resize=256, dtype=np.float32):
