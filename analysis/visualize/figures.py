@@ -188,11 +188,36 @@ def _as_maps(values):
 
 # -- top images -----------------------------------------------------------
 
+def _show_crop(ax, top, rank):
+    """A receptive-field crop on a canvas of the whole field, so that crops at
+    the border keep the size and place of the others; what lies beyond the
+    image is hatched grey."""
+    crop = np.asarray(top.crops[rank])
+    fields = top.fields if top.fields is not None else top.boxes
+    f_top, f_left, f_bottom, f_right = (int(v) for v in fields[rank])
+    t, l, b, r = (int(v) for v in top.boxes[rank])
+    shown = display_image(crop)
+    canvas_shape = (f_bottom - f_top, f_right - f_left) + shown.shape[2:]
+    if canvas_shape[:2] == shown.shape[:2]:
+        _show_image(ax, crop)
+        return
+    canvas = np.full(canvas_shape, 0.5)
+    canvas[t - f_top:b - f_top, l - f_left:r - f_left] = shown
+    ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    height, width = canvas_shape[:2]
+    inside = np.zeros((height, width), dtype=bool)
+    inside[t - f_top:b - f_top, l - f_left:r - f_left] = True
+    ax.contourf((~inside).astype(float), levels=[0.5, 1.5], colors="none", hatches=["////"])
+    ax.add_patch(Rectangle((l - f_left - 0.5, t - f_top - 0.5), r - l, b - t, fill=False,
+                           edgecolor="red", linewidth=0.8))
+    _clean(ax, "")
+
+
 def plot_top_images(top, data, labels=None, classes=None, columns=10, path=None):
     """The top-k images of a unit with the unit's receptive field boxed, and the crops."""
     k = len(top.indices)
     rows, cols = _grid(k, columns)
-    fig = new_figure(1.2 * cols, 2.6 * rows + 0.6)
+    fig = new_figure(max(1.2 * cols, 6.5), 2.6 * rows + 0.6)
     full, crops = fig.subfigures(2, 1)
     axes = full.subplots(rows, cols, squeeze=False)
     crop_axes = crops.subplots(rows, cols, squeeze=False)
@@ -204,11 +229,11 @@ def plot_top_images(top, data, labels=None, classes=None, columns=10, path=None)
         t, l, b, r = top.boxes[rank]
         if (b - t, r - l) != image.shape[-2:]:
             ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, edgecolor="red", linewidth=1.2))
-        _show_image(crop_axes.flat[rank], top.crops[rank])
+        _show_crop(crop_axes.flat[rank], top, rank)
     for ax in list(axes.flat[k:]) + list(crop_axes.flat[k:]):
         ax.axis("off")
     full.suptitle("images (value of the unit; red: receptive field at the maximum)", fontsize=9)
-    crops.suptitle("receptive-field crops", fontsize=9)
+    crops.suptitle("receptive-field crops, all the field's size (hatched: beyond the image border)", fontsize=9)
     fig.suptitle(f"top {k} of {top.count} images for unit {top.unit} of {top.layer}", fontsize=11)
     return _finish(fig, path)
 
@@ -296,21 +321,34 @@ def plot_occlusion(maps, images, classes=None, path=None):
         grey = image.shape[0] == 1
         if not grey:
             ax.imshow(display_image(image), interpolation="nearest")
-        heat = ax.imshow(maps.pixel_map(image.shape)[i], cmap=HEAT_CMAP, vmin=0, vmax=1,
+        # Each map on its own range: a confident image's probabilities all lie
+        # near 1, and on a fixed 0-1 scale its map would look flat.
+        pixel_map = maps.pixel_map(image.shape)[i]
+        low, high = float(np.nanmin(pixel_map)), float(np.nanmax(pixel_map))
+        if high - low < 1e-6:
+            low, high = low - 5e-7, high + 5e-7
+        heat = ax.imshow(pixel_map, cmap=HEAT_CMAP, vmin=low, vmax=high,
                          alpha=1.0 if grey else 0.6, interpolation="nearest")
         if grey:
             _outline(ax, image)
         _clean(ax, f"p({name}) with the patch over each pixel{' (white: outline)' if grey else ''}\n"
-                   f"patch {maps.patch[0]}x{maps.patch[1]}, stride {maps.stride[0]}")
-        fig.colorbar(heat, ax=ax, fraction=0.046, label=f"p({name})")
+                   f"patch {maps.patch[0]}x{maps.patch[1]}, stride {maps.stride[0]}; "
+                   f"range {np.nanmin(pixel_map):.4f} to {np.nanmax(pixel_map):.4f}")
+        bar = fig.colorbar(heat, ax=ax, fraction=0.046)
+        bar.set_label(f"p({name}), this map's range", fontsize=9)
         ax = axes[i, 2]
         grid = ax.imshow(maps.top_class[i], cmap=palette, vmin=-0.5, vmax=n_classes - 0.5, interpolation="nearest")
-        for (j, k), c in np.ndenumerate(maps.top_class[i]):
-            if maps.top_class[i].size <= 256:
-                ax.text(k, j, _class_name(classes, c)[:3], ha="center", va="center", fontsize=5, color="black")
+        cells = maps.top_class[i]
+        if cells.size <= 256:
+            # Labels as large as the cells allow, on a white box so that they
+            # read on any colour of the palette.
+            size = max(6.0, min(11.0, 110.0 / max(cells.shape)))
+            for (j, k), c in np.ndenumerate(cells):
+                ax.text(k, j, _class_name(classes, c)[:3], ha="center", va="center", fontsize=size, color="black",
+                        bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "alpha": 0.6, "linewidth": 0})
         _clean(ax, "most probable class, patch at grid cell (row, col)")
         bar = fig.colorbar(grid, ax=ax, fraction=0.046, ticks=range(n_classes))
-        bar.ax.set_yticklabels([_class_name(classes, c) for c in range(n_classes)], fontsize=7)
+        bar.ax.set_yticklabels([_class_name(classes, c) for c in range(n_classes)], fontsize=9)
     fig.suptitle("occlusion sensitivity", fontsize=12)
     return _finish(fig, path)
 

@@ -29,13 +29,19 @@ class Geometry:
     jump: tuple
     start: tuple
 
-    def box(self, i, j, image_size):
-        """Input box (top, left, bottom, right), bottom/right exclusive, seen by unit (i, j)."""
+    def box(self, i, j, image_size, clip=True):
+        """Input box (top, left, bottom, right), bottom/right exclusive, seen by unit (i, j).
+
+        Clipped to the image unless ``clip`` is False: then the whole field,
+        which reaches past the border for units near it (into the padding).
+        """
         h, w = image_size
         if self.size is None:
             return 0, 0, h, w
         top = self.start[0] + i * self.jump[0]
         left = self.start[1] + j * self.jump[1]
+        if not clip:
+            return top, left, top + self.size[0], left + self.size[1]
         return (max(top, 0), max(left, 0),
                 min(top + self.size[0], h), min(left + self.size[1], w))
 

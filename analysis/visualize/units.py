@@ -25,7 +25,10 @@ class TopImages:
     (k, 2) hold where in the map the maximum was (None for a flat layer);
     ``boxes`` (k, 4) the receptive field (top, left, bottom, right) of that
     position in the image, bottom/right exclusive; ``crops`` the image
-    regions inside the boxes (a list, since boxes at the border are smaller).
+    regions inside the boxes (a list, since boxes at the border are smaller);
+    ``fields`` (k, 4) the whole receptive fields, which reach past the image
+    for units near its border (one size for all: the figure pads the crops
+    to it).
     """
 
     layer: str
@@ -36,6 +39,7 @@ class TopImages:
     boxes: np.ndarray
     crops: list
     count: int
+    fields: np.ndarray = None
 
 
 def _scores(out, unit, layer):
@@ -97,13 +101,16 @@ def top_images(model, data, layer, unit, k=20, batch_size=256, transform=None, l
     image_size = np.asarray(data[0]).shape[-2:]
     geo = rf.geometry(model, layer)
     boxes = []
+    fields = []
     crops = []
     for rank, index in enumerate(best_indices):
         if best_positions is None:
-            box = (0, 0) + tuple(image_size)
+            box = field = (0, 0) + tuple(image_size)
         else:
-            box = geo.box(int(best_positions[rank, 0]), int(best_positions[rank, 1]), image_size)
+            i, j = int(best_positions[rank, 0]), int(best_positions[rank, 1])
+            box, field = geo.box(i, j, image_size), geo.box(i, j, image_size, clip=False)
         boxes.append(box)
+        fields.append(field)
         top, left, bottom, right = box
         crops.append(np.asarray(data[int(index)])[:, top:bottom, left:right].copy())
     return TopImages(
@@ -115,6 +122,7 @@ def top_images(model, data, layer, unit, k=20, batch_size=256, transform=None, l
         boxes=np.array(boxes, dtype=np.int64).reshape(-1, 4),
         crops=crops,
         count=total,
+        fields=np.array(fields, dtype=np.int64).reshape(-1, 4),
     )
 
 

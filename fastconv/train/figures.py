@@ -34,11 +34,16 @@ def _figure(width, height):
     return fig
 
 
-def save(fig, path):
-    """Write ``fig`` to ``path`` as PNG, atomically, creating its folder; return the path."""
+def save(fig, path, tight=False):
+    """Write ``fig`` to ``path`` as PNG, atomically, creating its folder; return the path.
+
+    ``tight`` trims the blank margins around what is drawn (at the cost of
+    drawing the figure twice): for figures whose axes keep a fixed aspect.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    options = {"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}
+    atomic_write(path, lambda f: fig.savefig(f, format="png", **options))
     return path
 
 
@@ -165,7 +170,8 @@ def plot_confusion(matrix, classes, path, title="Confusion matrix"):
                         color="white" if shares[i, j] > 0.5 else "black")
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     _suptitle(fig, f"{title}\n{int(matrix.sum()):,} images, accuracy {accuracy:.2%}")
-    return save(fig, path)
+    # The matrix is square and the figure is not: trim the blank sides.
+    return save(fig, path, tight=True)
 
 
 def plot_samples(images, labels, classes, path, count=25, columns=5, seed=0,
