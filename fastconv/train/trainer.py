@@ -34,13 +34,11 @@ import math
 import signal
 import threading
 import time
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from fastconv._files import atomic_write
+from fastconv._files import atomic_write, open_npz
 from fastconv.nn.losses import CrossEntropyLoss
 
 __all__ = [
@@ -126,8 +124,8 @@ def load_checkpoint(path):
     """The state dict written by save_checkpoint; CheckpointError naming the file if unreadable."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files") or "checkpoint" not in archive.files:
+        with open_npz(path, "fastconv checkpoint", error=CheckpointError) as archive:
+            if "checkpoint" not in archive.files:
                 raise ValueError("it has no 'checkpoint' entry")
             header = json.loads(archive["checkpoint"].item())
             if header.get("format") != CHECKPOINT_FORMAT:
@@ -135,14 +133,9 @@ def load_checkpoint(path):
             if header.get("version") != CHECKPOINT_VERSION:
                 raise ValueError(f"format version {header.get('version')!r} is not supported")
             arrays = {k: archive[k] for k in archive.files if k != "checkpoint"}
-        return _unpack(header["state"], arrays)
+            return _unpack(header["state"], arrays)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    # zipfile reports some damage as NotImplementedError (a garbled compression
-    # method or version) or RuntimeError (a garbled flag that reads as encryption).
-    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-            NotImplementedError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is not a readable fastconv checkpoint: {exc}") from None
 
 
 def _write_history(run_dir, history):
