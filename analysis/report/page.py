@@ -486,12 +486,13 @@ def _top_images(run, settings, scratch):
                                                     "layer) for many test images, grouped by k-means and laid out "
                                                     "in two dimensions by t-SNE.")
 def _clusters(run, settings, scratch):
-    from fastconv.cli.viz import _default_code_layer
-    from fastconv.analysis.visualize.embedding import cluster, embed, layer_features, snap_to_grid
+    from fastconv.analysis.visualize.embedding import (
+        cluster, default_code_layer, embed, layer_features, snap_to_grid,
+    )
     from fastconv.analysis.visualize.figures import plot_clusters, plot_embedding, plot_embedding_grid
 
     raw, labels = run.test
-    layer = _default_code_layer(run.model)
+    layer = default_code_layer(run.model)
     codes = layer_features(run.model, raw, layer, transform=run.normalize, limit=settings.codes)
     groups = cluster(codes, n_clusters=min(settings.clusters, len(codes)))
     blocks = [_Image(plot_clusters(groups, raw, per_cluster=settings.per_cluster, labels=labels,

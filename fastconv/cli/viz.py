@@ -97,17 +97,6 @@ def _add_common(parser, data=True, index=True, many=False):
                             help="index of the image%s in the split (default: 0)" % ("s" if many else ""))
 
 
-def _default_code_layer(model):
-    """The input of the last Linear layer: the codes the classifier reads."""
-    from fastconv.nn import layers as L
-
-    names = C.layer_names(model)
-    linear = [i for i, (_, layer) in enumerate(model.named_layers()) if isinstance(layer, L.Linear)]
-    if linear and linear[-1] > 0:
-        return names[linear[-1] - 1]
-    return names[-2] if len(names) > 1 else names[-1]
-
-
 @_tool("filters", "first-layer filters as image tiles, deeper layers per input channel")
 def _filters(ctx, args):
     from fastconv.analysis.visualize.figures import plot_filters
@@ -143,11 +132,11 @@ def _top_images(ctx, args):
 
 @_tool("clusters", "k-means clusters of a layer's codes as image montages")
 def _clusters(ctx, args):
-    from fastconv.analysis.visualize.embedding import cluster, layer_features
+    from fastconv.analysis.visualize.embedding import cluster, default_code_layer, layer_features
     from fastconv.analysis.visualize.figures import plot_clusters
 
     raw, labels = ctx.images()
-    layer = args.layer or _default_code_layer(ctx.model)
+    layer = args.layer or default_code_layer(ctx.model)
     codes = layer_features(ctx.model, raw, layer, transform=ctx.normalize, limit=args.limit)
     groups = cluster(codes, n_clusters=args.clusters, seed=args.seed)
     which = None if args.show is None else range(min(args.show, args.clusters))
@@ -157,11 +146,11 @@ def _clusters(ctx, args):
 
 @_tool("embedding", "t-SNE or PCA map of a layer's codes, as a class-coloured scatter or a thumbnail grid")
 def _embedding(ctx, args):
-    from fastconv.analysis.visualize.embedding import embed, layer_features, snap_to_grid
+    from fastconv.analysis.visualize.embedding import default_code_layer, embed, layer_features, snap_to_grid
     from fastconv.analysis.visualize.figures import plot_embedding, plot_embedding_grid
 
     raw, labels = ctx.images()
-    layer = args.layer or _default_code_layer(ctx.model)
+    layer = args.layer or default_code_layer(ctx.model)
     codes = layer_features(ctx.model, raw, layer, transform=ctx.normalize, limit=args.limit)
     points = embed(codes, method=args.method, seed=args.seed)
     name = "t-SNE" if args.method == "tsne" else "PCA"
