@@ -192,14 +192,14 @@ def test_writes_are_atomic(tmp_path):
     assert json.loads(fresh.eval_path.read_text()) == {"accuracy": 0.5}
     history = [{"epoch": 1, "lr": 0.1, "train_loss": 0.5, "val_loss": None}]
     fresh.write_history(history)
-    assert json.loads(fresh.history_json_path.read_text()) == history
-    assert fresh.history_csv_path.read_text().splitlines()[1] == "1,0.1,0.5,,,,,"
+    assert json.loads(fresh.history_path().read_text()) == history
+    assert fresh.history_path("csv").read_text().splitlines()[1] == "1,0.1,0.5,,,,,"
     assert _leftovers(fresh.folder) == []
 
     # A write that fails half-way leaves the old file and no temporary one.
     with pytest.raises(TypeError):
         fresh.write_history([{"epoch": object()}])
-    assert json.loads(fresh.history_json_path.read_text()) == history
+    assert json.loads(fresh.history_path().read_text()) == history
     assert _leftovers(fresh.folder) == []
 
 

@@ -12,7 +12,6 @@ status 2; an interrupted training run exits with status 130 after saying how
 to resume it.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,18 +23,13 @@ from fastconv.cli.argtypes import non_negative_float as _non_negative_float
 from fastconv.cli.argtypes import non_negative_int as _non_negative_int
 from fastconv.cli.argtypes import UsageError
 from fastconv.cli.argtypes import positive_int as _positive_int
-from fastconv.data.datasets import limited, short_name
+from fastconv.data.datasets import limited, short_name  # noqa: F401 -- limited: fastconv.cli.limited
+from fastconv.train.rundir import (
+    BEST_CHECKPOINT, BEST_MODEL, CONFIG, EVAL, FIGURES, FINAL_MODEL, HISTORY_CSV, HISTORY_JSON, LAST_CHECKPOINT,
+    REPORT, RunDir,
+)
 
 __all__ = ["main", "build_parser"]
-
-CONFIG_FILE = "config.json"
-EVAL_FILE = "eval.json"
-FIGURES = {
-    "samples": "train_samples.png",
-    "history": "training_curves.png",
-    "predictions": "predictions.png",
-    "confusion": "confusion_matrix.png",
-}
 # name -> (the image side it takes, the constructor in fastconv.models, its options)
 MODELS = {
     "mnist2": (28, "mnist2", {}),
@@ -79,28 +73,6 @@ DEMO = {
 # ------------------------------------------------------------------ helpers
 
 
-
-
-
-def _write_json(path, data):
-    from fastconv._files import atomic_write
-
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
-
-
-def _read_config(run_dir):
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(f"{run_dir} is not a fastconv run folder: it has no {CONFIG_FILE}")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"{path} is unreadable: {exc}") from None
-    if not isinstance(config, dict) or "dataset" not in config or "model" not in config:
-        raise UsageError(f"{path} is not a fastconv run configuration")
-    return config
-
-
 def _set_threads(threads):
     import fastconv
 
@@ -115,18 +87,15 @@ def _print(*lines):
 # ------------------------------------------------------------------ data and model
 
 
-def _load_data(config, data_dir):
-    """(dataset, (x_train, y_train), (x_val, y_val)) as a run's config defines them."""
-    from fastconv.data import load_dataset, stratified_split
+def _load_data(run, data_dir, name=None):
+    """(dataset, (x_train, y_train), (x_val, y_val)) of a run (a RunDir): its data set,
+    or the one named, with the run's --limit subset of its own, and the validation part
+    its configuration holds out."""
+    from fastconv.data import stratified_split
 
-    dataset = load_dataset(config["dataset"], data_dir=data_dir)
-    limit = config.get("limit")
+    config = run.config
+    dataset = run.load_dataset(name, data_dir)
     x, y = dataset.x_train, dataset.y_train
-    if limit:
-        keep = limited(len(y), limit)
-        x, y = x[keep], y[keep]
-        keep = limited(len(dataset.y_test), limit)
-        dataset.x_test, dataset.y_test = dataset.x_test[keep], dataset.y_test[keep]
     train_idx, val_idx = stratified_split(y, config["val_fraction"], seed=config["seed"])
     return dataset, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
 
@@ -199,8 +168,8 @@ def _build_optimizer(config, model, steps_per_epoch):
 class _FigureWriter:
     """Redraws the training curves after every epoch."""
 
-    def __init__(self, run_dir, title):
-        self.path = Path(run_dir) / FIGURES["history"]
+    def __init__(self, path, title):
+        self.path = path
         self.title = title
 
     def on_epoch_end(self, trainer, record):
@@ -209,7 +178,7 @@ class _FigureWriter:
         plot_history(trainer.history, self.path, title=self.title)
 
 
-def _merge_config(args, run_dir):
+def _merge_config(args, run):
     """The run's configuration: stored (on --resume) or from the options and defaults."""
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
     if not args.resume:
@@ -232,19 +201,19 @@ def _merge_config(args, run_dir):
             # Fixed now, so that resuming with more epochs keeps the steps where they were.
             config["step_size"] = max(1, config["epochs"] // 3)
         return config
-    config = _read_config(run_dir)
+    config = run.require_config()
     for key, value in given.items():
         stored = config.get(key)
         if key == "epochs" and value != stored:
             if config["schedule"] in ("cosine", "onecycle"):
                 raise UsageError(
-                    f"{run_dir} uses the {config['schedule']} schedule, which is laid out for "
+                    f"{run.folder} uses the {config['schedule']} schedule, which is laid out for "
                     f"--epochs {stored}; it cannot be changed on --resume"
                 )
             config["epochs"] = value
         elif value != stored:
             raise UsageError(
-                f"{run_dir} was started with --{key.replace('_', '-')} {stored}, not {value}; "
+                f"{run.folder} was started with --{key.replace('_', '-')} {stored}, not {value}; "
                 f"drop the option to resume it, or start a new run with another --out"
             )
     return config
@@ -255,13 +224,14 @@ def _resume_hint(run_dir):
 
 
 def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
-    """Train as config says into run_dir; return (trainer, dataset, (x_val, y_val))."""
+    """Train as config says into the folder run_dir; return (trainer, dataset, (x_val, y_val))."""
     from fastconv.data import Augment, Normalize
     from fastconv.train.figures import plot_samples
     from fastconv.train import Trainer
 
     threads = _set_threads(threads)
-    dataset, (x_train, y_train), (x_val, y_val) = _load_data(config, data_dir)
+    run = RunDir(run_dir, config=config)
+    dataset, (x_train, y_train), (x_val, y_val) = _load_data(run, data_dir, config["dataset"])
     if config.get("model") is None:
         config["model"] = _default_model(dataset)
     model = _build_model(config, dataset)
@@ -279,21 +249,19 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
 
         adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"],
                                           steps=config.get("adv_steps") or AdversarialTraining.PGD_STEPS)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run.folder.mkdir(parents=True, exist_ok=True)
     title = f"{config['model']} on {short_name(config['dataset'])}"
     trainer = Trainer(
         model, optimizer, schedule=schedule, batch_size=config["batch_size"], seed=config["seed"],
-        normalize=normalize, augment=augment, run_dir=run_dir, overwrite=overwrite,
-        callbacks=[_FigureWriter(run_dir, title)], adversarial=adversarial,
+        normalize=normalize, augment=augment, run_dir=run, overwrite=overwrite,
+        callbacks=[_FigureWriter(run.figure("history"), title)], adversarial=adversarial,
     )
     if not resume:
-        from fastconv.train import LAST_CHECKPOINT
-
-        if (run_dir / LAST_CHECKPOINT).exists() and not overwrite:
-            raise UsageError(f"{run_dir} already holds a training run; "
-                             f"{_resume_hint(run_dir)}, or choose another --out")
-        _write_json(run_dir / CONFIG_FILE, {**config, "threads": threads, "data_dir": data_dir})
-        plot_samples(x_train, y_train, dataset.classes, run_dir / FIGURES["samples"],
+        if run.checkpoint("last").exists() and not overwrite:
+            raise UsageError(f"{run.folder} already holds a training run; "
+                             f"{_resume_hint(run.folder)}, or choose another --out")
+        run.write_config({**config, "threads": threads, "data_dir": data_dir})
+        plot_samples(x_train, y_train, dataset.classes, run.figure("samples"),
                      seed=config["seed"], title=f"A random sample of the {short_name(config['dataset'])} training set")
     val = f"{len(x_val):,} validation" if len(x_val) else "no validation"
     _print(
@@ -308,7 +276,7 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
         + (f", augmentation {augment}" if augment else "")
         + (f", {adversarial}" if adversarial else ""),
         f"data: {dataset.source}; test split: {dataset.test_split}",
-        f"run folder: {run_dir}",
+        f"run folder: {run.folder}",
     )
     val_args = (x_val, y_val) if len(x_val) else (None, None)
     trainer.fit(x_train, y_train, config["epochs"], *val_args, resume=resume)
@@ -316,24 +284,24 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
 
 
 def cmd_train(args):
-    run_dir = Path(args.out)
-    config = _merge_config(args, run_dir)
+    run = RunDir(args.out)
+    config = _merge_config(args, run)
     if args.resume:
-        stored = _read_config(run_dir)
-        data_dir = args.data_dir if args.data_dir is not None else stored.get("data_dir")
+        stored = run.require_config()
+        data_dir = run.data_dir(args.data_dir)
         threads = args.threads if args.threads is not None else stored.get("threads")
     else:
         data_dir, threads = args.data_dir, args.threads
     if args.resume and args.epochs is not None:
-        _write_json(run_dir / CONFIG_FILE, {**_read_config(run_dir), "epochs": config["epochs"]})
-    trainer, _, _ = _train(config, run_dir, data_dir, threads, resume=args.resume)
+        run.write_config({**run.require_config(), "epochs": config["epochs"]})
+    trainer, _, _ = _train(config, run.folder, data_dir, threads, resume=args.resume)
     best = trainer.best
     _print(
         f"done: {trainer.epoch} epochs; best {best['metric'].replace('_', ' ')} {best['value']:.4f} "
         f"at epoch {best['epoch']}",
-        f"model: {run_dir / 'model.npz'}  history: {run_dir / 'history.csv'}  "
-        f"curves: {run_dir / FIGURES['history']}",
-        f"evaluate with: fastconv evaluate {run_dir}",
+        f"model: {run.model_path}  history: {run.history_path('csv')}  "
+        f"curves: {run.figure('history')}",
+        f"evaluate with: fastconv evaluate {run.folder}",
     )
     return 0
 
@@ -341,29 +309,29 @@ def cmd_train(args):
 # ------------------------------------------------------------------ evaluate
 
 
-def _evaluate(run_dir, config, data_dir, split, which="final", dataset=None, val=None):
-    """Evaluate run_dir's model on a split; write eval.json and the figures; return the results."""
+def _evaluate(run, split, which="final", dataset_name=None, data_dir=None, dataset=None, val=None):
+    """Evaluate a run's model on a split; write its eval.json and figures; return the results.
+
+    The data set is ``dataset`` (with its validation part ``val``) when given,
+    else the run's (RunDir.load_dataset) or the one named."""
     import fastconv
 
     from fastconv.data import Normalize
     from fastconv.train.figures import plot_confusion, plot_predictions
     from fastconv.nn.losses import softmax
-    from fastconv.train import BEST_MODEL, FINAL_MODEL, confusion_matrix, evaluate
+    from fastconv.train import confusion_matrix, evaluate
 
-    model_path = run_dir / (FINAL_MODEL if which == "final" else BEST_MODEL)
-    if not model_path.is_file():
-        raise UsageError(f"{run_dir} has no {model_path.name}: has its training finished? "
-                         f"({_resume_hint(run_dir)})")
+    model_path = run.model_file(which)
     model = fastconv.load(model_path)
     if dataset is None:
-        dataset, _, val = _load_data(config, data_dir)
+        dataset, _, val = _load_data(run, data_dir, dataset_name)
     x, y = (dataset.x_test, dataset.y_test) if split == "test" else val
     if len(x) == 0:
         raise UsageError(f"the {split} split of {dataset.name} is empty (the run used --val-fraction 0)")
     expected = tuple(model.meta.get("input_shape", dataset.input_shape))
     if expected != dataset.input_shape or len(model.meta.get("classes", dataset.classes)) != dataset.num_classes:
         raise UsageError(
-            f"the model in {run_dir} takes {expected} images in {len(model.meta.get('classes', []))} classes, "
+            f"the model in {run.folder} takes {expected} images in {len(model.meta.get('classes', []))} classes, "
             f"but {dataset.name} has {dataset.input_shape} images in {dataset.num_classes} classes"
         )
     normalize = Normalize.from_meta(model.meta["normalization"]) if "normalization" in model.meta else None
@@ -371,7 +339,7 @@ def _evaluate(run_dir, config, data_dir, split, which="final", dataset=None, val
     cm = confusion_matrix(y, result["predictions"], dataset.num_classes)
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     report = {
-        "run": str(run_dir),
+        "run": str(run.folder),
         "model_file": model_path.name,
         "dataset": dataset.name,
         "split": split,
@@ -383,11 +351,11 @@ def _evaluate(run_dir, config, data_dir, split, which="final", dataset=None, val
         "classes": list(dataset.classes),
         "confusion_matrix": cm.tolist(),
     }
-    _write_json(run_dir / EVAL_FILE, report)
+    run.write_json(EVAL, report)
     title = f"{model.meta.get('model', 'model')} on the {split} split of {short_name(dataset.name)}"
-    plot_confusion(cm, dataset.classes, run_dir / FIGURES["confusion"], title=f"Confusion matrix: {title}")
+    plot_confusion(cm, dataset.classes, run.figure("confusion"), title=f"Confusion matrix: {title}")
     plot_predictions(x, y, softmax(result["logits"].astype(np.float64)), dataset.classes,
-                     run_dir / FIGURES["predictions"], title=f"{title}")
+                     run.figure("predictions"), title=f"{title}")
     return report
 
 
@@ -405,15 +373,12 @@ def _print_report(report):
 
 
 def cmd_evaluate(args):
-    run_dir = Path(args.run_dir)
-    config = _read_config(run_dir)
-    if args.dataset is not None:
-        config["dataset"] = args.dataset
-    data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
-    report = _evaluate(run_dir, config, data_dir, args.split, args.which)
+    run = RunDir(args.run_dir)
+    run.require_config()
+    report = _evaluate(run, args.split, args.which, dataset_name=args.dataset, data_dir=args.data_dir)
     _print_report(report)
-    _print(f"results: {run_dir / EVAL_FILE}, figures: {run_dir / FIGURES['confusion']}, "
-           f"{run_dir / FIGURES['predictions']}",
+    _print(f"results: {run.eval_path}, figures: {run.figure('confusion')}, "
+           f"{run.figure('predictions')}",
            f"accuracy: {report['accuracy']:.4f}")
     return 0
 
@@ -422,7 +387,7 @@ def cmd_evaluate(args):
 
 
 def cmd_demo(args):
-    run_dir = Path(args.out)
+    run = RunDir(args.out)
     config = dict(DEMO)
     if args.epochs is not None:
         config["epochs"] = args.epochs
@@ -431,24 +396,24 @@ def cmd_demo(args):
     started = time.perf_counter()
     _print("fastconv demo: training mnist2 on the MNIST sample bundled with fastconv "
            "(10,000 training and 2,000 test images of the real MNIST)")
-    trainer, dataset, val = _train(config, run_dir, None, args.threads, resume=False, overwrite=True)
-    report = _evaluate(run_dir, config, None, "test", dataset=dataset, val=val)
+    trainer, dataset, val = _train(config, run.folder, None, args.threads, resume=False, overwrite=True)
+    report = _evaluate(run, "test", dataset=dataset, val=val)
     if not args.no_report:
         from fastconv.cli.report import write_demo_report
 
-        write_demo_report(run_dir)
+        write_demo_report(run.folder)
     elapsed = time.perf_counter() - started
     _print(
         f"test accuracy {report['accuracy']:.2%} on {report['images']:,} MNIST test images "
         f"({elapsed:.0f} s in all)",
-        f"everything is in {run_dir}/:",
+        f"everything is in {run.folder}/:",
         f"  {FIGURES['samples']:<22} a random sample of the training images",
         f"  {FIGURES['history']:<22} loss and accuracy per epoch",
         f"  {FIGURES['predictions']:<22} predictions on random test images",
         f"  {FIGURES['confusion']:<22} the confusion matrix on the test images",
-        f"  {'model.npz':<22} the trained model (fastconv.load)",
-        f"  {'history.csv, .json':<22} the numbers behind the curves",
-        f"  {EVAL_FILE:<22} test accuracy, per-class accuracy, confusion matrix",
+        f"  {FINAL_MODEL:<22} the trained model (fastconv.load)",
+        f"  {HISTORY_CSV + ', ' + Path(HISTORY_JSON).suffix:<22} the numbers behind the curves",
+        f"  {EVAL:<22} test accuracy, per-class accuracy, confusion matrix",
         f"accuracy: {report['accuracy']:.4f}",
     )
     return 0
@@ -495,9 +460,9 @@ def build_parser():
 
     train = commands.add_parser(
         "train", help="train a model and save it with its history, checkpoints and figures",
-        description="Train a model on a data set. Writes config.json, history.json/.csv, "
-                    "checkpoint-last.npz, checkpoint-best.npz, model.npz, best_model.npz, "
-                    "train_samples.png and training_curves.png to the --out folder. "
+        description=f"Train a model on a data set. Writes {CONFIG}, {HISTORY_JSON}/{Path(HISTORY_CSV).suffix}, "
+                    f"{LAST_CHECKPOINT}, {BEST_CHECKPOINT}, {FINAL_MODEL}, {BEST_MODEL}, "
+                    f"{FIGURES['samples']} and {FIGURES['history']} to the --out folder. "
                     "Ctrl-C stops after the current batch and saves a checkpoint; "
                     "'fastconv train --out RUN_DIR --resume' continues from it.",
     )
@@ -556,9 +521,9 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate", help="accuracy, per-class accuracy and confusion matrix of a trained run",
-        description="Evaluate RUN_DIR/model.npz on a split. Prints the accuracy, the per-class "
+        description=f"Evaluate RUN_DIR/{FINAL_MODEL} on a split. Prints the accuracy, the per-class "
                     "accuracy and the confusion matrix, ending with a line 'accuracy: 0.9912'; "
-                    "writes RUN_DIR/eval.json, confusion_matrix.png and predictions.png.",
+                    f"writes RUN_DIR/{EVAL}, {FIGURES['confusion']} and {FIGURES['predictions']}.",
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'fastconv train'")
     evaluate.add_argument("--dataset", help="data set to evaluate on (default: the one the run trained on)")
@@ -566,7 +531,7 @@ def build_parser():
     evaluate.add_argument("--split", choices=("test", "val"), default="test",
                           help="test (default) or val, the validation part the run held out")
     evaluate.add_argument("--which", choices=("final", "best"), default="final",
-                          help="the final model (model.npz, default) or the best on validation (best_model.npz)")
+                          help=f"the final model ({FINAL_MODEL}, default) or the best on validation ({BEST_MODEL})")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     demo = commands.add_parser(
@@ -582,7 +547,7 @@ def build_parser():
                       help="use only N training and N test images, a fixed random subset")
     demo.add_argument("--threads", type=_positive_int, help="threads (default all cores)")
     demo.add_argument("--no-report", action="store_true",
-                      help="skip report.html, the one-page look inside the model (fastconv report --quick)")
+                      help=f"skip {REPORT}, the one-page look inside the model (fastconv report --quick)")
     demo.set_defaults(handler=cmd_demo)
 
     info = commands.add_parser("info", help="how fastconv was built: kernels, OpenMP, threads, BLAS",
@@ -626,9 +591,7 @@ def main(argv=None):
         print(f"\n{exc}\n{_resume_hint(run_dir)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        from fastconv.train import LAST_CHECKPOINT
-
-        resumable = args.command in ("train", "demo") and run_dir and (Path(run_dir) / LAST_CHECKPOINT).exists()
+        resumable = args.command in ("train", "demo") and run_dir and RunDir(run_dir).checkpoint("last").exists()
         hint = f"; the files written so far are complete\n{_resume_hint(run_dir)}" if resumable else ""
         print(f"\ninterrupted{hint}", file=sys.stderr)
         return 130

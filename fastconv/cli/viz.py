@@ -1,14 +1,15 @@
 """``fastconv viz TOOL RUN_DIR ... --out FILE.png``: one figure per call.
 
 RUN_DIR is a training run folder holding ``model.npz`` (or the path of a
-model file itself). The images come from the data set named by
-``--dataset``, by default the one recorded in the model's metadata, and are
+model file itself), opened as a :class:`fastconv.train.RunDir`. The images
+come from the data set named by ``--dataset``, by default the one recorded
+in the model's metadata (else in the run's configuration), and are
 normalized as the model was trained (``model.meta``).
 """
 import argparse
-import os
 
 from fastconv.cli import argtypes
+from fastconv.train.rundir import FINAL_MODEL, RunDir
 
 from fastconv.analysis import _common as C
 
@@ -31,33 +32,20 @@ def _usage_error(message):
 
 
 class _Context:
-    """The model, its normalization and the requested data, loaded lazily."""
+    """The run, its model and normalization, and the requested data, loaded lazily."""
 
     def __init__(self, args):
-        import fastconv
-
         self.args = args
-        path = args.run_dir
-        if os.path.isdir(path):
-            path = os.path.join(path, "model.npz")
-        if not os.path.exists(path):
-            raise _usage_error(f"no model file at {path} (expected RUN_DIR/model.npz)")
-        self.model = fastconv.load(path)
+        self.run = RunDir.open(args.run_dir)
+        self.model = self.run.model
         self.normalize = C.Normalizer.from_model(self.model)
         self._dataset = None
 
     @property
     def dataset(self):
         if self._dataset is None:
-            from fastconv.data import load_dataset
-
-            name = self.args.dataset or self.model.meta.get("dataset")
-            if not name:
-                raise _usage_error(
-                    "the model's metadata names no data set; pass --dataset NAME "
-                    "(mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH)"
-                )
-            self._dataset = load_dataset(name)
+            # --index counts in the whole split, not in the run's --limit subset.
+            self._dataset = self.run.load_dataset(self.args.dataset, subset=False)
         return self._dataset
 
     def images(self):
@@ -68,7 +56,7 @@ class _Context:
         meta_classes = C.meta_classes(self.model)
         if meta_classes is not None:
             return meta_classes
-        return list(self.dataset.classes) if self.args.dataset or self.model.meta.get("dataset") else None
+        return list(self.dataset.classes) if self.run.dataset_name(self.args.dataset) else None
 
     def selected(self):
         """Raw images, model inputs and labels of the ``--index`` images."""
@@ -86,7 +74,8 @@ class _Context:
 
 
 def _add_common(parser, data=True, index=True, many=False):
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run folder holding model.npz (or a model .npz file)")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help=f"training run folder holding {FINAL_MODEL} (or a model .npz file)")
     parser.add_argument("--out", required=True, metavar="FILE.png", help="where to write the figure (PNG)")
     if data:
         parser.add_argument("--dataset", default=None, metavar="NAME",
@@ -546,8 +535,8 @@ def run(args):
     """Run the viz tool chosen on the command line; returns the exit status."""
     from fastconv.data import DataError
 
-    ctx = _Context(args)
     try:
+        ctx = _Context(args)
         args.viz_function(ctx, args)
     except (ValueError, ImportError, DataError) as err:
         raise _usage_error(str(err)) from None

@@ -108,13 +108,9 @@ class RunDir:
     def config_path(self):
         return self.folder / CONFIG
 
-    @property
-    def history_json_path(self):
-        return self.folder / HISTORY_JSON
-
-    @property
-    def history_csv_path(self):
-        return self.folder / HISTORY_CSV
+    def history_path(self, kind="json"):
+        """The path of the history as ``'json'`` (every field) or ``'csv'`` (a table)."""
+        return self.folder / {"json": HISTORY_JSON, "csv": HISTORY_CSV}[_choice(kind, ("json", "csv"), "history")]
 
     @property
     def best_model_path(self):
@@ -195,12 +191,12 @@ class RunDir:
     def history(self):
         """The records of history.json (one dict per epoch), None if the run has none."""
         if self._history is _UNREAD:
-            self._history = self._read_json(self.history_json_path, None)
+            self._history = self._read_json(self.history_path("json"), None)
         return self._history
 
     def write_history(self, history):
         """Write history.json and history.csv (atomically)."""
-        atomic_write(self.history_json_path, lambda f: f.write(json.dumps(history, indent=1).encode()))
+        atomic_write(self.history_path("json"), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
         def write_csv(f):
             text = io.StringIO()
@@ -210,7 +206,7 @@ class RunDir:
                 writer.writerow({k: ("" if record.get(k) is None else record[k]) for k in HISTORY_COLUMNS})
             f.write(text.getvalue().encode())
 
-        atomic_write(self.history_csv_path, write_csv)
+        atomic_write(self.history_path("csv"), write_csv)
         self._history = list(history)
 
     def write_json(self, name, data):
