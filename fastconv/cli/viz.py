@@ -531,6 +531,10 @@ def add_viz_parser(subparsers):
     return viz
 
 
+# The name every command module gives the function that adds its commands.
+add_parsers = add_viz_parser
+
+
 def run(args):
     """Run the viz tool chosen on the command line; returns the exit status."""
     from fastconv.data import DataError

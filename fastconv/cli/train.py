@@ -1,35 +1,26 @@
-"""The ``fastconv`` command: train, evaluate, demo, info, bench, viz.
+"""``fastconv train``: train a model into a run folder, or resume it.
 
     fastconv train --dataset mnist --model mnist2 --epochs 8 --optimizer sgd --lr 0.08 --out runs/mnist
     fastconv train --out runs/mnist --resume
-    fastconv evaluate runs/mnist
-    fastconv demo
-    fastconv info
 
-Errors a user can cause (unknown data set, missing or corrupt files, a run
-folder that belongs to another model) print one line on stderr and exit with
-status 2; an interrupted training run exits with status 130 after saying how
-to resume it.
+Also what every command that trains shares: the built-in models and
+optimizers, the data of a run (its --limit subset and validation part), and
+the training itself (``train_run``, which ``fastconv demo`` calls too).
 """
-import argparse
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
+from fastconv.cli.argtypes import UsageError
 from fastconv.cli.argtypes import fraction as _fraction
 from fastconv.cli.argtypes import non_negative_float as _non_negative_float
 from fastconv.cli.argtypes import non_negative_int as _non_negative_int
-from fastconv.cli.argtypes import UsageError
 from fastconv.cli.argtypes import positive_int as _positive_int
-from fastconv.data.datasets import limited, short_name  # noqa: F401 -- limited: fastconv.cli.limited
+from fastconv.data.datasets import short_name
 from fastconv.train.rundir import (
-    BEST_CHECKPOINT, BEST_MODEL, CONFIG, EVAL, FIGURES, FINAL_MODEL, HISTORY_CSV, HISTORY_JSON, LAST_CHECKPOINT,
-    REPORT, RunDir,
+    BEST_CHECKPOINT, BEST_MODEL, CONFIG, FIGURES, FINAL_MODEL, HISTORY_CSV, HISTORY_JSON, LAST_CHECKPOINT, RunDir,
 )
 
-__all__ = ["main", "build_parser"]
+__all__ = ["add_parsers", "cmd_train", "train_run", "load_data", "resume_hint", "set_threads", "print_lines"]
+
 # name -> (the image side it takes, the constructor in fastconv.models, its options)
 MODELS = {
     "mnist2": (28, "mnist2", {}),
@@ -62,24 +53,18 @@ TRAIN_DEFAULTS = {
 }
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
-# The recipe of `fastconv demo`: mnist2 on the bundled sample.
-DEMO = {
-    "dataset": "mnist-sample", "model": "mnist2", "epochs": 3, "batch_size": 64,
-    "optimizer": "adam", "lr": 3e-3, "momentum": 0.0, "weight_decay": 0.0, "schedule": "onecycle",
-    "step_size": None, "augment": False, "val_fraction": 0.1, "seed": 0, "limit": None,
-}
 
 
 # ------------------------------------------------------------------ helpers
 
 
-def _set_threads(threads):
+def set_threads(threads):
     import fastconv
 
     return fastconv.set_num_threads(threads)
 
 
-def _print(*lines):
+def print_lines(*lines):
     for line in lines:
         print(line, flush=True)
 
@@ -87,7 +72,7 @@ def _print(*lines):
 # ------------------------------------------------------------------ data and model
 
 
-def _load_data(run, data_dir, name=None):
+def load_data(run, data_dir, name=None):
     """(dataset, (x_train, y_train), (x_val, y_val)) of a run (a RunDir): its data set,
     or the one named, with the run's --limit subset of its own, and the validation part
     its configuration holds out."""
@@ -219,19 +204,19 @@ def _merge_config(args, run):
     return config
 
 
-def _resume_hint(run_dir):
+def resume_hint(run_dir):
     return f"resume with: fastconv train --out {run_dir} --resume"
 
 
-def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
+def train_run(config, run_dir, data_dir, threads, resume, overwrite=False):
     """Train as config says into the folder run_dir; return (trainer, dataset, (x_val, y_val))."""
     from fastconv.data import Augment, Normalize
     from fastconv.train.figures import plot_samples
     from fastconv.train import Trainer
 
-    threads = _set_threads(threads)
+    threads = set_threads(threads)
     run = RunDir(run_dir, config=config)
-    dataset, (x_train, y_train), (x_val, y_val) = _load_data(run, data_dir, config["dataset"])
+    dataset, (x_train, y_train), (x_val, y_val) = load_data(run, data_dir, config["dataset"])
     if config.get("model") is None:
         config["model"] = _default_model(dataset)
     model = _build_model(config, dataset)
@@ -259,12 +244,12 @@ def _train(config, run_dir, data_dir, threads, resume, overwrite=False):
     if not resume:
         if run.checkpoint("last").exists() and not overwrite:
             raise UsageError(f"{run.folder} already holds a training run; "
-                             f"{_resume_hint(run.folder)}, or choose another --out")
+                             f"{resume_hint(run.folder)}, or choose another --out")
         run.write_config({**config, "threads": threads, "data_dir": data_dir})
         plot_samples(x_train, y_train, dataset.classes, run.figure("samples"),
                      seed=config["seed"], title=f"A random sample of the {short_name(config['dataset'])} training set")
     val = f"{len(x_val):,} validation" if len(x_val) else "no validation"
-    _print(
+    print_lines(
         f"training {config['model']} ({model.num_parameters():,} parameters) on {config['dataset']}: "
         f"{len(x_train):,} training and {val} images, {threads} thread{'' if threads == 1 else 's'}",
         f"{config['optimizer']} lr {config['lr']:g}"
@@ -294,9 +279,9 @@ def cmd_train(args):
         data_dir, threads = args.data_dir, args.threads
     if args.resume and args.epochs is not None:
         run.write_config({**run.require_config(), "epochs": config["epochs"]})
-    trainer, _, _ = _train(config, run.folder, data_dir, threads, resume=args.resume)
+    trainer, _, _ = train_run(config, run.folder, data_dir, threads, resume=args.resume)
     best = trainer.best
-    _print(
+    print_lines(
         f"done: {trainer.epoch} epochs; best {best['metric'].replace('_', ' ')} {best['value']:.4f} "
         f"at epoch {best['epoch']}",
         f"model: {run.model_path}  history: {run.history_path('csv')}  "
@@ -306,158 +291,11 @@ def cmd_train(args):
     return 0
 
 
-# ------------------------------------------------------------------ evaluate
-
-
-def _evaluate(run, split, which="final", dataset_name=None, data_dir=None, dataset=None, val=None):
-    """Evaluate a run's model on a split; write its eval.json and figures; return the results.
-
-    The data set is ``dataset`` (with its validation part ``val``) when given,
-    else the run's (RunDir.load_dataset) or the one named."""
-    import fastconv
-
-    from fastconv.data import Normalize
-    from fastconv.train.figures import plot_confusion, plot_predictions
-    from fastconv.nn.losses import softmax
-    from fastconv.train import confusion_matrix, evaluate
-
-    model_path = run.model_file(which)
-    model = fastconv.load(model_path)
-    if dataset is None:
-        dataset, _, val = _load_data(run, data_dir, dataset_name)
-    x, y = (dataset.x_test, dataset.y_test) if split == "test" else val
-    if len(x) == 0:
-        raise UsageError(f"the {split} split of {dataset.name} is empty (the run used --val-fraction 0)")
-    expected = tuple(model.meta.get("input_shape", dataset.input_shape))
-    if expected != dataset.input_shape or len(model.meta.get("classes", dataset.classes)) != dataset.num_classes:
-        raise UsageError(
-            f"the model in {run.folder} takes {expected} images in {len(model.meta.get('classes', []))} classes, "
-            f"but {dataset.name} has {dataset.input_shape} images in {dataset.num_classes} classes"
-        )
-    normalize = Normalize.from_meta(model.meta["normalization"]) if "normalization" in model.meta else None
-    result = evaluate(model, x, y, normalize)
-    cm = confusion_matrix(y, result["predictions"], dataset.num_classes)
-    per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
-    report = {
-        "run": str(run.folder),
-        "model_file": model_path.name,
-        "dataset": dataset.name,
-        "split": split,
-        "split_description": dataset.test_split if split == "test" else "the validation part of the training split",
-        "images": int(len(y)),
-        "loss": result["loss"],
-        "accuracy": result["accuracy"],
-        "per_class_accuracy": {c: float(a) for c, a in zip(dataset.classes, per_class)},
-        "classes": list(dataset.classes),
-        "confusion_matrix": cm.tolist(),
-    }
-    run.write_json(EVAL, report)
-    title = f"{model.meta.get('model', 'model')} on the {split} split of {short_name(dataset.name)}"
-    plot_confusion(cm, dataset.classes, run.figure("confusion"), title=f"Confusion matrix: {title}")
-    plot_predictions(x, y, softmax(result["logits"].astype(np.float64)), dataset.classes,
-                     run.figure("predictions"), title=f"{title}")
-    return report
-
-
-def _print_report(report):
-    width = max(len(c) for c in report["classes"])
-    lines = [f"{report['dataset']}, {report['split']} split ({report['split_description']}): "
-             f"{report['images']:,} images, loss {report['loss']:.4f}", "per-class accuracy:"]
-    lines += [f"  {c:<{width}}  {a:.4f}" for c, a in report["per_class_accuracy"].items()]
-    lines.append("confusion matrix (rows: true class, columns: predicted class):")
-    cm = np.array(report["confusion_matrix"])
-    cell = max(len(str(cm.max())), 3)
-    lines.append("  " + " " * width + " " + " ".join(f"{i:>{cell}}" for i in range(len(cm))))
-    lines += [f"  {c:<{width}} " + " ".join(f"{v:>{cell}}" for v in row) for c, row in zip(report["classes"], cm)]
-    _print(*lines)
-
-
-def cmd_evaluate(args):
-    run = RunDir(args.run_dir)
-    run.require_config()
-    report = _evaluate(run, args.split, args.which, dataset_name=args.dataset, data_dir=args.data_dir)
-    _print_report(report)
-    _print(f"results: {run.eval_path}, figures: {run.figure('confusion')}, "
-           f"{run.figure('predictions')}",
-           f"accuracy: {report['accuracy']:.4f}")
-    return 0
-
-
-# ------------------------------------------------------------------ demo
-
-
-def cmd_demo(args):
-    run = RunDir(args.out)
-    config = dict(DEMO)
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
-    if args.limit is not None:
-        config["limit"] = args.limit
-    started = time.perf_counter()
-    _print("fastconv demo: training mnist2 on the MNIST sample bundled with fastconv "
-           "(10,000 training and 2,000 test images of the real MNIST)")
-    trainer, dataset, val = _train(config, run.folder, None, args.threads, resume=False, overwrite=True)
-    report = _evaluate(run, "test", dataset=dataset, val=val)
-    if not args.no_report:
-        from fastconv.cli.report import write_demo_report
-
-        write_demo_report(run.folder)
-    elapsed = time.perf_counter() - started
-    _print(
-        f"test accuracy {report['accuracy']:.2%} on {report['images']:,} MNIST test images "
-        f"({elapsed:.0f} s in all)",
-        f"everything is in {run.folder}/:",
-        f"  {FIGURES['samples']:<22} a random sample of the training images",
-        f"  {FIGURES['history']:<22} loss and accuracy per epoch",
-        f"  {FIGURES['predictions']:<22} predictions on random test images",
-        f"  {FIGURES['confusion']:<22} the confusion matrix on the test images",
-        f"  {FINAL_MODEL:<22} the trained model (fastconv.load)",
-        f"  {HISTORY_CSV + ', ' + Path(HISTORY_JSON).suffix:<22} the numbers behind the curves",
-        f"  {EVAL:<22} test accuracy, per-class accuracy, confusion matrix",
-        f"accuracy: {report['accuracy']:.4f}",
-    )
-    return 0
-
-
-# ------------------------------------------------------------------ info
-
-
-def cmd_info(args):
-    import fastconv
-
-    info = fastconv.build_info()
-    _print(f"fastconv {fastconv.__version__}")
-    for key, value in info.items():
-        if key == "blas":
-            for lib in value:
-                _print(f"blas: {lib.get('internal_api')} {lib.get('version')} "
-                       f"({lib.get('num_threads')} threads, {lib.get('architecture')}) {lib.get('filepath')}")
-            if not value:
-                _print("blas: none found")
-        else:
-            _print(f"{key}: {', '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
-    return 0
-
-
 # ------------------------------------------------------------------ parser
 
 
-def cmd_bench(args):
-    from fastconv import bench
-
-    bench.run(threads=args.threads, batch_size=args.batch_size, quick=not args.full)
-    return 0
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="fastconv",
-        description="Train and evaluate convolutional networks on the CPU with fastconv.",
-        epilog="Run 'fastconv COMMAND --help' for a command's options.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-
+def add_parsers(commands):
+    """Add ``train`` to fastconv's argparse sub-commands."""
     train = commands.add_parser(
         "train", help="train a model and save it with its history, checkpoints and figures",
         description=f"Train a model on a data set. Writes {CONFIG}, {HISTORY_JSON}/{Path(HISTORY_CSV).suffix}, "
@@ -518,88 +356,4 @@ def build_parser():
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN_DIR from its last checkpoint, with its stored options")
     train.set_defaults(handler=cmd_train)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="accuracy, per-class accuracy and confusion matrix of a trained run",
-        description=f"Evaluate RUN_DIR/{FINAL_MODEL} on a split. Prints the accuracy, the per-class "
-                    "accuracy and the confusion matrix, ending with a line 'accuracy: 0.9912'; "
-                    f"writes RUN_DIR/{EVAL}, {FIGURES['confusion']} and {FIGURES['predictions']}.",
-    )
-    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'fastconv train'")
-    evaluate.add_argument("--dataset", help="data set to evaluate on (default: the one the run trained on)")
-    evaluate.add_argument("--data-dir", metavar="DIR", help="folder holding the data sets")
-    evaluate.add_argument("--split", choices=("test", "val"), default="test",
-                          help="test (default) or val, the validation part the run held out")
-    evaluate.add_argument("--which", choices=("final", "best"), default="final",
-                          help=f"the final model ({FINAL_MODEL}, default) or the best on validation ({BEST_MODEL})")
-    evaluate.set_defaults(handler=cmd_evaluate)
-
-    demo = commands.add_parser(
-        "demo", help="train mnist2 on the bundled MNIST sample, evaluate it and draw the figures",
-        description="Train mnist2 on the MNIST sample shipped with fastconv (Adam with a one-cycle "
-                    f"schedule peaking at lr {DEMO['lr']:g}, {DEMO['epochs']} epochs), evaluate it on the sample's 2,000 test images and "
-                    "write the model, history and figures to --out. Needs no download.",
-    )
-    demo.add_argument("--out", default="fastconv-demo", metavar="DIR",
-                      help="folder for the results (default ./fastconv-demo); an earlier demo there is replaced")
-    demo.add_argument("--epochs", type=_positive_int, help=f"epochs (default {DEMO['epochs']})")
-    demo.add_argument("--limit", type=_positive_int,
-                      help="use only N training and N test images, a fixed random subset")
-    demo.add_argument("--threads", type=_positive_int, help="threads (default all cores)")
-    demo.add_argument("--no-report", action="store_true",
-                      help=f"skip {REPORT}, the one-page look inside the model (fastconv report --quick)")
-    demo.set_defaults(handler=cmd_demo)
-
-    info = commands.add_parser("info", help="how fastconv was built: kernels, OpenMP, threads, BLAS",
-                               description="Print fastconv.build_info().")
-    info.set_defaults(handler=cmd_info)
-
-    bench = commands.add_parser(
-        "bench", help="time the kernels and the seeds' nets against the NumPy backend and PyTorch",
-        description="Print fastconv's speed on this machine next to its NumPy backend and, when "
-                    "installed, PyTorch, measured in the same run (under a minute; --full for every "
-                    "layer shape, a few minutes). benchmarks/README.md explains the columns.")
-    bench.add_argument("--threads", type=_positive_int, help="threads (default all cores)")
-    bench.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")
-    bench.add_argument("--full", action="store_true", help="every layer shape and more repeats")
-    bench.set_defaults(handler=cmd_bench)
-
-    # Commands defined next to the tools they run, one import and one call each.
-    from fastconv.cli.viz import add_viz_parser
-    from fastconv.cli import attack as attack_cli
-    from fastconv.cli import report as report_cli
-    from fastconv.cli.imagenet import add_parsers as add_imagenet_parsers
-
-    add_viz_parser(commands)
-    report_cli.add_parsers(commands)
-    attack_cli.add_parsers(commands)
-    add_imagenet_parsers(commands)
-    return parser
-
-
-def main(argv=None):
-    """Run the command line; returns the exit status."""
-    from fastconv.data import DataError
-    from fastconv.train import CheckpointError, TrainingDiverged, TrainingInterrupted
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    run_dir = getattr(args, "out", None) or getattr(args, "run_dir", None)
-    try:
-        return args.handler(args)
-    except TrainingInterrupted as exc:
-        print(f"\n{exc}\n{_resume_hint(run_dir)}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        resumable = args.command in ("train", "demo") and run_dir and RunDir(run_dir).checkpoint("last").exists()
-        hint = f"; the files written so far are complete\n{_resume_hint(run_dir)}" if resumable else ""
-        print(f"\ninterrupted{hint}", file=sys.stderr)
-        return 130
-    except TrainingDiverged as exc:
-        print(f"fastconv: {exc}", file=sys.stderr)
-        return 1
-    except (UsageError, DataError, CheckpointError, ValueError, OSError) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"fastconv {args.command}: error: {message}", file=sys.stderr)
-        return 2
-
+    return train
