@@ -308,7 +308,7 @@ def _predictions(run, settings, scratch):
 
     raw, labels = run.test
     probabilities = run.probabilities
-    path = plot_predictions(raw, labels, probabilities, run.classes, Path(scratch) / "test-predictions.png",
+    path = plot_predictions(raw, labels, probabilities, run.classes, Path(scratch) / "predicted.png",
                             title=f"{run.name}, test images")
     right = probabilities.argmax(axis=1) == labels
     confidence = probabilities.max(axis=1)
