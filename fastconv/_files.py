@@ -1,9 +1,16 @@
-"""Atomic file writes: every file fastconv writes goes through here, so a crash
-or a kill never leaves a half-written model, checkpoint, history or figure."""
+"""Files: every file fastconv writes goes through :func:`atomic_write`, so a
+crash or a kill never leaves a half-written model, checkpoint, history or
+figure; every ``.npz`` it reads goes through :func:`open_npz`, so a damaged
+or foreign file gives one line naming it."""
 import contextlib
+import json
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
+
+__all__ = ["atomic_write", "write_json", "open_npz"]
 
 
 def atomic_write(path, write):
@@ -26,7 +33,74 @@ def atomic_write(path, write):
     return path
 
 
+def write_json(path, data):
+    """Write data as indented JSON (with a final newline) to path atomically; returns path as a Path."""
+    text = json.dumps(data, indent=2) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# zipfile reports some damage as NotImplementedError (a garbled compression
+# method or version) or RuntimeError (a garbled flag that reads as encryption);
+# NumPy as ValueError (a garbled array header) and EOFError (a short array).
+_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
+_FOREIGN = (ValueError, TypeError, KeyError, AttributeError)
+
+
+def _reason(error):
+    """Why an archive could not be read, in words that never advise unpickling."""
+    text = " ".join(str(error).split())
+    if isinstance(error, KeyError):
+        key = error.args[0] if error.args else ""
+        if isinstance(key, str) and key.endswith(" is not a file in the archive"):
+            key = key[:-len(" is not a file in the archive")]
+        return f"it has no {key!r} entry"
+    if "pickle" in text:
+        # NumPy's message here advises allow_pickle=True, which would run code from the file.
+        return "it holds pickled Python objects, which fastconv never loads"
+    if isinstance(error, _DAMAGE):
+        return f"it is damaged or truncated ({text or type(error).__name__})"
+    return text or type(error).__name__
+
+
+@contextlib.contextmanager
+def open_npz(path, what="fastconv model", error=ValueError):
+    """``with open_npz(path) as archive:`` reads an ``.npz`` archive (NumPy's
+    NpzFile) without ever unpickling.
+
+    A missing file raises FileNotFoundError. A file that is damaged (truncated,
+    garbled), is not an ``.npz`` archive, holds pickled objects, or lacks an
+    entry the ``with`` block reads -- any ValueError, KeyError, TypeError,
+    AttributeError, EOFError, OSError, zipfile or zlib error raised inside the
+    block -- raises one ``error`` (a ValueError subclass): "PATH is not a
+    readable WHAT: why".
+    """
+    import numpy as np
+
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        try:
+            head = f.read(6)
+            f.seek(0)
+            if not head:
+                raise _NotAnArchive("it is empty")
+            if head.startswith(b"\x93NUMPY"):
+                raise _NotAnArchive("it holds a single array, not an .npz archive")
+            if not head.startswith(b"PK"):
+                # NumPy would try to unpickle it and advise allow_pickle=True.
+                raise _NotAnArchive("it is not an .npz archive")
+            with np.load(f, allow_pickle=False) as archive:
+                yield archive
+        except _NotAnArchive as reason:
+            raise error(f"{path} is not a readable {what}: {reason}") from None
+        except _DAMAGE + _FOREIGN as problem:
+            raise error(f"{path} is not a readable {what}: {_reason(problem)}") from None
+
+
+class _NotAnArchive(Exception):
+    pass

@@ -126,7 +126,7 @@ def test_a_viz_error_exits_2_naming_the_command(run_dir, tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("fastconv viz: error: ") and "unit 99" in error
     assert main(["viz", "filters", str(tmp_path / "nowhere"), "--out", out]) == 2
-    assert "fastconv viz: error: no model file at" in capsys.readouterr().err
+    assert "fastconv viz: error: no run folder or model file at" in capsys.readouterr().err
 
 
 # Each case: the command, its options with one bad number last, and the text the error must quote.

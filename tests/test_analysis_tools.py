@@ -382,3 +382,13 @@ def test_figures_have_titles_class_names_and_colour_bars(digit_model, rgb_model,
     for name in ("occlusion", "acts", "attr"):
         assert _is_png(tmp_path / f"{name}.png"), name
     assert not list(tmp_path.glob(".fastconv-*")), "temporary files left behind"
+
+
+def test_default_code_layer_is_what_the_classifier_reads():
+    from fastconv.analysis.visualize import default_code_layer
+
+    two_linear = Sequential([L.Flatten(), L.Linear(4, 3, seed=0), L.ReLU(), L.Linear(3, 2, seed=0)])
+    assert default_code_layer(two_linear) == "relu1"
+    assert default_code_layer(Sequential([L.Linear(4, 3, seed=0)])) == "fc1"
+    no_linear = Sequential([L.Conv2d(1, 2, 3, seed=0), L.ReLU(), L.Flatten()])
+    assert default_code_layer(no_linear) == "relu1"

@@ -197,7 +197,7 @@ def test_command_exits_0_and_counts_the_failed_sections(run_dir, tmp_path, capsy
 @pytest.mark.parametrize("make, words", [
     (lambda tmp: tmp / "missing", ["no run folder or model file", "missing"]),
     (lambda tmp: tmp, ["holds no model.npz"]),
-    (lambda tmp: _write(tmp / "model.npz", b"not a model"), ["model.npz", "not a valid fastconv model"]),
+    (lambda tmp: _write(tmp / "model.npz", b"not a model"), ["model.npz", "not a readable fastconv model"]),
 ])
 def test_bad_run_dir_gives_a_one_line_error(tmp_path, capsys, make, words):
     target = make(tmp_path)

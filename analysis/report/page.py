@@ -18,12 +18,10 @@ The images come from the run's data set (the one named in the model's
 metadata, the test split), normalized as the model was trained; a run
 trained with ``--limit`` is shown on the same test images it was evaluated on.
 """
-import argparse
 import base64
 import datetime
 import html
 import io
-import json
 import os
 import tempfile
 import time
@@ -36,6 +34,7 @@ import numpy as np
 from fastconv.nn.losses import softmax
 
 from fastconv.nn import layers as L
+from fastconv.train.rundir import HISTORY_JSON, REPORT, RunDir
 
 from fastconv.analysis import _common as C
 
@@ -93,58 +92,40 @@ COLOUR_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 # -- the run ---------------------------------------------------------------------------------
 
 class Run:
-    """A training run folder: its model, configuration, history and test images.
+    """A training run folder (a :class:`fastconv.train.RunDir`): its model,
+    configuration, history and test images.
 
-    The model, its normalization and the data set are loaded as ``fastconv
-    viz`` loads them (:class:`fastconv.cli.viz._Context`); the data set
-    and the predictions are loaded on first use, so the sections that do
+    The model, the configuration and the history are read at once, so a
+    damaged file stops the report before any section runs. The data set
+    (:meth:`RunDir.load_dataset`: ``dataset``, else the one in the model's
+    metadata, else the configuration's, with the run's --limit subset of its
+    own) and the predictions are loaded on first use, so the sections that do
     not need them still render when the data cannot be found.
     """
 
     def __init__(self, run_dir, dataset=None):
-        from fastconv.cli.viz import _Context
-
-        path = Path(run_dir)
-        if not path.exists():
-            raise ValueError(f"no run folder or model file at {path}")
-        if path.is_dir() and not (path / "model.npz").is_file():
-            raise ValueError(f"{path} holds no model.npz: it is not a finished fastconv run folder "
-                             "(a folder written by 'fastconv train' or 'fastconv demo')")
-        self.folder = path if path.is_dir() else path.parent
-        self.config = _read_json(self.folder / "config.json", {})
-        self.history = _read_json(self.folder / "history.json", None)
-        args = argparse.Namespace(run_dir=str(path), dataset=dataset, split="test", index=[0])
-        self._context = _Context(args)
-        self.model = self._context.model
-        if args.dataset is None and not self.model.meta.get("dataset"):
-            # The run's configuration names the data set of a model whose metadata does not.
-            args.dataset = self.config.get("dataset")
-        # The run's --limit subset applies to the run's own data set only.
-        own_data = dataset is None or dataset == self.config.get("dataset")
-        self._limit = self.config.get("limit") if own_data else None
-        self.normalize = self._context.normalize
+        self.files = RunDir.open(run_dir)
+        self.folder = self.files.folder
+        self.model = self.files.model
+        self.config = self.files.config
+        self.history = self.files.history
+        self.normalize = C.Normalizer.from_model(self.model)
+        self._dataset_option = dataset
+        self._dataset = None
         self._test = None
         self._probabilities = None
 
     @property
     def dataset(self):
-        from fastconv.cli.argtypes import UsageError
-
-        try:
-            return self._context.dataset
-        except UsageError as err:
-            raise ValueError(str(err)) from None
+        if self._dataset is None:
+            self._dataset = self.files.load_dataset(self._dataset_option)
+        return self._dataset
 
     @property
     def test(self):
         """(raw uint8 images, labels) of the test split the run was evaluated on."""
         if self._test is None:
-            from fastconv.data.datasets import limited
-
             raw, labels = self.dataset.x_test, self.dataset.y_test
-            if self._limit:
-                keep = limited(len(labels), self._limit)
-                raw, labels = raw[keep], labels[keep]
             if len(raw) == 0:
                 raise ValueError(f"the test split of {self.dataset.name} is empty")
             self._test = (raw, np.asarray(labels, dtype=np.int64))
@@ -199,15 +180,6 @@ class Run:
         """Raw images as [0, 1] pixels of the model's dtype, as the attacks and optimizers take them."""
         dtype = C.model_dtype(self.model)
         return (raw.astype(np.float64) / self.normalize.scale).astype(dtype)
-
-
-def _read_json(path, default):
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{path} is unreadable: {error}") from None
 
 
 # -- blocks of a section ---------------------------------------------------------------------
@@ -318,7 +290,7 @@ def _training(run, settings, scratch):
     from fastconv.train.figures import plot_history
 
     if not run.history:
-        raise ValueError(f"{run.folder} has no history.json: it was not written by 'fastconv train'")
+        raise ValueError(f"{run.folder} has no {HISTORY_JSON}: it was not written by 'fastconv train'")
     path = plot_history(run.history, Path(scratch) / "history.png", title=f"Training of {run.name}")
     rows = [(r["epoch"], f"{r['lr']:.3g}" if r.get("lr") is not None else "", _number(r.get("train_loss")),
              _percent(r.get("train_accuracy")), _number(r.get("val_loss")), _percent(r.get("val_accuracy")),
@@ -336,7 +308,7 @@ def _predictions(run, settings, scratch):
 
     raw, labels = run.test
     probabilities = run.probabilities
-    path = plot_predictions(raw, labels, probabilities, run.classes, Path(scratch) / "predictions.png",
+    path = plot_predictions(raw, labels, probabilities, run.classes, Path(scratch) / "predicted.png",
                             title=f"{run.name}, test images")
     right = probabilities.argmax(axis=1) == labels
     confidence = probabilities.max(axis=1)
@@ -486,12 +458,13 @@ def _top_images(run, settings, scratch):
                                                     "layer) for many test images, grouped by k-means and laid out "
                                                     "in two dimensions by t-SNE.")
 def _clusters(run, settings, scratch):
-    from fastconv.cli.viz import _default_code_layer
-    from fastconv.analysis.visualize.embedding import cluster, embed, layer_features, snap_to_grid
+    from fastconv.analysis.visualize.embedding import (
+        cluster, default_code_layer, embed, layer_features, snap_to_grid,
+    )
     from fastconv.analysis.visualize.figures import plot_clusters, plot_embedding, plot_embedding_grid
 
     raw, labels = run.test
-    layer = _default_code_layer(run.model)
+    layer = default_code_layer(run.model)
     codes = layer_features(run.model, raw, layer, transform=run.normalize, limit=settings.codes)
     groups = cluster(codes, n_clusters=min(settings.clusters, len(codes)))
     blocks = [_Image(plot_clusters(groups, raw, per_cluster=settings.per_cluster, labels=labels,
@@ -754,7 +727,7 @@ def write_report(run_dir, out, quick=False, settings=None, sections=None, datase
 
     out = Path(out)
     if out.is_dir():
-        raise ValueError(f"{out} is a folder; give the path of the HTML file to write, e.g. {out / 'report.html'}")
+        raise ValueError(f"{out} is a folder; give the path of the HTML file to write, e.g. {out / REPORT}")
     report = build_report(run_dir, quick=quick, settings=settings, sections=sections, dataset=dataset,
                           progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """What a trained network holds: its filters, activations, the images that
 drive each unit most, clusters and maps of its codes, receptive fields, and
 the figures of all of them."""
-from fastconv.analysis.visualize.embedding import Clusters, cluster, embed, layer_features, snap_to_grid
+from fastconv.analysis.visualize.embedding import (
+    Clusters, cluster, default_code_layer, embed, layer_features, snap_to_grid,
+)
 from fastconv.analysis.visualize.feature_maps import Activations, activations
 from fastconv.analysis.visualize.weights import filter_tiles, filters
 from fastconv.analysis.visualize.receptive_field import (
@@ -10,7 +12,8 @@ from fastconv.analysis.visualize.receptive_field import (
 from fastconv.analysis.visualize.units import TopImages, top_images
 
 __all__ = [
-    "Activations", "activations", "Clusters", "cluster", "embed", "layer_features", "snap_to_grid",
+    "Activations", "activations", "Clusters", "cluster", "default_code_layer", "embed", "layer_features",
+    "snap_to_grid",
     "filter_tiles", "filters", "EffectiveField", "effective_receptive_field", "geometry", "theoretical_size",
     "TopImages", "top_images",
 ]

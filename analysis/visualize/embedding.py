@@ -1,5 +1,6 @@
 """Codes: the features a layer computes for many images, grouped and mapped.
 
+* :func:`default_code_layer` is the layer whose codes the classifier reads.
 * :func:`layer_features` streams images through the model and returns the
   flattened output of one layer, (N, D).
 * :func:`cluster` groups those codes with k-means; images near each centre
@@ -28,6 +29,18 @@ def _sklearn():
         raise ImportError(
             "clustering and embeddings need scikit-learn: pip install scikit-learn"
         ) from None
+
+
+def default_code_layer(model):
+    """The layer whose codes the classifier reads: the input of the last Linear
+    layer (the layer before it); for a model without one, the last layer but one."""
+    from fastconv.nn import layers as L
+
+    names = C.layer_names(model)
+    linear = [i for i, (_, layer) in enumerate(model.named_layers()) if isinstance(layer, L.Linear)]
+    if linear and linear[-1] > 0:
+        return names[linear[-1] - 1]
+    return names[-2] if len(names) > 1 else names[-1]
 
 
 def layer_features(model, data, layer, batch_size=256, transform=None, limit=None):

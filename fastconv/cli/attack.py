@@ -7,19 +7,21 @@ robustness curves of a trained run, from the command line.
     fastconv robustness RUN_DIR [OTHER_RUN ...] --methods fgsm pgd deepfool \\
         --eps-list 0 0.1 0.2 0.3 --l2-eps-list 0 1 2 3 --out curves.png
 
-RUN_DIR is a training run folder holding ``model.npz`` (or a model file).
-Images come from the data set named by ``--dataset`` (default: the one in
-the model's metadata, read from the run's ``--data-dir``), as [0, 1]
+RUN_DIR is a training run folder holding ``model.npz`` (or a model file),
+opened as a :class:`fastconv.train.RunDir`. Images come from the data set
+named by ``--dataset`` (default: the one in the model's metadata, else in
+the run's configuration), read from ``--data-dir`` (default: the run's), as [0, 1]
 pixels; the model's normalization is applied inside the attacks. Each
 command writes its figure and, beside it, a JSON file of the numbers.
 """
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from fastconv._files import write_json
 from fastconv.nn.losses import softmax
+from fastconv.train.rundir import CONFIG, FINAL_MODEL, RunDir
 
 from fastconv.cli.argtypes import non_negative_float as _non_negative
 from fastconv.cli.argtypes import non_negative_int as _non_negative_int
@@ -47,37 +49,12 @@ OPTIONS = {
 # ------------------------------------------------------------------ loading
 
 
-class _Run:
-    """A model file and what it says about its data."""
-
-    def __init__(self, path):
-        import fastconv
-
-        path = Path(path)
-        self.folder = path if path.is_dir() else path.parent
-        self.model_path = path / "model.npz" if path.is_dir() else path
-        if not self.model_path.is_file():
-            raise ValueError(f"no model file at {self.model_path} (expected RUN_DIR/model.npz)")
-        self.model = fastconv.load(self.model_path)
-        self.label = path.name if path.is_dir() else path.stem
-        config = self.folder / "config.json"
-        try:
-            self.config = json.loads(config.read_text()) if config.is_file() else {}
-        except (ValueError, OSError):
-            self.config = {}
-
-    def images(self, args):
-        """(images as [0, 1] pixels of the model's dtype, labels, class names) of the chosen split."""
-        from fastconv.data import load_dataset
-
-        name = args.dataset or self.model.meta.get("dataset") or self.config.get("dataset")
-        if not name:
-            raise ValueError("the model's metadata names no data set; pass --dataset NAME "
-                             "(mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH)")
-        data_dir = args.data_dir or self.config.get("data_dir")
-        dataset = load_dataset(name, data_dir=data_dir)
-        raw, labels = (dataset.x_test, dataset.y_test) if args.split == "test" else (dataset.x_train, dataset.y_train)
-        return raw, labels, list(dataset.classes)
+def _images(run, args):
+    """(raw images, labels, class names) of the chosen split of a run's data set: the
+    whole split, as --index counts in it, not the run's --limit subset."""
+    dataset = run.load_dataset(args.dataset, args.data_dir, subset=False)
+    raw, labels = (dataset.x_test, dataset.y_test) if args.split == "test" else (dataset.x_train, dataset.y_train)
+    return raw, labels, list(dataset.classes)
 
 
 def _pixels(raw, model):
@@ -126,11 +103,9 @@ def _json_path(figure, given):
 
 
 def _write_json(path, data):
-    from fastconv._files import atomic_write
-
     path = Path(path)
     os.makedirs(path.parent.resolve(), exist_ok=True)
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    write_json(path, data)
 
 
 def _set_threads(threads):
@@ -149,7 +124,7 @@ def cmd_attack(args):
     from fastconv.analysis.attacks.robustness import attack_report
 
     _set_threads(args.threads)
-    run = _Run(args.run_dir)
+    run = RunDir.open(args.run_dir)
     model = run.model
     method = args.method
     if args.eps is None and method not in ("iterative",) and not A.ATTACKS[method].minimal:
@@ -165,7 +140,7 @@ def cmd_attack(args):
         x = rng.uniform(0, 1, (count,) + tuple(shape)).astype(C.model_dtype(model))
         labels, indices = None, [None] * count
     else:
-        raw, all_labels, classes = run.images(args)
+        raw, all_labels, classes = _images(run, args)
         classes = C.meta_classes(model) or classes
         for i in args.index:
             if not 0 <= i < len(raw):
@@ -236,11 +211,11 @@ def cmd_robustness(args):
     from fastconv.analysis.attacks.robustness import robustness_curve
 
     _set_threads(args.threads)
-    runs = [_Run(path) for path in args.run_dirs]
+    runs = [RunDir.open(path) for path in args.run_dirs]
     labels = [run.label for run in runs]
     if len(set(labels)) != len(labels):
         labels = [str(run.model_path) for run in runs]
-    raw, y, _ = runs[0].images(args)
+    raw, y, _ = _images(runs[0], args)
     count = min(args.limit, len(raw))
     raw, y = raw[:count], y[:count]
     results = {}
@@ -277,7 +252,7 @@ def _data_options(parser):
     parser.add_argument("--dataset", metavar="NAME",
                         help="data set of the images (default: the one in the model's metadata)")
     parser.add_argument("--data-dir", metavar="DIR",
-                        help="folder holding the data sets (default: the run's, from its config.json)")
+                        help=f"folder holding the data sets (default: the run's, from its {CONFIG})")
     parser.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
     parser.add_argument("--threads", type=_positive_int, help="threads (default: all cores)")
     parser.add_argument("--json", metavar="FILE.json", help="where to write the numbers (default: FIG.json)")
@@ -308,7 +283,8 @@ def add_parsers(commands):
         description="Attack images of a run's data set (or noise) and draw, for each, the original, the "
                     "amplified perturbation and the adversarial image with the model's confidences. "
                     "Writes FIG.png and FIG.json.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="training run folder holding model.npz (or a model .npz file)")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help=f"training run folder holding {FINAL_MODEL} (or a model .npz file)")
     p.add_argument("--method", choices=methods, required=True, help=f"the attack: {', '.join(methods)}")
     p.add_argument("--eps", type=_non_negative,
                    help="size of the perturbation in [0, 1] pixels: L-infinity (fgsm, bim, pgd, and a bound "

@@ -7,7 +7,7 @@ some sections failed (they are marked in the page), and says how many did.
 """
 from pathlib import Path
 
-REPORT_FILE = "report.html"
+from fastconv.train.rundir import REPORT, RunDir
 
 
 def add_parsers(commands):
@@ -26,7 +26,7 @@ def add_parsers(commands):
                     "A section that fails is marked in the page and the others still render.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'fastconv train' (or a model .npz file)")
-    p.add_argument("--out", metavar="FILE.html", help=f"where to write the page (default RUN_DIR/{REPORT_FILE})")
+    p.add_argument("--out", metavar="FILE.html", help=f"where to write the page (default RUN_DIR/{REPORT})")
     p.add_argument("--quick", action="store_true",
                    help="fewer images, fewer optimization steps and a smaller t-SNE sample "
                         "(about two minutes for mnist2 on two cores)")
@@ -41,8 +41,7 @@ def add_parsers(commands):
 
 
 def _default_out(run_dir):
-    path = Path(run_dir)
-    return (path if path.is_dir() else path.parent) / REPORT_FILE
+    return RunDir.open(run_dir).report_path
 
 
 def run(args):
@@ -71,6 +70,6 @@ def write_demo_report(run_dir):
     """The quick report of a run written by ``fastconv demo``, in its folder."""
     from fastconv.analysis.report.page import write_report
 
-    report = write_report(run_dir, Path(run_dir) / REPORT_FILE, quick=True)
+    report = write_report(run_dir, RunDir(run_dir).report_path, quick=True)
     _print_outcome(report)
     return report

@@ -1,14 +1,15 @@
 """``fastconv viz TOOL RUN_DIR ... --out FILE.png``: one figure per call.
 
 RUN_DIR is a training run folder holding ``model.npz`` (or the path of a
-model file itself). The images come from the data set named by
-``--dataset``, by default the one recorded in the model's metadata, and are
+model file itself), opened as a :class:`fastconv.train.RunDir`. The images
+come from the data set named by ``--dataset``, by default the one recorded
+in the model's metadata (else in the run's configuration), and are
 normalized as the model was trained (``model.meta``).
 """
 import argparse
-import os
 
 from fastconv.cli import argtypes
+from fastconv.train.rundir import FINAL_MODEL, RunDir
 
 from fastconv.analysis import _common as C
 
@@ -31,33 +32,20 @@ def _usage_error(message):
 
 
 class _Context:
-    """The model, its normalization and the requested data, loaded lazily."""
+    """The run, its model and normalization, and the requested data, loaded lazily."""
 
     def __init__(self, args):
-        import fastconv
-
         self.args = args
-        path = args.run_dir
-        if os.path.isdir(path):
-            path = os.path.join(path, "model.npz")
-        if not os.path.exists(path):
-            raise _usage_error(f"no model file at {path} (expected RUN_DIR/model.npz)")
-        self.model = fastconv.load(path)
+        self.run = RunDir.open(args.run_dir)
+        self.model = self.run.model
         self.normalize = C.Normalizer.from_model(self.model)
         self._dataset = None
 
     @property
     def dataset(self):
         if self._dataset is None:
-            from fastconv.data import load_dataset
-
-            name = self.args.dataset or self.model.meta.get("dataset")
-            if not name:
-                raise _usage_error(
-                    "the model's metadata names no data set; pass --dataset NAME "
-                    "(mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH)"
-                )
-            self._dataset = load_dataset(name)
+            # --index counts in the whole split, not in the run's --limit subset.
+            self._dataset = self.run.load_dataset(self.args.dataset, subset=False)
         return self._dataset
 
     def images(self):
@@ -68,7 +56,7 @@ class _Context:
         meta_classes = C.meta_classes(self.model)
         if meta_classes is not None:
             return meta_classes
-        return list(self.dataset.classes) if self.args.dataset or self.model.meta.get("dataset") else None
+        return list(self.dataset.classes) if self.run.dataset_name(self.args.dataset) else None
 
     def selected(self):
         """Raw images, model inputs and labels of the ``--index`` images."""
@@ -86,7 +74,8 @@ class _Context:
 
 
 def _add_common(parser, data=True, index=True, many=False):
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="training run folder holding model.npz (or a model .npz file)")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help=f"training run folder holding {FINAL_MODEL} (or a model .npz file)")
     parser.add_argument("--out", required=True, metavar="FILE.png", help="where to write the figure (PNG)")
     if data:
         parser.add_argument("--dataset", default=None, metavar="NAME",
@@ -95,17 +84,6 @@ def _add_common(parser, data=True, index=True, many=False):
     if index:
         parser.add_argument("--index", type=int, nargs="+" if many else 1, default=[0], metavar="I",
                             help="index of the image%s in the split (default: 0)" % ("s" if many else ""))
-
-
-def _default_code_layer(model):
-    """The input of the last Linear layer: the codes the classifier reads."""
-    from fastconv.nn import layers as L
-
-    names = C.layer_names(model)
-    linear = [i for i, (_, layer) in enumerate(model.named_layers()) if isinstance(layer, L.Linear)]
-    if linear and linear[-1] > 0:
-        return names[linear[-1] - 1]
-    return names[-2] if len(names) > 1 else names[-1]
 
 
 @_tool("filters", "first-layer filters as image tiles, deeper layers per input channel")
@@ -143,11 +121,11 @@ def _top_images(ctx, args):
 
 @_tool("clusters", "k-means clusters of a layer's codes as image montages")
 def _clusters(ctx, args):
-    from fastconv.analysis.visualize.embedding import cluster, layer_features
+    from fastconv.analysis.visualize.embedding import cluster, default_code_layer, layer_features
     from fastconv.analysis.visualize.figures import plot_clusters
 
     raw, labels = ctx.images()
-    layer = args.layer or _default_code_layer(ctx.model)
+    layer = args.layer or default_code_layer(ctx.model)
     codes = layer_features(ctx.model, raw, layer, transform=ctx.normalize, limit=args.limit)
     groups = cluster(codes, n_clusters=args.clusters, seed=args.seed)
     which = None if args.show is None else range(min(args.show, args.clusters))
@@ -157,11 +135,11 @@ def _clusters(ctx, args):
 
 @_tool("embedding", "t-SNE or PCA map of a layer's codes, as a class-coloured scatter or a thumbnail grid")
 def _embedding(ctx, args):
-    from fastconv.analysis.visualize.embedding import embed, layer_features, snap_to_grid
+    from fastconv.analysis.visualize.embedding import default_code_layer, embed, layer_features, snap_to_grid
     from fastconv.analysis.visualize.figures import plot_embedding, plot_embedding_grid
 
     raw, labels = ctx.images()
-    layer = args.layer or _default_code_layer(ctx.model)
+    layer = args.layer or default_code_layer(ctx.model)
     codes = layer_features(ctx.model, raw, layer, transform=ctx.normalize, limit=args.limit)
     points = embed(codes, method=args.method, seed=args.seed)
     name = "t-SNE" if args.method == "tsne" else "PCA"
@@ -553,12 +531,16 @@ def add_viz_parser(subparsers):
     return viz
 
 
+# The name every command module gives the function that adds its commands.
+add_parsers = add_viz_parser
+
+
 def run(args):
     """Run the viz tool chosen on the command line; returns the exit status."""
     from fastconv.data import DataError
 
-    ctx = _Context(args)
     try:
+        ctx = _Context(args)
         args.viz_function(ctx, args)
     except (ValueError, ImportError, DataError) as err:
         raise _usage_error(str(err)) from None

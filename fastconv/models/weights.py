@@ -43,13 +43,12 @@ import math
 import os
 import re
 import zipfile
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
 from fastconv.models import imagenet
-from fastconv._files import atomic_write
+from fastconv._files import atomic_write, open_npz
 from fastconv.nn.layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
 
 __all__ = [
@@ -277,20 +276,15 @@ def _read_pytorch(path):
 
 
 def _read_npz(path):
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ValueError("it holds a single array, not named weights")
-            names = archive.files
-            metadata = {}
-            if _METADATA_ENTRY in names:
-                metadata = json.loads(archive[_METADATA_ENTRY].item())
-            elif "meta" in names and "architecture" in names:
-                metadata = json.loads(archive["meta"].item())
-            skipped = (_METADATA_ENTRY,) + (_FASTCONV_MODEL_ENTRIES if "architecture" in names else ())
-            tensors = {name: archive[name] for name in names if name not in skipped}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        raise ValueError(f"{path} is not a readable .npz file (truncated or corrupt?): {error}") from None
+    with open_npz(path, ".npz weights file") as archive:
+        names = archive.files
+        metadata = {}
+        if _METADATA_ENTRY in names:
+            metadata = json.loads(archive[_METADATA_ENTRY].item())
+        elif "meta" in names and "architecture" in names:
+            metadata = json.loads(archive["meta"].item())
+        skipped = (_METADATA_ENTRY,) + (_FASTCONV_MODEL_ENTRIES if "architecture" in names else ())
+        tensors = {name: archive[name] for name in names if name not in skipped}
     return tensors, metadata if isinstance(metadata, dict) else {}
 
 

@@ -13,13 +13,11 @@ import contextlib
 import copy
 import json
 import os
-import zipfile
-import zlib
 
 import numpy as np
 
 from fastconv import _checks
-from fastconv._files import atomic_write
+from fastconv._files import atomic_write, open_npz
 from fastconv.nn.layers import LAYER_TYPES, BatchNorm2d, Layer, ReLU, _float_dtype
 
 __all__ = ["Sequential", "load", "FORMAT", "FORMAT_VERSION"]
@@ -440,23 +438,14 @@ def load(path):
     one that is not a fastconv model, raises ValueError naming the file.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        try:
-            with np.load(f, allow_pickle=False) as archive:
-                if not hasattr(archive, "files"):
-                    raise ValueError("it holds a single array, not a model archive")
-                names = set(archive.files)
-                if "architecture" not in names:
-                    raise ValueError("it has no 'architecture' entry")
-                architecture = json.loads(archive["architecture"].item())
-                meta = json.loads(archive["meta"].item()) if "meta" in names else {}
-                state = {k: archive[k] for k in archive.files if k not in _RESERVED_ENTRIES}
-            model = _build(architecture)
-            model.meta = meta
-            model.load_state_dict(state)
-        # zipfile reports some damage as NotImplementedError (a garbled compression
-        # method or version) or RuntimeError (a garbled flag that reads as encryption).
-        except (ValueError, TypeError, KeyError, AttributeError, OSError, EOFError,
-                zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
-            raise ValueError(f"{path} is not a valid fastconv model file: {error}") from error
+    with open_npz(path, "fastconv model") as archive:
+        names = set(archive.files)
+        if "architecture" not in names:
+            raise ValueError("it has no 'architecture' entry")
+        architecture = json.loads(archive["architecture"].item())
+        meta = json.loads(archive["meta"].item()) if "meta" in names else {}
+        state = {k: archive[k] for k in archive.files if k not in _RESERVED_ENTRIES}
+        model = _build(architecture)
+        model.meta = meta
+        model.load_state_dict(state)
     return model

@@ -27,21 +27,20 @@ disk stay whole). ``fit(..., resume=True)`` continues from
 that was never interrupted, for a given seed and thread count.
 """
 import contextlib
-import csv
-import io
 import json
 import math
 import signal
 import threading
 import time
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from fastconv._files import atomic_write
+from fastconv._files import atomic_write, open_npz
 from fastconv.nn.losses import CrossEntropyLoss
+from fastconv.train.rundir import (  # noqa: F401 -- HISTORY_COLUMNS: re-exported
+    BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL, HISTORY_COLUMNS, LAST_CHECKPOINT, TRAINING_FILES, RunDir,
+)
 
 __all__ = [
     "Trainer", "train", "evaluate", "confusion_matrix",
@@ -52,14 +51,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "fastconv.checkpoint"
 CHECKPOINT_VERSION = 1
-LAST_CHECKPOINT = "checkpoint-last.npz"
-BEST_CHECKPOINT = "checkpoint-best.npz"
-FINAL_MODEL = "model.npz"
-BEST_MODEL = "best_model.npz"
-HISTORY_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-    "seconds", "images_per_second",
-]
 
 
 class CheckpointError(ValueError):
@@ -126,8 +117,8 @@ def load_checkpoint(path):
     """The state dict written by save_checkpoint; CheckpointError naming the file if unreadable."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files") or "checkpoint" not in archive.files:
+        with open_npz(path, "fastconv checkpoint", error=CheckpointError) as archive:
+            if "checkpoint" not in archive.files:
                 raise ValueError("it has no 'checkpoint' entry")
             header = json.loads(archive["checkpoint"].item())
             if header.get("format") != CHECKPOINT_FORMAT:
@@ -135,28 +126,9 @@ def load_checkpoint(path):
             if header.get("version") != CHECKPOINT_VERSION:
                 raise ValueError(f"format version {header.get('version')!r} is not supported")
             arrays = {k: archive[k] for k in archive.files if k != "checkpoint"}
-        return _unpack(header["state"], arrays)
+            return _unpack(header["state"], arrays)
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    # zipfile reports some damage as NotImplementedError (a garbled compression
-    # method or version) or RuntimeError (a garbled flag that reads as encryption).
-    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-            NotImplementedError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is not a readable fastconv checkpoint: {exc}") from None
-
-
-def _write_history(run_dir, history):
-    atomic_write(run_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
-
-    def write_csv(f):
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for record in history:
-            writer.writerow({k: ("" if record.get(k) is None else record[k]) for k in HISTORY_COLUMNS})
-        f.write(text.getvalue().encode())
-
-    atomic_write(run_dir / "history.csv", write_csv)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -253,7 +225,9 @@ class Trainer:
         ``'epoch'`` or ``'step'`` (after every batch); default ``'step'`` for
         ``OneCycleLR`` and ``'epoch'`` for the others.
     run_dir, overwrite
-        Folder for history, checkpoints and models (None: write nothing).
+        Folder for history, checkpoints and models, a path or a
+        ``fastconv.train.RunDir`` (None: write nothing; ``trainer.files`` is
+        the RunDir that names them).
         A folder that already holds a run is refused unless ``overwrite`` or
         ``fit(resume=True)``.
     progress
@@ -293,7 +267,10 @@ class Trainer:
         self.normalize = normalize
         self.augment = augment
         self.schedule_interval = schedule_interval
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if run_dir is not None and not isinstance(run_dir, RunDir):
+            run_dir = RunDir(run_dir)
+        self.files = run_dir
+        self.run_dir = run_dir.folder if run_dir is not None else None
         self.overwrite = overwrite
         self.eval_batch_size = eval_batch_size
         self.progress = progress
@@ -388,9 +365,9 @@ class Trainer:
             self.log(f"note: {source} was written with {state['threads']} threads, now {threads}; "
                      f"results may differ in the last bits from an uninterrupted run")
 
-    def _checkpoint(self, name):
-        if self.run_dir is not None:
-            return save_checkpoint(self.run_dir / name, self.state())
+    def _checkpoint(self, which):
+        if self.files is not None:
+            return save_checkpoint(self.files.checkpoint(which), self.state())
         return None
 
     # -- interrupts ----------------------------------------------------------
@@ -416,9 +393,9 @@ class Trainer:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
     def _stop(self):
-        path = self._checkpoint(LAST_CHECKPOINT)
-        if self.run_dir is not None:
-            _write_history(self.run_dir, self.history)
+        path = self._checkpoint("last")
+        if self.files is not None:
+            self.files.write_history(self.history)
         where = (f"after batch {self.batch} of epoch {self.epoch + 1}" if self.batch
                  else f"at the end of epoch {self.epoch}")
         saved = f"; the state {where} is saved in {path}" if path else ""
@@ -436,24 +413,13 @@ class Trainer:
             raise ValueError(f"{what} set is empty")
         return y.astype(np.int64)
 
-    def _remove_stale_temporaries(self):
-        """Delete the temporary files of this trainer's writes that a killed run left
-        behind (atomic_write names them .<file>.<random>.tmp)."""
-        if not self.run_dir.is_dir():
-            return
-        names = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, "history.json", "history.csv")
-        for path in self.run_dir.glob(".*.tmp"):
-            if any(path.name.startswith(f".{name}.") for name in names):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-
     def _prepare_run_dir(self, resume):
         if self.run_dir is None:
             if resume:
                 raise CheckpointError("resume needs a run_dir to resume from")
             return False
-        last = self.run_dir / LAST_CHECKPOINT
-        self._remove_stale_temporaries()
+        last = self.files.checkpoint("last")
+        self.files.remove_stale_temporaries(TRAINING_FILES)
         if resume:
             if not last.is_file():
                 raise CheckpointError(f"nothing to resume: {last} does not exist")
@@ -503,9 +469,9 @@ class Trainer:
                 self._end_epoch(record)
                 if self._stop_requested and self.epoch < epochs:
                     self._stop()
-        if self.run_dir is not None:
+        if self.files is not None:
             self.model.save(self.run_dir / FINAL_MODEL)
-            _write_history(self.run_dir, self.history)
+            self.files.write_history(self.history)
         return self.history
 
     def _run_epoch(self, x, y, epochs, x_val, y_val):
@@ -598,16 +564,16 @@ class Trainer:
         line += (f" | lr {record['lr']:.3g} | {record['images_per_second']:.0f} img/s, "
                  f"{record['seconds']:.1f} s")
         self.log(line)
-        if self.run_dir is not None:
-            _write_history(self.run_dir, self.history)
+        if self.files is not None:
+            self.files.write_history(self.history)
             # The last checkpoint goes last: a run killed before it resumes from
             # the previous epoch and writes the best files again, whereas one
             # killed between it and the best files would resume believing in a
             # best model that was never written.
             if improved:
-                self._checkpoint(BEST_CHECKPOINT)
+                self._checkpoint("best")
                 self.model.save(self.run_dir / BEST_MODEL)
-            self._checkpoint(LAST_CHECKPOINT)
+            self._checkpoint("last")
         for callback in self.callbacks:
             hook = getattr(callback, "on_epoch_end", None)
             if hook is not None:

@@ -1,0 +1,359 @@
+"""``fastconv train``: train a model into a run folder, or resume it.
+
+    fastconv train --dataset mnist --model mnist2 --epochs 8 --optimizer sgd --lr 0.08 --out runs/mnist
+    fastconv train --out runs/mnist --resume
+
+Also what every command that trains shares: the built-in models and
+optimizers, the data of a run (its --limit subset and validation part), and
+the training itself (``train_run``, which ``fastconv demo`` calls too).
+"""
+from pathlib import Path
+
+from fastconv.cli.argtypes import UsageError
+from fastconv.cli.argtypes import fraction as _fraction
+from fastconv.cli.argtypes import non_negative_float as _non_negative_float
+from fastconv.cli.argtypes import non_negative_int as _non_negative_int
+from fastconv.cli.argtypes import positive_int as _positive_int
+from fastconv.data.datasets import short_name
+from fastconv.train.rundir import (
+    BEST_CHECKPOINT, BEST_MODEL, CONFIG, FIGURES, FINAL_MODEL, HISTORY_CSV, HISTORY_JSON, LAST_CHECKPOINT, RunDir,
+)
+
+__all__ = ["add_parsers", "cmd_train", "train_run", "load_data", "resume_hint", "set_threads", "print_lines"]
+
+# name -> (the image side it takes, the constructor in fastconv.models, its options)
+MODELS = {
+    "mnist2": (28, "mnist2", {}),
+    "mnist2-bn": (28, "mnist2", {"batchnorm": True}),
+    "cifar6": (32, "cifar6", {}),
+}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+
+# Options that define a run: a resumed run keeps them (see _merge_config).
+TRAIN_DEFAULTS = {
+    "dataset": None,
+    "model": None,
+    "epochs": 10,
+    "batch_size": 64,
+    "optimizer": "adam",
+    "lr": None,
+    "momentum": 0.0,
+    "weight_decay": None,
+    "schedule": "none",
+    "step_size": None,
+    "augment": False,
+    "val_fraction": 0.1,
+    "seed": 0,
+    "limit": None,
+    "adversarial": None,
+    "adv_eps": None,
+    "adv_steps": None,
+    "init": "he",
+}
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def set_threads(threads):
+    import fastconv
+
+    return fastconv.set_num_threads(threads)
+
+
+def print_lines(*lines):
+    for line in lines:
+        print(line, flush=True)
+
+
+# ------------------------------------------------------------------ data and model
+
+
+def load_data(run, data_dir, name=None):
+    """(dataset, (x_train, y_train), (x_val, y_val)) of a run (a RunDir): its data set,
+    or the one named, with the run's --limit subset of its own, and the validation part
+    its configuration holds out."""
+    from fastconv.data import stratified_split
+
+    config = run.config
+    dataset = run.load_dataset(name, data_dir)
+    x, y = dataset.x_train, dataset.y_train
+    train_idx, val_idx = stratified_split(y, config["val_fraction"], seed=config["seed"])
+    return dataset, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+
+
+def _check_model_fits(model_name, dataset):
+    channels, height, width = dataset.input_shape
+    side = MODELS[model_name][0]
+    if (height, width) != (side, side):
+        fits = [name for name, (s, _, _) in MODELS.items() if (s, s) == (height, width)]
+        hint = f"; use --model {fits[0]}" if fits else ""
+        raise UsageError(
+            f"model {model_name} takes {side}x{side} images, but {dataset.name} has {height}x{width} images{hint}"
+        )
+
+
+def _default_model(dataset):
+    _, height, width = dataset.input_shape
+    for name, (side, _, _) in MODELS.items():
+        if (height, width) == (side, side):
+            return name
+    raise UsageError(
+        f"{dataset.name} has {height}x{width} images; the built-in models take "
+        + " or ".join(f"{s}x{s} ({n})" for n, (s, _, _) in MODELS.items())
+    )
+
+
+def _build_model(config, dataset):
+    from fastconv import models
+
+    _check_model_fits(config["model"], dataset)
+    _, constructor, options = MODELS[config["model"]]
+    model = getattr(models, constructor)(
+        num_classes=dataset.num_classes, in_channels=dataset.input_shape[0], seed=config["seed"],
+        init=config.get("init", "he"), **options)
+    model.meta.update({
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "classes": list(dataset.classes),
+        "input_shape": list(dataset.input_shape),
+    })
+    return model
+
+
+def _build_optimizer(config, model, steps_per_epoch):
+    from fastconv import optim
+
+    name, lr, wd = config["optimizer"], config["lr"], config["weight_decay"]
+    if name == "sgd":
+        opt = optim.SGD(model, lr=lr, momentum=config["momentum"], weight_decay=wd)
+    elif name == "adam":
+        opt = optim.Adam(model, lr=lr, weight_decay=wd)
+    else:
+        opt = optim.AdamW(model, lr=lr, weight_decay=wd)
+    epochs, schedule = config["epochs"], config["schedule"]
+    if schedule == "step":
+        sched = optim.StepLR(opt, step_size=config["step_size"], gamma=0.1)
+    elif schedule == "cosine":
+        sched = optim.CosineAnnealingLR(opt, T_max=epochs)
+    elif schedule == "onecycle":
+        sched = optim.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                 cycle_momentum=name != "sgd" or config["momentum"] > 0)
+    else:
+        sched = None
+    return opt, sched
+
+
+# ------------------------------------------------------------------ train
+
+
+class _FigureWriter:
+    """Redraws the training curves after every epoch."""
+
+    def __init__(self, path, title):
+        self.path = path
+        self.title = title
+
+    def on_epoch_end(self, trainer, record):
+        from fastconv.train.figures import plot_history
+
+        plot_history(trainer.history, self.path, title=self.title)
+
+
+def _merge_config(args, run):
+    """The run's configuration: stored (on --resume) or from the options and defaults."""
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    if not args.resume:
+        if "dataset" not in given:
+            raise UsageError("--dataset is required (mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH)")
+        config = {**TRAIN_DEFAULTS, **given}
+        if "momentum" in given and config["optimizer"] != "sgd":
+            raise UsageError(f"--momentum is for --optimizer sgd; {config['optimizer']} has betas instead")
+        if "step_size" in given and config["schedule"] != "step":
+            raise UsageError("--step-size is for --schedule step")
+        if ("adversarial" in given) != ("adv_eps" in given):
+            raise UsageError("--adversarial fgsm|pgd and --adv-eps EPS go together: EPS is the size of the "
+                             "perturbations in [0, 1] pixels (e.g. 0.3 for MNIST, 0.03 for CIFAR-10)")
+        if "adv_steps" in given and config["adversarial"] != "pgd":
+            raise UsageError("--adv-steps is for --adversarial pgd (FGSM takes one step)")
+        config["lr"] = config["lr"] if config["lr"] is not None else DEFAULT_LR[config["optimizer"]]
+        if config["weight_decay"] is None:
+            config["weight_decay"] = DEFAULT_WEIGHT_DECAY[config["optimizer"]]
+        if config["schedule"] == "step" and config["step_size"] is None:
+            # Fixed now, so that resuming with more epochs keeps the steps where they were.
+            config["step_size"] = max(1, config["epochs"] // 3)
+        return config
+    config = run.require_config()
+    for key, value in given.items():
+        stored = config.get(key)
+        if key == "epochs" and value != stored:
+            if config["schedule"] in ("cosine", "onecycle"):
+                raise UsageError(
+                    f"{run.folder} uses the {config['schedule']} schedule, which is laid out for "
+                    f"--epochs {stored}; it cannot be changed on --resume"
+                )
+            config["epochs"] = value
+        elif value != stored:
+            raise UsageError(
+                f"{run.folder} was started with --{key.replace('_', '-')} {stored}, not {value}; "
+                f"drop the option to resume it, or start a new run with another --out"
+            )
+    return config
+
+
+def resume_hint(run_dir):
+    return f"resume with: fastconv train --out {run_dir} --resume"
+
+
+def train_run(config, run_dir, data_dir, threads, resume, overwrite=False):
+    """Train as config says into the folder run_dir; return (trainer, dataset, (x_val, y_val))."""
+    from fastconv.data import Augment, Normalize
+    from fastconv.train.figures import plot_samples
+    from fastconv.train import Trainer
+
+    threads = set_threads(threads)
+    run = RunDir(run_dir, config=config)
+    dataset, (x_train, y_train), (x_val, y_val) = load_data(run, data_dir, config["dataset"])
+    if config.get("model") is None:
+        config["model"] = _default_model(dataset)
+    model = _build_model(config, dataset)
+    steps_per_epoch = -(-len(x_train) // config["batch_size"])
+    optimizer, schedule = _build_optimizer(config, model, steps_per_epoch)
+    normalize = Normalize.fit(x_train)
+    augment = None
+    if config["augment"]:
+        # Mirrored digits are other symbols; clothes and photos survive the flip.
+        augment = Augment(padding=4 if dataset.input_shape[1] >= 32 else 2,
+                          flip=config["dataset"] not in ("mnist", "mnist-sample"))
+    adversarial = None
+    if config.get("adversarial"):
+        from fastconv.analysis.attacks.robustness import AdversarialTraining
+
+        adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"],
+                                          steps=config.get("adv_steps") or AdversarialTraining.PGD_STEPS)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    title = f"{config['model']} on {short_name(config['dataset'])}"
+    trainer = Trainer(
+        model, optimizer, schedule=schedule, batch_size=config["batch_size"], seed=config["seed"],
+        normalize=normalize, augment=augment, run_dir=run, overwrite=overwrite,
+        callbacks=[_FigureWriter(run.figure("history"), title)], adversarial=adversarial,
+    )
+    if not resume:
+        if run.checkpoint("last").exists() and not overwrite:
+            raise UsageError(f"{run.folder} already holds a training run; "
+                             f"{resume_hint(run.folder)}, or choose another --out")
+        run.write_config({**config, "threads": threads, "data_dir": data_dir})
+        plot_samples(x_train, y_train, dataset.classes, run.figure("samples"),
+                     seed=config["seed"], title=f"A random sample of the {short_name(config['dataset'])} training set")
+    val = f"{len(x_val):,} validation" if len(x_val) else "no validation"
+    print_lines(
+        f"training {config['model']} ({model.num_parameters():,} parameters) on {config['dataset']}: "
+        f"{len(x_train):,} training and {val} images, {threads} thread{'' if threads == 1 else 's'}",
+        f"{config['optimizer']} lr {config['lr']:g}"
+        + (f" momentum {config['momentum']:g}" if config["optimizer"] == "sgd" else "")
+        + (f" weight decay {config['weight_decay']:g}" if config["weight_decay"] else "")
+        + f", schedule {config['schedule']}"
+        + (f" every {config['step_size']} epochs" if config["schedule"] == "step" else "")
+        + f", batch size {config['batch_size']}, {config['epochs']} epochs of {steps_per_epoch} batches"
+        + (f", augmentation {augment}" if augment else "")
+        + (f", {adversarial}" if adversarial else ""),
+        f"data: {dataset.source}; test split: {dataset.test_split}",
+        f"run folder: {run.folder}",
+    )
+    val_args = (x_val, y_val) if len(x_val) else (None, None)
+    trainer.fit(x_train, y_train, config["epochs"], *val_args, resume=resume)
+    return trainer, dataset, (x_val, y_val)
+
+
+def cmd_train(args):
+    run = RunDir(args.out)
+    config = _merge_config(args, run)
+    if args.resume:
+        stored = run.require_config()
+        data_dir = run.data_dir(args.data_dir)
+        threads = args.threads if args.threads is not None else stored.get("threads")
+    else:
+        data_dir, threads = args.data_dir, args.threads
+    if args.resume and args.epochs is not None:
+        run.write_config({**run.require_config(), "epochs": config["epochs"]})
+    trainer, _, _ = train_run(config, run.folder, data_dir, threads, resume=args.resume)
+    best = trainer.best
+    print_lines(
+        f"done: {trainer.epoch} epochs; best {best['metric'].replace('_', ' ')} {best['value']:.4f} "
+        f"at epoch {best['epoch']}",
+        f"model: {run.model_path}  history: {run.history_path('csv')}  "
+        f"curves: {run.figure('history')}",
+        f"evaluate with: fastconv evaluate {run.folder}",
+    )
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def add_parsers(commands):
+    """Add ``train`` to fastconv's argparse sub-commands."""
+    train = commands.add_parser(
+        "train", help="train a model and save it with its history, checkpoints and figures",
+        description=f"Train a model on a data set. Writes {CONFIG}, {HISTORY_JSON}/{Path(HISTORY_CSV).suffix}, "
+                    f"{LAST_CHECKPOINT}, {BEST_CHECKPOINT}, {FINAL_MODEL}, {BEST_MODEL}, "
+                    f"{FIGURES['samples']} and {FIGURES['history']} to the --out folder. "
+                    "Ctrl-C stops after the current batch and saves a checkpoint; "
+                    "'fastconv train --out RUN_DIR --resume' continues from it.",
+    )
+    train.add_argument("--dataset", help="mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH "
+                                         "(PATH/<class>/<image>, or a .tar.gz of such a folder)")
+    train.add_argument("--model", choices=sorted(MODELS),
+                       help="network: mnist2 (28x28 images), mnist2-bn (mnist2 with batch norm after each "
+                            "convolution's ReLU) or cifar6 (32x32); default: the one that fits")
+    train.add_argument("--init", choices=("he", "torch"),
+                       help="initialization: he (Kaiming normal for layers followed by a ReLU, the default) "
+                            "or torch (PyTorch's layer defaults, as a PyTorch script without explicit "
+                            "initialization)")
+    train.add_argument("--epochs", type=_positive_int, help=f"epochs (default {TRAIN_DEFAULTS['epochs']})")
+    train.add_argument("--batch-size", type=_positive_int,
+                       help=f"mini-batch size (default {TRAIN_DEFAULTS['batch_size']})")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
+    train.add_argument("--lr", type=_non_negative_float,
+                       help="learning rate (default 0.01 for sgd, 0.001 for adam and adamw); "
+                            "the peak rate for --schedule onecycle")
+    train.add_argument("--momentum", type=_non_negative_float, help="SGD momentum (default 0)")
+    train.add_argument("--weight-decay", type=_non_negative_float,
+                       help="weight decay (default 0; 0.01 for adamw)")
+    train.add_argument("--schedule", choices=SCHEDULES,
+                       help="learning-rate schedule: step (x0.1 every --step-size epochs), cosine "
+                            "(to 0 over the epochs), onecycle (per batch) or none (default)")
+    train.add_argument("--step-size", type=_positive_int,
+                       help="epochs between steps of --schedule step (default a third of the epochs)")
+    train.add_argument("--augment", action="store_const", const=True,
+                       help="random crops (zero padding 4, or 2 for 28x28 images) and, except for MNIST, "
+                            "horizontal flips")
+    train.add_argument("--val-fraction", type=_fraction,
+                       help="stratified part of the training split held out for validation (default 0.1)")
+    train.add_argument("--seed", type=_non_negative_int,
+                       help="seed of the initialization, split, shuffling and augmentation (default 0)")
+    train.add_argument("--limit", type=_positive_int,
+                       help="use only N training and N test images, a fixed random subset (quick trials)")
+    train.add_argument("--threads", type=_positive_int,
+                       help="threads for the kernels and BLAS (default all cores; results are "
+                            "reproducible for a given seed and thread count)")
+    train.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for everything the run writes")
+    train.add_argument("--data-dir", metavar="DIR",
+                       help="folder holding the data sets (default $FASTCONV_DATA or ~/.cache/fastconv, "
+                            "then system locations); missing files are downloaded there")
+    train.add_argument("--adversarial", choices=("fgsm", "pgd"),
+                       help="adversarial training: half of every batch is replaced by FGSM or PGD "
+                            "(random start) adversarial examples of its images; needs --adv-eps")
+    train.add_argument("--adv-eps", type=_non_negative_float, metavar="EPS",
+                       help="L-infinity size of the adversarial training perturbations, in pixels "
+                            "scaled to [0, 1] (e.g. 0.3 for MNIST, 0.03 for CIFAR-10)")
+    train.add_argument("--adv-steps", type=_positive_int, metavar="N",
+                       help="steps of the PGD attack of --adversarial pgd (default 7; fewer is "
+                            "cheaper: each step is a forward and backward pass of half the batch)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in RUN_DIR from its last checkpoint, with its stored options")
+    train.set_defaults(handler=cmd_train)
+    return train

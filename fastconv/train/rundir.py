@@ -1,0 +1,286 @@
+"""A training run folder: the names of its files, and how they are read and written.
+
+``fastconv train --out RUN`` (the :class:`~fastconv.train.Trainer` and the
+command line) fills a folder that every other command reads::
+
+    config.json                the options the run was started with
+    history.json, history.csv  one record per epoch
+    checkpoint-last.npz        where an interrupted run resumes
+    checkpoint-best.npz        the state at the best epoch
+    model.npz, best_model.npz  the final and the best model (fastconv.load)
+    eval.json                  what 'fastconv evaluate' measured
+    train_samples.png, training_curves.png, predictions.png, confusion_matrix.png
+    report.html                the page of 'fastconv report'
+
+:class:`RunDir` is the only code that knows these names. ``RunDir.open(path)``
+takes a run folder or a model ``.npz`` file; its files are read when first
+asked for, and written atomically. It also decides where a run's images come
+from: :meth:`RunDir.dataset_name` and :meth:`RunDir.load_dataset`.
+"""
+import csv
+import io
+import json
+from pathlib import Path
+
+from fastconv._files import atomic_write, write_json
+
+__all__ = [
+    "RunDir", "NotARunError",
+    "CONFIG", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
+    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "FIGURES", "TRAINING_FILES",
+]
+
+CONFIG = "config.json"
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+HISTORY_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "seconds", "images_per_second",
+]
+LAST_CHECKPOINT = "checkpoint-last.npz"
+BEST_CHECKPOINT = "checkpoint-best.npz"
+FINAL_MODEL = "model.npz"
+BEST_MODEL = "best_model.npz"
+EVAL = "eval.json"
+REPORT = "report.html"
+FIGURES = {
+    "samples": "train_samples.png",
+    "history": "training_curves.png",
+    "predictions": "predictions.png",
+    "confusion": "confusion_matrix.png",
+}
+MODELS = {"final": FINAL_MODEL, "best": BEST_MODEL}
+CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
+# What the trainer writes, and so whose leftover temporary files it removes.
+TRAINING_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HISTORY_JSON, HISTORY_CSV)
+DATASET_CHOICES = "mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH"
+
+
+class NotARunError(ValueError):
+    """A path is not a run folder or model file, a run lacks a file that is
+    needed, or one of its files cannot be read."""
+
+
+_UNREAD = object()
+
+
+class RunDir:
+    """A run folder, or the folder of a model file.
+
+    ``RunDir(folder)`` checks nothing: the folder may not exist yet (a run
+    about to be trained) and ``config`` is then the run's configuration until
+    config.json is written. ``model_path`` is a model file to use as the
+    run's final model instead of ``folder/model.npz``. :meth:`open` is the
+    checked way in.
+    """
+
+    def __init__(self, folder, config=None, model_path=None):
+        self.folder = Path(folder)
+        self._model_file = Path(model_path) if model_path is not None else None
+        self.model_path = self._model_file if model_path is not None else self.folder / FINAL_MODEL
+        self._config = dict(config) if config is not None else None
+        self._config_given = config is not None
+        self._history = _UNREAD
+        self._model = None
+
+    @classmethod
+    def open(cls, path):
+        """The run at ``path``: a run folder holding model.npz, or a model file (its
+        folder is the run's). NotARunError if there is no model."""
+        path = Path(path)
+        if not path.exists():
+            raise NotARunError(f"no run folder or model file at {path}")
+        run = cls(path.parent, model_path=path) if path.is_file() else cls(path)
+        run.model_file("final")
+        return run
+
+    def __repr__(self):
+        where = self._model_file if self._model_file is not None else self.folder
+        return f"RunDir({str(where)!r})"
+
+    # -- names -----------------------------------------------------------------
+    @property
+    def label(self):
+        """The run's short name: its folder's name, or the stem of the model file it was opened on."""
+        return self._model_file.stem if self._model_file is not None else self.folder.name
+
+    @property
+    def config_path(self):
+        return self.folder / CONFIG
+
+    def history_path(self, kind="json"):
+        """The path of the history as ``'json'`` (every field) or ``'csv'`` (a table)."""
+        return self.folder / {"json": HISTORY_JSON, "csv": HISTORY_CSV}[_choice(kind, ("json", "csv"), "history")]
+
+    @property
+    def best_model_path(self):
+        return self.folder / BEST_MODEL
+
+    @property
+    def eval_path(self):
+        return self.folder / EVAL
+
+    @property
+    def report_path(self):
+        return self.folder / REPORT
+
+    def checkpoint(self, which="last"):
+        """The path of the ``'last'`` or ``'best'`` checkpoint."""
+        return self.folder / CHECKPOINTS[_choice(which, CHECKPOINTS, "checkpoint")]
+
+    def figure(self, key):
+        """The path of a figure: ``'samples'``, ``'history'``, ``'predictions'`` or ``'confusion'``."""
+        return self.folder / FIGURES[_choice(key, FIGURES, "figure")]
+
+    # -- the model -------------------------------------------------------------
+    def model_file(self, which="final"):
+        """The path of the ``'final'`` (model.npz, or the file opened) or ``'best'``
+        model; NotARunError if the run has none."""
+        path = self.model_path if _choice(which, MODELS, "model") == "final" else self.best_model_path
+        if not path.is_file():
+            if self.checkpoint("last").is_file():
+                why = (f"its training has not finished "
+                       f"(resume with: fastconv train --out {self.folder} --resume)")
+            else:
+                why = ("it is not a finished fastconv run folder "
+                       "(a folder written by 'fastconv train' or 'fastconv demo')")
+            raise NotARunError(f"{self.folder} holds no {path.name}: {why}")
+        return path
+
+    def load_model(self, which="final"):
+        """The ``'final'`` or ``'best'`` model, read from its file (ValueError naming a damaged one)."""
+        from fastconv.nn.model import load
+
+        return load(self.model_file(which))
+
+    @property
+    def model(self):
+        """The final model, loaded once."""
+        if self._model is None:
+            self._model = self.load_model("final")
+        return self._model
+
+    # -- configuration and history ---------------------------------------------
+    @property
+    def config(self):
+        """A copy of the run's configuration (config.json), {} if it has none."""
+        if self._config is None:
+            self._config = self._read_json(self.config_path, {})
+            if not isinstance(self._config, dict):
+                self._config = None
+                raise NotARunError(f"{self.config_path} is not a fastconv run configuration")
+        return dict(self._config)
+
+    def require_config(self):
+        """The configuration of a run written by 'fastconv train'; NotARunError if it has none."""
+        if not self._config_given and not self.config_path.is_file():
+            raise NotARunError(f"{self.folder} is not a fastconv run folder: it has no {CONFIG}")
+        config = self.config
+        if "dataset" not in config or "model" not in config:
+            raise NotARunError(f"{self.config_path} is not a fastconv run configuration")
+        return config
+
+    def write_config(self, config):
+        """Write config.json (atomically); returns its path."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = write_json(self.config_path, config)
+        self._config = dict(config)
+        return path
+
+    @property
+    def history(self):
+        """The records of history.json (one dict per epoch), None if the run has none."""
+        if self._history is _UNREAD:
+            self._history = self._read_json(self.history_path("json"), None)
+        return self._history
+
+    def write_history(self, history):
+        """Write history.json and history.csv (atomically)."""
+        atomic_write(self.history_path("json"), lambda f: f.write(json.dumps(history, indent=1).encode()))
+
+        def write_csv(f):
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            for record in history:
+                writer.writerow({k: ("" if record.get(k) is None else record[k]) for k in HISTORY_COLUMNS})
+            f.write(text.getvalue().encode())
+
+        atomic_write(self.history_path("csv"), write_csv)
+        self._history = list(history)
+
+    def write_json(self, name, data):
+        """Write data as JSON to the file ``name`` of the run folder (atomically); returns its path."""
+        return write_json(self.folder / name, data)
+
+    def remove_stale_temporaries(self, names=TRAINING_FILES):
+        """Delete the temporary files that a killed process left behind while writing
+        one of ``names`` (atomic_write names them .<file>.<random>.tmp)."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.glob(".*.tmp"):
+            if any(path.name.startswith(f".{name}.") for name in names):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _read_json(path, default):
+        if not path.is_file():
+            return default
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, OSError) as error:
+            raise NotARunError(f"{path} is unreadable: {error}") from None
+
+    # -- data ------------------------------------------------------------------
+    def dataset_name(self, override=None):
+        """The data set of the run: ``override`` (a --dataset option) if given, else
+        the one in the model's metadata, else the one in config.json; None if none names one."""
+        if override:
+            return override
+        if self._model is not None or self.model_path.is_file():
+            name = self.model.meta.get("dataset")
+            if name:
+                return name
+        return self.config.get("dataset") or None
+
+    def data_dir(self, override=None):
+        """Where the data sets are: ``override`` (a --data-dir option) if given, else the
+        run's (config.json), else None (the default locations)."""
+        return override if override is not None else self.config.get("data_dir")
+
+    def subset_limit(self, override=None):
+        """The run's --limit, which applies to its own data set only: None for another one."""
+        if override is not None and override != self.config.get("dataset"):
+            return None
+        return self.config.get("limit") or None
+
+    def load_dataset(self, override_name=None, data_dir=None, subset=True):
+        """The run's data set (:meth:`dataset_name`), from :meth:`data_dir`.
+
+        With ``subset`` a run trained with --limit N gets the same N training and
+        N test images it was trained and evaluated on (its own data set only);
+        without, the whole splits. ValueError if nothing names a data set,
+        DataError if it cannot be loaded.
+        """
+        from fastconv.data.datasets import limited, load_dataset
+
+        name = self.dataset_name(override_name)
+        if not name:
+            raise ValueError(f"the model's metadata names no data set; pass --dataset NAME ({DATASET_CHOICES})")
+        dataset = load_dataset(name, data_dir=self.data_dir(data_dir))
+        limit = self.subset_limit(override_name) if subset else None
+        if limit:
+            keep = limited(len(dataset.y_train), limit)
+            dataset.x_train, dataset.y_train = dataset.x_train[keep], dataset.y_train[keep]
+            keep = limited(len(dataset.y_test), limit)
+            dataset.x_test, dataset.y_test = dataset.x_test[keep], dataset.y_test[keep]
+        return dataset
+
+
+def _choice(value, choices, what):
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
