@@ -10,14 +10,18 @@ import zipfile
 import zlib
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_json", "open_npz"]
+__all__ = ["atomic_write", "write_json", "open_npz", "make_parent", "check_replaceable"]
 
 
 def atomic_write(path, write):
     """Call write(binary_file) on a temporary file beside path, flush it to disk,
     then rename it over path. Returns path as a Path."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        # Name the file the user asked for, not the temporary one beside it.
+        raise type(error)(f"cannot write {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -30,6 +34,34 @@ def atomic_write(path, write):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return path
+
+
+def make_parent(path):
+    """Create the folder ``path`` goes into, if it is missing, but only that
+    last level: a mistyped ``--out /nonexistent/dir/x.png`` should be an
+    error, not a new tree at the root of the filesystem. Returns path as a Path."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        if parent.exists():
+            raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+        if not parent.parent.is_dir():
+            raise FileNotFoundError(f"cannot write {path}: the folder {parent.parent} does not exist")
+        parent.mkdir(exist_ok=True)
+    return path
+
+
+def check_replaceable(path, suffixes):
+    """Refuse to write over an existing file that is not of the kind being
+    written (``--out README.md`` for a figure): it is the user's, not ours.
+    Returns path as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name ending in {suffixes[0]}")
+    if path.exists() and path.suffix.lower() not in suffixes:
+        raise FileExistsError(f"{path} exists and is not a {suffixes[0]} file; not replacing it "
+                              f"(give a name ending in {suffixes[0]})")
     return path
 
 

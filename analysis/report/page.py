@@ -723,14 +723,15 @@ def build_report(run_dir, quick=False, settings=None, sections=None, dataset=Non
 
 def write_report(run_dir, out, quick=False, settings=None, sections=None, dataset=None, progress=None):
     """:func:`build_report` and write the page to ``out`` (atomically); returns the :class:`Report`."""
-    from fastconv._files import atomic_write
+    from fastconv._files import atomic_write, check_replaceable, make_parent
 
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give the path of the HTML file to write, e.g. {out / REPORT}")
+    # Before the minutes of work, not after: a path that cannot be written is refused now.
+    make_parent(check_replaceable(out, (".html", ".htm")))
     report = build_report(run_dir, quick=quick, settings=settings, sections=sections, dataset=dataset,
                           progress=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: f.write(report.html.encode("utf-8")))
     report.path = out
     return report

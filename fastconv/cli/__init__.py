@@ -9,7 +9,7 @@
 One module per command, each with ``add_parsers(commands)`` and its
 handler, calling the package's public API: ``train`` (with what training
 commands share), ``evaluate``, ``demo``, ``info``, ``bench``, ``viz``,
-``report``, ``attack`` (and ``robustness``) and ``imagenet``; run folders
+``report``, ``attack`` (and ``robustness``), ``imagenet`` and ``cache``; run folders
 are opened through :class:`fastconv.train.RunDir`. ``main`` dispatches.
 Errors a user can cause (unknown data set, missing or corrupt files, a run
 folder that belongs to another model) print one line on stderr and exit with
@@ -27,7 +27,7 @@ __all__ = ["main", "build_parser", "UsageError", "limited"]
 
 def build_parser():
     """The ``fastconv`` argument parser with every command."""
-    from fastconv.cli import attack, bench, demo, evaluate, imagenet, info, report, train, viz
+    from fastconv.cli import attack, bench, cache, demo, evaluate, imagenet, info, report, train, viz
 
     parser = argparse.ArgumentParser(
         prog="fastconv",
@@ -37,7 +37,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     # In the order 'fastconv --help' lists them.
-    for command in (train, evaluate, demo, info, bench, viz, report, attack, imagenet):
+    for command in (train, evaluate, demo, info, bench, viz, report, attack, imagenet, cache):
         command.add_parsers(commands)
     return parser
 

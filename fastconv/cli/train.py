@@ -50,6 +50,8 @@ TRAIN_DEFAULTS = {
     "adv_eps": None,
     "adv_steps": None,
     "init": "he",
+    "image_size": None,
+    "skip_bad_images": False,
 }
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
@@ -91,6 +93,8 @@ def _check_model_fits(model_name, dataset):
     if (height, width) != (side, side):
         fits = [name for name, (s, _, _) in MODELS.items() if (s, s) == (height, width)]
         hint = f"; use --model {fits[0]}" if fits else ""
+        if dataset.name.startswith("folder:"):
+            hint += f"{' or' if fits else ';'} --image-size {side} to resize the images"
         raise UsageError(
             f"model {model_name} takes {side}x{side} images, but {dataset.name} has {height}x{width} images{hint}"
         )
@@ -260,7 +264,9 @@ def train_run(config, run_dir, data_dir, threads, resume, overwrite=False):
         + f", batch size {config['batch_size']}, {config['epochs']} epochs of {steps_per_epoch} batches"
         + (f", augmentation {augment}" if augment else "")
         + (f", {adversarial}" if adversarial else ""),
-        f"data: {dataset.source}; test split: {dataset.test_split}",
+        f"data: {dataset.source}; test split: {dataset.test_split}"
+        + (f"; {len(dataset.skipped)} unreadable image{'s' if len(dataset.skipped) > 1 else ''} left out "
+           f"(first: {dataset.skipped[0]})" if dataset.skipped else ""),
         f"run folder: {run.folder}",
     )
     val_args = (x_val, y_val) if len(x_val) else (None, None)
@@ -337,6 +343,12 @@ def add_parsers(commands):
                        help="seed of the initialization, split, shuffling and augmentation (default 0)")
     train.add_argument("--limit", type=_positive_int,
                        help="use only N training and N test images, a fixed random subset (quick trials)")
+    train.add_argument("--image-size", type=_positive_int, metavar="N",
+                       help="folder: data sets: bring every image to N x N (shorter side resized to N, "
+                            "then the centre cut out), e.g. the model's input side")
+    train.add_argument("--skip-bad-images", action="store_const", const=True,
+                       help="folder: data sets: leave out the files that are not readable images (they are "
+                            "counted) instead of stopping with the list of them")
     train.add_argument("--threads", type=_positive_int,
                        help="threads for the kernels and BLAS (default all cores; results are "
                             "reproducible for a given seed and thread count)")

@@ -594,7 +594,7 @@ def _decode_images(scanned, image_size=None, skip_bad=False):
     from PIL import Image, UnidentifiedImageError
 
     decoded, labels, bad, grey = [], [], [], True
-    first_size = first_path = None
+    first_size = first_path = mismatch = None
     for label, (_, files) in enumerate(scanned):
         for path in files:
             try:
@@ -610,11 +610,13 @@ def _decode_images(scanned, image_size=None, skip_bad=False):
             elif first_size is None:
                 first_size, first_path = array.shape[:2], path
             elif array.shape[:2] != first_size:
-                raise DataError(
+                # Said after the unreadable files, which every file is tried for.
+                mismatch = mismatch or DataError(
                     f"{path} is {array.shape[1]}x{array.shape[0]} but {first_path} is "
                     f"{first_size[1]}x{first_size[0]}: the images of a folder data set must all have one size "
                     "(--image-size N resizes each to N x N: shorter side to N, then the centre)"
                 )
+                continue
             grey &= is_grey
             decoded.append(array)
             labels.append(label)
@@ -623,6 +625,8 @@ def _decode_images(scanned, image_size=None, skip_bad=False):
         more = f" and {len(bad) - _LISTED_BAD_FILES} more" if len(bad) > _LISTED_BAD_FILES else ""
         raise DataError(f"{len(bad)} file{'s are' if len(bad) > 1 else ' is'} not a readable image: "
                         f"{listed}{more} (--skip-bad-images leaves them out)")
+    if mismatch is not None:
+        raise mismatch
     if not decoded:
         raise DataError(f"none of the {len(bad)} images could be read")
     if grey:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv._files import atomic_write
+from fastconv._files import atomic_write, check_replaceable, make_parent
 
 __all__ = ["plot_history", "plot_predictions", "plot_confusion", "plot_samples", "save"]
 
@@ -40,8 +40,7 @@ def save(fig, path, tight=False):
     ``tight`` trims the blank margins around what is drawn (at the cost of
     drawing the figure twice): for figures whose axes keep a fixed aspect.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = make_parent(check_replaceable(path, (".png",)))
     options = {"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}
     atomic_write(path, lambda f: fig.savefig(f, format="png", **options))
     return path

@@ -257,6 +257,17 @@ class RunDir:
             return None
         return self.config.get("limit") or None
 
+    def _folder_options(self, name):
+        """How a ``folder:`` data set is brought to the model: the run's
+        ``--image-size`` (else the side of the model's input, when it is known)
+        and ``--skip-bad-images``."""
+        if not name.startswith("folder:"):
+            return {}
+        image_size = self.config.get("image_size")
+        if image_size is None and self.model_path is not None and self.model_path.is_file():
+            image_size = _model_side(self.model.meta)
+        return {"image_size": image_size, "skip_bad_images": bool(self.config.get("skip_bad_images"))}
+
     def load_dataset(self, override_name=None, data_dir=None, subset=True):
         """The run's data set (:meth:`dataset_name`), from :meth:`data_dir`.
 
@@ -270,7 +281,7 @@ class RunDir:
         name = self.dataset_name(override_name)
         if not name:
             raise ValueError(f"the model's metadata names no data set; pass --dataset NAME ({DATASET_CHOICES})")
-        dataset = load_dataset(name, data_dir=self.data_dir(data_dir))
+        dataset = load_dataset(name, data_dir=self.data_dir(data_dir), **self._folder_options(name))
         limit = self.subset_limit(override_name) if subset else None
         if limit:
             keep = limited(len(dataset.y_train), limit)
@@ -278,6 +289,14 @@ class RunDir:
             keep = limited(len(dataset.y_test), limit)
             dataset.x_test, dataset.y_test = dataset.x_test[keep], dataset.y_test[keep]
         return dataset
+
+
+def _model_side(meta):
+    """The square side of a model's input from its metadata, or None."""
+    shape = (meta or {}).get("input_shape")
+    if shape and len(shape) == 3 and shape[1] == shape[2]:
+        return int(shape[1])
+    return None
 
 
 def _choice(value, choices, what):
