@@ -692,8 +692,9 @@ def direct_maxpool(x, kernel, stride, padding):
             if np.isnan(values).any():
                 k = int(np.flatnonzero(np.isnan(values))[0])
                 y[p + (i, j)], argmax[p + (i, j)] = values[k], flat[k]
-            elif values.size == 0 or values.max() == -np.inf:
-                y[p + (i, j)], argmax[p + (i, j)] = -np.inf, top * w + left
+            elif values.max() == -np.inf:
+                # The padding is never the maximum: the first tap inside the plane.
+                y[p + (i, j)], argmax[p + (i, j)] = -np.inf, flat[0]
             else:
                 k = int(np.argmax(values))
                 y[p + (i, j)], argmax[p + (i, j)] = values[k], flat[k]
@@ -1105,6 +1106,23 @@ def test_conv2d_weight_gradient_keeps_nan_to_its_taps(dtype, special):
     want = ref.conv2d_backward(dy, cache_ref)[1]
     assert np.isfinite(want[0, 0, 0, 1])
     assert_matches(fast.conv2d_backward(dy, cache)[1], want)
+
+
+@pytest.mark.parametrize("backend", [fast, ref], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool2d_window_of_minus_inf_keeps_its_gradient_inside_the_plane(backend, dtype):
+    # A padded window whose values are all -inf once reported its first tap even
+    # when that tap was padding: the forward pass succeeded and the backward pass
+    # then refused its own argmax ("outside the input plane"). PyTorch sends that
+    # gradient to the window's first tap inside the plane, and so do both
+    # backends now.
+    x = np.full((1, 1, 2, 3), -np.inf, dtype)
+    x[0, 0, 1, 2] = 1.0
+    y, argmax = backend.maxpool2d_forward(x, 3, 1, 1)
+    np.testing.assert_array_equal(y, [[[[-np.inf, 1, 1], [-np.inf, 1, 1]]]])
+    np.testing.assert_array_equal(argmax, [[[[0, 5, 5], [0, 5, 5]]]])
+    dx = backend.maxpool2d_backward(np.ones_like(y), argmax, x.shape)
+    np.testing.assert_array_equal(dx, [[[[2, 0, 0], [0, 0, 4]]]])
 
 
 BAD_X_SHAPES = [(2, 3, 4), (2, 3, 4, 4, 1), (2, 3, 4.5, 4), "abcd", None, (2, 3, -4, 4), (2, 3, True, 4)]
