@@ -1276,21 +1276,47 @@ def layer_tolerance(values):
     return finite.max(initial=0.0) + 1.0
 
 
+def invalid_shape(layer, shape):
+    """An input shape that does not fit the layer (its channels or features, or
+    the number of axes it takes), or None for a layer that takes any shape."""
+    if isinstance(layer, (layers.Conv2d, layers.BatchNorm2d)):
+        return (shape[0], shape[1] + 1) + tuple(shape[2:])
+    if isinstance(layer, layers.Linear):
+        return (shape[0], shape[1] + 1)
+    if isinstance(layer, (layers.MaxPool2d, layers.AvgPool2d, layers.GlobalAvgPool2d,
+                          layers.AdaptiveAvgPool2d)):
+        return tuple(shape[1:])
+    return None
+
+
 @target
 def fuzz_layers(data):
+    """Forward and backward on both backends: on an input the strategy made valid,
+    neither may raise and both must agree; on one it made invalid (a shape that
+    does not fit the layer), both must refuse it with the same exception type."""
     layer, shape, dtype, rng = data.draw(layer_cases(), label="layer")
-    x = draw_array(data, rng, shape, dtype, "x")
-    out_shape = layer.output_shape(shape)
-    dy = draw_array(data, rng, out_shape, dtype, "dy", specials=False)
+    bad_shape = invalid_shape(layer, shape)
+    invalid = bad_shape is not None and data.draw(st.integers(0, 4), label="invalid input") == 0
+    if invalid:
+        note("invalid inputs")
+        x = random_values(rng, bad_shape, dtype)
+        dy = np.zeros(1, dtype)  # never reached: the forward pass refuses x
+    else:
+        x = draw_array(data, rng, shape, dtype, "x")
+        out_shape = layer.output_shape(shape)
+        dy = draw_array(data, rng, out_shape, dtype, "dy", specials=False)
     twin = copy.deepcopy(layer)
     compiled = layer_run(layer, x, dy, "compiled")
     numpy = layer_run(twin, x, dy, "numpy")
-    if isinstance(numpy, Exception) or isinstance(compiled, Exception):
-        # Both backends refuse the same input the same way; MaxPool2d's backward,
-        # for one, refuses a window of -inf whose maximum lies in the padding.
-        assert_clear(compiled, [])
-        assert (type(compiled), str(compiled)) == (type(numpy), str(numpy))
+    if invalid:
+        for backend, result in (("compiled", compiled), ("numpy", numpy)):
+            assert isinstance(result, Exception), f"{backend}: {layer!r} accepted an input of shape {bad_shape}"
+            assert_clear(result, [])
+        assert type(compiled) is type(numpy), (compiled, numpy)
         return
+    for backend, result in (("compiled", compiled), ("numpy", numpy)):
+        if isinstance(result, Exception):
+            raise AssertionError(f"{backend}: {layer!r} refused a valid input of shape {shape}") from result
     assert compiled[0].shape == out_shape
     for got, want in zip(compiled[:2], numpy[:2]):
         assert_matches(np.ascontiguousarray(got), np.ascontiguousarray(want), layer_tolerance(want))
@@ -1319,11 +1345,30 @@ def fuzz_layer_gradients(data):
         return layer.forward(inputs)
 
     f(x)
+    layer.zero_grad()
     dx = layer.backward(dy)
+    grads = {name: g.copy() for name, g in layer.grads.items()}
     step = 1e-6
+    tolerance = {"rel": 1e-5, "abs": 1e-6 * (np.abs(dy).sum() + 1)}
     numerical = np.vdot(dy, f(x + step * v) - f(x - step * v)) / (2 * step)
     analytic = np.vdot(dx, v)
-    assert analytic == pytest.approx(numerical, rel=1e-5, abs=1e-6 * (np.abs(dy).sum() + 1))
+    assert analytic == pytest.approx(numerical, **tolerance)
+    # The parameters' gradients the same way: weight and bias of Conv2d and
+    # Linear, and of BatchNorm2d (its gamma and beta), with x held.
+    for name, param in layer.params.items():
+        original = param.copy()
+        direction = rng.standard_normal(param.shape)
+        try:
+            param[...] = original + step * direction
+            above = f(x)
+            param[...] = original - step * direction
+            below = f(x)
+        finally:
+            param[...] = original
+        numerical = np.vdot(dy, above - below) / (2 * step)
+        assert np.vdot(grads[name], direction) == pytest.approx(numerical, **tolerance), name
+    if layer.params:
+        note("parameter gradients checked")
 
 
 @target
