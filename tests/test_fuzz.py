@@ -547,6 +547,22 @@ def fuzz_conv2d(data):
                data.draw(st.booleans(), label="bias"), mode)
 
 
+def test_set_winograd_always_reaches_what_the_cost_model_never_picks():
+    # The fuzz targets force Winograd with it; True and False keep their meaning.
+    x, weight = np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 1, 3, 3), np.float32)
+    assert not fast.conv2d_uses_winograd(x, weight, 1, 0)
+    with winograd_mode("always"):
+        assert fast.set_winograd("always") == "always"
+        assert fast.conv2d_uses_winograd(x, weight, 1, 0)
+        assert fast.conv2d_uses_winograd(x, weight, (2, 5), 0)  # one output: no stride
+        assert not fast.conv2d_uses_winograd(np.zeros((1, 1, 5, 5), np.float32), weight, 2, 0)
+        assert not fast.conv2d_uses_winograd(x, np.zeros((1, 1, 3, 2), np.float32), 1, 0)
+    assert fast.set_winograd(True) is True
+    with pytest.raises(ValueError, match="'sometimes'"):
+        fast.set_winograd("sometimes")
+    assert fast.set_winograd(True) is True
+
+
 @target
 def fuzz_conv2d_winograd(data):
     """Stride-1 3x3 convolutions of up to 96 channels and 128 filters, on planes
