@@ -14,7 +14,11 @@ cdef extern from "fastconv.h" nogil:
     int fc_openmp_enabled()
     void fc_set_num_threads(int n)
     int fc_get_num_threads()
-    void fc_set_winograd(int enabled)
+    enum:
+        FC_WINOGRAD_OFF
+        FC_WINOGRAD_AUTO
+        FC_WINOGRAD_ALWAYS
+    void fc_set_winograd(int mode)
     int fc_winograd_enabled()
 
     void fc_im2col_f32(float *cols, const float *x, int64_t n_images, int64_t channels,

@@ -63,12 +63,21 @@ def get_openmp_threads():
 
 def set_winograd(enabled):
     """Let stride-1 3x3 convolutions go through Winograd F(2x2, 3x3) where a
-    cost model says it is faster (True, the default), or keep every
-    convolution on the direct kernel (False); returns the previous setting.
-    For the tests and benchmarks that compare the two."""
-    previous = bool(fc_winograd_enabled())
-    fc_set_winograd(1 if enabled else 0)
-    return previous
+    cost model says it is faster (True, the default), keep every
+    convolution on the direct kernel (False), or send every stride-1 3x3
+    convolution through Winograd whatever its size ("always": for the tests,
+    which must reach the narrow layers and small planes the cost model never
+    picks); returns the previous setting. For the tests and benchmarks that
+    compare the paths."""
+    if isinstance(enabled, str):
+        if enabled != "always":
+            raise ValueError(f"set_winograd takes True, False or 'always', got {enabled!r}")
+        mode = FC_WINOGRAD_ALWAYS
+    else:
+        mode = FC_WINOGRAD_AUTO if enabled else FC_WINOGRAD_OFF
+    previous = fc_winograd_enabled()
+    fc_set_winograd(mode)
+    return "always" if previous == FC_WINOGRAD_ALWAYS else previous == FC_WINOGRAD_AUTO
 
 
 # ---------------------------------------------------------------------------

@@ -158,7 +158,8 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
 
     Returns y (N, C, OH, OW) and argmax (N, C, OH, OW) int64: the flat index
     h*W + w in the (unpadded) input plane of each maximum. Ties go to the
-    first maximum in row-major window order.
+    first maximum in row-major window order; the padding is never the
+    maximum: a window of -inf points to its first tap inside the plane.
     """
     kh, kw, sh, sw, ph, pw, oh, ow = _checks.pool_args(x, kernel_size, stride, padding)
     n, c, h, w = x.shape
@@ -166,6 +167,10 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     flat = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c, oh, ow, kh * kw)
     tap = flat.argmax(axis=-1)
     y = np.take_along_axis(flat, tap[..., None], axis=-1)[..., 0]
+    if ph or pw:
+        inside = _windows(_pad(np.ones((1, 1, h, w), bool), ph, pw, False), kh, kw, sh, sw, oh, ow)
+        first_inside = inside.transpose(0, 1, 4, 5, 2, 3).reshape(1, 1, oh, ow, kh * kw).argmax(axis=-1)
+        tap = np.where(y == -np.inf, first_inside, tap)
     rows = np.arange(oh).reshape(oh, 1) * sh + tap // kw - ph
     cols = np.arange(ow).reshape(1, ow) * sw + tap % kw - pw
     argmax = (rows * w + cols).astype(np.int64)

@@ -69,8 +69,15 @@ int fc_get_num_threads(void);
 /* Threads worth starting for a loop touching `work` elements. */
 int fc_threads_for(int64_t work);
 /* Whether stride-1 3x3 convolutions go through Winograd F(2x2, 3x3) where its
- * cost model says it is faster (the default), or all take the direct kernel. */
-void fc_set_winograd(int enabled);
+ * cost model says it is faster (FC_WINOGRAD_AUTO, the default), all take the
+ * direct kernel (FC_WINOGRAD_OFF), or all take Winograd whatever their size
+ * (FC_WINOGRAD_ALWAYS, for the tests: the cost model never picks the narrow
+ * layers and small planes where the transforms' edge cases lie). Any other
+ * nonzero value means FC_WINOGRAD_AUTO; fc_winograd_enabled returns the mode. */
+#define FC_WINOGRAD_OFF 0
+#define FC_WINOGRAD_AUTO 1
+#define FC_WINOGRAD_ALWAYS 2
+void fc_set_winograd(int mode);
 int fc_winograd_enabled(void);
 
 /* im2col.inc */

@@ -48,16 +48,21 @@ int fc_threads_for(int64_t work)
     return work < FC_MIN_PARALLEL_WORK ? 1 : fc_get_num_threads();
 }
 
-/* 1 by default; 0 makes every convolution take the direct kernel, for the
- * tests and benchmarks that compare the two. */
-static atomic_int winograd_enabled = 1;
+/* FC_WINOGRAD_AUTO by default; FC_WINOGRAD_OFF makes every convolution take
+ * the direct kernel, FC_WINOGRAD_ALWAYS every stride-1 3x3 one take Winograd,
+ * for the tests and benchmarks that compare the two. */
+static atomic_int winograd_mode = FC_WINOGRAD_AUTO;
 
-void fc_set_winograd(int enabled)
+void fc_set_winograd(int mode)
 {
-    atomic_store_explicit(&winograd_enabled, enabled != 0, memory_order_relaxed);
+    atomic_store_explicit(&winograd_mode,
+                          mode == FC_WINOGRAD_ALWAYS ? FC_WINOGRAD_ALWAYS
+                          : mode != FC_WINOGRAD_OFF  ? FC_WINOGRAD_AUTO
+                                                     : FC_WINOGRAD_OFF,
+                          memory_order_relaxed);
 }
 
 int fc_winograd_enabled(void)
 {
-    return atomic_load_explicit(&winograd_enabled, memory_order_relaxed);
+    return atomic_load_explicit(&winograd_mode, memory_order_relaxed);
 }

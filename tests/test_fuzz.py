@@ -10,12 +10,22 @@ products pass 2**31. A compiled call must either return what its NumPy twin
 whose message names the offending value. A crash ends the run; a result that
 differs from the twin's fails it.
 
-Examples per target: FASTCONV_FUZZ_EXAMPLES (default 20) in the default run;
-the tests marked fuzz_long (and slow) run at least 2,000 per target:
+Where PyTorch is installed, the convolution, fully connected, pooling and
+batch-norm targets also compare the forward pass and every gradient with
+torch.nn.functional under autograd, in float64: an oracle written by other
+people, where the twin shares this project's reading of each formula. Without
+PyTorch those comparisons are skipped, not the targets.
 
-    FASTCONV_FUZZ_EXAMPLES=200 python -m pytest tests/test_fuzz.py -q
-    python -m pytest tests/test_fuzz.py -m fuzz_long -q
+Examples per target: FASTCONV_FUZZ_EXAMPLES (default 20) in the default run;
+the tests marked fuzz_long (and slow) run at least 2,000 per target. Either
+way the run ends with a summary of the examples each target ran and of what
+they reached (Winograd, the PyTorch oracle, invalid inputs):
+
+    FASTCONV_FUZZ_EXAMPLES=200 pytest tests/test_fuzz.py -q
+    pytest tests/test_fuzz.py -m fuzz_long -q
 """
+import collections
+import contextlib
 import copy
 import os
 
@@ -29,6 +39,12 @@ from fastconv import _checks
 from fastconv.nn import layers
 from fastconv import _kernels as fast
 from fastconv import reference as ref
+
+try:
+    import torch
+    import torch.nn.functional as torch_functional
+except ImportError:  # the PyTorch comparisons are skipped, not the targets
+    torch = torch_functional = None
 
 SHORT_EXAMPLES = int(os.environ.get("FASTCONV_FUZZ_EXAMPLES", "20"))
 LONG_EXAMPLES = max(2000, SHORT_EXAMPLES)
@@ -50,22 +66,85 @@ def target(function):
     return function
 
 
+# What the examples of each target reached: "examples", and events counted by
+# note() (the Winograd path taken, the PyTorch oracle consulted, ...).
+COUNTS = collections.defaultdict(collections.Counter)
+RUNNING = []
+
+
+def note(event):
+    """Count an event for the example of the target being run."""
+    if RUNNING:
+        COUNTS[RUNNING[-1]][event] += 1
+
+
+def summary_line(name):
+    counts = COUNTS[name]
+    events = "; ".join(f"{event} {count}" for event, count in sorted(counts.items()) if event != "examples")
+    return f"fuzz target {name}: {counts['examples']} examples" + (f"; {events}" if events else "")
+
+
+class FuzzSummary:
+    """A plugin that ends the terminal report with one line per fuzz target run,
+    so that a CI log shows how many examples each ran and what they reached,
+    without -s."""
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if COUNTS:
+            terminalreporter.write_sep("-", "fuzz targets: examples run, and what they reached")
+            for name in sorted(COUNTS):
+                terminalreporter.write_line(summary_line(name))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fuzz_summary(pytestconfig):
+    if not pytestconfig.pluginmanager.has_plugin("fastconv-fuzz-summary"):
+        pytestconfig.pluginmanager.register(FuzzSummary(), "fastconv-fuzz-summary")
+
+
 def run(name, examples):
     """Run a target for up to `examples` examples (fewer when hypothesis has tried
-    every case there is); print how many it ran."""
-    calls = []
+    every case there is); count and print how many it ran."""
+    COUNTS.pop(name, None)
+    counts = COUNTS[name]
 
     def counted(data):
-        calls.append(None)
+        counts["examples"] += 1
         TARGETS[name](data)
 
     test = settings(max_examples=examples, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])(given(st.data())(counted))
+    RUNNING.append(name)
     try:
         test()
     finally:
-        print(f"fuzz target {name}: {len(calls)} examples")
+        RUNNING.pop()
+        print(summary_line(name))
+
+
+@contextlib.contextmanager
+def winograd_mode(mode):
+    """fast.set_winograd(mode) for the duration: True (the cost model decides),
+    False (direct only) or "always" (every stride-1 3x3 convolution)."""
+    previous = fast.set_winograd(mode)
+    try:
+        yield
+    finally:
+        fast.set_winograd(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_on_one_thread():
+    """PyTorch's small float64 ops are far slower when its thread pool competes
+    for a busy machine."""
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------
@@ -242,6 +321,27 @@ def assert_same_outcome(name, fast_args, ref_args, compare, fragments=()):
 
 
 # ---------------------------------------------------------------------------
+# Comparing with PyTorch
+
+def to_torch(a, requires_grad=True):
+    """A float64 leaf tensor holding a's values (None stays None)."""
+    if a is None:
+        return None
+    return torch.from_numpy(np.array(a, np.float64, order="C")).requires_grad_(requires_grad)
+
+
+def from_torch(t):
+    return None if t is None else t.detach().numpy()
+
+
+def assert_matches_torch(got, want, magnitude=None):
+    """got (the kernel's result, in its dtype) is PyTorch's float64 result rounded to
+    that dtype, within RTOL of the magnitude like the twin's (exactly without one)."""
+    assert want is not None
+    assert_matches(got, want.astype(got.dtype), magnitude)
+
+
+# ---------------------------------------------------------------------------
 # Valid calls of every kernel, in every layout
 
 @target
@@ -265,39 +365,129 @@ def fuzz_col2im(data):
     assert_matches(fast.col2im(*args), ref.col2im(*args), magnitude)
 
 
-def check_weighted_layer(data, rng, kind, x, weight, bias, *geometry):
+def tile_sums(a):
+    """Each element of a (N, C, H, W) replaced by the sum over its 2x2 output tile
+    of Winograd F(2x2, 3x3) (tiles from the top left, the last ones cut)."""
+    n, c, h, w = a.shape
+    padded = np.zeros((n, c, h + h % 2, w + w % 2))
+    padded[:, :, :h, :w] = a
+    sums = padded.reshape(n, c, padded.shape[2] // 2, 2, padded.shape[3] // 2, 2).sum(axis=(3, 5))
+    return np.repeat(np.repeat(sums, 2, axis=2), 2, axis=3)[:, :, :h, :w]
+
+
+def winograd_magnitudes(magnitudes, dx_winograd):
+    """The magnitudes (y, dx, dweight, dbias: each the computation on absolute
+    values) against which a Winograd result's rounding is measured. Its
+    transforms mix the 16 pixels of an input tile into all four outputs of
+    the tile, and the 9 taps of a filter into one another: a sum of terms far
+    larger than the products that reach one output or one tap, which cancel.
+    So an output is measured against its tile's, and a tap of the weight
+    gradient against its filter's 9 taps'. (A tap that sees only padding rows
+    has a tiny magnitude of its own, and the error the others' terms leave
+    in it was 1.8e-4 of that in float32.)"""
+    y, dx, dweight, dbias = magnitudes
+    return (tile_sums(y), tile_sums(dx) if dx_winograd else dx,
+            np.broadcast_to(dweight.sum(axis=(2, 3), keepdims=True), dweight.shape), dbias)
+
+
+def check_weighted_layer(data, rng, kind, x, weight, bias, *geometry, torch_forward=None,
+                         widen=None):
     """{kind}_forward (kind: 'conv2d' or 'linear') of x, weight, bias and the
     geometry, then its backward for a drawn dy, need_dx and need_params,
     against the twin; the tolerances scale with the same computation on
-    absolute values."""
+    absolute values. Every example also compares the full backward pass (dx,
+    dweight and dbias) with the twin's, and, when PyTorch is installed, the
+    forward pass and all three gradients with torch_forward(x, weight, bias)
+    under autograd. widen((y, dx, dweight, dbias) magnitudes) returns the
+    magnitudes to measure the errors against, when the path taken rounds
+    differently (Winograd). Returns the cache and dy."""
     forward, backward = f"{kind}_forward", f"{kind}_backward"
     y, cache = getattr(fast, forward)(x, weight, bias, *geometry)
     y_ref, cache_ref = getattr(ref, forward)(x, weight, bias, *geometry)
     abs_bias = None if bias is None else np.abs(bias)
     y_abs, cache_abs = getattr(ref, forward)(np.abs(x), np.abs(weight), abs_bias, *geometry)
+    dy = draw_array(data, rng, y.shape, y.dtype, "dy", specials=False)
+    grads_abs = getattr(ref, backward)(np.abs(dy), cache_abs, True, True)
+    if widen is not None:
+        y_abs, *grads_abs = widen((y_abs,) + tuple(grads_abs))
     assert_matches(y, y_ref, y_abs)
 
-    dy = draw_array(data, rng, y.shape, y.dtype, "dy", specials=False)
     need_dx = data.draw(st.booleans(), label="need_dx")
     need_params = data.draw(st.booleans(), label="need_params")
     grads = getattr(fast, backward)(dy, cache, need_dx, need_params)
-    grads_ref = getattr(ref, backward)(dy, cache_ref, need_dx, need_params)
-    grads_abs = getattr(ref, backward)(np.abs(dy), cache_abs, need_dx, need_params)
-    for got, want, magnitude in zip(grads, grads_ref, grads_abs):
-        if want is None:
-            assert got is None
+    # The parameters' gradients are compared on every example, whatever was drawn.
+    full = grads if need_dx and need_params else getattr(fast, backward)(dy, cache, True, True)
+    grads_ref = getattr(ref, backward)(dy, cache_ref, True, True)
+    for got, complete, wanted, want, magnitude in zip(grads, full, (need_dx, need_params, need_params),
+                                                      grads_ref, grads_abs):
+        if bias is None and want is grads_ref[2]:
+            assert got is None and complete is None and want is None
+            continue
+        assert_matches(complete, want, magnitude)
+        if wanted:
+            # Asking for fewer gradients does not change the ones computed.
+            assert got.tobytes() == complete.tobytes()
         else:
-            assert_matches(got, want, magnitude)
+            assert got is None
+
+    if torch is not None and torch_forward is not None:
+        tensors = [to_torch(a) for a in (x, weight, bias)]
+        y_torch = torch_forward(*tensors)
+        y_torch.backward(to_torch(dy, requires_grad=False))
+        assert_matches_torch(y, from_torch(y_torch), y_abs)
+        for got, tensor, magnitude in zip(full, tensors, grads_abs):
+            if tensor is None:
+                assert got is None
+            else:
+                assert_matches_torch(got, from_torch(tensor.grad), magnitude)
+        note("compared with torch")
+    return cache, dy
 
 
-def check_conv(data, g, filters, with_bias):
+def check_conv(data, g, filters, with_bias, mode=True, specials=None, expect_winograd=None):
+    """A convolution of geometry g under set_winograd(mode), checked by
+    check_weighted_layer. Counts the examples whose forward pass (and weight
+    gradient), and whose input gradient, went through Winograd; with
+    expect_winograd, requires the forward pass to have taken that path or not."""
     rng, dtype = g["rng"], g["dtype"]
-    x = draw_array(data, rng, x_shape_of(g), dtype, "x")
+    x = draw_array(data, rng, x_shape_of(g), dtype, "x", specials=specials)
     weight = draw_array(data, rng, (filters, g["c"]) + g["kernel"], dtype, "weight", specials=False)
     bias = draw_array(data, rng, (filters,), dtype, "bias", specials=False) if with_bias else None
     stride = as_argument(data, g["stride"], "stride")
     padding = as_argument(data, g["padding"], "padding")
-    check_weighted_layer(data, rng, "conv2d", x, weight, bias, stride, padding)
+    with winograd_mode(mode):
+        winograd = fast.conv2d_uses_winograd(x, weight, stride, padding)
+        if expect_winograd is not None:
+            assert winograd == expect_winograd, (x.shape, weight.shape, g["stride"], g["padding"], mode)
+        if mode == "always":
+            # Every stride-1 3x3 convolution, and a larger stride that only one
+            # output row or column ever uses counts as 1.
+            oh, ow = output_plane(g)
+            assert winograd == (g["kernel"] == (3, 3) and (g["stride"][0] == 1 or oh == 1)
+                                and (g["stride"][1] == 1 or ow == 1))
+        dx_winograd = False
+        if winograd:
+            note("winograd forward and weight gradient")
+            # dx: the forward convolution of dy with the flipped filters, where
+            # the padding is below the kernel size and the stride is 1 (see
+            # input_grad in src_c/conv.inc); the same switch decides its path.
+            (ph, pw), (sh, sw) = g["padding"], g["stride"]
+            oh, ow = output_plane(g)
+            exact = g["h"] + 2 * ph - 2 == oh and g["w"] + 2 * pw - 2 == ow
+            if exact and ph < 3 and pw < 3 and fast.conv2d_uses_winograd(
+                    np.empty((1, filters, oh, ow), dtype), np.empty((g["c"], filters, 3, 3), dtype),
+                    1, (2 - ph, 2 - pw)):
+                note("winograd input gradient")
+                dx_winograd = True
+        if not np.isfinite(x).all():
+            note("x with NaN or inf")
+
+        def torch_forward(tx, tw, tb):
+            return torch_functional.conv2d(tx, tw, tb, g["stride"], g["padding"])
+
+        check_weighted_layer(
+            data, rng, "conv2d", x, weight, bias, stride, padding, torch_forward=torch_forward,
+            widen=(lambda magnitudes: winograd_magnitudes(magnitudes, dx_winograd)) if winograd else None)
 
 
 @target
@@ -312,7 +502,8 @@ def fuzz_linear(data):
     weight = draw_array(data, rng, (out_features, in_features), dtype, "weight", specials=False)
     with_bias = data.draw(st.booleans(), label="bias")
     bias = draw_array(data, rng, (out_features,), dtype, "bias", specials=False) if with_bias else None
-    check_weighted_layer(data, rng, "linear", x, weight, bias)
+    check_weighted_layer(data, rng, "linear", x, weight, bias,
+                         torch_forward=lambda tx, tw, tb: torch_functional.linear(tx, tw, tb))
 
 
 def adam_state(rng, shape, dtype):
@@ -346,8 +537,72 @@ def fuzz_adam_update(data):
 @target
 def fuzz_conv2d(data):
     g = data.draw(geometries(), label="geometry")
+    if data.draw(st.booleans(), label="3x3 at stride 1"):
+        # Winograd's shape, on the narrow layers and small planes the cost
+        # model never sends there: forced through it half the time.
+        (ph, pw) = g["padding"]
+        g = dict(g, kernel=(3, 3), stride=(1, 1), h=max(g["h"], 3 - 2 * ph), w=max(g["w"], 3 - 2 * pw))
+    mode = data.draw(st.sampled_from([True, False, "always"]), label="set_winograd")
     check_conv(data, g, data.draw(st.integers(1, 5), label="filters"),
-               data.draw(st.booleans(), label="bias"))
+               data.draw(st.booleans(), label="bias"), mode)
+
+
+def test_set_winograd_always_reaches_what_the_cost_model_never_picks():
+    # The fuzz targets force Winograd with it; True and False keep their meaning.
+    x, weight = np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 1, 3, 3), np.float32)
+    assert not fast.conv2d_uses_winograd(x, weight, 1, 0)
+    with winograd_mode("always"):
+        assert fast.set_winograd("always") == "always"
+        assert fast.conv2d_uses_winograd(x, weight, 1, 0)
+        assert fast.conv2d_uses_winograd(x, weight, (2, 5), 0)  # one output: no stride
+        assert not fast.conv2d_uses_winograd(np.zeros((1, 1, 5, 5), np.float32), weight, 2, 0)
+        assert not fast.conv2d_uses_winograd(x, np.zeros((1, 1, 3, 2), np.float32), 1, 0)
+    assert fast.set_winograd(True) is True
+    with pytest.raises(ValueError, match="'sometimes'"):
+        fast.set_winograd("sometimes")
+    assert fast.set_winograd(True) is True
+
+
+@target
+def fuzz_conv2d_winograd(data):
+    """Stride-1 3x3 convolutions of up to 96 channels and 128 filters, on planes
+    of up to 10x40 (tile rows longer than a vector, odd sizes, no padding up to
+    a padding of 3, where the input gradient leaves Winograd): through Winograd
+    because its cost model picks them, or forced there when it does not. Every
+    example requires that the forward pass took that path."""
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    if data.draw(st.booleans(), label="wide enough for the cost model"):
+        # Where it picks Winograd on every instruction set (more channels,
+        # filters and columns than cifar6's conv2), with rare exceptions that
+        # are forced like the rest.
+        c = data.draw(st.integers(24, 96), label="channels")
+        filters = data.draw(st.integers(64, 128), label="filters")
+        least_w = 16
+    else:
+        c = data.draw(st.one_of(st.integers(1, 8), st.integers(9, 96)), label="channels")
+        filters = data.draw(st.one_of(st.integers(1, 8), st.integers(9, 128)), label="filters")
+        least_w = 1
+    ph, pw = data.draw(st.integers(0, 3), label="ph"), data.draw(st.integers(0, 3), label="pw")
+    g = {
+        "n": data.draw(st.integers(1, 2), label="n"),
+        "c": c,
+        "h": data.draw(st.integers(max(1, 3 - 2 * ph), 10), label="h"),
+        "w": data.draw(st.integers(max(least_w, 3 - 2 * pw), 40), label="w"),
+        "kernel": (3, 3),
+        "stride": (1, 1),
+        "padding": (ph, pw),
+        "dtype": dtype,
+        "rng": np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed")),
+    }
+    with winograd_mode(True):
+        picked = fast.conv2d_uses_winograd(np.empty(x_shape_of(g), dtype), np.empty((filters, c, 3, 3), dtype),
+                                           1, (ph, pw))
+    note("picked by the cost model" if picked else "forced")
+    # NaN and inf in a quarter of the examples: those images leave Winograd
+    # for the direct kernel, the others stay.
+    specials = data.draw(st.integers(0, 3), label="NaN/inf in x") == 0
+    check_conv(data, g, filters, data.draw(st.booleans(), label="bias"), True if picked else "always",
+               specials=specials, expect_winograd=True)
 
 
 @target
@@ -368,6 +623,7 @@ def fuzz_maxpool2d(data):
     y_ref, argmax_ref = ref.maxpool2d_forward(*args)
     assert_matches(y, y_ref)
     assert_matches(argmax, argmax_ref)
+    forward_argmax = argmax
 
     dy = draw_array(data, rng, y.shape, dtype, "dy", specials=False)
     index_dtype = data.draw(st.sampled_from([np.int64, np.int32, np.uint16, np.intp]), label="argmax dtype")
@@ -379,6 +635,27 @@ def fuzz_maxpool2d(data):
         "maxpool2d_backward", (dy, argmax, x_shape), (dy, argmax, x_shape),
         lambda got, want: assert_matches(got, want, ref.maxpool2d_backward(np.abs(dy), argmax, x_shape)),
         fragments=["outside"])
+    if torch is None:
+        return
+    # A window may route its gradient to one tap only, its first maximum
+    # (PyTorch: the first tap inside the plane for a window of -inf, as here),
+    # but PyTorch takes a window's last NaN where fastconv takes the first:
+    # argmax is compared outside the windows holding a NaN, and dx only when
+    # there are none.
+    tx = to_torch(x)
+    y_torch, argmax_torch = torch_functional.max_pool2d(tx, g["kernel"], stride, g["padding"],
+                                                        return_indices=True)
+    assert_matches_torch(y, from_torch(y_torch))
+    nan_windows = ref.avgpool2d_forward(np.isnan(x).astype(np.float64), g["kernel"], stride, g["padding"]) > 0
+    np.testing.assert_array_equal(argmax_ref[~nan_windows], argmax_torch.numpy()[~nan_windows])
+    note("compared with torch")
+    if not nan_windows.any():
+        # dx of the argmax maxpool2d_forward returned (the one above may have
+        # been laid out with zero strides, which changes it).
+        dx = fast.maxpool2d_backward(dy, forward_argmax, x.shape)
+        y_torch.backward(to_torch(dy, requires_grad=False))
+        assert_matches_torch(dx, from_torch(tx.grad), ref.maxpool2d_backward(np.abs(dy), argmax_ref, x.shape))
+        note("dx compared with torch")
 
 
 @target
@@ -394,9 +671,17 @@ def fuzz_avgpool2d(data):
     assert_matches(y, ref.avgpool2d_forward(x, *geometry), ref.avgpool2d_forward(np.abs(x), *geometry))
     dy = draw_array(data, rng, y.shape, dtype, "dy")
     x_shape = shape_argument(data, x.shape)
-    assert_matches(fast.avgpool2d_backward(dy, x_shape, *geometry),
-                   ref.avgpool2d_backward(dy, x_shape, *geometry),
-                   ref.avgpool2d_backward(np.abs(dy), x_shape, *geometry))
+    dx = fast.avgpool2d_backward(dy, x_shape, *geometry)
+    dx_magnitude = ref.avgpool2d_backward(np.abs(dy), x_shape, *geometry)
+    assert_matches(dx, ref.avgpool2d_backward(dy, x_shape, *geometry), dx_magnitude)
+    if torch is not None:
+        # The divisor is the whole window, padding included: count_include_pad.
+        tx = to_torch(x)
+        y_torch = torch_functional.avg_pool2d(tx, g["kernel"], stride, g["padding"], count_include_pad=True)
+        y_torch.backward(to_torch(dy, requires_grad=False))
+        assert_matches_torch(y, from_torch(y_torch), ref.avgpool2d_forward(np.abs(x), *geometry))
+        assert_matches_torch(dx, from_torch(tx.grad), dx_magnitude)
+        note("compared with torch")
 
 
 EPS_VALUES = (1e-5, 1e-3, 0.5, 1, np.float32(1e-3), np.float64(2.0), float("inf"))
@@ -408,7 +693,7 @@ def fuzz_batchnorm2d_train(data):
     rng, dtype, c = g["rng"], g["dtype"], g["c"]
     offset = data.draw(st.floats(-50, 50), label="offset")
     scale = data.draw(st.floats(0.01, 10), label="scale")
-    x = draw_array(data, rng, x_shape_of(g), dtype, "x", scale=scale, offset=offset)
+    x = x_raw = draw_array(data, rng, x_shape_of(g), dtype, "x", scale=scale, offset=offset)
     weight = draw_array(data, rng, (c,), dtype, "weight", specials=False)
     bias = draw_array(data, rng, (c,), dtype, "bias", specials=False)
     eps = data.draw(st.sampled_from(EPS_VALUES), label="eps")
@@ -442,8 +727,43 @@ def fuzz_batchnorm2d_train(data):
     # ulp times inv_std: a dweight of sum|dy| times it, however small the
     # twin's own.
     xhat_error = np.finfo(dtype).eps * np.abs(x).max(axis=(0, 2, 3)) * np.abs(inv_std)
-    assert_matches(dweight, dweight_ref, sum_abs_dy_xhat + sum_abs_dy * xhat_error / RTOL[np.dtype(dtype)])
+    dweight_magnitude = sum_abs_dy_xhat + sum_abs_dy * xhat_error / RTOL[np.dtype(dtype)]
+    assert_matches(dweight, dweight_ref, dweight_magnitude)
     assert_matches(dbias, dbias_ref, sum_abs_dy)
+    if torch is None:
+        return
+    # PyTorch's mean, too, may be off, by up to (m - 1) ulps of the data (a
+    # plain sum of m terms, divided by m) rather than the twin's one: on a
+    # constant channel, where the kernel's xhat is exactly 0, that is an xhat
+    # of up to m times the one allowed for above, in y and in dweight.
+    torch_xhat_error = max(m - 1, 1) * xhat_error / RTOL[np.dtype(dtype)]
+    tx, tweight, tbias = (to_torch(a) for a in (x_raw, weight, bias))
+    normalized = torch_functional.relu(tx) if relu_input else tx
+    if relu_input and not through_relu:
+        normalized.retain_grad()  # dx of the batch norm's own input
+    # torch.batch_norm, not torch.nn.functional's wrapper, which refuses a
+    # channel of one value; the kernels give it a variance of 0.
+    y_torch = torch.batch_norm(normalized, tweight, tbias, None, None, True, 0.0, float(eps), False)
+    y_torch.backward(to_torch(dy, requires_grad=False))
+    detached = normalized.detach()
+    assert_matches_torch(mean, from_torch(detached.mean(dim=(0, 2, 3))), np.abs(x).max(axis=(0, 2, 3)))
+    assert_matches_torch(var, from_torch(detached.var(dim=(0, 2, 3), unbiased=False)),
+                         var_ref + (1e-8 * np.abs(x).max(axis=(0, 2, 3))) ** 2)
+    assert_matches_torch(y, from_torch(y_torch),
+                         (np.abs(xhat) + torch_xhat_error.reshape(channel)) * np.abs(weight).reshape(channel)
+                         + np.abs(bias).reshape(channel))
+    dx_torch = from_torch(normalized.grad if relu_input and not through_relu else tx.grad).copy()
+    if through_relu:
+        # The ReLU's derivative at NaN: PyTorch lets the gradient through
+        # (threshold_backward keeps it unless the output is <= 0), fastconv
+        # stops it (relu_backward: dy where the output is positive).
+        stopped = np.isnan(x_raw)
+        assert (dx[stopped] == 0).all()
+        dx_torch[stopped] = 0
+    assert_matches_torch(dx, dx_torch, dx_magnitude)
+    assert_matches_torch(dweight, from_torch(tweight.grad), sum_abs_dy_xhat + sum_abs_dy * torch_xhat_error)
+    assert_matches_torch(dbias, from_torch(tbias.grad), sum_abs_dy)
+    note("compared with torch")
 
 
 @target
@@ -463,7 +783,15 @@ def fuzz_batchnorm2d_eval(data):
     scale = np.abs(weight / std).reshape(channel)
     magnitude = ((np.abs(x) + np.abs(running_mean.astype(dtype)).reshape(channel)) * scale
                  + np.abs(bias).reshape(channel))
-    assert_matches(fast.batchnorm2d_forward_eval(*args), ref.batchnorm2d_forward_eval(*args), magnitude)
+    y = fast.batchnorm2d_forward_eval(*args)
+    assert_matches(y, ref.batchnorm2d_forward_eval(*args), magnitude)
+    if torch is not None:
+        # The running statistics in the input's dtype, as the kernels take them.
+        y_torch = torch_functional.batch_norm(
+            *(to_torch(a, requires_grad=False) for a in (x, running_mean.astype(dtype), running_var.astype(dtype),
+                                                         weight, bias)), training=False, eps=float(eps))
+        assert_matches_torch(y, from_torch(y_torch), magnitude)
+        note("compared with torch")
 
 
 @target
@@ -692,8 +1020,9 @@ def direct_maxpool(x, kernel, stride, padding):
             if np.isnan(values).any():
                 k = int(np.flatnonzero(np.isnan(values))[0])
                 y[p + (i, j)], argmax[p + (i, j)] = values[k], flat[k]
-            elif values.size == 0 or values.max() == -np.inf:
-                y[p + (i, j)], argmax[p + (i, j)] = -np.inf, top * w + left
+            elif values.max() == -np.inf:
+                # The padding is never the maximum: the first tap inside the plane.
+                y[p + (i, j)], argmax[p + (i, j)] = -np.inf, flat[0]
             else:
                 k = int(np.argmax(values))
                 y[p + (i, j)], argmax[p + (i, j)] = values[k], flat[k]
@@ -963,21 +1292,47 @@ def layer_tolerance(values):
     return finite.max(initial=0.0) + 1.0
 
 
+def invalid_shape(layer, shape):
+    """An input shape that does not fit the layer (its channels or features, or
+    the number of axes it takes), or None for a layer that takes any shape."""
+    if isinstance(layer, (layers.Conv2d, layers.BatchNorm2d)):
+        return (shape[0], shape[1] + 1) + tuple(shape[2:])
+    if isinstance(layer, layers.Linear):
+        return (shape[0], shape[1] + 1)
+    if isinstance(layer, (layers.MaxPool2d, layers.AvgPool2d, layers.GlobalAvgPool2d,
+                          layers.AdaptiveAvgPool2d)):
+        return tuple(shape[1:])
+    return None
+
+
 @target
 def fuzz_layers(data):
+    """Forward and backward on both backends: on an input the strategy made valid,
+    neither may raise and both must agree; on one it made invalid (a shape that
+    does not fit the layer), both must refuse it with the same exception type."""
     layer, shape, dtype, rng = data.draw(layer_cases(), label="layer")
-    x = draw_array(data, rng, shape, dtype, "x")
-    out_shape = layer.output_shape(shape)
-    dy = draw_array(data, rng, out_shape, dtype, "dy", specials=False)
+    bad_shape = invalid_shape(layer, shape)
+    invalid = bad_shape is not None and data.draw(st.integers(0, 4), label="invalid input") == 0
+    if invalid:
+        note("invalid inputs")
+        x = random_values(rng, bad_shape, dtype)
+        dy = np.zeros(1, dtype)  # never reached: the forward pass refuses x
+    else:
+        x = draw_array(data, rng, shape, dtype, "x")
+        out_shape = layer.output_shape(shape)
+        dy = draw_array(data, rng, out_shape, dtype, "dy", specials=False)
     twin = copy.deepcopy(layer)
     compiled = layer_run(layer, x, dy, "compiled")
     numpy = layer_run(twin, x, dy, "numpy")
-    if isinstance(numpy, Exception) or isinstance(compiled, Exception):
-        # Both backends refuse the same input the same way; MaxPool2d's backward,
-        # for one, refuses a window of -inf whose maximum lies in the padding.
-        assert_clear(compiled, [])
-        assert (type(compiled), str(compiled)) == (type(numpy), str(numpy))
+    if invalid:
+        for backend, result in (("compiled", compiled), ("numpy", numpy)):
+            assert isinstance(result, Exception), f"{backend}: {layer!r} accepted an input of shape {bad_shape}"
+            assert_clear(result, [])
+        assert type(compiled) is type(numpy), (compiled, numpy)
         return
+    for backend, result in (("compiled", compiled), ("numpy", numpy)):
+        if isinstance(result, Exception):
+            raise AssertionError(f"{backend}: {layer!r} refused a valid input of shape {shape}") from result
     assert compiled[0].shape == out_shape
     for got, want in zip(compiled[:2], numpy[:2]):
         assert_matches(np.ascontiguousarray(got), np.ascontiguousarray(want), layer_tolerance(want))
@@ -1006,11 +1361,30 @@ def fuzz_layer_gradients(data):
         return layer.forward(inputs)
 
     f(x)
+    layer.zero_grad()
     dx = layer.backward(dy)
+    grads = {name: g.copy() for name, g in layer.grads.items()}
     step = 1e-6
+    tolerance = {"rel": 1e-5, "abs": 1e-6 * (np.abs(dy).sum() + 1)}
     numerical = np.vdot(dy, f(x + step * v) - f(x - step * v)) / (2 * step)
     analytic = np.vdot(dx, v)
-    assert analytic == pytest.approx(numerical, rel=1e-5, abs=1e-6 * (np.abs(dy).sum() + 1))
+    assert analytic == pytest.approx(numerical, **tolerance)
+    # The parameters' gradients the same way: weight and bias of Conv2d and
+    # Linear, and of BatchNorm2d (its gamma and beta), with x held.
+    for name, param in layer.params.items():
+        original = param.copy()
+        direction = rng.standard_normal(param.shape)
+        try:
+            param[...] = original + step * direction
+            above = f(x)
+            param[...] = original - step * direction
+            below = f(x)
+        finally:
+            param[...] = original
+        numerical = np.vdot(dy, above - below) / (2 * step)
+        assert np.vdot(grads[name], direction) == pytest.approx(numerical, **tolerance), name
+    if layer.params:
+        note("parameter gradients checked")
 
 
 @target
@@ -1105,6 +1479,23 @@ def test_conv2d_weight_gradient_keeps_nan_to_its_taps(dtype, special):
     want = ref.conv2d_backward(dy, cache_ref)[1]
     assert np.isfinite(want[0, 0, 0, 1])
     assert_matches(fast.conv2d_backward(dy, cache)[1], want)
+
+
+@pytest.mark.parametrize("backend", [fast, ref], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool2d_window_of_minus_inf_keeps_its_gradient_inside_the_plane(backend, dtype):
+    # A padded window whose values are all -inf once reported its first tap even
+    # when that tap was padding: the forward pass succeeded and the backward pass
+    # then refused its own argmax ("outside the input plane"). PyTorch sends that
+    # gradient to the window's first tap inside the plane, and so do both
+    # backends now.
+    x = np.full((1, 1, 2, 3), -np.inf, dtype)
+    x[0, 0, 1, 2] = 1.0
+    y, argmax = backend.maxpool2d_forward(x, 3, 1, 1)
+    np.testing.assert_array_equal(y, [[[[-np.inf, 1, 1], [-np.inf, 1, 1]]]])
+    np.testing.assert_array_equal(argmax, [[[[0, 5, 5], [0, 5, 5]]]])
+    dx = backend.maxpool2d_backward(np.ones_like(y), argmax, x.shape)
+    np.testing.assert_array_equal(dx, [[[[2, 0, 0], [0, 0, 4]]]])
 
 
 BAD_X_SHAPES = [(2, 3, 4), (2, 3, 4, 4, 1), (2, 3, 4.5, 4), "abcd", None, (2, 3, -4, 4), (2, 3, True, 4)]
