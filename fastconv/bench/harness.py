@@ -881,6 +881,12 @@ def _conv_total_row(net, kernel_rows, gemm):
     return _rates(row, row["flops"], gemm, row["batch"])
 
 
+def _fused_forward(relu, bn, a):
+    kernels = backend.current()
+    relu._forward_fused(kernels, a)
+    return bn._forward_relu_input(kernels, a)
+
+
 def _profiled_steps(model):
     """[(row name, forward, backward(grad, need_dx), index of its first layer)]:
     a training step cut where it can be timed, each ReLU that Sequential
@@ -891,7 +897,7 @@ def _profiled_steps(model):
         (name, layer), last = named[i], len(named) - 1
         if model._fuses_relu_batchnorm(i, last):
             bn_name, bn = named[i + 1]
-            steps.append((f"{name}+{bn_name}", lambda a, relu=layer, bn=bn: bn._forward_after_relu(relu, a),
+            steps.append((f"{name}+{bn_name}", lambda a, relu=layer, bn=bn: _fused_forward(relu, bn, a),
                           lambda g, need_dx, bn=bn: bn._backward_through_relu(g, True), i))
             i += 2
         else:

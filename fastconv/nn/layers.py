@@ -2,11 +2,13 @@
 
 Every layer follows one contract:
 
-* ``forward(x) -> y`` keeps in a cache exactly what ``backward`` needs;
-  ``backward(dy) -> dx`` returns the gradient w.r.t. the input of the last
-  forward and *adds* the parameter gradients into ``grads`` (same keys as
-  ``params``), as PyTorch accumulates into ``.grad``: call ``zero_grad()``
-  between steps. ``backward`` before any ``forward`` is a RuntimeError.
+* ``forward(x) -> y`` keeps in a cache exactly what ``backward`` needs: one
+  small named record per layer kind (``_ConvCache``, ``_BatchNormTrainCache``,
+  ...), stored by ``_remember``; ``backward(dy) -> dx`` returns the gradient
+  w.r.t. the input of the last forward and *adds* the parameter gradients into
+  ``grads`` (same keys as ``params``), as PyTorch accumulates into ``.grad``:
+  call ``zero_grad()`` between steps. ``backward`` before any ``forward`` is a
+  RuntimeError.
 * ``params`` and ``buffers`` are float32 by default (``dtype=`` chooses
   float64); an input of the other float dtype is a TypeError, never a silent cast.
 * ``training`` selects batch statistics (BatchNorm2d) and dropping (Dropout).
@@ -16,6 +18,7 @@ Every layer follows one contract:
 """
 import copy
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,6 +31,11 @@ __all__ = [
 ]
 
 
+class _PassIO(NamedTuple):
+    """Shapes and dtype of a layer's last forward pass, which backward checks against."""
+    input_shape: tuple
+    dtype: np.dtype
+    output_shape: tuple
 
 
 def _float_dtype(dtype):
@@ -52,8 +60,8 @@ class Layer:
     """Base class: parameters, gradients, buffers, mode and the forward/backward plumbing.
 
     Subclasses implement ``_forward(x) -> (y, cache)``, ``_backward(dy, cache,
-    need_dx) -> dx`` and ``output_shape``; the base class validates inputs and
-    gradients and keeps the cache.
+    need_dx, param_grads) -> dx`` and ``output_shape``; the base class
+    validates inputs and gradients and keeps the cache.
     """
 
     name_prefix = "layer"
@@ -65,7 +73,7 @@ class Layer:
         self.buffers = {}
         self.training = True
         self._cache = None
-        self._last_io = None  # (input shape, dtype, output shape) of the last forward
+        self._last_io = None  # _PassIO of the last forward
 
     # -- parameters ---------------------------------------------------------
     def _add_param(self, name, array):
@@ -162,11 +170,21 @@ class Layer:
     def forward(self, x):
         self._check_input(x)
         y, cache = self._forward(x)
-        self._cache = cache
-        self._last_io = (x.shape, x.dtype, y.shape)
+        self._remember(cache, x, y.shape)
         return y
 
     __call__ = forward
+
+    def _remember(self, cache, x, output_shape):
+        """Keep ``cache``, this layer's record of a forward pass from x to an
+        output of ``output_shape``, for the next backward.
+
+        ``forward`` calls it, and so do the passes that run this layer fused
+        with its neighbours: each layer stores its own record, whoever ran
+        the kernel.
+        """
+        self._cache = cache
+        self._last_io = _PassIO(x.shape, x.dtype, output_shape)
 
     def backward(self, dy, need_dx=True, param_grads=True):
         """Gradient w.r.t. the last forward's input (None when need_dx is False).
@@ -181,13 +199,15 @@ class Layer:
     def _check_gradient(self, dy):
         if self._last_io is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        _, dtype, out_shape = self._last_io
         _checks.float_array(dy, "gradient")
-        if dy.dtype != dtype:
-            raise TypeError(f"gradient dtype {dy.dtype} does not match the forward pass's dtype {dtype}")
-        if dy.shape != out_shape:
+        if dy.dtype != self._last_io.dtype:
+            raise TypeError(
+                f"gradient dtype {dy.dtype} does not match the forward pass's dtype {self._last_io.dtype}"
+            )
+        if dy.shape != self._last_io.output_shape:
             raise ValueError(
-                f"gradient has shape {dy.shape}, expected the output shape {out_shape} of the last forward"
+                f"gradient has shape {dy.shape}, expected the output shape "
+                f"{self._last_io.output_shape} of the last forward"
             )
 
     def _forward(self, x):
@@ -195,6 +215,11 @@ class Layer:
 
     def _backward(self, dy, cache, need_dx, param_grads):
         raise NotImplementedError
+
+
+class _ConvCache(NamedTuple):
+    kernels: object  # the backend module that ran the forward
+    kernel_cache: object  # what its conv2d_backward needs
 
 
 class Conv2d(Layer):
@@ -243,18 +268,24 @@ class Conv2d(Layer):
 
     def _forward(self, x):
         kernels = backend.current()
-        y, cache = kernels.conv2d_forward(
+        y, kernel_cache = kernels.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding
         )
-        return y, (kernels, cache)
+        return y, _ConvCache(kernels, kernel_cache)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, kernel_cache = cache
-        dx, dweight, dbias = kernels.conv2d_backward(dy, kernel_cache, need_dx=need_dx,
-                                                     need_params=param_grads)
+        dx, dweight, dbias = cache.kernels.conv2d_backward(dy, cache.kernel_cache, need_dx=need_dx,
+                                                           need_params=param_grads)
         if param_grads:
             self._add_grads(dweight, dbias)
         return dx
+
+
+class _ReLUCache(NamedTuple):
+    kernels: object
+    # Positive exactly where the input was: the output, or the input itself
+    # when the pass ran fused into the next layer's kernel.
+    gate: np.ndarray
 
 
 class ReLU(Layer):
@@ -265,11 +296,24 @@ class ReLU(Layer):
     def _forward(self, x):
         kernels = backend.current()
         y = kernels.relu_forward(x)
-        return y, (kernels, y)
+        return y, _ReLUCache(kernels, y)
+
+    def _forward_fused(self, kernels, x):
+        """Record a forward pass over x whose output the next layer's kernel
+        computes itself (Sequential's fused passes); no output is made.
+
+        ``backward`` then masks with x, positive where relu(x) is, and gives
+        what it would after ``forward(x)``.
+        """
+        self._check_input(x)
+        self._remember(_ReLUCache(kernels, x), x, x.shape)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, y = cache
-        return kernels.relu_backward(dy, y) if need_dx else None
+        return cache.kernels.relu_backward(dy, cache.gate) if need_dx else None
+
+
+class _LeakyReLUCache(NamedTuple):
+    positive: np.ndarray  # bool, where the input was positive
 
 
 class LeakyReLU(Layer):
@@ -291,12 +335,24 @@ class LeakyReLU(Layer):
     def _forward(self, x):
         positive = x > 0
         y = np.where(positive, x, x * x.dtype.type(self.negative_slope))
-        return y, positive
+        return y, _LeakyReLUCache(positive)
 
-    def _backward(self, dy, positive, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        return np.where(positive, dy, dy * dy.dtype.type(self.negative_slope))
+        return np.where(cache.positive, dy, dy * dy.dtype.type(self.negative_slope))
+
+
+class _BatchNormTrainCache(NamedTuple):
+    kernels: object
+    kernel_cache: object
+    relu_fused: bool  # the kernel normalized max(x, 0), the ReLU before fused in
+
+
+class _BatchNormEvalCache(NamedTuple):
+    mean: np.ndarray  # the running statistics the pass used, as constants
+    inv_std: np.ndarray
+    x: np.ndarray
 
 
 class BatchNorm2d(Layer):
@@ -339,70 +395,70 @@ class BatchNorm2d(Layer):
         if not self.training:
             y = kernels.batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, self.eps)
             inv_std = 1.0 / np.sqrt(running_var + running_var.dtype.type(self.eps))
-            return y, ("eval", running_mean.copy(), inv_std, x)
-        return self._forward_train(kernels, x, relu=None)
+            return y, _BatchNormEvalCache(running_mean.copy(), inv_std, x)
+        return self._forward_train(kernels, x, relu_input=False)
 
-    def _forward_train(self, kernels, x, relu):
+    def _forward_train(self, kernels, x, relu_input):
         count = x.shape[0] * x.shape[2] * x.shape[3]
         if count < 2:
             raise ValueError(
                 f"BatchNorm2d in training mode needs more than 1 value per channel, got input shape {x.shape}"
             )
-        y, mean, var, cache = kernels.batchnorm2d_forward_train(
-            x, self.params["weight"], self.params["bias"], self.eps, relu_input=relu is not None)
+        y, mean, var, kernel_cache = kernels.batchnorm2d_forward_train(
+            x, self.params["weight"], self.params["bias"], self.eps, relu_input=relu_input)
         running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
         m = self.momentum
         running_mean[...] = (1.0 - m) * running_mean + m * mean
         running_var[...] = (1.0 - m) * running_var + m * var * (count / (count - 1))
-        return y, ("train", kernels, cache, relu)
+        return y, _BatchNormTrainCache(kernels, kernel_cache, relu_input)
 
     # Sequential runs a ReLU followed by a training-mode BatchNorm2d as one
     # pass when no hook needs the ReLU's output: the batch-norm kernels read
     # x and take max(x, 0) themselves, forward and backward, which saves the
-    # ReLU's two passes over the activation and its output array (cifar6's
-    # training step: 136-139 ms before, 127-129 ms after).
+    # ReLU's two passes over the activation and its output array (the
+    # training-step times before and after are in docs/engine.md).
 
-    def _forward_after_relu(self, relu, x):
-        """This layer's training forward on relu(x), relu's pass fused in.
+    def _forward_relu_input(self, kernels, x):
+        """This layer's training forward on relu(x), the ReLU's pass fused in;
+        returns y.
 
-        Leaves both layers as their own forward passes would for backward:
-        relu's cache holds x, whose positive entries are those of relu(x),
-        and this layer's backward still returns the gradient with respect
-        to relu(x).
+        The record it keeps serves both backward passes: ``backward`` returns
+        the gradient with respect to relu(x), as after ``forward(relu(x))``,
+        and ``_backward_through_relu`` the one with respect to x.
         """
         self._check_input(x)
-        kernels = backend.current()
-        y, cache = self._forward_train(kernels, x, relu)
-        self._cache = cache
-        self._last_io = (x.shape, x.dtype, y.shape)
-        relu._cache = (kernels, x)
-        relu._last_io = (x.shape, x.dtype, x.shape)
+        if not self.training:
+            raise RuntimeError("BatchNorm2d runs a ReLU's pass fused in only in training mode")
+        y, cache = self._forward_train(kernels, x, relu_input=True)
+        self._remember(cache, x, y.shape)
         return y
 
-    def _relu_fused_in(self):
-        """The ReLU layer whose pass the last forward fused in, or None."""
+    def _ran_relu_fused(self):
+        """Whether the last forward was ``_forward_relu_input``."""
         cache = self._cache
-        return cache[3] if cache is not None and cache[0] == "train" else None
+        return isinstance(cache, _BatchNormTrainCache) and cache.relu_fused
 
-    def _backward_through_relu(self, dy, param_grads):
-        """The gradient with respect to the fused ReLU's input x."""
+    def _backward_through_relu(self, dy, param_grads=True):
+        """The gradient with respect to x of the last ``_forward_relu_input(x)``:
+        this layer's backward and the fused ReLU's as one pass."""
         self._check_gradient(dy)
-        _, kernels, kernel_cache, _ = self._cache
-        dx, dweight, dbias = kernels.batchnorm2d_backward(dy, kernel_cache, through_relu=True)
+        if not self._ran_relu_fused():
+            raise RuntimeError("BatchNorm2d's last forward did not run a ReLU's pass fused in")
+        cache = self._cache
+        dx, dweight, dbias = cache.kernels.batchnorm2d_backward(dy, cache.kernel_cache, through_relu=True)
         if param_grads:
             self._add_grads(dweight, dbias)
         return dx
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        if cache[0] == "train":
+        if isinstance(cache, _BatchNormTrainCache):
             # The kernel's dx needs dweight and dbias, so they are always made.
-            _, kernels, kernel_cache, _ = cache
-            dx, dweight, dbias = kernels.batchnorm2d_backward(dy, kernel_cache)
+            dx, dweight, dbias = cache.kernels.batchnorm2d_backward(dy, cache.kernel_cache)
         else:
-            _, mean, inv_std, x = cache
+            inv_std = cache.inv_std
             dx = dy * (self.params["weight"] * inv_std).reshape(1, -1, 1, 1) if need_dx else None
             if param_grads:
-                xhat = (x - mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
+                xhat = (cache.x - cache.mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
                 dweight = np.einsum("nchw,nchw->c", dy, xhat)
                 dbias = dy.sum(axis=(0, 2, 3))
         if param_grads:
@@ -436,17 +492,27 @@ class _Pool2d(Layer):
         return shape[:2] + (oh, ow)
 
 
+class _MaxPoolCache(NamedTuple):
+    kernels: object
+    argmax: np.ndarray
+    x_shape: tuple
+
+
 class MaxPool2d(_Pool2d):
     """Max over KH x KW windows (padding counts as -inf); ties go to the first maximum."""
 
     def _forward(self, x):
         kernels = backend.current()
         y, argmax = kernels.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        return y, (kernels, argmax, x.shape)
+        return y, _MaxPoolCache(kernels, argmax, x.shape)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, argmax, x_shape = cache
-        return kernels.maxpool2d_backward(dy, argmax, x_shape) if need_dx else None
+        return cache.kernels.maxpool2d_backward(dy, cache.argmax, cache.x_shape) if need_dx else None
+
+
+class _AvgPoolCache(NamedTuple):
+    kernels: object
+    x_shape: tuple
 
 
 class AvgPool2d(_Pool2d):
@@ -454,13 +520,17 @@ class AvgPool2d(_Pool2d):
 
     def _forward(self, x):
         kernels = backend.current()
-        return kernels.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding), (kernels, x.shape)
+        y = kernels.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return y, _AvgPoolCache(kernels, x.shape)
 
     def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        kernels, x_shape = cache
-        return kernels.avgpool2d_backward(dy, x_shape, self.kernel_size, self.stride, self.padding)
+        return cache.kernels.avgpool2d_backward(dy, cache.x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class _GlobalAvgPoolCache(NamedTuple):
+    x_shape: tuple
 
 
 class GlobalAvgPool2d(Layer):
@@ -473,14 +543,19 @@ class GlobalAvgPool2d(Layer):
         return self._check_ndim(input_shape)[:2]
 
     def _forward(self, x):
-        return x.mean(axis=(2, 3), dtype=x.dtype), x.shape
+        return x.mean(axis=(2, 3), dtype=x.dtype), _GlobalAvgPoolCache(x.shape)
 
-    def _backward(self, dy, x_shape, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
+        x_shape = cache.x_shape
         dx = np.empty(x_shape, dtype=dy.dtype)
         dx[...] = (dy / dy.dtype.type(x_shape[2] * x_shape[3]))[:, :, None, None]
         return dx
+
+
+class _FlattenCache(NamedTuple):
+    x_shape: tuple
 
 
 class Flatten(Layer):
@@ -495,10 +570,15 @@ class Flatten(Layer):
         return (shape[0], math.prod(shape[1:]))
 
     def _forward(self, x):
-        return x.reshape(x.shape[0], -1), x.shape
+        return x.reshape(x.shape[0], -1), _FlattenCache(x.shape)
 
-    def _backward(self, dy, x_shape, need_dx, param_grads):
-        return dy.reshape(x_shape) if need_dx else None
+    def _backward(self, dy, cache, need_dx, param_grads):
+        return dy.reshape(cache.x_shape) if need_dx else None
+
+
+class _LinearCache(NamedTuple):
+    kernels: object
+    kernel_cache: object
 
 
 class Linear(Layer):
@@ -538,15 +618,18 @@ class Linear(Layer):
     def _forward(self, x):
         kernels = backend.current()
         y, kernel_cache = kernels.linear_forward(x, self.params["weight"], self.params.get("bias"))
-        return y, (kernels, kernel_cache)
+        return y, _LinearCache(kernels, kernel_cache)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, kernel_cache = cache
-        dx, dweight, dbias = kernels.linear_backward(dy, kernel_cache, need_dx=need_dx,
-                                                     need_params=param_grads)
+        dx, dweight, dbias = cache.kernels.linear_backward(dy, cache.kernel_cache, need_dx=need_dx,
+                                                           need_params=param_grads)
         if param_grads:
             self._add_grads(dweight, dbias)
         return dx
+
+
+class _DropoutCache(NamedTuple):
+    mask: np.ndarray  # None in evaluation (identity); else 0 or 1 / (1 - p) per element
 
 
 class Dropout(Layer):
@@ -568,18 +651,22 @@ class Dropout(Layer):
 
     def _forward(self, x):
         if not self.training:
-            return x, None
+            return x, _DropoutCache(None)
         if self.p == 1.0:
             mask = np.zeros(x.shape, dtype=x.dtype)
         else:
             keep = self.rng.random(x.shape, dtype=x.dtype) >= x.dtype.type(self.p)
             mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
-        return x * mask, mask
+        return x * mask, _DropoutCache(mask)
 
-    def _backward(self, dy, mask, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        return dy if mask is None else dy * mask
+        return dy if cache.mask is None else dy * cache.mask
+
+
+class _LogSoftmaxCache(NamedTuple):
+    y: np.ndarray  # the output, log-probabilities
 
 
 class LogSoftmax(Layer):
@@ -596,12 +683,13 @@ class LogSoftmax(Layer):
     def _forward(self, x):
         shifted = x - x.max(axis=1, keepdims=True)
         y = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return y, y
+        return y, _LogSoftmaxCache(y)
 
-    def _backward(self, dy, y, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
+        return dy - np.exp(cache.y) * dy.sum(axis=1, keepdims=True)
+
 
 def _adaptive_size(value):
     """An int or an (h, w) pair whose entries are positive ints or None -> (h, w)."""
@@ -626,6 +714,12 @@ def _averaging_matrix(out_size, in_size, dtype):
     columns = np.arange(in_size)
     inside = (columns >= start[:, None]) & (columns < stop[:, None])
     return (inside / (stop - start)[:, None]).astype(dtype)
+
+
+class _AdaptiveAvgPoolCache(NamedTuple):
+    # The averaging matrices, both None when the output size is the input's.
+    rows: np.ndarray
+    cols: np.ndarray
 
 
 class AdaptiveAvgPool2d(Layer):
@@ -664,19 +758,17 @@ class AdaptiveAvgPool2d(Layer):
     def _forward(self, x):
         (oh, ow), (h, w) = self._target(x.shape), x.shape[2:]
         if (oh, ow) == (h, w):
-            return x, None
+            return x, _AdaptiveAvgPoolCache(None, None)
         rows = _averaging_matrix(oh, h, x.dtype)
         cols = _averaging_matrix(ow, w, x.dtype)
-        return np.matmul(np.matmul(rows, x), cols.T), (rows, cols)
+        return np.matmul(np.matmul(rows, x), cols.T), _AdaptiveAvgPoolCache(rows, cols)
 
     def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        if cache is None:
+        if cache.rows is None:
             return dy
-        rows, cols = cache
-        return np.matmul(np.matmul(rows.T, dy), cols)
-
+        return np.matmul(np.matmul(cache.rows.T, dy), cache.cols)
 
 
 LAYER_TYPES = {

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from fastconv import _checks
+from fastconv import _checks, backend
 from fastconv._files import atomic_write
 from fastconv.nn.layers import LAYER_TYPES, BatchNorm2d, Layer, ReLU, _float_dtype
 
@@ -174,7 +174,7 @@ class Sequential:
         BatchNorm2d in training mode, both within the pass, no hook to see
         the ReLU's output, and neither layer's forward or backward replaced
         on the instance, as the attribution tools do to the ReLUs (see
-        BatchNorm2d._forward_after_relu)."""
+        BatchNorm2d._forward_relu_input)."""
         if i + 1 > stop or self._hooks:
             return False
         relu, bn = self._layers[i], self._layers[i + 1]
@@ -189,11 +189,13 @@ class Sequential:
         i = 0
         while i <= stop:
             if self._fuses_relu_batchnorm(i, stop):
+                # Each layer keeps its own record of the pass, for backward.
                 relu, bn = self._layers[i], self._layers[i + 1]
+                kernels = backend.current()
                 with _blame(self._names[i], relu):
-                    relu._check_input(x)
+                    relu._forward_fused(kernels, x)
                 with _blame(self._names[i + 1], bn):
-                    x = bn._forward_after_relu(relu, x)
+                    x = bn._forward_relu_input(kernels, x)
                 i += 2
             else:
                 x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
@@ -237,8 +239,7 @@ class Sequential:
             name, layer = self._names[i], self._layers[i]
             need_dx = input_grad or i > last
             fused = isinstance(layer, BatchNorm2d) and i - 1 >= last
-            if fused and layer._relu_fused_in() is self._layers[i - 1] \
-                    and "backward" not in vars(self._layers[i - 1]):
+            if fused and layer._ran_relu_fused() and "backward" not in vars(self._layers[i - 1]):
                 # The ReLU's backward too, in the batch norm's pass.
                 with _blame(name, layer):
                     grad = layer._backward_through_relu(grad, param_grads)
