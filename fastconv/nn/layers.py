@@ -8,15 +8,34 @@ Every layer follows one contract:
   w.r.t. the input of the last forward and *adds* the parameter gradients into
   ``grads`` (same keys as ``params``), as PyTorch accumulates into ``.grad``:
   call ``zero_grad()`` between steps. ``backward`` before any ``forward`` is a
-  RuntimeError.
+  RuntimeError; a gradient of another shape or dtype than the last output is
+  a ValueError or TypeError.
 * ``params`` and ``buffers`` are float32 by default (``dtype=`` chooses
   float64); an input of the other float dtype is a TypeError, never a silent cast.
 * ``training`` selects batch statistics (BatchNorm2d) and dropping (Dropout).
 * The convolution, pooling, batch-norm and ReLU kernels come from
   ``fastconv.backend.current()`` at forward time; backward uses the backend
   that ran the forward.
+
+Hooks observe a layer's passes or change its backward rule without touching
+its methods; each ``register_*`` returns a :class:`HookHandle` whose
+``remove()`` takes the hook away:
+
+* ``register_forward_hook(fn)``: ``fn(layer, input, output)`` after every
+  ``forward`` and ``infer``; the return value is ignored.
+* ``register_backward_pre_hook(fn)``: ``fn(layer, grad_output)`` before the
+  backward pass, once the gradient has passed the checks above; a returned
+  array replaces grad_output (None keeps it), parameter gradients included.
+* ``register_backward_hook(fn)``: ``fn(layer, grad_input, grad_output)`` after
+  the backward pass (grad_input None when ``need_dx`` is False); a returned
+  array replaces grad_input (None keeps it).
+
+Hooks run in the order they were registered. A replacement must have the
+shape and dtype of what it replaces. ``Sequential`` runs a ReLU and the
+batch norm after it as one pass only when neither layer has a hook.
 """
 import copy
+import itertools
 import math
 from typing import NamedTuple
 
@@ -26,9 +45,40 @@ from fastconv import _checks, backend
 from fastconv.nn import init
 
 __all__ = [
-    "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
+    "HookHandle", "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
     "GlobalAvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "LogSoftmax", "LAYER_TYPES",
 ]
+
+
+_hook_keys = itertools.count()
+
+
+class HookHandle:
+    """Returned by every ``register_*_hook``; ``remove()`` unregisters the hook.
+
+    Also a context manager that removes the hook on exit.
+    """
+
+    def __init__(self, hooks, key):
+        self._hooks = hooks
+        self._key = key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+
+def _register(hooks, fn):
+    if not callable(fn):
+        raise TypeError(f"hook must be callable, got {fn!r}")
+    key = next(_hook_keys)
+    hooks[key] = fn
+    return HookHandle(hooks, key)
 
 
 class _PassIO(NamedTuple):
@@ -61,7 +111,7 @@ class Layer:
 
     Subclasses implement ``_forward(x) -> (y, cache)``, ``_backward(dy, cache,
     need_dx, param_grads) -> dx`` and ``output_shape``; the base class
-    validates inputs and gradients and keeps the cache.
+    validates inputs and gradients, keeps the cache and runs the hooks.
     """
 
     name_prefix = "layer"
@@ -74,6 +124,9 @@ class Layer:
         self.training = True
         self._cache = None
         self._last_io = None  # _PassIO of the last forward
+        self._forward_hooks = {}
+        self._backward_pre_hooks = {}
+        self._backward_hooks = {}
 
     # -- parameters ---------------------------------------------------------
     def _add_param(self, name, array):
@@ -107,11 +160,12 @@ class Layer:
     def astype(self, dtype):
         """A copy of the layer with parameters and buffers converted to float32 or float64.
 
-        The copy has zero gradients and no cache; everything else (mode,
-        configuration, a Dropout's random generator state) is copied.
+        The copy has zero gradients, no cache and no hooks; everything else
+        (mode, configuration, a Dropout's random generator state) is copied.
         """
         dtype = _float_dtype(dtype)
-        transient = ("params", "grads", "buffers", "_cache", "_last_io")
+        transient = ("params", "grads", "buffers", "_cache", "_last_io",
+                     "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
         clone = object.__new__(type(self))
         clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in transient}))
         clone.params = {k: v.astype(dtype) for k, v in self.params.items()}
@@ -119,6 +173,7 @@ class Layer:
         clone.buffers = {k: v.astype(dtype) for k, v in self.buffers.items()}
         clone._cache = None
         clone._last_io = None
+        clone._forward_hooks, clone._backward_pre_hooks, clone._backward_hooks = {}, {}, {}
         return clone
 
     def config(self):
@@ -165,12 +220,17 @@ class Layer:
     def infer(self, x):
         """Forward pass without keeping the cache (inference); returns y."""
         self._check_input(x)
-        return self._forward(x)[0]
+        y = self._forward(x)[0]
+        if self._forward_hooks:
+            self._run_forward_hooks(x, y)
+        return y
 
     def forward(self, x):
         self._check_input(x)
         y, cache = self._forward(x)
         self._remember(cache, x, y.shape)
+        if self._forward_hooks:
+            self._run_forward_hooks(x, y)
         return y
 
     __call__ = forward
@@ -191,10 +251,17 @@ class Layer:
 
         Parameter gradients are added into ``grads``; with ``param_grads=False``
         they are neither computed nor added (tools that only want the input
-        gradient: attacks, saliency, image optimization).
+        gradient: attacks, saliency, image optimization). Backward pre-hooks
+        may replace dy and backward hooks the result (see the module's
+        docstring); dy is checked before either runs.
         """
         self._check_gradient(dy)
-        return self._backward(dy, self._cache, need_dx, param_grads)
+        if self._backward_pre_hooks:
+            dy = self._run_backward_pre_hooks(dy)
+        dx = self._backward(dy, self._cache, need_dx, param_grads)
+        if self._backward_hooks:
+            dx = self._run_backward_hooks(dx, dy, need_dx)
+        return dx
 
     def _check_gradient(self, dy):
         if self._last_io is None:
@@ -209,6 +276,66 @@ class Layer:
                 f"gradient has shape {dy.shape}, expected the output shape "
                 f"{self._last_io.output_shape} of the last forward"
             )
+
+    # -- hooks ----------------------------------------------------------------
+    def register_forward_hook(self, fn):
+        """Call ``fn(layer, input, output)`` after every ``forward`` and ``infer``
+        of this layer; the return value is ignored. Returns a HookHandle."""
+        return _register(self._forward_hooks, fn)
+
+    def register_backward_pre_hook(self, fn):
+        """Call ``fn(layer, grad_output)`` before every backward pass of this
+        layer; an array it returns replaces grad_output (None keeps it), for
+        the input gradient and the parameter gradients alike. Returns a HookHandle."""
+        return _register(self._backward_pre_hooks, fn)
+
+    def register_backward_hook(self, fn):
+        """Call ``fn(layer, grad_input, grad_output)`` after every backward pass
+        of this layer, grad_output being the gradient the pass used (after
+        any pre-hook); an array it returns replaces grad_input (None keeps it;
+        with ``need_dx=False`` grad_input is None and stays None). Returns a
+        HookHandle."""
+        return _register(self._backward_hooks, fn)
+
+    def _has_forward_hooks(self):
+        return bool(self._forward_hooks)
+
+    def _has_backward_hooks(self):
+        """Whether a hook watches or changes this layer's backward pass."""
+        return bool(self._backward_pre_hooks or self._backward_hooks)
+
+    def _run_forward_hooks(self, x, y):
+        for hook in list(self._forward_hooks.values()):
+            hook(self, x, y)
+
+    def _run_backward_pre_hooks(self, dy):
+        for hook in list(self._backward_pre_hooks.values()):
+            replacement = hook(self, dy)
+            if replacement is not None:
+                self._check_replacement(replacement, "a backward pre-hook", "grad_output",
+                                        self._last_io.output_shape)
+                dy = replacement
+        return dy
+
+    def _run_backward_hooks(self, dx, dy, need_dx):
+        for hook in list(self._backward_hooks.values()):
+            replacement = hook(self, dx, dy)
+            if replacement is not None and need_dx:
+                self._check_replacement(replacement, "a backward hook", "grad_input",
+                                        self._last_io.input_shape)
+                dx = replacement
+        return dx
+
+    def _check_replacement(self, array, source, what, shape):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{source} of {type(self).__name__} returned {type(array).__name__} "
+                            f"for {what}; expected a numpy.ndarray or None")
+        if array.dtype != self._last_io.dtype:
+            raise TypeError(f"{source} of {type(self).__name__} returned {what} of dtype {array.dtype}; "
+                            f"the forward pass's dtype is {self._last_io.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"{source} of {type(self).__name__} returned {what} of shape {array.shape}; "
+                             f"expected {shape}")
 
     def _forward(self, x):
         raise NotImplementedError
@@ -413,10 +540,11 @@ class BatchNorm2d(Layer):
         return y, _BatchNormTrainCache(kernels, kernel_cache, relu_input)
 
     # Sequential runs a ReLU followed by a training-mode BatchNorm2d as one
-    # pass when no hook needs the ReLU's output: the batch-norm kernels read
-    # x and take max(x, 0) themselves, forward and backward, which saves the
-    # ReLU's two passes over the activation and its output array (the
-    # training-step times before and after are in docs/engine.md).
+    # pass when no hook sees or changes what passes between them: the
+    # batch-norm kernels read x and take max(x, 0) themselves, forward and
+    # backward, which saves the ReLU's two passes over the activation and its
+    # output array (the training-step times before and after are in
+    # docs/engine.md).
 
     def _forward_relu_input(self, kernels, x):
         """This layer's training forward on relu(x), the ReLU's pass fused in;

@@ -2,7 +2,22 @@
 
 The analysis tools work on this API only: ``forward(x, until=name)`` gives a
 layer's activation, ``backward(grad, start=name)`` sends a chosen gradient of
-that activation back to the image, hooks record activations on the way.
+that activation back to the image, and hooks watch the passes or change a
+layer's backward rule:
+
+* ``model.register_forward_hook(fn)``: ``fn(name, layer, output)`` after
+  every layer of every forward pass (``predict`` included);
+* ``model.register_backward_hook(fn)``: ``fn(name, layer, grad_input,
+  grad_output)`` after every layer of every ``model.backward``;
+* on any layer, ``register_forward_hook``, ``register_backward_pre_hook``
+  (may replace the gradient the layer receives) and ``register_backward_hook``
+  (may replace the gradient it passes on); see ``fastconv.nn.layers``.
+
+Each returns a handle whose ``remove()`` unregisters the hook; the model's
+hooks ignore return values. A ReLU and the training-mode batch norm after it
+run as one pass; a hook on the model or on those layers turns that off where
+it would see or change what passes between them, so hooks always see the
+unfused pass.
 
 File format (``save`` / ``load``): an uncompressed ``.npz`` holding
 ``architecture`` (JSON: format tag, version, mode and, per layer, its name,
@@ -20,24 +35,13 @@ import numpy as np
 
 from fastconv import _checks, backend
 from fastconv._files import atomic_write
-from fastconv.nn.layers import LAYER_TYPES, BatchNorm2d, Layer, ReLU, _float_dtype
+from fastconv.nn.layers import LAYER_TYPES, BatchNorm2d, HookHandle, Layer, ReLU, _float_dtype, _register
 
-__all__ = ["Sequential", "load", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Sequential", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
 _RESERVED_ENTRIES = ("architecture", "meta")
-
-
-class HookHandle:
-    """Returned by ``register_forward_hook``; ``remove()`` unregisters the hook."""
-
-    def __init__(self, hooks, key):
-        self._hooks = hooks
-        self._key = key
-
-    def remove(self):
-        self._hooks.pop(self._key, None)
 
 
 @contextlib.contextmanager
@@ -110,8 +114,8 @@ class Sequential:
             self._names.append(name)
             self._layers.append(layer)
         self._index = {name: i for i, name in enumerate(self._names)}
-        self._hooks = {}
-        self._next_hook = 0
+        self._forward_hooks = {}
+        self._backward_hooks = {}
         self._reached = None  # index of the last layer the last forward ran through
         self._training = all(layer.training for layer in self._layers)
         self.meta = {}
@@ -165,20 +169,22 @@ class Sequential:
     def _run_layer(self, name, layer, method, x):
         with _blame(name, layer):
             y = method(x)
-        for hook in list(self._hooks.values()):
+        for hook in list(self._forward_hooks.values()):
             hook(name, layer, y)
         return y
 
     def _fuses_relu_batchnorm(self, i, stop):
         """Whether layers i and i + 1 run as one pass: a ReLU, then a
-        BatchNorm2d in training mode, both within the pass, no hook to see
-        the ReLU's output, and neither layer's forward or backward replaced
-        on the instance, as the attribution tools do to the ReLUs (see
-        BatchNorm2d._forward_relu_input)."""
-        if i + 1 > stop or self._hooks:
+        BatchNorm2d in training mode, both within the pass, no model forward
+        hook to see the ReLU's output, no hook on either layer, and neither
+        layer's forward or backward replaced on the instance, as the
+        attribution tools do to the ReLUs (see BatchNorm2d._forward_relu_input)."""
+        if i + 1 > stop or self._forward_hooks:
             return False
         relu, bn = self._layers[i], self._layers[i + 1]
         if type(relu) is not ReLU or type(bn) is not BatchNorm2d or not bn.training:
+            return False
+        if any(layer._has_forward_hooks() or layer._has_backward_hooks() for layer in (relu, bn)):
             return False
         return not any(method in vars(layer) for layer in (relu, bn) for method in ("forward", "backward"))
 
@@ -215,7 +221,8 @@ class Sequential:
         so the first convolution skips its input gradient. With
         ``param_grads=False`` (attacks, saliency, image optimization) no
         parameter gradient is computed or added, which saves the convolutions'
-        weight-gradient products.
+        weight-gradient products. The layers' backward hooks run, then the
+        model's, after each layer.
         """
         if not input_grad and not param_grads:
             raise ValueError("backward with input_grad=False and param_grads=False has nothing to compute")
@@ -234,19 +241,25 @@ class Sequential:
             if not with_params:
                 return None
             last = with_params[0]
+        hooks = list(self._backward_hooks.values())
         i = first
         while i >= last:
             name, layer = self._names[i], self._layers[i]
             need_dx = input_grad or i > last
-            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last
-            if fused and layer._ran_relu_fused() and "backward" not in vars(self._layers[i - 1]):
-                # The ReLU's backward too, in the batch norm's pass.
+            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last and not hooks
+            if fused and layer._ran_relu_fused() and "backward" not in vars(self._layers[i - 1]) \
+                    and not layer._has_backward_hooks() and not self._layers[i - 1]._has_backward_hooks():
+                # The ReLU's backward too, in the batch norm's pass; a hook
+                # registered since the forward gets the two passes apart.
                 with _blame(name, layer):
                     grad = layer._backward_through_relu(grad, param_grads)
                 i -= 2
                 continue
             with _blame(name, layer):
-                grad = layer.backward(grad, need_dx=need_dx, param_grads=param_grads)
+                grad_input = layer.backward(grad, need_dx=need_dx, param_grads=param_grads)
+            for hook in hooks:
+                hook(name, layer, grad_input, grad)
+            grad = grad_input
             i -= 1
         return grad if input_grad else None
 
@@ -279,13 +292,18 @@ class Sequential:
 
     def register_forward_hook(self, fn):
         """Call ``fn(name, layer, output)`` after every layer of every forward pass
-        (``predict`` included, once per batch); the return value is ignored."""
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {fn!r}")
-        key = self._next_hook
-        self._next_hook += 1
-        self._hooks[key] = fn
-        return HookHandle(self._hooks, key)
+        (``predict`` included, once per batch); the return value is ignored.
+        Returns a HookHandle."""
+        return _register(self._forward_hooks, fn)
+
+    def register_backward_hook(self, fn):
+        """Call ``fn(name, layer, grad_input, grad_output)`` after every layer of
+        every ``backward``, grad_output being the gradient w.r.t. the layer's
+        output and grad_input the one it passes on (None where backward needs
+        no input gradient: the first layer with ``input_grad=False``); the
+        return value is ignored (a layer's own ``register_backward_hook`` can
+        replace grad_input). Returns a HookHandle."""
+        return _register(self._backward_hooks, fn)
 
     # -- description --------------------------------------------------------------
     def num_parameters(self):

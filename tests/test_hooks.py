@@ -1,0 +1,241 @@
+"""Hooks on layers and on Sequential."""
+import numpy as np
+import pytest
+
+from fastconv.nn import layers
+from fastconv.nn.model import Sequential
+
+
+def hooked_model(dtype=np.float64, seed=0):
+    """conv - ReLU - batch norm (fused in training) - pool - conv - ReLU - flatten - linear."""
+    rng = np.random.default_rng(seed)
+    model = Sequential(
+        layers.Conv2d(2, 4, 3, padding=1, dtype=dtype, seed=rng),
+        layers.ReLU(),
+        layers.BatchNorm2d(4, dtype=dtype),
+        layers.MaxPool2d(2),
+        layers.Conv2d(4, 3, 3, padding=1, dtype=dtype, seed=rng),
+        layers.ReLU(),
+        layers.Flatten(),
+        layers.Linear(3 * 3 * 3, 5, dtype=dtype, seed=rng),
+    )
+    bn = model.layer("bn1")
+    bn.params["weight"][:] = rng.uniform(0.5, 1.5, 4)
+    bn.params["bias"][:] = rng.standard_normal(4) * 0.1
+    return model
+
+
+def batch(dtype=np.float64, seed=1, n=4):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 2, 6, 6)).astype(dtype), rng.integers(0, 5, n)
+
+
+def plain_gradients(model, x, grad):
+    """Forward with every layer alone, then backward layer by layer by hand:
+    {name: (grad_input, grad_output)} and the input gradient."""
+    handle = model.register_forward_hook(lambda name, layer, y: None)  # nothing fused
+    model.forward(x)
+    handle.remove()
+    seen = {}
+    for name, layer in reversed(model.named_layers()):
+        grad_input = layer.backward(grad)
+        seen[name] = (grad_input, grad)
+        grad = grad_input
+    return seen, grad
+
+
+# -- layer hooks ---------------------------------------------------------------
+
+@pytest.mark.parametrize("train", [True, False])
+def test_backward_hooks_see_the_gradients_of_a_plain_backward(backend, train):
+    x, _ = batch()
+    grad = np.random.default_rng(2).standard_normal((4, 5))
+    want, want_dx = plain_gradients(hooked_model().train(train), x, grad)
+
+    model = hooked_model().train(train)
+    by_layer, by_model = {}, {}
+    for name, layer in model.named_layers():
+        layer.register_backward_hook(
+            lambda layer, gi, go, name=name: by_layer.__setitem__(name, (gi.copy(), go.copy())))
+    model.register_backward_hook(lambda name, layer, gi, go: by_model.__setitem__(name, (gi, go)))
+    model.forward(x)
+    dx = model.backward(grad)
+
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-14)
+    assert list(by_model) == [name for name, _ in reversed(model.named_layers())]
+    for name, (grad_input, grad_output) in want.items():
+        for seen in (by_layer[name], by_model[name]):
+            np.testing.assert_allclose(seen[0], grad_input, rtol=1e-12, atol=1e-14, err_msg=name)
+            np.testing.assert_allclose(seen[1], grad_output, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_a_model_backward_hook_sees_no_input_gradient_where_none_is_made():
+    model = hooked_model()
+    x, _ = batch()
+    seen = {}
+    model.register_backward_hook(lambda name, layer, gi, go: seen.__setitem__(name, gi))
+    model.backward(np.ones_like(model.forward(x)), input_grad=False)
+    assert seen["conv1"] is None and seen["relu1"] is not None
+    assert list(seen)[-1] == "conv1"
+
+
+def test_a_pre_hook_that_replaces_the_output_gradient_changes_dx_and_parameter_gradients():
+    x, _ = batch()
+    grad = np.random.default_rng(3).standard_normal((4, 5))
+    plain = hooked_model()
+    plain.forward(x)
+    plain_dx = plain.backward(grad)
+
+    model = hooked_model()
+    calls = []
+
+    def triple(layer, grad_output):
+        calls.append(grad_output.shape)
+        return 3 * grad_output
+
+    model.layer("conv2").register_backward_pre_hook(triple)
+    model.forward(x)
+    dx = model.backward(grad)
+    assert calls == [(4, 3, 3, 3)]
+    # Everything below conv2 is linear in the gradient conv2 receives.
+    np.testing.assert_allclose(dx, 3 * plain_dx, rtol=1e-12, atol=1e-14)
+    for key, value in plain.gradients().items():
+        factor = 1 if key.startswith("fc1") else 3
+        np.testing.assert_allclose(model.gradients()[key], factor * value, rtol=1e-12, atol=1e-14,
+                                   err_msg=key)
+
+
+def test_a_backward_hook_replaces_the_input_gradient_only():
+    x, _ = batch()
+    grad = np.ones((4, 5))
+    plain = hooked_model()
+    plain.forward(x)
+    plain.backward(grad)
+
+    model = hooked_model()
+    model.layer("relu2").register_backward_hook(lambda layer, gi, go: np.zeros_like(gi))
+    model.forward(x)
+    dx = model.backward(grad)
+    assert not dx.any()
+    np.testing.assert_array_equal(model.gradients()["fc1.weight"], plain.gradients()["fc1.weight"])
+    assert not model.gradients()["conv2.weight"].any()
+
+
+def test_hooks_run_in_order_and_each_sees_the_last_replacement():
+    relu = layers.ReLU()
+    x = np.linspace(-1, 1, 12).reshape(3, 4)
+    relu.forward(x)
+    order = []
+    relu.register_backward_pre_hook(lambda layer, dy: order.append("pre1") or dy + 1)
+    relu.register_backward_pre_hook(lambda layer, dy: order.append(("pre2", dy[0, 0])))
+    relu.register_backward_hook(lambda layer, dx, dy: order.append(("post", dy[0, 0])) or dx * 2)
+    dx = relu.backward(np.zeros_like(x))
+    assert order == ["pre1", ("pre2", 1.0), ("post", 1.0)]
+    np.testing.assert_array_equal(dx, 2.0 * (x > 0))
+
+
+def test_forward_hooks_see_input_and_output_of_forward_and_infer():
+    layer = layers.LeakyReLU(0.5)
+    seen = []
+    handle = layer.register_forward_hook(lambda layer, x, y: seen.append((x, y)))
+    x = np.array([[-2.0, 4.0]])
+    layer.forward(x)
+    layer.infer(x)
+    assert len(seen) == 2
+    for got_x, got_y in seen:
+        assert got_x is x
+        np.testing.assert_array_equal(got_y, [[-1.0, 4.0]])
+    handle.remove()
+    layer.forward(x)
+    assert len(seen) == 2
+
+
+def test_handles_remove_hooks():
+    model = hooked_model()
+    x, _ = batch()
+    calls = []
+    conv = model.layer("conv1")
+    handles = [
+        conv.register_forward_hook(lambda *args: calls.append("forward")),
+        conv.register_backward_pre_hook(lambda *args: calls.append("pre")),
+        conv.register_backward_hook(lambda *args: calls.append("post")),
+        model.register_forward_hook(lambda *args: calls.append("model forward")),
+        model.register_backward_hook(lambda *args: calls.append("model backward")),
+    ]
+    model.backward(np.ones_like(model.forward(x)))
+    assert set(calls) == {"forward", "pre", "post", "model forward", "model backward"}
+    for handle in handles:
+        handle.remove()
+        handle.remove()  # a second remove is harmless
+    calls.clear()
+    model.backward(np.ones_like(model.forward(x)))
+    assert calls == []
+    assert not conv._has_forward_hooks() and not conv._has_backward_hooks()
+    with conv.register_backward_hook(lambda *args: calls.append("scoped")):
+        model.backward(np.ones_like(model.forward(x)))
+    model.backward(np.ones_like(model.forward(x)))
+    assert calls == ["scoped"]
+
+
+def test_hooks_must_be_callable_and_replacements_must_fit():
+    relu = layers.ReLU()
+    for register in (relu.register_forward_hook, relu.register_backward_pre_hook, relu.register_backward_hook,
+                     Sequential(layers.ReLU()).register_backward_hook):
+        with pytest.raises(TypeError, match="callable"):
+            register(42)
+    x = np.ones((2, 3))
+    relu.forward(x)
+    with relu.register_backward_pre_hook(lambda layer, dy: dy[:1]):
+        with pytest.raises(ValueError, match="pre-hook of ReLU returned grad_output of shape \\(1, 3\\)"):
+            relu.backward(x)
+    with relu.register_backward_hook(lambda layer, dx, dy: dx.astype(np.float32)):
+        with pytest.raises(TypeError, match="backward hook of ReLU returned grad_input of dtype float32"):
+            relu.backward(x)
+    with relu.register_backward_hook(lambda layer, dx, dy: dx.tolist()):
+        with pytest.raises(TypeError, match="returned list"):
+            relu.backward(x)
+
+
+def test_the_standard_checks_run_before_any_hook():
+    calls = []
+    conv = layers.Conv2d(2, 3, 3, dtype=np.float64)
+    conv.register_backward_pre_hook(lambda *args: calls.append("pre"))
+    conv.register_backward_hook(lambda *args: calls.append("post"))
+    with pytest.raises(RuntimeError, match="before forward"):
+        conv.backward(np.ones((1, 3, 2, 2)))
+    conv.forward(np.ones((1, 2, 4, 4)))
+    with pytest.raises(ValueError, match="gradient has shape"):
+        conv.backward(np.ones((1, 3, 3, 3)))
+    with pytest.raises(TypeError, match="gradient dtype float32"):
+        conv.backward(np.ones((1, 3, 2, 2), dtype=np.float32))
+    assert calls == []
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_gradients_that_meet_at_a_hooked_layer_accumulate(backend, scale):
+    # Two backward passes from different layers both reach conv1, whose
+    # hooks watch (scale 1) or double (scale 2) what it receives: its
+    # parameter gradients add up, as without hooks, scaled as the hook says.
+    x, _ = batch()
+    rng = np.random.default_rng(4)
+    grad_out, grad_mid = rng.standard_normal((4, 5)), rng.standard_normal((4, 3, 3, 3))
+
+    def run(model):
+        model.zero_grad()
+        model.forward(x)
+        model.backward(grad_out)
+        model.backward(grad_mid, start="conv2")
+        return {key: value.copy() for key, value in model.gradients().items()}
+
+    want = run(hooked_model())
+    model = hooked_model()
+    seen = []
+    conv1 = model.layer("conv1")
+    conv1.register_backward_pre_hook(lambda layer, dy: None if scale == 1.0 else scale * dy)
+    conv1.register_backward_hook(lambda layer, dx, dy: seen.append(dy.shape))
+    model.register_backward_hook(lambda *args: None)
+    got = run(model)
+    assert seen == [(4, 4, 6, 6)] * 2
+    for key, value in want.items():
+        factor = scale if key.startswith("conv1") else 1.0
+        np.testing.assert_allclose(got[key], factor * value, rtol=1e-12, atol=1e-14, err_msg=key)
