@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from fastconv.analysis.attribution.methods import relu_backward_rule
 from fastconv.nn import layers
 from fastconv.nn.model import Sequential
 
@@ -209,6 +210,55 @@ def test_the_standard_checks_run_before_any_hook():
     with pytest.raises(TypeError, match="gradient dtype float32"):
         conv.backward(np.ones((1, 3, 2, 2), dtype=np.float32))
     assert calls == []
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_backward_rules_keep_the_standard_checks(rule):
+    model = hooked_model().eval()
+    x, _ = batch()
+    relu = model.layer("relu2")
+    with relu_backward_rule(model, rule):
+        with pytest.raises(RuntimeError, match="before forward"):
+            relu.backward(np.ones((4, 3, 3, 3)))
+        model.forward(x)
+        with pytest.raises(ValueError, match="gradient has shape"):
+            relu.backward(np.ones((4, 3, 3, 2)))
+        with pytest.raises(TypeError, match="gradient dtype float32"):
+            relu.backward(np.ones((4, 3, 3, 3), dtype=np.float32))
+        with pytest.raises(ValueError, match="layer 'relu2'.*gradient has shape"):
+            model.backward(np.ones((4, 3, 3, 2)), start="relu2")
+
+
+@pytest.mark.parametrize("rule", ["gradient", "deconvnet", "guided"])
+def test_backward_rules_are_hooks_removed_on_exit_even_when_the_block_raises(rule):
+    model = hooked_model()
+    x, _ = batch()
+    relus = [layer for _, layer in model.named_layers() if isinstance(layer, layers.ReLU)]
+    with pytest.raises(KeyError):
+        with relu_backward_rule(model, rule):
+            assert all(relu._has_backward_hooks() == (rule != "gradient") for relu in relus)
+            # A rule on a ReLU turns its fusion with the batch norm off.
+            model.forward(x)
+            assert model.layer("bn1")._ran_relu_fused() == (rule == "gradient")
+            raise KeyError("inside")
+    assert not any(relu._has_backward_hooks() for relu in relus)
+    model.forward(x)
+    assert model.layer("bn1")._ran_relu_fused()
+
+
+def test_deconvnet_and_guided_rules_on_one_relu():
+    relu = layers.ReLU()
+    model = Sequential([("relu", relu)])
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]])
+    dy = np.array([[5.0, -6.0, -7.0, 8.0]])
+    model.forward(x)
+    got = {}
+    for rule in ("gradient", "deconvnet", "guided"):
+        with relu_backward_rule(model, rule):
+            got[rule] = model.backward(dy)
+    np.testing.assert_array_equal(got["gradient"], [[0.0, -6.0, 0.0, 8.0]])
+    np.testing.assert_array_equal(got["deconvnet"], [[5.0, 0.0, 0.0, 8.0]])
+    np.testing.assert_array_equal(got["guided"], [[0.0, 0.0, 0.0, 8.0]])
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])

@@ -534,9 +534,9 @@ def test_a_pass_that_stops_between_relu_and_batchnorm_is_not_fused():
     np.testing.assert_allclose(dx, want, rtol=1e-9, atol=1e-12)
 
 
-def test_a_relu_whose_backward_is_replaced_is_not_fused():
-    # The attribution tools replace each ReLU's backward on the instance
-    # (deconvnet, guided backprop); a fused pass would skip the replacement.
+def test_a_relu_whose_backward_rule_is_changed_is_not_fused():
+    # The attribution tools change each ReLU's backward rule with hooks
+    # (deconvnet, guided backprop); a fused pass would skip them.
     from fastconv.analysis.attribution.methods import relu_backward_rule
     model = relu_batchnorm_model()
     x = np.random.default_rng(7).standard_normal((2, 3, 32, 32))

@@ -176,17 +176,15 @@ class Sequential:
     def _fuses_relu_batchnorm(self, i, stop):
         """Whether layers i and i + 1 run as one pass: a ReLU, then a
         BatchNorm2d in training mode, both within the pass, no model forward
-        hook to see the ReLU's output, no hook on either layer, and neither
-        layer's forward or backward replaced on the instance, as the
-        attribution tools do to the ReLUs (see BatchNorm2d._forward_relu_input)."""
+        hook to see the ReLU's output and no hook on either layer, which is
+        how the attribution tools change the ReLUs' backward rule (see
+        BatchNorm2d._forward_relu_input)."""
         if i + 1 > stop or self._forward_hooks:
             return False
         relu, bn = self._layers[i], self._layers[i + 1]
         if type(relu) is not ReLU or type(bn) is not BatchNorm2d or not bn.training:
             return False
-        if any(layer._has_forward_hooks() or layer._has_backward_hooks() for layer in (relu, bn)):
-            return False
-        return not any(method in vars(layer) for layer in (relu, bn) for method in ("forward", "backward"))
+        return not any(layer._has_forward_hooks() or layer._has_backward_hooks() for layer in (relu, bn))
 
     def forward(self, x, until=None):
         """Output of layer ``until`` (inclusive; default the last layer) for input x."""
@@ -247,7 +245,7 @@ class Sequential:
             name, layer = self._names[i], self._layers[i]
             need_dx = input_grad or i > last
             fused = isinstance(layer, BatchNorm2d) and i - 1 >= last and not hooks
-            if fused and layer._ran_relu_fused() and "backward" not in vars(self._layers[i - 1]) \
+            if fused and layer._ran_relu_fused() \
                     and not layer._has_backward_hooks() and not self._layers[i - 1]._has_backward_hooks():
                 # The ReLU's backward too, in the batch norm's pass; a hook
                 # registered since the forward gets the two passes apart.
