@@ -1,9 +1,11 @@
-"""Hooks on layers and on Sequential."""
+"""Hooks on layers and on Sequential, and the fused passes they turn off."""
 import numpy as np
 import pytest
 
+from fastconv import backend as backend_module
+from fastconv import models
 from fastconv.analysis.attribution.methods import relu_backward_rule
-from fastconv.nn import layers
+from fastconv.nn import fusion, layers, losses
 from fastconv.nn.model import Sequential
 
 
@@ -289,3 +291,130 @@ def test_gradients_that_meet_at_a_hooked_layer_accumulate(backend, scale):
     for key, value in want.items():
         factor = scale if key.startswith("conv1") else 1.0
         np.testing.assert_allclose(got[key], factor * value, rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+# -- fusion ----------------------------------------------------------------------
+
+class KernelSpy:
+    """Records the relu_input / through_relu flags the batch-norm kernels get."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        kernels = backend_module.current()
+        forward, backward = kernels.batchnorm2d_forward_train, kernels.batchnorm2d_backward
+
+        def spy_forward(*args, relu_input=False, **kwargs):
+            self.calls.append(("forward", relu_input))
+            return forward(*args, relu_input=relu_input, **kwargs)
+
+        def spy_backward(*args, through_relu=False, **kwargs):
+            self.calls.append(("backward", through_relu))
+            return backward(*args, through_relu=through_relu, **kwargs)
+
+        monkeypatch.setattr(kernels, "batchnorm2d_forward_train", spy_forward)
+        monkeypatch.setattr(kernels, "batchnorm2d_backward", spy_backward)
+
+
+def training_step(model, x, labels, optimizer=None):
+    model.zero_grad()
+    out = model.forward(x)
+    loss_fn = losses.CrossEntropyLoss()
+    loss = loss_fn(out, labels)
+    dx = model.backward(loss_fn.backward())
+    grads = {key: value.copy() for key, value in model.gradients().items()}
+    if optimizer is not None:
+        optimizer.step()
+    return out, loss, dx, grads
+
+
+def test_a_plain_training_step_runs_relu_and_batchnorm_fused(backend, monkeypatch):
+    model = hooked_model()
+    assert [step.names for step in fusion.plan(model) if step.fusion is not None] == [("relu1", "bn1")]
+    assert isinstance(fusion.plan(model)[1].fusion, fusion.ReLUBatchNorm)
+    spy = KernelSpy(monkeypatch)
+    training_step(model, *batch())
+    assert spy.calls == [("forward", True), ("backward", True)]
+
+
+def test_mnist2_with_batchnorm_trains_through_the_fused_kernels(backend, monkeypatch):
+    from fastconv import optim
+    model = models.mnist2(batchnorm=True, seed=0)
+    assert len([step for step in fusion.plan(model) if step.fusion is not None]) == 2
+    spy = KernelSpy(monkeypatch)
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    training_step(model, x, np.arange(8), optim.Adam(model))
+    assert spy.calls == [("forward", True)] * 2 + [("backward", True)] * 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_and_unfused_training_steps_give_the_same_bits(backend, monkeypatch, dtype):
+    # A forward hook on the model turns fusion off. Two Adam steps, so that
+    # the second runs on weights and running statistics the first updated.
+    from fastconv import optim
+    x, labels = batch(dtype, n=6)
+    spy = KernelSpy(monkeypatch)
+    results = {}
+    for fused in (True, False):
+        model = hooked_model(dtype)
+        if not fused:
+            model.register_forward_hook(lambda name, layer, y: None)
+        optimizer = optim.Adam(model, lr=1e-2)
+        spy.calls.clear()
+        steps = [training_step(model, x, labels, optimizer) for _ in range(2)]
+        assert spy.calls == [("forward", fused), ("backward", fused)] * 2
+        results[fused] = steps, model.state_dict()
+    for (fused_step, plain_step) in zip(results[True][0], results[False][0]):
+        np.testing.assert_array_equal(fused_step[0], plain_step[0])
+        assert fused_step[1] == plain_step[1]
+        np.testing.assert_array_equal(fused_step[2], plain_step[2])
+        for key in plain_step[3]:
+            np.testing.assert_array_equal(fused_step[3][key], plain_step[3][key], err_msg=key)
+    for key, value in results[False][1].items():
+        np.testing.assert_array_equal(results[True][1][key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("where", ["relu1 forward", "bn1 forward", "relu1 pre", "bn1 post"])
+def test_a_hook_on_either_layer_turns_fusion_off(backend, monkeypatch, where):
+    name, kind = where.split()
+    model = hooked_model()
+    layer = model.layer(name)
+    register = {"forward": layer.register_forward_hook, "pre": layer.register_backward_pre_hook,
+                "post": layer.register_backward_hook}[kind]
+    register(lambda *args: None)
+    assert all(step.fusion is None for step in fusion.plan(model))
+    spy = KernelSpy(monkeypatch)
+    training_step(model, *batch())
+    assert spy.calls == [("forward", False), ("backward", False)]
+
+
+def test_a_hook_registered_after_a_fused_forward_gets_the_unfused_backward(backend, monkeypatch):
+    x, labels = batch()
+    grad = np.random.default_rng(5).standard_normal((4, 5))
+    want, want_dx = plain_gradients(hooked_model(), x, grad)
+    spy = KernelSpy(monkeypatch)
+    for register in ("layer", "model"):
+        model = hooked_model()
+        spy.calls.clear()
+        model.forward(x)
+        seen = {}
+        if register == "layer":
+            model.layer("relu1").register_backward_hook(
+                lambda layer, gi, go: seen.__setitem__("relu1", (gi, go)))
+        else:
+            model.register_backward_hook(lambda name, layer, gi, go: seen.__setitem__(name, (gi, go)))
+        dx = model.backward(grad)
+        assert spy.calls == [("forward", True), ("backward", False)]
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(seen["relu1"][1], want["relu1"][1], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(seen["relu1"][0], want["relu1"][0], rtol=1e-12, atol=1e-14)
+
+
+def test_plan_follows_until_and_eval_mode():
+    model = hooked_model()
+    assert [step.names for step in fusion.plan(model, until="relu1")] == [("conv1",), ("relu1",)]
+    steps = fusion.plan(model, until="bn1")
+    assert [(step.start, step.stop) for step in steps] == [(0, 1), (1, 3)]
+    model.eval()
+    assert all(step.fusion is None for step in fusion.plan(model))
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        fusion.plan(model, until="nope")

@@ -31,9 +31,10 @@ its methods; each ``register_*`` returns a :class:`HookHandle` whose
   array replaces grad_input (None keeps it).
 
 Hooks run in the order they were registered. A replacement must have the
-shape and dtype of what it replaces. ``Sequential`` runs a ReLU and the
-batch norm after it as one pass only when neither layer has a hook.
+shape and dtype of what it replaces. ``Sequential`` runs some adjacent layers
+as one pass (``fastconv.nn.fusion``), never layers with hooks.
 """
+import contextlib
 import copy
 import itertools
 import math
@@ -79,6 +80,17 @@ def _register(hooks, fn):
     key = next(_hook_keys)
     hooks[key] = fn
     return HookHandle(hooks, key)
+
+
+@contextlib.contextmanager
+def _blame(name, layer):
+    """Prefix a TypeError/ValueError raised inside a layer with the layer's name."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise
+        raise type(error)(f"layer {name!r} ({type(layer).__name__}): {error}") from error
 
 
 class _PassIO(NamedTuple):
@@ -240,8 +252,8 @@ class Layer:
         output of ``output_shape``, for the next backward.
 
         ``forward`` calls it, and so do the passes that run this layer fused
-        with its neighbours: each layer stores its own record, whoever ran
-        the kernel.
+        with its neighbours (``fastconv.nn.fusion``): each layer stores its
+        own record, whoever ran the kernel.
         """
         self._cache = cache
         self._last_io = _PassIO(x.shape, x.dtype, output_shape)
@@ -427,7 +439,7 @@ class ReLU(Layer):
 
     def _forward_fused(self, kernels, x):
         """Record a forward pass over x whose output the next layer's kernel
-        computes itself (Sequential's fused passes); no output is made.
+        computes itself (``fastconv.nn.fusion``); no output is made.
 
         ``backward`` then masks with x, positive where relu(x) is, and gives
         what it would after ``forward(x)``.
@@ -539,16 +551,9 @@ class BatchNorm2d(Layer):
         running_var[...] = (1.0 - m) * running_var + m * var * (count / (count - 1))
         return y, _BatchNormTrainCache(kernels, kernel_cache, relu_input)
 
-    # Sequential runs a ReLU followed by a training-mode BatchNorm2d as one
-    # pass when no hook sees or changes what passes between them: the
-    # batch-norm kernels read x and take max(x, 0) themselves, forward and
-    # backward, which saves the ReLU's two passes over the activation and its
-    # output array (the training-step times before and after are in
-    # docs/engine.md).
-
     def _forward_relu_input(self, kernels, x):
-        """This layer's training forward on relu(x), the ReLU's pass fused in;
-        returns y.
+        """This layer's training forward on relu(x), the ReLU's pass fused in
+        (``fastconv.nn.fusion``); returns y.
 
         The record it keeps serves both backward passes: ``backward`` returns
         the gradient with respect to relu(x), as after ``forward(relu(x))``,

@@ -14,17 +14,16 @@ layer's backward rule:
   (may replace the gradient it passes on); see ``fastconv.nn.layers``.
 
 Each returns a handle whose ``remove()`` unregisters the hook; the model's
-hooks ignore return values. A ReLU and the training-mode batch norm after it
-run as one pass; a hook on the model or on those layers turns that off where
-it would see or change what passes between them, so hooks always see the
-unfused pass.
+hooks ignore return values. Some adjacent layers run as one pass
+(``fastconv.nn.fusion``, a ReLU and the training-mode batch norm after it);
+a hook on the model or on those layers turns that off where it would see or
+change what passes between them, so hooks always see the unfused pass.
 
 File format (``save`` / ``load``): an uncompressed ``.npz`` holding
 ``architecture`` (JSON: format tag, version, mode and, per layer, its name,
 class and ``config()``), ``meta`` (JSON: the user's ``model.meta``) and one
 array per ``state_dict()`` key.
 """
-import contextlib
 import copy
 import json
 import os
@@ -33,26 +32,16 @@ import zlib
 
 import numpy as np
 
-from fastconv import _checks, backend
+from fastconv import _checks
 from fastconv._files import atomic_write
-from fastconv.nn.layers import LAYER_TYPES, BatchNorm2d, HookHandle, Layer, ReLU, _float_dtype, _register
+from fastconv.nn import fusion
+from fastconv.nn.layers import LAYER_TYPES, HookHandle, Layer, _blame, _float_dtype, _register
 
 __all__ = ["Sequential", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
 _RESERVED_ENTRIES = ("architecture", "meta")
-
-
-@contextlib.contextmanager
-def _blame(name, layer):
-    """Prefix a TypeError/ValueError raised inside a layer with the layer's name."""
-    try:
-        yield
-    except (TypeError, ValueError) as error:
-        if type(error) not in (TypeError, ValueError):
-            raise
-        raise type(error)(f"layer {name!r} ({type(layer).__name__}): {error}") from error
 
 
 def _json_default(value):
@@ -117,6 +106,7 @@ class Sequential:
         self._forward_hooks = {}
         self._backward_hooks = {}
         self._reached = None  # index of the last layer the last forward ran through
+        self._fused = {}  # the last forward's fused passes, by the index of their last layer
         self._training = all(layer.training for layer in self._layers)
         self.meta = {}
 
@@ -173,37 +163,21 @@ class Sequential:
             hook(name, layer, y)
         return y
 
-    def _fuses_relu_batchnorm(self, i, stop):
-        """Whether layers i and i + 1 run as one pass: a ReLU, then a
-        BatchNorm2d in training mode, both within the pass, no model forward
-        hook to see the ReLU's output and no hook on either layer, which is
-        how the attribution tools change the ReLUs' backward rule (see
-        BatchNorm2d._forward_relu_input)."""
-        if i + 1 > stop or self._forward_hooks:
-            return False
-        relu, bn = self._layers[i], self._layers[i + 1]
-        if type(relu) is not ReLU or type(bn) is not BatchNorm2d or not bn.training:
-            return False
-        return not any(layer._has_forward_hooks() or layer._has_backward_hooks() for layer in (relu, bn))
+    def _has_forward_hooks(self):
+        return bool(self._forward_hooks)
 
     def forward(self, x, until=None):
         """Output of layer ``until`` (inclusive; default the last layer) for input x."""
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
-        i = 0
-        while i <= stop:
-            if self._fuses_relu_batchnorm(i, stop):
-                # Each layer keeps its own record of the pass, for backward.
-                relu, bn = self._layers[i], self._layers[i + 1]
-                kernels = backend.current()
-                with _blame(self._names[i], relu):
-                    relu._forward_fused(kernels, x)
-                with _blame(self._names[i + 1], bn):
-                    x = bn._forward_relu_input(kernels, x)
-                i += 2
+        fused = {}
+        for step in fusion._schedule(self._names, self._layers, stop, bool(self._forward_hooks)):
+            if step.fusion is None:
+                x = self._run_layer(step.names[0], step.layers[0], step.layers[0].forward, x)
             else:
-                x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
-                i += 1
+                x = step.forward(x)
+                fused[step.stop - 1] = step
+        self._fused = fused
         self._reached = stop
         return x
 
@@ -242,19 +216,14 @@ class Sequential:
         hooks = list(self._backward_hooks.values())
         i = first
         while i >= last:
-            name, layer = self._names[i], self._layers[i]
-            need_dx = input_grad or i > last
-            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last and not hooks
-            if fused and layer._ran_relu_fused() \
-                    and not layer._has_backward_hooks() and not self._layers[i - 1]._has_backward_hooks():
-                # The ReLU's backward too, in the batch norm's pass; a hook
-                # registered since the forward gets the two passes apart.
-                with _blame(name, layer):
-                    grad = layer._backward_through_relu(grad, param_grads)
-                i -= 2
+            step = self._fused.get(i)
+            if step is not None and step.start >= last and not hooks and step.backward_fusable():
+                grad = step.backward(grad, param_grads=param_grads)
+                i = step.start - 1
                 continue
+            name, layer = self._names[i], self._layers[i]
             with _blame(name, layer):
-                grad_input = layer.backward(grad, need_dx=need_dx, param_grads=param_grads)
+                grad_input = layer.backward(grad, need_dx=input_grad or i > last, param_grads=param_grads)
             for hook in hooks:
                 hook(name, layer, grad_input, grad)
             grad = grad_input
