@@ -142,25 +142,18 @@ class Pass(NamedTuple):
                 and self.fusion.ran_fused(self.layers))
 
 
-def _schedule(names, layers, stop, watched):
-    """The passes through layers 0..stop; ``watched``: the model has forward
-    hooks, so every layer runs alone."""
-    passes = []
-    i = 0
-    while i <= stop:
-        for fusion in (() if watched else FUSIONS):
-            end = i + fusion.size
-            if end - 1 > stop:
-                continue
-            group = tuple(layers[i:end])
-            if fusion.matches(group) and not any(_hooked(layer) for layer in group):
-                passes.append(Pass(i, tuple(names[i:end]), group, fusion))
-                i = end
-                break
-        else:
-            passes.append(Pass(i, (names[i],), (layers[i],), None))
-            i += 1
-    return passes
+def _fused_pass(names, layers, i, stop):
+    """The fused pass that starts at layer i and ends at ``stop`` at the
+    latest, or None when layer i runs alone. The model's forward hooks are
+    for the caller to check: with one, every layer runs alone."""
+    for fusion in FUSIONS:
+        end = i + fusion.size
+        if end - 1 > stop:
+            continue
+        group = layers[i:end]
+        if fusion.matches(group) and not any(_hooked(layer) for layer in group):
+            return Pass(i, tuple(names[i:end]), tuple(group), fusion)
+    return None
 
 
 def plan(model, until=None):
@@ -170,4 +163,13 @@ def plan(model, until=None):
     names = [name for name, _ in named]
     layers = [layer for _, layer in named]
     stop = len(layers) - 1 if until is None else model._position(until)
-    return _schedule(names, layers, stop, watched=model._has_forward_hooks())
+    watched = model._has_forward_hooks()
+    passes = []
+    i = 0
+    while i <= stop:
+        step = None if watched else _fused_pass(names, layers, i, stop)
+        if step is None:
+            step = Pass(i, (names[i],), (layers[i],), None)
+        passes.append(step)
+        i = step.stop
+    return passes

@@ -170,13 +170,20 @@ class Sequential:
         """Output of layer ``until`` (inclusive; default the last layer) for input x."""
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
+        # The passes of fusion.plan(self, until), without a record for each
+        # layer that runs alone.
+        watched = bool(self._forward_hooks)
         fused = {}
-        for step in fusion._schedule(self._names, self._layers, stop, bool(self._forward_hooks)):
-            if step.fusion is None:
-                x = self._run_layer(step.names[0], step.layers[0], step.layers[0].forward, x)
+        i = 0
+        while i <= stop:
+            step = None if watched else fusion._fused_pass(self._names, self._layers, i, stop)
+            if step is None:
+                x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
+                i += 1
             else:
                 x = step.forward(x)
                 fused[step.stop - 1] = step
+                i = step.stop
         self._fused = fused
         self._reached = stop
         return x
