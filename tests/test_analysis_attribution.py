@@ -134,14 +134,25 @@ def test_relu_rules_differ_exactly_as_defined():
         assert not np.allclose(got[a], got[b]), f"{a} and {b} should differ here"
 
 
-def test_relu_override_is_removed_even_after_an_error():
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_relu_override_is_removed_even_after_an_error(rule):
     model = one_relu_model(sign_mix=True)
-    relu = model.layer("relu")
+    x = np.random.default_rng(2).normal(size=(2, 2, 6, 6))
+    plain = fa.Gradient(model).attribute(x, 1)
     with pytest.raises(RuntimeError, match="inside"):
-        with fa.relu_backward_rule(model, "guided"):
-            assert "backward" in relu.__dict__
+        with fa.relu_backward_rule(model, rule):
+            out = model.forward(x)
+            seed = np.zeros_like(out)
+            seed[:, 1] = 1
+            changed = model.backward(seed, param_grads=False)
+            assert not np.allclose(changed, plain)
             raise RuntimeError("inside")
-    assert "backward" not in relu.__dict__
+    # The hooks are gone: the same call gives the plain gradient again, and
+    # the ReLU's methods were never replaced on the instance.
+    relu = model.layer("relu")
+    assert not relu._has_backward_hooks()
+    assert "backward" not in relu.__dict__ and "forward" not in relu.__dict__
+    np.testing.assert_array_equal(fa.Gradient(model).attribute(x, 1), plain)
     with pytest.raises(ValueError, match="'sideways'"):
         with fa.relu_backward_rule(model, "sideways"):
             pass

@@ -242,7 +242,7 @@ class Attack:
         self.batch_size = _checks.positive_int(batch_size, "batch_size")
 
     def __repr__(self):
-        fields = {k: v for k, v in vars(self).items() if k not in ("model",) and not k.startswith("_")}
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("model",) and not k.startswith("_")}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
     def with_eps(self, eps):

@@ -9,8 +9,8 @@ spatial a channel c (its strongest position in each example) or a unit
 (c, i, j).
 
 The guided variants change only the backward rule of the ReLU layers, for
-the duration of one call, on the layer instances themselves
-(:func:`relu_backward_rule`); the layer classes are untouched.
+the duration of one call, with backward hooks registered on the model's ReLU
+layers (:func:`relu_backward_rule`); the layers' methods are untouched.
 
 References: Simonyan et al. 2014 (saliency), Zeiler & Fergus 2014
 (deconvnet), Springenberg et al. 2015 (guided backpropagation), Selvaraju
@@ -28,7 +28,23 @@ from fastconv.nn import layers as L
 from fastconv.analysis import _common as C
 
 RULES = ("gradient", "deconvnet", "guided")
-_MISSING = object()
+
+
+def _positive_part(dy):
+    return np.maximum(dy, 0).astype(dy.dtype, copy=False)
+
+
+def _guided(layer, grad_output):
+    # A pre-hook: the ReLU's own backward then keeps the positive part where
+    # its input was positive.
+    return _positive_part(grad_output)
+
+
+def _deconvnet(layer, grad_input, grad_output):
+    # A hook after the ReLU's own backward, which has checked grad_output
+    # (shape, dtype, a forward before it) as usual: its result is replaced
+    # with the positive part of grad_output, whatever the input was.
+    return None if grad_input is None else _positive_part(grad_output)
 
 
 @contextlib.contextmanager
@@ -37,36 +53,25 @@ def relu_backward_rule(model, rule):
 
     ``rule`` is ``'gradient'`` (unchanged: dy where the input was positive),
     ``'deconvnet'`` (max(dy, 0), whatever the input was) or ``'guided'``
-    (max(dy, 0) where the input was positive). The override is an attribute
-    of each layer instance, removed on exit even if the block raises.
+    (max(dy, 0) where the input was positive). The rule is a backward hook
+    (deconvnet) or backward pre-hook (guided) registered on each ReLU and
+    removed on exit, even if the block raises.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    relus = [layer for _, layer in model.named_layers() if isinstance(layer, L.ReLU)]
-    saved = [layer.__dict__.get("backward", _MISSING) for layer in relus]
+    handles = []
     try:
-        for layer in relus:
-            if rule != "gradient":
-                layer.backward = _overridden_backward(layer.backward, rule)
+        for _, layer in model.named_layers():
+            if not isinstance(layer, L.ReLU) or rule == "gradient":
+                continue
+            if rule == "guided":
+                handles.append(layer.register_backward_pre_hook(_guided))
+            else:
+                handles.append(layer.register_backward_hook(_deconvnet))
         yield model
     finally:
-        for layer, previous in zip(relus, saved):
-            if previous is _MISSING:
-                layer.__dict__.pop("backward", None)
-            else:
-                layer.backward = previous
-
-
-def _overridden_backward(standard_backward, rule):
-    def backward(dy, need_dx=True, param_grads=True):
-        positive_part = np.maximum(dy, 0).astype(dy.dtype, copy=False)
-        if rule == "guided":
-            return standard_backward(positive_part, need_dx, param_grads)
-        # The standard backward still runs so that a gradient of the wrong
-        # shape or dtype, or a backward before forward, fails as it would.
-        standard_backward(dy, need_dx, param_grads)
-        return positive_part if need_dx else None
-    return backward
+        for handle in handles:
+            handle.remove()
 
 
 class Attribution:

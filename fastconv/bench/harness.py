@@ -50,7 +50,7 @@ import numpy as np
 import tqdm
 
 from fastconv import _checks, _runtime, backend, models, optim, reference
-from fastconv.nn import layers, losses
+from fastconv.nn import fusion, layers, losses
 
 __all__ = [
     "ENGINES", "NETS", "KERNEL_OPS", "LayerShape", "KernelCall", "ModelCall",
@@ -883,22 +883,11 @@ def _conv_total_row(net, kernel_rows, gemm):
 
 def _profiled_steps(model):
     """[(row name, forward, backward(grad, need_dx), index of its first layer)]:
-    a training step cut where it can be timed, each ReLU that Sequential
-    fuses into the batch norm after it timed with that batch norm."""
-    named = model.named_layers()
-    steps, i = [], 0
-    while i < len(named):
-        (name, layer), last = named[i], len(named) - 1
-        if model._fuses_relu_batchnorm(i, last):
-            bn_name, bn = named[i + 1]
-            steps.append((f"{name}+{bn_name}", lambda a, relu=layer, bn=bn: bn._forward_after_relu(relu, a),
-                          lambda g, need_dx, bn=bn: bn._backward_through_relu(g, True), i))
-            i += 2
-        else:
-            steps.append((name, layer.forward,
-                          lambda g, need_dx, layer=layer: layer.backward(g, need_dx=need_dx), i))
-            i += 1
-    return steps
+    a training step cut into the passes Sequential runs (fusion.plan), each
+    fused pass, a ReLU and the batch norm after it, timed as one row."""
+    return [("+".join(step.names), step.forward,
+             lambda g, need_dx, step=step: step.backward(g, need_dx=need_dx), step.start)
+            for step in fusion.plan(model)]
 
 
 def _layer_profile(net, batch_size, repeats):

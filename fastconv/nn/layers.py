@@ -2,20 +2,43 @@
 
 Every layer follows one contract:
 
-* ``forward(x) -> y`` keeps in a cache exactly what ``backward`` needs;
-  ``backward(dy) -> dx`` returns the gradient w.r.t. the input of the last
-  forward and *adds* the parameter gradients into ``grads`` (same keys as
-  ``params``), as PyTorch accumulates into ``.grad``: call ``zero_grad()``
-  between steps. ``backward`` before any ``forward`` is a RuntimeError.
+* ``forward(x) -> y`` keeps in a cache exactly what ``backward`` needs: one
+  small named record per layer kind (``_ConvCache``, ``_BatchNormTrainCache``,
+  ...), stored by ``_remember``; ``backward(dy) -> dx`` returns the gradient
+  w.r.t. the input of the last forward and *adds* the parameter gradients into
+  ``grads`` (same keys as ``params``), as PyTorch accumulates into ``.grad``:
+  call ``zero_grad()`` between steps. ``backward`` before any ``forward`` is a
+  RuntimeError; a gradient of another shape or dtype than the last output is
+  a ValueError or TypeError.
 * ``params`` and ``buffers`` are float32 by default (``dtype=`` chooses
   float64); an input of the other float dtype is a TypeError, never a silent cast.
 * ``training`` selects batch statistics (BatchNorm2d) and dropping (Dropout).
 * The convolution, pooling, batch-norm and ReLU kernels come from
   ``fastconv.backend.current()`` at forward time; backward uses the backend
   that ran the forward.
+
+Hooks observe a layer's passes or change its backward rule without touching
+its methods; each ``register_*`` returns a :class:`HookHandle` whose
+``remove()`` takes the hook away:
+
+* ``register_forward_hook(fn)``: ``fn(layer, input, output)`` after every
+  ``forward`` and ``infer``; the return value is ignored.
+* ``register_backward_pre_hook(fn)``: ``fn(layer, grad_output)`` before the
+  backward pass, once the gradient has passed the checks above; a returned
+  array replaces grad_output (None keeps it), parameter gradients included.
+* ``register_backward_hook(fn)``: ``fn(layer, grad_input, grad_output)`` after
+  the backward pass (grad_input None when ``need_dx`` is False); a returned
+  array replaces grad_input (None keeps it).
+
+Hooks run in the order they were registered. A replacement must have the
+shape and dtype of what it replaces. ``Sequential`` runs some adjacent layers
+as one pass (``fastconv.nn.fusion``), never layers with hooks.
 """
+import contextlib
 import copy
+import itertools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,11 +46,58 @@ from fastconv import _checks, backend
 from fastconv.nn import init
 
 __all__ = [
-    "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
+    "HookHandle", "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
     "GlobalAvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "LogSoftmax", "LAYER_TYPES",
 ]
 
 
+_hook_keys = itertools.count()
+
+
+class HookHandle:
+    """Returned by every ``register_*_hook``; ``remove()`` unregisters the hook.
+
+    Also a context manager that removes the hook on exit.
+    """
+
+    def __init__(self, hooks, key):
+        self._hooks = hooks
+        self._key = key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+
+def _register(hooks, fn):
+    if not callable(fn):
+        raise TypeError(f"hook must be callable, got {fn!r}")
+    key = next(_hook_keys)
+    hooks[key] = fn
+    return HookHandle(hooks, key)
+
+
+@contextlib.contextmanager
+def _blame(name, layer):
+    """Prefix a TypeError/ValueError raised inside a layer with the layer's name."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise
+        raise type(error)(f"layer {name!r} ({type(layer).__name__}): {error}") from error
+
+
+class _PassIO(NamedTuple):
+    """Shapes and dtype of a layer's last forward pass, which backward checks against."""
+    input_shape: tuple
+    dtype: np.dtype
+    output_shape: tuple
 
 
 def _float_dtype(dtype):
@@ -52,8 +122,8 @@ class Layer:
     """Base class: parameters, gradients, buffers, mode and the forward/backward plumbing.
 
     Subclasses implement ``_forward(x) -> (y, cache)``, ``_backward(dy, cache,
-    need_dx) -> dx`` and ``output_shape``; the base class validates inputs and
-    gradients and keeps the cache.
+    need_dx, param_grads) -> dx`` and ``output_shape``; the base class
+    validates inputs and gradients, keeps the cache and runs the hooks.
     """
 
     name_prefix = "layer"
@@ -65,7 +135,10 @@ class Layer:
         self.buffers = {}
         self.training = True
         self._cache = None
-        self._last_io = None  # (input shape, dtype, output shape) of the last forward
+        self._last_io = None  # _PassIO of the last forward
+        self._forward_hooks = {}
+        self._backward_pre_hooks = {}
+        self._backward_hooks = {}
 
     # -- parameters ---------------------------------------------------------
     def _add_param(self, name, array):
@@ -99,11 +172,12 @@ class Layer:
     def astype(self, dtype):
         """A copy of the layer with parameters and buffers converted to float32 or float64.
 
-        The copy has zero gradients and no cache; everything else (mode,
-        configuration, a Dropout's random generator state) is copied.
+        The copy has zero gradients, no cache and no hooks; everything else
+        (mode, configuration, a Dropout's random generator state) is copied.
         """
         dtype = _float_dtype(dtype)
-        transient = ("params", "grads", "buffers", "_cache", "_last_io")
+        transient = ("params", "grads", "buffers", "_cache", "_last_io",
+                     "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
         clone = object.__new__(type(self))
         clone.__dict__.update(copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in transient}))
         clone.params = {k: v.astype(dtype) for k, v in self.params.items()}
@@ -111,6 +185,7 @@ class Layer:
         clone.buffers = {k: v.astype(dtype) for k, v in self.buffers.items()}
         clone._cache = None
         clone._last_io = None
+        clone._forward_hooks, clone._backward_pre_hooks, clone._backward_hooks = {}, {}, {}
         return clone
 
     def config(self):
@@ -157,44 +232,133 @@ class Layer:
     def infer(self, x):
         """Forward pass without keeping the cache (inference); returns y."""
         self._check_input(x)
-        return self._forward(x)[0]
+        y = self._forward(x)[0]
+        if self._forward_hooks:
+            self._run_forward_hooks(x, y)
+        return y
 
     def forward(self, x):
         self._check_input(x)
         y, cache = self._forward(x)
-        self._cache = cache
-        self._last_io = (x.shape, x.dtype, y.shape)
+        self._remember(cache, x, y.shape)
+        if self._forward_hooks:
+            self._run_forward_hooks(x, y)
         return y
 
     __call__ = forward
+
+    def _remember(self, cache, x, output_shape):
+        """Keep ``cache``, this layer's record of a forward pass from x to an
+        output of ``output_shape``, for the next backward.
+
+        ``forward`` calls it, and so do the passes that run this layer fused
+        with its neighbours (``fastconv.nn.fusion``): each layer stores its
+        own record, whoever ran the kernel.
+        """
+        self._cache = cache
+        self._last_io = _PassIO(x.shape, x.dtype, output_shape)
 
     def backward(self, dy, need_dx=True, param_grads=True):
         """Gradient w.r.t. the last forward's input (None when need_dx is False).
 
         Parameter gradients are added into ``grads``; with ``param_grads=False``
         they are neither computed nor added (tools that only want the input
-        gradient: attacks, saliency, image optimization).
+        gradient: attacks, saliency, image optimization). Backward pre-hooks
+        may replace dy and backward hooks the result (see the module's
+        docstring); dy is checked before either runs.
         """
         self._check_gradient(dy)
-        return self._backward(dy, self._cache, need_dx, param_grads)
+        if self._backward_pre_hooks:
+            dy = self._run_backward_pre_hooks(dy)
+        dx = self._backward(dy, self._cache, need_dx, param_grads)
+        if self._backward_hooks:
+            dx = self._run_backward_hooks(dx, dy, need_dx)
+        return dx
 
     def _check_gradient(self, dy):
         if self._last_io is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        _, dtype, out_shape = self._last_io
         _checks.float_array(dy, "gradient")
-        if dy.dtype != dtype:
-            raise TypeError(f"gradient dtype {dy.dtype} does not match the forward pass's dtype {dtype}")
-        if dy.shape != out_shape:
-            raise ValueError(
-                f"gradient has shape {dy.shape}, expected the output shape {out_shape} of the last forward"
+        if dy.dtype != self._last_io.dtype:
+            raise TypeError(
+                f"gradient dtype {dy.dtype} does not match the forward pass's dtype {self._last_io.dtype}"
             )
+        if dy.shape != self._last_io.output_shape:
+            raise ValueError(
+                f"gradient has shape {dy.shape}, expected the output shape "
+                f"{self._last_io.output_shape} of the last forward"
+            )
+
+    # -- hooks ----------------------------------------------------------------
+    def register_forward_hook(self, fn):
+        """Call ``fn(layer, input, output)`` after every ``forward`` and ``infer``
+        of this layer; the return value is ignored. Returns a HookHandle."""
+        return _register(self._forward_hooks, fn)
+
+    def register_backward_pre_hook(self, fn):
+        """Call ``fn(layer, grad_output)`` before every backward pass of this
+        layer; an array it returns replaces grad_output (None keeps it), for
+        the input gradient and the parameter gradients alike. Returns a HookHandle."""
+        return _register(self._backward_pre_hooks, fn)
+
+    def register_backward_hook(self, fn):
+        """Call ``fn(layer, grad_input, grad_output)`` after every backward pass
+        of this layer, grad_output being the gradient the pass used (after
+        any pre-hook); an array it returns replaces grad_input (None keeps it;
+        with ``need_dx=False`` grad_input is None and stays None). Returns a
+        HookHandle."""
+        return _register(self._backward_hooks, fn)
+
+    def _has_forward_hooks(self):
+        return bool(self._forward_hooks)
+
+    def _has_backward_hooks(self):
+        """Whether a hook watches or changes this layer's backward pass."""
+        return bool(self._backward_pre_hooks or self._backward_hooks)
+
+    def _run_forward_hooks(self, x, y):
+        for hook in list(self._forward_hooks.values()):
+            hook(self, x, y)
+
+    def _run_backward_pre_hooks(self, dy):
+        for hook in list(self._backward_pre_hooks.values()):
+            replacement = hook(self, dy)
+            if replacement is not None:
+                self._check_replacement(replacement, "a backward pre-hook", "grad_output",
+                                        self._last_io.output_shape)
+                dy = replacement
+        return dy
+
+    def _run_backward_hooks(self, dx, dy, need_dx):
+        for hook in list(self._backward_hooks.values()):
+            replacement = hook(self, dx, dy)
+            if replacement is not None and need_dx:
+                self._check_replacement(replacement, "a backward hook", "grad_input",
+                                        self._last_io.input_shape)
+                dx = replacement
+        return dx
+
+    def _check_replacement(self, array, source, what, shape):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{source} of {type(self).__name__} returned {type(array).__name__} "
+                            f"for {what}; expected a numpy.ndarray or None")
+        if array.dtype != self._last_io.dtype:
+            raise TypeError(f"{source} of {type(self).__name__} returned {what} of dtype {array.dtype}; "
+                            f"the forward pass's dtype is {self._last_io.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"{source} of {type(self).__name__} returned {what} of shape {array.shape}; "
+                             f"expected {shape}")
 
     def _forward(self, x):
         raise NotImplementedError
 
     def _backward(self, dy, cache, need_dx, param_grads):
         raise NotImplementedError
+
+
+class _ConvCache(NamedTuple):
+    kernels: object  # the backend module that ran the forward
+    kernel_cache: object  # what its conv2d_backward needs
 
 
 class Conv2d(Layer):
@@ -243,18 +407,24 @@ class Conv2d(Layer):
 
     def _forward(self, x):
         kernels = backend.current()
-        y, cache = kernels.conv2d_forward(
+        y, kernel_cache = kernels.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding
         )
-        return y, (kernels, cache)
+        return y, _ConvCache(kernels, kernel_cache)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, kernel_cache = cache
-        dx, dweight, dbias = kernels.conv2d_backward(dy, kernel_cache, need_dx=need_dx,
-                                                     need_params=param_grads)
+        dx, dweight, dbias = cache.kernels.conv2d_backward(dy, cache.kernel_cache, need_dx=need_dx,
+                                                           need_params=param_grads)
         if param_grads:
             self._add_grads(dweight, dbias)
         return dx
+
+
+class _ReLUCache(NamedTuple):
+    kernels: object
+    # Positive exactly where the input was: the output, or the input itself
+    # when the pass ran fused into the next layer's kernel.
+    gate: np.ndarray
 
 
 class ReLU(Layer):
@@ -265,11 +435,24 @@ class ReLU(Layer):
     def _forward(self, x):
         kernels = backend.current()
         y = kernels.relu_forward(x)
-        return y, (kernels, y)
+        return y, _ReLUCache(kernels, y)
+
+    def _forward_fused(self, kernels, x):
+        """Record a forward pass over x whose output the next layer's kernel
+        computes itself (``fastconv.nn.fusion``); no output is made.
+
+        ``backward`` then masks with x, positive where relu(x) is, and gives
+        what it would after ``forward(x)``.
+        """
+        self._check_input(x)
+        self._remember(_ReLUCache(kernels, x), x, x.shape)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, y = cache
-        return kernels.relu_backward(dy, y) if need_dx else None
+        return cache.kernels.relu_backward(dy, cache.gate) if need_dx else None
+
+
+class _LeakyReLUCache(NamedTuple):
+    positive: np.ndarray  # bool, where the input was positive
 
 
 class LeakyReLU(Layer):
@@ -291,12 +474,24 @@ class LeakyReLU(Layer):
     def _forward(self, x):
         positive = x > 0
         y = np.where(positive, x, x * x.dtype.type(self.negative_slope))
-        return y, positive
+        return y, _LeakyReLUCache(positive)
 
-    def _backward(self, dy, positive, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        return np.where(positive, dy, dy * dy.dtype.type(self.negative_slope))
+        return np.where(cache.positive, dy, dy * dy.dtype.type(self.negative_slope))
+
+
+class _BatchNormTrainCache(NamedTuple):
+    kernels: object
+    kernel_cache: object
+    relu_fused: bool  # the kernel normalized max(x, 0), the ReLU before fused in
+
+
+class _BatchNormEvalCache(NamedTuple):
+    mean: np.ndarray  # the running statistics the pass used, as constants
+    inv_std: np.ndarray
+    x: np.ndarray
 
 
 class BatchNorm2d(Layer):
@@ -339,70 +534,64 @@ class BatchNorm2d(Layer):
         if not self.training:
             y = kernels.batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, self.eps)
             inv_std = 1.0 / np.sqrt(running_var + running_var.dtype.type(self.eps))
-            return y, ("eval", running_mean.copy(), inv_std, x)
-        return self._forward_train(kernels, x, relu=None)
+            return y, _BatchNormEvalCache(running_mean.copy(), inv_std, x)
+        return self._forward_train(kernels, x, relu_input=False)
 
-    def _forward_train(self, kernels, x, relu):
+    def _forward_train(self, kernels, x, relu_input):
         count = x.shape[0] * x.shape[2] * x.shape[3]
         if count < 2:
             raise ValueError(
                 f"BatchNorm2d in training mode needs more than 1 value per channel, got input shape {x.shape}"
             )
-        y, mean, var, cache = kernels.batchnorm2d_forward_train(
-            x, self.params["weight"], self.params["bias"], self.eps, relu_input=relu is not None)
+        y, mean, var, kernel_cache = kernels.batchnorm2d_forward_train(
+            x, self.params["weight"], self.params["bias"], self.eps, relu_input=relu_input)
         running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
         m = self.momentum
         running_mean[...] = (1.0 - m) * running_mean + m * mean
         running_var[...] = (1.0 - m) * running_var + m * var * (count / (count - 1))
-        return y, ("train", kernels, cache, relu)
+        return y, _BatchNormTrainCache(kernels, kernel_cache, relu_input)
 
-    # Sequential runs a ReLU followed by a training-mode BatchNorm2d as one
-    # pass when no hook needs the ReLU's output: the batch-norm kernels read
-    # x and take max(x, 0) themselves, forward and backward, which saves the
-    # ReLU's two passes over the activation and its output array (cifar6's
-    # training step: 136-139 ms before, 127-129 ms after).
+    def _forward_relu_input(self, kernels, x):
+        """This layer's training forward on relu(x), the ReLU's pass fused in
+        (``fastconv.nn.fusion``); returns y.
 
-    def _forward_after_relu(self, relu, x):
-        """This layer's training forward on relu(x), relu's pass fused in.
-
-        Leaves both layers as their own forward passes would for backward:
-        relu's cache holds x, whose positive entries are those of relu(x),
-        and this layer's backward still returns the gradient with respect
-        to relu(x).
+        The record it keeps serves both backward passes: ``backward`` returns
+        the gradient with respect to relu(x), as after ``forward(relu(x))``,
+        and ``_backward_through_relu`` the one with respect to x.
         """
         self._check_input(x)
-        kernels = backend.current()
-        y, cache = self._forward_train(kernels, x, relu)
-        self._cache = cache
-        self._last_io = (x.shape, x.dtype, y.shape)
-        relu._cache = (kernels, x)
-        relu._last_io = (x.shape, x.dtype, x.shape)
+        if not self.training:
+            raise RuntimeError("BatchNorm2d runs a ReLU's pass fused in only in training mode")
+        y, cache = self._forward_train(kernels, x, relu_input=True)
+        self._remember(cache, x, y.shape)
         return y
 
-    def _relu_fused_in(self):
-        """The ReLU layer whose pass the last forward fused in, or None."""
+    def _ran_relu_fused(self):
+        """Whether the last forward was ``_forward_relu_input``."""
         cache = self._cache
-        return cache[3] if cache is not None and cache[0] == "train" else None
+        return isinstance(cache, _BatchNormTrainCache) and cache.relu_fused
 
-    def _backward_through_relu(self, dy, param_grads):
-        """The gradient with respect to the fused ReLU's input x."""
+    def _backward_through_relu(self, dy, param_grads=True):
+        """The gradient with respect to x of the last ``_forward_relu_input(x)``:
+        this layer's backward and the fused ReLU's as one pass."""
         self._check_gradient(dy)
-        _, kernels, kernel_cache, _ = self._cache
-        dx, dweight, dbias = kernels.batchnorm2d_backward(dy, kernel_cache, through_relu=True)
+        if not self._ran_relu_fused():
+            raise RuntimeError("BatchNorm2d's last forward did not run a ReLU's pass fused in")
+        cache = self._cache
+        dx, dweight, dbias = cache.kernels.batchnorm2d_backward(dy, cache.kernel_cache, through_relu=True)
         if param_grads:
             self._add_grads(dweight, dbias)
         return dx
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        if cache[0] == "train":
+        if isinstance(cache, _BatchNormTrainCache):
             # The kernel's dx needs dweight and dbias, so they are always made.
-            _, kernels, kernel_cache, _ = cache
-            dx, dweight, dbias = kernels.batchnorm2d_backward(dy, kernel_cache)
+            dx, dweight, dbias = cache.kernels.batchnorm2d_backward(dy, cache.kernel_cache)
         else:
-            _, mean, inv_std, x = cache
+            inv_std = cache.inv_std
             dx = dy * (self.params["weight"] * inv_std).reshape(1, -1, 1, 1) if need_dx else None
             if param_grads:
-                xhat = (x - mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
+                xhat = (cache.x - cache.mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
                 dweight = np.einsum("nchw,nchw->c", dy, xhat)
                 dbias = dy.sum(axis=(0, 2, 3))
         if param_grads:
@@ -436,17 +625,27 @@ class _Pool2d(Layer):
         return shape[:2] + (oh, ow)
 
 
+class _MaxPoolCache(NamedTuple):
+    kernels: object
+    argmax: np.ndarray
+    x_shape: tuple
+
+
 class MaxPool2d(_Pool2d):
     """Max over KH x KW windows (padding counts as -inf); ties go to the first maximum."""
 
     def _forward(self, x):
         kernels = backend.current()
         y, argmax = kernels.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        return y, (kernels, argmax, x.shape)
+        return y, _MaxPoolCache(kernels, argmax, x.shape)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, argmax, x_shape = cache
-        return kernels.maxpool2d_backward(dy, argmax, x_shape) if need_dx else None
+        return cache.kernels.maxpool2d_backward(dy, cache.argmax, cache.x_shape) if need_dx else None
+
+
+class _AvgPoolCache(NamedTuple):
+    kernels: object
+    x_shape: tuple
 
 
 class AvgPool2d(_Pool2d):
@@ -454,13 +653,17 @@ class AvgPool2d(_Pool2d):
 
     def _forward(self, x):
         kernels = backend.current()
-        return kernels.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding), (kernels, x.shape)
+        y = kernels.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return y, _AvgPoolCache(kernels, x.shape)
 
     def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        kernels, x_shape = cache
-        return kernels.avgpool2d_backward(dy, x_shape, self.kernel_size, self.stride, self.padding)
+        return cache.kernels.avgpool2d_backward(dy, cache.x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class _GlobalAvgPoolCache(NamedTuple):
+    x_shape: tuple
 
 
 class GlobalAvgPool2d(Layer):
@@ -473,14 +676,19 @@ class GlobalAvgPool2d(Layer):
         return self._check_ndim(input_shape)[:2]
 
     def _forward(self, x):
-        return x.mean(axis=(2, 3), dtype=x.dtype), x.shape
+        return x.mean(axis=(2, 3), dtype=x.dtype), _GlobalAvgPoolCache(x.shape)
 
-    def _backward(self, dy, x_shape, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
+        x_shape = cache.x_shape
         dx = np.empty(x_shape, dtype=dy.dtype)
         dx[...] = (dy / dy.dtype.type(x_shape[2] * x_shape[3]))[:, :, None, None]
         return dx
+
+
+class _FlattenCache(NamedTuple):
+    x_shape: tuple
 
 
 class Flatten(Layer):
@@ -495,10 +703,15 @@ class Flatten(Layer):
         return (shape[0], math.prod(shape[1:]))
 
     def _forward(self, x):
-        return x.reshape(x.shape[0], -1), x.shape
+        return x.reshape(x.shape[0], -1), _FlattenCache(x.shape)
 
-    def _backward(self, dy, x_shape, need_dx, param_grads):
-        return dy.reshape(x_shape) if need_dx else None
+    def _backward(self, dy, cache, need_dx, param_grads):
+        return dy.reshape(cache.x_shape) if need_dx else None
+
+
+class _LinearCache(NamedTuple):
+    kernels: object
+    kernel_cache: object
 
 
 class Linear(Layer):
@@ -538,15 +751,18 @@ class Linear(Layer):
     def _forward(self, x):
         kernels = backend.current()
         y, kernel_cache = kernels.linear_forward(x, self.params["weight"], self.params.get("bias"))
-        return y, (kernels, kernel_cache)
+        return y, _LinearCache(kernels, kernel_cache)
 
     def _backward(self, dy, cache, need_dx, param_grads):
-        kernels, kernel_cache = cache
-        dx, dweight, dbias = kernels.linear_backward(dy, kernel_cache, need_dx=need_dx,
-                                                     need_params=param_grads)
+        dx, dweight, dbias = cache.kernels.linear_backward(dy, cache.kernel_cache, need_dx=need_dx,
+                                                           need_params=param_grads)
         if param_grads:
             self._add_grads(dweight, dbias)
         return dx
+
+
+class _DropoutCache(NamedTuple):
+    mask: np.ndarray  # None in evaluation (identity); else 0 or 1 / (1 - p) per element
 
 
 class Dropout(Layer):
@@ -568,18 +784,22 @@ class Dropout(Layer):
 
     def _forward(self, x):
         if not self.training:
-            return x, None
+            return x, _DropoutCache(None)
         if self.p == 1.0:
             mask = np.zeros(x.shape, dtype=x.dtype)
         else:
             keep = self.rng.random(x.shape, dtype=x.dtype) >= x.dtype.type(self.p)
             mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
-        return x * mask, mask
+        return x * mask, _DropoutCache(mask)
 
-    def _backward(self, dy, mask, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        return dy if mask is None else dy * mask
+        return dy if cache.mask is None else dy * cache.mask
+
+
+class _LogSoftmaxCache(NamedTuple):
+    y: np.ndarray  # the output, log-probabilities
 
 
 class LogSoftmax(Layer):
@@ -596,12 +816,13 @@ class LogSoftmax(Layer):
     def _forward(self, x):
         shifted = x - x.max(axis=1, keepdims=True)
         y = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return y, y
+        return y, _LogSoftmaxCache(y)
 
-    def _backward(self, dy, y, need_dx, param_grads):
+    def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
+        return dy - np.exp(cache.y) * dy.sum(axis=1, keepdims=True)
+
 
 def _adaptive_size(value):
     """An int or an (h, w) pair whose entries are positive ints or None -> (h, w)."""
@@ -626,6 +847,12 @@ def _averaging_matrix(out_size, in_size, dtype):
     columns = np.arange(in_size)
     inside = (columns >= start[:, None]) & (columns < stop[:, None])
     return (inside / (stop - start)[:, None]).astype(dtype)
+
+
+class _AdaptiveAvgPoolCache(NamedTuple):
+    # The averaging matrices, both None when the output size is the input's.
+    rows: np.ndarray
+    cols: np.ndarray
 
 
 class AdaptiveAvgPool2d(Layer):
@@ -664,19 +891,17 @@ class AdaptiveAvgPool2d(Layer):
     def _forward(self, x):
         (oh, ow), (h, w) = self._target(x.shape), x.shape[2:]
         if (oh, ow) == (h, w):
-            return x, None
+            return x, _AdaptiveAvgPoolCache(None, None)
         rows = _averaging_matrix(oh, h, x.dtype)
         cols = _averaging_matrix(ow, w, x.dtype)
-        return np.matmul(np.matmul(rows, x), cols.T), (rows, cols)
+        return np.matmul(np.matmul(rows, x), cols.T), _AdaptiveAvgPoolCache(rows, cols)
 
     def _backward(self, dy, cache, need_dx, param_grads):
         if not need_dx:
             return None
-        if cache is None:
+        if cache.rows is None:
             return dy
-        rows, cols = cache
-        return np.matmul(np.matmul(rows.T, dy), cols)
-
+        return np.matmul(np.matmul(cache.rows.T, dy), cache.cols)
 
 
 LAYER_TYPES = {

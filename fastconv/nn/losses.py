@@ -7,6 +7,8 @@ returns the gradient of that value w.r.t. the loss's input::
     value = loss(logits, labels)
     model.backward(loss.backward())
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from fastconv import _checks
@@ -41,6 +43,17 @@ def _check_labels(labels, scores, name):
     return _checks.class_indices(labels, "label", (n,), k, context=f" for {name} of shape {scores.shape}")
 
 
+class _CrossEntropyCache(NamedTuple):
+    log_probs: np.ndarray
+    labels: np.ndarray
+
+
+class _NLLCache(NamedTuple):
+    shape: tuple  # of the log-probabilities, whose values the gradient does not need
+    dtype: np.dtype
+    labels: np.ndarray
+
+
 class _Loss:
     def __init__(self, reduction="mean"):
         if reduction not in _REDUCTIONS:
@@ -64,7 +77,7 @@ class _Loss:
         """Gradient of the last value w.r.t. the loss's input."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
-        return self._gradient(*self._cache)
+        return self._gradient(self._cache)
 
 
 class CrossEntropyLoss(_Loss):
@@ -77,14 +90,14 @@ class CrossEntropyLoss(_Loss):
         labels = self._check(logits, labels, "logits")
         log_probs = log_softmax(logits, axis=1)
         rows = np.arange(logits.shape[0])
-        self._cache = (log_probs, labels)
+        self._cache = _CrossEntropyCache(log_probs, labels)
         return self._reduce(log_probs[rows, labels])
 
     forward = __call__
 
-    def _gradient(self, log_probs, labels):
-        grad = np.exp(log_probs)
-        grad[np.arange(grad.shape[0]), labels] -= 1
+    def _gradient(self, cache):
+        grad = np.exp(cache.log_probs)
+        grad[np.arange(grad.shape[0]), cache.labels] -= 1
         grad *= self._scale(grad.shape[0], grad.dtype)
         return grad
 
@@ -97,12 +110,13 @@ class NLLLoss(_Loss):
 
     def __call__(self, log_probs, labels):
         labels = self._check(log_probs, labels, "log_probs")
-        self._cache = (log_probs.shape, log_probs.dtype, labels)
+        self._cache = _NLLCache(log_probs.shape, log_probs.dtype, labels)
         return self._reduce(log_probs[np.arange(log_probs.shape[0]), labels])
 
     forward = __call__
 
-    def _gradient(self, shape, dtype, labels):
-        grad = np.zeros(shape, dtype=dtype)
-        grad[np.arange(shape[0]), labels] = -self._scale(shape[0], dtype)
+    def _gradient(self, cache):
+        n = cache.shape[0]
+        grad = np.zeros(cache.shape, dtype=cache.dtype)
+        grad[np.arange(n), cache.labels] = -self._scale(n, cache.dtype)
         return grad

@@ -2,14 +2,28 @@
 
 The analysis tools work on this API only: ``forward(x, until=name)`` gives a
 layer's activation, ``backward(grad, start=name)`` sends a chosen gradient of
-that activation back to the image, hooks record activations on the way.
+that activation back to the image, and hooks watch the passes or change a
+layer's backward rule:
+
+* ``model.register_forward_hook(fn)``: ``fn(name, layer, output)`` after
+  every layer of every forward pass (``predict`` included);
+* ``model.register_backward_hook(fn)``: ``fn(name, layer, grad_input,
+  grad_output)`` after every layer of every ``model.backward``;
+* on any layer, ``register_forward_hook``, ``register_backward_pre_hook``
+  (may replace the gradient the layer receives) and ``register_backward_hook``
+  (may replace the gradient it passes on); see ``fastconv.nn.layers``.
+
+Each returns a handle whose ``remove()`` unregisters the hook; the model's
+hooks ignore return values. Some adjacent layers run as one pass
+(``fastconv.nn.fusion``, a ReLU and the training-mode batch norm after it);
+a hook on the model or on those layers turns that off where it would see or
+change what passes between them, so hooks always see the unfused pass.
 
 File format (``save`` / ``load``): an uncompressed ``.npz`` holding
 ``architecture`` (JSON: format tag, version, mode and, per layer, its name,
 class and ``config()``), ``meta`` (JSON: the user's ``model.meta``) and one
 array per ``state_dict()`` key.
 """
-import contextlib
 import copy
 import json
 import os
@@ -18,35 +32,14 @@ import numpy as np
 
 from fastconv import _checks
 from fastconv._files import atomic_write, open_npz
-from fastconv.nn.layers import LAYER_TYPES, BatchNorm2d, Layer, ReLU, _float_dtype
+from fastconv.nn import fusion
+from fastconv.nn.layers import LAYER_TYPES, HookHandle, Layer, _blame, _float_dtype, _register
 
-__all__ = ["Sequential", "load", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Sequential", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
 _RESERVED_ENTRIES = ("architecture", "meta")
-
-
-class HookHandle:
-    """Returned by ``register_forward_hook``; ``remove()`` unregisters the hook."""
-
-    def __init__(self, hooks, key):
-        self._hooks = hooks
-        self._key = key
-
-    def remove(self):
-        self._hooks.pop(self._key, None)
-
-
-@contextlib.contextmanager
-def _blame(name, layer):
-    """Prefix a TypeError/ValueError raised inside a layer with the layer's name."""
-    try:
-        yield
-    except (TypeError, ValueError) as error:
-        if type(error) not in (TypeError, ValueError):
-            raise
-        raise type(error)(f"layer {name!r} ({type(layer).__name__}): {error}") from error
 
 
 def _json_default(value):
@@ -108,9 +101,10 @@ class Sequential:
             self._names.append(name)
             self._layers.append(layer)
         self._index = {name: i for i, name in enumerate(self._names)}
-        self._hooks = {}
-        self._next_hook = 0
+        self._forward_hooks = {}
+        self._backward_hooks = {}
         self._reached = None  # index of the last layer the last forward ran through
+        self._fused = {}  # the last forward's fused passes, by the index of their last layer
         self._training = all(layer.training for layer in self._layers)
         self.meta = {}
 
@@ -163,39 +157,32 @@ class Sequential:
     def _run_layer(self, name, layer, method, x):
         with _blame(name, layer):
             y = method(x)
-        for hook in list(self._hooks.values()):
+        for hook in list(self._forward_hooks.values()):
             hook(name, layer, y)
         return y
 
-    def _fuses_relu_batchnorm(self, i, stop):
-        """Whether layers i and i + 1 run as one pass: a ReLU, then a
-        BatchNorm2d in training mode, both within the pass, no hook to see
-        the ReLU's output, and neither layer's forward or backward replaced
-        on the instance, as the attribution tools do to the ReLUs (see
-        BatchNorm2d._forward_after_relu)."""
-        if i + 1 > stop or self._hooks:
-            return False
-        relu, bn = self._layers[i], self._layers[i + 1]
-        if type(relu) is not ReLU or type(bn) is not BatchNorm2d or not bn.training:
-            return False
-        return not any(method in vars(layer) for layer in (relu, bn) for method in ("forward", "backward"))
+    def _has_forward_hooks(self):
+        return bool(self._forward_hooks)
 
     def forward(self, x, until=None):
         """Output of layer ``until`` (inclusive; default the last layer) for input x."""
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
+        # The passes of fusion.plan(self, until), without a record for each
+        # layer that runs alone.
+        watched = bool(self._forward_hooks)
+        fused = {}
         i = 0
         while i <= stop:
-            if self._fuses_relu_batchnorm(i, stop):
-                relu, bn = self._layers[i], self._layers[i + 1]
-                with _blame(self._names[i], relu):
-                    relu._check_input(x)
-                with _blame(self._names[i + 1], bn):
-                    x = bn._forward_after_relu(relu, x)
-                i += 2
-            else:
+            step = None if watched else fusion._fused_pass(self._names, self._layers, i, stop)
+            if step is None:
                 x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
                 i += 1
+            else:
+                x = step.forward(x)
+                fused[step.stop - 1] = step
+                i = step.stop
+        self._fused = fused
         self._reached = stop
         return x
 
@@ -211,7 +198,8 @@ class Sequential:
         so the first convolution skips its input gradient. With
         ``param_grads=False`` (attacks, saliency, image optimization) no
         parameter gradient is computed or added, which saves the convolutions'
-        weight-gradient products.
+        weight-gradient products. The layers' backward hooks run, then the
+        model's, after each layer.
         """
         if not input_grad and not param_grads:
             raise ValueError("backward with input_grad=False and param_grads=False has nothing to compute")
@@ -230,20 +218,20 @@ class Sequential:
             if not with_params:
                 return None
             last = with_params[0]
+        hooks = list(self._backward_hooks.values())
         i = first
         while i >= last:
-            name, layer = self._names[i], self._layers[i]
-            need_dx = input_grad or i > last
-            fused = isinstance(layer, BatchNorm2d) and i - 1 >= last
-            if fused and layer._relu_fused_in() is self._layers[i - 1] \
-                    and "backward" not in vars(self._layers[i - 1]):
-                # The ReLU's backward too, in the batch norm's pass.
-                with _blame(name, layer):
-                    grad = layer._backward_through_relu(grad, param_grads)
-                i -= 2
+            step = self._fused.get(i)
+            if step is not None and step.start >= last and not hooks and step.backward_fusable():
+                grad = step.backward(grad, param_grads=param_grads)
+                i = step.start - 1
                 continue
+            name, layer = self._names[i], self._layers[i]
             with _blame(name, layer):
-                grad = layer.backward(grad, need_dx=need_dx, param_grads=param_grads)
+                grad_input = layer.backward(grad, need_dx=input_grad or i > last, param_grads=param_grads)
+            for hook in hooks:
+                hook(name, layer, grad_input, grad)
+            grad = grad_input
             i -= 1
         return grad if input_grad else None
 
@@ -276,13 +264,18 @@ class Sequential:
 
     def register_forward_hook(self, fn):
         """Call ``fn(name, layer, output)`` after every layer of every forward pass
-        (``predict`` included, once per batch); the return value is ignored."""
-        if not callable(fn):
-            raise TypeError(f"hook must be callable, got {fn!r}")
-        key = self._next_hook
-        self._next_hook += 1
-        self._hooks[key] = fn
-        return HookHandle(self._hooks, key)
+        (``predict`` included, once per batch); the return value is ignored.
+        Returns a HookHandle."""
+        return _register(self._forward_hooks, fn)
+
+    def register_backward_hook(self, fn):
+        """Call ``fn(name, layer, grad_input, grad_output)`` after every layer of
+        every ``backward``, grad_output being the gradient w.r.t. the layer's
+        output and grad_input the one it passes on (None where backward needs
+        no input gradient: the first layer with ``input_grad=False``); the
+        return value is ignored (a layer's own ``register_backward_hook`` can
+        replace grad_input). Returns a HookHandle."""
+        return _register(self._backward_hooks, fn)
 
     # -- description --------------------------------------------------------------
     def num_parameters(self):
