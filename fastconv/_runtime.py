@@ -1,9 +1,15 @@
-"""What was compiled, and how many threads the kernels use.
+"""What was compiled, how many threads the kernels use, and which
+instruction-set variant of their hot loops runs.
 
 Two thread pools do the work: OpenMP inside the C kernels, and NumPy's BLAS
 for the NumPy backend.
 ``set_num_threads`` sets both, so a benchmark or a determinism test controls
 the machine with one call.
+
+The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 (GCC on
+x86-64; baseline only elsewhere) and the widest this CPU runs is used;
+``set_isa`` or the environment variable ``FASTCONV_ISA`` (read when the
+kernels load) forces another, for tests and benchmarks.
 """
 import os
 
@@ -41,6 +47,19 @@ def get_num_threads():
     return _kernels().get_openmp_threads()
 
 
+def set_isa(name):
+    """Run the kernels' hot loops in variant `name`: "avx512", "avx2",
+    "baseline", or None / "auto" for the widest this CPU runs (the default).
+    Returns the previous one. A variant this CPU or build lacks raises
+    ValueError and changes nothing."""
+    return _kernels().set_isa(name)
+
+
+def get_isa():
+    """The instruction-set variant the kernels' hot loops run."""
+    return _kernels().get_isa()
+
+
 def build_info():
     """A dict describing the build: compiled kernels, OpenMP, threads, BLAS."""
     k = _kernels()
@@ -55,4 +74,7 @@ def build_info():
         "num_threads": k.get_openmp_threads(),
         "blas": blas,
         "gemm": k.GEMM,
+        "isa": k.get_isa(),
+        "isa_supported": list(k.isa_supported()),
+        "isa_compiled": list(k.isa_compiled()),
     }

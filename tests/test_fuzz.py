@@ -30,6 +30,8 @@ from fastconv.nn import layers
 from fastconv import _kernels as fast
 from fastconv import reference as ref
 
+pytestmark = pytest.mark.every_isa  # once per instruction-set variant (conftest.py)
+
 SHORT_EXAMPLES = int(os.environ.get("FASTCONV_FUZZ_EXAMPLES", "20"))
 LONG_EXAMPLES = max(2000, SHORT_EXAMPLES)
 
