@@ -41,6 +41,24 @@ GEMM = "own register-tiled kernel (AVX-512, AVX2 or baseline x86-64, see set_isa
 # index in C.
 ISA_NAMES = ("baseline", "avx2", "avx512")
 
+cdef extern from *:
+    """
+    #ifdef FASTCONV_PLANT
+    #define FC_PLANTED_FAULT FASTCONV_PLANT
+    #else
+    #define FC_PLANTED_FAULT ""
+    #endif
+    """
+    const char *FC_PLANTED_FAULT
+
+# A fault built in on purpose to check that the tests catch it (setup.py,
+# FASTCONV_PLANT; debug builds only), or None: never set in a normal build.
+PLANTED_FAULT = FC_PLANTED_FAULT.decode() or None
+if PLANTED_FAULT:
+    import warnings
+    warnings.warn(f"fastconv was built with the planted fault {PLANTED_FAULT!r} (FASTCONV_PLANT), "
+                  "to check that the tests catch it: its results are wrong", RuntimeWarning)
+
 ctypedef fused real:
     float
     double
@@ -97,7 +115,8 @@ def get_isa():
 
 def set_isa(name):
     """Run the hot loops' `name` variant ("avx512", "avx2" or "baseline"; None
-    or "auto": the widest this CPU runs, the default); returns the previous
+    or "auto": the default, AVX-512 where the CPU has it, else baseline, or
+    AVX2 on a Haswell, as target_clones picked); returns the previous
     one. A variant this build or CPU lacks is a ValueError, never a switch.
     Kernels running in other threads may finish on the previous variant."""
     previous = get_isa()

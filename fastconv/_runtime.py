@@ -7,7 +7,8 @@ for the NumPy backend.
 the machine with one call.
 
 The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 (GCC on
-x86-64; baseline only elsewhere) and the widest this CPU runs is used;
+x86-64; baseline only elsewhere); AVX-512 runs where the CPU has it, else
+baseline (AVX2 on a Haswell only, as before; docs/engine.md says why);
 ``set_isa`` or the environment variable ``FASTCONV_ISA`` (read when the
 kernels load) forces another, for tests and benchmarks.
 """
@@ -49,7 +50,7 @@ def get_num_threads():
 
 def set_isa(name):
     """Run the kernels' hot loops in variant `name`: "avx512", "avx2",
-    "baseline", or None / "auto" for the widest this CPU runs (the default).
+    "baseline", or None / "auto" for the default (see the module docstring).
     Returns the previous one. A variant this CPU or build lacks raises
     ValueError and changes nothing."""
     return _kernels().set_isa(name)
@@ -77,4 +78,5 @@ def build_info():
         "isa": k.get_isa(),
         "isa_supported": list(k.isa_supported()),
         "isa_compiled": list(k.isa_compiled()),
+        "planted_fault": k.PLANTED_FAULT,
     }

@@ -75,9 +75,10 @@ void fc_set_winograd(int enabled);
 int fc_winograd_enabled(void);
 /* Instruction-set variants of the hot loops (fc_target.h, isa.c), by index:
  * 0 baseline x86-64 (the only one off GCC on x86-64), 1 AVX2, 2 AVX-512.
- * Whether this build has variant isa; whether the CPU also runs it; the widest
- * it runs (the one in use after loading); the one in use, and a switch to
- * another, which returns -1 and changes nothing when the CPU does not run it. */
+ * Whether this build has variant isa; whether the CPU also runs it; the
+ * default (the one in use after loading, see isa.c); the one in use, and a
+ * switch to another, which returns -1 and changes nothing when the CPU does
+ * not run it. */
 int fc_isa_compiled(int isa);
 int fc_isa_supported(int isa);
 int fc_isa_best(void);

@@ -6,7 +6,8 @@
  * (FC_TARGET_AVX2) and baseline x86-64, the three targets target_clones
  * used to produce. A table of the three, indexed by the variant in use, sits
  * behind a function of the loop's name, so callers do not change. isa.c
- * picks the widest variant the CPU runs when the library loads; fc_set_isa
+ * picks the variant target_clones would have picked when the library loads
+ * (the widest, but for AVX2, see fc_isa_best); fc_set_isa
  * switches, so that the tests run every variant the machine supports rather
  * than only the one it would pick.
  *

@@ -5,8 +5,8 @@
 #include "fastconv.h"
 #include "fc_target.h"
 
-/* Baseline until the library's constructor below picks the widest variant
- * the CPU runs; only ever set to a variant it runs. */
+/* Baseline until the library's constructor below picks the default (see
+ * fc_isa_best); only ever set to a variant the CPU runs. */
 atomic_int fc_isa_selected = FC_ISA_BASELINE;
 
 int fc_isa_compiled(int isa)
@@ -29,8 +29,7 @@ int fc_isa_supported(int isa)
         return __builtin_cpu_supports("avx512f") != 0;
     case FC_ISA_AVX2:
         /* arch=haswell may use AVX2, FMA, BMI1/2, F16C, LZCNT and MOVBE:
-         * the x86-64-v3 level. (target_clones' resolver asked for a Haswell
-         * model by name, so other AVX2 processors ran the baseline.) */
+         * the x86-64-v3 level. */
         return __builtin_cpu_supports("x86-64-v3") != 0;
     default:
         return 1;
@@ -40,11 +39,21 @@ int fc_isa_supported(int isa)
 #endif
 }
 
+/* The variant target_clones' resolver picked, kept as the default so that no
+ * machine changes speed: AVX-512 where the CPU has it, AVX2 only on a
+ * processor libgcc identifies as Haswell by model (the resolver's one test
+ * for its arch=haswell copy), else baseline. Every x86-64-v3 CPU can still be
+ * switched to AVX2, and the tests run it there; but the matrix kernel's tile
+ * is sized for AVX-512's 32 registers and spills on 16, so the AVX2 variant
+ * measured slower than the baseline one (docs/engine.md). */
 int fc_isa_best(void)
 {
-    for (int isa = FC_ISA_COUNT - 1; isa > FC_ISA_BASELINE; isa--)
-        if (fc_isa_supported(isa))
-            return isa;
+    if (fc_isa_supported(FC_ISA_AVX512))
+        return FC_ISA_AVX512;
+#if FC_MULTI_ISA
+    if (fc_isa_supported(FC_ISA_AVX2) && __builtin_cpu_is("haswell"))
+        return FC_ISA_AVX2;
+#endif
     return FC_ISA_BASELINE;
 }
 
