@@ -6,6 +6,10 @@ Switches (environment variables):
   FASTCONV_OPENMP=0     build without OpenMP even if the compiler has it
   FASTCONV_DEBUG=1      -O1 -g, assertions on
   FASTCONV_SANITIZE=1   -fsanitize=address,undefined (run with the ASan runtime preloaded)
+  FASTCONV_PLANT=name   test only: build in a known fault (winograd, pool or leak) to
+                        check that the tests catch it; needs FASTCONV_DEBUG=1 or
+                        FASTCONV_SANITIZE=1, so an optimized build never has one
+                        (docs/reliability.md, "Planted faults")
 """
 import glob
 import os
@@ -32,6 +36,28 @@ int main(void) {
 
 def _env_flag(name, default="0"):
     return os.environ.get(name, default).strip().lower() not in ("", "0", "false", "no", "off")
+
+
+# Faults that FASTCONV_PLANT builds into the kernels, each behind its own macro
+# (FASTCONV_PLANT_<NAME>) in src_c/: what the tests must catch.
+PLANTED_FAULTS = {
+    "winograd": "a wrong coefficient in the Winograd filter transform (winograd.inc)",
+    "pool": "an off-by-one in average pooling's backward pass (pooling.inc)",
+    "leak": "one buffer of linear_forward never freed, every call (linear.inc)",
+}
+
+
+def planted_fault():
+    """The fault FASTCONV_PLANT asks for, or None; refused outside debug builds."""
+    name = os.environ.get("FASTCONV_PLANT", "").strip().lower()
+    if name in ("", "0", "none", "off"):
+        return None
+    if name not in PLANTED_FAULTS:
+        sys.exit(f"FASTCONV_PLANT must be one of {', '.join(PLANTED_FAULTS)}, got {name!r}")
+    if not (_env_flag("FASTCONV_DEBUG") or _env_flag("FASTCONV_SANITIZE")):
+        sys.exit("FASTCONV_PLANT builds a fault in on purpose, for checking the tests: "
+                 "it needs FASTCONV_DEBUG=1 or FASTCONV_SANITIZE=1")
+    return name
 
 
 def compiler_has_openmp(compiler):
@@ -70,6 +96,11 @@ class BuildExt(build_ext):
                 san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
                 compile_args += san
                 link_args += san
+        plant = planted_fault()
+        if plant:
+            macros += [("FASTCONV_PLANT", f'"{plant}"'), (f"FASTCONV_PLANT_{plant.upper()}", "1")]
+            print(f"fastconv: PLANTED FAULT, for testing the tests only: {PLANTED_FAULTS[plant]}",
+                  file=sys.stderr)
         use_openmp = _env_flag("FASTCONV_OPENMP", "1") and unix and compiler_has_openmp(self.compiler)
         if use_openmp:
             compile_args.append("-fopenmp")

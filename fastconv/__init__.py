@@ -29,7 +29,7 @@ def _refuse_unbuilt_source_tree():
 _refuse_unbuilt_source_tree()
 
 from fastconv import models, optim
-from fastconv._runtime import build_info, get_num_threads, set_num_threads
+from fastconv._runtime import build_info, get_isa, get_num_threads, set_isa, set_num_threads
 from fastconv.backend import get_backend, set_backend
 from fastconv.models.weights import load_weights, save_weights
 from fastconv.nn import init, layers, losses
@@ -44,6 +44,6 @@ for _name, _module in (("layers", layers), ("losses", losses), ("init", init), (
 __version__ = "0.1.0"
 
 __all__ = [
-    "build_info", "get_num_threads", "set_num_threads", "get_backend", "set_backend",
+    "build_info", "get_num_threads", "set_num_threads", "get_isa", "set_isa", "get_backend", "set_backend",
     "Sequential", "load", "load_weights", "save_weights", "layers", "losses", "optim", "models", "init",
 ]

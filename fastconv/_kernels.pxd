@@ -20,6 +20,11 @@ cdef extern from "fastconv.h" nogil:
         FC_WINOGRAD_ALWAYS
     void fc_set_winograd(int mode)
     int fc_winograd_enabled()
+    int fc_isa_compiled(int isa)
+    int fc_isa_supported(int isa)
+    int fc_isa_best()
+    int fc_get_isa()
+    int fc_set_isa(int isa)
 
     void fc_im2col_f32(float *cols, const float *x, int64_t n_images, int64_t channels,
                        const fc_window *g, int64_t ld)

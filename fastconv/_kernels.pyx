@@ -10,6 +10,8 @@ Convolutions and fully connected layers multiply with a register-tiled matrix
 kernel of their own (src_c/gemm.inc), never BLAS, so that one OpenMP team
 does all the work.
 """
+import os
+
 import numpy as np
 
 cimport numpy as cnp
@@ -34,7 +36,28 @@ __all__ = [
 
 BACKEND_NAME = "compiled"
 KERNELS = tuple(__all__)
-GEMM = "own register-tiled kernel (AVX-512, AVX2 or baseline x86-64, chosen at load time)"
+GEMM = "own register-tiled kernel (AVX-512, AVX2 or baseline x86-64, see set_isa)"
+# The instruction-set variants of the hot loops (src_c/fc_target.h), by their
+# index in C.
+ISA_NAMES = ("baseline", "avx2", "avx512")
+
+cdef extern from *:
+    """
+    #ifdef FASTCONV_PLANT
+    #define FC_PLANTED_FAULT FASTCONV_PLANT
+    #else
+    #define FC_PLANTED_FAULT ""
+    #endif
+    """
+    const char *FC_PLANTED_FAULT
+
+# A fault built in on purpose to check that the tests catch it (setup.py,
+# FASTCONV_PLANT; debug builds only), or None: never set in a normal build.
+PLANTED_FAULT = FC_PLANTED_FAULT.decode() or None
+if PLANTED_FAULT:
+    import warnings
+    warnings.warn(f"fastconv was built with the planted fault {PLANTED_FAULT!r} (FASTCONV_PLANT), "
+                  "to check that the tests catch it: its results are wrong", RuntimeWarning)
 
 ctypedef fused real:
     float
@@ -78,6 +101,60 @@ def set_winograd(enabled):
     previous = fc_winograd_enabled()
     fc_set_winograd(mode)
     return "always" if previous == FC_WINOGRAD_ALWAYS else previous == FC_WINOGRAD_AUTO
+
+
+# ---------------------------------------------------------------------------
+# Instruction-set variants
+
+def isa_compiled():
+    """Names of the variants this build has, widest first: all three with GCC
+    on x86-64, else ("baseline",)."""
+    return tuple(ISA_NAMES[i] for i in reversed(range(len(ISA_NAMES))) if fc_isa_compiled(i))
+
+
+def isa_supported():
+    """Names of the variants this build has and this CPU runs, widest first."""
+    return tuple(ISA_NAMES[i] for i in reversed(range(len(ISA_NAMES))) if fc_isa_supported(i))
+
+
+def get_isa():
+    """Name of the variant in use."""
+    return ISA_NAMES[fc_get_isa()]
+
+
+def set_isa(name):
+    """Run the hot loops' `name` variant ("avx512", "avx2" or "baseline"; None
+    or "auto": the default, AVX-512 where the CPU has it, else baseline, or
+    AVX2 on a Haswell, as target_clones picked); returns the previous
+    one. A variant this build or CPU lacks is a ValueError, never a switch.
+    Kernels running in other threads may finish on the previous variant."""
+    previous = get_isa()
+    if name is None or name == "auto":
+        index = fc_isa_best()
+    elif isinstance(name, str) and name in ISA_NAMES:
+        index = ISA_NAMES.index(name)
+    else:
+        raise ValueError(f"isa must be one of {ISA_NAMES[::-1]}, 'auto' or None, got {name!r}")
+    if not fc_isa_compiled(index):
+        raise ValueError(f"isa {name!r} is not in this build, which has only "
+                         f"{', '.join(isa_compiled())} (variants need GCC on x86-64)")
+    if fc_set_isa(index) != 0:
+        raise ValueError(f"isa {name!r} is not supported by this CPU, which runs "
+                         f"{', '.join(isa_supported())}")
+    return previous
+
+
+def _isa_from_environment():
+    """FASTCONV_ISA, read once when the kernels load: a variant to force."""
+    value = os.environ.get("FASTCONV_ISA", "").strip()
+    if value:
+        try:
+            set_isa(value)
+        except ValueError as e:
+            raise ValueError(f"FASTCONV_ISA={value!r}: {e}") from None
+
+
+_isa_from_environment()
 
 
 # ---------------------------------------------------------------------------

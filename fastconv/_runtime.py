@@ -1,9 +1,16 @@
-"""What was compiled, and how many threads the kernels use.
+"""What was compiled, how many threads the kernels use, and which
+instruction-set variant of their hot loops runs.
 
 Two thread pools do the work: OpenMP inside the C kernels, and NumPy's BLAS
 for the NumPy backend.
 ``set_num_threads`` sets both, so a benchmark or a determinism test controls
 the machine with one call.
+
+The hot loops are compiled for AVX-512, AVX2 and baseline x86-64 (GCC on
+x86-64; baseline only elsewhere); AVX-512 runs where the CPU has it, else
+baseline (AVX2 on a Haswell only, as before; docs/engine.md says why);
+``set_isa`` or the environment variable ``FASTCONV_ISA`` (read when the
+kernels load) forces another, for tests and benchmarks.
 """
 import os
 
@@ -41,6 +48,19 @@ def get_num_threads():
     return _kernels().get_openmp_threads()
 
 
+def set_isa(name):
+    """Run the kernels' hot loops in variant `name`: "avx512", "avx2",
+    "baseline", or None / "auto" for the default (see the module docstring).
+    Returns the previous one. A variant this CPU or build lacks raises
+    ValueError and changes nothing."""
+    return _kernels().set_isa(name)
+
+
+def get_isa():
+    """The instruction-set variant the kernels' hot loops run."""
+    return _kernels().get_isa()
+
+
 def build_info():
     """A dict describing the build: compiled kernels, OpenMP, threads, BLAS."""
     k = _kernels()
@@ -55,4 +75,8 @@ def build_info():
         "num_threads": k.get_openmp_threads(),
         "blas": blas,
         "gemm": k.GEMM,
+        "isa": k.get_isa(),
+        "isa_supported": list(k.isa_supported()),
+        "isa_compiled": list(k.isa_compiled()),
+        "planted_fault": k.PLANTED_FAULT,
     }

@@ -20,7 +20,7 @@
  * How src_c/ is laid out:
  *   *.h    headers that stand alone: each compiles by itself, in any order, and
  *          includes what it uses. They hold what does not depend on the float
- *          type: this interface (fastconv.h), the OpenMP and target-clone
+ *          type: this interface (fastconv.h), the OpenMP and instruction-set
  *          macros (fc_omp.h, fc_target.h), the matrix kernel's tile sizes and
  *          thread-sharing helpers (gemm.h) and the convolution plan
  *          (conv_plan.h).
@@ -32,7 +32,8 @@
  *          the ones before it: gemm.inc before winograd.inc, conv.inc and
  *          linear.inc; im2col.inc and winograd.inc before conv.inc).
  *   *.c    kernels_f32.c and kernels_f64.c instantiate every .inc for float and
- *          double; threads.c holds the thread-count and Winograd switches.
+ *          double; threads.c holds the thread-count and Winograd switches,
+ *          isa.c the choice of instruction-set variant.
  * Buffer shapes are documented at each kernel's definition in its .inc file.
  */
 #ifndef FASTCONV_H
@@ -79,6 +80,17 @@ int fc_threads_for(int64_t work);
 #define FC_WINOGRAD_ALWAYS 2
 void fc_set_winograd(int mode);
 int fc_winograd_enabled(void);
+/* Instruction-set variants of the hot loops (fc_target.h, isa.c), by index:
+ * 0 baseline x86-64 (the only one off GCC on x86-64), 1 AVX2, 2 AVX-512.
+ * Whether this build has variant isa; whether the CPU also runs it; the
+ * default (the one in use after loading, see isa.c); the one in use, and a
+ * switch to another, which returns -1 and changes nothing when the CPU does
+ * not run it. */
+int fc_isa_compiled(int isa);
+int fc_isa_supported(int isa);
+int fc_isa_best(void);
+int fc_get_isa(void);
+int fc_set_isa(int isa);
 
 /* im2col.inc */
 void fc_im2col_f32(float *cols, const float *x, int64_t n_images, int64_t channels,

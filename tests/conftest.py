@@ -1,4 +1,5 @@
 import importlib
+import os
 
 import numpy as np
 import pytest
@@ -6,6 +7,49 @@ import threadpoolctl
 
 import fastconv
 from fastconv import backend as backend_module
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "every_isa: run once per instruction-set variant of the compiled kernels that "
+        "this CPU supports (fastconv.set_isa); FASTCONV_ISA=name runs only that one",
+    )
+
+
+def isa_variants():
+    """The variants the every_isa tests run: FASTCONV_ISA's alone when it names
+    one (the kernels have already refused a bad value), else every variant this
+    build has and this CPU runs, widest first."""
+    from fastconv import _kernels
+
+    forced = os.environ.get("FASTCONV_ISA", "").strip()
+    if forced and forced != "auto":
+        return (forced,)
+    return _kernels.isa_supported()
+
+
+def pytest_generate_tests(metafunc):
+    # Module scope: pytest then runs a module's tests variant by variant,
+    # switching once per variant rather than once per test.
+    if metafunc.definition.get_closest_marker("every_isa") is not None:
+        metafunc.parametrize("isa_variant", isa_variants(), indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isa_variant(request):
+    """The instruction-set variant an every_isa test runs on (its parameter),
+    restored afterwards; None, and nothing switched, for other tests. Module
+    scope, because hypothesis refuses function-scoped fixtures in its tests."""
+    name = getattr(request, "param", None)
+    if name is None:
+        yield None
+        return
+    previous = fastconv.set_isa(name)
+    try:
+        yield name
+    finally:
+        fastconv.set_isa(previous)
 
 
 @pytest.fixture(params=["numpy", "compiled"])

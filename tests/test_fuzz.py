@@ -46,6 +46,8 @@ try:
 except ImportError:  # the PyTorch comparisons are skipped, not the targets
     torch = torch_functional = None
 
+pytestmark = pytest.mark.every_isa  # once per instruction-set variant (conftest.py)
+
 SHORT_EXAMPLES = int(os.environ.get("FASTCONV_FUZZ_EXAMPLES", "20"))
 LONG_EXAMPLES = max(2000, SHORT_EXAMPLES)
 

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from fastconv import _kernels as fast
 from fastconv import reference as ref
 
+# Every test, once per instruction-set variant this CPU runs (tests/conftest.py).
+pytestmark = pytest.mark.every_isa
+
 DTYPES = (np.float32, np.float64)
 
 # Both backends sum the same terms in different orders (BLAS blocking, double
