@@ -6,11 +6,12 @@ __all__ = ["add_parsers", "cmd_cache"]
 
 
 def _size(count):
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+    if count < 1024:
+        return f"{count:,} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
         count /= 1024
-    return f"{count:,.1f} GiB"
+        if count < 1024 or unit == "GiB":
+            return f"{count:,.1f} {unit}"
 
 
 def cmd_cache(args):
