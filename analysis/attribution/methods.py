@@ -110,7 +110,7 @@ class Gradient(Attribution):
 
 
 class Saliency(Attribution):
-    """|d target / d x| (Simonyan et al.); :func:`channel_max` gives their one-channel map."""
+    """``|d target / d x|`` (Simonyan et al.); :func:`channel_max` gives their one-channel map."""
 
     def attribute(self, x, target, abs=True):
         grad = self._gradient(x, target)
