@@ -90,8 +90,10 @@ def test_the_switch_reaches_the_c_kernels():
 
 def _python(code, isa):
     env = dict(os.environ, FASTCONV_ISA=isa)
+    # From the tests' folder, so that the installed fastconv is imported, not
+    # the checkout's source folder.
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("name", list(_kernels.isa_supported()) + ["auto"])

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fastconv.data import IDX_FILES, read_idx
 
-from fastconv.data import IDX_FILES, read_idx  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_COUNT = 10_000
 TEST_COUNT = 2_000
