@@ -1,5 +1,14 @@
 """Sphinx configuration: the user guides (Markdown) and an API reference built
 from the docstrings. Build with ``python -m sphinx -W -b html docs build/docs``."""
+import os
+import sys
+
+# `python -m sphinx` puts the current folder first on the import path; run from
+# the checkout, autodoc would then import its uncompiled source folder instead
+# of the installed package. Document what is installed.
+_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _checkout]
+
 project = "fastconv"
 author = "the fastconv authors"
 
