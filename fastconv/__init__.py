@@ -32,8 +32,7 @@ from fastconv import models, optim
 from fastconv._runtime import build_info, get_isa, get_num_threads, set_isa, set_num_threads
 from fastconv.backend import get_backend, set_backend
 from fastconv.models.weights import load_weights, save_weights
-from fastconv.nn import init, layers, losses
-from fastconv.nn import model
+from fastconv.nn import init, layers, losses, model
 from fastconv.nn.model import Sequential, load
 
 # The first releases kept layers, losses, init and model at the top level:

@@ -83,8 +83,8 @@ def numpy_backend_one_thread():
 def fit_briefly():
     """fit_briefly(model, x, y, steps, lr): Adam on seeded random mini-batches of 32,
     for the small models the analysis tests look inside; returns the model in eval mode."""
-    from fastconv.nn import losses
     from fastconv import optim
+    from fastconv.nn import losses
 
     def fit(model, x, y, steps, lr):
         opt = optim.Adam(model, lr=lr)

@@ -5,19 +5,18 @@ checks on bad input."""
 import json
 
 import numpy as np
-
-from fastconv.nn.losses import softmax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastconv
-from fastconv.nn import layers as L
-from fastconv.nn import losses
-from fastconv.data import load_dataset
-from fastconv.nn.model import Sequential
-
 import fastconv.analysis as fa
 from fastconv.analysis.attacks import methods as A
+from fastconv.data import load_dataset
+from fastconv.nn import layers as L
+from fastconv.nn import losses
+from fastconv.nn.losses import softmax
+from fastconv.nn.model import Sequential
 
 MEAN, STD = 0.1307, 0.3081
 NORMALIZATION = {"mean": [MEAN], "std": [STD], "scale": 255.0}
@@ -111,7 +110,7 @@ def test_loss_gradient_matches_finite_differences():
     loss = losses.CrossEntropyLoss(reduction="sum")
 
     def value(images):
-        return loss(model.predict(((images - MEAN) / STD)), y)
+        return loss(model.predict((images - MEAN) / STD), y)
 
     rng = np.random.default_rng(0)
     for index in zip(rng.integers(0, 2, 12), np.zeros(12, int), rng.integers(0, 28, 12), rng.integers(0, 28, 12)):

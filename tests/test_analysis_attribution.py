@@ -4,12 +4,10 @@ defining properties, and agreement with Captum on the same weights."""
 import numpy as np
 import pytest
 
+import fastconv.analysis as fa
 from fastconv.nn import layers as L
 from fastconv.nn import losses
 from fastconv.nn.model import Sequential
-
-
-import fastconv.analysis as fa
 
 BAR_SIZE = 24
 

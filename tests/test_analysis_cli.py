@@ -4,11 +4,10 @@ import argparse
 import numpy as np
 import pytest
 
-from fastconv.nn import layers as L
-from fastconv.cli.viz import TOOLS, add_viz_parser
 from fastconv.cli import UsageError
+from fastconv.cli.viz import TOOLS, add_viz_parser
+from fastconv.nn import layers as L
 from fastconv.nn.model import Sequential
-
 
 pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
 

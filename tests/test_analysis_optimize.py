@@ -8,12 +8,12 @@ import pytest
 from matplotlib.figure import Figure
 
 import fastconv.analysis as fa
-from fastconv.nn import layers as L
 from fastconv.analysis.optimize import figures as OF
 from fastconv.analysis.optimize import parametrize as P
 from fastconv.analysis.optimize import style as S
-from fastconv.nn.losses import softmax
 from fastconv.data import load_dataset
+from fastconv.nn import layers as L
+from fastconv.nn.losses import softmax
 from fastconv.nn.model import Sequential
 
 pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")

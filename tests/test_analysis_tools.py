@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from fastconv.nn import layers as L
-from fastconv.data import load_dataset
-from fastconv.nn.model import Sequential
-
-
 import fastconv.analysis as fa
 from fastconv.analysis.visualize import figures
+from fastconv.data import load_dataset
+from fastconv.nn import layers as L
+from fastconv.nn.model import Sequential
 
 MNIST_NORMALIZATION = {"mean": [0.1307], "std": [0.3081], "scale": 255.0}
 

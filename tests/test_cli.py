@@ -16,8 +16,8 @@ from PIL import Image
 
 import fastconv
 from fastconv import cli
-from fastconv.data import datasets as data
 from fastconv.data import Normalize, load_dataset, stratified_split
+from fastconv.data import datasets as data
 
 PACKAGE_PARENT = str(Path(fastconv.__file__).resolve().parents[1])
 # Small runs on the bundled MNIST sample: --limit N keeps N images of each split.
@@ -199,7 +199,8 @@ def test_bad_input_gives_one_line_and_status_2(tmp_path, capsys, monkeypatch):
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
     monkeypatch.setitem(data.REMOTES, "mnist", data.Remote([closed], data.REMOTES["mnist"].sha256))
-    status, _, err = run_main(capsys, "train", "--dataset", "mnist", "--data-dir", tmp_path / "d", "--out", tmp_path / "r")
+    status, _, err = run_main(capsys, "train", "--dataset", "mnist", "--data-dir", tmp_path / "d",
+                              "--out", tmp_path / "r")
     assert_one_line_error(status, err, "mnist not found", "train-images-idx3-ubyte.gz", str(tmp_path / "d" / "mnist"))
     status, _, err = run_main(capsys, "train", "--dataset", "mnist-sample", "--optimizer", "adam",
                               "--momentum", "0.9", "--out", tmp_path / "r")

@@ -28,8 +28,14 @@ import fastconv
 from fastconv import cli
 from fastconv.data import SAMPLE_DIR
 from fastconv.train.trainer import (
-    BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL, HISTORY_COLUMNS, LAST_CHECKPOINT, CheckpointError,
-    load_checkpoint, save_checkpoint,
+    BEST_CHECKPOINT,
+    BEST_MODEL,
+    FINAL_MODEL,
+    HISTORY_COLUMNS,
+    LAST_CHECKPOINT,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
 )
 
 RUN = ["--dataset", "mnist-sample", "--limit", "32", "--epochs", "3", "--batch-size", "8",

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastconv.data import Augment, DataError, Normalize, held_out_split, load_dataset, read_idx, stratified_split
 from fastconv.data import datasets as data
-from fastconv.data import (Augment, DataError, Normalize, held_out_split, load_dataset, read_idx,
-                           stratified_split)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_MNIST = SHARED / "mnist"
@@ -220,7 +219,8 @@ def test_idx_dimensions_whose_product_passes_int64_are_refused(tmp_path, shape):
     path.write_bytes(struct.pack(">HBB", 0, 8, len(shape)) + struct.pack(f">{len(shape)}I", *shape))
     with pytest.raises(DataError, match="truncated") as info:
         read_idx(path)
-    assert str(path) in str(info.value) and str(int(np.prod(shape, dtype=object)) + 4 + 4 * len(shape)) in str(info.value)
+    expected_size = int(np.prod(shape, dtype=object)) + 4 + 4 * len(shape)
+    assert str(path) in str(info.value) and str(expected_size) in str(info.value)
 
 
 def test_truncated_gzip_names_the_file(tmp_path):
@@ -408,7 +408,7 @@ def test_image_folder_png_exact_and_jpeg_close(tmp_path):
     x, y, classes = data.load_image_folder(tmp_path / "grey", cache_dir=tmp_path / "cache")
     assert classes == ["cat", "dog", "owl"] and x.shape == (15, 1, 10, 12) and x.dtype == np.uint8
     assert y.tolist() == [0] * 5 + [1] * 5 + [2] * 5
-    for i, (path, array) in enumerate(sorted(pngs.items())):
+    for i, (_, array) in enumerate(sorted(pngs.items())):
         np.testing.assert_array_equal(x[i, 0], array)
 
     rng = np.random.default_rng(0)
@@ -478,7 +478,7 @@ def test_a_damaged_folder_cache_is_rebuilt(tmp_path, damage):
     else:
         cached.write_bytes(b"PK\x03\x04 not a zip")
     x, _, _ = data.load_image_folder(tmp_path / "f", cache_dir=cache)
-    for i, (path, array) in enumerate(sorted(pngs.items())):
+    for i, (_, array) in enumerate(sorted(pngs.items())):
         np.testing.assert_array_equal(x[i, 0], array)
     assert sorted(p.name for p in cache.iterdir()) == [cached.name], "rebuilt in place, no temporary left"
     with np.load(cached) as rebuilt:

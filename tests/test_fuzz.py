@@ -36,9 +36,9 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv import _checks
-from fastconv.nn import layers
 from fastconv import _kernels as fast
 from fastconv import reference as ref
+from fastconv.nn import layers
 
 try:
     import torch
@@ -473,7 +473,7 @@ def check_conv(data, g, filters, with_bias, mode=True, specials=None, expect_win
             # dx: the forward convolution of dy with the flipped filters, where
             # the padding is below the kernel size and the stride is 1 (see
             # input_grad in src_c/conv.inc); the same switch decides its path.
-            (ph, pw), (sh, sw) = g["padding"], g["stride"]
+            ph, pw = g["padding"]
             oh, ow = output_plane(g)
             exact = g["h"] + 2 * ph - 2 == oh and g["w"] + 2 * pw - 2 == ow
             if exact and ph < 3 and pw < 3 and fast.conv2d_uses_winograd(
@@ -1014,7 +1014,7 @@ def direct_maxpool(x, kernel, stride, padding):
     oh, ow = cells[-1][0] + 1, cells[-1][1] + 1
     y = np.empty((n, c, oh, ow), x.dtype)
     argmax = np.empty((n, c, oh, ow), np.int64)
-    for i, j, top, left, rows, cols in cells:
+    for i, j, _, _, rows, cols in cells:
         window = x[:, :, rows.start:rows.stop, cols.start:cols.stop].reshape(n, c, -1)
         flat = (np.arange(rows.start, rows.stop)[:, None] * w + np.arange(cols.start, cols.stop)).ravel()
         for p in np.ndindex(n, c):

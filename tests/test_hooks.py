@@ -399,9 +399,9 @@ def test_a_hook_registered_after_a_fused_forward_gets_the_unfused_backward(backe
         seen = {}
         if register == "layer":
             model.layer("relu1").register_backward_hook(
-                lambda layer, gi, go: seen.__setitem__("relu1", (gi, go)))
+                lambda layer, gi, go, seen=seen: seen.__setitem__("relu1", (gi, go)))
         else:
-            model.register_backward_hook(lambda name, layer, gi, go: seen.__setitem__(name, (gi, go)))
+            model.register_backward_hook(lambda name, layer, gi, go, seen=seen: seen.__setitem__(name, (gi, go)))
         dx = model.backward(grad)
         assert spy.calls == [("forward", True), ("backward", False)]
         np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-14)

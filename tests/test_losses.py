@@ -1,10 +1,9 @@
 """Losses and (log-)softmax against PyTorch and numerical gradients."""
 import numpy as np
 import pytest
+from test_layers import numerical_gradient, rel_error
 
 from fastconv.nn import losses
-
-from test_layers import numerical_gradient, rel_error
 
 
 def batch(dtype=np.float64, n=6, k=5, scale=3.0, seed=0):

@@ -5,13 +5,12 @@ import re
 
 import numpy as np
 import pytest
+from test_layers import numerical_gradient, rel_error
 
 import fastconv
-from fastconv.nn import layers, losses
 from fastconv import models
+from fastconv.nn import layers, losses
 from fastconv.nn.model import Sequential
-
-from test_layers import numerical_gradient, rel_error
 
 
 def small_model(dtype=np.float64, seed=0):

@@ -1,12 +1,11 @@
 """Optimizers and schedules: trajectories against PyTorch, resuming from state_dict, bad arguments."""
 import numpy as np
 import pytest
-
-from fastconv.nn import layers, losses
-from fastconv import optim
-from fastconv.nn.model import Sequential
-
 from test_layers import rel_error
+
+from fastconv import optim
+from fastconv.nn import layers, losses
+from fastconv.nn.model import Sequential
 
 STEPS = 7
 
@@ -35,7 +34,8 @@ def batches(count, seed=0):
     return [(rng.standard_normal((4, 2, 6, 6)), rng.integers(0, 3, 4)) for _ in range(count)]
 
 
-def train_step(model, opt, x, labels, loss=losses.CrossEntropyLoss()):
+def train_step(model, opt, x, labels, loss=None):
+    loss = loss or losses.CrossEntropyLoss()
     opt.zero_grad()
     loss(model.forward(x), labels)
     model.backward(loss.backward(), input_grad=False)

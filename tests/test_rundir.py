@@ -104,13 +104,13 @@ def test_a_corrupt_config_is_a_clear_error(run, text, message):
     assert "\n" not in str(info.value)
     if "epochs" not in text:
         with pytest.raises(NotARunError, match=message):
-            opened.config
+            _ = opened.config
 
 
 def test_a_corrupt_history_is_a_clear_error(run):
     (run / R.HISTORY_JSON).write_text("[{")
     with pytest.raises(NotARunError, match="history.json is unreadable"):
-        RunDir.open(run).history
+        _ = RunDir.open(run).history
 
 
 def test_the_errors_are_value_errors():

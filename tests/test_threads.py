@@ -15,12 +15,11 @@ import pytest
 
 import fastconv
 from fastconv import _kernels as fast
+from fastconv import optim
 from fastconv import reference as ref
 from fastconv.nn import layers
-from fastconv import optim
 from fastconv.nn.model import Sequential
 from fastconv.train import Trainer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 

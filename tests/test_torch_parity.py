@@ -4,8 +4,8 @@ statistics and one optimizer step, in training and evaluation mode."""
 import numpy as np
 import pytest
 
-from fastconv.nn import losses
 from fastconv import models, optim
+from fastconv.nn import losses
 
 pytestmark = pytest.mark.torch
 

@@ -10,17 +10,27 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv.nn import model as fc_model
-from fastconv.train import trainer as fc_train
 from fastconv.data import Augment, Normalize
+from fastconv.nn import model as fc_model
 from fastconv.nn.layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from fastconv.nn.losses import CrossEntropyLoss
 from fastconv.nn.model import Sequential
 from fastconv.optim import SGD, Adam, OneCycleLR, StepLR
 from fastconv.train import (
-    BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL, LAST_CHECKPOINT, CheckpointError, Trainer,
-    TrainingDiverged, TrainingInterrupted, confusion_matrix, evaluate, load_checkpoint, save_checkpoint,
+    BEST_CHECKPOINT,
+    BEST_MODEL,
+    FINAL_MODEL,
+    LAST_CHECKPOINT,
+    CheckpointError,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    confusion_matrix,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
 )
+from fastconv.train import trainer as fc_train
 
 CLASSES = 3
 

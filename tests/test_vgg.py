@@ -14,14 +14,15 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastconv
-from fastconv.models import imagenet
-from fastconv.nn import layers
 from fastconv import models
 from fastconv.cli import main
+from fastconv.models import imagenet
 from fastconv.models.weights import load_weights, read_safetensors, save_weights, write_safetensors
+from fastconv.nn import layers
 
 NARROW_WIDTHS = (4, 8, 16, 32, 32)
 NARROW_HIDDEN = 64
@@ -645,7 +646,8 @@ def test_cli_recipes_write_their_figures(narrow_model_file, tmp_path, capsys, re
     from PIL import Image
 
     _, path = narrow_model_file
-    Image.fromarray(np.random.default_rng(5).integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    photo = np.random.default_rng(5).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
     options = [option.format(tmp=tmp_path) for option in RECIPES[recipe]]
     out = tmp_path / "figure.png"
     assert main(["imagenet", recipe, *options, "--weights", str(path), "--threads", "1", "--out", str(out)]) == 0

@@ -3,11 +3,26 @@ the linear-classifier experiments, and their figures."""
 from fastconv.analysis.attacks.figures import plot_adversarial, plot_fooling_images, plot_robustness, plot_templates
 from fastconv.analysis.attacks.linear import add_template, linear_classifier, template_flip, templates, train_linear
 from fastconv.analysis.attacks.methods import (
-    ATTACKS, BIM, FGSM, PGD, PGDL2, Attack, CarliniWagnerL2, DeepFool, IterativeTargeted, make_attack,
+    ATTACKS,
+    BIM,
+    FGSM,
+    PGD,
+    PGDL2,
+    Attack,
+    CarliniWagnerL2,
+    DeepFool,
+    IterativeTargeted,
+    make_attack,
 )
 from fastconv.analysis.attacks.robustness import (
-    AdversarialTraining, attack_report, defensive_distillation, evaluate_attack, jacobian_augmentation,
-    robustness_curve, train_substitute, transfer,
+    AdversarialTraining,
+    attack_report,
+    defensive_distillation,
+    evaluate_attack,
+    jacobian_augmentation,
+    robustness_curve,
+    train_substitute,
+    transfer,
 )
 
 __all__ = [

@@ -7,11 +7,10 @@ adversarial version are shown alike.
 """
 import numpy as np
 
-from fastconv.nn.losses import softmax
-
 from fastconv.analysis import _common as C
 from fastconv.analysis.attacks import methods as A
 from fastconv.analysis.visualize.figures import _class_name, _clean, _finish, new_figure
+from fastconv.nn.losses import softmax
 
 __all__ = ["plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates"]
 

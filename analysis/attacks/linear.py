@@ -17,12 +17,10 @@ Linear layer), :func:`train_linear` trains it on [0, 1] pixels,
 import numpy as np
 
 from fastconv import _checks
-
-from fastconv.nn import layers as L
-from fastconv.nn.model import Sequential
-
 from fastconv.analysis import _common as C
 from fastconv.analysis.attacks import methods as A
+from fastconv.nn import layers as L
+from fastconv.nn.model import Sequential
 
 __all__ = ["linear_classifier", "train_linear", "templates", "add_template", "template_flip"]
 

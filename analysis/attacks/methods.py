@@ -32,11 +32,9 @@ import numbers
 
 import numpy as np
 
-from fastconv.nn.losses import softmax
-
 from fastconv import _checks
-
 from fastconv.analysis import _common as C
+from fastconv.nn.losses import softmax
 
 __all__ = [
     "Attack", "FGSM", "BIM", "PGD", "PGDL2", "IterativeTargeted", "DeepFool", "CarliniWagnerL2",

@@ -20,12 +20,10 @@ import time
 
 import numpy as np
 
-from fastconv.nn.losses import softmax
-
 from fastconv import _checks
-
 from fastconv.analysis import _common as C
 from fastconv.analysis.attacks import methods as A
+from fastconv.nn.losses import softmax
 
 __all__ = [
     "AdversarialTraining", "attack_report", "evaluate_attack", "robustness_curve", "transfer",

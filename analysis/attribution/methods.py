@@ -22,10 +22,8 @@ import contextlib
 import numpy as np
 
 from fastconv import _checks
-
-from fastconv.nn import layers as L
-
 from fastconv.analysis import _common as C
+from fastconv.nn import layers as L
 
 RULES = ("gradient", "deconvnet", "guided")
 
@@ -173,7 +171,8 @@ class GradCAM(Attribution):
             activation = self.model.forward(x, until=self.conv_layer)
             if activation.ndim != 4:
                 raise ValueError(
-                    f"Grad-CAM needs a layer with a spatial output; {self.conv_layer!r} outputs shape {activation.shape}"
+                    f"Grad-CAM needs a layer with a spatial output; "
+                    f"{self.conv_layer!r} outputs shape {activation.shape}"
                 )
             out = C.tail_forward(tail, activation)
             seed = C.seed_gradient(out, target, "the model output")
@@ -299,7 +298,9 @@ class IntegratedGradients(Attribution):
         try:
             return np.broadcast_to(base, x.shape).copy()
         except ValueError:
-            raise ValueError(f"baseline of shape {base.shape} does not broadcast to the input shape {x.shape}") from None
+            raise ValueError(
+                f"baseline of shape {base.shape} does not broadcast to the input shape {x.shape}"
+            ) from None
 
 
 METHODS = {

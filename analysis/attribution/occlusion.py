@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastconv.nn.losses import softmax
-
 from fastconv.analysis import _common as C
+from fastconv.nn.losses import softmax
 
 
 @dataclass
@@ -100,7 +99,9 @@ def occlusion_maps(model, x, target=None, patch=14, stride=2, fill=0.0, batch_si
             targets = C.target_list(target, n, "occlusion")
             for t in targets:
                 if not (C.is_int(t) and 0 <= t < n_classes):
-                    raise ValueError(f"target {t!r} is out of range for {n_classes} classes (valid: 0..{n_classes - 1})")
+                    raise ValueError(
+                        f"target {t!r} is out of range for {n_classes} classes (valid: 0..{n_classes - 1})"
+                    )
             targets = np.array(targets, dtype=np.int64)
         probability = np.empty((n, rows, cols))
         top_class = np.empty((n, rows, cols), dtype=np.int64)

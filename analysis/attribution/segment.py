@@ -50,7 +50,8 @@ def grabcut_from_saliency(image, saliency, foreground=0.95, background=0.30, ite
         raise ValueError(f"saliency has shape {saliency.shape} but the image is {rgb.shape[:2]}")
     if not 0 <= background < foreground <= 1:
         raise ValueError(
-            f"quantiles must satisfy 0 <= background < foreground <= 1, got background={background!r}, foreground={foreground!r}"
+            "quantiles must satisfy 0 <= background < foreground <= 1, "
+            f"got background={background!r}, foreground={foreground!r}"
         )
     hi, mid, lo = np.quantile(saliency, [foreground, 0.5 * (foreground + background), background])
     mask = np.full(saliency.shape, cv2.GC_PR_BGD, dtype=np.uint8)

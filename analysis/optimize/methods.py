@@ -34,14 +34,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastconv.nn.losses import softmax
-
 from fastconv import _checks
-
-from fastconv.nn import layers as L
-
 from fastconv.analysis import _common as C
 from fastconv.analysis.optimize import parametrize as P
+from fastconv.nn import layers as L
+from fastconv.nn.losses import softmax
 
 INITS = ("zeros", "noise")
 OPTIMIZERS = ("sgd", "adam")

@@ -20,10 +20,9 @@ in pixels whatever statistics the model was trained with.
   layers at once (style transfer needs it).
 """
 import numpy as np
-
-from fastconv import _checks
 from scipy import ndimage, sparse
 
+from fastconv import _checks
 from fastconv.analysis import _common as C
 
 PARAMETRIZATIONS = ("pixel", "fourier")

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastconv.nn import init as I
-from fastconv.nn import layers as L
-
 from fastconv.analysis import _common as C
 from fastconv.analysis.optimize import methods as O
 from fastconv.analysis.optimize import parametrize as P
+from fastconv.nn import init as I
+from fastconv.nn import layers as L
 
 STATISTICS = ("gram", "mean_var")
 
@@ -208,7 +207,7 @@ class StyleObjective:
         self.layers = list(dict.fromkeys(self.style_layers + ([self.content_layer] if self.content_layer else [])))
         names = C.layer_names(model)
         self.deepest = max(self.layers, key=names.index)
-        for image, what in ((style, "style"), (content, "content")):
+        for image in (style, content):
             if image is not None:
                 shape = O.output_shape(model, self.deepest, image.shape)
                 if len(shape) != 4:

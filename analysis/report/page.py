@@ -18,6 +18,8 @@ The images come from the run's data set (the one named in the model's
 metadata, the test split), normalized as the model was trained; a run
 trained with ``--limit`` is shown on the same test images it was evaluated on.
 """
+from __future__ import annotations
+
 import base64
 import datetime
 import html
@@ -31,12 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastconv.nn.losses import softmax
-
-from fastconv.nn import layers as L
-from fastconv.train.rundir import HISTORY_JSON, REPORT, RunDir
-
 from fastconv.analysis import _common as C
+from fastconv.nn import layers as L
+from fastconv.nn.losses import softmax
+from fastconv.train.rundir import HISTORY_JSON, REPORT, RunDir
 
 __all__ = ["ReportSettings", "FULL", "QUICK", "Report", "SectionResult", "SECTIONS", "build_report", "write_report"]
 
@@ -75,7 +75,7 @@ class ReportSettings:
     dream_steps: int = 10
     attack_images: int = 500
     attack_steps: int = 10
-    eps: tuple = None
+    eps: tuple | None = None
 
 
 FULL = ReportSettings()
@@ -242,7 +242,7 @@ class Section:
     build: object
 
 
-SECTIONS = []
+SECTIONS: list[Section] = []
 
 
 def _section(key, title, intro):
@@ -321,8 +321,8 @@ def _predictions(run, settings, scratch):
 @_section("confusion", "Confusion matrix", "How often the test images of each true class (rows) are given "
                                            "each predicted class (columns).")
 def _confusion(run, settings, scratch):
-    from fastconv.train.figures import plot_confusion
     from fastconv.train import confusion_matrix
+    from fastconv.train.figures import plot_confusion
 
     _, labels = run.test
     classes = run.classes
@@ -459,7 +459,11 @@ def _top_images(run, settings, scratch):
                                                     "in two dimensions by t-SNE.")
 def _clusters(run, settings, scratch):
     from fastconv.analysis.visualize.embedding import (
-        cluster, default_code_layer, embed, layer_features, snap_to_grid,
+        cluster,
+        default_code_layer,
+        embed,
+        layer_features,
+        snap_to_grid,
     )
     from fastconv.analysis.visualize.figures import plot_clusters, plot_embedding, plot_embedding_grid
 
@@ -486,8 +490,8 @@ def _clusters(run, settings, scratch):
 @_section("occlusion", "Occlusion maps", "How the probability of the true class changes as a patch of the "
                                          "average colour hides each part of the image, and which class wins then.")
 def _occlusion(run, settings, scratch):
-    from fastconv.analysis.visualize.figures import plot_occlusion
     from fastconv.analysis.attribution.occlusion import occlusion_maps
+    from fastconv.analysis.visualize.figures import plot_occlusion
 
     raw, x, labels = run.chosen(settings.images)
     side = min(x.shape[2:])
@@ -650,8 +654,8 @@ class SectionResult:
 
     section: Section
     blocks: list = field(default_factory=list)
-    error: str = None
-    trace: str = None
+    error: str | None = None
+    trace: str | None = None
     seconds: float = 0.0
 
     @property
@@ -666,7 +670,7 @@ class Report:
     html: str
     results: list
     seconds: float
-    path: Path = None
+    path: Path | None = None
 
     @property
     def failures(self):

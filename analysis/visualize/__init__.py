@@ -2,14 +2,22 @@
 drive each unit most, clusters and maps of its codes, receptive fields, and
 the figures of all of them."""
 from fastconv.analysis.visualize.embedding import (
-    Clusters, cluster, default_code_layer, embed, layer_features, snap_to_grid,
+    Clusters,
+    cluster,
+    default_code_layer,
+    embed,
+    layer_features,
+    snap_to_grid,
 )
 from fastconv.analysis.visualize.feature_maps import Activations, activations
-from fastconv.analysis.visualize.weights import filter_tiles, filters
 from fastconv.analysis.visualize.receptive_field import (
-    EffectiveField, effective_receptive_field, geometry, theoretical_size,
+    EffectiveField,
+    effective_receptive_field,
+    geometry,
+    theoretical_size,
 )
 from fastconv.analysis.visualize.units import TopImages, top_images
+from fastconv.analysis.visualize.weights import filter_tiles, filters
 
 __all__ = [
     "Activations", "activations", "Clusters", "cluster", "default_code_layer", "embed", "layer_features",

@@ -15,10 +15,9 @@ Clustering and embedding use scikit-learn.
 from dataclasses import dataclass
 
 import numpy as np
-
-from fastconv import _checks
 from scipy.optimize import linear_sum_assignment
 
+from fastconv import _checks
 from fastconv.analysis import _common as C
 
 

@@ -3,11 +3,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastconv.nn.losses import softmax
-
-from fastconv.nn import layers as L
-
 from fastconv.analysis import _common as C
+from fastconv.nn import layers as L
+from fastconv.nn.losses import softmax
 
 
 @dataclass

@@ -15,10 +15,10 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from fastconv.train.figures import save
 from fastconv.analysis import _common as C
 from fastconv.analysis.attribution import methods as A
 from fastconv.analysis.visualize import weights as W
+from fastconv.train.figures import save
 
 SIGNED_CMAP = "gray"
 HEAT_CMAP = "jet"
@@ -117,7 +117,9 @@ def plot_filters(model, layer=None, channels=None, max_filters=64, columns=8, pa
     n_filters, in_channels = weights.shape[:2]
     for c in channels or ():
         if not 0 <= int(c) < in_channels:
-            raise ValueError(f"input channel {c!r} is out of range for layer {name!r} with {in_channels} input channels")
+            raise ValueError(
+                f"input channel {c!r} is out of range for layer {name!r} with {in_channels} input channels"
+            )
     if in_channels == 3 and channels is None:
         tiles = W.filter_tiles(weights)
         rows, cols = _grid(n_filters, columns)

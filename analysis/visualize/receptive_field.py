@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastconv.nn import layers as L
-
 from fastconv.analysis import _common as C
+from fastconv.nn import layers as L
 
 
 @dataclass
@@ -129,9 +128,14 @@ def effective_receptive_field(model, x, layers=None, channel=None, mass=0.95, ba
             for start, stop in C.batches(x.shape[0], batch_size):
                 out = model.forward(x[start:stop], until=name)
                 if out.ndim != 4:
-                    raise ValueError(f"layer {name!r} has no spatial output (shape {out.shape}); pick a convolution or pooling layer")
+                    raise ValueError(
+                        f"layer {name!r} has no spatial output (shape {out.shape}); "
+                        "pick a convolution or pooling layer"
+                    )
                 if channel is not None and not (C.is_int(channel) and 0 <= channel < out.shape[1]):
-                    raise ValueError(f"channel {channel!r} is out of range for layer {name!r} with {out.shape[1]} channels")
+                    raise ValueError(
+                        f"channel {channel!r} is out of range for layer {name!r} with {out.shape[1]} channels"
+                    )
                 i, j = out.shape[2] // 2, out.shape[3] // 2
                 unit = (i, j)
                 seed = np.zeros_like(out)

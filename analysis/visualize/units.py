@@ -7,12 +7,13 @@ remembers where); a unit (c, i, j) or a neuron of a flat layer scores it
 by that one value. Around each maximum, the receptive field of the unit
 gives the crop of the image that the unit actually saw.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import numpy as np
 
 from fastconv import _checks
-
 from fastconv.analysis import _common as C
 from fastconv.analysis.visualize import receptive_field as rf
 
@@ -39,7 +40,7 @@ class TopImages:
     boxes: np.ndarray
     crops: list
     count: int
-    fields: np.ndarray = None
+    fields: np.ndarray | None = None
 
 
 def _scores(out, unit, layer):

@@ -6,9 +6,8 @@ or grey image.
 """
 import numpy as np
 
-from fastconv.nn import layers as L
-
 from fastconv.analysis import _common as C
+from fastconv.nn import layers as L
 
 
 def filters(model, layer=None):

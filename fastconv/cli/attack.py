@@ -20,17 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from fastconv._files import write_json
-from fastconv.nn.losses import softmax
-from fastconv.train.rundir import CONFIG, FINAL_MODEL, RunDir
-
+from fastconv.analysis import _common as C
+from fastconv.analysis.attacks import methods as A
 from fastconv.cli.argtypes import non_negative_float as _non_negative
 from fastconv.cli.argtypes import non_negative_int as _non_negative_int
 from fastconv.cli.argtypes import positive_float as _positive_float
 from fastconv.cli.argtypes import positive_int as _positive_int
 from fastconv.cli.argtypes import probability as _probability
-
-from fastconv.analysis import _common as C
-from fastconv.analysis.attacks import methods as A
+from fastconv.nn.losses import softmax
+from fastconv.train.rundir import CONFIG, FINAL_MODEL, RunDir
 
 DEFAULT_EPS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 DEFAULT_L2_EPS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
@@ -92,7 +90,9 @@ def _class_index(text, classes):
     try:
         k = int(text)
     except ValueError:
-        raise ValueError(f"--target {text!r} is neither a class index nor a class name ({', '.join(classes)})") from None
+        raise ValueError(
+            f"--target {text!r} is neither a class index nor a class name ({', '.join(classes)})"
+        ) from None
     if not 0 <= k < len(classes):
         raise ValueError(f"--target {k} is out of range for {len(classes)} classes (valid: 0 to {len(classes) - 1})")
     return k

@@ -59,7 +59,8 @@ def add_parsers(commands):
     demo = commands.add_parser(
         "demo", help="train mnist2 on the bundled MNIST sample, evaluate it and draw the figures",
         description="Train mnist2 on the MNIST sample shipped with fastconv (Adam with a one-cycle "
-                    f"schedule peaking at lr {DEMO['lr']:g}, {DEMO['epochs']} epochs), evaluate it on the sample's 2,000 test images and "
+                    f"schedule peaking at lr {DEMO['lr']:g}, {DEMO['epochs']} epochs), "
+                    "evaluate it on the sample's 2,000 test images and "
                     "write the model, history and figures to --out. Needs no download.",
     )
     demo.add_argument("--out", default="fastconv-demo", metavar="DIR",

@@ -17,11 +17,10 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
     The data set is ``dataset`` (with its validation part ``val``) when given,
     else the run's (RunDir.load_dataset) or the one named."""
     import fastconv
-
     from fastconv.data import Normalize
-    from fastconv.train.figures import plot_confusion, plot_predictions
     from fastconv.nn.losses import softmax
     from fastconv.train import confusion_matrix, evaluate
+    from fastconv.train.figures import plot_confusion, plot_predictions
 
     model_path = run.model_file(which)
     model = fastconv.load(model_path)

@@ -75,8 +75,8 @@ def load_model(weights, arch="vgg16", include_top=True, preprocessing=None):
     a file with a head may be used for it.
     """
     import fastconv
-    from fastconv.models import imagenet
     from fastconv import models
+    from fastconv.models import imagenet
     from fastconv.models.weights import load_weights
 
     if not os.path.exists(weights):
@@ -234,8 +234,8 @@ def _wrote(args):
 
 
 def cmd_filters(args):
-    from fastconv.analysis.optimize.methods import feature_grid
     from fastconv.analysis.optimize.figures import plot_feature_grid
+    from fastconv.analysis.optimize.methods import feature_grid
 
     model = _start(args, include_top=False)
     layers = args.layers or list(SEED_LAYERS)
@@ -243,14 +243,15 @@ def cmd_filters(args):
     grid = feature_grid(model, layers, per_layer=args.per_layer, channels=args.channels, steps=args.steps,
                         size=args.size, lr=args.lr, jitter=args.jitter, seed=args.seed)
     plot_feature_grid(grid, path=args.out,
-                      title=f"{model.meta.get('model') or os.path.basename(args.weights)}: images maximizing a channel's mean\n"
+                      title=f"{model.meta.get('model') or os.path.basename(args.weights)}: "
+                            "images maximizing a channel's mean\n"
                             f"({args.size}x{args.size}, {args.steps} Adam steps, tiles stretched)")
     return _wrote(args)
 
 
 def cmd_class_model(args):
-    from fastconv.analysis.optimize.methods import class_model
     from fastconv.analysis.optimize.figures import plot_class_models
+    from fastconv.analysis.optimize.methods import class_model
 
     model = _start(args, include_top=True)
     classes = model.meta.get("classes")
@@ -267,8 +268,8 @@ def cmd_class_model(args):
 
 
 def cmd_to_class(args):
-    from fastconv.analysis.optimize.methods import to_class
     from fastconv.analysis.optimize.figures import plot_to_class
+    from fastconv.analysis.optimize.methods import to_class
 
     model = _start(args, include_top=True)
     classes = model.meta.get("classes")
@@ -285,8 +286,8 @@ def cmd_to_class(args):
 
 
 def cmd_dream(args):
-    from fastconv.analysis.optimize.methods import deep_dream
     from fastconv.analysis.optimize.figures import plot_dream
+    from fastconv.analysis.optimize.methods import deep_dream
 
     model = _start(args, include_top=False)
     _check_layers(model, args.layers)

@@ -12,9 +12,8 @@ from fastconv.train.rundir import REPORT, RunDir
 
 def add_parsers(commands):
     """Add the ``report`` command to an argparse ``subparsers`` object."""
-    from fastconv.cli.argtypes import positive_int as _positive_int
-
     from fastconv.analysis.report.page import SECTIONS
+    from fastconv.cli.argtypes import positive_int as _positive_int
 
     keys = [s.key for s in SECTIONS]
     p = commands.add_parser(

@@ -16,7 +16,15 @@ from fastconv.cli.argtypes import non_negative_int as _non_negative_int
 from fastconv.cli.argtypes import positive_int as _positive_int
 from fastconv.data.datasets import short_name
 from fastconv.train.rundir import (
-    BEST_CHECKPOINT, BEST_MODEL, CONFIG, FIGURES, FINAL_MODEL, HISTORY_CSV, HISTORY_JSON, LAST_CHECKPOINT, RunDir,
+    BEST_CHECKPOINT,
+    BEST_MODEL,
+    CONFIG,
+    FIGURES,
+    FINAL_MODEL,
+    HISTORY_CSV,
+    HISTORY_JSON,
+    LAST_CHECKPOINT,
+    RunDir,
 )
 
 __all__ = ["add_parsers", "cmd_train", "train_run", "load_data", "resume_hint", "set_threads", "print_lines"]
@@ -215,8 +223,8 @@ def resume_hint(run_dir):
 def train_run(config, run_dir, data_dir, threads, resume, overwrite=False):
     """Train as config says into the folder run_dir; return (trainer, dataset, (x_val, y_val))."""
     from fastconv.data import Augment, Normalize
-    from fastconv.train.figures import plot_samples
     from fastconv.train import Trainer
+    from fastconv.train.figures import plot_samples
 
     threads = set_threads(threads)
     run = RunDir(run_dir, config=config)

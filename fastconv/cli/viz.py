@@ -6,14 +6,15 @@ come from the data set named by ``--dataset``, by default the one recorded
 in the model's metadata (else in the run's configuration), and are
 normalized as the model was trained (``model.meta``).
 """
+from __future__ import annotations
+
 import argparse
 
+from fastconv.analysis import _common as C
 from fastconv.cli import argtypes
 from fastconv.train.rundir import FINAL_MODEL, RunDir
 
-from fastconv.analysis import _common as C
-
-TOOLS = {}
+TOOLS: dict[str, object] = {}
 
 
 def _tool(name, help_text):
@@ -154,8 +155,8 @@ def _embedding(ctx, args):
 
 @_tool("occlusion", "true-class probability and most probable class as a patch slides over the image")
 def _occlusion(ctx, args):
-    from fastconv.analysis.visualize.figures import plot_occlusion
     from fastconv.analysis.attribution.occlusion import occlusion_maps
+    from fastconv.analysis.visualize.figures import plot_occlusion
 
     raw, x, labels = ctx.selected()
     maps = occlusion_maps(ctx.model, x, labels.tolist(), patch=args.patch, stride=args.stride,
@@ -188,8 +189,8 @@ def _attribution(ctx, args):
 @_tool("segment", "GrabCut segmentation seeded by the saliency map (needs opencv)")
 def _segment(ctx, args):
     from fastconv.analysis.attribution.methods import Saliency, channel_max
-    from fastconv.analysis.visualize.figures import plot_segmentation
     from fastconv.analysis.attribution.segment import grabcut_from_saliency
+    from fastconv.analysis.visualize.figures import plot_segmentation
 
     raw, x, labels = ctx.selected()
     saliency = channel_max(Saliency(ctx.model).attribute(x, labels.tolist()))[0]
@@ -224,8 +225,8 @@ def _pixels_of(ctx, args, size):
 
 @_tool("class-model", "images that maximize each class score (Simonyan et al., Yosinski et al.'s regularizers)")
 def _class_model(ctx, args):
-    from fastconv.analysis.optimize.methods import class_model, input_shape, logits_layer, output_shape
     from fastconv.analysis.optimize.figures import plot_class_models
+    from fastconv.analysis.optimize.methods import class_model, input_shape, logits_layer, output_shape
 
     shape = input_shape(ctx.model, args.size)
     count = output_shape(ctx.model, logits_layer(ctx.model), (1,) + shape)[1]
@@ -239,8 +240,8 @@ def _class_model(ctx, args):
 
 @_tool("feature-vis", "images that maximize channels of each layer (pixel or Fourier parametrization)")
 def _feature_vis(ctx, args):
-    from fastconv.analysis.optimize.methods import feature_grid
     from fastconv.analysis.optimize.figures import plot_feature_grid
+    from fastconv.analysis.optimize.methods import feature_grid
     from fastconv.analysis.optimize.parametrize import color_correlation
 
     color = None
@@ -256,8 +257,8 @@ def _feature_vis(ctx, args):
 
 @_tool("to-class", "push an image towards a class until its probability passes a threshold")
 def _to_class(ctx, args):
-    from fastconv.analysis.optimize.methods import input_shape, to_class
     from fastconv.analysis.optimize.figures import plot_to_class
+    from fastconv.analysis.optimize.methods import input_shape, to_class
 
     image = _pixels_of(ctx, args, input_shape(ctx.model)[1:])
     result = to_class(ctx.model, image, args.target, threshold=args.threshold, max_steps=args.max_steps, lr=args.lr)
@@ -266,8 +267,8 @@ def _to_class(ctx, args):
 
 @_tool("invert", "reconstruct an image from its code at each layer (Mahendran & Vedaldi)")
 def _invert(ctx, args):
-    from fastconv.analysis.optimize.methods import input_shape, invert_layers
     from fastconv.analysis.optimize.figures import plot_inversions
+    from fastconv.analysis.optimize.methods import input_shape, invert_layers
 
     image = _pixels_of(ctx, args, input_shape(ctx.model)[1:])
     results = invert_layers(ctx.model, image, layers=args.layers, steps=args.steps, method=args.method,
@@ -278,8 +279,8 @@ def _invert(ctx, args):
 
 @_tool("dream", "DeepDream: amplify what a layer sees in an image of any size, over octaves")
 def _dream(ctx, args):
-    from fastconv.analysis.optimize.methods import deep_dream, load_image
     from fastconv.analysis.optimize.figures import plot_dream
+    from fastconv.analysis.optimize.methods import deep_dream, load_image
     from fastconv.analysis.optimize.style import default_content_layer
 
     image = load_image(args.image, channels=C.input_channels(ctx.model) or 3, size=args.size)
@@ -292,8 +293,8 @@ def _dream(ctx, args):
 
 @_tool("style", "neural style transfer or, with --texture, texture synthesis (Gatys et al.)")
 def _style(ctx, args):
-    from fastconv.analysis.optimize.methods import load_image
     from fastconv.analysis.optimize.figures import plot_style
+    from fastconv.analysis.optimize.methods import load_image
     from fastconv.analysis.optimize.style import random_weights, style_transfer
 
     model = ctx.model if args.random_weights is None else random_weights(ctx.model, seed=args.random_weights)
@@ -388,7 +389,8 @@ def add_viz_parser(subparsers):
     _add_common(p, many=True)
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="METHOD",
                    default=["saliency", "deconvnet", "guided-backprop", "gradcam", "guided-gradcam"],
-                   help=f"any of {', '.join(sorted(METHODS))} (default: saliency deconvnet guided-backprop gradcam guided-gradcam)")
+                   help=f"any of {', '.join(sorted(METHODS))} "
+                        "(default: saliency deconvnet guided-backprop gradcam guided-gradcam)")
     p.add_argument("--target", type=int, help="class to explain (default: each image's label)")
     p.add_argument("--layer", help="layer for Grad-CAM (default: the ReLU after the last Conv2d)")
     p.add_argument("--steps", type=argtypes.positive_int, default=50, help="integrated-gradients steps (default: 50)")

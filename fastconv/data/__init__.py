@@ -1,9 +1,26 @@
 """Data: the data sets as uint8 NCHW arrays (``datasets``) and what prepares
 their batches for a network (``transforms``: normalization, augmentation)."""
 from fastconv.data.datasets import (
-    DATASET_NAMES, cache_info, clear_cache, IDX_FILES, SAMPLE_DIR, DataError, Dataset, download, held_out_split, load_cifar10,
-    load_dataset, load_folder_dataset, load_idx_dataset, load_image_folder, read_idx, search_dirs,
-    limited, short_name, stratified_split, user_data_dir,
+    DATASET_NAMES,
+    IDX_FILES,
+    SAMPLE_DIR,
+    DataError,
+    Dataset,
+    cache_info,
+    clear_cache,
+    download,
+    held_out_split,
+    limited,
+    load_cifar10,
+    load_dataset,
+    load_folder_dataset,
+    load_idx_dataset,
+    load_image_folder,
+    read_idx,
+    search_dirs,
+    short_name,
+    stratified_split,
+    user_data_dir,
 )
 from fastconv.data.transforms import Augment, Normalize, resize_and_crop
 

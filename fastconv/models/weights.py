@@ -47,8 +47,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fastconv.models import imagenet
 from fastconv._files import atomic_write, open_npz
+from fastconv.models import imagenet
 from fastconv.nn.layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
 
 __all__ = [
@@ -66,13 +66,15 @@ _METADATA_ENTRY = "__metadata__"
 _MAX_HEADER = 100 * 1024 * 1024
 _MAX_PREFIX_ORDERS = 5  # top-level modules whose orders are all tried: 5! = 120 orders
 
-_SAFETENSORS_DTYPES = {
+_SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"), "BF16": np.dtype("<u2"),
 }
-_SAFETENSORS_CODES = {dtype.newbyteorder("="): code for code, dtype in _SAFETENSORS_DTYPES.items() if code != "BF16"}
+_SAFETENSORS_CODES = {
+    dtype.newbyteorder("="): code for code, dtype in _SAFETENSORS_DTYPES.items() if code != "BF16"
+}
 
 # Keras weight names: 'block1_conv1/kernel:0' (Keras 2) or 'block1_conv1_W_1:0' (Keras 1).
 _KERAS_ROLES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",

@@ -6,8 +6,19 @@ them: no optimizer, data set, training loop or analysis tool.
 """
 from fastconv.nn import init, layers, losses
 from fastconv.nn.layers import (
-    AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer, LeakyReLU,
-    Linear, LogSoftmax, MaxPool2d, ReLU,
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2d,
+    Layer,
+    LeakyReLU,
+    Linear,
+    LogSoftmax,
+    MaxPool2d,
+    ReLU,
 )
 from fastconv.nn.losses import CrossEntropyLoss, NLLLoss, log_softmax, softmax
 from fastconv.nn.model import Sequential, load

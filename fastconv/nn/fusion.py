@@ -31,6 +31,8 @@ sees every layer's input gradient); otherwise the layers run one at a time.
 A later fusion (a convolution and the batch norm after it, say) is one more
 :class:`Fusion` here and one more entry in :data:`FUSIONS`.
 """
+from __future__ import annotations
+
 from typing import NamedTuple
 
 from fastconv import backend
@@ -113,7 +115,7 @@ class Pass(NamedTuple):
     start: int
     names: tuple
     layers: tuple
-    fusion: Fusion = None
+    fusion: Fusion | None = None
 
     @property
     def stop(self):

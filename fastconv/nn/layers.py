@@ -34,6 +34,8 @@ Hooks run in the order they were registered. A replacement must have the
 shape and dtype of what it replaces. ``Sequential`` runs some adjacent layers
 as one pass (``fastconv.nn.fusion``), never layers with hooks.
 """
+from __future__ import annotations
+
 import contextlib
 import copy
 import itertools
@@ -127,7 +129,7 @@ class Layer:
     """
 
     name_prefix = "layer"
-    input_ndim = None  # None: any number of dimensions
+    input_ndim: int | None = None  # None: any number of dimensions
 
     def __init__(self):
         self.params = {}

@@ -12,6 +12,8 @@ backward passes, so a training step is::
 To resume, rebuild the model, optimizer and schedule as before, then call
 ``load_state_dict`` on each with what ``state_dict()`` returned.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
@@ -26,7 +28,7 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 class Optimizer:
     """Base class: the model binding, ``lr``, per-parameter state and its (de)serialization."""
 
-    _state_names = ()
+    _state_names: tuple[str, ...] = ()
 
     def __init__(self, model, lr):
         if not hasattr(model, "named_parameters") or not hasattr(model, "gradients"):

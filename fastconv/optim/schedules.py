@@ -1,8 +1,8 @@
 """Learning-rate schedules with PyTorch's rules: ``step()`` once per epoch
 (StepLR, CosineAnnealingLR) or once per batch (OneCycleLR) sets ``optimizer.lr``."""
-import math
+from __future__ import annotations
 
-import numpy as np
+import math
 
 from fastconv import _checks
 from fastconv.optim.optimizers import SGD, Adam, Optimizer
@@ -13,7 +13,7 @@ __all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR"]
 class _Schedule:
     """Base class: sets ``optimizer.lr`` at construction (step 0) and at every ``step()``."""
 
-    _config_names = ()
+    _config_names: tuple[str, ...] = ()
 
     def __init__(self, optimizer):
         if not isinstance(optimizer, Optimizer):
@@ -119,7 +119,9 @@ class OneCycleLR(_Schedule):
         self.max_momentum = _checks.real_number(max_momentum, "max_momentum")
         self.last_momentum = None
         if self.cycle_momentum and not isinstance(optimizer, (SGD, Adam)):
-            raise ValueError(f"cycle_momentum needs an optimizer with momentum or betas, got {type(optimizer).__name__}")
+            raise ValueError(
+                f"cycle_momentum needs an optimizer with momentum or betas, got {type(optimizer).__name__}"
+            )
         super().__init__(optimizer)
 
     def _phases(self):

@@ -13,7 +13,6 @@ atomically: a temporary file in the target folder, then a rename.
 Images are uint8 (N, C, H, W) as the data sets give them, with C = 1 or 3.
 """
 import textwrap
-from pathlib import Path
 
 import numpy as np
 

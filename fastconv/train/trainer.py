@@ -39,7 +39,13 @@ import numpy as np
 from fastconv._files import atomic_write, open_npz
 from fastconv.nn.losses import CrossEntropyLoss
 from fastconv.train.rundir import (  # noqa: F401 -- HISTORY_COLUMNS: re-exported
-    BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL, HISTORY_COLUMNS, LAST_CHECKPOINT, TRAINING_FILES, RunDir,
+    BEST_CHECKPOINT,
+    BEST_MODEL,
+    FINAL_MODEL,
+    HISTORY_COLUMNS,
+    LAST_CHECKPOINT,
+    TRAINING_FILES,
+    RunDir,
 )
 
 __all__ = [
