@@ -136,7 +136,7 @@ def test_train_refuses_to_overwrite_and_checks_resume_options(tmp_path, capsys):
     run = tmp_path / "run"
     assert run_main(capsys, "train", *QUICK, "--epochs", "1", "--out", run)[0] == 0
     status, _, err = run_main(capsys, "train", *QUICK, "--epochs", "1", "--out", run)
-    assert_one_line_error(status, err, "already holds a training run", "--resume")
+    assert_one_line_error(status, err, "already holds a finished training run", "--resume", "--force")
     status, _, err = run_main(capsys, "train", "--out", run, "--resume", "--lr", "0.5")
     assert_one_line_error(status, err, "--lr 0.001, not 0.5")
     status, out, err = run_main(capsys, "train", "--out", run, "--resume", "--epochs", "2")
@@ -272,9 +272,9 @@ def test_info(capsys):
 
 def test_quick_demo_writes_everything(tmp_path, capsys):
     out_dir = tmp_path / "demo"
-    for _ in range(2):  # a second demo replaces the first
+    for again in ([], ["--force"]):  # a second demo replaces the first only when asked to
         status, out, err = run_main(capsys, "demo", "--out", out_dir, "--epochs", "1", "--limit", "300", "--no-report",
-                                    "--threads", "1")
+                                    "--threads", "1", *again)
         assert status == 0, err
     assert re.search(r"^accuracy: \d\.\d{4}$", out, re.M)
     assert f"everything is in {out_dir}/" in out
@@ -283,6 +283,11 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     report = json.loads((out_dir / "eval.json").read_text())
     assert report["images"] == 300 and report["accuracy"] > 0.2  # chance is 0.1
     assert len(json.loads((out_dir / "history.json").read_text())) == 1
+    listed = [line.split()[0].rstrip(",") for line in out.split("everything is in")[1].splitlines()[1:]
+              if line.startswith("  ")]
+    for name in listed:
+        assert list(out_dir.glob(name)), f"the demo lists {name}, which it did not write"
+    assert {"config.json", "model.npz", "checkpoint-*.npz", "eval.json"} <= set(listed)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import threadpoolctl
 import fastconv
 from fastconv import cli
 from fastconv.data import SAMPLE_DIR
+from fastconv.train.rundir import CONFIG
 from fastconv.train.trainer import (
     BEST_CHECKPOINT,
     BEST_MODEL,
@@ -86,10 +87,17 @@ def train(run_dir, resume=False):
     return done
 
 
+def started(run_dir):
+    """Whether a run was started in run_dir (its config.json is written): then
+    --resume continues it, from the beginning if it has no checkpoint yet."""
+    return (run_dir / CONFIG).exists()
+
+
 def finish(run_dir):
-    """Complete an interrupted run: --resume from its last checkpoint, or start it
-    again when it was killed before its first checkpoint."""
-    return train(run_dir, resume=(run_dir / LAST_CHECKPOINT).exists())
+    """Complete an interrupted run: --resume, which starts it again when it was
+    killed before its first checkpoint; a plain start when it never wrote its
+    configuration."""
+    return train(run_dir, resume=started(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +199,7 @@ def kill_repeatedly(tmp_path, reference_dir, seed, kills, longest_delay):
     run_dir = tmp_path / "run0"
     while len(delays) < kills:
         before = temporaries(run_dir)
-        process = subprocess.Popen(train_command(run_dir, (run_dir / LAST_CHECKPOINT).exists()),
+        process = subprocess.Popen(train_command(run_dir, started(run_dir)),
                                    env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    cwd=tmp_path)
         delay = float(rng.uniform(0.3, longest_delay))

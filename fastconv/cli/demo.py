@@ -5,8 +5,18 @@ from pathlib import Path
 
 from fastconv.cli.argtypes import positive_int as _positive_int
 from fastconv.cli.evaluate import evaluate_run
-from fastconv.cli.train import print_lines, train_run
-from fastconv.train.rundir import EVAL, FIGURES, FINAL_MODEL, HISTORY_CSV, HISTORY_JSON, REPORT, RunDir
+from fastconv.cli.train import claim_folder, print_lines, train_run
+from fastconv.train.rundir import (
+    BEST_MODEL,
+    CONFIG,
+    EVAL,
+    FIGURES,
+    FINAL_MODEL,
+    HISTORY_CSV,
+    HISTORY_JSON,
+    REPORT,
+    RunDir,
+)
 
 __all__ = ["add_parsers", "cmd_demo", "DEMO"]
 
@@ -18,8 +28,33 @@ DEMO = {
 }
 
 
+DEFAULT_OUT = "fastconv-demo"
+
+
+def _demo_folder(args):
+    """The demo's run folder: --out (refused if it holds a run, unless --force),
+    or ./fastconv-demo, or, when that holds an earlier run, the first of
+    fastconv-demo-2, -3, ... that does not."""
+    if args.out is not None:
+        run = RunDir(args.out)
+        claim_folder(run, args.force)
+        return run
+    run = RunDir(DEFAULT_OUT)
+    if args.force:
+        claim_folder(run, force=True)
+        return run
+    number = 1
+    while run.existing_files():
+        number += 1
+        run = RunDir(f"{DEFAULT_OUT}-{number}")
+    if number > 1:
+        print_lines(f"{DEFAULT_OUT} holds an earlier demo, kept as it is; this one goes to {run.folder} "
+                    f"(--force replaces {DEFAULT_OUT})")
+    return run
+
+
 def cmd_demo(args):
-    run = RunDir(args.out)
+    run = _demo_folder(args)
     config = dict(DEMO)
     if args.epochs is not None:
         config["epochs"] = args.epochs
@@ -28,7 +63,7 @@ def cmd_demo(args):
     started = time.perf_counter()
     print_lines("fastconv demo: training mnist2 on the MNIST sample bundled with fastconv "
                 "(10,000 training and 2,000 test images of the real MNIST)")
-    trainer, dataset, val = train_run(config, run.folder, None, args.threads, resume=False, overwrite=True)
+    trainer, dataset, val = train_run(config, run.folder, None, args.threads, resume=False)
     report = evaluate_run(run, "test", dataset=dataset, val=val)
     if not args.no_report:
         from fastconv.cli.report import write_demo_report
@@ -44,8 +79,12 @@ def cmd_demo(args):
         f"  {FIGURES['predictions']:<22} predictions on random test images",
         f"  {FIGURES['confusion']:<22} the confusion matrix on the test images",
         f"  {FINAL_MODEL:<22} the trained model (fastconv.load)",
+        f"  {BEST_MODEL:<22} the model of the best validation epoch",
         f"  {HISTORY_CSV + ', ' + Path(HISTORY_JSON).suffix:<22} the numbers behind the curves",
         f"  {EVAL:<22} test accuracy, per-class accuracy, confusion matrix",
+        *([] if args.no_report else [f"  {REPORT:<22} a one-page look inside the model (open it in a browser)"]),
+        f"  {CONFIG:<22} the run's options (fastconv train --out DIR --resume reads them)",
+        f"  {'checkpoint-*.npz':<22} checkpoints: everything needed to resume training",
         f"accuracy: {report['accuracy']:.4f}",
     )
     return 0
@@ -63,8 +102,12 @@ def add_parsers(commands):
                     "evaluate it on the sample's 2,000 test images and "
                     "write the model, history and figures to --out. Needs no download.",
     )
-    demo.add_argument("--out", default="fastconv-demo", metavar="DIR",
-                      help="folder for the results (default ./fastconv-demo); an earlier demo there is replaced")
+    demo.add_argument("--out", metavar="DIR",
+                      help=f"folder for the results (default ./{DEFAULT_OUT}, or {DEFAULT_OUT}-2, -3, ... "
+                           "when it holds an earlier run)")
+    demo.add_argument("--force", action="store_true",
+                      help="replace the run already in --out (without it, a folder holding a run or model "
+                           "is refused); only the files a run writes are deleted")
     demo.add_argument("--epochs", type=_positive_int, help=f"epochs (default {DEMO['epochs']})")
     demo.add_argument("--limit", type=_positive_int,
                       help="use only N training and N test images, a fixed random subset")

@@ -27,7 +27,9 @@ from fastconv.train.rundir import (
     RunDir,
 )
 
-__all__ = ["add_parsers", "cmd_train", "train_run", "load_data", "resume_hint", "set_threads", "print_lines"]
+__all__ = [
+    "add_parsers", "cmd_train", "train_run", "claim_folder", "load_data", "resume_hint", "set_threads", "print_lines",
+]
 
 # name -> (the image side it takes, the constructor in fastconv.models, its options)
 MODELS = {
@@ -220,7 +222,21 @@ def resume_hint(run_dir):
     return f"resume with: fastconv train --out {run_dir} --resume"
 
 
-def train_run(config, run_dir, data_dir, threads, resume, overwrite=False):
+def claim_folder(run, force, option="--out"):
+    """Make ``run``'s folder ready for a new run: refuse, naming what is there,
+    when it holds files a run writes (a finished or interrupted run, a model),
+    unless ``force``, which deletes those files, and only those, first."""
+    existing = run.describe_existing()
+    if existing is None:
+        return
+    if not force:
+        hint = f"{resume_hint(run.folder)}, " if run.config_path.exists() else ""
+        raise UsageError(f"{run.folder} already holds {existing}; {hint}pass --force to replace it, "
+                         f"or choose another {option}")
+    run.remove_run_files()
+
+
+def train_run(config, run_dir, data_dir, threads, resume):
     """Train as config says into the folder run_dir; return (trainer, dataset, (x_val, y_val))."""
     from fastconv.data import Augment, Normalize
     from fastconv.train import Trainer
@@ -250,13 +266,10 @@ def train_run(config, run_dir, data_dir, threads, resume, overwrite=False):
     title = f"{config['model']} on {short_name(config['dataset'])}"
     trainer = Trainer(
         model, optimizer, schedule=schedule, batch_size=config["batch_size"], seed=config["seed"],
-        normalize=normalize, augment=augment, run_dir=run, overwrite=overwrite,
+        normalize=normalize, augment=augment, run_dir=run,
         callbacks=[_FigureWriter(run.figure("history"), title)], adversarial=adversarial,
     )
     if not resume:
-        if run.checkpoint("last").exists() and not overwrite:
-            raise UsageError(f"{run.folder} already holds a training run; "
-                             f"{resume_hint(run.folder)}, or choose another --out")
         run.write_config({**config, "threads": threads, "data_dir": data_dir})
         plot_samples(x_train, y_train, dataset.classes, run.figure("samples"),
                      seed=config["seed"], title=f"A random sample of the {short_name(config['dataset'])} training set")
@@ -285,15 +298,26 @@ def train_run(config, run_dir, data_dir, threads, resume, overwrite=False):
 def cmd_train(args):
     run = RunDir(args.out)
     config = _merge_config(args, run)
+    if args.resume and args.force:
+        raise UsageError("--force replaces a run and --resume continues it: give one of them")
+    if not args.resume:
+        claim_folder(run, args.force)
     if args.resume:
         stored = run.require_config()
         data_dir = run.data_dir(args.data_dir)
         threads = args.threads if args.threads is not None else stored.get("threads")
     else:
         data_dir, threads = args.data_dir, args.threads
-    if args.resume and args.epochs is not None:
+    resume = args.resume
+    if resume and not run.checkpoint("last").exists():
+        # Stopped before its first checkpoint: nothing to continue from, so the
+        # run starts over with its stored options, replacing only its own files.
+        print_lines(f"{run.folder} has no checkpoint yet: starting it again from the beginning")
+        run.remove_run_files()
+        resume = False
+    elif resume and args.epochs is not None:
         run.write_config({**run.require_config(), "epochs": config["epochs"]})
-    trainer, _, _ = train_run(config, run.folder, data_dir, threads, resume=args.resume)
+    trainer, _, _ = train_run(config, run.folder, data_dir, threads, resume=resume)
     best = trainer.best
     print_lines(
         f"done: {trainer.epoch} epochs; best {best['metric'].replace('_', ' ')} {best['value']:.4f} "
@@ -375,5 +399,8 @@ def add_parsers(commands):
                             "cheaper: each step is a forward and backward pass of half the batch)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN_DIR from its last checkpoint, with its stored options")
+    train.add_argument("--force", action="store_true",
+                       help="replace the run or model already in RUN_DIR (without it, a folder holding "
+                            "one is refused); only the files a run writes are deleted")
     train.set_defaults(handler=cmd_train)
     return train

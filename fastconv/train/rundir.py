@@ -17,6 +17,7 @@ takes a run folder or a model ``.npz`` file; its files are read when first
 asked for, and written atomically. It also decides where a run's images come
 from: :meth:`RunDir.dataset_name` and :meth:`RunDir.load_dataset`.
 """
+import contextlib
 import csv
 import io
 import json
@@ -27,7 +28,7 @@ from fastconv._files import atomic_write, write_json
 __all__ = [
     "RunDir", "NotARunError",
     "CONFIG", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
-    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "FIGURES", "TRAINING_FILES",
+    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "FIGURES", "TRAINING_FILES", "RUN_FILES",
 ]
 
 CONFIG = "config.json"
@@ -53,6 +54,8 @@ MODELS = {"final": FINAL_MODEL, "best": BEST_MODEL}
 CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
 # What the trainer writes, and so whose leftover temporary files it removes.
 TRAINING_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HISTORY_JSON, HISTORY_CSV)
+# Every file a run writes: none of them is replaced unless the user asks for it.
+RUN_FILES = (CONFIG, *TRAINING_FILES, EVAL, REPORT, *FIGURES.values())
 DATASET_CHOICES = "mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH"
 
 
@@ -123,6 +126,36 @@ class RunDir:
     @property
     def report_path(self):
         return self.folder / REPORT
+
+    def existing_files(self, names=RUN_FILES):
+        """Which of ``names`` (by default every file a run writes) the folder
+        already holds, in that order: empty for a new or unrelated folder."""
+        return [name for name in names if (self.folder / name).exists()]
+
+    def describe_existing(self, names=RUN_FILES):
+        """What of ``names`` the folder already holds, in words for an error message, or None."""
+        existing = self.existing_files(names)
+        if not existing:
+            return None
+        has = set(existing).__contains__
+        if has(LAST_CHECKPOINT) and not has(FINAL_MODEL):
+            what = "an interrupted training run"
+        elif has(CONFIG) and has(FINAL_MODEL):
+            what = "a finished training run"
+        elif has(CONFIG) or has(LAST_CHECKPOINT):
+            what = "a training run"
+        elif has(FINAL_MODEL) or has(BEST_MODEL):
+            what = "a model"
+        else:
+            what = "files of a run"
+        shown = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+        return f"{what} ({shown})"
+
+    def remove_run_files(self):
+        """Delete the files a run writes (and only those), before a run replaces this one."""
+        for name in self.existing_files():
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / name).unlink()
 
     def checkpoint(self, which="last"):
         """The path of the ``'last'`` or ``'best'`` checkpoint."""

@@ -431,10 +431,11 @@ class Trainer:
                 raise CheckpointError(f"nothing to resume: {last} does not exist")
             self.load_state(load_checkpoint(last), source=str(last))
             return True
-        if last.exists() and not self.overwrite:
+        existing = self.files.describe_existing(TRAINING_FILES)
+        if existing and not self.overwrite:
             raise CheckpointError(
-                f"{self.run_dir} already holds a training run ({LAST_CHECKPOINT}); "
-                f"resume it or choose another folder"
+                f"{self.run_dir} already holds {existing}; resume it, pass overwrite=True to replace it, "
+                "or choose another folder"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL):
