@@ -25,6 +25,16 @@ def positive_int(text):
     return _parsed(text, int, lambda v: v >= 1, "a positive integer")
 
 
+# The largest image side an option accepts: far beyond what the tools are
+# meant for, and small enough that one image of floats fits in memory.
+MAX_IMAGE_SIDE = 4096
+
+
+def image_side(text):
+    """A side in pixels for an image the command makes or crops, 1 to MAX_IMAGE_SIDE."""
+    return _parsed(text, int, lambda v: 1 <= v <= MAX_IMAGE_SIDE, f"an image side from 1 to {MAX_IMAGE_SIDE} pixels")
+
+
 def non_negative_int(text):
     """An int >= 0: a count where none is meaningful, or a seed."""
     return _parsed(text, int, lambda v: v >= 0, "a non-negative integer")

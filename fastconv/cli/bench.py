@@ -6,8 +6,15 @@ __all__ = ["add_parsers", "cmd_bench"]
 
 
 def cmd_bench(args):
+    import sys
+
     from fastconv import bench
 
+    # The table comes at the end; say what is happening until then (the
+    # progress bar shows only on a terminal).
+    print(f"fastconv bench: timing fastconv against its NumPy backend and PyTorch, "
+          f"{'every layer shape' if args.full else 'the quick selection'}; the table follows when done",
+          file=sys.stderr, flush=True)
     bench.run(threads=args.threads, batch_size=args.batch_size, quick=not args.full)
     return 0
 

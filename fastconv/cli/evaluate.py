@@ -1,18 +1,26 @@
 """``fastconv evaluate RUN_DIR``: accuracy, per-class accuracy and confusion
 matrix of a trained run on its test split or its validation part; writes
-the run's eval.json and its confusion and prediction figures."""
+the run's eval.json and its confusion and prediction figures.
+
+RUN_DIR may also be a model file (as for ``report``, ``viz`` and ``attack``),
+or a run whose training has not finished, whose last checkpoint is then
+evaluated."""
+from pathlib import Path
+
 import numpy as np
 
 from fastconv.cli.argtypes import UsageError
 from fastconv.cli.train import load_data, print_lines
 from fastconv.data.datasets import short_name
-from fastconv.train.rundir import BEST_MODEL, EVAL, FIGURES, FINAL_MODEL, RunDir
+from fastconv.train.rundir import BEST_MODEL, EVAL, FIGURES, FINAL_MODEL, LAST_CHECKPOINT, RunDir
 
 __all__ = ["add_parsers", "cmd_evaluate", "evaluate_run"]
 
 
-def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, dataset=None, val=None):
-    """Evaluate a run's model on a split; write its eval.json and figures; return the results.
+def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, dataset=None, val=None,
+                 model=None):
+    """Evaluate a run's model (``model``, else its ``which`` model file) on a
+    split; write its eval.json and figures; return the results.
 
     The data set is ``dataset`` (with its validation part ``val``) when given,
     else the run's (RunDir.load_dataset) or the one named."""
@@ -22,26 +30,28 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
     from fastconv.train import confusion_matrix, evaluate
     from fastconv.train.figures import plot_confusion, plot_predictions
 
-    model_path = run.model_file(which)
-    model = fastconv.load(model_path)
+    model_path = run.model_file(which) if model is None else None
+    if model is None:
+        model = fastconv.load(model_path)
     if dataset is None:
-        dataset, _, val = load_data(run, data_dir, dataset_name)
+        if split == "val" and not run.config:
+            raise UsageError(f"{run.label} is a model without its run's configuration, so it has no validation "
+                             "part: use --split test")
+        if run.config:
+            dataset, _, val = load_data(run, data_dir, dataset_name)
+        else:
+            dataset, val = run.load_dataset(dataset_name, data_dir, subset=False), None
     x, y = (dataset.x_test, dataset.y_test) if split == "test" else val
     if len(x) == 0:
         raise UsageError(f"the {split} split of {dataset.name} is empty (the run used --val-fraction 0)")
-    expected = tuple(model.meta.get("input_shape", dataset.input_shape))
-    if expected != dataset.input_shape or len(model.meta.get("classes", dataset.classes)) != dataset.num_classes:
-        raise UsageError(
-            f"the model in {run.folder} takes {expected} images in {len(model.meta.get('classes', []))} classes, "
-            f"but {dataset.name} has {dataset.input_shape} images in {dataset.num_classes} classes"
-        )
+    run.check_fits(dataset, model.meta)
     normalize = Normalize.from_meta(model.meta["normalization"]) if "normalization" in model.meta else None
     result = evaluate(model, x, y, normalize)
     cm = confusion_matrix(y, result["predictions"], dataset.num_classes)
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     report = {
         "run": str(run.folder),
-        "model_file": model_path.name,
+        "model_file": model_path.name if model_path is not None else run.checkpoint("last").name,
         "dataset": dataset.name,
         "split": split,
         "split_description": dataset.test_split if split == "test" else "the validation part of the training split",
@@ -73,10 +83,35 @@ def _print_report(report):
     print_lines(*lines)
 
 
+def _checkpoint_model(run, data_dir, dataset_name):
+    """The model of an unfinished run's last checkpoint, and the data set it was built for."""
+    from fastconv.cli.train import build_model
+    from fastconv.train.trainer import load_checkpoint
+
+    state = load_checkpoint(run.checkpoint("last"))
+    dataset, _, val = load_data(run, data_dir, dataset_name)
+    model = build_model(run.require_config(), dataset)
+    model.load_state_dict(state["model"])
+    model.meta.update(state["meta"])
+    done = f"epoch {state['epoch']}" + (f" and batch {state['batch']} of the next" if state["batch"] else "")
+    print_lines(f"{run.folder} has not finished training: evaluating its last checkpoint (after {done}); "
+                f"resume with: fastconv train --out {run.folder} --resume")
+    return model, dataset, val
+
+
 def cmd_evaluate(args):
-    run = RunDir(args.run_dir)
-    run.require_config()
-    report = evaluate_run(run, args.split, args.which, dataset_name=args.dataset, data_dir=args.data_dir)
+    path = Path(args.run_dir)
+    unfinished = path.is_dir() and not (path / FINAL_MODEL).exists()
+    if unfinished and args.which == "best" and (path / BEST_MODEL).is_file():
+        run = RunDir(path)
+        report = evaluate_run(run, args.split, "best", dataset_name=args.dataset, data_dir=args.data_dir)
+    elif unfinished and args.which == "final" and (path / LAST_CHECKPOINT).is_file():
+        run = RunDir(path)
+        model, dataset, val = _checkpoint_model(run, args.data_dir, args.dataset)
+        report = evaluate_run(run, args.split, dataset=dataset, val=val, model=model)
+    else:
+        run = RunDir(path) if unfinished and args.which == "best" else RunDir.open(path)
+        report = evaluate_run(run, args.split, args.which, dataset_name=args.dataset, data_dir=args.data_dir)
     _print_report(report)
     print_lines(f"results: {run.eval_path}, figures: {run.figure('confusion')}, "
                 f"{run.figure('predictions')}",
@@ -95,7 +130,9 @@ def add_parsers(commands):
                     "accuracy and the confusion matrix, ending with a line 'accuracy: 0.9912'; "
                     f"writes RUN_DIR/{EVAL}, {FIGURES['confusion']} and {FIGURES['predictions']}.",
     )
-    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'fastconv train'")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR",
+                          help="a folder written by 'fastconv train' (its last checkpoint while it has not "
+                               "finished), or a model .npz file")
     evaluate.add_argument("--dataset", help="data set to evaluate on (default: the one the run trained on)")
     evaluate.add_argument("--data-dir", metavar="DIR", help="folder holding the data sets")
     evaluate.add_argument("--split", choices=("test", "val"), default="test",

@@ -22,6 +22,7 @@ import zipfile
 
 import numpy as np
 
+from fastconv.cli.argtypes import image_side as _image_side
 from fastconv.cli.argtypes import non_negative_float as _non_negative_float
 from fastconv.cli.argtypes import positive_float as _positive_float
 from fastconv.cli.argtypes import positive_int as _positive_int
@@ -341,7 +342,7 @@ def _add_recipe_parsers(sub):
                          help="channels per layer, spread over its range (default 3)")
     filters.add_argument("--channels", type=int, nargs="+", metavar="C",
                          help="these channels in every layer instead of --per-layer")
-    filters.add_argument("--size", type=_positive_int, default=128, help="image side in pixels (default 128)")
+    filters.add_argument("--size", type=_image_side, default=128, help="image side in pixels (default 128)")
     filters.add_argument("--steps", type=_positive_int, default=64, help="Adam steps (default 64)")
     filters.add_argument("--lr", type=_positive_float, default=0.05, help="Adam step in pixels (default 0.05)")
     filters.add_argument("--jitter", type=int, default=4, help="random shift per step in pixels (default 4)")
@@ -355,7 +356,7 @@ def _add_recipe_parsers(sub):
     _add_model_options(class_model)
     class_model.add_argument("--class", dest="classes", nargs="+", required=True, metavar="CLASS",
                              help="class indices or names, e.g. 65 or 'sea snake' (one image each)")
-    class_model.add_argument("--size", type=_positive_int, default=224, help="image side (default 224)")
+    class_model.add_argument("--size", type=_image_side, default=224, help="image side (default 224)")
     class_model.add_argument("--steps", type=_positive_int, default=100, help="steps (default 100)")
     class_model.add_argument("--lr", type=_positive_float, default=0.05,
                              help="step: its root mean square, in pixels (default 0.05)")
@@ -379,7 +380,7 @@ def _add_recipe_parsers(sub):
     to_class.add_argument("--lr", type=_positive_float, default=0.01,
                           help="step: its root mean square, in pixels (default 0.01)")
     to_class.add_argument("--resize", type=_positive_int, default=256, help="shorter side (default 256)")
-    to_class.add_argument("--size", type=_positive_int, default=224, help="central crop (default 224)")
+    to_class.add_argument("--size", type=_image_side, default=224, help="central crop (default 224)")
     _add_figure_options(to_class)
     to_class.set_defaults(handler=cmd_to_class)
 
@@ -439,7 +440,7 @@ def add_parsers(commands):
     predict.add_argument("--top", type=_positive_int, default=5, help="classes to print per image (default 5)")
     predict.add_argument("--resize", type=_positive_int, default=256,
                          help="shorter side after resizing, in pixels (default 256)")
-    predict.add_argument("--size", type=_positive_int, default=224, help="side of the central crop (default 224)")
+    predict.add_argument("--size", type=_image_side, default=224, help="side of the central crop (default 224)")
     predict.set_defaults(handler=cmd_predict)
 
     convert = sub.add_parser(

@@ -7,10 +7,12 @@ Also what every command that trains shares: the built-in models and
 optimizers, the data of a run (its --limit subset and validation part), and
 the training itself (``train_run``, which ``fastconv demo`` calls too).
 """
+import os
 from pathlib import Path
 
 from fastconv.cli.argtypes import UsageError
 from fastconv.cli.argtypes import fraction as _fraction
+from fastconv.cli.argtypes import image_side as _image_side
 from fastconv.cli.argtypes import non_negative_float as _non_negative_float
 from fastconv.cli.argtypes import non_negative_int as _non_negative_int
 from fastconv.cli.argtypes import positive_int as _positive_int
@@ -28,7 +30,8 @@ from fastconv.train.rundir import (
 )
 
 __all__ = [
-    "add_parsers", "cmd_train", "train_run", "claim_folder", "load_data", "resume_hint", "set_threads", "print_lines",
+    "add_parsers", "cmd_train", "train_run", "claim_folder", "build_model", "load_data", "resume_hint",
+    "set_threads", "print_lines",
 ]
 
 # name -> (the image side it takes, the constructor in fastconv.models, its options)
@@ -121,7 +124,7 @@ def _default_model(dataset):
     )
 
 
-def _build_model(config, dataset):
+def build_model(config, dataset):
     from fastconv import models
 
     _check_model_fits(config["model"], dataset)
@@ -226,8 +229,16 @@ def claim_folder(run, force, option="--out"):
     """Make ``run``'s folder ready for a new run: refuse, naming what is there,
     when it holds files a run writes (a finished or interrupted run, a model),
     unless ``force``, which deletes those files, and only those, first."""
+    if run.folder.exists() and not run.folder.is_dir():
+        raise UsageError(f"{option} {run.folder} is a file, where a folder is needed")
     existing = run.describe_existing()
     if existing is None:
+        # Created once the data has loaded; refuse now a place it cannot go.
+        ancestor = next(p for p in (run.folder, *run.folder.parents) if p.exists())
+        if not ancestor.is_dir():
+            raise UsageError(f"cannot create the folder {run.folder}: {ancestor} is a file")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot create the folder {run.folder}: {ancestor} is not writable")
         return
     if not force:
         hint = f"{resume_hint(run.folder)}, " if run.config_path.exists() else ""
@@ -247,7 +258,7 @@ def train_run(config, run_dir, data_dir, threads, resume):
     dataset, (x_train, y_train), (x_val, y_val) = load_data(run, data_dir, config["dataset"])
     if config.get("model") is None:
         config["model"] = _default_model(dataset)
-    model = _build_model(config, dataset)
+    model = build_model(config, dataset)
     steps_per_epoch = -(-len(x_train) // config["batch_size"])
     optimizer, schedule = _build_optimizer(config, model, steps_per_epoch)
     normalize = Normalize.fit(x_train)
@@ -262,7 +273,12 @@ def train_run(config, run_dir, data_dir, threads, resume):
 
         adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"],
                                           steps=config.get("adv_steps") or AdversarialTraining.PGD_STEPS)
-    run.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        run.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from fastconv.cli import os_error_message
+
+        raise UsageError(f"cannot create the folder {run.folder} ({os_error_message(exc)})") from None
     title = f"{config['model']} on {short_name(config['dataset'])}"
     trainer = Trainer(
         model, optimizer, schedule=schedule, batch_size=config["batch_size"], seed=config["seed"],
@@ -375,7 +391,7 @@ def add_parsers(commands):
                        help="seed of the initialization, split, shuffling and augmentation (default 0)")
     train.add_argument("--limit", type=_positive_int,
                        help="use only N training and N test images, a fixed random subset (quick trials)")
-    train.add_argument("--image-size", type=_positive_int, metavar="N",
+    train.add_argument("--image-size", type=_image_side, metavar="N",
                        help="folder: data sets: bring every image to N x N (shorter side resized to N, "
                             "then the centre cut out), e.g. the model's input side")
     train.add_argument("--skip-bad-images", action="store_const", const=True,

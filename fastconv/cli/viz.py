@@ -413,7 +413,7 @@ def add_viz_parser(subparsers):
     def add_regularizers(p):
         p.add_argument("--steps", type=argtypes.positive_int, default=200, help="gradient steps (default: 200)")
         p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
-        p.add_argument("--size", type=argtypes.positive_int,
+        p.add_argument("--size", type=argtypes.image_side,
                        help="image side in pixels (default: the model's input size)")
         p.add_argument("--l2-decay", type=argtypes.fraction,
                        help="fraction of the image removed per step (default: %(default)s)")
@@ -484,7 +484,7 @@ def add_viz_parser(subparsers):
     _add_common(p, data=False, index=False)
     p.add_argument("--image", default="grace_hopper", metavar="FILE",
                    help="an image file or a sample: grace_hopper (default), present, flower, china")
-    p.add_argument("--size", type=argtypes.positive_int, default=256, help="longer side in pixels (default: 256)")
+    p.add_argument("--size", type=argtypes.image_side, default=256, help="longer side in pixels (default: 256)")
     p.add_argument("--layers", nargs="+", help="layers to dream at, one image each "
                                                "(default: a rectified convolution two thirds up)")
     p.add_argument("--channel", type=int, help="amplify this channel only")
@@ -505,9 +505,9 @@ def add_viz_parser(subparsers):
     p.add_argument("--style", default="flower", metavar="FILE",
                    help="style image file or sample name (default: flower)")
     p.add_argument("--texture", action="store_true", help="no content: synthesize a texture from --style")
-    p.add_argument("--size", type=argtypes.positive_int, default=256,
+    p.add_argument("--size", type=argtypes.image_side, default=256,
                    help="output side: a centre square of N x N (default: 256)")
-    p.add_argument("--style-size", type=argtypes.positive_int, help="side of the style image (default: --size)")
+    p.add_argument("--style-size", type=argtypes.image_side, help="side of the style image (default: --size)")
     p.add_argument("--random-weights", type=argtypes.non_negative_int, metavar="SEED",
                    help="use a network of the same shape with random weights drawn from SEED")
     p.add_argument("--content-layer",

@@ -250,7 +250,9 @@ def download(url, dest, sha256, timeout=30, progress=None):
             raise DataError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise DataError(f"could not download {url}: {reason}") from None
+            # "[Errno -2] Name or service not known" -> "name or service not known"
+            text = getattr(reason, "strerror", None) or str(reason)
+            raise DataError(f"could not download {url}: {text[:1].lower()}{text[1:]}") from None
         actual = digest.hexdigest()
         if actual != sha256:
             raise DataError(

@@ -321,7 +321,30 @@ class RunDir:
             dataset.x_train, dataset.y_train = dataset.x_train[keep], dataset.y_train[keep]
             keep = limited(len(dataset.y_test), limit)
             dataset.x_test, dataset.y_test = dataset.x_test[keep], dataset.y_test[keep]
+        if self.model_path.is_file():
+            self.check_fits(dataset)
         return dataset
+
+    def check_fits(self, dataset, meta=None):
+        """ValueError, in the user's words, when the run's model (described by
+        ``meta``, by default its final model's metadata) cannot take
+        ``dataset``'s images or labels: another size, channel count or number
+        of classes."""
+        meta = self.model.meta if meta is None else meta
+        shape = tuple(meta.get("input_shape") or dataset.input_shape)
+        classes = len(meta.get("classes") or dataset.classes)
+        if shape != tuple(dataset.input_shape) or classes != dataset.num_classes:
+            raise ValueError(
+                f"the model in {self.label} takes {_shape_words(shape)} images in {classes} classes, "
+                f"but {dataset.name} has {_shape_words(dataset.input_shape)} images in {dataset.num_classes} classes"
+            )
+
+
+def _shape_words(shape):
+    """(1, 28, 28) -> '28x28 grey'; (3, 32, 32) -> '32x32 colour'; else 'C-channel HxW'."""
+    channels, height, width = shape
+    kind = {1: "grey", 3: "colour"}.get(channels, f"{channels}-channel")
+    return f"{height}x{width} {kind}"
 
 
 def _model_side(meta):

@@ -64,11 +64,14 @@ class CheckpointError(ValueError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on request (Ctrl-C); ``checkpoint`` is where it can resume from."""
+    """Training stopped on request (Ctrl-C, SIGTERM or ``request_stop()``);
+    ``checkpoint`` is where it can resume from and ``signal`` the signal that
+    asked for the stop (None for ``request_stop()``)."""
 
-    def __init__(self, message, checkpoint=None, epoch=0, batch=0):
+    def __init__(self, message, checkpoint=None, epoch=0, batch=0, signal=None):
         super().__init__(message)
         self.checkpoint = checkpoint
+        self.signal = signal
         self.epoch = epoch
         self.batch = batch
 
@@ -291,6 +294,7 @@ class Trainer:
         self._perm = None
         self._running = None
         self._stop_requested = False
+        self._stop_signal = None
         if normalize is not None:
             model.meta["normalization"] = normalize.to_meta()
 
@@ -379,24 +383,33 @@ class Trainer:
     # -- interrupts ----------------------------------------------------------
     @contextlib.contextmanager
     def _deferred_interrupts(self):
-        """Turn the first Ctrl-C into a stop request; a second one interrupts at once."""
+        """Turn the first Ctrl-C or SIGTERM (what `kill` and a shutting-down
+        system send) into a stop request that saves a checkpoint; a second one
+        interrupts at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.getsignal(signal.SIGINT)
+        stop_signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {signum: signal.getsignal(signum) for signum in stop_signals}
 
         def on_interrupt(signum, frame):
             if self._stop_requested:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signum, previous[signum] if callable(previous[signum]) else signal.SIG_DFL)
+                if signum == signal.SIGTERM and not callable(previous[signum]):
+                    signal.raise_signal(signum)
                 raise KeyboardInterrupt
             self._stop_requested = True
-            self.log("\ninterrupt: stopping after this batch (Ctrl-C again to stop at once)")
+            self._stop_signal = signum
+            how = "Ctrl-C" if signum == signal.SIGINT else "the terminate signal"
+            self.log(f"\ninterrupt by {how}: stopping after this batch (again to stop at once)")
 
-        signal.signal(signal.SIGINT, on_interrupt)
+        for signum in stop_signals:
+            signal.signal(signum, on_interrupt)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def _stop(self):
         path = self._checkpoint("last")
@@ -405,7 +418,8 @@ class Trainer:
         where = (f"after batch {self.batch} of epoch {self.epoch + 1}" if self.batch
                  else f"at the end of epoch {self.epoch}")
         saved = f"; the state {where} is saved in {path}" if path else ""
-        raise TrainingInterrupted(f"training interrupted{saved}", path, self.epoch, self.batch)
+        raise TrainingInterrupted(f"training interrupted{saved}", path, self.epoch, self.batch,
+                                  signal=self._stop_signal)
 
     # -- the loop ------------------------------------------------------------
     def _check_data(self, x, y, what):
@@ -470,6 +484,7 @@ class Trainer:
             else:
                 self.log(f"resuming at {where}")
         self._stop_requested = False
+        self._stop_signal = None
         with self._deferred_interrupts():
             while self.epoch < epochs:
                 record = self._run_epoch(x_train, y_train, epochs, x_val, y_val)
