@@ -163,3 +163,28 @@ def test_resume_before_the_first_checkpoint_starts_the_run_again(tmp_path, capsy
     reference = fastconv.load(finished_run / "model.npz").state_dict()
     again = fastconv.load(folder / "model.npz").state_dict()
     assert all((reference[k] == again[k]).all() for k in reference), "the same options give the same run"
+
+
+def test_a_damaged_last_checkpoint_offers_the_best_one(tmp_path, capsys):
+    options = ["--dataset", "mnist-sample", "--limit", "120", "--batch-size", "32", "--threads", "1",
+               "--epochs", "3", "--seed", "4"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert run_main(capsys, "train", *options, "--out", reference)[0] == 0
+    assert run_main(capsys, "train", *options, "--epochs", "2", "--out", run)[0] == 0
+    last = run / "checkpoint-last.npz"
+    damaged = last.read_bytes()[: last.stat().st_size // 2]
+    last.write_bytes(damaged)
+
+    status, _, err = run_main(capsys, "train", "--out", run, "--resume", "--epochs", "3")
+    assert_refused(status, err, str(last), "checkpoint-best.npz (after epoch", "--resume --from best")
+    status, _, err = run_main(capsys, "train", "--out", run, "--from", "best")
+    assert_refused(status, err, "--resume")
+
+    status, out, err = run_main(capsys, "train", "--out", run, "--resume", "--from", "best", "--epochs", "3")
+    assert status == 0, err
+    assert "resuming from checkpoint-best.npz" in out
+    assert (run / "checkpoint-last.set-aside.npz").read_bytes() == damaged, "the damaged file is kept, not lost"
+    want = fastconv.load(reference / "model.npz").state_dict()
+    got = fastconv.load(run / "model.npz").state_dict()
+    for key in want:
+        assert (want[key] == got[key]).all(), f"{key} differs from the uninterrupted run"

@@ -311,11 +311,56 @@ def train_run(config, run_dir, data_dir, threads, resume):
     return trainer, dataset, (x_val, y_val)
 
 
+def _readable_checkpoint(path):
+    """The epoch a checkpoint was taken after, or None if it cannot be read."""
+    from fastconv.train.trainer import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path)["epoch"]
+    except (CheckpointError, KeyError, TypeError):
+        return None
+
+
+def _check_last_checkpoint(run):
+    """CheckpointError if the last checkpoint is unreadable, offering the best
+    checkpoint when that one can be read."""
+    from fastconv.train.trainer import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(run.checkpoint("last"))
+    except CheckpointError as exc:
+        best = run.checkpoint("best")
+        epoch = _readable_checkpoint(best) if best.exists() else None
+        if epoch is None:
+            raise
+        raise CheckpointError(f"{exc}; {best.name} (after epoch {epoch}) is readable: resume from it with "
+                              f"fastconv train --out {run.folder} --resume --from best") from None
+
+
+def _resume_from_best(run):
+    """Make the best checkpoint the one --resume continues from; the last one,
+    readable or not, is kept beside it as checkpoint-last.set-aside.npz."""
+    from fastconv._files import atomic_write
+    from fastconv.train.trainer import load_checkpoint
+
+    best, last = run.checkpoint("best"), run.checkpoint("last")
+    if not best.exists():
+        raise UsageError(f"{run.folder} has no {best.name} to resume from")
+    epoch = load_checkpoint(best)["epoch"]
+    if last.exists():
+        os.replace(last, last.with_name("checkpoint-last.set-aside.npz"))
+    atomic_write(last, lambda f: f.write(best.read_bytes()))
+    print_lines(f"resuming from {best.name} (after epoch {epoch}); the previous last checkpoint, if any, "
+                f"is kept as checkpoint-last.set-aside.npz")
+
+
 def cmd_train(args):
-    run = RunDir(args.out)
-    config = _merge_config(args, run)
     if args.resume and args.force:
         raise UsageError("--force replaces a run and --resume continues it: give one of them")
+    if args.resume_from is not None and not args.resume:
+        raise UsageError("--from says which checkpoint --resume continues from: give --resume too")
+    run = RunDir(args.out)
+    config = _merge_config(args, run)
     if not args.resume:
         claim_folder(run, args.force)
     if args.resume:
@@ -325,6 +370,10 @@ def cmd_train(args):
     else:
         data_dir, threads = args.data_dir, args.threads
     resume = args.resume
+    if resume and args.resume_from == "best":
+        _resume_from_best(run)
+    elif resume and run.checkpoint("last").exists():
+        _check_last_checkpoint(run)
     if resume and not run.checkpoint("last").exists():
         # Stopped before its first checkpoint: nothing to continue from, so the
         # run starts over with its stored options, replacing only its own files.
@@ -415,6 +464,9 @@ def add_parsers(commands):
                             "cheaper: each step is a forward and backward pass of half the batch)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in RUN_DIR from its last checkpoint, with its stored options")
+    train.add_argument("--from", dest="resume_from", choices=("last", "best"),
+                       help="with --resume: the checkpoint to continue from, the last (default) or the one of "
+                            "the best validation epoch (when the last cannot be read)")
     train.add_argument("--force", action="store_true",
                        help="replace the run or model already in RUN_DIR (without it, a folder holding "
                             "one is refused); only the files a run writes are deleted")
