@@ -8,29 +8,45 @@ Like :mod:`~fastconv.analysis.visualize.figures`, each ``plot_*`` function retur
 visualizations, whose few strong pixels would leave the rest grey: those
 are stretched to their own range, as the titles say.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from fastconv.analysis.visualize.figures import _class_name, _clean, _finish, _grid, display_image, new_figure
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
 
-def _pixels(image):
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
+
+    from fastconv.analysis.optimize.methods import Dream, Inversion, ToClass, Visualization
+    from fastconv.analysis.optimize.style import Stylized
+
+
+def _pixels(image: ArrayLike) -> np.ndarray:
     """(C, H, W) in [0, 1] -> what imshow takes, without rescaling."""
     image = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
     return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
-def _show(ax, image, title=None, stretch=False, fontsize=8):
+def _show(ax: Axes, image: ArrayLike, title: str | None = None, stretch: bool = False, fontsize: float = 8) -> None:
     shown = display_image(np.asarray(image, dtype=np.float64)) if stretch else _pixels(image)
     ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     _clean(ax, title, fontsize=fontsize)
 
 
-def _unit_name(unit):
+def _unit_name(unit: tuple[int, ...]) -> str:
     return f"channel {unit[0]}" if len(unit) == 1 else f"unit {tuple(unit)}"
 
 
-def plot_class_models(result, classes=None, columns=5, path=None):
+def plot_class_models(result: Visualization, classes: Sequence[str] | None = None, columns: int = 5,
+                      path: str | os.PathLike | None = None) -> Figure:
     """Each class model of a :func:`class_model` result, with its final score
     and probability, and the scores along the optimization."""
     n = len(result.units)
@@ -58,7 +74,8 @@ def plot_class_models(result, classes=None, columns=5, path=None):
     return _finish(fig, path)
 
 
-def plot_feature_grid(grid, path=None, title=None):
+def plot_feature_grid(grid: Mapping[str, Visualization], path: str | os.PathLike | None = None,
+                      title: str | None = None) -> Figure:
     """One row per layer of a :func:`feature_grid` result: the image that
     maximizes each chosen channel, with the channel's final mean activation."""
     layers = list(grid)
@@ -80,7 +97,8 @@ def plot_feature_grid(grid, path=None, title=None):
     return _finish(fig, path)
 
 
-def plot_to_class(result, classes=None, path=None):
+def plot_to_class(result: ToClass, classes: Sequence[str] | None = None,
+                  path: str | os.PathLike | None = None) -> Figure:
     """The image before and after, the change, and p(target) per step."""
     fig = new_figure(13.0, 3.4)
     axes = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.6])
@@ -110,7 +128,7 @@ def plot_to_class(result, classes=None, path=None):
     return _finish(fig, path)
 
 
-def plot_inversions(results, path=None):
+def plot_inversions(results: Sequence[Inversion], path: str | os.PathLike | None = None) -> Figure:
     """The original, then the reconstruction from each layer's code, with the
     code's relative error and the pixel MSE against the original."""
     n = len(results)
@@ -125,7 +143,7 @@ def plot_inversions(results, path=None):
     return _finish(fig, path)
 
 
-def plot_dream(results, path=None):
+def plot_dream(results: Dream | Sequence[Dream], path: str | os.PathLike | None = None) -> Figure:
     """The original, then each :class:`Dream` of it (one per layer)."""
     results = results if isinstance(results, (list, tuple)) else [results]
     n = len(results)
@@ -142,7 +160,8 @@ def plot_dream(results, path=None):
     return _finish(fig, path)
 
 
-def plot_style(result, content, style, path=None, title=None):
+def plot_style(result: Stylized, content: ArrayLike | None, style: ArrayLike, path: str | os.PathLike | None = None,
+               title: str | None = None) -> Figure:
     """Content (if any), style and result images, then the loss and its parts
     at every evaluation."""
     images = ([("content", content)] if content is not None else []) + [("style", style)]
@@ -173,7 +192,8 @@ def plot_style(result, content, style, path=None, title=None):
     return _finish(fig, path)
 
 
-def plot_optimizer_comparison(results, path=None, title="the same loss under the same budget of evaluations"):
+def plot_optimizer_comparison(results: Mapping[str, Stylized | Inversion], path: str | os.PathLike | None = None,
+                              title: str = "the same loss under the same budget of evaluations") -> Figure:
     """Loss against evaluations (best so far) for several runs, e.g.
     {'L-BFGS': result, 'Adam': result}, with each run's final image."""
     names = list(results)

@@ -29,8 +29,11 @@ arrays. Random choices (noise, jitter, transformations) come from
 the model in evaluation mode and leaves its mode and parameter gradients as
 they were.
 """
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -39,6 +42,14 @@ from fastconv.analysis import _common as C
 from fastconv.analysis.optimize import parametrize as P
 from fastconv.nn import layers as L
 from fastconv.nn.losses import softmax
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    import PIL.Image
+    from numpy.typing import ArrayLike
+
+    import fastconv
 
 INITS = ("zeros", "noise")
 OPTIMIZERS = ("sgd", "adam")
@@ -55,7 +66,7 @@ SAMPLE_IMAGES = {
 }
 
 
-def _open_sample(name):
+def _open_sample(name: str) -> PIL.Image.Image:
     from PIL import Image
 
     package, filename = SAMPLE_IMAGES[name]
@@ -68,7 +79,7 @@ def _open_sample(name):
     return Image.fromarray(load_sample_image(filename))
 
 
-def load_image(source, channels=3, size=None):
+def load_image(source: str | os.PathLike, channels: int = 3, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Read an image as (C, H, W) float64 in [0, 1].
 
     ``source`` is a file path (anything Pillow reads) or the name of a
@@ -106,28 +117,30 @@ def load_image(source, channels=3, size=None):
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1).copy()
 
 
-def _resized(image, size):
+def _resized(image: PIL.Image.Image, size: int | tuple[int, int] | None) -> PIL.Image.Image:
     from PIL import Image
 
     if size is None:
         return image
     width, height = image.size
     if C.is_int(size):
-        size = _checks.positive_int(size, "size")
+        size = cast(int, _checks.positive_int(size, "size"))
         factor = size / max(width, height)
         target = (max(1, round(width * factor)), max(1, round(height * factor)))
-        return image.resize(target, Image.LANCZOS)
+        # Pillow sets its resampling constants through globals(), unseen by type checkers;
+        # Image.Resampling.LANCZOS would need Pillow 9.1.
+        return image.resize(target, Image.LANCZOS)  # type: ignore[attr-defined]
     out_h, out_w = C.check_pair(size, "size")
     factor = max(out_w / width, out_h / height)
     cover = (max(out_w, round(width * factor)), max(out_h, round(height * factor)))
-    image = image.resize(cover, Image.LANCZOS)
+    image = image.resize(cover, Image.LANCZOS)  # type: ignore[attr-defined]  # as above
     left, top = (cover[0] - out_w) // 2, (cover[1] - out_h) // 2
     return image.crop((left, top, left + out_w, top + out_h))
 
 
 # -- shared checks ---------------------------------------------------------------------
 
-def logits_layer(model):
+def logits_layer(model: fastconv.Sequential) -> str:
     """The layer holding the class scores before the softmax: the last one,
     or the one before a final LogSoftmax."""
     pairs = model.named_layers()
@@ -136,7 +149,7 @@ def logits_layer(model):
     return pairs[-1][0]
 
 
-def input_shape(model, size=None):
+def input_shape(model: fastconv.Sequential, size: int | tuple[int, int] | None = None) -> tuple[int, int, int]:
     """(C, H, W) of the images to optimize: ``size`` (an int or (H, W)), else
     the ``input_shape`` in the model's metadata."""
     channels = C.input_channels(model)
@@ -152,7 +165,7 @@ def input_shape(model, size=None):
     return (channels, int(meta_shape[1]), int(meta_shape[2]))
 
 
-def output_shape(model, layer, shape):
+def output_shape(model: fastconv.Sequential, layer: str, shape: Sequence[int]) -> tuple[int, ...]:
     """Shape of layer ``layer``'s output for an input batch of ``shape``;
     ValueError naming the layer and the size when the input does not fit."""
     C.check_layer(model, layer)
@@ -170,29 +183,30 @@ def output_shape(model, layer, shape):
     raise AssertionError("unreachable: check_layer found the layer")
 
 
-def _check_choice(value, choices, name):
+def _check_choice(value: str, choices: Sequence[str], name: str) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
-def _check_percentile(value, name):
+def _check_percentile(value: float, name: str) -> float:
     value = P.check_weight(value, name)
     if value >= 100:
         raise ValueError(f"{name} is a percentile and must be below 100, got {value!r}")
     return value
 
 
-def _unit_list(channel, layer, out_shape, what="channel"):
+def _unit_list(channel: int | tuple[int, ...] | Sequence[int | Sequence[int]] | np.ndarray, layer: str,
+               out_shape: Sequence[int], what: str = "channel") -> list[tuple[int, ...]]:
     """One (c,) or (c, i, j) per image from an int, a tuple (c, i, j) or a list of those."""
     per_example = out_shape[1:]
     if C.is_int(channel) or (isinstance(channel, tuple) and all(C.is_int(v) for v in channel)):
-        items = [channel]
+        items: list[Any] = [channel]
     elif isinstance(channel, (list, np.ndarray)) and len(channel) > 0:
         items = [tuple(v) if isinstance(v, (list, tuple)) else v for v in channel]
     else:
         raise TypeError(f"{what} must be an int, a tuple (c, i, j) or a non-empty list of those, got {channel!r}")
-    units = []
+    units: list[tuple[int, ...]] = []
     for item in items:
         if C.is_int(item):
             if not 0 <= int(item) < per_example[0]:
@@ -211,7 +225,7 @@ def _unit_list(channel, layer, out_shape, what="channel"):
     return units
 
 
-def _unit_seed(units, out_shape):
+def _unit_seed(units: Sequence[tuple[int, ...]], out_shape: Sequence[int]) -> np.ndarray:
     """The gradient at the layer of sum over images of each image's unit; a
     whole channel counts as the mean over its positions."""
     seed = np.zeros((len(units),) + tuple(out_shape[1:]))
@@ -223,11 +237,11 @@ def _unit_seed(units, out_shape):
     return seed
 
 
-def _unit_values(out, seed):
+def _unit_values(out: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return (out.astype(np.float64) * seed).reshape(len(seed), -1).sum(axis=1)
 
 
-def _single_image(image, model, name="image"):
+def _single_image(image: np.ndarray, model: fastconv.Sequential, name: str = "image") -> np.ndarray:
     pixels = P.as_pixel_batch(image, name)
     if pixels.shape[0] != 1:
         raise ValueError(f"{name} must be one image (C, H, W), got a batch of shape {pixels.shape}")
@@ -255,17 +269,18 @@ class Visualization:
     """
 
     layer: str
-    units: list
+    units: list[tuple[int, ...]]
     images: np.ndarray
     values: np.ndarray
-    history: dict = field(default_factory=dict)
+    history: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
-    def image(self):
+    def image(self) -> np.ndarray:
         return self.images[0]
 
 
-def _initial_pixels(init, shape, center, rng):
+def _initial_pixels(init: str | np.ndarray, shape: tuple[int, int, int, int], center: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
     if isinstance(init, np.ndarray):
         pixels = P.as_pixel_batch(init, "init")
         if pixels.shape[1:] != shape[1:]:
@@ -278,7 +293,9 @@ def _initial_pixels(init, shape, center, rng):
     return np.clip(pixels, 0.0, 1.0)
 
 
-def _parametrization(parametrization, init, shape, center, rng, color):
+def _parametrization(parametrization: str, init: str | np.ndarray, shape: tuple[int, int, int, int],
+                     center: np.ndarray, rng: np.random.Generator,
+                     color: ArrayLike | None) -> P.PixelImage | P.FourierImage:
     _check_choice(parametrization, P.PARAMETRIZATIONS, "parametrization")
     if parametrization == "pixel":
         if color is not None:
@@ -294,10 +311,14 @@ def _parametrization(parametrization, init, shape, center, rng, color):
     return P.FourierImage(shape, center, rng, color=color, std=0.1 if init == "noise" else 0.0)
 
 
-def feature_visualization(model, layer, channel, steps=256, seed=0, init="noise", size=None,
-                          optimizer="adam", lr=0.05, l2_decay=0.0, blur_every=0, blur_sigma=0.5,
-                          jitter=0, scale=None, rotate=0.0, clip_norm=0.0, clip_contribution=0.0,
-                          parametrization="pixel", color=None, progress=None):
+def feature_visualization(model: fastconv.Sequential, layer: str,
+                          channel: int | tuple[int, ...] | Sequence[int | Sequence[int]] | np.ndarray,
+                          steps: int = 256, seed: int | None = 0, init: str | np.ndarray = "noise",
+                          size: int | tuple[int, int] | None = None, optimizer: str = "adam", lr: float = 0.05,
+                          l2_decay: float = 0.0, blur_every: int = 0, blur_sigma: float = 0.5, jitter: int = 0,
+                          scale: float | Sequence[float] | None = None, rotate: float = 0.0, clip_norm: float = 0.0,
+                          clip_contribution: float = 0.0, parametrization: str = "pixel",
+                          color: ArrayLike | None = None, progress: bool | None = None) -> Visualization:
     """Images that maximize ``channel`` of ``layer`` (gradient ascent on the input).
 
     ``channel``: an int (a whole channel, its mean over positions; a neuron
@@ -354,7 +375,7 @@ def feature_visualization(model, layer, channel, steps=256, seed=0, init="noise"
     center = space.mean_color(one_shape[0])
     image = _parametrization(parametrization, init, shape, center, rng, color)
     adam = P.Adam(lr) if optimizer == "adam" else None
-    history = {"objective": []}
+    history: dict[str, list[np.ndarray]] = {"objective": []}
     if is_class:
         history["probability"] = []
     labels = np.array([u[0] for u in units])
@@ -389,7 +410,8 @@ def feature_visualization(model, layer, channel, steps=256, seed=0, init="noise"
                          history={k: np.array(v) for k, v in history.items()})
 
 
-def _clip_pixels(image, pixel_gradient, norm_percentile, contribution_percentile):
+def _clip_pixels(image: P.PixelImage, pixel_gradient: np.ndarray, norm_percentile: float,
+                 contribution_percentile: float) -> None:
     """Yosinski et al.'s pixel clipping: reset the weakest pixels to the zero image."""
     offset = image.params - image.center
     mask = np.zeros((offset.shape[0],) + offset.shape[2:], dtype=bool)
@@ -403,8 +425,9 @@ def _clip_pixels(image, pixel_gradient, norm_percentile, contribution_percentile
     image.zero_pixels(mask)
 
 
-def class_model(model, target, steps=200, seed=0, init="zeros", optimizer="sgd", lr=0.05,
-                l2_decay=0.01, **options):
+def class_model(model: fastconv.Sequential, target: int | Sequence[int], steps: int = 200, seed: int | None = 0,
+                init: str | np.ndarray = "zeros", optimizer: str = "sgd", lr: float = 0.05, l2_decay: float = 0.01,
+                **options: Any) -> Visualization:
     """The image that maximizes the pre-softmax score of class ``target``
     (Simonyan et al.): gradient ascent from the zero image (or ``init='noise'``)
     with L2 decay, plus any regularizer of :func:`feature_visualization`
@@ -421,17 +444,19 @@ def class_model(model, target, steps=200, seed=0, init="zeros", optimizer="sgd",
                                  l2_decay=l2_decay, **options)
 
 
-def default_feature_layers(model):
+def default_feature_layers(model: fastconv.Sequential) -> list[str]:
     return C.conv_layer_names(model)
 
 
-def spread_channels(count, per_layer):
+def spread_channels(count: int, per_layer: int) -> list[int]:
     """``per_layer`` channel indices spread evenly over 0..count-1."""
     per_layer = _checks.positive_int(per_layer, "per_layer")
     return [int(c) for c in np.unique(np.linspace(0, count - 1, min(per_layer, count)).round())]
 
 
-def feature_grid(model, layers=None, per_layer=8, channels=None, center=False, **options):
+def feature_grid(model: fastconv.Sequential, layers: Iterable[str] | None = None, per_layer: int = 8,
+                 channels: Iterable[int] | None = None, center: bool = False,
+                 **options: Any) -> dict[str, Visualization]:
     """:func:`feature_visualization` of several channels at each of ``layers``
     (default: every Conv2d). ``channels`` (a list) picks the same channels
     in every layer; otherwise ``per_layer`` channels spread evenly over each
@@ -444,9 +469,10 @@ def feature_grid(model, layers=None, per_layer=8, channels=None, center=False, *
     if not layers:
         raise ValueError("no layers to visualize: the model has no Conv2d layer; pass layers=[...]")
     shape = (1,) + input_shape(model, options.get("size"))
-    grid = {}
+    grid: dict[str, Visualization] = {}
     for layer in layers:
         out_shape = output_shape(model, layer, shape)
+        chosen: list[int] | list[tuple[int, int, int]]  # channels, then perhaps (c, i, j) units
         chosen = list(channels) if channels is not None else spread_channels(out_shape[1], per_layer)
         if center and len(out_shape) == 4:
             chosen = [(c, out_shape[2] // 2, out_shape[3] // 2) for c in chosen]
@@ -473,14 +499,15 @@ class ToClass:
     original: np.ndarray
     reached: bool
     steps: int
-    history: dict
+    history: dict[str, np.ndarray]
 
     @property
-    def probability(self):
+    def probability(self) -> float:
         return float(self.history["probability"][-1])
 
 
-def to_class(model, image, target, threshold=0.9, max_steps=300, lr=0.01, progress=None):
+def to_class(model: fastconv.Sequential, image: np.ndarray, target: int, threshold: float = 0.9, max_steps: int = 300,
+             lr: float = 0.01, progress: bool | None = None) -> ToClass:
     """Change ``image`` (C, H, W) until the model gives class ``target`` a
     probability of at least ``threshold``, or ``max_steps`` steps have run.
 
@@ -500,7 +527,7 @@ def to_class(model, image, target, threshold=0.9, max_steps=300, lr=0.01, progre
         raise ValueError(f"target must be one class index, got {target!r}")
     target = units[0][0]
     pixels = original.copy()
-    history = {"probability": [], "score": [], "predicted": []}
+    history: dict[str, list[float]] = {"probability": [], "score": [], "predicted": []}
     reached = False
     steps = 0
     with C.evaluating(model), P.progress_bar(max_steps, f"towards class {target}", progress) as bar:
@@ -541,11 +568,13 @@ class Inversion:
     image: np.ndarray
     original: np.ndarray
     relative_error: float
-    history: dict
+    history: dict[str, np.ndarray]
 
 
-def invert(model, image, layer, steps=200, method="lbfgs", lr=0.05, tv_weight=0.3, tv_beta=2.0,
-           alpha_weight=1e-3, alpha=6.0, init="noise", seed=0, progress=None):
+def invert(model: fastconv.Sequential, image: np.ndarray, layer: str, steps: int = 200, method: str = "lbfgs",
+           lr: float = 0.05, tv_weight: float = 0.3, tv_beta: float = 2.0, alpha_weight: float = 1e-3,
+           alpha: float = 6.0, init: str | np.ndarray = "noise", seed: int | None = 0,
+           progress: bool | None = None) -> Inversion:
     """Reconstruct ``image`` (C, H, W) from its code at ``layer``.
 
     Minimizes ``||code(x) - code(image)||^2 / ||code(image)||^2
@@ -566,12 +595,12 @@ def invert(model, image, layer, steps=200, method="lbfgs", lr=0.05, tv_weight=0.
     space = P.PixelSpace(model)
     center = space.mean_color(original.shape[1])
     start = _initial_pixels(init, original.shape, center, rng)
-    parts = {"representation": [], "prior": []}
+    parts: dict[str, list[float]] = {"representation": [], "prior": []}
     with C.evaluating(model):
         target = model.forward(space.to_input(original), until=layer).astype(np.float64)
         scale = max(float(np.sum(target ** 2)), 1e-12)
 
-        def objective(pixels):
+        def objective(pixels: np.ndarray) -> tuple[float, np.ndarray]:
             out = model.forward(space.to_input(pixels), until=layer)
             difference = out.astype(np.float64) - target
             representation = float(np.sum(difference ** 2)) / scale
@@ -593,7 +622,7 @@ def invert(model, image, layer, steps=200, method="lbfgs", lr=0.05, tv_weight=0.
     return Inversion(layer=layer, image=best[0], original=original[0], relative_error=error, history=history)
 
 
-def default_inversion_layers(model):
+def default_inversion_layers(model: fastconv.Sequential) -> list[str]:
     """The output of every activation, pooling layer and the logits, in order."""
     names = [name for name, layer in model.named_layers()
              if isinstance(layer, C.ACTIVATIONS + (L.MaxPool2d, L.AvgPool2d, L.GlobalAvgPool2d))]
@@ -601,7 +630,8 @@ def default_inversion_layers(model):
     return names + ([logits] if logits not in names else [])
 
 
-def invert_layers(model, image, layers=None, **options):
+def invert_layers(model: fastconv.Sequential, image: np.ndarray, layers: Iterable[str] | None = None,
+                  **options: Any) -> list[Inversion]:
     """:func:`invert` from each of ``layers`` (default
     :func:`default_inversion_layers`); a list of :class:`Inversion`."""
     layers = default_inversion_layers(model) if layers is None else list(layers)
@@ -624,12 +654,13 @@ class Dream:
     layer: str
     image: np.ndarray
     original: np.ndarray
-    sizes: list
-    history: dict
+    sizes: list[tuple[int, int]]
+    history: dict[str, np.ndarray]
 
 
-def deep_dream(model, image, layer, steps=10, octaves=4, octave_scale=1.4, lr=0.01, jitter=8,
-               channel=None, seed=0, progress=None):
+def deep_dream(model: fastconv.Sequential, image: np.ndarray, layer: str, steps: int = 10, octaves: int = 4,
+               octave_scale: float = 1.4, lr: float = 0.01, jitter: int = 8, channel: int | None = None,
+               seed: int | None = 0, progress: bool | None = None) -> Dream:
     """DeepDream: gradient ascent on half the squared activations of ``layer``
     (the gradient at the layer is the activation itself; only channel
     ``channel`` when given), ``steps`` steps per octave.
@@ -661,7 +692,7 @@ def deep_dream(model, image, layer, steps=10, octaves=4, octave_scale=1.4, lr=0.
     rng = P.check_seed(seed)
     space = P.PixelSpace(model)
     _, _, h, w = original.shape
-    sizes = []
+    sizes: list[tuple[int, int]] = []
     for k in range(octaves - 1, -1, -1):
         size = (max(1, round(h / octave_scale ** k)), max(1, round(w / octave_scale ** k)))
         try:
@@ -669,7 +700,7 @@ def deep_dream(model, image, layer, steps=10, octaves=4, octave_scale=1.4, lr=0.
                 sizes.append(size)
         except ValueError:
             continue
-    history = {"objective": [], "octave": []}
+    history: dict[str, list[float]] = {"objective": [], "octave": []}
     detail = np.zeros((1, original.shape[1]) + sizes[0])
     with C.evaluating(model), P.progress_bar(steps * len(sizes), f"dreaming at {layer}", progress) as bar:
         for octave, size in enumerate(sizes):

@@ -19,16 +19,28 @@ in pixels whatever statistics the model was trained with.
 * :func:`backward_from`: one backward pass that takes gradients at several
   layers at once (style transfer needs it).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from scipy import ndimage, sparse
 
 from fastconv import _checks
 from fastconv.analysis import _common as C
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from numpy.typing import ArrayLike
+    from tqdm.auto import tqdm
+
+    import fastconv
+
 PARAMETRIZATIONS = ("pixel", "fourier")
 
 
-def progress_bar(total, description, progress=None):
+def progress_bar(total: int, description: str, progress: bool | None = None) -> tqdm:
     """A tqdm bar on stderr; ``progress=None`` shows it only on a terminal."""
     from tqdm.auto import tqdm
 
@@ -36,7 +48,7 @@ def progress_bar(total, description, progress=None):
                 disable=None if progress is None else not progress)
 
 
-def check_weight(value, name):
+def check_weight(value: float, name: str) -> float:
     """A non-negative finite number, as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
@@ -45,14 +57,14 @@ def check_weight(value, name):
     return float(value)
 
 
-def check_positive(value, name):
+def check_positive(value: float, name: str) -> float:
     value = check_weight(value, name)
     if value == 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return value
 
 
-def check_seed(seed):
+def check_seed(seed: int | None) -> np.random.Generator:
     if seed is not None and not C.is_int(seed):
         raise TypeError(f"seed must be an int or None, got {seed!r}")
     return np.random.default_rng(seed)
@@ -67,30 +79,30 @@ class PixelSpace:
     a model without them gets x = p, as the trainer feeds it pixels / 255.
     """
 
-    def __init__(self, model, normalizer=None):
+    def __init__(self, model: fastconv.Sequential, normalizer: C.Normalizer | None = None) -> None:
         self.normalizer = normalizer if normalizer is not None else C.Normalizer.from_model(model)
         self.dtype = C.model_dtype(model)
         self.channels = C.input_channels(model)
 
-    def stats(self, channels):
+    def stats(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std in pixel units, each shaped (1, C, 1, 1)."""
         return self.normalizer.per_channel(channels)
 
-    def mean_color(self, channels):
+    def mean_color(self, channels: int) -> np.ndarray:
         """The pixel colour the model sees as a zero input, shape (C,), clipped to [0, 1]."""
         return np.clip(self.stats(channels)[0].reshape(-1), 0.0, 1.0)
 
-    def to_input(self, pixels):
+    def to_input(self, pixels: np.ndarray) -> np.ndarray:
         mean, std = self.stats(pixels.shape[1])
         return ((pixels - mean) / std).astype(self.dtype)
 
-    def pixel_gradient(self, input_gradient):
+    def pixel_gradient(self, input_gradient: np.ndarray) -> np.ndarray:
         """d/d pixels from d/d model input."""
         _, std = self.stats(input_gradient.shape[1])
         return input_gradient.astype(np.float64) / std
 
 
-def as_pixel_batch(image, name="image"):
+def as_pixel_batch(image: np.ndarray, name: str = "image") -> np.ndarray:
     """A float64 batch (N, C, H, W) in [0, 1] from one image (C, H, W) or a batch.
 
     uint8 images are divided by 255; float images must already lie in [0, 1].
@@ -120,41 +132,41 @@ class PixelImage:
 
     name = "pixel"
 
-    def __init__(self, pixels, center):
+    def __init__(self, pixels: ArrayLike, center: ArrayLike) -> None:
         self.params = np.array(pixels, dtype=np.float64)
         self.center = np.asarray(center, dtype=np.float64).reshape(1, -1, 1, 1)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.params.shape
 
-    def render(self):
+    def render(self) -> np.ndarray:
         return self.params.copy()
 
-    def backward(self, pixel_gradient):
+    def backward(self, pixel_gradient: np.ndarray) -> np.ndarray:
         return pixel_gradient
 
-    def project(self):
+    def project(self) -> None:
         np.clip(self.params, 0.0, 1.0, out=self.params)
 
-    def decay(self, rate):
+    def decay(self, rate: float) -> None:
         """Shrink the image towards the colour the model sees as zero."""
         self.params -= rate * (self.params - self.center)
 
-    def blur(self, sigma):
+    def blur(self, sigma: float) -> None:
         self.params = gaussian_blur(self.params, sigma)
 
-    def zero_pixels(self, mask):
+    def zero_pixels(self, mask: np.ndarray) -> None:
         """Set the pixels where ``mask`` (N, H, W) is true to the zero-input colour."""
         self.params = np.where(mask[:, None], self.center, self.params)
 
 
-def _logit(p):
+def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-3, 1 - 1e-3)
     return np.log(p / (1 - p))
 
 
-def color_correlation(images):
+def color_correlation(images: ArrayLike) -> np.ndarray:
     """Square root of the channel covariance of ``images`` (N, C, H, W), scaled
     so that its largest column has norm 1; a (C, C) matrix.
 
@@ -187,7 +199,8 @@ class FourierImage:
 
     name = "fourier"
 
-    def __init__(self, shape, center, rng, color=None, std=0.01, decay_power=1.0):
+    def __init__(self, shape: tuple[int, int, int, int], center: ArrayLike, rng: np.random.Generator,
+                 color: ArrayLike | None = None, std: float = 0.01, decay_power: float = 1.0) -> None:
         n, channels, h, w = shape
         fy = np.fft.fftfreq(h)[:, None]
         fx = np.fft.rfftfreq(w)[None, :]
@@ -209,45 +222,47 @@ class FourierImage:
             )
         self.offset = _logit(np.asarray(center, dtype=np.float64)).reshape(1, -1, 1, 1)
         self.params = rng.normal(0.0, 1.0, (n, channels, h, w // 2 + 1, 2)) * std
-        self._pixels = None
+        self._pixels: np.ndarray | None = None
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int, int, int]:
         n, channels, h = self.params.shape[:3]
         return (n, channels, h, self.size[1])
 
-    def render(self):
+    def render(self) -> np.ndarray:
         spectrum = (self.params[..., 0] + 1j * self.params[..., 1]) * self.scale
         spatial = np.fft.irfft2(spectrum, s=self.size, norm="ortho")
         mixed = np.einsum("dc,nchw->ndhw", self.color, spatial) + self.offset
         self._pixels = 1.0 / (1.0 + np.exp(-mixed))
         return self._pixels.copy()
 
-    def backward(self, pixel_gradient):
+    def backward(self, pixel_gradient: np.ndarray) -> np.ndarray:
         if self._pixels is None:
             self.render()
+        assert self._pixels is not None  # render() has set it
         mixed_gradient = pixel_gradient * self._pixels * (1.0 - self._pixels)
         spatial_gradient = np.einsum("dc,ndhw->nchw", self.color, mixed_gradient)
         spectrum_gradient = np.fft.rfft2(spatial_gradient, norm="ortho") * self.fold * self.scale
         return np.stack([spectrum_gradient.real, spectrum_gradient.imag], axis=-1)
 
-    def project(self):
+    def project(self) -> None:
         self._pixels = None
 
-    def decay(self, rate):
+    def decay(self, rate: float) -> None:
         self.params *= 1.0 - rate
 
 
 # -- transformations -------------------------------------------------------------
 
-def check_range(value, name):
+def check_range(value: float | Sequence[float] | None, name: str) -> tuple[float, float] | None:
     """None, or a pair (low, high) of positive numbers with low <= high."""
     if value is None:
         return None
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         value = (value, value)
     try:
-        low, high = (float(v) for v in value)
+        # A bool is not iterable: it raises the TypeError reported below.
+        low, high = (float(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a pair (low, high), got {value!r}") from None
     if not (0 < low <= high and np.isfinite(high)):
@@ -255,7 +270,7 @@ def check_range(value, name):
     return low, high
 
 
-def _warp_matrix(h, w, scale, angle_degrees):
+def _warp_matrix(h: int, w: int, scale: float, angle_degrees: float) -> sparse.csr_matrix:
     """Sparse (H*W, H*W) matrix of a bilinear zoom by ``scale`` and rotation
     about the image centre; sources outside the image take the nearest edge."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -283,27 +298,27 @@ class RandomTransform:
     sampled transformation.
     """
 
-    def __init__(self, jitter=0, scale=None, rotate=0.0):
+    def __init__(self, jitter: int = 0, scale: float | Sequence[float] | None = None, rotate: float = 0.0) -> None:
         if not C.is_int(jitter) or jitter < 0:
             raise ValueError(f"jitter must be a non-negative int (pixels), got {jitter!r}")
         self.jitter = int(jitter)
         self.scale = check_range(scale, "scale")
         self.rotate = check_weight(rotate, "rotate")
-        self._shift = (0, 0)
-        self._matrix = None
+        self._shift: tuple[int, ...] = (0, 0)
+        self._matrix: sparse.csr_matrix | None = None
 
     @property
-    def active(self):
+    def active(self) -> bool:
         return bool(self.jitter or self.scale or self.rotate)
 
-    def sample(self, rng, size):
+    def sample(self, rng: np.random.Generator, size: tuple[int, int]) -> None:
         h, w = size
         self._shift = tuple(int(v) for v in rng.integers(-self.jitter, self.jitter + 1, 2)) if self.jitter else (0, 0)
         factor = rng.uniform(*self.scale) if self.scale else 1.0
         angle = rng.uniform(-self.rotate, self.rotate) if self.rotate else 0.0
         self._matrix = _warp_matrix(h, w, factor, angle) if (factor != 1.0 or angle != 0.0) else None
 
-    def __call__(self, images):
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         out = np.roll(images, self._shift, axis=(2, 3)) if self._shift != (0, 0) else images
         if self._matrix is None:
             return out
@@ -311,7 +326,7 @@ class RandomTransform:
         flat = out.reshape(n * c, h * w)
         return (self._matrix @ flat.T).T.reshape(n, c, h, w)
 
-    def adjoint(self, gradient):
+    def adjoint(self, gradient: np.ndarray) -> np.ndarray:
         if self._matrix is not None:
             n, c, h, w = gradient.shape
             flat = gradient.reshape(n * c, h * w)
@@ -323,7 +338,7 @@ class RandomTransform:
 
 # -- priors -----------------------------------------------------------------------
 
-def gaussian_blur(images, sigma):
+def gaussian_blur(images: ArrayLike, sigma: float) -> np.ndarray:
     """Blur each channel of (N, C, H, W) images with a Gaussian of ``sigma`` pixels."""
     sigma = check_weight(sigma, "sigma")
     if sigma == 0:
@@ -331,7 +346,7 @@ def gaussian_blur(images, sigma):
     return ndimage.gaussian_filter(np.asarray(images, dtype=np.float64), sigma=(0, 0, sigma, sigma), mode="nearest")
 
 
-def total_variation(images, beta=2.0, eps=1e-8):
+def total_variation(images: ArrayLike, beta: float = 2.0, eps: float = 1e-8) -> tuple[float, np.ndarray]:
     """Mean over pixels and channels of ((dI/dx)^2 + (dI/dy)^2)^(beta/2), with
     forward differences; returns (value, gradient shaped like images).
 
@@ -359,7 +374,7 @@ def total_variation(images, beta=2.0, eps=1e-8):
     return value, gradient
 
 
-def alpha_norm(values, alpha=6.0):
+def alpha_norm(values: ArrayLike, alpha: float = 6.0) -> tuple[float, np.ndarray]:
     """``mean(|v|^alpha)`` and its gradient; a large alpha keeps values in a bounded range."""
     alpha = check_positive(alpha, "alpha")
     values = np.asarray(values, dtype=np.float64)
@@ -374,18 +389,19 @@ def alpha_norm(values, alpha=6.0):
 class Adam:
     """Adam (Kingma & Ba) on one array, minimizing: ``step(x, gradient)`` updates x in place."""
 
-    def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.lr = check_positive(lr, "lr")
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.t = 0
-        self.m = None
-        self.v = None
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
 
-    def step(self, x, gradient):
+    def step(self, x: np.ndarray, gradient: np.ndarray) -> np.ndarray:
         if self.m is None:
             self.m = np.zeros_like(x)
             self.v = np.zeros_like(x)
+        assert self.v is not None  # set together with self.m
         self.t += 1
         self.m = self.beta1 * self.m + (1 - self.beta1) * gradient
         self.v = self.beta2 * self.v + (1 - self.beta2) * gradient ** 2
@@ -395,7 +411,7 @@ class Adam:
         return x
 
 
-def normalized_step(gradient, lr, norm="rms"):
+def normalized_step(gradient: np.ndarray, lr: float, norm: str = "rms") -> np.ndarray:
     """``lr`` times each example's gradient divided by its root mean square
     (``'rms'``) or its mean absolute value (``'mean_abs'``, as in DeepDream):
     a step whose size does not depend on the scale of the network's outputs."""
@@ -416,8 +432,9 @@ class _BudgetSpent(Exception):
     pass
 
 
-def minimize(objective, x0, method="lbfgs", evaluations=200, lr=0.02, bounds=(0.0, 1.0),
-             progress=None, description="optimizing"):
+def minimize(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, method: str = "lbfgs",
+             evaluations: int = 200, lr: float = 0.02, bounds: tuple[float, float] = (0.0, 1.0),
+             progress: bool | None = None, description: str = "optimizing") -> tuple[np.ndarray, list[float]]:
     """Minimize ``objective(x) -> (loss, gradient)`` over x within ``bounds``,
     spending exactly ``evaluations`` calls of the objective at most.
 
@@ -433,11 +450,11 @@ def minimize(objective, x0, method="lbfgs", evaluations=200, lr=0.02, bounds=(0.
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     evaluations = _checks.positive_int(evaluations, "steps")
     shape = x0.shape
-    losses = []
-    best = {"loss": np.inf, "x": np.array(x0, dtype=np.float64)}
+    losses: list[float] = []
+    best: dict[str, Any] = {"loss": np.inf, "x": np.array(x0, dtype=np.float64)}
     with progress_bar(evaluations, description, progress) as bar:
 
-        def counted(flat):
+        def counted(flat: np.ndarray) -> tuple[float, np.ndarray]:
             if len(losses) >= evaluations:
                 raise _BudgetSpent
             x = flat.reshape(shape)
@@ -469,7 +486,7 @@ def minimize(objective, x0, method="lbfgs", evaluations=200, lr=0.02, bounds=(0.
 
 # -- gradients at several layers ----------------------------------------------------
 
-def backward_from(model, gradients):
+def backward_from(model: fastconv.Sequential, gradients: Mapping[str, np.ndarray]) -> np.ndarray:
     """Gradient w.r.t. the model input of sum_l <g_l, output of layer l>, for
     ``gradients`` = {layer name: g_l}, in one backward pass.
 
@@ -485,10 +502,11 @@ def backward_from(model, gradients):
     for name in gradients:
         C.check_layer(model, name)
     deepest = max(names.index(name) for name in gradients)
-    grad = None
+    grad: np.ndarray | None = None
     for index in range(deepest, -1, -1):
         name, layer = pairs[index]
         if name in gradients:
             grad = gradients[name] if grad is None else grad + gradients[name]
         grad = layer.backward(grad, param_grads=False)
+    assert grad is not None  # the loop ran at least once, down to the first layer
     return grad

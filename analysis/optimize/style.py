@@ -24,8 +24,11 @@ flow back in one backward pass
 (:func:`~fastconv.analysis.optimize.parametrize.backward_from`), through the
 convolutional part only, at any image size.
 """
+from __future__ import annotations
+
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,19 +38,26 @@ from fastconv.analysis.optimize import parametrize as P
 from fastconv.nn import init as I
 from fastconv.nn import layers as L
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from numpy.typing import ArrayLike
+
+    import fastconv
+
 STATISTICS = ("gram", "mean_var")
 
 
 # -- statistics and losses -------------------------------------------------------------
 
-def _features(features):
+def _features(features: ArrayLike) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 4:
         raise ValueError(f"features must be shaped (N, C, H, W), got {features.shape}")
     return features
 
 
-def gram_matrix(features):
+def gram_matrix(features: ArrayLike) -> np.ndarray:
     """G[n] = F F^T / (H W) for features (N, C, H, W), F = features[n] as (C, H*W); (N, C, C)."""
     features = _features(features)
     n, channels, h, w = features.shape
@@ -55,24 +65,25 @@ def gram_matrix(features):
     return flat @ flat.transpose(0, 2, 1) / (h * w)
 
 
-def mean_variance(features):
+def mean_variance(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and (biased) variance over positions, each (N, C)."""
     features = _features(features)
     return features.mean(axis=(2, 3)), features.var(axis=(2, 3))
 
 
-def style_statistics(features, statistics="gram"):
+def style_statistics(features: ArrayLike, statistics: str = "gram") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The style target of features: their Gram matrices, or (mean, variance)."""
     O._check_choice(statistics, STATISTICS, "statistics")
     return gram_matrix(features) if statistics == "gram" else mean_variance(features)
 
 
-def _relative_square(difference, target):
+def _relative_square(difference: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     scale = max(float(np.sum(target ** 2)), 1e-12)
     return float(np.sum(difference ** 2)) / scale, 2.0 * difference / scale
 
 
-def style_loss(features, target, statistics="gram"):
+def style_loss(features: ArrayLike, target: np.ndarray | tuple[np.ndarray, np.ndarray],
+               statistics: str = "gram") -> tuple[float, np.ndarray]:
     """Style loss of ``features`` (N, C, H, W) against ``target`` (from
     :func:`style_statistics` of the style image, which may differ in size)
     and its gradient w.r.t. the features."""
@@ -97,7 +108,7 @@ def style_loss(features, target, statistics="gram"):
     return mean_value + var_value, gradient
 
 
-def content_loss(features, target):
+def content_loss(features: ArrayLike, target: ArrayLike) -> tuple[float, np.ndarray]:
     """||F - P||^2 / ||P||^2 and its gradient w.r.t. F."""
     features = np.asarray(features, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
@@ -108,7 +119,7 @@ def content_loss(features, target):
 
 # -- layers and networks ---------------------------------------------------------------
 
-def _after_activation(model, name):
+def _after_activation(model: fastconv.Sequential, name: str) -> str:
     """The activation right after ``name`` (past batch norm or dropout), else ``name``."""
     for following, layer in C.layers_after(model, name):
         if isinstance(layer, C.ACTIVATIONS):
@@ -118,11 +129,11 @@ def _after_activation(model, name):
     return name
 
 
-def _rectified_convolutions(model):
+def _rectified_convolutions(model: fastconv.Sequential) -> list[str]:
     return [_after_activation(model, name) for name in C.conv_layer_names(model)]
 
 
-def default_style_layers(model):
+def default_style_layers(model: fastconv.Sequential) -> list[str]:
     """The rectified output of the first convolution of each block (the
     first one, and each one that follows a pooling layer), as Gatys et al.
     take conv1_1 ... conv5_1 of VGG."""
@@ -138,7 +149,7 @@ def default_style_layers(model):
     return firsts
 
 
-def default_content_layer(model):
+def default_content_layer(model: fastconv.Sequential) -> str:
     """The rectified output of the convolution two thirds of the way up."""
     layers = _rectified_convolutions(model)
     if not layers:
@@ -146,7 +157,7 @@ def default_content_layer(model):
     return layers[(2 * len(layers) - 1) // 3]
 
 
-def random_weights(model, seed=0):
+def random_weights(model: fastconv.Sequential, seed: int | None = 0) -> fastconv.Sequential:
     """A copy of ``model`` with fresh random weights: He-normal convolutions and
     linear layers with zero biases, batch norm as the identity (weight 1,
     bias 0, running mean 0, variance 1). Names, metadata and normalization
@@ -176,8 +187,10 @@ class StyleObjective:
     returns (loss, gradient shaped like the image, {'content', 'style', 'tv'}).
     """
 
-    def __init__(self, model, content, style, content_layer=None, style_layers=None, style_weights=None,
-                 content_weight=1.0, style_weight=100.0, tv_weight=1.0, statistics="gram"):
+    def __init__(self, model: fastconv.Sequential, content: np.ndarray | None, style: np.ndarray,
+                 content_layer: str | None = None, style_layers: Iterable[str] | None = None,
+                 style_weights: Iterable[float] | None = None, content_weight: float = 1.0,
+                 style_weight: float = 100.0, tv_weight: float = 1.0, statistics: str = "gram") -> None:
         self.model = model
         self.statistics = O._check_choice(statistics, STATISTICS, "statistics")
         self.content_weight = P.check_weight(content_weight, "content_weight")
@@ -199,7 +212,7 @@ class StyleObjective:
                               for w, name in zip(style_weights, self.style_layers)]
         self.space = P.PixelSpace(model)
         style = O._single_image(style, model, "style")
-        self.content_layer = None
+        self.content_layer: str | None = None
         if content is not None:
             content = O._single_image(content, model, "content")
             self.content_layer = default_content_layer(model) if content_layer is None else content_layer
@@ -216,23 +229,24 @@ class StyleObjective:
                     )
         style_features = self._features(style)
         self.style_targets = {name: style_statistics(style_features[name], statistics) for name in self.style_layers}
-        self.content_target = None
+        self.content_target: np.ndarray | None = None
         if content is not None:
+            assert self.content_layer is not None  # set above with the content image
             self.content_target = self._features(content)[self.content_layer].astype(np.float64)
 
-    def _features(self, pixels):
+    def _features(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         with C.evaluating(self.model):
             _, captured = C.forward_with_outputs(self.model, self.space.to_input(pixels), self.layers,
                                                  until=self.deepest)
         return captured
 
-    def __call__(self, image):
+    def __call__(self, image: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
         pixels = image if image.ndim == 4 else image[None]
         pixels = np.asarray(pixels, dtype=np.float64)
         wanted = set(self.layers)
-        captured = {}
+        captured: dict[str, np.ndarray] = {}
 
-        def keep(name, layer, output):
+        def keep(name: str, layer: L.Layer, output: np.ndarray) -> None:
             if name in wanted:
                 captured[name] = output
 
@@ -242,13 +256,14 @@ class StyleObjective:
                 self.model.forward(self.space.to_input(pixels), until=self.deepest)
             finally:
                 handle.remove()
-            gradients = {}
+            gradients: dict[str, np.ndarray] = {}
             parts = {"content": 0.0, "style": 0.0, "tv": 0.0}
             for name, weight in zip(self.style_layers, self.style_weights):
                 value, grad = style_loss(captured[name], self.style_targets[name], self.statistics)
                 parts["style"] += weight * value
                 gradients[name] = self.style_weight * weight * grad
             if self.content_layer is not None:
+                assert self.content_target is not None  # set with the content layer
                 value, grad = content_loss(captured[self.content_layer], self.content_target)
                 parts["content"] = value
                 gradients[self.content_layer] = gradients.get(self.content_layer, 0.0) + self.content_weight * grad
@@ -272,19 +287,22 @@ class Stylized:
 
     image: np.ndarray
     method: str
-    content_layer: str
-    style_layers: list
+    content_layer: str | None
+    style_layers: list[str]
     seconds: float
-    history: dict
+    history: dict[str, np.ndarray]
 
     @property
-    def evaluations(self):
+    def evaluations(self) -> int:
         return len(self.history["loss"])
 
 
-def style_transfer(model, content, style, steps=200, method="lbfgs", lr=0.02, size=None, init=None,
-                   content_layer=None, style_layers=None, style_weights=None, content_weight=1.0,
-                   style_weight=100.0, tv_weight=1.0, statistics="gram", seed=0, progress=None):
+def style_transfer(model: fastconv.Sequential, content: np.ndarray | None, style: np.ndarray, steps: int = 200,
+                   method: str = "lbfgs", lr: float = 0.02, size: int | tuple[int, int] | None = None,
+                   init: str | np.ndarray | None = None, content_layer: str | None = None,
+                   style_layers: Iterable[str] | None = None, style_weights: Iterable[float] | None = None,
+                   content_weight: float = 1.0, style_weight: float = 100.0, tv_weight: float = 1.0,
+                   statistics: str = "gram", seed: int | None = 0, progress: bool | None = None) -> Stylized:
     """Render ``content`` (C, H, W) in the style of ``style`` (C, H', W'), both
     in [0, 1]; with ``content=None``, synthesize a texture of ``size`` (an int
     or (H, W)) from ``style``.
@@ -320,9 +338,9 @@ def style_transfer(model, content, style, steps=200, method="lbfgs", lr=0.02, si
         start = rng.uniform(0.0, 1.0, shape)
     else:
         raise ValueError(f"init must be 'content', 'noise' or an image, got {init!r}")
-    parts = {"content": [], "style": [], "tv": []}
+    parts: dict[str, list[float]] = {"content": [], "style": [], "tv": []}
 
-    def loss_and_gradient(pixels):
+    def loss_and_gradient(pixels: np.ndarray) -> tuple[float, np.ndarray]:
         loss, gradient, values = objective(pixels)
         for key, value in values.items():
             parts[key].append(value)

@@ -28,8 +28,10 @@ import os
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -37,6 +39,15 @@ from fastconv.analysis import _common as C
 from fastconv.nn import layers as L
 from fastconv.nn.losses import softmax
 from fastconv.train.rundir import HISTORY_JSON, REPORT, RunDir
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+
+    from matplotlib.figure import Figure
+
+    import fastconv
+    from fastconv.analysis.optimize.methods import Dream, Inversion, Visualization
+    from fastconv.data.datasets import Dataset
 
 __all__ = ["ReportSettings", "FULL", "QUICK", "Report", "SectionResult", "SECTIONS", "build_report", "write_report"]
 
@@ -75,7 +86,7 @@ class ReportSettings:
     dream_steps: int = 10
     attack_images: int = 500
     attack_steps: int = 10
-    eps: tuple | None = None
+    eps: tuple[float, ...] | None = None
 
 
 FULL = ReportSettings()
@@ -103,7 +114,7 @@ class Run:
     not need them still render when the data cannot be found.
     """
 
-    def __init__(self, run_dir, dataset=None):
+    def __init__(self, run_dir: str | os.PathLike, dataset: str | None = None) -> None:
         self.files = RunDir.open(run_dir)
         self.folder = self.files.folder
         self.model = self.files.model
@@ -111,18 +122,18 @@ class Run:
         self.history = self.files.history
         self.normalize = C.Normalizer.from_model(self.model)
         self._dataset_option = dataset
-        self._dataset = None
-        self._test = None
-        self._probabilities = None
+        self._dataset: Dataset | None = None
+        self._test: tuple[np.ndarray, np.ndarray] | None = None
+        self._probabilities: np.ndarray | None = None
 
     @property
-    def dataset(self):
+    def dataset(self) -> Dataset:
         if self._dataset is None:
             self._dataset = self.files.load_dataset(self._dataset_option)
         return self._dataset
 
     @property
-    def test(self):
+    def test(self) -> tuple[np.ndarray, np.ndarray]:
         """(raw uint8 images, labels) of the test split the run was evaluated on."""
         if self._test is None:
             raw, labels = self.dataset.x_test, self.dataset.y_test
@@ -132,18 +143,18 @@ class Run:
         return self._test
 
     @property
-    def classes(self):
+    def classes(self) -> list[str]:
         classes = C.meta_classes(self.model)
         return classes if classes is not None else list(self.dataset.classes)
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...]:
         """(C, H, W) of one input image."""
         shape = self.model.meta.get("input_shape")
         return tuple(int(v) for v in shape) if shape is not None else tuple(self.dataset.input_shape)
 
     @property
-    def name(self):
+    def name(self) -> str:
         from fastconv.data.datasets import short_name
 
         model = self.model.meta.get("model") or self.config.get("model") or "model"
@@ -151,7 +162,7 @@ class Run:
         return f"{model} on {short_name(data)}" if data else model
 
     @property
-    def probabilities(self):
+    def probabilities(self) -> np.ndarray:
         """Softmax of the model's outputs on every test image, (N, K)."""
         if self._probabilities is None:
             raw, _ = self.test
@@ -162,7 +173,7 @@ class Run:
             self._probabilities = softmax(logits.astype(np.float64), axis=1)
         return self._probabilities
 
-    def examples(self, count):
+    def examples(self, count: int) -> np.ndarray:
         """Indices of ``count`` test images, one per class first (the first image of
         each class, in class order), then the following images."""
         _, labels = self.test
@@ -170,13 +181,13 @@ class Run:
         rest = np.setdiff1d(np.arange(len(labels)), firsts)
         return np.concatenate([np.sort(firsts), rest])[:count]
 
-    def chosen(self, count):
+    def chosen(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw images, model inputs, labels) of :meth:`examples`."""
         raw, labels = self.test
         index = self.examples(count)
         return raw[index], self.normalize(raw[index]), labels[index]
 
-    def pixels(self, raw):
+    def pixels(self, raw: np.ndarray) -> np.ndarray:
         """Raw images as [0, 1] pixels of the model's dtype, as the attacks and optimizers take them."""
         dtype = C.model_dtype(self.model)
         return (raw.astype(np.float64) / self.normalize.scale).astype(dtype)
@@ -187,7 +198,8 @@ class Run:
 class _Image:
     """A figure as an embedded PNG with a caption."""
 
-    def __init__(self, source, caption=None, alt=None):
+    def __init__(self, source: str | os.PathLike | Figure, caption: str | None = None,
+                 alt: str | None = None) -> None:
         if isinstance(source, (str, os.PathLike)):
             self.png = Path(source).read_bytes()
         else:
@@ -197,29 +209,30 @@ class _Image:
         self.caption = caption
         self.alt = alt or caption or "figure"
 
-    def html(self):
+    def html(self) -> str:
         data = base64.b64encode(self.png).decode("ascii")
         caption = f"<figcaption>{html.escape(self.caption)}</figcaption>" if self.caption else ""
         return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(self.alt)}">{caption}</figure>'
 
 
 class _Text:
-    def __init__(self, text, kind="p"):
+    def __init__(self, text: str, kind: str = "p") -> None:
         self.text = text
         self.kind = kind
 
-    def html(self):
+    def html(self) -> str:
         return f"<{self.kind}>{html.escape(self.text)}</{self.kind}>"
 
 
 class _Table:
-    def __init__(self, header, rows, numeric_from=1):
+    def __init__(self, header: Sequence[object] | None, rows: Sequence[Sequence[object]],
+                 numeric_from: int = 1) -> None:
         self.header = header
         self.rows = rows
         self.numeric_from = numeric_from
 
-    def html(self):
-        def cells(row, tag):
+    def html(self) -> str:
+        def cells(row: Sequence[object], tag: str) -> str:
             return "".join(
                 f'<{tag}{" class=num" if i >= self.numeric_from else ""}>{html.escape(str(v))}</{tag}>'
                 for i, v in enumerate(row))
@@ -227,6 +240,11 @@ class _Table:
         head = f"<thead><tr>{cells(self.header, 'th')}</tr></thead>" if self.header else ""
         body = "".join(f"<tr>{cells(row, 'td')}</tr>" for row in self.rows)
         return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+# What a section is made of, and what builds a section from (run, settings, scratch folder).
+_Block = Union[_Image, _Text, _Table]
+_Build = Callable[[Run, ReportSettings, str], list[_Block]]
 
 
 # -- the sections ----------------------------------------------------------------------------
@@ -239,30 +257,30 @@ class Section:
     key: str
     title: str
     intro: str
-    build: object
+    build: _Build
 
 
 SECTIONS: list[Section] = []
 
 
-def _section(key, title, intro):
-    def register(fn):
+def _section(key: str, title: str, intro: str) -> Callable[[_Build], _Build]:
+    def register(fn: _Build) -> _Build:
         SECTIONS.append(Section(key, title, intro, fn))
         return fn
     return register
 
 
-def _percent(value):
+def _percent(value: float | None) -> str:
     return "" if value is None else f"{value:.2%}"
 
 
-def _number(value, digits=4):
+def _number(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
 @_section("summary", "Model", "The network's layers with the shape of each layer's output and its number of "
                                "parameters, and how the run was set up.")
-def _summary(run, settings, scratch):
+def _summary(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     config = run.config
     facts = [("run folder", str(run.folder)), ("model", run.model.meta.get("model") or config.get("model") or "")]
     if config:
@@ -286,7 +304,7 @@ def _summary(run, settings, scratch):
 @_section("training", "Training curves", "Loss and accuracy after every epoch of training, on the training "
                                          "images (running mean during the epoch) and on the held-out "
                                          "validation images.")
-def _training(run, settings, scratch):
+def _training(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.train.figures import plot_history
 
     if not run.history:
@@ -303,7 +321,7 @@ def _training(run, settings, scratch):
 
 @_section("predictions", "Sample predictions", "Random test images with the class the model predicts, the "
                                                "probability it gives that class, and the true class.")
-def _predictions(run, settings, scratch):
+def _predictions(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.train.figures import plot_predictions
 
     raw, labels = run.test
@@ -320,7 +338,7 @@ def _predictions(run, settings, scratch):
 
 @_section("confusion", "Confusion matrix", "How often the test images of each true class (rows) are given "
                                            "each predicted class (columns).")
-def _confusion(run, settings, scratch):
+def _confusion(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.train import confusion_matrix
     from fastconv.train.figures import plot_confusion
 
@@ -332,7 +350,7 @@ def _confusion(run, settings, scratch):
     np.fill_diagonal(errors, 0)
     worst = [(i, j) for i, j in zip(*np.unravel_index(np.argsort(errors, axis=None)[::-1], errors.shape))
              if errors[i, j] > 0][:5]
-    blocks = [_Image(path, alt="confusion matrix")]
+    blocks: list[_Block] = [_Image(path, alt="confusion matrix")]
     if worst:
         blocks.append(_Text("Most frequent mistakes: " + ", ".join(
             f"{classes[i]} taken for {classes[j]} ({errors[i, j]})" for i, j in worst) + "."))
@@ -341,18 +359,18 @@ def _confusion(run, settings, scratch):
 
 @_section("filters", "First-layer filters", "The weights of the first convolution, one tile per filter: "
                                             "the patterns its units look for in the image.")
-def _filters(run, settings, scratch):
+def _filters(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.visualize.figures import plot_filters
 
     return [_Image(plot_filters(run.model), alt="first-layer filters")]
 
 
-def _tile_columns(count, fewest=8, most=12):
+def _tile_columns(count: int, fewest: int = 8, most: int = 12) -> int:
     """Columns for ``count`` tiles that leave the fewest empty slots in the last row."""
     return min(range(fewest, most + 1), key=lambda c: ((-count) % c, -c))
 
 
-def _plot_vectors(stages, classes):
+def _plot_vectors(stages: Sequence[tuple[str, np.ndarray, bool]], classes: Sequence[str] | None) -> Figure:
     """Bar charts of the values of fully connected layers for one image, one row
     per layer output; the class scores get the class names."""
     from fastconv.analysis.visualize.figures import _class_name, new_figure
@@ -385,13 +403,13 @@ def _plot_vectors(stages, classes):
 @_section("activations", "Activations of every layer", "What each layer computes for a few test images: "
                                                        "every feature map, before and after its ReLU, then the "
                                                        "values of the fully connected layers.")
-def _activations(run, settings, scratch):
+def _activations(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.visualize.feature_maps import activations
     from fastconv.analysis.visualize.figures import plot_activations
 
     raw, x, labels = run.chosen(settings.activation_images)
     logits = C.layer_names(run.model)[-1]
-    blocks = []
+    blocks: list[_Block] = []
     for i in range(len(x)):
         blocks.append(_Text(f"Test image {i + 1}: a {run.classes[labels[i]]}", kind="h3"))
         # Each layer once: a ReLU is drawn beside the layer feeding it; Flatten
@@ -416,7 +434,7 @@ def _activations(run, settings, scratch):
     return blocks
 
 
-def _unit_layers(model):
+def _unit_layers(model: fastconv.Sequential) -> list[str]:
     """The convolutions and the hidden fully connected layers (not the class scores)."""
     pairs = model.named_layers()
     linear = [name for name, layer in pairs if isinstance(layer, L.Linear)]
@@ -424,7 +442,7 @@ def _unit_layers(model):
             if isinstance(layer, L.Conv2d) or (isinstance(layer, L.Linear) and name != linear[-1])]
 
 
-def _busiest_units(model, x, layer, count):
+def _busiest_units(model: fastconv.Sequential, x: np.ndarray, layer: str, count: int) -> list[int]:
     """``count`` units of ``layer`` taken evenly from the more active half of its
     units (ranked by their largest value, averaged over x), the most active
     first: a unit that never fires has no top images worth showing."""
@@ -438,13 +456,13 @@ def _busiest_units(model, x, layer, count):
 
 @_section("top-images", "Top activating images", "For a few units of each layer, the test images that "
                                                  "excite the unit most, with the part of the image the unit sees.")
-def _top_images(run, settings, scratch):
+def _top_images(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.visualize.figures import plot_top_images
     from fastconv.analysis.visualize.units import top_images
 
     raw, labels = run.test
     sample = run.normalize(raw[:min(len(raw), 256)])
-    blocks = []
+    blocks: list[_Block] = []
     for layer in _unit_layers(run.model):
         for unit in _busiest_units(run.model, sample, layer, settings.top_units):
             top = top_images(run.model, raw, layer, unit, k=settings.top_k, transform=run.normalize,
@@ -457,7 +475,7 @@ def _top_images(run, settings, scratch):
 @_section("clusters", "Clusters and the t-SNE map", "The codes the classifier reads (the input of the last "
                                                     "layer) for many test images, grouped by k-means and laid out "
                                                     "in two dimensions by t-SNE.")
-def _clusters(run, settings, scratch):
+def _clusters(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.visualize.embedding import (
         cluster,
         default_code_layer,
@@ -471,10 +489,10 @@ def _clusters(run, settings, scratch):
     layer = default_code_layer(run.model)
     codes = layer_features(run.model, raw, layer, transform=run.normalize, limit=settings.codes)
     groups = cluster(codes, n_clusters=min(settings.clusters, len(codes)))
-    blocks = [_Image(plot_clusters(groups, raw, per_cluster=settings.per_cluster, labels=labels,
-                                   classes=run.classes),
-                     caption=f"k-means of the {layer} codes of {len(codes):,} test images, "
-                             "with the images nearest each centre and their labels")]
+    blocks: list[_Block] = [_Image(plot_clusters(groups, raw, per_cluster=settings.per_cluster, labels=labels,
+                                                 classes=run.classes),
+                                   caption=f"k-means of the {layer} codes of {len(codes):,} test images, "
+                                           "with the images nearest each centre and their labels")]
     count = min(settings.tsne, len(codes))
     points = embed(codes[:count], method="tsne")
     blocks.append(_Image(plot_embedding(points, labels[:count], classes=run.classes,
@@ -489,7 +507,7 @@ def _clusters(run, settings, scratch):
 
 @_section("occlusion", "Occlusion maps", "How the probability of the true class changes as a patch of the "
                                          "average colour hides each part of the image, and which class wins then.")
-def _occlusion(run, settings, scratch):
+def _occlusion(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.attribution.occlusion import occlusion_maps
     from fastconv.analysis.visualize.figures import plot_occlusion
 
@@ -505,7 +523,7 @@ def _occlusion(run, settings, scratch):
 
 @_section("attribution", "Saliency, deconvnet, guided backprop, Grad-CAM and Integrated Gradients",
           "Five ways of asking which pixels the true class's score depends on, side by side for the same images.")
-def _attribution(run, settings, scratch):
+def _attribution(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.attribution import methods as A
     from fastconv.analysis.visualize.figures import plot_attributions
 
@@ -526,7 +544,7 @@ def _attribution(run, settings, scratch):
                   "baseline.")]
 
 
-def _class_models(model, count, settings):
+def _class_models(model: fastconv.Sequential, count: int, settings: ReportSettings) -> Visualization:
     from fastconv.analysis.optimize.methods import class_model
 
     return class_model(model, list(range(count)), steps=settings.class_model_steps, blur_every=4, progress=False)
@@ -534,7 +552,7 @@ def _class_models(model, count, settings):
 
 @_section("class-models", "Class model visualizations", "For each class, the image that the network scores "
                                                         "highest for it, grown by gradient ascent from a blank image.")
-def _class_models_section(run, settings, scratch):
+def _class_models_section(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.optimize.figures import plot_class_models
 
     result = _class_models(run.model, len(run.classes), settings)
@@ -543,7 +561,7 @@ def _class_models_section(run, settings, scratch):
                   "Yosinski et al.).")]
 
 
-def _inversions(model, image, settings):
+def _inversions(model: fastconv.Sequential, image: np.ndarray, settings: ReportSettings) -> list[Inversion]:
     from fastconv.analysis.optimize.methods import invert_layers
 
     return invert_layers(model, image, steps=settings.inversion_steps, progress=False)
@@ -551,20 +569,20 @@ def _inversions(model, image, settings):
 
 @_section("inversions", "Inversions per layer", "A test image rebuilt from nothing but its code at each layer: "
                                                 "what each layer keeps of the image and what it throws away.")
-def _inversions_section(run, settings, scratch):
+def _inversions_section(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.optimize.figures import plot_inversions
 
     raw, _, _ = run.chosen(1)
     results = _inversions(run.model, raw[0].astype(np.float64) / run.normalize.scale, settings)
     # At most six layers a row, beside the original, so that a deep network's rows stay legible.
     rows = [[results[k] for k in part] for part in np.array_split(np.arange(len(results)), -(-len(results) // 6))]
-    blocks = [_Image(plot_inversions(row), alt="inversions per layer") for row in rows]
+    blocks: list[_Block] = [_Image(plot_inversions(row), alt="inversions per layer") for row in rows]
     blocks.append(_Text(f"{settings.inversion_steps} evaluations of L-BFGS per layer, with total-variation and "
                         "alpha-norm priors (Mahendran and Vedaldi)."))
     return blocks
 
 
-def _dream(model, settings):
+def _dream(model: fastconv.Sequential, settings: ReportSettings) -> Dream:
     from fastconv.analysis.optimize.methods import deep_dream, load_image
     from fastconv.analysis.optimize.style import default_content_layer
 
@@ -575,7 +593,7 @@ def _dream(model, settings):
 
 @_section("dream", "DeepDream", "A photograph changed to amplify whatever a middle layer of the network "
                                 "already sees in it.")
-def _dream_section(run, settings, scratch):
+def _dream_section(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.optimize.figures import plot_dream
 
     return [_Image(plot_dream([_dream(run.model, settings)]), alt="DeepDream"),
@@ -583,13 +601,13 @@ def _dream_section(run, settings, scratch):
                   "of Grace Hopper that ships with matplotlib.")]
 
 
-def _eps_list(run, settings):
+def _eps_list(run: Run, settings: ReportSettings) -> list[float]:
     if settings.eps is not None:
         return list(settings.eps)
     return list(GREY_EPS if run.input_shape[0] == 1 else COLOUR_EPS)
 
 
-def _eps_labels(eps_list):
+def _eps_labels(eps_list: Sequence[float]) -> dict[float, str]:
     """How the sizes read best: k/255 (grey levels) when they all are whole
     levels, as small colour perturbations are usually quoted; decimals otherwise."""
     levels = [e * 255 for e in eps_list]
@@ -598,13 +616,15 @@ def _eps_labels(eps_list):
     return {e: f"{e:.3g}" for e in eps_list}
 
 
-def _adversarial_examples(model, x, y, eps, settings):
+def _adversarial_examples(model: fastconv.Sequential, x: np.ndarray, y: np.ndarray, eps: float,
+                          settings: ReportSettings) -> np.ndarray:
     from fastconv.analysis.attacks.methods import PGD
 
     return PGD(model, eps=eps, steps=settings.attack_steps)(x, y)
 
 
-def _robustness(model, x, y, eps_list, settings):
+def _robustness(model: fastconv.Sequential, x: np.ndarray, y: np.ndarray, eps_list: Sequence[float],
+                settings: ReportSettings) -> dict[str, Any]:
     from fastconv.analysis.attacks.robustness import robustness_curve
 
     return robustness_curve(model, x, y, ["fgsm", "pgd"], eps_list,
@@ -614,7 +634,7 @@ def _robustness(model, x, y, eps_list, settings):
 @_section("adversarial", "Adversarial examples and robustness", "Test images changed by a small, deliberately "
                                                                 "chosen perturbation until the model gets them "
                                                                 "wrong, and the accuracy as the perturbation grows.")
-def _adversarial(run, settings, scratch):
+def _adversarial(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.attacks.figures import plot_adversarial, plot_robustness
 
     all_raw, all_labels = run.test
@@ -653,13 +673,13 @@ class SectionResult:
     """What one section produced: its blocks, or the error and traceback it raised."""
 
     section: Section
-    blocks: list = field(default_factory=list)
+    blocks: list[_Block] = field(default_factory=list)
     error: str | None = None
     trace: str | None = None
     seconds: float = 0.0
 
     @property
-    def failed(self):
+    def failed(self) -> bool:
         return self.error is not None
 
 
@@ -668,16 +688,16 @@ class Report:
     """The page (``html``), each section's result, and where it was written (``path``)."""
 
     html: str
-    results: list
+    results: list[SectionResult]
     seconds: float
     path: Path | None = None
 
     @property
-    def failures(self):
+    def failures(self) -> list[SectionResult]:
         return [r for r in self.results if r.failed]
 
 
-def _chosen_sections(sections):
+def _chosen_sections(sections: Collection[str] | None) -> list[Section]:
     if sections is None:
         return list(SECTIONS)
     keys = [s.key for s in SECTIONS]
@@ -687,7 +707,9 @@ def _chosen_sections(sections):
     return [s for s in SECTIONS if s.key in sections]
 
 
-def build_report(run_dir, quick=False, settings=None, sections=None, dataset=None, progress=None):
+def build_report(run_dir: str | os.PathLike, quick: bool = False, settings: ReportSettings | None = None,
+                 sections: Collection[str] | None = None, dataset: str | None = None,
+                 progress: bool | None = None) -> Report:
     """Run every section on the run in ``run_dir`` and return the :class:`Report`.
 
     ``quick`` picks :data:`QUICK` rather than :data:`FULL`; ``settings`` (a
@@ -705,7 +727,7 @@ def build_report(run_dir, quick=False, settings=None, sections=None, dataset=Non
         raise TypeError(f"settings must be a ReportSettings, got {type(settings).__name__}")
     started = time.perf_counter()
     run = Run(run_dir, dataset=dataset)
-    results = []
+    results: list[SectionResult] = []
     with tempfile.TemporaryDirectory(prefix="fastconv-report-") as scratch, \
             tqdm(chosen, desc="report", unit="section", leave=False, dynamic_ncols=True,
                  disable=None if progress is None else not progress) as bar:
@@ -725,7 +747,9 @@ def build_report(run_dir, quick=False, settings=None, sections=None, dataset=Non
     return Report(html=page, results=results, seconds=seconds)
 
 
-def write_report(run_dir, out, quick=False, settings=None, sections=None, dataset=None, progress=None):
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike, quick: bool = False,
+                 settings: ReportSettings | None = None, sections: Collection[str] | None = None,
+                 dataset: str | None = None, progress: bool | None = None) -> Report:
     """:func:`build_report` and write the page to ``out`` (atomically); returns the :class:`Report`."""
     from fastconv._files import atomic_write, check_replaceable, make_parent
 
@@ -771,16 +795,17 @@ details summary { cursor: pointer; color: #59636e; }
 """
 
 
-def _anchor(section):
+def _anchor(section: Section) -> str:
     return f"section-{section.key}"
 
 
-def _section_html(number, result):
+def _section_html(number: int, result: SectionResult) -> str:
     section = result.section
     parts = [f'<section id="{_anchor(section)}"{" class=failed" if result.failed else ""}>',
              f"<h2>{number}. {html.escape(section.title)}</h2>",
              f'<p class="intro">{html.escape(section.intro)}</p>']
     if result.failed:
+        assert result.error is not None and result.trace is not None  # build_report sets both for a failed section
         parts += [f'<p class="error">This section failed: {html.escape(result.error)}</p>',
                   f"<details><summary>traceback</summary><pre>{html.escape(result.trace)}</pre></details>"]
     else:
@@ -789,7 +814,7 @@ def _section_html(number, result):
     return "\n".join(parts)
 
 
-def _page(run, settings, results, seconds):
+def _page(run: Run, settings: ReportSettings, results: Sequence[SectionResult], seconds: float) -> str:
     failed = sum(r.failed for r in results)
     mode = "quick" if settings == QUICK else "full" if settings == FULL else "custom"
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
