@@ -3,15 +3,24 @@ with the same message.
 
 Every error a user can trigger names the offending value. Shapes are NCHW.
 """
+from __future__ import annotations
+
 import math
 import operator
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from numpy.typing import ArrayLike
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def pair(value, name):
+def pair(value: Any, name: str) -> tuple[int, int]:
     """Normalize an int or a 2-sequence of ints to a tuple (a, b)."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value), int(value)
@@ -25,7 +34,7 @@ def pair(value, name):
     return int(a), int(b)
 
 
-def float_array(x, name, ndim=None):
+def float_array(x: object, name: str, ndim: int | None = None) -> np.ndarray:
     """Return x as an ndarray of float32 or float64 (never cast), checking its ndim."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
@@ -36,17 +45,19 @@ def float_array(x, name, ndim=None):
     return x
 
 
-def same_dtype(ref, other, name):
+def same_dtype(ref: np.ndarray, other: np.ndarray, name: str) -> None:
     if other.dtype != ref.dtype:
         raise TypeError(f"{name} has dtype {other.dtype} but the input is {ref.dtype}")
 
 
-def nonempty_batch(x, name="x"):
+def nonempty_batch(x: np.ndarray, name: str = "x") -> None:
     if x.size == 0:
         raise ValueError(f"{name} has a zero-size dimension: shape {x.shape}")
 
 
-def window_geometry(x_shape, kernel_size, stride, padding, what="kernel"):
+def window_geometry(x_shape: Sequence[int], kernel_size: int | Sequence[int], stride: int | Sequence[int],
+                    padding: int | Sequence[int],
+                    what: str = "kernel") -> tuple[int, int, int, int, int, int, int, int]:
     """Check a sliding-window geometry and return (KH, KW, SH, SW, PH, PW, OH, OW).
 
     OH = 1 + (H + 2*PH - KH) // SH, OW likewise.
@@ -80,7 +91,7 @@ def window_geometry(x_shape, kernel_size, stride, padding, what="kernel"):
 LARGEST_IMAGE_BUFFER = 2 ** 48
 
 
-def _input_weight_bias(x, weight, bias, ndim, inputs):
+def _input_weight_bias(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, ndim: int, inputs: str) -> None:
     """The checks a convolution and a fully connected layer share: x and weight
     ndim-D arrays of one float dtype, a nonempty batch, weight's axis 1
     matching x's (its `inputs`: channels or features), bias (weight.shape[0],)
@@ -102,7 +113,8 @@ def _input_weight_bias(x, weight, bias, ndim, inputs):
             raise ValueError(f"bias has shape {bias.shape}, expected ({weight.shape[0]},)")
 
 
-def conv_args(x, weight, bias, stride, padding):
+def conv_args(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int | Sequence[int],
+              padding: int | Sequence[int]) -> tuple[int, int, int, int, int, int, int, int]:
     """Validate a convolution call; return the window geometry."""
     _input_weight_bias(x, weight, bias, 4, "channels")
     geometry = window_geometry(x.shape, weight.shape[2:], stride, padding)
@@ -124,7 +136,7 @@ def conv_args(x, weight, bias, stride, padding):
     return geometry
 
 
-def linear_args(x, weight, bias):
+def linear_args(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
     """Validate a fully connected layer's call: x (N, in_features), weight
     (out_features, in_features), bias (out_features,) or None."""
     _input_weight_bias(x, weight, bias, 2, "features")
@@ -138,7 +150,7 @@ def linear_args(x, weight, bias):
         )
 
 
-def image_shape(x_shape, name="x_shape"):
+def image_shape(x_shape: Sequence[int], name: str = "x_shape") -> tuple[int, ...]:
     """x_shape (N, C, H, W) as a tuple of four positive Python ints.
 
     For the backward kernels that are told the input's shape rather than given
@@ -159,7 +171,8 @@ def image_shape(x_shape, name="x_shape"):
     return shape
 
 
-def pool_geometry(x_shape, kernel_size, stride, padding):
+def pool_geometry(x_shape: Sequence[int], kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+                  padding: int | Sequence[int]) -> tuple[int, int, int, int, int, int, int, int]:
     """Check a pooling window over planes of x_shape[-2:]; stride None means stride =
     kernel_size. Needs the shape only, so a backward pass can check an input that
     is too large to exist."""
@@ -172,21 +185,22 @@ def pool_geometry(x_shape, kernel_size, stride, padding):
     return geometry
 
 
-def pool_args(x, kernel_size, stride, padding):
+def pool_args(x: np.ndarray, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None,
+              padding: int | Sequence[int]) -> tuple[int, int, int, int, int, int, int, int]:
     """Validate a pooling call; stride None means stride = kernel_size."""
     float_array(x, "x", 4)
     nonempty_batch(x)
     return pool_geometry(x.shape, kernel_size, stride, padding)
 
 
-def matching_shape(a, a_name, shape, what):
+def matching_shape(a: object, a_name: str, shape: Sequence[int], what: str) -> None:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{a_name} must be a numpy.ndarray, got {type(a).__name__}")
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{a_name} has shape {a.shape}, expected {tuple(shape)} ({what})")
 
 
-def batchnorm_params(x, gamma, beta, eps):
+def batchnorm_params(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
     float_array(x, "x", 4)
     nonempty_batch(x)
     c = x.shape[1]
@@ -206,7 +220,8 @@ def batchnorm_params(x, gamma, beta, eps):
         raise ValueError(f"eps must be positive, got {eps!r}")
 
 
-def real_number(value, name, low=0.0, high=math.inf, low_open=False, high_open=False):
+def real_number(value: object, name: str, low: float = 0.0, high: float = math.inf, low_open: bool = False,
+                high_open: bool = False) -> float:
     """value as a Python float in [low, high], either end open on request:
     TypeError unless a real number, ValueError naming it otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -222,7 +237,8 @@ def real_number(value, name, low=0.0, high=math.inf, low_open=False, high_open=F
     return number
 
 
-def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
+def adam_args(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, lr: float,
+              beta1: float, beta2: float, eps: float, step: int) -> tuple[float, float, float, float, float, float]:
     """Validate an Adam update; return its scalars (1 - beta1, beta2, 1 - beta2,
     sqrt(1 - beta2**step), eps, lr / (1 - beta1**step)) as Python floats.
 
@@ -230,6 +246,7 @@ def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
     writeable and C-contiguous, and no two of the four arrays may overlap.
     """
     float_array(param, "param")
+    a: np.ndarray | str  # an array in the first two loops, a name in the third
     for name, a in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         float_array(a, name)
         same_dtype(param, a, name)
@@ -257,14 +274,14 @@ def adam_args(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
             lr / (1.0 - beta1 ** step))
 
 
-def flag(value, name):
+def flag(value: object, name: str) -> bool:
     """``value`` as a bool; anything but a bool (an int included) is a TypeError."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
 
 
-def positive_int(value, name):
+def positive_int(value: object, name: str) -> int:
     """``value`` as an int >= 1: a TypeError for a non-integer (a bool or a float
     included), a ValueError for zero or a negative number."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -274,7 +291,8 @@ def positive_int(value, name):
     return int(value)
 
 
-def class_indices(values, name, shape, num_classes, context=""):
+def class_indices(values: ArrayLike, name: str, shape: Sequence[int], num_classes: int,
+                  context: str = "") -> np.ndarray:
     """``values`` as an intp array of class indices of the given shape.
 
     TypeError unless integers; ValueError for another shape (``context`` says

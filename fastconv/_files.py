@@ -2,6 +2,8 @@
 crash or a kill never leaves a half-written model, checkpoint, history or
 figure; every ``.npz`` it reads goes through :func:`open_npz`, so a damaged
 or foreign file gives one line naming it."""
+from __future__ import annotations
+
 import contextlib
 import json
 import os
@@ -9,11 +11,18 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any, BinaryIO
+
+    from numpy.lib.npyio import NpzFile
 
 __all__ = ["atomic_write", "write_json", "open_npz", "make_parent", "check_replaceable"]
 
 
-def atomic_write(path, write):
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call write(binary_file) on a temporary file beside path, flush it to disk,
     then rename it over path. Returns path as a Path."""
     path = Path(path)
@@ -37,7 +46,7 @@ def atomic_write(path, write):
     return path
 
 
-def make_parent(path):
+def make_parent(path: str | os.PathLike) -> Path:
     """Create the folder ``path`` goes into, if it is missing, but only that
     last level: a mistyped ``--out /nonexistent/dir/x.png`` should be an
     error, not a new tree at the root of the filesystem. Returns path as a Path."""
@@ -52,7 +61,7 @@ def make_parent(path):
     return path
 
 
-def check_replaceable(path, suffixes):
+def check_replaceable(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
     """Refuse to write over an existing file that is not of the kind being
     written (``--out README.md`` for a figure): it is the user's, not ours.
     Returns path as a Path."""
@@ -65,13 +74,13 @@ def check_replaceable(path, suffixes):
     return path
 
 
-def write_json(path, data):
+def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write data as indented JSON (with a final newline) to path atomically; returns path as a Path."""
     text = json.dumps(data, indent=2) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _umask():
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -84,7 +93,7 @@ _DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedErro
 _FOREIGN = (ValueError, TypeError, KeyError, AttributeError)
 
 
-def _reason(error):
+def _reason(error: BaseException) -> str:
     """Why an archive could not be read, in words that never advise unpickling."""
     text = " ".join(str(error).split())
     if isinstance(error, KeyError):
@@ -101,7 +110,8 @@ def _reason(error):
 
 
 @contextlib.contextmanager
-def open_npz(path, what="fastconv model", error=ValueError):
+def open_npz(path: str | os.PathLike, what: str = "fastconv model",
+             error: type[ValueError] = ValueError) -> Iterator[NpzFile]:
     """``with open_npz(path) as archive:`` reads an ``.npz`` archive (NumPy's
     NpzFile) without ever unpickling.
 

@@ -12,18 +12,25 @@ baseline (AVX2 on a Haswell only, as before; docs/engine.md says why);
 ``set_isa`` or the environment variable ``FASTCONV_ISA`` (read when the
 kernels load) forces another, for tests and benchmarks.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import threadpoolctl
 
 from fastconv import backend
 
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
-def _kernels():
+
+def _kernels() -> ModuleType:
     return backend._compiled()
 
 
-def _resolve(n):
+def _resolve(n: int | None) -> int:
     if n is None or n == -1:
         return os.cpu_count() or 1
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -34,7 +41,7 @@ def _resolve(n):
 _blas_limits = None
 
 
-def set_num_threads(n=None):
+def set_num_threads(n: int | None = None) -> int:
     """Use n threads in the C kernels and in BLAS (None or -1: all cores)."""
     global _blas_limits
     n = _resolve(n)
@@ -43,12 +50,12 @@ def set_num_threads(n=None):
     return n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads the C kernels use (OpenMP), 1 when built without OpenMP."""
     return _kernels().get_openmp_threads()
 
 
-def set_isa(name):
+def set_isa(name: str | None) -> str:
     """Run the kernels' hot loops in variant `name`: "avx512", "avx2",
     "baseline", or None / "auto" for the default (see the module docstring).
     Returns the previous one. A variant this CPU or build lacks raises
@@ -56,12 +63,12 @@ def set_isa(name):
     return _kernels().set_isa(name)
 
 
-def get_isa():
+def get_isa() -> str:
     """The instruction-set variant the kernels' hot loops run."""
     return _kernels().get_isa()
 
 
-def build_info():
+def build_info() -> dict[str, Any]:
     """A dict describing the build: compiled kernels, OpenMP, threads, BLAS."""
     k = _kernels()
     blas = [

@@ -25,9 +25,20 @@ Conventions shared by both backends
   selects a NaN in its window (the first one) and batch norm of a channel
   containing a NaN is NaN throughout that channel.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fastconv import _checks
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Union
+
+    # kernel_size, stride, padding: an int or an (h, w) pair.
+    _IntOrPair = Union[int, Sequence[int]]
 
 __all__ = [
     "im2col", "col2im",
@@ -42,14 +53,17 @@ __all__ = [
 
 BACKEND_NAME = "numpy"
 
+# The kernels in __all__ take their types in comments: their signatures must
+# stay equal to those of their compiled twins, which carry no annotations.
 
-def _pad(x, ph, pw, value=0.0):
+
+def _pad(x: np.ndarray, ph: int, pw: int, value: float = 0.0) -> np.ndarray:
     if ph == 0 and pw == 0:
         return x
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
 
 
-def _windows(xp, kh, kw, sh, sw, oh, ow):
+def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int) -> np.ndarray:
     """Strided view (N, C, KH, KW, OH, OW) of the padded input xp; no copy."""
     n, c, _, _ = xp.shape
     s0, s1, s2, s3 = xp.strides
@@ -60,6 +74,7 @@ def _windows(xp, kh, kw, sh, sw, oh, ow):
 
 
 def im2col(x, kernel_size, stride=1, padding=0):
+    # type: (np.ndarray, _IntOrPair, _IntOrPair, _IntOrPair) -> np.ndarray
     """Unfold x (N, C, H, W) into cols (C*KH*KW, N*OH*OW)."""
     _checks.float_array(x, "x", 4)
     _checks.nonempty_batch(x)
@@ -72,6 +87,7 @@ def im2col(x, kernel_size, stride=1, padding=0):
 
 
 def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
+    # type: (np.ndarray, Sequence[int], _IntOrPair, _IntOrPair, _IntOrPair) -> np.ndarray
     """Adjoint of im2col: scatter-add cols (C*KH*KW, N*OH*OW) back into (N, C, H, W)."""
     _checks.float_array(cols, "cols", 2)
     n, c, h, w = _checks.image_shape(x_shape)
@@ -86,6 +102,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
 
 
 def conv2d_forward(x, weight, bias, stride=1, padding=0):
+    # type: (np.ndarray, np.ndarray, np.ndarray | None, _IntOrPair, _IntOrPair) -> tuple[np.ndarray, tuple]
     """y = conv(x, weight) + bias.
 
     x (N, C, H, W), weight (F, C, KH, KW), bias (F,) or None -> y (N, F, OH, OW), cache.
@@ -104,6 +121,7 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0):
 
 
 def conv2d_backward(dy, cache, need_dx=True, need_params=True):
+    # type: (np.ndarray, tuple, bool, bool) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]
     """Gradients of conv2d_forward: dy (N, F, OH, OW) -> dx, dweight, dbias.
 
     dx is None when need_dx is False; dweight and dbias are None when
@@ -125,6 +143,7 @@ def conv2d_backward(dy, cache, need_dx=True, need_params=True):
 
 
 def linear_forward(x, weight, bias=None):
+    # type: (np.ndarray, np.ndarray, np.ndarray | None) -> tuple[np.ndarray, tuple]
     """y = x @ weight.T + bias.
 
     x (N, in_features), weight (out_features, in_features), bias
@@ -138,6 +157,7 @@ def linear_forward(x, weight, bias=None):
 
 
 def linear_backward(dy, cache, need_dx=True, need_params=True):
+    # type: (np.ndarray, tuple, bool, bool) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]
     """Gradients of linear_forward: dy (N, out_features) -> dx, dweight, dbias.
 
     dx is None when need_dx is False; dweight and dbias are None when
@@ -154,6 +174,7 @@ def linear_backward(dy, cache, need_dx=True, need_params=True):
 
 
 def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
+    # type: (np.ndarray, _IntOrPair, _IntOrPair | None, _IntOrPair) -> tuple[np.ndarray, np.ndarray]
     """Max over each window of x (N, C, H, W), padded with -inf.
 
     Returns y (N, C, OH, OW) and argmax (N, C, OH, OW) int64: the flat index
@@ -178,6 +199,7 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
 
 
 def maxpool2d_backward(dy, argmax, x_shape):
+    # type: (np.ndarray, np.ndarray, Sequence[int]) -> np.ndarray
     """Route dy (N, C, OH, OW) to the argmax positions of an input of shape x_shape."""
     _checks.float_array(dy, "dy", 4)
     _checks.matching_shape(argmax, "argmax", dy.shape, "the pooled output")
@@ -198,6 +220,7 @@ def maxpool2d_backward(dy, argmax, x_shape):
 
 
 def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
+    # type: (np.ndarray, _IntOrPair, _IntOrPair | None, _IntOrPair) -> np.ndarray
     """Mean over each window of x, zero padding counted in the divisor (PyTorch's default)."""
     kh, kw, sh, sw, ph, pw, oh, ow = _checks.pool_args(x, kernel_size, stride, padding)
     win = _windows(_pad(x, ph, pw), kh, kw, sh, sw, oh, ow)
@@ -205,6 +228,7 @@ def avgpool2d_forward(x, kernel_size, stride=None, padding=0):
 
 
 def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
+    # type: (np.ndarray, Sequence[int], _IntOrPair, _IntOrPair | None, _IntOrPair) -> np.ndarray
     """Spread dy (N, C, OH, OW) evenly over each window of an input of shape x_shape."""
     _checks.float_array(dy, "dy", 4)
     n, c, h, w = _checks.image_shape(x_shape)
@@ -219,6 +243,7 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
 
 
 def batchnorm2d_forward_train(x, weight, bias, eps=1e-5, relu_input=False):
+    # type: (np.ndarray, np.ndarray, np.ndarray, float, bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]
     """Normalize each channel of x with its batch statistics.
 
     Returns y, batch mean (C,), biased batch variance (C,) and a cache. The
@@ -242,6 +267,7 @@ def batchnorm2d_forward_train(x, weight, bias, eps=1e-5, relu_input=False):
 
 
 def batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    # type: (np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float) -> np.ndarray
     """Normalize each channel of x with the running statistics."""
     _checks.batchnorm_params(x, weight, bias, eps)
     c = x.shape[1]
@@ -254,6 +280,7 @@ def batchnorm2d_forward_eval(x, weight, bias, running_mean, running_var, eps=1e-
 
 
 def batchnorm2d_backward(dy, cache, through_relu=False):
+    # type: (np.ndarray, tuple, bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Gradients of batchnorm2d_forward_train: dy -> dx, dweight, dbias.
 
     dx is the gradient with respect to the batch norm's input; after a
@@ -279,12 +306,14 @@ def batchnorm2d_backward(dy, cache, through_relu=False):
 
 
 def relu_forward(x):
+    # type: (np.ndarray) -> np.ndarray
     """max(x, 0); NaN stays NaN."""
     _checks.float_array(x, "x")
     return np.maximum(x, 0)
 
 
 def relu_backward(dy, y):
+    # type: (np.ndarray, np.ndarray) -> np.ndarray
     """dy where the ReLU's output y is positive, else 0."""
     _checks.float_array(dy, "dy")
     _checks.matching_shape(y, "y", dy.shape, "the ReLU output")
@@ -292,6 +321,7 @@ def relu_backward(dy, y):
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
+    # type: (np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float, float, float, int) -> None
     """One step of Adam (PyTorch's bias correction and eps placement), in place:
 
         exp_avg += (1 - beta1) * (grad - exp_avg)

@@ -33,10 +33,19 @@ A later fusion (a convolution and the batch norm after it, say) is one more
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast, overload
 
 from fastconv import backend
 from fastconv.nn.layers import BatchNorm2d, ReLU, _blame
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Literal
+
+    import numpy as np
+
+    from fastconv.nn.layers import Layer
+    from fastconv.nn.model import Sequential
 
 __all__ = ["Fusion", "ReLUBatchNorm", "FUSIONS", "Pass", "plan"]
 
@@ -52,24 +61,25 @@ class Fusion:
     name = "fusion"
     size = 2
 
-    def matches(self, layers):
+    def matches(self, layers: Sequence[Layer]) -> bool:
         """Whether these ``size`` layers, in order, are the kind this rule fuses."""
         raise NotImplementedError
 
-    def forward(self, names, layers, x):
+    def forward(self, names: Sequence[str], layers: Sequence[Layer], x: np.ndarray) -> np.ndarray:
         """Run the layers on x as one pass; each keeps its record for backward."""
         raise NotImplementedError
 
-    def ran_fused(self, layers):
+    def ran_fused(self, layers: Sequence[Layer]) -> bool:
         """Whether the layers' records are still those of this rule's forward."""
         raise NotImplementedError
 
-    def backward(self, names, layers, dy, param_grads=True):
+    def backward(self, names: Sequence[str], layers: Sequence[Layer], dy: np.ndarray,
+                 param_grads: bool = True) -> np.ndarray:
         """The gradient with respect to the first layer's input, as one pass;
         parameter gradients are added unless ``param_grads`` is False."""
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -80,31 +90,32 @@ class ReLUBatchNorm(Fusion):
     name = "relu+batchnorm"
     size = 2
 
-    def matches(self, layers):
+    def matches(self, layers: Sequence[Layer]) -> bool:
         relu, bn = layers
         # Exact types: a subclass may change either pass.
         return type(relu) is ReLU and type(bn) is BatchNorm2d and bn.training
 
-    def forward(self, names, layers, x):
-        relu, bn = layers
+    def forward(self, names: Sequence[str], layers: Sequence[Layer], x: np.ndarray) -> np.ndarray:
+        relu, bn = cast("tuple[ReLU, BatchNorm2d]", layers)  # as matches() found them
         kernels = backend.current()
         with _blame(names[0], relu):
             relu._forward_fused(kernels, x)
         with _blame(names[1], bn):
             return bn._forward_relu_input(kernels, x)
 
-    def ran_fused(self, layers):
-        return layers[1]._ran_relu_fused()
+    def ran_fused(self, layers: Sequence[Layer]) -> bool:
+        return cast(BatchNorm2d, layers[1])._ran_relu_fused()
 
-    def backward(self, names, layers, dy, param_grads=True):
+    def backward(self, names: Sequence[str], layers: Sequence[Layer], dy: np.ndarray,
+                 param_grads: bool = True) -> np.ndarray:
         with _blame(names[1], layers[1]):
-            return layers[1]._backward_through_relu(dy, param_grads)
+            return cast(BatchNorm2d, layers[1])._backward_through_relu(dy, param_grads)
 
 
 FUSIONS = (ReLUBatchNorm(),)
 
 
-def _hooked(layer):
+def _hooked(layer: Layer) -> bool:
     return layer._has_forward_hooks() or layer._has_backward_hooks()
 
 
@@ -113,29 +124,35 @@ class Pass(NamedTuple):
     ``fusion`` (None: a single layer run by its own methods)."""
 
     start: int
-    names: tuple
-    layers: tuple
+    names: tuple[str, ...]
+    layers: tuple[Layer, ...]
     fusion: Fusion | None = None
 
     @property
-    def stop(self):
+    def stop(self) -> int:
         """Index past the pass's last layer."""
         return self.start + len(self.layers)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         if self.fusion is None:
             with _blame(self.names[0], self.layers[0]):
                 return self.layers[0].forward(x)
         return self.fusion.forward(self.names, self.layers, x)
 
-    def backward(self, dy, need_dx=True, param_grads=True):
+    @overload
+    def backward(self, dy: np.ndarray, need_dx: Literal[True] = True, param_grads: bool = True) -> np.ndarray: ...
+
+    @overload
+    def backward(self, dy: np.ndarray, need_dx: bool, param_grads: bool = True) -> np.ndarray | None: ...
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True, param_grads: bool = True) -> np.ndarray | None:
         """Backward of the pass's last forward; a fused pass always returns dx."""
         if self.fusion is None:
             with _blame(self.names[0], self.layers[0]):
                 return self.layers[0].backward(dy, need_dx=need_dx, param_grads=param_grads)
         return self.fusion.backward(self.names, self.layers, dy, param_grads)
 
-    def backward_fusable(self):
+    def backward_fusable(self) -> bool:
         """Whether backward can run this pass's layers as one pass now: they
         ran fused, kept their fused records and no backward hook has come
         since (the model's own backward hooks are for its caller to check)."""
@@ -144,7 +161,7 @@ class Pass(NamedTuple):
                 and self.fusion.ran_fused(self.layers))
 
 
-def _fused_pass(names, layers, i, stop):
+def _fused_pass(names: Sequence[str], layers: Sequence[Layer], i: int, stop: int) -> Pass | None:
     """The fused pass that starts at layer i and ends at ``stop`` at the
     latest, or None when layer i runs alone. The model's forward hooks are
     for the caller to check: with one, every layer runs alone."""
@@ -158,7 +175,7 @@ def _fused_pass(names, layers, i, stop):
     return None
 
 
-def plan(model, until=None):
+def plan(model: Sequential, until: str | None = None) -> list[Pass]:
     """The passes ``model.forward(x, until=until)`` would run now, in order:
     a list of :class:`Pass`, whose ``forward`` and ``backward`` run it."""
     named = model.named_layers()

@@ -6,6 +6,8 @@ The distributions follow PyTorch's ``torch.nn.init``: for a weight of shape
 Every function takes ``rng``: a ``numpy.random.Generator``, an int seed or
 None (fresh OS entropy), and returns the array it filled.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
@@ -21,7 +23,7 @@ _NONLINEARITIES = ("linear", "conv2d", "sigmoid", "tanh", "relu", "leaky_relu")
 _MODES = ("fan_in", "fan_out")
 
 
-def as_generator(rng):
+def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
     """A numpy Generator from a Generator, an int seed or None."""
     if isinstance(rng, np.random.Generator):
         return rng
@@ -30,7 +32,7 @@ def as_generator(rng):
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
 
 
-def calculate_gain(nonlinearity, param=None):
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     """The gain that keeps activations' variance stable through `nonlinearity`.
 
     ``param`` is the negative slope of 'leaky_relu' (default 0.01).
@@ -49,7 +51,7 @@ def calculate_gain(nonlinearity, param=None):
     raise ValueError(f"nonlinearity must be one of {_NONLINEARITIES}, got {nonlinearity!r}")
 
 
-def fans(array):
+def fans(array: np.ndarray) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight shaped ``(out, in, *kernel)``."""
     if array.ndim < 2:
         raise ValueError(f"fan in and fan out need an array of at least 2 dimensions, got shape {array.shape}")
@@ -57,35 +59,37 @@ def fans(array):
     return array.shape[1] * receptive_field, array.shape[0] * receptive_field
 
 
-def _target(array):
+def _target(array: np.ndarray) -> np.ndarray:
     _checks.float_array(array, "array")
     if array.size == 0:
         raise ValueError(f"cannot initialize an empty array of shape {array.shape}")
     return array
 
 
-def _fan(array, mode):
+def _fan(array: np.ndarray, mode: str) -> int:
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     fan_in, fan_out = fans(array)
     return fan_in if mode == "fan_in" else fan_out
 
 
-def uniform_(array, rng, low, high):
+def uniform_(array: np.ndarray, rng: np.random.Generator | int | None, low: float, high: float) -> np.ndarray:
     """Fill with U(low, high)."""
     _target(array)
     array[...] = as_generator(rng).uniform(low, high, size=array.shape)
     return array
 
 
-def kaiming_uniform_(array, rng, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
+def kaiming_uniform_(array: np.ndarray, rng: np.random.Generator | int | None, a: float = 0.0, mode: str = "fan_in",
+                     nonlinearity: str = "leaky_relu") -> np.ndarray:
     """He initialization, uniform: U(-b, b) with b = gain * sqrt(3 / fan)."""
     _target(array)
     bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / _fan(array, mode))
     return uniform_(array, rng, -bound, bound)
 
 
-def kaiming_normal_(array, rng, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
+def kaiming_normal_(array: np.ndarray, rng: np.random.Generator | int | None, a: float = 0.0, mode: str = "fan_in",
+                    nonlinearity: str = "leaky_relu") -> np.ndarray:
     """He initialization, normal: N(0, std^2) with std = gain / sqrt(fan)."""
     _target(array)
     std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(array, mode))
@@ -93,7 +97,7 @@ def kaiming_normal_(array, rng, a=0.0, mode="fan_in", nonlinearity="leaky_relu")
     return array
 
 
-def xavier_uniform_(array, rng, gain=1.0):
+def xavier_uniform_(array: np.ndarray, rng: np.random.Generator | int | None, gain: float = 1.0) -> np.ndarray:
     """Glorot initialization, uniform: U(-b, b) with b = gain * sqrt(6 / (fan_in + fan_out))."""
     _target(array)
     fan_in, fan_out = fans(array)
@@ -101,7 +105,7 @@ def xavier_uniform_(array, rng, gain=1.0):
     return uniform_(array, rng, -bound, bound)
 
 
-def xavier_normal_(array, rng, gain=1.0):
+def xavier_normal_(array: np.ndarray, rng: np.random.Generator | int | None, gain: float = 1.0) -> np.ndarray:
     """Glorot initialization, normal: std = gain * sqrt(2 / (fan_in + fan_out))."""
     _target(array)
     fan_in, fan_out = fans(array)

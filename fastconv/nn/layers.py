@@ -40,12 +40,20 @@ import contextlib
 import copy
 import itertools
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 import numpy as np
 
 from fastconv import _checks, backend
 from fastconv.nn import init
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from types import ModuleType
+    from typing import Any, Literal
+
+    from numpy.typing import DTypeLike
+    from typing_extensions import Self
 
 __all__ = [
     "HookHandle", "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
@@ -62,21 +70,21 @@ class HookHandle:
     Also a context manager that removes the hook on exit.
     """
 
-    def __init__(self, hooks, key):
+    def __init__(self, hooks: dict[int, Any], key: int) -> None:
         self._hooks = hooks
         self._key = key
 
-    def remove(self):
+    def remove(self) -> None:
         self._hooks.pop(self._key, None)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
 
-def _register(hooks, fn):
+def _register(hooks: dict[int, Any], fn: Callable[..., object]) -> HookHandle:
     if not callable(fn):
         raise TypeError(f"hook must be callable, got {fn!r}")
     key = next(_hook_keys)
@@ -85,7 +93,7 @@ def _register(hooks, fn):
 
 
 @contextlib.contextmanager
-def _blame(name, layer):
+def _blame(name: str, layer: Layer) -> Iterator[None]:
     """Prefix a TypeError/ValueError raised inside a layer with the layer's name."""
     try:
         yield
@@ -102,7 +110,7 @@ class _PassIO(NamedTuple):
     output_shape: tuple
 
 
-def _float_dtype(dtype):
+def _float_dtype(dtype: DTypeLike) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -112,7 +120,7 @@ def _float_dtype(dtype):
     return dt
 
 
-def _window(value, name, minimum):
+def _window(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
     pair = _checks.pair(value, name)
     if min(pair) < minimum:
         kind = "positive" if minimum == 1 else "non-negative"
@@ -131,47 +139,47 @@ class Layer:
     name_prefix = "layer"
     input_ndim: int | None = None  # None: any number of dimensions
 
-    def __init__(self):
-        self.params = {}
-        self.grads = {}
-        self.buffers = {}
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
         self.training = True
-        self._cache = None
-        self._last_io = None  # _PassIO of the last forward
-        self._forward_hooks = {}
-        self._backward_pre_hooks = {}
-        self._backward_hooks = {}
+        self._cache: Any = None  # the subclass's record of the last forward
+        self._last_io: _PassIO | None = None  # _PassIO of the last forward
+        self._forward_hooks: dict[int, Callable[[Layer, np.ndarray, np.ndarray], object]] = {}
+        self._backward_pre_hooks: dict[int, Callable[[Layer, np.ndarray], np.ndarray | None]] = {}
+        self._backward_hooks: dict[int, Callable[[Layer, np.ndarray | None, np.ndarray], np.ndarray | None]] = {}
 
     # -- parameters ---------------------------------------------------------
-    def _add_param(self, name, array):
+    def _add_param(self, name: str, array: np.ndarray) -> None:
         self.params[name] = array
         self.grads[name] = np.zeros_like(array)
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype | None:
         """dtype of the parameters, None for a layer without any."""
         for array in self.params.values():
             return array.dtype
         return None
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for g in self.grads.values():
             g.fill(0)
 
-    def _add_grads(self, dweight, dbias):
+    def _add_grads(self, dweight: np.ndarray, dbias: np.ndarray | None) -> None:
         """Add one backward pass's weight and bias gradients (dbias None: none)."""
         self.grads["weight"] += dweight
         if dbias is not None:
             self.grads["bias"] += dbias
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         return self.train(False)
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Self:
         """A copy of the layer with parameters and buffers converted to float32 or float64.
 
         The copy has zero gradients, no cache and no hooks; everything else
@@ -190,16 +198,16 @@ class Layer:
         clone._forward_hooks, clone._backward_pre_hooks, clone._backward_hooks = {}, {}, {}
         return clone
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-able dict: ``type(layer)(**layer.config())`` rebuilds it."""
         return {}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
     # -- shapes -------------------------------------------------------------
-    def _check_ndim(self, input_shape):
+    def _check_ndim(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         input_shape = tuple(int(v) for v in input_shape)
         if self.input_ndim is not None and len(input_shape) != self.input_ndim:
             raise ValueError(
@@ -207,7 +215,7 @@ class Layer:
             )
         return input_shape
 
-    def _check_channels(self, input_shape, expected, what="channels"):
+    def _check_channels(self, input_shape: tuple[int, ...], expected: int, what: str = "channels") -> None:
         if len(input_shape) < 2 or input_shape[1] != expected:
             got = input_shape[1] if len(input_shape) >= 2 else None
             raise ValueError(
@@ -215,12 +223,12 @@ class Layer:
                 f"(input shape {input_shape})"
             )
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Shape of the output for an input of shape ``input_shape`` (batch included)."""
         return self._check_ndim(input_shape)
 
     # -- forward / backward ---------------------------------------------------
-    def _check_input(self, x):
+    def _check_input(self, x: np.ndarray) -> None:
         _checks.float_array(x, "input")
         dtype = self.dtype
         if dtype is not None and x.dtype != dtype:
@@ -231,7 +239,7 @@ class Layer:
         self.output_shape(x.shape)
         _checks.nonempty_batch(x, "input")
 
-    def infer(self, x):
+    def infer(self, x: np.ndarray) -> np.ndarray:
         """Forward pass without keeping the cache (inference); returns y."""
         self._check_input(x)
         y = self._forward(x)[0]
@@ -239,7 +247,7 @@ class Layer:
             self._run_forward_hooks(x, y)
         return y
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x)
         y, cache = self._forward(x)
         self._remember(cache, x, y.shape)
@@ -249,7 +257,7 @@ class Layer:
 
     __call__ = forward
 
-    def _remember(self, cache, x, output_shape):
+    def _remember(self, cache: object, x: np.ndarray, output_shape: tuple[int, ...]) -> None:
         """Keep ``cache``, this layer's record of a forward pass from x to an
         output of ``output_shape``, for the next backward.
 
@@ -260,7 +268,13 @@ class Layer:
         self._cache = cache
         self._last_io = _PassIO(x.shape, x.dtype, output_shape)
 
-    def backward(self, dy, need_dx=True, param_grads=True):
+    @overload
+    def backward(self, dy: np.ndarray, need_dx: Literal[True] = True, param_grads: bool = True) -> np.ndarray: ...
+
+    @overload
+    def backward(self, dy: np.ndarray, need_dx: bool, param_grads: bool = True) -> np.ndarray | None: ...
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True, param_grads: bool = True) -> np.ndarray | None:
         """Gradient w.r.t. the last forward's input (None when need_dx is False).
 
         Parameter gradients are added into ``grads``; with ``param_grads=False``
@@ -277,7 +291,7 @@ class Layer:
             dx = self._run_backward_hooks(dx, dy, need_dx)
         return dx
 
-    def _check_gradient(self, dy):
+    def _check_gradient(self, dy: np.ndarray) -> None:
         if self._last_io is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         _checks.float_array(dy, "gradient")
@@ -292,18 +306,19 @@ class Layer:
             )
 
     # -- hooks ----------------------------------------------------------------
-    def register_forward_hook(self, fn):
+    def register_forward_hook(self, fn: Callable[[Layer, np.ndarray, np.ndarray], object]) -> HookHandle:
         """Call ``fn(layer, input, output)`` after every ``forward`` and ``infer``
         of this layer; the return value is ignored. Returns a HookHandle."""
         return _register(self._forward_hooks, fn)
 
-    def register_backward_pre_hook(self, fn):
+    def register_backward_pre_hook(self, fn: Callable[[Layer, np.ndarray], np.ndarray | None]) -> HookHandle:
         """Call ``fn(layer, grad_output)`` before every backward pass of this
         layer; an array it returns replaces grad_output (None keeps it), for
         the input gradient and the parameter gradients alike. Returns a HookHandle."""
         return _register(self._backward_pre_hooks, fn)
 
-    def register_backward_hook(self, fn):
+    def register_backward_hook(self,
+                               fn: Callable[[Layer, np.ndarray | None, np.ndarray], np.ndarray | None]) -> HookHandle:
         """Call ``fn(layer, grad_input, grad_output)`` after every backward pass
         of this layer, grad_output being the gradient the pass used (after
         any pre-hook); an array it returns replaces grad_input (None keeps it;
@@ -311,18 +326,19 @@ class Layer:
         HookHandle."""
         return _register(self._backward_hooks, fn)
 
-    def _has_forward_hooks(self):
+    def _has_forward_hooks(self) -> bool:
         return bool(self._forward_hooks)
 
-    def _has_backward_hooks(self):
+    def _has_backward_hooks(self) -> bool:
         """Whether a hook watches or changes this layer's backward pass."""
         return bool(self._backward_pre_hooks or self._backward_hooks)
 
-    def _run_forward_hooks(self, x, y):
+    def _run_forward_hooks(self, x: np.ndarray, y: np.ndarray) -> None:
         for hook in list(self._forward_hooks.values()):
             hook(self, x, y)
 
-    def _run_backward_pre_hooks(self, dy):
+    def _run_backward_pre_hooks(self, dy: np.ndarray) -> np.ndarray:
+        assert self._last_io is not None  # backward has checked there was a forward
         for hook in list(self._backward_pre_hooks.values()):
             replacement = hook(self, dy)
             if replacement is not None:
@@ -331,7 +347,8 @@ class Layer:
                 dy = replacement
         return dy
 
-    def _run_backward_hooks(self, dx, dy, need_dx):
+    def _run_backward_hooks(self, dx: np.ndarray | None, dy: np.ndarray, need_dx: bool) -> np.ndarray | None:
+        assert self._last_io is not None  # backward has checked there was a forward
         for hook in list(self._backward_hooks.values()):
             replacement = hook(self, dx, dy)
             if replacement is not None and need_dx:
@@ -340,7 +357,8 @@ class Layer:
                 dx = replacement
         return dx
 
-    def _check_replacement(self, array, source, what, shape):
+    def _check_replacement(self, array: object, source: str, what: str, shape: tuple[int, ...]) -> None:
+        assert self._last_io is not None  # only backward's hooks call it
         if not isinstance(array, np.ndarray):
             raise TypeError(f"{source} of {type(self).__name__} returned {type(array).__name__} "
                             f"for {what}; expected a numpy.ndarray or None")
@@ -351,15 +369,15 @@ class Layer:
             raise ValueError(f"{source} of {type(self).__name__} returned {what} of shape {array.shape}; "
                              f"expected {shape}")
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: Any, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         raise NotImplementedError
 
 
 class _ConvCache(NamedTuple):
-    kernels: object  # the backend module that ran the forward
+    kernels: ModuleType  # the backend module that ran the forward
     kernel_cache: object  # what its conv2d_backward needs
 
 
@@ -375,8 +393,9 @@ class Conv2d(Layer):
     name_prefix = "conv"
     input_ndim = 4
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 dtype=np.float32, seed=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, bias: bool = True,
+                 dtype: DTypeLike = np.float32, seed: np.random.Generator | int | None = None) -> None:
         super().__init__()
         self.in_channels = _checks.positive_int(in_channels, "in_channels")
         self.out_channels = _checks.positive_int(out_channels, "out_channels")
@@ -394,27 +413,28 @@ class Conv2d(Layer):
             bound = 1.0 / math.sqrt(init.fans(weight)[0])
             self._add_param("bias", init.uniform_(np.empty(self.out_channels, dtype=dtype), rng, -bound, bound))
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
+        assert self.dtype is not None  # the weight's dtype
         return {
             "in_channels": self.in_channels, "out_channels": self.out_channels,
             "kernel_size": list(self.kernel_size), "stride": list(self.stride),
             "padding": list(self.padding), "bias": "bias" in self.params, "dtype": self.dtype.name,
         }
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = self._check_ndim(input_shape)
         self._check_channels(shape, self.in_channels)
         *_, oh, ow = _checks.window_geometry(shape, self.kernel_size, self.stride, self.padding)
         return (shape[0], self.out_channels, oh, ow)
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _ConvCache]:
         kernels = backend.current()
         y, kernel_cache = kernels.conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding
         )
         return y, _ConvCache(kernels, kernel_cache)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _ConvCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         dx, dweight, dbias = cache.kernels.conv2d_backward(dy, cache.kernel_cache, need_dx=need_dx,
                                                            need_params=param_grads)
         if param_grads:
@@ -423,7 +443,7 @@ class Conv2d(Layer):
 
 
 class _ReLUCache(NamedTuple):
-    kernels: object
+    kernels: ModuleType
     # Positive exactly where the input was: the output, or the input itself
     # when the pass ran fused into the next layer's kernel.
     gate: np.ndarray
@@ -434,12 +454,12 @@ class ReLU(Layer):
 
     name_prefix = "relu"
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _ReLUCache]:
         kernels = backend.current()
         y = kernels.relu_forward(x)
         return y, _ReLUCache(kernels, y)
 
-    def _forward_fused(self, kernels, x):
+    def _forward_fused(self, kernels: ModuleType, x: np.ndarray) -> None:
         """Record a forward pass over x whose output the next layer's kernel
         computes itself (``fastconv.nn.fusion``); no output is made.
 
@@ -449,7 +469,7 @@ class ReLU(Layer):
         self._check_input(x)
         self._remember(_ReLUCache(kernels, x), x, x.shape)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _ReLUCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         return cache.kernels.relu_backward(dy, cache.gate) if need_dx else None
 
 
@@ -462,7 +482,7 @@ class LeakyReLU(Layer):
 
     name_prefix = "lrelu"
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float, np.floating)):
             raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
@@ -470,22 +490,22 @@ class LeakyReLU(Layer):
             raise ValueError(f"negative_slope must be finite, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"negative_slope": self.negative_slope}
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _LeakyReLUCache]:
         positive = x > 0
         y = np.where(positive, x, x * x.dtype.type(self.negative_slope))
         return y, _LeakyReLUCache(positive)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _LeakyReLUCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         if not need_dx:
             return None
         return np.where(cache.positive, dy, dy * dy.dtype.type(self.negative_slope))
 
 
 class _BatchNormTrainCache(NamedTuple):
-    kernels: object
+    kernels: ModuleType
     kernel_cache: object
     relu_fused: bool  # the kernel normalized max(x, 0), the ReLU before fused in
 
@@ -509,7 +529,8 @@ class BatchNorm2d(Layer):
     name_prefix = "bn"
     input_ndim = 4
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 dtype: DTypeLike = np.float32) -> None:
         super().__init__()
         self.num_features = _checks.positive_int(num_features, "num_features")
         self.eps = _checks.real_number(eps, "eps", 0.0, math.inf, low_open=True)
@@ -520,16 +541,17 @@ class BatchNorm2d(Layer):
         self.buffers["running_mean"] = np.zeros(self.num_features, dtype=dtype)
         self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
+        assert self.dtype is not None  # the weight's dtype
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                 "dtype": self.dtype.name}
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = self._check_ndim(input_shape)
         self._check_channels(shape, self.num_features)
         return shape
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _BatchNormTrainCache | _BatchNormEvalCache]:
         kernels = backend.current()
         weight, bias = self.params["weight"], self.params["bias"]
         running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
@@ -539,7 +561,8 @@ class BatchNorm2d(Layer):
             return y, _BatchNormEvalCache(running_mean.copy(), inv_std, x)
         return self._forward_train(kernels, x, relu_input=False)
 
-    def _forward_train(self, kernels, x, relu_input):
+    def _forward_train(self, kernels: ModuleType, x: np.ndarray,
+                       relu_input: bool) -> tuple[np.ndarray, _BatchNormTrainCache]:
         count = x.shape[0] * x.shape[2] * x.shape[3]
         if count < 2:
             raise ValueError(
@@ -553,7 +576,7 @@ class BatchNorm2d(Layer):
         running_var[...] = (1.0 - m) * running_var + m * var * (count / (count - 1))
         return y, _BatchNormTrainCache(kernels, kernel_cache, relu_input)
 
-    def _forward_relu_input(self, kernels, x):
+    def _forward_relu_input(self, kernels: ModuleType, x: np.ndarray) -> np.ndarray:
         """This layer's training forward on relu(x), the ReLU's pass fused in
         (``fastconv.nn.fusion``); returns y.
 
@@ -568,12 +591,12 @@ class BatchNorm2d(Layer):
         self._remember(cache, x, y.shape)
         return y
 
-    def _ran_relu_fused(self):
+    def _ran_relu_fused(self) -> bool:
         """Whether the last forward was ``_forward_relu_input``."""
         cache = self._cache
         return isinstance(cache, _BatchNormTrainCache) and cache.relu_fused
 
-    def _backward_through_relu(self, dy, param_grads=True):
+    def _backward_through_relu(self, dy: np.ndarray, param_grads: bool = True) -> np.ndarray:
         """The gradient with respect to x of the last ``_forward_relu_input(x)``:
         this layer's backward and the fused ReLU's as one pass."""
         self._check_gradient(dy)
@@ -585,7 +608,8 @@ class BatchNorm2d(Layer):
             self._add_grads(dweight, dbias)
         return dx
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _BatchNormTrainCache | _BatchNormEvalCache, need_dx: bool,
+                  param_grads: bool) -> np.ndarray | None:
         if isinstance(cache, _BatchNormTrainCache):
             # The kernel's dx needs dweight and dbias, so they are always made.
             dx, dweight, dbias = cache.kernels.batchnorm2d_backward(dy, cache.kernel_cache)
@@ -605,7 +629,8 @@ class _Pool2d(Layer):
     input_ndim = 4
     name_prefix = "pool"
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
+                 padding: int | Sequence[int] = 0) -> None:
         super().__init__()
         self.kernel_size = _window(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else _window(stride, "stride", 1)
@@ -615,11 +640,11 @@ class _Pool2d(Layer):
                 f"padding {self.padding} must be at most half the pooling window {self.kernel_size}"
             )
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding)}
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = self._check_ndim(input_shape)
         *_, oh, ow = _checks.window_geometry(
             shape, self.kernel_size, self.stride, self.padding, what="pooling window"
@@ -628,7 +653,7 @@ class _Pool2d(Layer):
 
 
 class _MaxPoolCache(NamedTuple):
-    kernels: object
+    kernels: ModuleType
     argmax: np.ndarray
     x_shape: tuple
 
@@ -636,29 +661,29 @@ class _MaxPoolCache(NamedTuple):
 class MaxPool2d(_Pool2d):
     """Max over KH x KW windows (padding counts as -inf); ties go to the first maximum."""
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _MaxPoolCache]:
         kernels = backend.current()
         y, argmax = kernels.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return y, _MaxPoolCache(kernels, argmax, x.shape)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _MaxPoolCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         return cache.kernels.maxpool2d_backward(dy, cache.argmax, cache.x_shape) if need_dx else None
 
 
 class _AvgPoolCache(NamedTuple):
-    kernels: object
+    kernels: ModuleType
     x_shape: tuple
 
 
 class AvgPool2d(_Pool2d):
     """Mean over KH x KW windows, zero padding counted in the divisor (PyTorch's default)."""
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _AvgPoolCache]:
         kernels = backend.current()
         y = kernels.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return y, _AvgPoolCache(kernels, x.shape)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _AvgPoolCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         if not need_dx:
             return None
         return cache.kernels.avgpool2d_backward(dy, cache.x_shape, self.kernel_size, self.stride, self.padding)
@@ -674,13 +699,14 @@ class GlobalAvgPool2d(Layer):
     name_prefix = "gap"
     input_ndim = 4
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         return self._check_ndim(input_shape)[:2]
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _GlobalAvgPoolCache]:
         return x.mean(axis=(2, 3), dtype=x.dtype), _GlobalAvgPoolCache(x.shape)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _GlobalAvgPoolCache, need_dx: bool,
+                  param_grads: bool) -> np.ndarray | None:
         if not need_dx:
             return None
         x_shape = cache.x_shape
@@ -698,21 +724,21 @@ class Flatten(Layer):
 
     name_prefix = "flatten"
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = self._check_ndim(input_shape)
         if len(shape) < 2:
             raise ValueError(f"Flatten expects an input of at least 2 dimensions, got shape {shape}")
         return (shape[0], math.prod(shape[1:]))
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _FlattenCache]:
         return x.reshape(x.shape[0], -1), _FlattenCache(x.shape)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _FlattenCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         return dy.reshape(cache.x_shape) if need_dx else None
 
 
 class _LinearCache(NamedTuple):
-    kernels: object
+    kernels: ModuleType
     kernel_cache: object
 
 
@@ -726,7 +752,8 @@ class Linear(Layer):
     name_prefix = "fc"
     input_ndim = 2
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: DTypeLike = np.float32,
+                 seed: np.random.Generator | int | None = None) -> None:
         super().__init__()
         self.in_features = _checks.positive_int(in_features, "in_features")
         self.out_features = _checks.positive_int(out_features, "out_features")
@@ -741,21 +768,22 @@ class Linear(Layer):
             bound = 1.0 / math.sqrt(self.in_features)
             self._add_param("bias", init.uniform_(np.empty(self.out_features, dtype=dtype), rng, -bound, bound))
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
+        assert self.dtype is not None  # the weight's dtype
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": "bias" in self.params, "dtype": self.dtype.name}
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = self._check_ndim(input_shape)
         self._check_channels(shape, self.in_features, what="features")
         return (shape[0], self.out_features)
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _LinearCache]:
         kernels = backend.current()
         y, kernel_cache = kernels.linear_forward(x, self.params["weight"], self.params.get("bias"))
         return y, _LinearCache(kernels, kernel_cache)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _LinearCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         dx, dweight, dbias = cache.kernels.linear_backward(dy, cache.kernel_cache, need_dx=need_dx,
                                                            need_params=param_grads)
         if param_grads:
@@ -764,7 +792,7 @@ class Linear(Layer):
 
 
 class _DropoutCache(NamedTuple):
-    mask: np.ndarray  # None in evaluation (identity); else 0 or 1 / (1 - p) per element
+    mask: np.ndarray | None  # None in evaluation (identity); else 0 or 1 / (1 - p) per element
 
 
 class Dropout(Layer):
@@ -776,15 +804,15 @@ class Dropout(Layer):
 
     name_prefix = "dropout"
 
-    def __init__(self, p=0.5, seed=None):
+    def __init__(self, p: float = 0.5, seed: np.random.Generator | int | None = None) -> None:
         super().__init__()
         self.p = _checks.real_number(p, "p", 0.0, 1.0)
         self.rng = init.as_generator(seed)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"p": self.p}
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _DropoutCache]:
         if not self.training:
             return x, _DropoutCache(None)
         if self.p == 1.0:
@@ -794,7 +822,7 @@ class Dropout(Layer):
             mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         return x * mask, _DropoutCache(mask)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _DropoutCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         if not need_dx:
             return None
         return dy if cache.mask is None else dy * cache.mask
@@ -809,24 +837,24 @@ class LogSoftmax(Layer):
 
     name_prefix = "logsoftmax"
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = self._check_ndim(input_shape)
         if len(shape) < 2:
             raise ValueError(f"LogSoftmax expects an input of at least 2 dimensions, got shape {shape}")
         return shape
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _LogSoftmaxCache]:
         shifted = x - x.max(axis=1, keepdims=True)
         y = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         return y, _LogSoftmaxCache(y)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _LogSoftmaxCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         if not need_dx:
             return None
         return dy - np.exp(cache.y) * dy.sum(axis=1, keepdims=True)
 
 
-def _adaptive_size(value):
+def _adaptive_size(value: int | Sequence[int | None] | None) -> tuple[int | None, ...]:
     """An int or an (h, w) pair whose entries are positive ints or None -> (h, w)."""
     pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
     if len(pair) != 2:
@@ -841,7 +869,7 @@ def _adaptive_size(value):
     return tuple(None if v is None else int(v) for v in pair)
 
 
-def _averaging_matrix(out_size, in_size, dtype):
+def _averaging_matrix(out_size: int, in_size: int, dtype: DTypeLike) -> np.ndarray:
     """(out_size, in_size) matrix whose row i averages inputs floor(i*in/out) .. ceil((i+1)*in/out) - 1."""
     i = np.arange(out_size)
     start = (i * in_size) // out_size
@@ -853,8 +881,8 @@ def _averaging_matrix(out_size, in_size, dtype):
 
 class _AdaptiveAvgPoolCache(NamedTuple):
     # The averaging matrices, both None when the output size is the input's.
-    rows: np.ndarray
-    cols: np.ndarray
+    rows: np.ndarray | None
+    cols: np.ndarray | None
 
 
 class AdaptiveAvgPool2d(Layer):
@@ -874,23 +902,23 @@ class AdaptiveAvgPool2d(Layer):
     name_prefix = "avgpool"
     input_ndim = 4
 
-    def __init__(self, output_size):
+    def __init__(self, output_size: int | Sequence[int | None] | None) -> None:
         super().__init__()
         self.output_size = _adaptive_size(output_size)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"output_size": list(self.output_size)}
 
-    def _target(self, input_shape):
+    def _target(self, input_shape: Sequence[int]) -> tuple[int, int]:
         h, w = input_shape[2], input_shape[3]
         oh, ow = self.output_size
         return (h if oh is None else oh), (w if ow is None else ow)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = self._check_ndim(input_shape)
         return shape[:2] + self._target(shape)
 
-    def _forward(self, x):
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _AdaptiveAvgPoolCache]:
         (oh, ow), (h, w) = self._target(x.shape), x.shape[2:]
         if (oh, ow) == (h, w):
             return x, _AdaptiveAvgPoolCache(None, None)
@@ -898,15 +926,17 @@ class AdaptiveAvgPool2d(Layer):
         cols = _averaging_matrix(ow, w, x.dtype)
         return np.matmul(np.matmul(rows, x), cols.T), _AdaptiveAvgPoolCache(rows, cols)
 
-    def _backward(self, dy, cache, need_dx, param_grads):
+    def _backward(self, dy: np.ndarray, cache: _AdaptiveAvgPoolCache, need_dx: bool,
+                  param_grads: bool) -> np.ndarray | None:
         if not need_dx:
             return None
         if cache.rows is None:
             return dy
+        assert cache.cols is not None  # both matrices or neither
         return np.matmul(np.matmul(cache.rows.T, dy), cache.cols)
 
 
-LAYER_TYPES = {
+LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (Conv2d, ReLU, LeakyReLU, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d,
                 AdaptiveAvgPool2d, Flatten, Linear, Dropout, LogSoftmax)

@@ -24,9 +24,12 @@ File format (``save`` / ``load``): an uncompressed ``.npz`` holding
 class and ``config()``), ``meta`` (JSON: the user's ``model.meta``) and one
 array per ``state_dict()`` key.
 """
+from __future__ import annotations
+
 import copy
 import json
 import os
+from typing import TYPE_CHECKING, cast, overload
 
 import numpy as np
 
@@ -35,6 +38,13 @@ from fastconv._files import atomic_write, open_npz
 from fastconv.nn import fusion
 from fastconv.nn.layers import LAYER_TYPES, HookHandle, Layer, _blame, _float_dtype, _register
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, Literal
+
+    from numpy.typing import ArrayLike, DTypeLike
+    from typing_extensions import Self
+
 __all__ = ["Sequential", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
@@ -42,7 +52,7 @@ FORMAT_VERSION = 1
 _RESERVED_ENTRIES = ("architecture", "meta")
 
 
-def _json_default(value):
+def _json_default(value: object) -> object:
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -58,14 +68,15 @@ class Sequential:
     pool1, flatten1, fc1, dropout1, ... Names must be unique and contain no '.'.
     """
 
-    def __init__(self, *layers):
+    def __init__(self,
+                 *layers: Layer | tuple[str, Layer] | list[Layer | tuple[str, Layer]] | dict[str, Layer]) -> None:
         if len(layers) == 1 and isinstance(layers[0], (list, dict)):
-            items = list(layers[0].items()) if isinstance(layers[0], dict) else list(layers[0])
+            items: list[object] = list(layers[0].items()) if isinstance(layers[0], dict) else list(layers[0])
         else:
             items = list(layers)
         if not items:
             raise ValueError("Sequential needs at least one layer")
-        named = []
+        named: list[tuple[str | None, Layer]] = []
         for item in items:
             if isinstance(item, Layer):
                 named.append((None, item))
@@ -76,6 +87,7 @@ class Sequential:
                 named.append(item)
             else:
                 raise TypeError(f"expected a Layer or a (name, Layer) pair, got {item!r}")
+        used: list[str] | set[str]  # a list of the names given, then a set of all names
         used = [name for name, _ in named if name is not None]
         duplicates = sorted({name for name in used if used.count(name) > 1})
         if duplicates:
@@ -85,10 +97,10 @@ class Sequential:
             if id(layer) in seen_layers:
                 raise ValueError(f"the same {type(layer).__name__} object appears twice; create one per position")
             seen_layers.add(id(layer))
-        counters = {}
+        counters: dict[str, int] = {}
         used = set(used)
-        self._names = []
-        self._layers = []
+        self._names: list[str] = []
+        self._layers: list[Layer] = []
         for name, layer in named:
             if name is None:
                 prefix = type(layer).name_prefix
@@ -101,29 +113,29 @@ class Sequential:
             self._names.append(name)
             self._layers.append(layer)
         self._index = {name: i for i, name in enumerate(self._names)}
-        self._forward_hooks = {}
-        self._backward_hooks = {}
-        self._reached = None  # index of the last layer the last forward ran through
-        self._fused = {}  # the last forward's fused passes, by the index of their last layer
+        self._forward_hooks: dict[int, Callable[[str, Layer, np.ndarray], object]] = {}
+        self._backward_hooks: dict[int, Callable[[str, Layer, np.ndarray | None, np.ndarray], object]] = {}
+        self._reached: int | None = None  # index of the last layer the last forward ran through
+        self._fused: dict[int, fusion.Pass] = {}  # the last forward's fused passes, by the index of their last layer
         self._training = all(layer.training for layer in self._layers)
-        self.meta = {}
+        self.meta: dict[str, Any] = {}
 
     # -- structure ------------------------------------------------------------
-    def named_layers(self):
+    def named_layers(self) -> list[tuple[str, Layer]]:
         """[(name, layer), ...] in order."""
         return list(zip(self._names, self._layers))
 
-    def layer(self, name):
+    def layer(self, name: str) -> Layer:
         return self._layers[self._position(name)]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._layers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"  ({name}): {layer!r}" for name, layer in self.named_layers()]
         return "Sequential(\n" + "\n".join(lines) + "\n)"
 
-    def _position(self, name):
+    def _position(self, name: str) -> int:
         if not isinstance(name, str):
             raise TypeError(f"layer name must be a str, got {name!r}")
         try:
@@ -132,7 +144,7 @@ class Sequential:
             raise ValueError(f"no layer named {name!r}; the layers are {', '.join(self._names)}") from None
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype | None:
         """dtype of the parameters (None if the model has none)."""
         for layer in self._layers:
             if layer.dtype is not None:
@@ -140,38 +152,39 @@ class Sequential:
         return None
 
     # -- modes ------------------------------------------------------------------
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         self._training = bool(mode)
         for layer in self._layers:
             layer.train(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         return self.train(False)
 
     @property
-    def training(self):
+    def training(self) -> bool:
         return self._training
 
     # -- passes -----------------------------------------------------------------
-    def _run_layer(self, name, layer, method, x):
+    def _run_layer(self, name: str, layer: Layer, method: Callable[[np.ndarray], np.ndarray],
+                   x: np.ndarray) -> np.ndarray:
         with _blame(name, layer):
             y = method(x)
         for hook in list(self._forward_hooks.values()):
             hook(name, layer, y)
         return y
 
-    def _has_forward_hooks(self):
+    def _has_forward_hooks(self) -> bool:
         return bool(self._forward_hooks)
 
-    def forward(self, x, until=None):
+    def forward(self, x: np.ndarray, until: str | None = None) -> np.ndarray:
         """Output of layer ``until`` (inclusive; default the last layer) for input x."""
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
         # The passes of fusion.plan(self, until), without a record for each
         # layer that runs alone.
         watched = bool(self._forward_hooks)
-        fused = {}
+        fused: dict[int, fusion.Pass] = {}
         i = 0
         while i <= stop:
             step = None if watched else fusion._fused_pass(self._names, self._layers, i, stop)
@@ -188,7 +201,16 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad, start=None, input_grad=True, param_grads=True):
+    @overload
+    def backward(self, grad: np.ndarray, start: str | None = None, input_grad: Literal[True] = True,
+                 param_grads: bool = True) -> np.ndarray: ...
+
+    @overload
+    def backward(self, grad: np.ndarray, start: str | None = None, input_grad: bool = True,
+                 param_grads: bool = True) -> np.ndarray | None: ...
+
+    def backward(self, grad: np.ndarray, start: str | None = None, input_grad: bool = True,
+                 param_grads: bool = True) -> np.ndarray | None:
         """Backpropagate ``grad``, the gradient w.r.t. the output of layer ``start``
         (default the last layer), through the layers of the last forward pass.
 
@@ -231,11 +253,12 @@ class Sequential:
                 grad_input = layer.backward(grad, need_dx=input_grad or i > last, param_grads=param_grads)
             for hook in hooks:
                 hook(name, layer, grad_input, grad)
-            grad = grad_input
+            # None only from the last layer (input_grad=False), where the loop ends.
+            grad = cast(np.ndarray, grad_input)
             i -= 1
         return grad if input_grad else None
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Evaluation-mode output for x, computed ``batch_size`` samples at a time.
 
         Keeps no cache (so ``backward`` still refers to the last ``forward``)
@@ -262,13 +285,13 @@ class Sequential:
                 layer.train(mode)
         return np.concatenate(outputs)
 
-    def register_forward_hook(self, fn):
+    def register_forward_hook(self, fn: Callable[[str, Layer, np.ndarray], object]) -> HookHandle:
         """Call ``fn(name, layer, output)`` after every layer of every forward pass
         (``predict`` included, once per batch); the return value is ignored.
         Returns a HookHandle."""
         return _register(self._forward_hooks, fn)
 
-    def register_backward_hook(self, fn):
+    def register_backward_hook(self, fn: Callable[[str, Layer, np.ndarray | None, np.ndarray], object]) -> HookHandle:
         """Call ``fn(name, layer, grad_input, grad_output)`` after every layer of
         every ``backward``, grad_output being the gradient w.r.t. the layer's
         output and grad_input the one it passes on (None where backward needs
@@ -278,10 +301,10 @@ class Sequential:
         return _register(self._backward_hooks, fn)
 
     # -- description --------------------------------------------------------------
-    def num_parameters(self):
+    def num_parameters(self) -> int:
         return sum(p.size for layer in self._layers for p in layer.params.values())
 
-    def summary(self, input_shape):
+    def summary(self, input_shape: Sequence[int]) -> str:
         """A table of each layer's output shape and parameter count for an
         input of shape ``input_shape`` (batch included), with the total."""
         try:
@@ -298,7 +321,7 @@ class Sequential:
         widths = [max(len(r[i]) for r in rows + [header]) + 2 for i in range(3)]
         rule = "=" * sum(widths)
 
-        def fmt(row):
+        def fmt(row: tuple[str, str, str]) -> str:
             return row[0].ljust(widths[0]) + row[1].ljust(widths[1]) + row[2].rjust(widths[2])
 
         buffers = sum(b.size for layer in self._layers for b in layer.buffers.values())
@@ -311,19 +334,19 @@ class Sequential:
         return "\n".join(lines)
 
     # -- parameters and state ---------------------------------------------------------
-    def named_parameters(self):
+    def named_parameters(self) -> list[tuple[str, np.ndarray]]:
         """[(key, array), ...] of the trainable parameters, keys as in state_dict."""
         return [(f"{name}.{k}", p) for name, layer in self.named_layers() for k, p in layer.params.items()]
 
-    def gradients(self):
+    def gradients(self) -> dict[str, np.ndarray]:
         """{key: gradient} with the keys of named_parameters(), filled by backward."""
         return {f"{name}.{k}": g for name, layer in self.named_layers() for k, g in layer.grads.items()}
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for layer in self._layers:
             layer.zero_grad()
 
-    def _state_arrays(self):
+    def _state_arrays(self) -> dict[str, np.ndarray]:
         state = {}
         for name, layer in self.named_layers():
             for k, p in layer.params.items():
@@ -332,11 +355,12 @@ class Sequential:
                 state[f"{name}.{k}"] = b
         return state
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of all parameters and buffers, ``layername.param``, in layer order."""
         return {k: v.copy() for k, v in self._state_arrays().items()}
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike],
+                        strict: bool = True) -> tuple[list[str], list[str]]:
         """Copy values into the parameters and buffers (converted to the model's dtype).
 
         With strict=True the keys must match exactly. Shapes must always match.
@@ -367,7 +391,7 @@ class Sequential:
             targets[key][...] = value
         return missing, unexpected
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Sequential:
         """A copy of the model with parameters and buffers in float32 or float64.
 
         Names, modes and meta are copied; hooks are not.
@@ -379,7 +403,7 @@ class Sequential:
         return clone
 
     # -- files ----------------------------------------------------------------------
-    def architecture(self):
+    def architecture(self) -> dict[str, Any]:
         """The JSON-able description save() writes: mode and each layer's name, class and config."""
         return {
             "format": FORMAT,
@@ -391,14 +415,14 @@ class Sequential:
             ],
         }
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> str:
         """Write the model to ``path`` (.npz) atomically: a temporary file in the
         same directory, then os.replace. Returns the path."""
         path = os.fspath(path)
         for name, layer in self.named_layers():
             if type(layer).__name__ not in LAYER_TYPES:
                 raise TypeError(f"layer {name!r} is a {type(layer).__name__}, which load() cannot rebuild")
-        entries = {
+        entries: dict[str, Any] = {  # arrays (Any: numpy's stub would read a key as savez's allow_pickle)
             "architecture": np.array(json.dumps(self.architecture())),
             "meta": np.array(json.dumps(self.meta, default=_json_default)),
         }
@@ -407,13 +431,13 @@ class Sequential:
         return path
 
 
-def _build(architecture):
+def _build(architecture: object) -> Sequential:
     if not isinstance(architecture, dict) or architecture.get("format") != FORMAT:
         raise ValueError("its architecture entry is not a fastconv Sequential")
     if architecture.get("version") != FORMAT_VERSION:
         raise ValueError(f"format version {architecture.get('version')!r} is not supported "
                          f"(this fastconv reads version {FORMAT_VERSION})")
-    layers = []
+    layers: list[Layer | tuple[str, Layer]] = []
     for entry in architecture["layers"]:
         cls = LAYER_TYPES.get(entry["class"])
         if cls is None:
@@ -424,7 +448,7 @@ def _build(architecture):
     return model
 
 
-def load(path):
+def load(path: str | os.PathLike) -> Sequential:
     """Rebuild a model written by ``Sequential.save``.
 
     A missing file raises FileNotFoundError; a truncated or corrupt file, or

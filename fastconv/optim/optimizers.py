@@ -15,10 +15,16 @@ To resume, rebuild the model, optimizer and schedule as before, then call
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastconv import _checks, backend
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from fastconv.nn.model import Sequential
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -30,46 +36,46 @@ class Optimizer:
 
     _state_names: tuple[str, ...] = ()
 
-    def __init__(self, model, lr):
+    def __init__(self, model: Sequential, lr: float) -> None:
         if not hasattr(model, "named_parameters") or not hasattr(model, "gradients"):
             raise TypeError(f"model must be a fastconv Sequential, got {type(model).__name__}")
         if not model.named_parameters():
             raise ValueError("the model has no parameters to optimize")
         self.model = model
         self.lr = _checks.real_number(lr, "lr")
-        self.state = {}
+        self.state: dict[str, dict[str, np.ndarray]] = {}  # by parameter key, then state name
         self.step_count = 0
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         return self._lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         # Any finite value, as PyTorch allows: a linear OneCycleLR's step past
         # its last one extrapolates slightly below zero.
         self._lr = _checks.real_number(value, "lr", -math.inf)
         if not math.isfinite(self._lr):
             raise ValueError(f"lr must be finite, got {value!r}")
 
-    def hyperparams(self):
+    def hyperparams(self) -> dict[str, Any]:
         """The settings state_dict() saves, by constructor argument name."""
         return {"lr": self.lr}
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.model.zero_grad()
 
-    def step(self):
+    def step(self) -> None:
         """Apply one update with the gradients currently in the model."""
         grads = self.model.gradients()
         self.step_count += 1
         for key, param in self.model.named_parameters():
             self._update(param, grads[key], self.state.setdefault(key, {}))
 
-    def _update(self, param, grad, state):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def _scratch(self, like):
+    def _scratch(self, like: np.ndarray) -> np.ndarray:
         """An uninitialized array shaped and typed like `like`, a view of one
         buffer reused by every parameter and step instead of a fresh
         temporary per operation, which was measurably slower (docs/engine.md,
@@ -79,7 +85,7 @@ class Optimizer:
             buffer = self._scratch_buffer = np.empty(like.size, like.dtype)
         return buffer[:like.size].reshape(like.shape)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """{'type', 'hyperparams', 'step_count', 'state': {param key: {name: array}}}; arrays are copies."""
         return {
             "type": type(self).__name__,
@@ -88,13 +94,13 @@ class Optimizer:
             "state": {key: {k: v.copy() for k, v in s.items()} for key, s in self.state.items()},
         }
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore settings and state saved by state_dict() from an optimizer of the same type."""
         if not isinstance(state_dict, dict) or state_dict.get("type") != type(self).__name__:
             found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"state_dict is for {found!r}, not {type(self).__name__}")
         params = dict(self.model.named_parameters())
-        state = {}
+        state: dict[str, dict[str, np.ndarray]] = {}
         for key, entries in state_dict["state"].items():
             if key not in params:
                 raise ValueError(f"state_dict has state for {key!r}, which the model does not have")
@@ -114,7 +120,7 @@ class Optimizer:
         self.step_count = int(state_dict["step_count"])
         self.state = state
 
-    def _set_hyperparams(self, lr):
+    def _set_hyperparams(self, lr: float) -> None:
         self.lr = lr
 
 
@@ -128,11 +134,13 @@ class SGD(Optimizer):
 
     _state_names = ("momentum_buffer",)
 
-    def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, model: Sequential, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self._set_hyperparams(lr, momentum, nesterov, weight_decay)
 
-    def _set_hyperparams(self, lr, momentum, nesterov, weight_decay):
+    def _set_hyperparams(self, lr: float, momentum: float,  # type: ignore[override]  # takes its own hyperparams()
+                         nesterov: bool, weight_decay: float) -> None:
         self.lr = lr
         self.momentum = _checks.real_number(momentum, "momentum")
         if not isinstance(nesterov, (bool, np.bool_)):
@@ -142,11 +150,11 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self.weight_decay = _checks.real_number(weight_decay, "weight_decay")
 
-    def hyperparams(self):
+    def hyperparams(self) -> dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
-    def _update(self, param, grad, state):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
         if self.weight_decay != 0:
             grad = grad + self.weight_decay * param
         if self.momentum != 0:
@@ -169,22 +177,24 @@ class Adam(Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, model: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self._set_hyperparams(lr, betas, eps, weight_decay)
 
-    def _set_hyperparams(self, lr, betas, eps, weight_decay):
+    def _set_hyperparams(self, lr: float,  # type: ignore[override]  # takes its own hyperparams()
+                         betas: tuple[float, float], eps: float, weight_decay: float) -> None:
         self.lr = lr
         self.betas = betas
         self.eps = _checks.real_number(eps, "eps")
         self.weight_decay = _checks.real_number(weight_decay, "weight_decay")
 
     @property
-    def betas(self):
+    def betas(self) -> tuple[float, float]:
         return self._betas
 
     @betas.setter
-    def betas(self, value):
+    def betas(self, value: tuple[float, float]) -> None:
         try:
             beta1, beta2 = value
         except (TypeError, ValueError):
@@ -192,10 +202,10 @@ class Adam(Optimizer):
         self._betas = (_checks.real_number(beta1, "beta1", 0.0, 1.0, high_open=True),
                        _checks.real_number(beta2, "beta2", 0.0, 1.0, high_open=True))
 
-    def hyperparams(self):
+    def hyperparams(self) -> dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def _update(self, param, grad, state):
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
         beta1, beta2 = self.betas
         if self.weight_decay != 0:
             if self._decoupled:
@@ -216,5 +226,6 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, model: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
         super().__init__(model, lr, betas, eps, weight_decay)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 from fastconv import _checks
 from fastconv.optim.optimizers import SGD, Adam, Optimizer
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR"]
 
@@ -15,7 +19,7 @@ class _Schedule:
 
     _config_names: tuple[str, ...] = ()
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastconv Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
@@ -23,22 +27,22 @@ class _Schedule:
         self.last_epoch = -1
         self.step()
 
-    def step(self):
+    def step(self) -> None:
         self.last_epoch += 1
         self.optimizer.lr = self._next_lr()
         self.last_lr = self.optimizer.lr
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> float:
         return self.last_lr
 
-    def _next_lr(self):
+    def _next_lr(self) -> float:
         raise NotImplementedError
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         names = ("base_lr", "last_epoch", "last_lr") + self._config_names
         return {"type": type(self).__name__, **{name: getattr(self, name) for name in names}}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the position in the schedule; also sets the optimizer's lr to the last value."""
         if not isinstance(state_dict, dict) or state_dict.get("type") != type(self).__name__:
             found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
@@ -58,12 +62,12 @@ class StepLR(_Schedule):
 
     _config_names = ("step_size", "gamma")
 
-    def __init__(self, optimizer, step_size, gamma=0.1):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         self.step_size = _checks.positive_int(step_size, "step_size")
         self.gamma = _checks.real_number(gamma, "gamma")
         super().__init__(optimizer)
 
-    def _next_lr(self):
+    def _next_lr(self) -> float:
         lr = self.optimizer.lr
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
             return lr
@@ -76,12 +80,12 @@ class CosineAnnealingLR(_Schedule):
 
     _config_names = ("T_max", "eta_min")
 
-    def __init__(self, optimizer, T_max, eta_min=0.0):
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
         self.T_max = _checks.positive_int(T_max, "T_max")
         self.eta_min = _checks.real_number(eta_min, "eta_min")
         super().__init__(optimizer)
 
-    def _next_lr(self):
+    def _next_lr(self) -> float:
         lr, epoch, t_max = self.optimizer.lr, self.last_epoch, self.T_max
         if epoch == 0:
             return lr
@@ -101,30 +105,31 @@ class OneCycleLR(_Schedule):
     _config_names = ("total_steps", "pct_start", "anneal_strategy", "cycle_momentum", "base_momentum",
                      "max_momentum", "initial_lr", "max_lr", "min_lr", "three_phase", "last_momentum")
 
-    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, anneal_strategy="cos",
-                 cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, div_factor=25.0,
-                 final_div_factor=1e4, three_phase=False):
+    def __init__(self, optimizer: Optimizer, max_lr: float, total_steps: int, pct_start: float = 0.3,
+                 anneal_strategy: str = "cos", cycle_momentum: bool = True, base_momentum: float = 0.85,
+                 max_momentum: float = 0.95, div_factor: float = 25.0, final_div_factor: float = 1e4,
+                 three_phase: bool = False) -> None:
         self.total_steps = _checks.positive_int(total_steps, "total_steps")
         self.pct_start = _checks.real_number(pct_start, "pct_start", 0.0, 1.0)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
         self.max_lr = _checks.real_number(max_lr, "max_lr")
-        positive = {"low": 0.0, "high": math.inf, "low_open": True, "high_open": True}
+        positive: dict[str, Any] = {"low": 0.0, "high": math.inf, "low_open": True, "high_open": True}
         self.initial_lr = self.max_lr / _checks.real_number(div_factor, "div_factor", **positive)
         self.min_lr = self.initial_lr / _checks.real_number(final_div_factor, "final_div_factor", **positive)
         self.three_phase = bool(three_phase)
         self.cycle_momentum = bool(cycle_momentum)
         self.base_momentum = _checks.real_number(base_momentum, "base_momentum")
         self.max_momentum = _checks.real_number(max_momentum, "max_momentum")
-        self.last_momentum = None
+        self.last_momentum: float | None = None
         if self.cycle_momentum and not isinstance(optimizer, (SGD, Adam)):
             raise ValueError(
                 f"cycle_momentum needs an optimizer with momentum or betas, got {type(optimizer).__name__}"
             )
         super().__init__(optimizer)
 
-    def _phases(self):
+    def _phases(self) -> list[tuple[float, float, float, float, float]]:
         """(end step, start lr, end lr, start momentum, end momentum) of each phase."""
         n, pct = self.total_steps, self.pct_start
         lo_m, hi_m = self.base_momentum, self.max_momentum
@@ -139,18 +144,18 @@ class OneCycleLR(_Schedule):
             (n - 1, self.max_lr, self.min_lr, lo_m, hi_m),
         ]
 
-    def _anneal(self, start, end, pct):
+    def _anneal(self, start: float, end: float, pct: float) -> float:
         if self.anneal_strategy == "cos":
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
         return (end - start) * pct + start
 
-    def _set_momentum(self, momentum):
+    def _set_momentum(self, momentum: float) -> None:
         if isinstance(self.optimizer, Adam):
             self.optimizer.betas = (momentum, self.optimizer.betas[1])
         else:
-            self.optimizer.momentum = momentum
+            cast(SGD, self.optimizer).momentum = momentum  # __init__ took an SGD or an Adam
 
-    def _next_lr(self):
+    def _next_lr(self) -> float:  # type: ignore[return]  # the loop returns in its last phase at the latest
         step = self.last_epoch
         if step > self.total_steps:
             raise ValueError(f"tried to step {step} times; OneCycleLR was set up for total_steps={self.total_steps}")
@@ -165,7 +170,7 @@ class OneCycleLR(_Schedule):
                 return self._anneal(start_lr, end_lr, pct)
             start_step = end_step
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if self.cycle_momentum and self.last_momentum is not None:
             self._set_momentum(self.last_momentum)
