@@ -60,8 +60,8 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike
 
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
     from fastconv.nn.layers import Layer
-    from fastconv.nn.model import Sequential
 
 __all__ = [
     "load_weights", "save_weights", "read_weights", "WeightsFile", "read_safetensors", "write_safetensors", "FORMATS",
@@ -416,7 +416,7 @@ class _Mismatch(Exception):
         self.matched = matched
 
 
-def _flatten_input(model: Sequential, position: int, in_features: int) -> tuple[int, ...] | None:
+def _flatten_input(model: fastconv.Sequential, position: int, in_features: int) -> tuple[int, ...] | None:
     """(C, H, W) of the maps flattened for the Linear at ``position``, or None when
     no Flatten comes before it (parameter-free layers may sit between)."""
     pairs = model.named_layers()
@@ -454,7 +454,8 @@ def _flatten_input(model: Sequential, position: int, in_features: int) -> tuple[
     return (channels,) + tuple(size)
 
 
-def _keras_to_torch(model: Sequential, position: int, layer: Layer, role: str, array: np.ndarray) -> np.ndarray:
+def _keras_to_torch(model: fastconv.Sequential, position: int, layer: Layer, role: str,
+                    array: np.ndarray) -> np.ndarray:
     if isinstance(layer, Conv2d) and role == "weight" and array.ndim == 4:
         return array.transpose(3, 2, 0, 1)
     if isinstance(layer, Linear) and role == "weight" and array.ndim == 2:
@@ -467,7 +468,7 @@ def _keras_to_torch(model: Sequential, position: int, layer: Layer, role: str, a
     return array
 
 
-def _targets(model: Sequential) -> list[tuple[int, str, Layer]]:
+def _targets(model: fastconv.Sequential) -> list[tuple[int, str, Layer]]:
     """[(position, name, layer)] of the layers that hold parameters or buffers."""
     return [(i, name, layer) for i, (name, layer) in enumerate(model.named_layers()) if layer.params or layer.buffers]
 
@@ -481,7 +482,8 @@ def _describe(layer: Layer) -> str:
     return type(layer).__name__
 
 
-def _plan(model: Sequential, weights: WeightsFile, groups: Sequence[_Group], strict: bool) -> dict[str, np.ndarray]:
+def _plan(model: fastconv.Sequential, weights: WeightsFile, groups: Sequence[_Group],
+          strict: bool) -> dict[str, np.ndarray]:
     """{state_dict key: array} pairing the model's layers with ``groups`` in order; _Mismatch otherwise."""
     targets = _targets(model)
     values = {}
@@ -520,7 +522,7 @@ def _plan(model: Sequential, weights: WeightsFile, groups: Sequence[_Group], str
     return values
 
 
-def _by_name(model: Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray] | None:
+def _by_name(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray] | None:
     """{key: array} when the file names its tensors as the model does, else None."""
     if weights.layout != "pytorch":
         return None
@@ -531,7 +533,7 @@ def _by_name(model: Sequential, weights: WeightsFile, strict: bool) -> dict[str,
     return {key: weights.tensors[key] for key in wanted}
 
 
-def _mapped_values(model: Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
+def _mapped_values(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
     values = _by_name(model, weights, strict)
     if values is not None:
         return values
@@ -555,8 +557,8 @@ def _preprocessing(weights: WeightsFile, preprocessing: str | None) -> str | Non
     return "caffe" if weights.layout == "keras" else "torch"
 
 
-def load_weights(model: Sequential, source: str | os.PathLike | Mapping[str, ArrayLike], strict: bool = True,
-                 preprocessing: str | None = None, bgr: bool | None = None) -> Sequential:
+def load_weights(model: fastconv.Sequential, source: str | os.PathLike | Mapping[str, ArrayLike], strict: bool = True,
+                 preprocessing: str | None = None, bgr: bool | None = None) -> fastconv.Sequential:
     """Copy the weights in ``source`` (a file path, or a mapping name -> array or
     tensor) into ``model``; returns the model.
 
@@ -599,7 +601,7 @@ def load_weights(model: Sequential, source: str | os.PathLike | Mapping[str, Arr
 # --------------------------------------------------------------------------- writing
 
 
-def save_weights(model: Sequential, path: str | os.PathLike) -> str:
+def save_weights(model: fastconv.Sequential, path: str | os.PathLike) -> str:
     """Write the model's state_dict to ``path``: .npz or .safetensors, by extension,
     atomically, with the preprocessing from ``model.meta`` in the file's metadata.
     The tensors are named as in ``model.state_dict()``; returns the path."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike
 
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
     from fastconv.nn.layers import Layer
 
 __all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19", "VGG16_BLOCKS", "VGG19_BLOCKS", "VGG_WIDTHS"]
@@ -52,7 +53,7 @@ def _initializer(init_name: str, rng: np.random.Generator) -> Callable[[Layer], 
 
 
 def cifar6(num_classes: int = 10, in_channels: int = 3, seed: np.random.Generator | int | None = None,
-           init: str = "he") -> Sequential:
+           init: str = "he") -> fastconv.Sequential:
     """Six 3x3 convolutions (stride 1, padding 1), each followed by ReLU then
     BatchNorm2d, widths 32, 32, 64, 64, 128, 128, a 2x2 max-pool after every
     second one, then Flatten and Linear(128*4*4 -> num_classes).
@@ -76,7 +77,7 @@ def cifar6(num_classes: int = 10, in_channels: int = 3, seed: np.random.Generato
 
 
 def mnist2(num_classes: int = 10, in_channels: int = 1, batchnorm: bool = False,
-           seed: np.random.Generator | int | None = None, init: str = "he") -> Sequential:
+           seed: np.random.Generator | int | None = None, init: str = "he") -> fastconv.Sequential:
     """conv 32 3x3 pad 1 - ReLU - maxpool 2 - conv 32 3x3 pad 1 - ReLU - maxpool 2
     - Flatten - Linear(1568 -> 500) - ReLU - Linear(500 -> num_classes).
 
@@ -116,7 +117,7 @@ VGG19_BLOCKS = (2, 2, 4, 4, 4)
 def vgg(blocks: Sequence[int] = VGG16_BLOCKS, widths: Sequence[int] = VGG_WIDTHS, hidden: int = 4096,
         include_top: bool = True, num_classes: int = 1000, batchnorm: bool = False, in_channels: int = 3,
         weights: str | os.PathLike | Mapping[str, ArrayLike] | None = None,
-        seed: np.random.Generator | int | None = None) -> Sequential:
+        seed: np.random.Generator | int | None = None) -> fastconv.Sequential:
     """A VGG network (Simonyan & Zisserman, 2014): ``blocks[i]`` 3x3 convolutions
     (padding 1) of ``widths[i]`` channels, each followed by ReLU (BatchNorm2d
     then ReLU with batchnorm=True), then a 2x2 max-pool, for each block.
@@ -190,7 +191,7 @@ def vgg(blocks: Sequence[int] = VGG16_BLOCKS, widths: Sequence[int] = VGG_WIDTHS
 
 def vgg16(include_top: bool = True, num_classes: int = 1000, batchnorm: bool = False, in_channels: int = 3,
           weights: str | os.PathLike | Mapping[str, ArrayLike] | None = None,
-          seed: np.random.Generator | int | None = None) -> Sequential:
+          seed: np.random.Generator | int | None = None) -> fastconv.Sequential:
     """VGG-16 (configuration D): 13 convolutions in blocks of 2, 2, 3, 3, 3 with
     64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
 
@@ -202,7 +203,7 @@ def vgg16(include_top: bool = True, num_classes: int = 1000, batchnorm: bool = F
 
 def vgg19(include_top: bool = True, num_classes: int = 1000, batchnorm: bool = False, in_channels: int = 3,
           weights: str | os.PathLike | Mapping[str, ArrayLike] | None = None,
-          seed: np.random.Generator | int | None = None) -> Sequential:
+          seed: np.random.Generator | int | None = None) -> fastconv.Sequential:
     """VGG-19 (configuration E): 16 convolutions in blocks of 2, 2, 4, 4, 4 with
     64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
 
