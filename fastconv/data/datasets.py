@@ -35,6 +35,8 @@ Preparation for training lives here too: a seeded stratified split
 (``stratified_split``), per-channel normalization (``Normalize``) and
 batch-vectorized augmentation (``Augment``).
 """
+from __future__ import annotations
+
 import gzip
 import hashlib
 import lzma
@@ -52,11 +54,17 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastconv._files import atomic_write
 from fastconv.data.transforms import resize_and_crop
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "DataError", "Dataset", "DATASET_NAMES", "load_dataset",
@@ -90,8 +98,8 @@ IDX_FILES = {
 class Remote:
     """Where a data set's files are published and their SHA-256 there."""
 
-    mirrors: list
-    sha256: dict
+    mirrors: list[str]
+    sha256: dict[str, str]
 
 
 # The checksums are those of the files as the mirrors serve them.
@@ -123,7 +131,7 @@ REMOTES = {
     ),
 }
 
-SYSTEM_DIRS = {
+SYSTEM_DIRS: dict[str, list[Path]] = {
     "mnist": [],
     "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
     "cifar10": [],
@@ -155,21 +163,21 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    classes: list
+    classes: list[str]
     test_split: str = "the data set's test split"
     source: str = ""
-    skipped: list = field(default_factory=list)  # unreadable files left out (folder data sets)
+    skipped: list[Path] = field(default_factory=list)  # unreadable files left out (folder data sets)
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...]:
         """(C, H, W) of one image."""
         return tuple(self.x_train.shape[1:])
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.classes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, train {self.x_train.shape}, test {self.x_test.shape}, "
             f"{self.num_classes} classes, from {self.source or '?'})"
@@ -179,7 +187,7 @@ class Dataset:
 # ---------------------------------------------------------------- locations
 
 
-def user_data_dir():
+def user_data_dir() -> Path:
     """The per-user data folder: $FASTCONV_DATA, else $XDG_CACHE_HOME/fastconv, else ~/.cache/fastconv."""
     env = os.environ.get("FASTCONV_DATA")
     if env:
@@ -189,10 +197,10 @@ def user_data_dir():
     return base / "fastconv"
 
 
-def search_dirs(name, data_dir=None):
+def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for the named data set, in order."""
     bases = [Path(data_dir).expanduser()] if data_dir is not None else [user_data_dir()]
-    dirs = []
+    dirs: list[Path] = []
     for base in bases:
         dirs += [(base / sub) for sub in SUBDIRS[name]]
     dirs += SYSTEM_DIRS[name]
@@ -204,7 +212,7 @@ def search_dirs(name, data_dir=None):
     return unique
 
 
-def _download_dir(name, data_dir):
+def _download_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
     base = Path(data_dir).expanduser() if data_dir is not None else user_data_dir()
     return base / SUBDIRS[name][0]
 
@@ -212,7 +220,7 @@ def _download_dir(name, data_dir):
 # ---------------------------------------------------------------- download
 
 
-def _sha256_of(path):
+def _sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -220,7 +228,7 @@ def _sha256_of(path):
     return digest.hexdigest()
 
 
-def download(url, dest, sha256, timeout=30, progress=None):
+def download(url: str, dest: str | os.PathLike, sha256: str, timeout: float = 30, progress: bool | None = None) -> Path:
     """Download url to dest, verifying its SHA-256; return dest.
 
     The file is written under a temporary name in dest's folder and renamed
@@ -232,7 +240,7 @@ def download(url, dest, sha256, timeout=30, progress=None):
     dest = Path(dest)
     digest = hashlib.sha256()
 
-    def receive(out):
+    def receive(out: IO[bytes]) -> None:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 total = response.headers.get("Content-Length")
@@ -268,7 +276,7 @@ def download(url, dest, sha256, timeout=30, progress=None):
     return dest
 
 
-def _fetch(name, filenames, data_dir):
+def _fetch(name: str, filenames: Iterable[str], data_dir: str | os.PathLike | None) -> tuple[Path | None, list[str]]:
     """Download the named data set's files into its download folder; return that folder."""
     remote = REMOTES[name]
     target = _download_dir(name, data_dir)
@@ -288,7 +296,8 @@ def _fetch(name, filenames, data_dir):
     return target, failures
 
 
-def _not_found(name, looked_in, wanted, failures, data_dir):
+def _not_found(name: str, looked_in: Iterable[Path], wanted: Iterable[str], failures: Sequence[str],
+               data_dir: str | os.PathLike | None) -> DataError:
     target = _download_dir(name, data_dir)
     why = f" Download failed: {failures[-1]}." if failures else ""
     return DataError(
@@ -299,13 +308,13 @@ def _not_found(name, looked_in, wanted, failures, data_dir):
 
 # ---------------------------------------------------------------- IDX files
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
 
 
-def _read_maybe_compressed(path):
+def _read_maybe_compressed(path: str | os.PathLike) -> bytes:
     """The bytes of a file, decompressed when it is gzip'd (detected from its content)."""
     path = Path(path)
     try:
@@ -321,7 +330,7 @@ def _read_maybe_compressed(path):
         raise DataError(f"{path} is a truncated or corrupt gzip file ({exc})") from None
 
 
-def read_idx(path, expect_ndim=None):
+def read_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.ndarray:
     """Read an IDX file (gzip'd or not) into an array of its native shape.
 
     Checks the magic number (two zero bytes, a type code, the number of
@@ -359,7 +368,7 @@ def read_idx(path, expect_ndim=None):
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _find_idx(folder, stem):
+def _find_idx(folder: Path, stem: str) -> Path | None:
     """The path of an IDX file in folder under any of its usual names, or None."""
     dotted = stem.replace("-idx", ".idx")
     for name in (stem + ".gz", stem, dotted + ".gz", dotted):
@@ -369,13 +378,13 @@ def _find_idx(folder, stem):
     return None
 
 
-def _check_labels(labels, num_classes, source):
+def _check_labels(labels: np.ndarray, num_classes: int, source: str | os.PathLike) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)][0]
         raise DataError(f"{source} holds label {int(bad)}, outside 0..{num_classes - 1}")
 
 
-def _idx_images_and_labels(images_path, labels_path, num_classes):
+def _idx_images_and_labels(images_path: Path, labels_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(images_path, expect_ndim=3)
     labels = read_idx(labels_path, expect_ndim=1)
     if images.dtype != np.uint8:
@@ -389,15 +398,16 @@ def _idx_images_and_labels(images_path, labels_path, num_classes):
     return images[:, None, :, :], labels
 
 
-def load_idx_dataset(folder, name="mnist", classes=None):
+def load_idx_dataset(folder: str | os.PathLike, name: str = "mnist", classes: Iterable[str] | None = None) -> Dataset:
     """Load the four canonical IDX files from folder into a Dataset."""
     folder = Path(folder)
     classes = list(classes if classes is not None else MNIST_CLASSES)
-    paths = {}
+    paths: dict[str, Path] = {}
     for key, stem in IDX_FILES.items():
-        paths[key] = _find_idx(folder, stem)
-        if paths[key] is None:
+        path = _find_idx(folder, stem)
+        if path is None:
             raise DataError(f"{folder} has no {stem}.gz (nor {stem})")
+        paths[key] = path
     x_train, y_train = _idx_images_and_labels(paths["train_images"], paths["train_labels"], len(classes))
     x_test, y_test = _idx_images_and_labels(paths["test_images"], paths["test_labels"], len(classes))
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -408,13 +418,15 @@ def load_idx_dataset(folder, name="mnist", classes=None):
     return Dataset(name, x_train, y_train, x_test, y_test, classes, source=str(folder))
 
 
-def _load_idx_named(name, classes, data_dir, download_missing):
+def _load_idx_named(name: str, classes: list[str], data_dir: str | os.PathLike | None,
+                    download_missing: bool) -> Dataset:
     looked = search_dirs(name, data_dir)
+    folder: Path | None
     for folder in looked:
         if all(_find_idx(folder, stem) for stem in IDX_FILES.values()):
             return load_idx_dataset(folder, name, classes)
     wanted = [stem + ".gz" for stem in IDX_FILES.values()]
-    failures = []
+    failures: list[str] = []
     if download_missing:
         folder, failures = _fetch(name, wanted, data_dir)
         if folder is not None:
@@ -442,13 +454,13 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
     }
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _unpickle(data, source):
+def _unpickle(data: bytes, source: str | os.PathLike) -> dict[str, Any]:
     import io
 
     try:
@@ -460,7 +472,7 @@ def _unpickle(data, source):
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _cifar_batch(data, source):
+def _cifar_batch(data: bytes, source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(data, source)
     if "data" not in batch or "labels" not in batch:
         raise DataError(f"{source} is not a CIFAR-10 batch: it has no 'data' or no 'labels' entry")
@@ -477,7 +489,7 @@ def _cifar_batch(data, source):
     return images.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar_members_from_tar(path):
+def _cifar_members_from_tar(path: Path) -> dict[str, bytes]:
     """The bytes of the CIFAR-10 files inside the archive, read in one pass."""
     found = {}
     try:
@@ -485,7 +497,9 @@ def _cifar_members_from_tar(path):
             for member in archive:
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in CIFAR_FILES and base not in found:
-                    found[base] = archive.extractfile(member).read()
+                    extracted = archive.extractfile(member)
+                    assert extracted is not None  # a regular file always has a file object
+                    found[base] = extracted.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
         raise DataError(f"{path} is a truncated or corrupt archive ({exc})") from None
     missing = [name for name in CIFAR_FILES if name not in found]
@@ -494,7 +508,7 @@ def _cifar_members_from_tar(path):
     return found
 
 
-def load_cifar10(path):
+def load_cifar10(path: str | os.PathLike) -> Dataset:
     """Load CIFAR-10 from a cifar-10-batches-py folder or a cifar-10-python.tar.gz archive."""
     path = Path(path)
     if path.is_dir():
@@ -520,7 +534,7 @@ def load_cifar10(path):
     return Dataset("cifar10", x_train, y_train, x_test, y_test, classes, source=str(path))
 
 
-def _find_cifar(folder):
+def _find_cifar(folder: Path) -> Path | None:
     for candidate in (folder / "cifar-10-batches-py", folder):
         if (candidate / "data_batch_1").is_file():
             return candidate
@@ -528,14 +542,15 @@ def _find_cifar(folder):
     return archive if archive.is_file() else None
 
 
-def _load_cifar_named(data_dir, download_missing):
+def _load_cifar_named(data_dir: str | os.PathLike | None, download_missing: bool) -> Dataset:
     looked = search_dirs("cifar10", data_dir)
+    folder: Path | None
     for folder in looked:
         found = _find_cifar(folder)
         if found is not None:
             return load_cifar10(found)
     wanted = ["cifar-10-python.tar.gz"]
-    failures = []
+    failures: list[str] = []
     if download_missing:
         folder, failures = _fetch("cifar10", wanted, data_dir)
         if folder is not None:
@@ -546,11 +561,11 @@ def _load_cifar_named(data_dir, download_missing):
 # ---------------------------------------------------------------- image folders
 
 
-def _is_hidden(path):
+def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _scan_folder(root):
+def _scan_folder(root: Path) -> list[tuple[str, list[Path]]]:
     """[(class name, [image paths])] of root/<class>/<image>, sorted by name."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
@@ -571,7 +586,8 @@ def _scan_folder(root):
     return scanned
 
 
-def _folder_key(root, scanned, image_size, skip_bad):
+def _folder_key(root: Path, scanned: Iterable[tuple[str, Iterable[Path]]], image_size: int | None,
+                skip_bad: bool) -> str:
     digest = hashlib.sha256(f"v{FOLDER_CACHE_VERSION}\t{image_size}\t{skip_bad}\n".encode())
     for class_name, files in scanned:
         for p in files:
@@ -584,7 +600,8 @@ def _folder_key(root, scanned, image_size, skip_bad):
 _LISTED_BAD_FILES = 10
 
 
-def _decode_images(scanned, image_size=None, skip_bad=False):
+def _decode_images(scanned: Iterable[tuple[str, Iterable[Path]]], image_size: int | None = None,
+                   skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """(x uint8 NCHW, y int64, unreadable paths) of the scanned files.
 
     Every file is tried before an unreadable one stops the load, so that one
@@ -639,13 +656,14 @@ def _decode_images(scanned, image_size=None, skip_bad=False):
     return x, np.asarray(labels, dtype=np.int64), bad
 
 
-def _atomic_savez(path, **arrays):
+def _atomic_savez(path: str | os.PathLike, **arrays: ArrayLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # mypy checks a **dict against savez's keyword allow_pickle too; the keys here are array names.
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
-def _check_image_size(image_size):
+def _check_image_size(image_size: int | None) -> int | None:
     if image_size is None:
         return None
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
@@ -653,7 +671,9 @@ def _check_image_size(image_size):
     return int(image_size)
 
 
-def load_image_folder(root, cache_dir=None, image_size=None, skip_bad=False):
+def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                      image_size: int | None = None,
+                      skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode root/<class>/<image> into (x uint8 NCHW, y int64, class names).
 
     Class labels follow the sorted class folder names; images within a class
@@ -670,7 +690,8 @@ def load_image_folder(root, cache_dir=None, image_size=None, skip_bad=False):
     return _load_image_folder(root, cache_dir, image_size, skip_bad)[:3]
 
 
-def _load_image_folder(root, cache_dir, image_size, skip_bad):
+def _load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike | None, image_size: int | None,
+                       skip_bad: bool) -> tuple[np.ndarray, np.ndarray, list[str], list[Path]]:
     """load_image_folder's result and the unreadable files it left out."""
     root = Path(root)
     image_size = _check_image_size(image_size)
@@ -699,15 +720,15 @@ def _load_image_folder(root, cache_dir, image_size, skip_bad):
     return x, y, classes, skipped
 
 
-def _folder_cache_dir():
+def _folder_cache_dir() -> Path:
     return user_data_dir() / "folder-cache"
 
 
-def _extracted_dir():
+def _extracted_dir() -> Path:
     return user_data_dir() / "extracted"
 
 
-def cache_info():
+def cache_info() -> list[dict[str, Any]]:
     """Where decoded folder data sets and extracted archives are cached, and how much each holds.
 
     A list of dicts ``{"what", "path", "files", "bytes"}``; a folder that does
@@ -722,7 +743,7 @@ def cache_info():
     return rows
 
 
-def clear_cache():
+def clear_cache() -> int:
     """Delete the cached decoded folders and extracted archives; returns the bytes freed.
 
     Only those two folders of the user data folder are touched: downloaded
@@ -736,7 +757,7 @@ def clear_cache():
     return freed
 
 
-def _extract_archive(archive, cache_dir):
+def _extract_archive(archive: Path, cache_dir: Path) -> Path:
     """Extract a .tar[.gz] once into the cache folder; return the extracted folder."""
     st = archive.stat()
     key = hashlib.sha256(f"{archive.resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -765,7 +786,7 @@ def _extract_archive(archive, cache_dir):
     return target
 
 
-def _single_child_descent(folder):
+def _single_child_descent(folder: Path) -> Path:
     """Descend through folders that hold nothing but one sub-folder (archive wrappers)."""
     while True:
         entries = [p for p in folder.iterdir() if not _is_hidden(p)]
@@ -777,11 +798,11 @@ def _single_child_descent(folder):
         return folder
 
 
-def _is_archive(path):
+def _is_archive(path: Path) -> bool:
     return path.is_file() and any(path.name.endswith(s) for s in (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
 
 
-def held_out_split(labels, fraction):
+def held_out_split(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held_out): the last ceil(fraction * n_c) items of each class c.
 
     ``kept`` is in the original order. ``held_out`` goes round the classes: the
@@ -799,12 +820,13 @@ def held_out_split(labels, fraction):
         kept.append(idx[:cut])
         held.append(idx[cut:])
         rank.append(np.arange(n_held))
-    held, rank = np.concatenate(held), np.concatenate(rank)
+    held_all, rank_all = np.concatenate(held), np.concatenate(rank)
     # Sort by rank within the class, then by class (held is in class order).
-    return np.sort(np.concatenate(kept)), held[np.argsort(rank, kind="stable")]
+    return np.sort(np.concatenate(kept)), held_all[np.argsort(rank_all, kind="stable")]
 
 
-def load_folder_dataset(path, test_fraction=0.1, image_size=None, skip_bad_images=False):
+def load_folder_dataset(path: str | os.PathLike, test_fraction: float = 0.1, image_size: int | None = None,
+                        skip_bad_images: bool = False) -> Dataset:
     """A Dataset from an image folder (or a tar archive of one) with a held-out test part.
 
     ``image_size`` and ``skip_bad_images`` are :func:`load_image_folder`'s
@@ -839,7 +861,8 @@ def load_folder_dataset(path, test_fraction=0.1, image_size=None, skip_bad_image
 # ---------------------------------------------------------------- entry point
 
 
-def load_dataset(name, data_dir=None, download=True, test_fraction=0.1, image_size=None, skip_bad_images=False):
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True,
+                 test_fraction: float = 0.1, image_size: int | None = None, skip_bad_images: bool = False) -> Dataset:
     """Load a data set by name: mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH.
 
     Returns a Dataset with uint8 NCHW images and int64 labels. Raises
@@ -870,7 +893,8 @@ def load_dataset(name, data_dir=None, download=True, test_fraction=0.1, image_si
 # ---------------------------------------------------------------- preparation
 
 
-def stratified_split(labels, fraction, seed=0):
+def stratified_split(labels: ArrayLike, fraction: float,
+                     seed: np.random.Generator | int | None = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) with round(fraction * n_c) items of each class c in val.
 
     The items of each class are shuffled with numpy.random.default_rng(seed),
@@ -892,7 +916,7 @@ def stratified_split(labels, fraction, seed=0):
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def limited(n, limit):
+def limited(n: int, limit: int) -> np.ndarray:
     """Indices of the --limit subset: ``limit`` of n items drawn at random (always the same), in order.
 
     Random rather than the first ones, because a folder data set is sorted by class.
@@ -902,6 +926,6 @@ def limited(n, limit):
     return np.sort(np.random.default_rng(0).choice(n, size=limit, replace=False))
 
 
-def short_name(name):
+def short_name(name: str) -> str:
     """A data set's name for figure titles: a folder's base name rather than its whole path."""
     return f"folder {Path(name[len('folder:'):]).name}" if name.startswith("folder:") else name

@@ -1,6 +1,17 @@
 """Preparation of uint8 image batches for training: per-channel normalization
 (``Normalize``) and batch-vectorized augmentation (``Augment``)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from numpy.typing import ArrayLike, DTypeLike
+
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
 
 __all__ = ["Normalize", "Augment", "resize_and_crop"]
 
@@ -19,11 +30,11 @@ class Normalize:
     type of the output, unless a call asks for another.
     """
 
-    def __init__(self, mean, std, scale=255.0, dtype=np.float32):
+    def __init__(self, mean: ArrayLike, std: ArrayLike, scale: float = 255.0, dtype: DTypeLike = np.float32) -> None:
         self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
         self.std = np.asarray(std, dtype=np.float64).reshape(-1)
         self.scale = float(scale)
-        self.dtype = np.dtype(dtype)
+        self.dtype: np.dtype = np.dtype(dtype)
         if self.mean.shape != self.std.shape:
             raise ValueError(f"mean {self.mean.tolist()} and std {self.std.tolist()} must have one value "
                              "per channel each")
@@ -33,7 +44,7 @@ class Normalize:
             raise ValueError(f"scale must be a positive number, got {scale!r}")
 
     @classmethod
-    def fit(cls, x, chunk=4096):
+    def fit(cls, x: np.ndarray, chunk: int = 4096) -> Normalize:
         """Per-channel mean and std of uint8 images x (N, C, H, W), scaled to [0, 1]."""
         if x.ndim != 4 or len(x) == 0:
             raise ValueError(f"expected a non-empty (N, C, H, W) array, got shape {x.shape}")
@@ -49,7 +60,7 @@ class Normalize:
         return cls(mean, np.where(std > 1e-6, std, 1.0), 255.0)
 
     @classmethod
-    def from_model(cls, model):
+    def from_model(cls, model: fastconv.Sequential) -> Normalize:
         """The normalization a model was trained with, from ``model.meta``
         (``normalization``, as the trainer stores it, or top-level ``mean``
         and ``std``), in the model's dtype. A model without statistics gets
@@ -59,7 +70,7 @@ class Normalize:
         dtype = getattr(model, "dtype", None) or np.float32
         return cls(stats.get("mean", [0.0]), stats.get("std", [1.0]), stats.get("scale", 255.0), dtype)
 
-    def per_channel(self, channels):
+    def per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) in units of ``scale`` for ``channels`` channels, float64
         arrays shaped (1, C, 1, 1): what a tool working on [0, 1] pixels needs."""
         mean, std = self.mean, self.std
@@ -70,12 +81,12 @@ class Normalize:
                              f"{mean.size} (mean {mean.tolist()})")
         return mean.reshape(1, channels, 1, 1), std.reshape(1, channels, 1, 1)
 
-    def _stats(self, channels, dtype):
+    def _stats(self, channels: int, dtype: DTypeLike) -> tuple[np.ndarray, np.ndarray]:
         """(scale * mean, 1 / (scale * std)) in ``dtype``, shaped to broadcast over NCHW."""
         mean, std = self.per_channel(channels)
         return (mean * self.scale).astype(dtype), (1.0 / (std * self.scale)).astype(dtype)
 
-    def __call__(self, x, dtype=None):
+    def __call__(self, x: ArrayLike, dtype: DTypeLike | None = None) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"images must be shaped (N, C, H, W), got shape {x.shape}")
@@ -83,28 +94,28 @@ class Normalize:
         mean, inv = self._stats(x.shape[1], dtype)
         return (x.astype(dtype) - mean) * inv
 
-    def pixel_value(self, value, channels):
+    def pixel_value(self, value: float, channels: int) -> np.ndarray:
         """The normalized value of raw pixel ``value`` in each of ``channels`` channels, shape (C,)."""
         mean, inv = self._stats(channels, self.dtype)
         return ((self.dtype.type(value) - mean) * inv).reshape(-1)
 
-    def undo(self, x):
+    def undo(self, x: np.ndarray) -> np.ndarray:
         """Pixel values (float, in [0, scale] for in-range input) of normalized images."""
         channels = x.shape[1]
         mean, inv = self._stats(channels, np.float64)
         return x.astype(np.float64) / inv + mean
 
-    def to_meta(self):
+    def to_meta(self) -> dict[str, list[float] | float]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "scale": self.scale}
 
     @classmethod
-    def from_meta(cls, meta):
+    def from_meta(cls, meta: Mapping[str, Any]) -> Normalize:
         try:
             return cls(meta["mean"], meta["std"], meta.get("scale", 255.0))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a normalization record: {meta!r}") from exc
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Normalize(mean={np.round(self.mean, 4).tolist()}, std={np.round(self.std, 4).tolist()})"
 
 
@@ -116,13 +127,14 @@ class Augment:
     passed in, drawn in a fixed order, so a seed gives the same batch.
     """
 
-    def __init__(self, padding=4, flip=True):
+    def __init__(self, padding: int = 4, flip: bool = True) -> None:
         if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
             raise ValueError(f"padding must be a non-negative int, got {padding!r}")
         self.padding = int(padding)
         self.flip = bool(flip)
 
-    def __call__(self, x, rng):
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n: int
         n, c, h, w = x.shape
         p = self.padding
         dy = rng.integers(0, 2 * p + 1, size=n)
@@ -139,14 +151,14 @@ class Augment:
             cols[:, None, None, :],
         ]
 
-    def config(self):
+    def config(self) -> dict[str, int | bool]:
         return {"padding": self.padding, "flip": self.flip}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Augment(padding={self.padding}, flip={self.flip})"
 
 
-def resize_and_crop(image, size=None, resize=None):
+def resize_and_crop(image: ArrayLike, size: int | None = None, resize: int | None = None) -> np.ndarray:
     """Resize a uint8 image (H, W) or (H, W, C) so that its shorter side is
     ``resize`` pixels (bilinear, with Pillow's antialiasing), then cut the
     central ``size`` x ``size`` square: the usual way to bring photos of any
@@ -165,7 +177,9 @@ def resize_and_crop(image, size=None, resize=None):
             raise ValueError(f"resize must be a positive number of pixels, got {resize}")
         if min(h, w) != resize:
             new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-            array = np.asarray(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))
+            # Image.BILINEAR, not Image.Resampling.BILINEAR (Pillow 9.1+): Pillow 9.0 is still supported,
+            # and newer Pillow sets the old name at import time, where the type checker cannot see it.
+            array = np.asarray(Image.fromarray(array).resize((new_w, new_h), Image.BILINEAR))  # type: ignore[attr-defined]
             h, w = new_h, new_w
     if size is None:
         return array

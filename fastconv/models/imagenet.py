@@ -21,13 +21,22 @@ Images are resized so that their shorter side is ``resize`` (256) pixels
 (bilinear, with antialiasing, as PIL does it), then the central ``size`` x
 ``size`` (224) square is cut out: the standard evaluation crop.
 """
+from __future__ import annotations
+
 import functools
 import os
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastconv.data import transforms
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from numpy.typing import ArrayLike, DTypeLike
+    from PIL.Image import Image
 
 __all__ = [
     "PREPROCESSING", "NUM_CLASSES", "CAFFE_MEAN_RGB", "class_names", "normalization", "load_image", "resize_and_crop",
@@ -42,14 +51,14 @@ CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 # Both modes in the form x = (pixels / 255 - mean) / std, the form every tool
 # that works in [0, 1] pixel space reads: Caffe's x = pixels - mean is
 # mean / 255 and std 1 / 255 there.
-_STATS = {
+_STATS: dict[str, dict[str, list[float] | float]] = {
     "torch": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 255.0},
     "caffe": {"mean": [m / 255.0 for m in CAFFE_MEAN_RGB], "std": [1.0 / 255.0] * 3, "scale": 255.0},
 }
 
 
 @functools.lru_cache(maxsize=1)
-def _class_names():
+def _class_names() -> tuple[str, ...]:
     text = (resources.files("fastconv") / "sample_data" / _CLASS_FILE).read_text(encoding="utf-8")
     names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(names) != NUM_CLASSES:
@@ -57,7 +66,7 @@ def _class_names():
     return names
 
 
-def class_names():
+def class_names() -> list[str]:
     """The 1,000 ILSVRC-2012 class names, index 0 (tench) to 999 (toilet tissue).
 
     Short names, one per class, in the order of the standard class index that
@@ -67,20 +76,20 @@ def class_names():
     return list(_class_names())
 
 
-def _check_mode(mode):
+def _check_mode(mode: str) -> str:
     if mode not in PREPROCESSING:
         raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {mode!r}")
     return mode
 
 
-def normalization(mode="torch"):
+def normalization(mode: str = "torch") -> dict[str, list[float] | float]:
     """{'mean': [r, g, b], 'std': [r, g, b], 'scale': 255.0} of a preprocessing mode,
     for x = (pixels / scale - mean) / std on RGB pixels in [0, 255]."""
     stats = _STATS[_check_mode(mode)]
     return {key: list(value) if isinstance(value, list) else value for key, value in stats.items()}
 
 
-def load_image(path):
+def load_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as a uint8 array (H, W, 3), RGB (grey and RGBA images are converted)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -92,7 +101,7 @@ def load_image(path):
         raise ValueError(f"{path} is not an image file PIL can read") from None
 
 
-def _as_rgb_uint8(image):
+def _as_rgb_uint8(image: str | os.PathLike | Image | np.ndarray) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
@@ -107,7 +116,8 @@ def _as_rgb_uint8(image):
     return array[:, :, :3]
 
 
-def resize_and_crop(image, size=224, resize=256):
+def resize_and_crop(image: str | os.PathLike | Image | np.ndarray, size: int | None = 224,
+                    resize: int | None = 256) -> np.ndarray:
     """Resize so that the shorter side is ``resize`` pixels, then cut the central
     ``size`` x ``size`` square; uint8 (size, size, 3).
 
@@ -117,7 +127,9 @@ def resize_and_crop(image, size=224, resize=256):
     return transforms.resize_and_crop(_as_rgb_uint8(image), size=size, resize=resize)
 
 
-def preprocess(images, mode="torch", size=224, resize=256, dtype=np.float32):
+def preprocess(images: str | os.PathLike | Image | np.ndarray | Iterable[str | os.PathLike | Image | np.ndarray],
+               mode: str = "torch", size: int | None = 224, resize: int | None = 256,
+               dtype: DTypeLike = np.float32) -> np.ndarray:
     """A batch (N, 3, size, size) ready for an ImageNet network.
 
     ``images``: one image or a list of them, each a file path, a PIL image or
@@ -129,7 +141,8 @@ def preprocess(images, mode="torch", size=224, resize=256, dtype=np.float32):
     stats = normalization(mode)
     if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert") or (
             isinstance(images, np.ndarray) and images.ndim in (2, 3)):
-        images = [images]
+        # One image: mypy's hasattr() narrowing cannot rule out a sequence of images that has a convert method.
+        images = [images]  # type: ignore[list-item]
     crops = [resize_and_crop(image, size, resize) for image in images]
     if not crops:
         raise ValueError("no images to preprocess")
@@ -142,7 +155,7 @@ def preprocess(images, mode="torch", size=224, resize=256, dtype=np.float32):
     return ((pixels / stats["scale"] - mean) / std).astype(dtype)
 
 
-def deprocess(x, mode="torch"):
+def deprocess(x: ArrayLike, mode: str = "torch") -> np.ndarray:
     """Undo :func:`preprocess`: (N, 3, H, W) model inputs -> uint8 images (N, H, W, 3), clipped."""
     stats = normalization(mode)
     x = np.asarray(x, dtype=np.float64)
@@ -156,7 +169,8 @@ def deprocess(x, mode="torch"):
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def decode(logits, top=5, classes=None):
+def decode(logits: ArrayLike, top: int = 5,
+           classes: Sequence[str] | None = None) -> list[list[tuple[int, str, float]]]:
     """The ``top`` most probable classes of each row of ``logits`` (N, K):
     a list per image of (index, name, probability), most probable first.
 

@@ -36,6 +36,8 @@ every model takes RGB input, and ``model.meta`` records the preprocessing
 :func:`save_weights` writes a model's ``state_dict`` to ``.npz`` or
 ``.safetensors`` with its preprocessing in the file's metadata.
 """
+from __future__ import annotations
+
 import dataclasses
 import itertools
 import json
@@ -44,12 +46,22 @@ import os
 import re
 import zipfile
 from collections.abc import Mapping
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastconv._files import atomic_write, open_npz
 from fastconv.models import imagenet
 from fastconv.nn.layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+    from pathlib import Path
+
+    from numpy.typing import ArrayLike
+
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    from fastconv.nn.layers import Layer
 
 __all__ = [
     "load_weights", "save_weights", "read_weights", "WeightsFile", "read_safetensors", "write_safetensors", "FORMATS",
@@ -85,7 +97,7 @@ _KERAS_ROLES_BY_COUNT = {1: ("weight",), 2: ("weight", "bias"), 4: ("weight", "b
 # --------------------------------------------------------------------------- safetensors
 
 
-def read_safetensors(path):
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(tensors, metadata) of a .safetensors file: {name: ndarray} in the order of
     the data, and the header's ``__metadata__`` dict of strings.
 
@@ -121,13 +133,14 @@ def read_safetensors(path):
             end_of_previous = end
             f.seek(8 + header_size + begin)
             raw = np.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype_code])
-            if raw.nbytes and f.readinto(memoryview(raw.reshape(-1)).cast("B")) != raw.nbytes:
+            # numpy's stubs give ndarray the buffer protocol for Python 3.12+ only; mypy checks as 3.11.
+            if raw.nbytes and f.readinto(memoryview(raw.reshape(-1)).cast("B")) != raw.nbytes:  # type: ignore[arg-type]
                 raise ValueError(f"{path} is truncated: tensor {name!r} is cut short")
             tensors[name] = _native(raw, dtype_code)
     return tensors, dict(metadata)
 
 
-def _safetensors_entry(path, name, info, data_size):
+def _safetensors_entry(path: str, name: str, info: Any, data_size: int) -> tuple[str, str, tuple[int, ...], int, int]:
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
         raise ValueError(f"{path} is not a safetensors file: header entry {name!r} lacks dtype, shape or data_offsets")
     dtype_code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
@@ -149,20 +162,21 @@ def _safetensors_entry(path, name, info, data_size):
     return name, dtype_code, tuple(shape), begin, end
 
 
-def _native(raw, dtype_code):
+def _native(raw: np.ndarray, dtype_code: str) -> np.ndarray:
     if dtype_code == "BF16":
         # bfloat16 is the top half of a float32.
         return (raw.astype(np.uint32) << 16).view(np.float32)
     return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
 
-def write_safetensors(path, tensors, metadata=None):
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, ArrayLike],
+                      metadata: Mapping[str, str] | None = None) -> Path:
     """Write {name: array} to a .safetensors file, atomically, in the given order.
 
     ``metadata``: a dict of strings stored as the header's ``__metadata__``.
     Arrays may be float16/32/64, (unsigned) integers or bool.
     """
-    header = {}
+    header: dict[str, Any] = {}
     arrays = []
     offset = 0
     for name, value in tensors.items():
@@ -183,11 +197,12 @@ def write_safetensors(path, tensors, metadata=None):
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)  # the data starts 8-byte aligned, as the reference writer does
 
-    def write(f):
+    def write(f: IO[bytes]) -> None:
         f.write(len(text).to_bytes(8, "little"))
         f.write(text)
         for array in arrays:
-            f.write(memoryview(array.reshape(-1)).cast("B"))
+            # numpy's stubs give ndarray the buffer protocol for Python 3.12+ only; mypy checks as 3.11.
+            f.write(memoryview(array.reshape(-1)).cast("B"))  # type: ignore[arg-type]
 
     return atomic_write(os.fspath(path), write)
 
@@ -200,7 +215,7 @@ class _Group:
     """One layer of the file: its name there and {role: (file key, array)}."""
 
     name: str
-    tensors: dict
+    tensors: dict[str, tuple[str, np.ndarray]]
 
 
 @dataclasses.dataclass
@@ -211,12 +226,12 @@ class WeightsFile:
 
     source: str
     layout: str
-    tensors: dict
-    groups: list
-    metadata: dict
+    tensors: dict[str, np.ndarray]
+    groups: list[_Group]
+    metadata: dict[str, Any]
 
 
-def _format_of(path):
+def _format_of(path: str) -> str:
     extension = os.path.splitext(path)[1].lower()
     if extension in FORMATS:
         return FORMATS[extension]
@@ -238,7 +253,7 @@ def _format_of(path):
     raise ValueError(f"cannot tell the format of {path}: expected {_FORMAT_HELP}")
 
 
-def _torch_tensors(obj):
+def _torch_tensors(obj: Any) -> Mapping[str, Any] | None:
     """The {name: tensor} inside what torch.load returned, or None."""
     if isinstance(obj, Mapping) and obj and all(hasattr(v, "detach") for v in obj.values()):
         return obj
@@ -249,7 +264,7 @@ def _torch_tensors(obj):
     return None
 
 
-def _to_numpy(value):
+def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().cpu()
         if not value.dtype.is_floating_point or value.dtype.itemsize >= 4:
@@ -258,7 +273,7 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
-def _read_pytorch(path):
+def _read_pytorch(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         import torch
     except ImportError:
@@ -277,7 +292,7 @@ def _read_pytorch(path):
     return {key: _to_numpy(value) for key, value in tensors.items()}, {}
 
 
-def _read_npz(path):
+def _read_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     with open_npz(path, ".npz weights file") as archive:
         names = archive.files
         metadata = {}
@@ -290,11 +305,11 @@ def _read_npz(path):
     return tensors, metadata if isinstance(metadata, dict) else {}
 
 
-def _text(value):
+def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _keras_roles(layer_name, weight_names):
+def _keras_roles(layer_name: str, weight_names: Sequence[str]) -> tuple[str, ...]:
     roles = []
     for name in weight_names:
         stem = re.sub(r"(_\d+)?:\d+$", "", name.split("/")[-1])
@@ -304,10 +319,10 @@ def _keras_roles(layer_name, weight_names):
     if None in roles or len(set(roles)) != len(roles):
         # Unknown names: Keras stores a layer's weights in a fixed order.
         return _KERAS_ROLES_BY_COUNT.get(len(weight_names), tuple(weight_names))
-    return tuple(roles)
+    return tuple(roles)  # type: ignore[arg-type]  # no None left: tested just above
 
 
-def _read_keras(path):
+def _read_keras(path: str) -> list[_Group]:
     try:
         import h5py
     except ImportError:
@@ -333,13 +348,13 @@ def _read_keras(path):
     return groups
 
 
-def _split_key(key):
+def _split_key(key: str) -> tuple[str, str]:
     group, _, role = key.rpartition(".")
     return (group, role) if group else (key, key)
 
 
-def _group(keys_and_arrays):
-    groups = {}
+def _group(keys_and_arrays: Iterable[tuple[str, np.ndarray]]) -> list[_Group]:
+    groups: dict[str, _Group] = {}
     for key, array in keys_and_arrays:
         name, role = _split_key(key)
         if role in _SKIPPED_ROLES:
@@ -348,7 +363,7 @@ def _group(keys_and_arrays):
     return list(groups.values())
 
 
-def read_weights(source):
+def read_weights(source: str | os.PathLike | Mapping[str, ArrayLike]) -> WeightsFile:
     """Read a weights file (or take a mapping of arrays) without a model: a
     :class:`WeightsFile` with the tensors as NumPy arrays under their names in
     the file, grouped into layers."""
@@ -375,11 +390,11 @@ def read_weights(source):
 # --------------------------------------------------------------------------- matching layers
 
 
-def _natural_key(name):
+def _natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("."))
 
 
-def _orders(weights):
+def _orders(weights: WeightsFile) -> Iterator[list[_Group]]:
     """Candidate layer orders of the file's groups, the file's own first (safetensors
     writers usually sort by name, so that one may be wrong)."""
     yield weights.groups
@@ -396,12 +411,12 @@ def _orders(weights):
 
 
 class _Mismatch(Exception):
-    def __init__(self, matched, message):
+    def __init__(self, matched: int, message: str) -> None:
         super().__init__(message)
         self.matched = matched
 
 
-def _flatten_input(model, position, in_features):
+def _flatten_input(model: fastconv.Sequential, position: int, in_features: int) -> tuple[int, ...] | None:
     """(C, H, W) of the maps flattened for the Linear at ``position``, or None when
     no Flatten comes before it (parameter-free layers may sit between)."""
     pairs = model.named_layers()
@@ -439,7 +454,8 @@ def _flatten_input(model, position, in_features):
     return (channels,) + tuple(size)
 
 
-def _keras_to_torch(model, position, layer, role, array):
+def _keras_to_torch(model: fastconv.Sequential, position: int, layer: Layer, role: str,
+                    array: np.ndarray) -> np.ndarray:
     if isinstance(layer, Conv2d) and role == "weight" and array.ndim == 4:
         return array.transpose(3, 2, 0, 1)
     if isinstance(layer, Linear) and role == "weight" and array.ndim == 2:
@@ -452,21 +468,22 @@ def _keras_to_torch(model, position, layer, role, array):
     return array
 
 
-def _targets(model):
+def _targets(model: fastconv.Sequential) -> list[tuple[int, str, Layer]]:
     """[(position, name, layer)] of the layers that hold parameters or buffers."""
     return [(i, name, layer) for i, (name, layer) in enumerate(model.named_layers()) if layer.params or layer.buffers]
 
 
-def _slots(layer):
+def _slots(layer: Layer) -> dict[str, np.ndarray]:
     """{role: array} of a layer's parameters and buffers, in state_dict order."""
     return {**layer.params, **layer.buffers}
 
 
-def _describe(layer):
+def _describe(layer: Layer) -> str:
     return type(layer).__name__
 
 
-def _plan(model, weights, groups, strict):
+def _plan(model: fastconv.Sequential, weights: WeightsFile, groups: Sequence[_Group],
+          strict: bool) -> dict[str, np.ndarray]:
     """{state_dict key: array} pairing the model's layers with ``groups`` in order; _Mismatch otherwise."""
     targets = _targets(model)
     values = {}
@@ -505,7 +522,7 @@ def _plan(model, weights, groups, strict):
     return values
 
 
-def _by_name(model, weights, strict):
+def _by_name(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray] | None:
     """{key: array} when the file names its tensors as the model does, else None."""
     if weights.layout != "pytorch":
         return None
@@ -516,7 +533,7 @@ def _by_name(model, weights, strict):
     return {key: weights.tensors[key] for key in wanted}
 
 
-def _mapped_values(model, weights, strict):
+def _mapped_values(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
     values = _by_name(model, weights, strict)
     if values is not None:
         return values
@@ -530,7 +547,7 @@ def _mapped_values(model, weights, strict):
     raise ValueError(f"{weights.source} does not fit the model: {best}")
 
 
-def _preprocessing(weights, preprocessing):
+def _preprocessing(weights: WeightsFile, preprocessing: str | None) -> str | None:
     if preprocessing is not None:
         if preprocessing not in imagenet.PREPROCESSING:
             raise ValueError(f"preprocessing must be one of {imagenet.PREPROCESSING} or None, got {preprocessing!r}")
@@ -540,7 +557,8 @@ def _preprocessing(weights, preprocessing):
     return "caffe" if weights.layout == "keras" else "torch"
 
 
-def load_weights(model, source, strict=True, preprocessing=None, bgr=None):
+def load_weights(model: fastconv.Sequential, source: str | os.PathLike | Mapping[str, ArrayLike], strict: bool = True,
+                 preprocessing: str | None = None, bgr: bool | None = None) -> fastconv.Sequential:
     """Copy the weights in ``source`` (a file path, or a mapping name -> array or
     tensor) into ``model``; returns the model.
 
@@ -583,7 +601,7 @@ def load_weights(model, source, strict=True, preprocessing=None, bgr=None):
 # --------------------------------------------------------------------------- writing
 
 
-def save_weights(model, path):
+def save_weights(model: fastconv.Sequential, path: str | os.PathLike) -> str:
     """Write the model's state_dict to ``path``: .npz or .safetensors, by extension,
     atomically, with the preprocessing from ``model.meta`` in the file's metadata.
     The tensors are named as in ``model.state_dict()``; returns the path."""

@@ -8,6 +8,10 @@ which is what a network written in PyTorch without an explicit
 initialization starts from. ``seed`` (int, numpy Generator or None) makes the
 initialization reproducible.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fastconv import _checks
@@ -15,10 +19,19 @@ from fastconv.nn import init as init_module
 from fastconv.nn.layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from fastconv.nn.model import Sequential
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Mapping, Sequence
+
+    from numpy.typing import ArrayLike
+
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    from fastconv.nn.layers import Layer
+
 __all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19", "VGG16_BLOCKS", "VGG19_BLOCKS", "VGG_WIDTHS"]
 
 
-def _he_relu(layer, rng):
+def _he_relu(layer: Layer, rng: np.random.Generator) -> Layer:
     init_module.kaiming_normal_(layer.params["weight"], rng, mode="fan_in", nonlinearity="relu")
     if "bias" in layer.params:
         layer.params["bias"].fill(0)
@@ -28,7 +41,7 @@ def _he_relu(layer, rng):
 INITS = ("he", "torch")
 
 
-def _initializer(init_name, rng):
+def _initializer(init_name: str, rng: np.random.Generator) -> Callable[[Layer], Layer]:
     """The function applied to each layer followed by a ReLU."""
     if init_name not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init_name!r}")
@@ -39,7 +52,8 @@ def _initializer(init_name, rng):
 
 
 
-def cifar6(num_classes=10, in_channels=3, seed=None, init="he"):
+def cifar6(num_classes: int = 10, in_channels: int = 3, seed: np.random.Generator | int | None = None,
+           init: str = "he") -> fastconv.Sequential:
     """Six 3x3 convolutions (stride 1, padding 1), each followed by ReLU then
     BatchNorm2d, widths 32, 32, 64, 64, 128, 128, a 2x2 max-pool after every
     second one, then Flatten and Linear(128*4*4 -> num_classes).
@@ -62,7 +76,8 @@ def cifar6(num_classes=10, in_channels=3, seed=None, init="he"):
     return Sequential(layers)
 
 
-def mnist2(num_classes=10, in_channels=1, batchnorm=False, seed=None, init="he"):
+def mnist2(num_classes: int = 10, in_channels: int = 1, batchnorm: bool = False,
+           seed: np.random.Generator | int | None = None, init: str = "he") -> fastconv.Sequential:
     """conv 32 3x3 pad 1 - ReLU - maxpool 2 - conv 32 3x3 pad 1 - ReLU - maxpool 2
     - Flatten - Linear(1568 -> 500) - ReLU - Linear(500 -> num_classes).
 
@@ -99,8 +114,10 @@ VGG19_BLOCKS = (2, 2, 4, 4, 4)
 
 
 
-def vgg(blocks=VGG16_BLOCKS, widths=VGG_WIDTHS, hidden=4096, include_top=True, num_classes=1000,
-        batchnorm=False, in_channels=3, weights=None, seed=None):
+def vgg(blocks: Sequence[int] = VGG16_BLOCKS, widths: Sequence[int] = VGG_WIDTHS, hidden: int = 4096,
+        include_top: bool = True, num_classes: int = 1000, batchnorm: bool = False, in_channels: int = 3,
+        weights: str | os.PathLike | Mapping[str, ArrayLike] | None = None,
+        seed: np.random.Generator | int | None = None) -> fastconv.Sequential:
     """A VGG network (Simonyan & Zisserman, 2014): ``blocks[i]`` 3x3 convolutions
     (padding 1) of ``widths[i]`` channels, each followed by ReLU (BatchNorm2d
     then ReLU with batchnorm=True), then a 2x2 max-pool, for each block.
@@ -172,7 +189,9 @@ def vgg(blocks=VGG16_BLOCKS, widths=VGG_WIDTHS, hidden=4096, include_top=True, n
     return model
 
 
-def vgg16(include_top=True, num_classes=1000, batchnorm=False, in_channels=3, weights=None, seed=None):
+def vgg16(include_top: bool = True, num_classes: int = 1000, batchnorm: bool = False, in_channels: int = 3,
+          weights: str | os.PathLike | Mapping[str, ArrayLike] | None = None,
+          seed: np.random.Generator | int | None = None) -> fastconv.Sequential:
     """VGG-16 (configuration D): 13 convolutions in blocks of 2, 2, 3, 3, 3 with
     64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
 
@@ -182,7 +201,9 @@ def vgg16(include_top=True, num_classes=1000, batchnorm=False, in_channels=3, we
     return vgg(VGG16_BLOCKS, VGG_WIDTHS, 4096, include_top, num_classes, batchnorm, in_channels, weights, seed)
 
 
-def vgg19(include_top=True, num_classes=1000, batchnorm=False, in_channels=3, weights=None, seed=None):
+def vgg19(include_top: bool = True, num_classes: int = 1000, batchnorm: bool = False, in_channels: int = 3,
+          weights: str | os.PathLike | Mapping[str, ArrayLike] | None = None,
+          seed: np.random.Generator | int | None = None) -> fastconv.Sequential:
     """VGG-19 (configuration E): 16 convolutions in blocks of 2, 2, 4, 4, 4 with
     64, 128, 256, 512, 512 channels, and the 4096-4096-num_classes head.
 

@@ -69,7 +69,8 @@ class Sequential:
     """
 
     def __init__(self,
-                 *layers: Layer | tuple[str, Layer] | list[Layer | tuple[str, Layer]] | dict[str, Layer]) -> None:
+                 *layers: Layer | tuple[str, Layer] | list[Layer] | list[tuple[str, Layer]]
+                 | list[Layer | tuple[str, Layer]] | dict[str, Layer]) -> None:
         if len(layers) == 1 and isinstance(layers[0], (list, dict)):
             items: list[object] = list(layers[0].items()) if isinstance(layers[0], dict) else list(layers[0])
         else:

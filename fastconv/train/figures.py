@@ -12,11 +12,22 @@ atomically: a temporary file in the target folder, then a rename.
 
 Images are uint8 (N, C, H, W) as the data sets give them, with C = 1 or 3.
 """
+from __future__ import annotations
+
 import textwrap
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastconv._files import atomic_write, check_replaceable, make_parent
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
 
 __all__ = ["plot_history", "plot_predictions", "plot_confusion", "plot_samples", "save"]
 
@@ -24,7 +35,7 @@ CORRECT_COLOUR = "#1a7f37"
 WRONG_COLOUR = "#cf222e"
 
 
-def _figure(width, height):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,26 +44,26 @@ def _figure(width, height):
     return fig
 
 
-def save(fig, path, tight=False):
+def save(fig: Figure, path: str | os.PathLike, tight: bool = False) -> Path:
     """Write ``fig`` to ``path`` as PNG, atomically, creating its folder; return the path.
 
     ``tight`` trims the blank margins around what is drawn (at the cost of
     drawing the figure twice): for figures whose axes keep a fixed aspect.
     """
-    path = make_parent(check_replaceable(path, (".png",)))
-    options = {"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}
-    atomic_write(path, lambda f: fig.savefig(f, format="png", **options))
-    return path
+    target = make_parent(check_replaceable(path, (".png",)))
+    options: dict[str, Any] = {"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}
+    atomic_write(target, lambda f: fig.savefig(f, format="png", **options))
+    return target
 
 
-def _margins(fig, left, right, bottom, top, **spacing):
+def _margins(fig: Figure, left: float, right: float, bottom: float, top: float, **spacing: float) -> None:
     """Fixed margins in inches: cheaper than a tight bounding box, which draws the figure twice."""
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
                         top=1 - top / height, **spacing)
 
 
-def _as_image(image):
+def _as_image(image: ArrayLike) -> tuple[np.ndarray, str | None]:
     """(C, H, W) uint8 -> what imshow wants: (H, W) for grey, (H, W, 3) for colour."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[0] == 1:
@@ -62,23 +73,24 @@ def _as_image(image):
     raise ValueError(f"expected a (1, H, W) or (3, H, W) image, got shape {image.shape}")
 
 
-def _grid(count, columns):
+def _grid(count: int, columns: int) -> tuple[int, int]:
     columns = max(1, min(columns, count))
     return int(np.ceil(count / columns)), columns
 
 
-def _pick(n, count, seed):
+def _pick(n: int, count: int, seed: np.random.Generator | int | None) -> np.ndarray:
     return np.random.default_rng(seed).choice(n, size=min(count, n), replace=False)
 
 
-def _suptitle(fig, text, fontsize=12):
+def _suptitle(fig: Figure, text: str, fontsize: float = 12) -> None:
     """A figure title wrapped to the figure's width, so a long data set name stays readable."""
     width = int(fig.get_size_inches()[0] * 130 / fontsize)
     lines = [textwrap.fill(line, width) for line in text.split("\n")]
     fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
-def plot_history(history, path, title="Training history"):
+def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                 title: str = "Training history") -> Path:
     """Loss and accuracy per epoch, training and validation, side by side."""
     if not history:
         raise ValueError("the history is empty: nothing to plot")
@@ -106,8 +118,10 @@ def plot_history(history, path, title="Training history"):
     return save(fig, path)
 
 
-def plot_predictions(images, labels, probabilities, classes, path, count=16, columns=4, seed=0,
-                     title="Predictions on random test images"):
+def plot_predictions(images: np.ndarray, labels: ArrayLike, probabilities: ArrayLike, classes: Sequence[str],
+                     path: str | os.PathLike, count: int = 16, columns: int = 4,
+                     seed: np.random.Generator | int | None = 0,
+                     title: str = "Predictions on random test images") -> Path:
     """A grid of random images: predicted class and its probability, and the true class.
 
     Titles are green when the prediction is right and red when it is wrong.
@@ -141,7 +155,8 @@ def plot_predictions(images, labels, probabilities, classes, path, count=16, col
     return save(fig, path)
 
 
-def plot_confusion(matrix, classes, path, title="Confusion matrix"):
+def plot_confusion(matrix: ArrayLike, classes: Sequence[str], path: str | os.PathLike,
+                   title: str = "Confusion matrix") -> Path:
     """Counts of (true class, predicted class); colour is the share of each true class."""
     matrix = np.asarray(matrix)
     k = len(classes)
@@ -172,8 +187,9 @@ def plot_confusion(matrix, classes, path, title="Confusion matrix"):
     return save(fig, path, tight=True)
 
 
-def plot_samples(images, labels, classes, path, count=25, columns=5, seed=0,
-                 title="A random sample of the training set"):
+def plot_samples(images: np.ndarray, labels: ArrayLike, classes: Sequence[str], path: str | os.PathLike,
+                 count: int = 25, columns: int = 5, seed: np.random.Generator | int | None = 0,
+                 title: str = "A random sample of the training set") -> Path:
     """A grid of random images with their class names."""
     labels = np.asarray(labels)
     if len(images) != len(labels):

@@ -17,13 +17,23 @@ takes a run folder or a model ``.npz`` file; its files are read when first
 asked for, and written atomically. It also decides where a run's images come
 from: :meth:`RunDir.dataset_name` and :meth:`RunDir.load_dataset`.
 """
+from __future__ import annotations
+
 import contextlib
 import csv
 import io
 import json
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from fastconv._files import atomic_write, write_json
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Collection, Iterable, Mapping, Sequence
+
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    from fastconv.data.datasets import Dataset
 
 __all__ = [
     "RunDir", "NotARunError",
@@ -77,17 +87,18 @@ class RunDir:
     checked way in.
     """
 
-    def __init__(self, folder, config=None, model_path=None):
+    def __init__(self, folder: str | os.PathLike, config: Mapping[str, Any] | None = None,
+                 model_path: str | os.PathLike | None = None) -> None:
         self.folder = Path(folder)
         self._model_file = Path(model_path) if model_path is not None else None
-        self.model_path = self._model_file if model_path is not None else self.folder / FINAL_MODEL
+        self.model_path = self._model_file if self._model_file is not None else self.folder / FINAL_MODEL
         self._config = dict(config) if config is not None else None
         self._config_given = config is not None
-        self._history = _UNREAD
-        self._model = None
+        self._history: Any = _UNREAD  # until history.json is read; then what it holds (None without the file)
+        self._model: fastconv.Sequential | None = None
 
     @classmethod
-    def open(cls, path):
+    def open(cls, path: str | os.PathLike) -> RunDir:
         """The run at ``path``: a run folder holding model.npz, or a model file (its
         folder is the run's). NotARunError if there is no model."""
         path = Path(path)
@@ -97,42 +108,42 @@ class RunDir:
         run.model_file("final")
         return run
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         where = self._model_file if self._model_file is not None else self.folder
         return f"RunDir({str(where)!r})"
 
     # -- names -----------------------------------------------------------------
     @property
-    def label(self):
+    def label(self) -> str:
         """The run's short name: its folder's name, or the stem of the model file it was opened on."""
         return self._model_file.stem if self._model_file is not None else self.folder.name
 
     @property
-    def config_path(self):
+    def config_path(self) -> Path:
         return self.folder / CONFIG
 
-    def history_path(self, kind="json"):
+    def history_path(self, kind: str = "json") -> Path:
         """The path of the history as ``'json'`` (every field) or ``'csv'`` (a table)."""
         return self.folder / {"json": HISTORY_JSON, "csv": HISTORY_CSV}[_choice(kind, ("json", "csv"), "history")]
 
     @property
-    def best_model_path(self):
+    def best_model_path(self) -> Path:
         return self.folder / BEST_MODEL
 
     @property
-    def eval_path(self):
+    def eval_path(self) -> Path:
         return self.folder / EVAL
 
     @property
-    def report_path(self):
+    def report_path(self) -> Path:
         return self.folder / REPORT
 
-    def existing_files(self, names=RUN_FILES):
+    def existing_files(self, names: Sequence[str] = RUN_FILES) -> list[str]:
         """Which of ``names`` (by default every file a run writes) the folder
         already holds, in that order: empty for a new or unrelated folder."""
         return [name for name in names if (self.folder / name).exists()]
 
-    def describe_existing(self, names=RUN_FILES):
+    def describe_existing(self, names: Sequence[str] = RUN_FILES) -> str | None:
         """What of ``names`` the folder already holds, in words for an error message, or None."""
         existing = self.existing_files(names)
         if not existing:
@@ -151,22 +162,22 @@ class RunDir:
         shown = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
         return f"{what} ({shown})"
 
-    def remove_run_files(self):
+    def remove_run_files(self) -> None:
         """Delete the files a run writes (and only those), before a run replaces this one."""
         for name in self.existing_files():
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / name).unlink()
 
-    def checkpoint(self, which="last"):
+    def checkpoint(self, which: str = "last") -> Path:
         """The path of the ``'last'`` or ``'best'`` checkpoint."""
         return self.folder / CHECKPOINTS[_choice(which, CHECKPOINTS, "checkpoint")]
 
-    def figure(self, key):
+    def figure(self, key: str) -> Path:
         """The path of a figure: ``'samples'``, ``'history'``, ``'predictions'`` or ``'confusion'``."""
         return self.folder / FIGURES[_choice(key, FIGURES, "figure")]
 
     # -- the model -------------------------------------------------------------
-    def model_file(self, which="final"):
+    def model_file(self, which: str = "final") -> Path:
         """The path of the ``'final'`` (model.npz, or the file opened) or ``'best'``
         model; NotARunError if the run has none."""
         path = self.model_path if _choice(which, MODELS, "model") == "final" else self.best_model_path
@@ -180,14 +191,14 @@ class RunDir:
             raise NotARunError(f"{self.folder} holds no {path.name}: {why}")
         return path
 
-    def load_model(self, which="final"):
+    def load_model(self, which: str = "final") -> fastconv.Sequential:
         """The ``'final'`` or ``'best'`` model, read from its file (ValueError naming a damaged one)."""
         from fastconv.nn.model import load
 
         return load(self.model_file(which))
 
     @property
-    def model(self):
+    def model(self) -> fastconv.Sequential:
         """The final model, loaded once."""
         if self._model is None:
             self._model = self.load_model("final")
@@ -195,7 +206,7 @@ class RunDir:
 
     # -- configuration and history ---------------------------------------------
     @property
-    def config(self):
+    def config(self) -> dict[str, Any]:
         """A copy of the run's configuration (config.json), {} if it has none."""
         if self._config is None:
             self._config = self._read_json(self.config_path, {})
@@ -204,7 +215,7 @@ class RunDir:
                 raise NotARunError(f"{self.config_path} is not a fastconv run configuration")
         return dict(self._config)
 
-    def require_config(self):
+    def require_config(self) -> dict[str, Any]:
         """The configuration of a run written by 'fastconv train'; NotARunError if it has none."""
         if not self._config_given and not self.config_path.is_file():
             raise NotARunError(f"{self.folder} is not a fastconv run folder: it has no {CONFIG}")
@@ -213,7 +224,7 @@ class RunDir:
             raise NotARunError(f"{self.config_path} is not a fastconv run configuration")
         return config
 
-    def write_config(self, config):
+    def write_config(self, config: Mapping[str, Any]) -> Path:
         """Write config.json (atomically); returns its path."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = write_json(self.config_path, config)
@@ -221,17 +232,17 @@ class RunDir:
         return path
 
     @property
-    def history(self):
+    def history(self) -> list[dict[str, Any]] | None:
         """The records of history.json (one dict per epoch), None if the run has none."""
         if self._history is _UNREAD:
             self._history = self._read_json(self.history_path("json"), None)
         return self._history
 
-    def write_history(self, history):
+    def write_history(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Write history.json and history.csv (atomically)."""
         atomic_write(self.history_path("json"), lambda f: f.write(json.dumps(history, indent=1).encode()))
 
-        def write_csv(f):
+        def write_csv(f: IO[bytes]) -> None:
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
@@ -242,11 +253,11 @@ class RunDir:
         atomic_write(self.history_path("csv"), write_csv)
         self._history = list(history)
 
-    def write_json(self, name, data):
+    def write_json(self, name: str, data: Any) -> Path:
         """Write data as JSON to the file ``name`` of the run folder (atomically); returns its path."""
         return write_json(self.folder / name, data)
 
-    def remove_stale_temporaries(self, names=TRAINING_FILES):
+    def remove_stale_temporaries(self, names: Iterable[str] = TRAINING_FILES) -> None:
         """Delete the temporary files that a killed process left behind while writing
         one of ``names`` (atomic_write names them .<file>.<random>.tmp)."""
         if not self.folder.is_dir():
@@ -259,7 +270,7 @@ class RunDir:
                     pass
 
     @staticmethod
-    def _read_json(path, default):
+    def _read_json(path: Path, default: Any) -> Any:
         if not path.is_file():
             return default
         try:
@@ -268,7 +279,7 @@ class RunDir:
             raise NotARunError(f"{path} is unreadable: {error}") from None
 
     # -- data ------------------------------------------------------------------
-    def dataset_name(self, override=None):
+    def dataset_name(self, override: str | None = None) -> str | None:
         """The data set of the run: ``override`` (a --dataset option) if given, else
         the one in the model's metadata, else the one in config.json; None if none names one."""
         if override:
@@ -279,18 +290,18 @@ class RunDir:
                 return name
         return self.config.get("dataset") or None
 
-    def data_dir(self, override=None):
+    def data_dir(self, override: str | os.PathLike | None = None) -> str | os.PathLike | None:
         """Where the data sets are: ``override`` (a --data-dir option) if given, else the
         run's (config.json), else None (the default locations)."""
         return override if override is not None else self.config.get("data_dir")
 
-    def subset_limit(self, override=None):
+    def subset_limit(self, override: str | None = None) -> int | None:
         """The run's --limit, which applies to its own data set only: None for another one."""
         if override is not None and override != self.config.get("dataset"):
             return None
         return self.config.get("limit") or None
 
-    def _folder_options(self, name):
+    def _folder_options(self, name: str) -> dict[str, Any]:
         """How a ``folder:`` data set is brought to the model: the run's
         ``--image-size`` (else the side of the model's input, when it is known)
         and ``--skip-bad-images``."""
@@ -301,7 +312,8 @@ class RunDir:
             image_size = _model_side(self.model.meta)
         return {"image_size": image_size, "skip_bad_images": bool(self.config.get("skip_bad_images"))}
 
-    def load_dataset(self, override_name=None, data_dir=None, subset=True):
+    def load_dataset(self, override_name: str | None = None, data_dir: str | os.PathLike | None = None,
+                     subset: bool = True) -> Dataset:
         """The run's data set (:meth:`dataset_name`), from :meth:`data_dir`.
 
         With ``subset`` a run trained with --limit N gets the same N training and
@@ -325,7 +337,7 @@ class RunDir:
             self.check_fits(dataset)
         return dataset
 
-    def check_fits(self, dataset, meta=None):
+    def check_fits(self, dataset: Dataset, meta: Mapping[str, Any] | None = None) -> None:
         """ValueError, in the user's words, when the run's model (described by
         ``meta``, by default its final model's metadata) cannot take
         ``dataset``'s images or labels: another size, channel count or number
@@ -340,14 +352,14 @@ class RunDir:
             )
 
 
-def _shape_words(shape):
+def _shape_words(shape: Sequence[int]) -> str:
     """(1, 28, 28) -> '28x28 grey'; (3, 32, 32) -> '32x32 colour'; else 'C-channel HxW'."""
     channels, height, width = shape
     kind = {1: "grey", 3: "colour"}.get(channels, f"{channels}-channel")
     return f"{height}x{width} {kind}"
 
 
-def _model_side(meta):
+def _model_side(meta: Mapping[str, Any] | None) -> int | None:
     """The square side of a model's input from its metadata, or None."""
     shape = (meta or {}).get("input_shape")
     if shape and len(shape) == 3 and shape[1] == shape[2]:
@@ -355,7 +367,7 @@ def _model_side(meta):
     return None
 
 
-def _choice(value, choices, what):
+def _choice(value: str, choices: Collection[str], what: str) -> str:
     if value not in choices:
         raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value

@@ -26,6 +26,8 @@ disk stay whole). ``fit(..., resume=True)`` continues from
 ``checkpoint-last.npz`` and reaches the same weights, bit for bit, as a run
 that was never interrupted, for a given seed and thread count.
 """
+from __future__ import annotations
+
 import contextlib
 import json
 import math
@@ -33,6 +35,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -47,6 +50,19 @@ from fastconv.train.rundir import (  # noqa: F401 -- HISTORY_COLUMNS: re-exporte
     TRAINING_FILES,
     RunDir,
 )
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from types import FrameType
+
+    from numpy.typing import ArrayLike
+
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    from fastconv.data.transforms import Augment, Normalize
+    from fastconv.nn.losses import NLLLoss
+    from fastconv.optim.optimizers import Optimizer
+    from fastconv.optim.schedules import CosineAnnealingLR, OneCycleLR, StepLR
 
 __all__ = [
     "Trainer", "train", "evaluate", "confusion_matrix",
@@ -68,7 +84,8 @@ class TrainingInterrupted(Exception):
     ``checkpoint`` is where it can resume from and ``signal`` the signal that
     asked for the stop (None for ``request_stop()``)."""
 
-    def __init__(self, message, checkpoint=None, epoch=0, batch=0, signal=None):
+    def __init__(self, message: str, checkpoint: Path | None = None, epoch: int = 0, batch: int = 0,
+                 signal: int | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
         self.signal = signal
@@ -83,7 +100,7 @@ class TrainingDiverged(RuntimeError):
 # ------------------------------------------------------------------ files
 
 
-def _pack(obj, arrays):
+def _pack(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     """A JSON-able form of obj; arrays go to the dict ``arrays`` under generated keys."""
     if isinstance(obj, np.ndarray):
         key = f"array{len(arrays)}"
@@ -102,7 +119,7 @@ def _pack(obj, arrays):
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint: {obj!r}")
 
 
-def _unpack(obj, arrays):
+def _unpack(obj: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if isinstance(obj, list):
         return [_unpack(v, arrays) for v in obj]
     if isinstance(obj, dict):
@@ -114,15 +131,16 @@ def _unpack(obj, arrays):
     return obj
 
 
-def save_checkpoint(path, state):
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write a dict of arrays, numbers, strings, lists, tuples and dicts to path atomically."""
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     payload = json.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                           "state": _pack(state, arrays)})
-    return atomic_write(path, lambda f: np.savez(f, checkpoint=np.array(payload), **arrays))
+    # mypy checks a **dict against savez's keyword allow_pickle too; the keys here are generated array names.
+    return atomic_write(path, lambda f: np.savez(f, checkpoint=np.array(payload), **arrays))  # type: ignore[arg-type]
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The state dict written by save_checkpoint; CheckpointError naming the file if unreadable."""
     path = Path(path)
     try:
@@ -143,12 +161,12 @@ def load_checkpoint(path):
 # ------------------------------------------------------------------ evaluation
 
 
-def _model_dtype(model):
+def _model_dtype(model: fastconv.Sequential) -> np.dtype:
     dtype = getattr(model, "dtype", None)
     return np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
 
 
-def _prepare(x, normalize, dtype):
+def _prepare(x: np.ndarray, normalize: Normalize | None, dtype: np.dtype) -> np.ndarray:
     if normalize is not None:
         return normalize(x, dtype=dtype)
     if x.dtype == np.uint8:
@@ -156,7 +174,8 @@ def _prepare(x, normalize, dtype):
     return x.astype(dtype, copy=False)
 
 
-def evaluate(model, x, y, normalize=None, batch_size=256, loss=None):
+def evaluate(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike, normalize: Normalize | None = None,
+             batch_size: int = 256, loss: CrossEntropyLoss | NLLLoss | None = None) -> dict[str, Any]:
     """Loss, accuracy, logits and predictions of the model (in eval mode) on (x, y).
 
     Returns a dict: ``loss`` (mean), ``accuracy``, ``logits`` (N, K),
@@ -169,13 +188,13 @@ def evaluate(model, x, y, normalize=None, batch_size=256, loss=None):
     if len(x) == 0:
         raise ValueError("nothing to evaluate: no images")
     dtype = _model_dtype(model)
-    logits, total = [], 0.0
+    outputs, total = [], 0.0
     for start in range(0, len(x), batch_size):
         xb = _prepare(x[start:start + batch_size], normalize, dtype)
         out = model.predict(xb, batch_size=batch_size)
         total += float(loss(out, y[start:start + batch_size])) * len(xb)
-        logits.append(out)
-    logits = np.concatenate(logits)
+        outputs.append(out)
+    logits = np.concatenate(outputs)
     predictions = logits.argmax(axis=1)
     return {
         "loss": total / len(x),
@@ -185,7 +204,7 @@ def evaluate(model, x, y, normalize=None, batch_size=256, loss=None):
     }
 
 
-def confusion_matrix(y_true, y_pred, num_classes):
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
     """counts[i, j] = number of items of true class i predicted as class j."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -195,13 +214,13 @@ def confusion_matrix(y_true, y_pred, num_classes):
 # ------------------------------------------------------------------ trainer
 
 
-def _layer_rngs(model):
+def _layer_rngs(model: fastconv.Sequential) -> dict[str, np.random.Generator]:
     """The random generators held by layers (Dropout), by layer name."""
     return {name: layer.rng for name, layer in model.named_layers()
             if isinstance(getattr(layer, "rng", None), np.random.Generator)}
 
 
-def _architecture(model):
+def _architecture(model: fastconv.Sequential) -> list[dict[str, Any]] | None:
     """The model's layer list as plain JSON values, or None for a model without one."""
     describe = getattr(model, "architecture", None)
     if describe is None:
@@ -209,7 +228,7 @@ def _architecture(model):
     return json.loads(json.dumps(describe()["layers"]))
 
 
-def _threads():
+def _threads() -> int | None:
     try:
         from fastconv import _runtime
         return _runtime.get_num_threads()
@@ -255,10 +274,14 @@ class Trainer:
         either stops training as Ctrl-C does.
     """
 
-    def __init__(self, model, optimizer, loss=None, schedule=None, *, batch_size=64, seed=0,
-                 normalize=None, augment=None, schedule_interval=None, run_dir=None,
-                 overwrite=False, eval_batch_size=256, progress=None, log=print, callbacks=(),
-                 adversarial=None):
+    def __init__(self, model: fastconv.Sequential, optimizer: Optimizer, loss: CrossEntropyLoss | NLLLoss | None = None,
+                 schedule: StepLR | CosineAnnealingLR | OneCycleLR | None = None, *, batch_size: int = 64,
+                 seed: int = 0, normalize: Normalize | None = None, augment: Augment | None = None,
+                 schedule_interval: str | None = None, run_dir: str | os.PathLike | RunDir | None = None,
+                 overwrite: bool = False, eval_batch_size: int = 256, progress: bool | None = None,
+                 log: Callable[[str], None] | None = print, callbacks: Iterable[object] = (),
+                 adversarial: Callable[[fastconv.Sequential, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+                 | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -287,23 +310,23 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.adversarial = adversarial
         self.rng = np.random.default_rng(self.seed)
-        self.history = []
+        self.history: list[dict[str, Any]] = []
         self.epoch = 0          # epochs completed
         self.batch = 0          # batches completed in the current epoch
-        self.best = None        # {"epoch", "metric", "value"}
-        self._perm = None
-        self._running = None
+        self.best: dict[str, Any] | None = None  # {"epoch", "metric", "value"}
+        self._perm: np.ndarray | None = None
+        self._running: dict[str, Any] | None = None
         self._stop_requested = False
         self._stop_signal = None
         if normalize is not None:
             model.meta["normalization"] = normalize.to_meta()
 
     # -- state ---------------------------------------------------------------
-    def request_stop(self):
+    def request_stop(self) -> None:
         """Stop at the end of the current batch (saving a checkpoint), as Ctrl-C does."""
         self._stop_requested = True
 
-    def _settings(self):
+    def _settings(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size,
             "seed": self.seed,
@@ -316,7 +339,7 @@ class Trainer:
                             if self.adversarial is not None else None),
         }
 
-    def state(self):
+    def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds, as a dict."""
         return {
             "settings": self._settings(),
@@ -328,7 +351,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch": self.batch,
             "perm": self._perm if self.batch else None,
-            "running": dict(self._running) if self.batch else None,
+            "running": dict(self._running) if self.batch else None,  # type: ignore[arg-type]  # set while batch > 0
             "rng": self.rng.bit_generator.state,
             "layer_rngs": {name: g.bit_generator.state for name, g in _layer_rngs(self.model).items()},
             "history": self.history,
@@ -336,16 +359,16 @@ class Trainer:
             "threads": _threads(),
         }
 
-    def load_state(self, state, source="checkpoint"):
+    def load_state(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
         """Restore a state written by ``state()``; CheckpointError if it belongs to another set-up."""
-        def mismatch(what):
+        def mismatch(what: str) -> CheckpointError:
             return CheckpointError(f"{source} {what}")
 
         architecture = _architecture(self.model)
         if architecture is not None and state.get("architecture") not in (None, architecture):
-            theirs = [f"{layer['name']}:{layer['class']}" for layer in state["architecture"]]
-            ours = [f"{layer['name']}:{layer['class']}" for layer in architecture]
-            detail = "" if theirs == ours else f" ({' '.join(theirs)} vs {' '.join(ours)})"
+            their_layers = [f"{layer['name']}:{layer['class']}" for layer in state["architecture"]]
+            our_layers = [f"{layer['name']}:{layer['class']}" for layer in architecture]
+            detail = "" if their_layers == our_layers else f" ({' '.join(their_layers)} vs {' '.join(our_layers)})"
             raise mismatch(f"was written for another architecture{detail}")
         theirs, ours = state["settings"], self._settings()
         for key in ours:
@@ -375,14 +398,14 @@ class Trainer:
             self.log(f"note: {source} was written with {state['threads']} threads, now {threads}; "
                      f"results may differ in the last bits from an uninterrupted run")
 
-    def _checkpoint(self, which):
+    def _checkpoint(self, which: str) -> Path | None:
         if self.files is not None:
             return save_checkpoint(self.files.checkpoint(which), self.state())
         return None
 
     # -- interrupts ----------------------------------------------------------
     @contextlib.contextmanager
-    def _deferred_interrupts(self):
+    def _deferred_interrupts(self) -> Iterator[None]:
         """Turn the first Ctrl-C or SIGTERM (what `kill` and a shutting-down
         system send) into a stop request that saves a checkpoint; a second one
         interrupts at once."""
@@ -392,7 +415,7 @@ class Trainer:
         stop_signals = (signal.SIGINT, signal.SIGTERM)
         previous = {signum: signal.getsignal(signum) for signum in stop_signals}
 
-        def on_interrupt(signum, frame):
+        def on_interrupt(signum: int, frame: FrameType | None) -> None:
             if self._stop_requested:
                 signal.signal(signum, previous[signum] if callable(previous[signum]) else signal.SIG_DFL)
                 if signum == signal.SIGTERM and not callable(previous[signum]):
@@ -411,7 +434,7 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
-    def _stop(self):
+    def _stop(self) -> NoReturn:
         path = self._checkpoint("last")
         if self.files is not None:
             self.files.write_history(self.history)
@@ -422,7 +445,7 @@ class Trainer:
                                   signal=self._stop_signal)
 
     # -- the loop ------------------------------------------------------------
-    def _check_data(self, x, y, what):
+    def _check_data(self, x: np.ndarray, y: ArrayLike, what: str) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             raise ValueError(f"{what} images must be an (N, C, H, W) array, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
@@ -433,11 +456,12 @@ class Trainer:
             raise ValueError(f"{what} set is empty")
         return y.astype(np.int64)
 
-    def _prepare_run_dir(self, resume):
+    def _prepare_run_dir(self, resume: bool) -> bool:
         if self.run_dir is None:
             if resume:
                 raise CheckpointError("resume needs a run_dir to resume from")
             return False
+        assert self.files is not None  # set together with run_dir
         last = self.files.checkpoint("last")
         self.files.remove_stale_temporaries(TRAINING_FILES)
         if resume:
@@ -457,7 +481,8 @@ class Trainer:
                 (self.run_dir / stale).unlink()
         return False
 
-    def fit(self, x_train, y_train, epochs, x_val=None, y_val=None, resume=False):
+    def fit(self, x_train: np.ndarray, y_train: ArrayLike, epochs: int, x_val: np.ndarray | None = None,
+            y_val: ArrayLike | None = None, resume: bool = False) -> list[dict[str, Any]]:
         """Train until ``epochs`` epochs are complete; return the history (one dict per epoch).
 
         With ``resume=True`` the state is first restored from
@@ -469,7 +494,7 @@ class Trainer:
         y_train = self._check_data(x_train, y_train, "training")
         if (x_val is None) != (y_val is None):
             raise ValueError("give both x_val and y_val, or neither")
-        if x_val is not None:
+        if x_val is not None and y_val is not None:  # both or neither, checked above
             y_val = self._check_data(x_val, y_val, "validation")
         resumed = self._prepare_run_dir(resume)
         if self._perm is not None and len(self._perm) != len(x_train):
@@ -492,11 +517,12 @@ class Trainer:
                 if self._stop_requested and self.epoch < epochs:
                     self._stop()
         if self.files is not None:
-            self.model.save(self.run_dir / FINAL_MODEL)
+            self.model.save(self.files.folder / FINAL_MODEL)
             self.files.write_history(self.history)
         return self.history
 
-    def _run_epoch(self, x, y, epochs, x_val, y_val):
+    def _run_epoch(self, x: np.ndarray, y: np.ndarray, epochs: int, x_val: np.ndarray | None,
+                   y_val: ArrayLike | None) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         model, n, bs = self.model, len(x), self.batch_size
@@ -505,6 +531,8 @@ class Trainer:
             self._perm = self.rng.permutation(n)
             self._running = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "lr": None}
         running = self._running
+        # Set just above, or restored with a checkpoint taken in the middle of the epoch.
+        assert self._perm is not None and running is not None
         dtype = _model_dtype(model)
         model.train()
         bar = tqdm(total=num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{epochs}",
@@ -560,14 +588,14 @@ class Trainer:
             "seconds": running["seconds"],
             "images_per_second": running["seen"] / max(running["seconds"], 1e-9),
         }
-        if x_val is not None:
+        if x_val is not None and y_val is not None:  # both or neither, as fit checks
             result = evaluate(model, x_val, y_val, self.normalize, self.eval_batch_size, self.loss)
             record["val_loss"] = result["loss"]
             record["val_accuracy"] = result["accuracy"]
         model.train()
         return record
 
-    def _end_epoch(self, record):
+    def _end_epoch(self, record: dict[str, Any]) -> None:
         if self.schedule is not None and self.schedule_interval == "epoch":
             self.schedule.step()
         self.epoch += 1
@@ -594,7 +622,7 @@ class Trainer:
             # best model that was never written.
             if improved:
                 self._checkpoint("best")
-                self.model.save(self.run_dir / BEST_MODEL)
+                self.model.save(self.files.folder / BEST_MODEL)
             self._checkpoint("last")
         for callback in self.callbacks:
             hook = getattr(callback, "on_epoch_end", None)
@@ -602,7 +630,9 @@ class Trainer:
                 hook(self, record)
 
 
-def train(model, optimizer, x_train, y_train, epochs, x_val=None, y_val=None, *, resume=False, **options):
+def train(model: fastconv.Sequential, optimizer: Optimizer, x_train: np.ndarray, y_train: ArrayLike, epochs: int,
+          x_val: np.ndarray | None = None, y_val: ArrayLike | None = None, *, resume: bool = False,
+          **options: Any) -> list[dict[str, Any]]:
     """``Trainer(model, optimizer, **options).fit(...)`` in one call; returns the history."""
     trainer = Trainer(model, optimizer, **options)
     return trainer.fit(x_train, y_train, epochs, x_val, y_val, resume=resume)
