@@ -5,8 +5,12 @@ Everything here goes through the model's public API: ``named_layers()``,
 ``forward(x, until=name)``, ``backward(grad, start=name)``, ``eval()`` and
 the layers' own ``forward``/``backward``.
 """
+from __future__ import annotations
+
 import contextlib
 import numbers
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -14,16 +18,28 @@ from fastconv import _checks
 from fastconv.data.transforms import Normalize
 from fastconv.nn import layers as L
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from typing_extensions import TypeIs
+
+    import fastconv
+
 # Layers that do not change the spatial geometry of what flows through them.
 POINTWISE = (L.ReLU, L.LeakyReLU, L.BatchNorm2d, L.Dropout)
 ACTIVATIONS = (L.ReLU, L.LeakyReLU)
 
+# The target of an attribution: one unit of an output (an output index, a
+# channel of a spatial output, or a position (c, i, j)), or one per example.
+Unit = Union[int, np.integer, tuple[int, ...]]
+Target = Union[Unit, Sequence[Unit], np.ndarray]
 
-def layer_names(model):
+
+def layer_names(model: fastconv.Sequential) -> list[str]:
     return [name for name, _ in model.named_layers()]
 
 
-def check_layer(model, name, what="layer"):
+def check_layer(model: fastconv.Sequential, name: str, what: str = "layer") -> L.Layer:
     """Return the layer called ``name``; ValueError listing the valid names otherwise."""
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a layer name (str), got {name!r}")
@@ -33,36 +49,36 @@ def check_layer(model, name, what="layer"):
     raise ValueError(f"unknown {what} {name!r}; the model's layers are {layer_names(model)}")
 
 
-def layer_index(model, name):
+def layer_index(model: fastconv.Sequential, name: str) -> int:
     check_layer(model, name)
     return layer_names(model).index(name)
 
 
-def layers_after(model, name):
+def layers_after(model: fastconv.Sequential, name: str) -> list[tuple[str, L.Layer]]:
     """The (name, layer) pairs that follow layer ``name``."""
     pairs = list(model.named_layers())
     return pairs[layer_index(model, name) + 1:]
 
 
-def conv_layer_names(model):
+def conv_layer_names(model: fastconv.Sequential) -> list[str]:
     return [name for name, layer in model.named_layers() if isinstance(layer, L.Conv2d)]
 
 
-def last_conv_name(model):
+def last_conv_name(model: fastconv.Sequential) -> str:
     names = conv_layer_names(model)
     if not names:
         raise ValueError("the model has no Conv2d layer")
     return names[-1]
 
 
-def model_dtype(model):
+def model_dtype(model: fastconv.Sequential) -> np.dtype:
     for _, layer in model.named_layers():
         for value in layer.params.values():
             return value.dtype
     return np.dtype(np.float32)
 
 
-def input_channels(model):
+def input_channels(model: fastconv.Sequential) -> int | None:
     """Channels the first layer with a weight expects (None if it cannot tell)."""
     for _, layer in model.named_layers():
         if isinstance(layer, L.Conv2d):
@@ -74,7 +90,7 @@ def input_channels(model):
     return None
 
 
-def check_images(model, x, name="x"):
+def check_images(model: fastconv.Sequential, x: np.ndarray, name: str = "x") -> np.ndarray:
     """Check that x is a float batch (N, C, H, W) this model accepts; return it.
 
     The spatial size is checked by following the shapes through every layer,
@@ -110,7 +126,7 @@ def check_images(model, x, name="x"):
 
 
 @contextlib.contextmanager
-def evaluating(model):
+def evaluating(model: fastconv.Sequential) -> Iterator[fastconv.Sequential]:
     """Run the block with the model in eval mode, then restore its mode and
     its parameter gradients.
 
@@ -131,12 +147,13 @@ def evaluating(model):
             model.train()
 
 
-def forward_with_outputs(model, x, names, until=None):
+def forward_with_outputs(model: fastconv.Sequential, x: np.ndarray, names: Iterable[str],
+                         until: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Forward x once and return (output, {name: that layer's output})."""
-    captured = {}
+    captured: dict[str, np.ndarray] = {}
     wanted = set(names)
 
-    def keep(name, layer, output):
+    def keep(name: str, layer: L.Layer, output: np.ndarray) -> None:
         if name in wanted:
             captured[name] = output.copy()
 
@@ -148,23 +165,23 @@ def forward_with_outputs(model, x, names, until=None):
     return out, captured
 
 
-def tail_forward(pairs, a):
+def tail_forward(pairs: Sequence[tuple[str, L.Layer]], a: np.ndarray) -> np.ndarray:
     for _, layer in pairs:
         a = layer.forward(a)
     return a
 
 
-def tail_backward(pairs, grad):
+def tail_backward(pairs: Sequence[tuple[str, L.Layer]], grad: np.ndarray) -> np.ndarray:
     for _, layer in reversed(pairs):
         grad = layer.backward(grad, param_grads=False)
     return grad
 
 
-def is_int(value):
+def is_int(value: object) -> TypeIs[int | np.integer]:
     return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool)
 
 
-def target_list(target, n, where):
+def target_list(target: Target | None, n: int, where: str) -> list[Unit]:
     """Normalize a target to a list of n per-example targets.
 
     A target is an int (an output index, or a channel for a spatial output),
@@ -190,7 +207,7 @@ def target_list(target, n, where):
     raise TypeError(f"target must be an int, a tuple (c, i, j) or a sequence of those, got {target!r}")
 
 
-def seed_gradient(out, target, where="the model output"):
+def seed_gradient(out: np.ndarray, target: Target | None, where: str = "the model output") -> np.ndarray:
     """One-hot gradient on ``out`` selecting each example's target unit.
 
     For a spatial output (N, C, H, W), an int target c selects the position
@@ -207,7 +224,7 @@ def seed_gradient(out, target, where="the model output"):
     return seed
 
 
-def _unit_index(example_out, t, per_example, where):
+def _unit_index(example_out: np.ndarray, t: Unit, per_example: tuple[int, ...], where: str) -> tuple[int, ...]:
     if is_int(t):
         t = int(t)
         if not 0 <= t < per_example[0]:
@@ -230,7 +247,7 @@ def _unit_index(example_out, t, per_example, where):
 
 
 
-def check_pair(value, name):
+def check_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     if is_int(value):
         value = (value, value)
     try:
@@ -244,7 +261,7 @@ def check_pair(value, name):
 
 
 
-def resize(maps, size, mode="bilinear"):
+def resize(maps: np.ndarray, size: Sequence[int], mode: str = "bilinear") -> np.ndarray:
     """Resize (N, C, h, w) to (N, C, H, W) as torch.nn.functional.interpolate does.
 
     ``nearest`` takes source index floor(i * h / H); ``bilinear`` samples at
@@ -261,7 +278,7 @@ def resize(maps, size, mode="bilinear"):
     if mode != "bilinear":
         raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {mode!r}")
 
-    def axis(out_size, in_size):
+    def axis(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         src = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
         lo = np.minimum(np.floor(src).astype(int), in_size - 1)
         hi = np.minimum(lo + 1, in_size - 1)
@@ -274,7 +291,7 @@ def resize(maps, size, mode="bilinear"):
     return top[:, :, :, c0] * (1 - fc) + top[:, :, :, c1] * fc
 
 
-def meta_classes(model, count=None):
+def meta_classes(model: fastconv.Sequential, count: int | None = None) -> list[str] | None:
     """Class names from the model's metadata, or '0', '1', ... when it has none."""
     classes = None
     meta = getattr(model, "meta", None) or {}
@@ -289,7 +306,7 @@ def meta_classes(model, count=None):
 Normalizer = Normalize
 
 
-def batches(n, batch_size):
+def batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
     batch_size = _checks.positive_int(batch_size, "batch_size")
     for start in range(0, n, batch_size):
         yield start, min(n, start + batch_size)

@@ -5,6 +5,10 @@ Like :mod:`fastconv.analysis.visualize.figures`, each ``plot_*`` function return
 and are drawn on that fixed scale, so that noise, a photo and its
 adversarial version are shown alike.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from fastconv.analysis import _common as C
@@ -12,34 +16,47 @@ from fastconv.analysis.attacks import methods as A
 from fastconv.analysis.visualize.figures import _class_name, _clean, _finish, new_figure
 from fastconv.nn.losses import softmax
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
+
+    import fastconv
+
 __all__ = ["plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates"]
 
 NORM_TITLES = {"linf": "L-infinity", "l2": "L2"}
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
-def _pixels_for_display(image):
+def _pixels_for_display(image: ArrayLike) -> np.ndarray:
     """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3), clipped."""
     image = np.clip(np.asarray(image, dtype=np.float64), 0, 1)
     return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
-def _show_pixels(ax, image, title=None):
+def _show_pixels(ax: Axes, image: ArrayLike, title: str | None = None) -> None:
     shown = _pixels_for_display(image)
     ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     _clean(ax, title)
 
 
-def _confidences(model, x):
+def _confidences(model: fastconv.Sequential, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = softmax((A.predict_pixels(model, x)).astype(np.float64), axis=1)
     return p.argmax(axis=1), p.max(axis=1), p
 
 
-def _describe(classes, k, confidence):
+def _describe(classes: Sequence[str] | None, k: int, confidence: float) -> str:
     return f"{_class_name(classes, k)} ({confidence:.1%})"
 
 
-def plot_adversarial(model, x, x_adv, y=None, target=None, classes=None, amplify=None, title=None, path=None):
+def plot_adversarial(model: fastconv.Sequential, x: np.ndarray, x_adv: np.ndarray, y: ArrayLike | None = None,
+                     target: ArrayLike | None = None, classes: Sequence[str] | None = None,
+                     amplify: float | None = None, title: str | None = None,
+                     path: str | os.PathLike | None = None) -> Figure:
     """One row per image: the original, the perturbation (amplified), the
     adversarial image, each with what ``model`` makes of it.
 
@@ -78,7 +95,8 @@ def plot_adversarial(model, x, x_adv, y=None, target=None, classes=None, amplify
     return _finish(fig, path)
 
 
-def plot_fooling_images(model, images, classes=None, columns=10, title=None, path=None):
+def plot_fooling_images(model: fastconv.Sequential, images: np.ndarray, classes: Sequence[str] | None = None,
+                        columns: int = 10, title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
     """A grid of images, each titled with the class ``model`` sees in it and
     its confidence (fooling images made from noise, for instance)."""
     images = A.check_pixels(model, images, "images")
@@ -98,7 +116,7 @@ def plot_fooling_images(model, images, classes=None, columns=10, title=None, pat
     return _finish(fig, path)
 
 
-def _as_models(curves):
+def _as_models(curves: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{model label: robustness_curve result} from one result or a mapping of them."""
     if not isinstance(curves, dict):
         raise TypeError(f"curves must be a robustness_curve result or a dict of them, got {type(curves).__name__}")
@@ -112,7 +130,8 @@ def _as_models(curves):
     return curves
 
 
-def plot_robustness(curves, title=None, path=None):
+def plot_robustness(curves: dict[str, Any], title: str | None = None,
+                    path: str | os.PathLike | None = None) -> Figure:
     """Accuracy against perturbation size, one line per attack, one panel per
     norm (L-infinity, L2).
 
@@ -152,7 +171,8 @@ def plot_robustness(curves, title=None, path=None):
     return _finish(fig, path)
 
 
-def plot_templates(templates, classes=None, title=None, path=None):
+def plot_templates(templates: ArrayLike, classes: Sequence[str] | None = None, title: str | None = None,
+                   path: str | os.PathLike | None = None) -> Figure:
     """The templates of a linear classifier (K, C, H, W), one tile per class:
     single-channel ones on a signed scale (red raises the class score, blue
     lowers it), colour ones each stretched to its own range."""

@@ -14,6 +14,10 @@ Linear layer), :func:`train_linear` trains it on [0, 1] pixels,
 :func:`templates` returns its templates as images, and
 :func:`add_template` / :func:`template_flip` do the demonstration.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fastconv import _checks
@@ -22,10 +26,18 @@ from fastconv.analysis.attacks import methods as A
 from fastconv.nn import layers as L
 from fastconv.nn.model import Sequential
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from numpy.typing import ArrayLike, DTypeLike
+
+    import fastconv
+
 __all__ = ["linear_classifier", "train_linear", "templates", "add_template", "template_flip"]
 
 
-def linear_classifier(input_shape, num_classes, seed=0, dtype=np.float32):
+def linear_classifier(input_shape: Sequence[int], num_classes: int, seed: np.random.Generator | int | None = 0,
+                      dtype: DTypeLike = np.float32) -> fastconv.Sequential:
     """Flatten then Linear(C*H*W -> num_classes): a softmax (multinomial
     logistic regression) classifier for images of ``input_shape`` (C, H, W)."""
     try:
@@ -37,8 +49,9 @@ def linear_classifier(input_shape, num_classes, seed=0, dtype=np.float32):
                        ("linear", L.Linear(channels * height * width, num_classes, seed=seed, dtype=dtype))])
 
 
-def train_linear(x, y, num_classes=None, epochs=5, batch_size=128, lr=1e-3, weight_decay=1e-3, seed=0,
-                 progress=None):
+def train_linear(x: np.ndarray, y: ArrayLike, num_classes: int | None = None, epochs: int = 5, batch_size: int = 128,
+                 lr: float = 1e-3, weight_decay: float = 1e-3, seed: np.random.Generator | int | None = 0,
+                 progress: Callable[[str], object] | None = None) -> fastconv.Sequential:
     """A softmax classifier trained with Adam on images x ([0, 1] pixels) and labels y.
 
     The L2 penalty ``weight_decay`` keeps the templates smooth enough to be
@@ -53,7 +66,7 @@ def train_linear(x, y, num_classes=None, epochs=5, batch_size=128, lr=1e-3, weig
                seed=seed, progress=progress)
 
 
-def _linear_layer(model):
+def _linear_layer(model: fastconv.Sequential) -> L.Linear:
     layers = [layer for _, layer in model.named_layers()]
     linear = [layer for layer in layers if isinstance(layer, L.Linear)]
     if len(linear) != 1 or any(not isinstance(layer, (L.Linear, L.Flatten)) for layer in layers):
@@ -62,7 +75,7 @@ def _linear_layer(model):
     return linear[0]
 
 
-def templates(model, input_shape=None):
+def templates(model: fastconv.Sequential, input_shape: Sequence[int] | None = None) -> np.ndarray:
     """The weights of a linear classifier as one image per class, (K, C, H, W),
     in pixel units: the change of each class score per unit of each pixel
     (the model's normalization is folded in).
@@ -86,19 +99,21 @@ def templates(model, input_shape=None):
     return weight.reshape((k,) + input_shape) / std
 
 
-def add_template(model, x, target, eps):
+def add_template(model: fastconv.Sequential, x: np.ndarray, target: ArrayLike, eps: float) -> np.ndarray:
     """x plus the template of class ``target`` scaled so its largest pixel
     change is eps, clipped to [0, 1]; one target, or one per image."""
     x = A.check_pixels(model, x)
     eps = A._eps(eps)
     t = templates(model, x.shape[1:])
     target = A._class_array(target, x.shape[0], t.shape[0], "target")
-    chosen = t[target]
+    # target is the array _class_array returns: mypy cannot tell, as it does not follow the fastconv.analysis imports.
+    chosen = t[target]  # type: ignore[index]
     scale = eps / np.abs(chosen.reshape(len(chosen), -1)).max(axis=1)
     return np.clip(x + chosen * scale.reshape(-1, 1, 1, 1), 0, 1).astype(x.dtype)
 
 
-def template_flip(model, x, target, eps_list):
+def template_flip(model: fastconv.Sequential, x: np.ndarray, target: ArrayLike,
+                  eps_list: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """For each image, the smallest eps in ``eps_list`` at which
     :func:`add_template` makes the linear classifier ``model`` predict
     ``target`` (one class, or one per image); NaN where none does.

@@ -26,15 +26,26 @@ References: Goodfellow et al. 2015 (FGSM), Kurakin et al. 2017 (BIM), Madry
 et al. 2018 (PGD), Moosavi-Dezfooli et al. 2016 (DeepFool), Carlini &
 Wagner 2017 (CW L2).
 """
+from __future__ import annotations
+
 import copy
 import math
 import numbers
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from fastconv import _checks
 from fastconv.analysis import _common as C
 from fastconv.nn.losses import softmax
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike
+    from typing_extensions import Self
+
+    import fastconv
 
 __all__ = [
     "Attack", "FGSM", "BIM", "PGD", "PGDL2", "IterativeTargeted", "DeepFool", "CarliniWagnerL2",
@@ -49,7 +60,7 @@ _PIXEL_TOLERANCE = 1e-6
 # ------------------------------------------------------------------ checks
 
 
-def _number(value, name, minimum=0.0, strict=False, allow_inf=False):
+def _number(value: float, name: str, minimum: float = 0.0, strict: bool = False, allow_inf: bool = False) -> float:
     """A real number >= minimum (> minimum if strict); ValueError naming the value otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
@@ -62,11 +73,11 @@ def _number(value, name, minimum=0.0, strict=False, allow_inf=False):
     return value
 
 
-def _eps(value, name="eps"):
+def _eps(value: float, name: str = "eps") -> float:
     return _number(value, name, 0.0)
 
 
-def check_pixels(model, x, name="x"):
+def check_pixels(model: fastconv.Sequential, x: np.ndarray, name: str = "x") -> np.ndarray:
     """Check that x is a batch the model accepts, of pixels in [0, 1]; return it.
 
     The message of an out-of-range batch names the offending value and where
@@ -89,10 +100,11 @@ def check_pixels(model, x, name="x"):
     return x
 
 
-def _class_array(values, n, num_classes, name):
+def _class_array(values: ArrayLike, n: int, num_classes: int, name: str) -> np.ndarray:
     """An int array of n classes in [0, num_classes), from one class or one per image."""
     if C.is_int(values):
-        values = [values] * n
+        # is_int narrows values to an int: mypy cannot tell, as it does not follow the fastconv.analysis imports.
+        values = [values] * n  # type: ignore[assignment]
     return _checks.class_indices(values, name, (n,), num_classes, context=" (one class, or one per image)")
 
 
@@ -106,23 +118,23 @@ class _PixelModel:
     eval mode and the backward passes leave no trace in the model's gradients.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: fastconv.Sequential) -> None:
         self.model = model
         self.dtype = C.model_dtype(model)
         self.normalizer = C.Normalizer.from_model(model)
 
-    def _stats(self, channels):
+    def _stats(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         mean, std = self.normalizer.per_channel(channels)
         return mean.astype(self.dtype), std.astype(self.dtype)
 
-    def inputs(self, x):
+    def inputs(self, x: np.ndarray) -> np.ndarray:
         mean, std = self._stats(x.shape[1])
         return ((x - mean) / std).astype(self.dtype, copy=False)
 
-    def logits(self, x):
+    def logits(self, x: np.ndarray) -> np.ndarray:
         return self.model.forward(self.inputs(x))
 
-    def input_gradient(self, dlogits, channels):
+    def input_gradient(self, dlogits: np.ndarray, channels: int) -> np.ndarray:
         """Gradient w.r.t. the pixels of the last forward, given the one w.r.t. its logits."""
         _, std = self._stats(channels)
         return self.model.backward(dlogits.astype(self.dtype, copy=False), param_grads=False) / std
@@ -130,54 +142,55 @@ class _PixelModel:
 
 
 
-def _one_hot(classes, num_classes):
+def _one_hot(classes: np.ndarray, num_classes: int) -> np.ndarray:
     out = np.zeros((len(classes), num_classes))
     out[np.arange(len(classes)), classes] = 1.0
     return out
 
 
-def _cross_entropy_ascent(logits, y, target):
+def _cross_entropy_ascent(logits: np.ndarray, y: np.ndarray | None, target: np.ndarray | None) -> np.ndarray:
     """Per-example gradient w.r.t. the logits of the objective an attack climbs:
     the cross-entropy of the label y (untargeted) or minus that of the target."""
     p = softmax(logits.astype(np.float64), axis=1)
     if target is None:
-        return p - _one_hot(y, p.shape[1])
+        return p - _one_hot(cast(np.ndarray, y), p.shape[1])  # an untargeted call has labels
     return _one_hot(target, p.shape[1]) - p
 
 
-def _per_example(values, n):
+def _per_example(values: np.ndarray, n: int) -> np.ndarray:
     return values.reshape(n, -1)
 
 
-def _l2(values):
+def _l2(values: np.ndarray) -> np.ndarray:
     n = values.shape[0]
     return np.sqrt(np.square(_per_example(values.astype(np.float64), n)).sum(axis=1))
 
 
-def _broadcast(per_example, ndim):
+def _broadcast(per_example: np.ndarray, ndim: int) -> np.ndarray:
     return per_example.reshape((-1,) + (1,) * (ndim - 1))
 
 
-def _l2_normalized(g):
+def _l2_normalized(g: np.ndarray) -> np.ndarray:
     norms = _l2(g)
     scale = np.where(norms > 0, 1.0 / np.maximum(norms, 1e-300), 0.0)
     return g * _broadcast(scale, g.ndim).astype(g.dtype)
 
 
-def _project_l2(delta, eps):
+def _project_l2(delta: np.ndarray, eps: float) -> np.ndarray:
     norms = _l2(delta)
     factor = np.minimum(1.0, eps / np.maximum(norms, 1e-300))
     return delta * _broadcast(factor, delta.ndim).astype(delta.dtype)
 
 
-def predict_pixels(model, x, batch_size=256):
+def predict_pixels(model: fastconv.Sequential, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of the model (eval mode) for [0, 1] pixel images x."""
     check_pixels(model, x)
     pixels = _PixelModel(model)
     return model.predict(pixels.inputs(x), batch_size=batch_size)
 
 
-def loss_gradient(model, x, y=None, target=None):
+def loss_gradient(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike | None = None,
+                  target: ArrayLike | None = None) -> np.ndarray:
     """Gradient w.r.t. the pixels x of the cross-entropy of the labels y
     (untargeted), or of minus the cross-entropy of ``target``; the direction
     in which FGSM, BIM and PGD move. Shaped like x.
@@ -190,7 +203,8 @@ def loss_gradient(model, x, y=None, target=None):
         return pixels.input_gradient(_cross_entropy_ascent(logits, y, target), x.shape[1])
 
 
-def _resolve_labels(y, target, pixels, x, num_classes):
+def _resolve_labels(y: ArrayLike | None, target: ArrayLike | None, pixels: _PixelModel, x: np.ndarray,
+                    num_classes: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(y, target) as class arrays checked against the model's classes: y is
     None in a targeted call, and the model's predictions when not given."""
     n = x.shape[0]
@@ -204,7 +218,7 @@ def _resolve_labels(y, target, pixels, x, num_classes):
     return _class_array(y, n, num_classes, "label"), None
 
 
-def _num_classes(model, x_shape):
+def _num_classes(model: fastconv.Sequential, x_shape: Sequence[int]) -> int:
     """Size of the model's output for inputs of shape x_shape, from the layers' shapes alone."""
     shape = tuple(x_shape)
     for _, layer in model.named_layers():
@@ -233,17 +247,17 @@ class Attack:
     norm = "linf"
     minimal = False
 
-    def __init__(self, model, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, batch_size: int = 256) -> None:
         if not hasattr(model, "forward") or not hasattr(model, "backward"):
             raise TypeError(f"model must be a fastconv Sequential, got {type(model).__name__}")
         self.model = model
         self.batch_size = _checks.positive_int(batch_size, "batch_size")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = {k: v for k, v in self.__dict__.items() if k not in ("model",) and not k.startswith("_")}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
-    def with_eps(self, eps):
+    def with_eps(self, eps: float) -> Self:
         """A copy of this attack with another eps (for attacks bounded by one)."""
         if not hasattr(self, "eps"):
             raise ValueError(f"{type(self).__name__} has no eps: it looks for the smallest perturbation itself")
@@ -251,11 +265,11 @@ class Attack:
         clone.eps = _eps(eps)
         return clone
 
-    def _rng(self):
+    def _rng(self) -> np.random.Generator:
         seed = getattr(self, "seed", None)
         return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
-    def __call__(self, x, y=None, target=None):
+    def __call__(self, x: np.ndarray, y: ArrayLike | None = None, target: ArrayLike | None = None) -> np.ndarray:
         """Adversarial versions of the images x ((N, C, H, W), pixels in [0, 1]).
 
         y: the true labels (an int or N ints); default: the model's predictions.
@@ -278,13 +292,15 @@ class Attack:
             pixels = _PixelModel(self.model)
             for start, stop in C.batches(n, self.batch_size):
                 xb = np.clip(x[start:stop], 0, 1)
-                yb = y if y is None or C.is_int(y) else y[start:stop]
-                tb = target if target is None or C.is_int(target) else target[start:stop]
+                # y and target are arrays here unless they are None or one class.
+                yb = y if y is None or C.is_int(y) else cast(np.ndarray, y)[start:stop]
+                tb = target if target is None or C.is_int(target) else cast(np.ndarray, target)[start:stop]
                 yb, tb = _resolve_labels(yb, tb, pixels, xb, num_classes)
                 out[start:stop] = self._attack(pixels, xb, yb, tb, rng)
         return out
 
-    def _attack(self, pixels, x, y, target, rng):
+    def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
+                rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -300,11 +316,12 @@ class FGSM(Attack):
 
     name = "fgsm"
 
-    def __init__(self, model, eps=8 / 255, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, eps: float = 8 / 255, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.eps = _eps(eps)
 
-    def _attack(self, pixels, x, y, target, rng):
+    def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
+                rng: np.random.Generator) -> np.ndarray:
         logits = pixels.logits(x)
         grad = pixels.input_gradient(_cross_entropy_ascent(logits, y, target), x.shape[1])
         return np.clip(x + x.dtype.type(self.eps) * np.sign(grad), 0, 1).astype(x.dtype)
@@ -322,7 +339,8 @@ class PGD(Attack):
 
     name = "pgd"
 
-    def __init__(self, model, eps=8 / 255, alpha=None, steps=10, random_start=True, seed=0, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+                 random_start: bool = True, seed: np.random.Generator | int | None = 0, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.eps = _eps(eps)
         self.alpha = None if alpha is None else _number(alpha, "alpha", 0.0, strict=True)
@@ -330,20 +348,21 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.seed = seed
 
-    def step_size(self):
+    def step_size(self) -> float:
         return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
 
-    def _start(self, x, rng):
+    def _start(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         noise = rng.uniform(-self.eps, self.eps, size=x.shape).astype(x.dtype)
         return np.clip(x + noise, 0, 1)
 
-    def _step(self, grad, alpha):
+    def _step(self, grad: np.ndarray, alpha: float) -> np.ndarray:
         return alpha * np.sign(grad)
 
-    def _project(self, delta):
+    def _project(self, delta: np.ndarray) -> np.ndarray:
         return np.clip(delta, -self.eps, self.eps)
 
-    def _attack(self, pixels, x, y, target, rng):
+    def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
+                rng: np.random.Generator) -> np.ndarray:
         alpha = x.dtype.type(self.step_size())
         x_adv = self._start(x, rng) if self.random_start else x.copy()
         for _ in range(self.steps):
@@ -360,7 +379,8 @@ class BIM(PGD):
 
     name = "bim"
 
-    def __init__(self, model, eps=8 / 255, alpha=None, steps=10, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+                 batch_size: int = 256) -> None:
         super().__init__(model, eps, alpha, steps, random_start=False, batch_size=batch_size)
 
 
@@ -372,20 +392,21 @@ class PGDL2(PGD):
     name = "pgd-l2"
     norm = "l2"
 
-    def __init__(self, model, eps=1.0, alpha=None, steps=10, random_start=True, seed=0, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, eps: float = 1.0, alpha: float | None = None, steps: int = 10,
+                 random_start: bool = True, seed: np.random.Generator | int | None = 0, batch_size: int = 256) -> None:
         super().__init__(model, eps, alpha, steps, random_start, seed, batch_size)
 
-    def _start(self, x, rng):
+    def _start(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n = x.shape[0]
         direction = _l2_normalized(rng.standard_normal(x.shape))
         # radius eps * u^(1/d) makes the point uniform in the ball's volume
         radius = self.eps * rng.uniform(0, 1, n) ** (1.0 / _per_example(x, n).shape[1])
         return np.clip(x + (direction * _broadcast(radius, x.ndim)).astype(x.dtype), 0, 1)
 
-    def _step(self, grad, alpha):
+    def _step(self, grad: np.ndarray, alpha: float) -> np.ndarray:
         return alpha * _l2_normalized(grad)
 
-    def _project(self, delta):
+    def _project(self, delta: np.ndarray) -> np.ndarray:
         return _project_l2(delta, self.eps)
 
 
@@ -405,7 +426,8 @@ class IterativeTargeted(Attack):
 
     name = "iterative"
 
-    def __init__(self, model, confidence=0.99, alpha=0.01, steps=200, eps=None, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, confidence: float = 0.99, alpha: float = 0.01, steps: int = 200,
+                 eps: float | None = None, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.confidence = _number(confidence, "confidence", 0.0, strict=True)
         if self.confidence >= 1:
@@ -414,14 +436,15 @@ class IterativeTargeted(Attack):
         self.steps = _checks.positive_int(steps, "steps")
         self.eps = None if eps is None else _eps(eps)
 
-    def _goal(self, logits, y, target):
+    def _goal(self, logits: np.ndarray, y: np.ndarray | None, target: np.ndarray | None) -> np.ndarray:
         if target is not None:
             return target
         ranked = logits.astype(np.float64).copy()
-        ranked[np.arange(len(y)), y] = -np.inf
+        ranked[np.arange(len(cast(np.ndarray, y))), y] = -np.inf  # an untargeted call has labels
         return ranked.argmax(axis=1).astype(np.intp)
 
-    def _attack(self, pixels, x, y, target, rng):
+    def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
+                rng: np.random.Generator) -> np.ndarray:
         x_adv = x.copy()
         active = np.arange(x.shape[0])
         channels = x.shape[1]
@@ -463,14 +486,16 @@ class DeepFool(Attack):
     norm = "l2"
     minimal = True
 
-    def __init__(self, model, steps=50, overshoot=0.02, candidates=None, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, steps: int = 50, overshoot: float = 0.02,
+                 candidates: int | None = None, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.steps = _checks.positive_int(steps, "steps")
         self.overshoot = _number(overshoot, "overshoot", 0.0)
         self.candidates = None if candidates is None else _checks.positive_int(candidates, "candidates")
 
     @staticmethod
-    def _class_gradients(pixels, classes, x_shape, num_classes):
+    def _class_gradients(pixels: _PixelModel, classes: np.ndarray, x_shape: tuple[int, ...],
+                         num_classes: int) -> np.ndarray:
         """Gradient of each listed logit w.r.t. the pixels, (K, N, C, H, W), reusing one forward."""
         n = x_shape[0]
         grads = np.empty((classes.shape[1],) + x_shape, dtype=np.float64)
@@ -481,7 +506,8 @@ class DeepFool(Attack):
             grads[j] = pixels.input_gradient(seed, x_shape[1])
         return grads
 
-    def _attack(self, pixels, x, y, target, rng):
+    def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
+                rng: np.random.Generator) -> np.ndarray:
         n = x.shape[0]
         logits = pixels.logits(x)
         num_classes = logits.shape[1]
@@ -542,8 +568,9 @@ class CarliniWagnerL2(Attack):
     norm = "l2"
     minimal = True
 
-    def __init__(self, model, c=None, initial_const=1.0, kappa=0.0, steps=100, lr=0.1,
-                 binary_search_steps=5, abort_early=True, batch_size=256):
+    def __init__(self, model: fastconv.Sequential, c: float | None = None, initial_const: float = 1.0,
+                 kappa: float = 0.0, steps: int = 100, lr: float = 0.1, binary_search_steps: int = 5,
+                 abort_early: bool = True, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         if c is not None:
             initial_const, binary_search_steps = c, 1
@@ -554,11 +581,12 @@ class CarliniWagnerL2(Attack):
         self.binary_search_steps = _checks.positive_int(binary_search_steps, "binary_search_steps")
         self.abort_early = bool(abort_early)
 
-    def _margin(self, logits, y, target):
+    def _margin(self, logits: np.ndarray, y: np.ndarray | None,
+                target: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """f and its gradient w.r.t. the logits, per image."""
         z = logits.astype(np.float64)
         rows = np.arange(z.shape[0])
-        own = target if target is not None else y
+        own = target if target is not None else cast(np.ndarray, y)
         others = z.copy()
         others[rows, own] = -np.inf
         rival = others.argmax(axis=1)
@@ -571,11 +599,12 @@ class CarliniWagnerL2(Attack):
         grad[rows[active], own[active]] -= sign
         return np.maximum(f, -self.kappa), grad
 
-    def _succeeded(self, logits, y, target):
+    def _succeeded(self, logits: np.ndarray, y: np.ndarray | None, target: np.ndarray | None) -> np.ndarray:
         predicted = logits.argmax(axis=1)
         return predicted == target if target is not None else predicted != y
 
-    def _attack(self, pixels, x, y, target, rng):
+    def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
+                rng: np.random.Generator) -> np.ndarray:
         n = x.shape[0]
         x64 = x.astype(np.float64)
         w0 = np.arctanh(np.clip(2 * x64 - 1, -1 + 1e-4, 1 - 1e-4))
@@ -623,7 +652,7 @@ class CarliniWagnerL2(Attack):
 # ------------------------------------------------------------------ by name
 
 
-ATTACKS = {
+ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
     "bim": BIM,
     "pgd": PGD,
@@ -634,7 +663,7 @@ ATTACKS = {
 }
 
 
-def make_attack(name, model, eps=None, **options):
+def make_attack(name: str, model: fastconv.Sequential, eps: float | None = None, **options: Any) -> Attack:
     """The attack called ``name`` (a key of ATTACKS) on ``model``, with eps for
     the attacks bounded by one (ignored by DeepFool and CW, which look for the
     smallest perturbation themselves) and any constructor options."""

@@ -16,7 +16,10 @@ Black box
 Images are [0, 1] pixels as for the attacks (:mod:`.attacks`); every
 model's normalization (``model.meta``) is applied inside.
 """
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 
@@ -24,6 +27,13 @@ from fastconv import _checks
 from fastconv.analysis import _common as C
 from fastconv.analysis.attacks import methods as A
 from fastconv.nn.losses import softmax
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from numpy.typing import ArrayLike
+
+    import fastconv
 
 __all__ = [
     "AdversarialTraining", "attack_report", "evaluate_attack", "robustness_curve", "transfer",
@@ -34,21 +44,22 @@ __all__ = [
 # ------------------------------------------------------------------ measurement
 
 
-def _norms(x, x_adv):
+def _norms(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = x.shape[0]
     delta = (x_adv.astype(np.float64) - x.astype(np.float64)).reshape(n, -1)
     return np.sqrt(np.square(delta).sum(axis=1)), np.abs(delta).max(axis=1)
 
 
-def _predicted(model, x, batch_size):
+def _predicted(model: fastconv.Sequential, x: np.ndarray, batch_size: int) -> np.ndarray:
     return A.predict_pixels(model, x, batch_size).argmax(axis=1)
 
 
-def _mean(values):
+def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def attack_report(model, x, x_adv, y, target=None, batch_size=256):
+def attack_report(model: fastconv.Sequential, x: np.ndarray, x_adv: np.ndarray, y: ArrayLike,
+                  target: ArrayLike | None = None, batch_size: int = 256) -> dict[str, Any]:
     """Numbers describing adversarial examples x_adv of the images x (labels y).
 
     ``clean_accuracy`` and ``adversarial_accuracy`` are over all images.
@@ -86,19 +97,22 @@ def attack_report(model, x, x_adv, y, target=None, batch_size=256):
     }
 
 
-def evaluate_attack(model, attack, x, y, target=None, batch_size=256):
+def evaluate_attack(model: fastconv.Sequential, attack: A.Attack, x: np.ndarray, y: ArrayLike,
+                    target: ArrayLike | None = None, batch_size: int = 256) -> tuple[dict[str, Any], np.ndarray]:
     """Run ``attack`` (on ``model``) on x and return (report, x_adv); see :func:`attack_report`."""
     x_adv = attack(x, y if target is None else None, target=target)
     return attack_report(model, x, x_adv, y, target, batch_size), x_adv
 
 
-def _label(item):
+def _label(item: str | A.Attack) -> str:
     if isinstance(item, str):
         return item
     return getattr(item, "name", type(item).__name__)
 
 
-def _attack_items(model, attacks_or_names, attack_options):
+def _attack_items(model: fastconv.Sequential,
+                  attacks_or_names: str | A.Attack | Sequence[str | A.Attack] | dict[str, str | A.Attack],
+                  attack_options: Mapping[str, Mapping[str, Any]] | None) -> list[tuple[str, A.Attack]]:
     """(label, attack) pairs; names become attacks built on ``model``."""
     if isinstance(attacks_or_names, (str, A.Attack)):
         attacks_or_names = [attacks_or_names]
@@ -127,7 +141,17 @@ def _attack_items(model, attacks_or_names, attack_options):
     return items
 
 
-def _eps_values(values, name):
+@overload
+def _eps_values(values: None, name: str) -> None:
+    ...
+
+
+@overload
+def _eps_values(values: ArrayLike, name: str) -> list[float]:
+    ...
+
+
+def _eps_values(values: ArrayLike | None, name: str) -> list[float] | None:
     if values is None:
         return None
     values = [A._eps(v, f"{name} entry") for v in np.atleast_1d(values).tolist()]
@@ -136,8 +160,11 @@ def _eps_values(values, name):
     return sorted(values)
 
 
-def robustness_curve(model, x, y, attacks_or_names, eps_list, l2_eps_list=None, attack_options=None,
-                     batch_size=256, progress=None):
+def robustness_curve(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike,
+                     attacks_or_names: str | A.Attack | Sequence[str | A.Attack] | dict[str, str | A.Attack],
+                     eps_list: ArrayLike, l2_eps_list: ArrayLike | None = None,
+                     attack_options: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 256,
+                     progress: Callable[[str], object] | None = None) -> dict[str, Any]:
     """Accuracy of ``model`` on adversarial versions of (x, y) against the
     perturbation size eps, for each attack.
 
@@ -171,12 +198,12 @@ def robustness_curve(model, x, y, attacks_or_names, eps_list, l2_eps_list=None, 
     num_classes = A._num_classes(model, x.shape)
     y = A._class_array(y, n, num_classes, "label")
     correct = clean == y
-    report = {"images": int(n), "clean_accuracy": float(correct.mean()), "curves": {}}
+    report: dict[str, Any] = {"images": int(n), "clean_accuracy": float(correct.mean()), "curves": {}}
     for label, attack in items:
         started = time.perf_counter()
         eps_values = l2_eps if attack.norm == "l2" else linf_eps
-        curve = {"attack": attack.name, "norm": attack.norm, "minimal": attack.minimal, "eps": eps_values,
-                 "accuracy": [], "success_rate": [], "mean_l2": [], "mean_linf": []}
+        curve: dict[str, Any] = {"attack": attack.name, "norm": attack.norm, "minimal": attack.minimal,
+                                 "eps": eps_values, "accuracy": [], "success_rate": [], "mean_l2": [], "mean_linf": []}
         if attack.minimal:
             x_adv = attack(x, y)
             broken = correct & (_predicted(model, x_adv, batch_size) != y)
@@ -204,14 +231,16 @@ def robustness_curve(model, x, y, attacks_or_names, eps_list, l2_eps_list=None, 
     return report
 
 
-def _add_point(curve, correct, broken, l2, linf):
+def _add_point(curve: dict[str, Any], correct: np.ndarray, broken: np.ndarray, l2: np.ndarray,
+               linf: np.ndarray) -> None:
     curve["accuracy"].append(float((correct & ~broken).mean()))
     curve["success_rate"].append(float(broken.sum() / max(correct.sum(), 1)))
     curve["mean_l2"].append(_mean(l2[broken]))
     curve["mean_linf"].append(_mean(linf[broken]))
 
 
-def transfer(attack, target_model, x, y, batch_size=256):
+def transfer(attack: A.Attack, target_model: fastconv.Sequential, x: np.ndarray, y: ArrayLike,
+             batch_size: int = 256) -> dict[str, Any]:
     """Show adversarial examples made by ``attack`` on its own model to ``target_model``.
 
     Returns the attack's report on its source model (:func:`attack_report`)
@@ -242,7 +271,7 @@ def transfer(attack, target_model, x, y, batch_size=256):
 # ------------------------------------------------------------------ training on soft labels
 
 
-def _soft_targets(targets, n, num_classes):
+def _soft_targets(targets: ArrayLike, n: int, num_classes: int) -> np.ndarray:
     targets = np.asarray(targets)
     if targets.ndim == 1:
         labels = A._class_array(targets, n, num_classes, "label")
@@ -257,8 +286,10 @@ def _soft_targets(targets, n, num_classes):
     return targets.astype(np.float64)
 
 
-def fit(model, x, targets, epochs=1, batch_size=64, lr=1e-3, temperature=1.0, weight_decay=0.0, seed=0,
-        progress=None):
+def fit(model: fastconv.Sequential, x: np.ndarray, targets: ArrayLike, epochs: int = 1, batch_size: int = 64,
+        lr: float = 1e-3, temperature: float = 1.0, weight_decay: float = 0.0,
+        seed: np.random.Generator | int | None = 0,
+        progress: Callable[[str], object] | None = None) -> fastconv.Sequential:
     """Train ``model`` with Adam on images x ([0, 1] pixels, through the model's
     normalization) against ``targets``: N labels, or (N, K) probabilities
     (soft labels).
@@ -297,14 +328,17 @@ def fit(model, x, targets, epochs=1, batch_size=64, lr=1e-3, temperature=1.0, we
     return model.eval()
 
 
-def _copy_normalization(source, model):
+def _copy_normalization(source: fastconv.Sequential, model: fastconv.Sequential) -> fastconv.Sequential:
     if "normalization" in (source.meta or {}):
         model.meta["normalization"] = dict(source.meta["normalization"])
     return model
 
 
-def defensive_distillation(make_model, x, y, temperature=100.0, epochs=2, batch_size=128, lr=1e-3,
-                           teacher=None, seed=0, progress=None):
+def defensive_distillation(make_model: Callable[[], fastconv.Sequential], x: np.ndarray, y: ArrayLike,
+                           temperature: float = 100.0, epochs: int = 2, batch_size: int = 128, lr: float = 1e-3,
+                           teacher: fastconv.Sequential | None = None, seed: int = 0,
+                           progress: Callable[[str], object] | None = None
+                           ) -> tuple[fastconv.Sequential, fastconv.Sequential]:
     """Defensive distillation (Papernot et al. 2016): a teacher trained at
     temperature T on the labels y, then a student of the same kind trained
     at T on the teacher's soft labels softmax(z / T); both then answer at
@@ -338,7 +372,8 @@ def defensive_distillation(make_model, x, y, temperature=100.0, epochs=2, batch_
 # ------------------------------------------------------------------ black box
 
 
-def jacobian_augmentation(substitute, x, labels, step=0.1):
+def jacobian_augmentation(substitute: fastconv.Sequential, x: np.ndarray, labels: ArrayLike,
+                          step: float = 0.1) -> np.ndarray:
     """Papernot et al.'s Jacobian-based augmentation: x + step * sign(d Z_label / dx)
     for each image, where Z_label is the substitute's logit of the label the
     victim gave; new points where the substitute's decision is most sensitive."""
@@ -351,14 +386,19 @@ def jacobian_augmentation(substitute, x, labels, step=0.1):
         for start, stop in C.batches(n, 256):
             logits = pixels.logits(x[start:stop])
             seed = np.zeros(logits.shape)
-            seed[np.arange(stop - start), labels[start:stop]] = 1.0
+            # labels is the array _class_array returns: mypy cannot tell, as it does not follow the
+            # fastconv.analysis imports.
+            seed[np.arange(stop - start), labels[start:stop]] = 1.0  # type: ignore[index]
             grad = pixels.input_gradient(seed, x.shape[1])
             out[start:stop] = np.clip(x[start:stop] + step * np.sign(grad), 0, 1)
     return out
 
 
-def train_substitute(victim, x_seed, make_model, rounds=5, step=0.1, epochs=10, batch_size=32, lr=1e-3,
-                     seed=0, x_check=None, progress=None):
+def train_substitute(victim: fastconv.Sequential | Callable[[np.ndarray], ArrayLike], x_seed: ArrayLike,
+                     make_model: Callable[[], fastconv.Sequential], rounds: int = 5, step: float = 0.1,
+                     epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+                     x_check: ArrayLike | None = None,
+                     progress: Callable[[str], object] | None = None) -> tuple[fastconv.Sequential, dict[str, Any]]:
     """Train a substitute of a black-box ``victim`` from its answers only.
 
     The victim is a model, or a function from [0, 1] images to predicted
@@ -375,13 +415,14 @@ def train_substitute(victim, x_seed, make_model, rounds=5, step=0.1, epochs=10, 
     agree after each round; the victim's answers on ``x_check`` are a
     measurement, not counted as queries.
     """
-    ask = victim if not hasattr(victim, "forward") else (lambda images: _predicted(victim, images, 256))
+    ask = victim if not hasattr(victim, "forward") else (
+        lambda images: _predicted(cast("fastconv.Sequential", victim), images, 256))
     x_seed = np.asarray(x_seed)
     rounds = _checks.positive_int(rounds, "rounds")
     data = x_seed.copy()
     labels = np.asarray(ask(data))
     queries = len(data)
-    info = {"queries": 0, "set_sizes": [], "agreement": []}
+    info: dict[str, Any] = {"queries": 0, "set_sizes": [], "agreement": []}
     check = data if x_check is None else np.asarray(x_check)
     check_labels = labels if x_check is None else np.asarray(ask(check))
     substitute = None
@@ -402,7 +443,7 @@ def train_substitute(victim, x_seed, make_model, rounds=5, step=0.1, epochs=10, 
         data = np.concatenate([data, new])
         labels = np.concatenate([labels, new_labels])
     info["queries"] = int(queries)
-    return substitute, info
+    return cast("fastconv.Sequential", substitute), info  # rounds >= 1: a substitute was trained
 
 
 # ------------------------------------------------------------------ adversarial training
@@ -423,7 +464,8 @@ class AdversarialTraining:
     METHODS = ("fgsm", "pgd")
     PGD_STEPS = 7
 
-    def __init__(self, method="pgd", eps=0.3, fraction=0.5, steps=PGD_STEPS, alpha=None):
+    def __init__(self, method: str = "pgd", eps: float = 0.3, fraction: float = 0.5, steps: int = PGD_STEPS,
+                 alpha: float | None = None) -> None:
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
         self.method = method
@@ -434,20 +476,21 @@ class AdversarialTraining:
         self.steps = _checks.positive_int(steps, "steps")
         self.alpha = None if alpha is None else A._number(alpha, "alpha", 0.0, strict=True)
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"method": self.method, "eps": self.eps, "fraction": self.fraction,
                 "steps": self.steps if self.method == "pgd" else 1, "alpha": self.alpha}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         steps = f", {self.steps} steps" if self.method == "pgd" else ""
         return f"adversarial training ({self.method}, eps {self.eps:g}{steps}, {self.fraction:.0%} of each batch)"
 
-    def attack(self, model, rng):
+    def attack(self, model: fastconv.Sequential, rng: np.random.Generator) -> A.FGSM | A.PGD:
         if self.method == "fgsm":
             return A.FGSM(model, eps=self.eps)
         return A.PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True, seed=rng)
 
-    def __call__(self, model, inputs, labels, rng):
+    def __call__(self, model: fastconv.Sequential, inputs: np.ndarray, labels: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
         count = int(round(self.fraction * len(inputs)))
         if count == 0 or self.eps == 0:
             return inputs

@@ -17,7 +17,10 @@ References: Simonyan et al. 2014 (saliency), Zeiler & Fergus 2014
 et al. 2017 (Grad-CAM), Smilkov et al. 2017 (SmoothGrad), Sundararajan et
 al. 2017 (integrated gradients).
 """
+from __future__ import annotations
+
 import contextlib
+from typing import TYPE_CHECKING, cast, overload
 
 import numpy as np
 
@@ -25,20 +28,36 @@ from fastconv import _checks
 from fastconv.analysis import _common as C
 from fastconv.nn import layers as L
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Literal, Protocol
+
+    from numpy.typing import ArrayLike
+
+    import fastconv
+
+    class AttributionMethod(Protocol):
+        """What SmoothGrad averages: any object with a model and the ``attribute`` verb."""
+
+        model: fastconv.Sequential
+
+        def attribute(self, x: np.ndarray, target: C.Target) -> np.ndarray:
+            ...
+
 RULES = ("gradient", "deconvnet", "guided")
 
 
-def _positive_part(dy):
+def _positive_part(dy: np.ndarray) -> np.ndarray:
     return np.maximum(dy, 0).astype(dy.dtype, copy=False)
 
 
-def _guided(layer, grad_output):
+def _guided(layer: L.Layer, grad_output: np.ndarray) -> np.ndarray:
     # A pre-hook: the ReLU's own backward then keeps the positive part where
     # its input was positive.
     return _positive_part(grad_output)
 
 
-def _deconvnet(layer, grad_input, grad_output):
+def _deconvnet(layer: L.Layer, grad_input: np.ndarray | None, grad_output: np.ndarray) -> np.ndarray | None:
     # A hook after the ReLU's own backward, which has checked grad_output
     # (shape, dtype, a forward before it) as usual: its result is replaced
     # with the positive part of grad_output, whatever the input was.
@@ -46,7 +65,7 @@ def _deconvnet(layer, grad_input, grad_output):
 
 
 @contextlib.contextmanager
-def relu_backward_rule(model, rule):
+def relu_backward_rule(model: fastconv.Sequential, rule: str) -> Iterator[fastconv.Sequential]:
     """Temporarily replace the backward pass of every ReLU layer of ``model``.
 
     ``rule`` is ``'gradient'`` (unchanged: dy where the input was positive),
@@ -57,7 +76,7 @@ def relu_backward_rule(model, rule):
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    handles = []
+    handles: list[L.HookHandle] = []
     try:
         for _, layer in model.named_layers():
             if not isinstance(layer, L.ReLU) or rule == "gradient":
@@ -75,16 +94,16 @@ def relu_backward_rule(model, rule):
 class Attribution:
     """Base class: holds the model and the layer whose output is the target."""
 
-    def __init__(self, model, layer=None):
+    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
         self.model = model
         if layer is not None:
             C.check_layer(model, layer)
         self.layer = layer
 
-    def _where(self):
+    def _where(self) -> str:
         return "the model output" if self.layer is None else f"the output of layer {self.layer!r}"
 
-    def _gradient(self, x, target, rule="gradient"):
+    def _gradient(self, x: np.ndarray, target: C.Target, rule: str = "gradient") -> np.ndarray:
         """d(target unit)/dx for the batch x, under a ReLU backward rule."""
         C.check_images(self.model, x)
         with C.evaluating(self.model), relu_backward_rule(self.model, rule):
@@ -92,7 +111,7 @@ class Attribution:
             seed = C.seed_gradient(out, target, self._where())
             return self.model.backward(seed, start=self.layer, param_grads=False)
 
-    def _output(self, x, target):
+    def _output(self, x: np.ndarray, target: C.Target) -> np.ndarray:
         """The target unit's value for each example, shape (N,)."""
         with C.evaluating(self.model):
             out = self.model.forward(x, until=self.layer)
@@ -103,14 +122,14 @@ class Attribution:
 class Gradient(Attribution):
     """The plain gradient of the target unit with respect to the input (signed)."""
 
-    def attribute(self, x, target):
+    def attribute(self, x: np.ndarray, target: C.Target) -> np.ndarray:
         return self._gradient(x, target)
 
 
 class Saliency(Attribution):
     """``|d target / d x|`` (Simonyan et al.); :func:`channel_max` gives their one-channel map."""
 
-    def attribute(self, x, target, abs=True):
+    def attribute(self, x: np.ndarray, target: C.Target, abs: bool = True) -> np.ndarray:
         grad = self._gradient(x, target)
         return np.abs(grad) if abs else grad
 
@@ -118,25 +137,25 @@ class Saliency(Attribution):
 class Deconvnet(Attribution):
     """Backward pass where each ReLU lets through the positive part of its upstream gradient."""
 
-    def attribute(self, x, target):
+    def attribute(self, x: np.ndarray, target: C.Target) -> np.ndarray:
         return self._gradient(x, target, rule="deconvnet")
 
 
 class GuidedBackprop(Attribution):
     """Backward pass where each ReLU passes positive gradients at positive inputs only."""
 
-    def attribute(self, x, target):
+    def attribute(self, x: np.ndarray, target: C.Target) -> np.ndarray:
         return self._gradient(x, target, rule="guided")
 
 
-def channel_max(attributions):
+def channel_max(attributions: np.ndarray) -> np.ndarray:
     """Collapse (N, C, H, W) attributions to (N, H, W) by the max over channels."""
     if attributions.ndim != 4:
         raise ValueError(f"attributions must be shaped (N, C, H, W), got {attributions.shape}")
     return attributions.max(axis=1)
 
 
-def default_gradcam_layer(model):
+def default_gradcam_layer(model: fastconv.Sequential) -> str:
     """The rectified maps of the last convolution (the ReLU right after it), as
     in Selvaraju et al.; the convolution itself when no activation follows it."""
     conv = C.last_conv_name(model)
@@ -156,14 +175,14 @@ class GradCAM(Attribution):
     ``interpolation`` ('bilinear', 'nearest' or None to keep the layer's size).
     """
 
-    def __init__(self, model, layer=None):
+    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
         if layer is None:
             layer = default_gradcam_layer(model)
         super().__init__(model, None)
         C.check_layer(model, layer)
         self.conv_layer = layer
 
-    def layer_map(self, x, target, relu=True):
+    def layer_map(self, x: np.ndarray, target: C.Target, relu: bool = True) -> np.ndarray:
         """The map at the layer's own resolution, shape (N, 1, h, w)."""
         C.check_images(self.model, x)
         tail = C.layers_after(self.model, self.conv_layer)
@@ -181,7 +200,8 @@ class GradCAM(Attribution):
         cam = (weights * activation).sum(axis=1, keepdims=True)
         return np.maximum(cam, 0) if relu else cam
 
-    def attribute(self, x, target, relu=True, interpolation="bilinear"):
+    def attribute(self, x: np.ndarray, target: C.Target, relu: bool = True,
+                  interpolation: str | None = "bilinear") -> np.ndarray:
         cam = self.layer_map(x, target, relu=relu)
         if interpolation is None:
             return cam
@@ -191,12 +211,12 @@ class GradCAM(Attribution):
 class GuidedGradCAM(Attribution):
     """Guided backpropagation multiplied by the Grad-CAM map resized to the input."""
 
-    def __init__(self, model, layer=None):
+    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
         super().__init__(model, None)
         self.gradcam = GradCAM(model, layer)
         self.guided = GuidedBackprop(model)
 
-    def attribute(self, x, target, interpolation="nearest"):
+    def attribute(self, x: np.ndarray, target: C.Target, interpolation: str | None = "nearest") -> np.ndarray:
         cam = self.gradcam.attribute(x, target, relu=True, interpolation=interpolation)
         return self.guided.attribute(x, target) * cam
 
@@ -209,14 +229,16 @@ class SmoothGrad:
     times each example's value range.
     """
 
-    def __init__(self, model_or_method):
+    def __init__(self, model_or_method: fastconv.Sequential | AttributionMethod) -> None:
+        self.method: AttributionMethod
         if hasattr(model_or_method, "attribute"):
-            self.method = model_or_method
+            self.method = cast("AttributionMethod", model_or_method)  # hasattr does not narrow the union
         else:
             self.method = Saliency(model_or_method)
         self.model = self.method.model
 
-    def attribute(self, x, target, samples=25, noise_level=0.15, seed=0, batch_size=256):
+    def attribute(self, x: np.ndarray, target: C.Target, samples: int = 25, noise_level: float = 0.15,
+                  seed: np.random.Generator | int | None = 0, batch_size: int = 256) -> np.ndarray:
         C.check_images(self.model, x)
         samples = _checks.positive_int(samples, "samples")
         if not (isinstance(noise_level, (int, float)) and noise_level >= 0):
@@ -236,7 +258,7 @@ class SmoothGrad:
         return (total / samples).astype(x.dtype)
 
 
-def integration_points(steps, method):
+def integration_points(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Path positions alpha in [0, 1] and their quadrature weights for ``steps`` points."""
     steps = _checks.positive_int(steps, "steps")
     if method == "riemann_left":
@@ -268,8 +290,27 @@ class IntegratedGradients(Attribution):
     how far from that a given call is.
     """
 
-    def attribute(self, x, target, baseline=None, steps=50, method="gausslegendre",
-                  batch_size=256, return_convergence_delta=False):
+    @overload
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = ..., steps: int = ...,
+                  method: str = ..., batch_size: int = ...,
+                  return_convergence_delta: Literal[False] = ...) -> np.ndarray:
+        ...
+
+    @overload
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = ..., steps: int = ...,
+                  method: str = ..., batch_size: int = ..., *,
+                  return_convergence_delta: Literal[True]) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+    @overload
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = ..., steps: int = ...,
+                  method: str = ..., batch_size: int = ...,
+                  return_convergence_delta: bool = ...) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        ...
+
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = None, steps: int = 50,
+                  method: str = "gausslegendre", batch_size: int = 256,
+                  return_convergence_delta: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         C.check_images(self.model, x)
         base = self._baseline(x, baseline)
         alphas, weights = integration_points(steps, method)
@@ -291,7 +332,7 @@ class IntegratedGradients(Attribution):
         )
         return attributions, delta
 
-    def _baseline(self, x, baseline):
+    def _baseline(self, x: np.ndarray, baseline: ArrayLike | None) -> np.ndarray:
         if baseline is None:
             return np.zeros_like(x)
         base = np.asarray(baseline, dtype=x.dtype)
@@ -303,7 +344,7 @@ class IntegratedGradients(Attribution):
             ) from None
 
 
-METHODS = {
+METHODS: dict[str, type[Attribution] | type[SmoothGrad]] = {
     "gradient": Gradient,
     "saliency": Saliency,
     "deconvnet": Deconvnet,

@@ -11,12 +11,22 @@ A patch at grid cell (j, k) covers rows stride*j .. stride*j + size - 1 and
 columns stride*k .. stride*k + size - 1 of every channel; the grid has
 (H - size) // stride + 1 rows and likewise columns.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastconv.analysis import _common as C
 from fastconv.nn.losses import softmax
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from numpy.typing import ArrayLike, DTypeLike
+
+    import fastconv
 
 
 @dataclass
@@ -34,10 +44,10 @@ class OcclusionMaps:
     top_class: np.ndarray
     top_probability: np.ndarray
     baseline_probability: np.ndarray
-    patch: tuple
-    stride: tuple
+    patch: tuple[int, int]
+    stride: tuple[int, int]
 
-    def pixel_map(self, image_shape):
+    def pixel_map(self, image_shape: Sequence[int]) -> np.ndarray:
         """Spread ``probability`` back onto the pixels: mean over the patches covering each one.
 
         Pixels no patch covers get NaN. Shape (N, H, W).
@@ -45,7 +55,8 @@ class OcclusionMaps:
         return _patches_to_pixels(self.probability, image_shape, self.patch, self.stride)
 
 
-def occlusion_grid(image_size, patch, stride):
+def occlusion_grid(image_size: Sequence[int], patch: int | Sequence[int],
+                   stride: int | Sequence[int]) -> tuple[int, int]:
     """Number of patch positions (rows, cols); ValueError if the patch does not fit."""
     h, w = image_size
     ph, pw = C.check_pair(patch, "patch size")
@@ -55,7 +66,7 @@ def occlusion_grid(image_size, patch, stride):
     return (h - ph) // sh + 1, (w - pw) // sw + 1
 
 
-def _fill_values(fill, channels, dtype):
+def _fill_values(fill: ArrayLike, channels: int, dtype: DTypeLike) -> np.ndarray:
     values = np.asarray(fill, dtype=dtype).reshape(-1)
     if values.size == 1:
         return np.full(channels, values[0], dtype=dtype)
@@ -64,7 +75,8 @@ def _fill_values(fill, channels, dtype):
     return values
 
 
-def _occluded_batches(image, patch, stride, fill, batch_size):
+def _occluded_batches(image: np.ndarray, patch: int | Sequence[int], stride: int | Sequence[int], fill: ArrayLike,
+                      batch_size: int) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
     """Yield (cell indices, batch of occluded copies of one image (C, H, W))."""
     c, h, w = image.shape
     rows, cols = occlusion_grid((h, w), patch, stride)
@@ -80,7 +92,9 @@ def _occluded_batches(image, patch, stride, fill, batch_size):
         yield chunk, batch
 
 
-def occlusion_maps(model, x, target=None, patch=14, stride=2, fill=0.0, batch_size=256):
+def occlusion_maps(model: fastconv.Sequential, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None,
+                   patch: int | Sequence[int] = 14, stride: int | Sequence[int] = 2, fill: ArrayLike = 0.0,
+                   batch_size: int = 256) -> OcclusionMaps:
     """Slide a ``patch`` (size, stride, fill value in model-input units) over each image.
 
     ``target`` is the true class of each image (an int or N ints); None uses
@@ -124,7 +138,8 @@ def occlusion_maps(model, x, target=None, patch=14, stride=2, fill=0.0, batch_si
     )
 
 
-def _patches_to_pixels(values, image_shape, patch, stride):
+def _patches_to_pixels(values: np.ndarray, image_shape: Sequence[int], patch: tuple[int, int],
+                       stride: tuple[int, int]) -> np.ndarray:
     n, rows, cols = values.shape
     h, w = image_shape[-2:]
     ph, pw = patch
@@ -147,10 +162,11 @@ class Occlusion:
     use :func:`occlusion_maps` for probabilities.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: fastconv.Sequential) -> None:
         self.model = model
 
-    def attribute(self, x, target, patch=14, stride=2, fill=0.0, batch_size=256):
+    def attribute(self, x: np.ndarray, target: C.Target, patch: int | Sequence[int] = 14,
+                  stride: int | Sequence[int] = 2, fill: ArrayLike = 0.0, batch_size: int = 256) -> np.ndarray:
         C.check_images(self.model, x)
         n, c, h, w = x.shape
         ph, pw = C.check_pair(patch, "patch size")

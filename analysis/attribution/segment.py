@@ -6,7 +6,16 @@ the object, pixels below the ``background`` quantile seeds of the
 background; GrabCut (OpenCV) decides the rest from the colours. OpenCV is
 an optional extra: ``pip install fastconv[segment]``.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from numpy.typing import ArrayLike
 
 INSTALL_HINT = (
     "saliency segmentation needs OpenCV's GrabCut: pip install fastconv[segment] "
@@ -14,7 +23,7 @@ INSTALL_HINT = (
 )
 
 
-def _cv2():
+def _cv2() -> ModuleType:
     try:
         import cv2
     except ImportError:
@@ -22,7 +31,7 @@ def _cv2():
     return cv2
 
 
-def to_uint8_rgb(image):
+def to_uint8_rgb(image: ArrayLike) -> np.ndarray:
     """(C, H, W) image with C in (1, 3), any range, as (H, W, 3) uint8 for OpenCV."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[0] not in (1, 3):
@@ -36,7 +45,8 @@ def to_uint8_rgb(image):
     return np.ascontiguousarray(hwc)
 
 
-def grabcut_from_saliency(image, saliency, foreground=0.95, background=0.30, iterations=5):
+def grabcut_from_saliency(image: ArrayLike, saliency: ArrayLike, foreground: float = 0.95, background: float = 0.30,
+                          iterations: int = 5) -> np.ndarray:
     """Boolean object mask (H, W) of ``image`` (C, H, W), seeded by ``saliency`` (H, W).
 
     ``foreground`` and ``background`` are quantiles of the saliency: above

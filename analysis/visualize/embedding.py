@@ -12,7 +12,10 @@
 
 Clustering and embedding use scikit-learn.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -20,8 +23,15 @@ from scipy.optimize import linear_sum_assignment
 from fastconv import _checks
 from fastconv.analysis import _common as C
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def _sklearn():
+    from numpy.typing import ArrayLike
+
+    import fastconv
+
+
+def _sklearn() -> None:
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -30,7 +40,7 @@ def _sklearn():
         ) from None
 
 
-def default_code_layer(model):
+def default_code_layer(model: fastconv.Sequential) -> str:
     """The layer whose codes the classifier reads: the input of the last Linear
     layer (the layer before it); for a model without one, the last layer but one."""
     from fastconv.nn import layers as L
@@ -42,7 +52,9 @@ def default_code_layer(model):
     return names[-2] if len(names) > 1 else names[-1]
 
 
-def layer_features(model, data, layer, batch_size=256, transform=None, limit=None):
+def layer_features(model: fastconv.Sequential, data: np.ndarray, layer: str, batch_size: int = 256,
+                   transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                   limit: int | None = None) -> np.ndarray:
     """Flattened output of ``layer`` for each image of ``data``: (N, D) float64.
 
     ``data`` and ``transform`` are as in :func:`fastconv.analysis.top_images`.
@@ -71,13 +83,13 @@ class Clusters:
 
     labels: np.ndarray
     centers: np.ndarray
-    members: list
+    members: list[np.ndarray]
 
-    def nearest(self, cluster, count):
+    def nearest(self, cluster: int, count: int) -> np.ndarray:
         return self.members[cluster][:count]
 
 
-def cluster(features, n_clusters=10, seed=0):
+def cluster(features: ArrayLike, n_clusters: int = 10, seed: int | None = 0) -> Clusters:
     """k-means (scikit-learn) of ``features`` (N, D) into ``n_clusters`` groups."""
     _sklearn()
     from sklearn.cluster import KMeans
@@ -95,7 +107,8 @@ def cluster(features, n_clusters=10, seed=0):
     return Clusters(km.labels_.astype(np.int64), km.cluster_centers_, members)
 
 
-def embed(features, method="tsne", seed=0, perplexity=30.0, pca_dims=50):
+def embed(features: ArrayLike, method: str = "tsne", seed: int | None = 0, perplexity: float = 30.0,
+          pca_dims: int = 50) -> np.ndarray:
     """2-D map of ``features`` (N, D): 'tsne' or 'pca'. Returns (N, 2).
 
     Before t-SNE the codes are reduced to ``pca_dims`` dimensions with PCA,
@@ -121,7 +134,7 @@ def embed(features, method="tsne", seed=0, perplexity=30.0, pca_dims=50):
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
-def snap_to_grid(points, rows, cols):
+def snap_to_grid(points: ArrayLike, rows: int, cols: int) -> np.ndarray:
     """Place points (N, 2) on a rows x cols lattice, one per cell at most.
 
     Both are scaled to the unit square and cells are assigned to points so
@@ -144,7 +157,7 @@ def snap_to_grid(points, rows, cols):
     return grid.reshape(rows, cols)
 
 
-def _check_features(features):
+def _check_features(features: ArrayLike) -> np.ndarray:
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] == 0:
         raise ValueError(f"features must be shaped (N, D) with N > 0, got {features.shape}")

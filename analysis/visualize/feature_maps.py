@@ -1,11 +1,17 @@
 """Every feature map of one layer for one image, before and after its ReLU."""
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastconv.analysis import _common as C
 from fastconv.nn import layers as L
 from fastconv.nn.losses import softmax
+
+if TYPE_CHECKING:
+    import fastconv
 
 
 @dataclass
@@ -19,13 +25,13 @@ class Activations:
 
     layer: str
     before: np.ndarray
-    after_layer: str
-    after: np.ndarray
-    prediction: int
-    probabilities: np.ndarray
+    after_layer: str | None
+    after: np.ndarray | None
+    prediction: int | None
+    probabilities: np.ndarray | None
 
 
-def _following_activation(model, layer):
+def _following_activation(model: fastconv.Sequential, layer: str) -> str | None:
     """Name of the ReLU/LeakyReLU after ``layer``, skipping batch norm and dropout."""
     for name, current in C.layers_after(model, layer):
         if isinstance(current, C.ACTIVATIONS):
@@ -35,7 +41,7 @@ def _following_activation(model, layer):
     return None
 
 
-def activations(model, image, layer):
+def activations(model: fastconv.Sequential, image: np.ndarray, layer: str) -> Activations:
     """All feature maps of ``layer`` for one ``image`` (C, H, W) or (1, C, H, W).
 
     If ``layer`` is itself a ReLU, ``before`` is the output of the layer
@@ -47,6 +53,7 @@ def activations(model, image, layer):
         raise ValueError(f"activations are shown for one image, got a batch of shape {x.shape}")
     current = C.check_layer(model, layer)
     names = C.layer_names(model)
+    after_name: str | None
     if isinstance(current, C.ACTIVATIONS) and names.index(layer) > 0:
         before_name, after_name = names[names.index(layer) - 1], layer
     else:

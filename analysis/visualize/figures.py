@@ -8,6 +8,9 @@ functions are safe in scripts, servers and tests.
 Images to display are (C, H, W) with C in (1, 3): uint8 pixels, or floats
 of any range (scaled to their own min..max).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,23 +23,38 @@ from fastconv.analysis.attribution import methods as A
 from fastconv.analysis.visualize import weights as W
 from fastconv.train.figures import save
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Collection, Iterable, Mapping, Sequence
+
+    from matplotlib.axes import Axes
+    from matplotlib.figure import FigureBase
+    from numpy.typing import ArrayLike
+
+    import fastconv
+    from fastconv.analysis.attribution.occlusion import OcclusionMaps
+    from fastconv.analysis.visualize.embedding import Clusters
+    from fastconv.analysis.visualize.feature_maps import Activations
+    from fastconv.analysis.visualize.receptive_field import EffectiveField
+    from fastconv.analysis.visualize.units import TopImages
+
 SIGNED_CMAP = "gray"
 HEAT_CMAP = "jet"
 
 
-def new_figure(width, height):
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _finish(fig, path):
+def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
     if path is not None:
         save(fig, path)
     return fig
 
 
-def display_image(image):
+def display_image(image: ArrayLike) -> np.ndarray:
     """(C, H, W) -> (H, W) grey or (H, W, 3) RGB in [0, 1]."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[0] not in (1, 3):
@@ -49,20 +67,20 @@ def display_image(image):
     return scaled[0] if image.shape[0] == 1 else scaled.transpose(1, 2, 0)
 
 
-def _show_image(ax, image, title=None):
+def _show_image(ax: Axes, image: ArrayLike, title: str | None = None) -> None:
     shown = display_image(image)
     ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     _clean(ax, title)
 
 
-def _clean(ax, title=None, fontsize=8):
+def _clean(ax: Axes, title: str | None = None, fontsize: float = 8) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=fontsize)
 
 
-def _limits(values):
+def _limits(values: ArrayLike) -> tuple[float, float, bool]:
     """(vmin, vmax, signed): symmetric around 0 when there are negative values."""
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     if lo < 0:
@@ -71,18 +89,19 @@ def _limits(values):
     return 0.0, hi if hi > 0 else 1.0, False
 
 
-def _grid(n, columns):
+def _grid(n: int, columns: int) -> tuple[int, int]:
     columns = max(1, min(columns, n))
     return (n + columns - 1) // columns, columns
 
 
-def _class_name(classes, k):
+def _class_name(classes: Sequence[str] | None, k: int) -> str:
     if classes is not None and 0 <= int(k) < len(classes):
         return str(classes[int(k)])
     return str(int(k))
 
 
-def _map_grid(fig, maps, title, columns, first_image=None, cmap=SIGNED_CMAP, labels=None):
+def _map_grid(fig: FigureBase, maps: np.ndarray, title: str, columns: int, first_image: ArrayLike | None = None,
+              cmap: str = SIGNED_CMAP, labels: Sequence[str] | None = None) -> np.ndarray:
     """Draw maps (K, h, w) as tiles on one colour scale, optionally preceded by an image."""
     count = len(maps) + (first_image is not None)
     rows, cols = _grid(count, columns)
@@ -108,7 +127,8 @@ def _map_grid(fig, maps, title, columns, first_image=None, cmap=SIGNED_CMAP, lab
 
 # -- filters --------------------------------------------------------------
 
-def plot_filters(model, layer=None, channels=None, max_filters=64, columns=8, path=None):
+def plot_filters(model: fastconv.Sequential, layer: str | None = None, channels: Sequence[int] | None = None,
+                 max_filters: int = 64, columns: int = 8, path: str | os.PathLike | None = None) -> Figure:
     """First-layer filters as RGB or grey tiles; a deeper layer as one grid of
     filter slices per input channel (``channels``, default the first four)."""
     weights = W.filters(model, layer)
@@ -142,7 +162,8 @@ def plot_filters(model, layer=None, channels=None, max_filters=64, columns=8, pa
         channels = list(range(min(4, in_channels)))
     rows, cols = _grid(n_filters, columns)
     fig = new_figure(len(channels) * (1.0 * cols) + 0.8, 1.0 * rows + 0.8)
-    subfigs = np.atleast_1d(fig.subfigures(1, len(channels)))
+    # atleast_1d also takes the single SubFigure of one channel (its stub does not say so).
+    subfigs = np.atleast_1d(fig.subfigures(1, len(channels)))  # type: ignore[arg-type]
     vmin, vmax, _ = _limits(weights[:, channels])
     image = None
     for sub, c in zip(subfigs, channels):
@@ -154,16 +175,18 @@ def plot_filters(model, layer=None, channels=None, max_filters=64, columns=8, pa
             ax.axis("off")
         sub.suptitle(f"input channel {c}", fontsize=9)
     fig.suptitle(f"{name}: {n_filters} filters, weights seen by each input channel (signed: grey is 0)", fontsize=10)
-    fig.colorbar(image, ax=subfigs[-1].axes, shrink=0.8, fraction=0.05)
+    # Every channel drew its filters above, so image is set.
+    fig.colorbar(image, ax=subfigs[-1].axes, shrink=0.8, fraction=0.05)  # type: ignore[arg-type]
     return _finish(fig, path)
 
 
 # -- activations --------------------------------------------------------------
 
-def plot_activations(acts, image, classes=None, columns=8, max_maps=64, path=None):
+def plot_activations(acts: Activations, image: ArrayLike, classes: Sequence[str] | None = None, columns: int = 8,
+                     max_maps: int = 64, path: str | os.PathLike | None = None) -> Figure:
     """The image first, then every feature map of ``acts`` (an :class:`Activations`),
     before and after the ReLU when there is one."""
-    stages = [(acts.layer, acts.before)]
+    stages: list[tuple[str | None, np.ndarray]] = [(acts.layer, acts.before)]
     if acts.after is not None:
         stages.append((acts.after_layer, acts.after))
     fig_rows = 0
@@ -171,18 +194,19 @@ def plot_activations(acts, image, classes=None, columns=8, max_maps=64, path=Non
         maps = _as_maps(maps)[:max_maps]
         fig_rows += _grid(len(maps) + 1, columns)[0]
     fig = new_figure(1.2 * columns + 1.0, 1.2 * fig_rows + 0.8 * len(stages) + 0.5)
-    subfigs = np.atleast_1d(fig.subfigures(len(stages), 1, height_ratios=[
+    # atleast_1d also takes the single SubFigure of one stage (its stub does not say so).
+    subfigs = np.atleast_1d(fig.subfigures(len(stages), 1, height_ratios=[  # type: ignore[arg-type]
         _grid(len(_as_maps(m)[:max_maps]) + 1, columns)[0] for _, m in stages]))
     for sub, (name, maps) in zip(subfigs, stages):
         maps = _as_maps(maps)[:max_maps]
         _map_grid(sub, maps, f"{name}: {len(maps)} feature maps", columns, first_image=image)
     if acts.prediction is not None:
-        p = acts.probabilities[acts.prediction]
+        p = cast(np.ndarray, acts.probabilities)[acts.prediction]  # set along with the prediction
         fig.suptitle(f"predicted {_class_name(classes, acts.prediction)} ({p:.1%})", fontsize=11)
     return _finish(fig, path)
 
 
-def _as_maps(values):
+def _as_maps(values: ArrayLike) -> np.ndarray:
     """Feature maps (C, h, w) as they are; a flat layer's D values as one (1, D) strip."""
     values = np.asarray(values)
     return values if values.ndim == 3 else values.reshape(1, 1, -1)
@@ -190,7 +214,7 @@ def _as_maps(values):
 
 # -- top images -----------------------------------------------------------
 
-def _show_crop(ax, top, rank):
+def _show_crop(ax: Axes, top: TopImages, rank: int) -> None:
     """A receptive-field crop on a canvas of the whole field, so that crops at
     the border keep the size and place of the others; what lies beyond the
     image is hatched grey."""
@@ -215,12 +239,14 @@ def _show_crop(ax, top, rank):
     _clean(ax, "")
 
 
-def plot_top_images(top, data, labels=None, classes=None, columns=10, path=None):
+def plot_top_images(top: TopImages, data: np.ndarray, labels: Sequence[int] | np.ndarray | None = None,
+                    classes: Sequence[str] | None = None, columns: int = 10,
+                    path: str | os.PathLike | None = None) -> Figure:
     """The top-k images of a unit with the unit's receptive field boxed, and the crops."""
     k = len(top.indices)
     rows, cols = _grid(k, columns)
     fig = new_figure(max(1.2 * cols, 6.5), 2.6 * rows + 0.6)
-    full, crops = fig.subfigures(2, 1)
+    full, crops = fig.subfigures(2, 1)  # type: ignore[misc]  # two rows: an array of two SubFigures
     axes = full.subplots(rows, cols, squeeze=False)
     crop_axes = crops.subplots(rows, cols, squeeze=False)
     for rank, index in enumerate(top.indices):
@@ -242,7 +268,9 @@ def plot_top_images(top, data, labels=None, classes=None, columns=10, path=None)
 
 # -- codes and embeddings -----------------------------------------------------
 
-def plot_clusters(clusters, data, which=None, per_cluster=12, labels=None, classes=None, path=None):
+def plot_clusters(clusters: Clusters, data: np.ndarray, which: Iterable[int] | None = None, per_cluster: int = 12,
+                  labels: Sequence[int] | np.ndarray | None = None, classes: Sequence[str] | None = None,
+                  path: str | os.PathLike | None = None) -> Figure:
     """One row per cluster: the images nearest its k-means centre."""
     which = list(range(len(clusters.members))) if which is None else list(which)
     fig = new_figure(1.0 * per_cluster + 1.5, 1.05 * len(which) + 0.6)
@@ -262,7 +290,8 @@ def plot_clusters(clusters, data, which=None, per_cluster=12, labels=None, class
     return _finish(fig, path)
 
 
-def plot_embedding(points, labels, classes=None, title="t-SNE of the codes", path=None):
+def plot_embedding(points: ArrayLike, labels: ArrayLike, classes: Sequence[str] | None = None,
+                   title: str = "t-SNE of the codes", path: str | os.PathLike | None = None) -> Figure:
     """Scatter of a 2-D embedding, one colour per class."""
     points = np.asarray(points)
     labels = np.asarray(labels)
@@ -279,14 +308,15 @@ def plot_embedding(points, labels, classes=None, title="t-SNE of the codes", pat
     return _finish(fig, path)
 
 
-def _palette(n):
+def _palette(n: int) -> list[tuple[float, float, float, float]]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def plot_embedding_grid(grid, data, title="t-SNE of the codes, snapped to a grid", path=None):
+def plot_embedding_grid(grid: np.ndarray, data: np.ndarray, title: str = "t-SNE of the codes, snapped to a grid",
+                        path: str | os.PathLike | None = None) -> Figure:
     """Thumbnails of ``data`` placed on the lattice returned by ``snap_to_grid``."""
     rows, cols = grid.shape
     first = np.asarray(data[int(grid[grid >= 0][0])])
@@ -305,7 +335,8 @@ def plot_embedding_grid(grid, data, title="t-SNE of the codes, snapped to a grid
 
 # -- occlusion ------------------------------------------------------------------
 
-def plot_occlusion(maps, images, classes=None, path=None):
+def plot_occlusion(maps: OcclusionMaps, images: np.ndarray, classes: Sequence[str] | None = None,
+                   path: str | os.PathLike | None = None) -> Figure:
     """Per image: the image, the true-class probability as a heat map over it, and
     the most probable class for each position of the patch."""
     n = len(maps.target)
@@ -355,7 +386,7 @@ def plot_occlusion(maps, images, classes=None, path=None):
     return _finish(fig, path)
 
 
-def _outline(ax, image):
+def _outline(ax: Axes, image: ArrayLike) -> None:
     """Draw the contour of a grey image's bright parts over a heat map."""
     shown = display_image(image)
     if shown.max() > shown.min():
@@ -364,7 +395,7 @@ def _outline(ax, image):
 
 # -- attributions --------------------------------------------------------------
 
-def attribution_map(attributions, signed=False):
+def attribution_map(attributions: ArrayLike, signed: bool = False) -> np.ndarray:
     """One (N, H, W) map per example: max over channels of ``|a|``, or the
     channel sum keeping the sign when ``signed``."""
     attributions = np.asarray(attributions, dtype=np.float64)
@@ -373,7 +404,9 @@ def attribution_map(attributions, signed=False):
     return A.channel_max(np.abs(attributions))
 
 
-def plot_attributions(images, results, targets=None, classes=None, signed=(), path=None):
+def plot_attributions(images: np.ndarray, results: Mapping[str, np.ndarray],
+                      targets: Sequence[int] | np.ndarray | None = None, classes: Sequence[str] | None = None,
+                      signed: Collection[str] = (), path: str | os.PathLike | None = None) -> Figure:
     """A row per image: the image, then one map per method.
 
     ``results`` maps a method name to its attributions (N, C', H, W);
@@ -400,7 +433,8 @@ def plot_attributions(images, results, targets=None, classes=None, signed=(), pa
 
 # -- segmentation ---------------------------------------------------------------
 
-def plot_segmentation(image, saliency, mask, title=None, path=None):
+def plot_segmentation(image: ArrayLike, saliency: ArrayLike, mask: np.ndarray, title: str | None = None,
+                      path: str | os.PathLike | None = None) -> Figure:
     """Image, saliency map and the GrabCut mask over the image."""
     fig = new_figure(9.0, 3.4)
     axes = fig.subplots(1, 3)
@@ -421,7 +455,8 @@ def plot_segmentation(image, saliency, mask, title=None, path=None):
 
 # -- receptive fields -------------------------------------------------------------
 
-def plot_receptive_fields(fields, columns=4, path=None):
+def plot_receptive_fields(fields: Sequence[EffectiveField], columns: int = 4,
+                          path: str | os.PathLike | None = None) -> Figure:
     """Each layer's effective receptive field with its theoretical box."""
     rows, cols = _grid(len(fields), columns)
     fig = new_figure(3.0 * cols + 0.6, 3.0 * rows + 0.6)

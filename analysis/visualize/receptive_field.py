@@ -9,12 +9,20 @@ sees input pixels a + u * j .. a + u * j + r - 1 (clipped to the image).
 Layers that mix every position (Flatten, Linear, GlobalAvgPool2d) see the
 whole image.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastconv.analysis import _common as C
 from fastconv.nn import layers as L
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import fastconv
 
 
 @dataclass
@@ -24,11 +32,11 @@ class Geometry:
     ``size`` is None for layers whose units see the whole image.
     """
 
-    size: tuple
-    jump: tuple
-    start: tuple
+    size: tuple[int, ...] | None
+    jump: tuple[int, ...] | None
+    start: tuple[int, ...] | None
 
-    def box(self, i, j, image_size, clip=True):
+    def box(self, i: int, j: int, image_size: Sequence[int], clip: bool = True) -> tuple[int, int, int, int]:
         """Input box (top, left, bottom, right), bottom/right exclusive, seen by unit (i, j).
 
         Clipped to the image unless ``clip`` is False: then the whole field,
@@ -37,15 +45,16 @@ class Geometry:
         h, w = image_size
         if self.size is None:
             return 0, 0, h, w
-        top = self.start[0] + i * self.jump[0]
-        left = self.start[1] + j * self.jump[1]
+        # jump and start are None only when size is.
+        top = self.start[0] + i * self.jump[0]  # type: ignore[index]
+        left = self.start[1] + j * self.jump[1]  # type: ignore[index]
         if not clip:
             return top, left, top + self.size[0], left + self.size[1]
         return (max(top, 0), max(left, 0),
                 min(top + self.size[0], h), min(left + self.size[1], w))
 
 
-def _window(layer):
+def _window(layer: L.Layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     config = layer.config()
     kernel = C.check_pair(config["kernel_size"], "kernel_size")
     stride = config.get("stride", 1)
@@ -58,7 +67,7 @@ def _window(layer):
     return kernel, stride, padding
 
 
-def geometry(model, layer):
+def geometry(model: fastconv.Sequential, layer: str) -> Geometry:
     """Theoretical receptive-field geometry of the units of ``layer``."""
     C.check_layer(model, layer)
     size, jump, start = [1, 1], [1, 1], [0, 0]
@@ -76,7 +85,7 @@ def geometry(model, layer):
     return Geometry(tuple(size), tuple(jump), tuple(start))
 
 
-def theoretical_size(model, layer, image_size):
+def theoretical_size(model: fastconv.Sequential, layer: str, image_size: Sequence[int]) -> tuple[int, ...]:
     """Theoretical receptive field (rows, cols) of a unit, before clipping to the image."""
     geo = geometry(model, layer)
     return tuple(image_size) if geo.size is None else geo.size
@@ -95,15 +104,17 @@ class EffectiveField:
     """
 
     layer: str
-    unit: tuple
+    unit: tuple[int, int]
     map: np.ndarray
-    box: tuple
-    theoretical: tuple
+    box: tuple[int, int, int, int]
+    theoretical: tuple[int, ...]
     effective: float
     mass: float
 
 
-def effective_receptive_field(model, x, layers=None, channel=None, mass=0.95, batch_size=64):
+def effective_receptive_field(model: fastconv.Sequential, x: np.ndarray, layers: str | Sequence[str] | None = None,
+                              channel: int | None = None, mass: float = 0.95,
+                              batch_size: int = 64) -> list[EffectiveField]:
     """Effective receptive field of the central unit at each of ``layers``.
 
     ``layers`` defaults to every convolution and pooling layer. The unit is
@@ -149,11 +160,12 @@ def effective_receptive_field(model, x, layers=None, channel=None, mass=0.95, ba
             peak = field.max()
             normalized = field / peak if peak > 0 else field
             geo = geometry(model, name)
+            # x holds at least one image, so the loop above has set unit.
             results.append(EffectiveField(
                 layer=name,
-                unit=unit,
+                unit=unit,  # type: ignore[arg-type]
                 map=normalized,
-                box=geo.box(unit[0], unit[1], image_size),
+                box=geo.box(unit[0], unit[1], image_size),  # type: ignore[index]
                 theoretical=theoretical_size(model, name, image_size),
                 effective=_effective_side(field, mass),
                 mass=mass,
@@ -161,7 +173,7 @@ def effective_receptive_field(model, x, layers=None, channel=None, mass=0.95, ba
     return results
 
 
-def _effective_side(field, mass):
+def _effective_side(field: np.ndarray, mass: float) -> float:
     values = np.sort(field.ravel())[::-1]
     total = values.sum()
     if total <= 0:

@@ -10,12 +10,18 @@ gives the crop of the image that the unit actually saw.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastconv import _checks
 from fastconv.analysis import _common as C
 from fastconv.analysis.visualize import receptive_field as rf
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import fastconv
 
 
 @dataclass
@@ -33,40 +39,44 @@ class TopImages:
     """
 
     layer: str
-    unit: object
+    unit: int | Sequence[int]
     indices: np.ndarray
     values: np.ndarray
-    positions: np.ndarray
+    positions: np.ndarray | None
     boxes: np.ndarray
-    crops: list
+    crops: list[np.ndarray]
     count: int
     fields: np.ndarray | None = None
 
 
-def _scores(out, unit, layer):
+def _scores(out: np.ndarray, unit: int | Sequence[int], layer: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Score of each example for ``unit`` and the position it came from."""
+    # The ignores below: C.is_int tells an int from a sequence, which mypy cannot see, as it does not
+    # follow the fastconv.analysis imports.
     n = out.shape[0]
     if out.ndim == 2:
-        if not (C.is_int(unit) and 0 <= unit < out.shape[1]):
+        if not (C.is_int(unit) and 0 <= unit < out.shape[1]):  # type: ignore[operator]
             raise ValueError(f"unit {unit!r} is out of range for layer {layer!r} with {out.shape[1]} outputs")
         return out[:, unit].astype(np.float64), None
     if out.ndim != 4:
         raise ValueError(f"layer {layer!r} outputs shape {out.shape}; expected (N, C) or (N, C, H, W)")
     _, channels, h, w = out.shape
     if C.is_int(unit):
-        if not 0 <= unit < channels:
+        if not 0 <= unit < channels:  # type: ignore[operator]
             raise ValueError(f"unit {unit!r} is out of range for layer {layer!r} with {channels} channels")
         flat = out[:, unit].reshape(n, -1)
         where = flat.argmax(axis=1)
         positions = np.stack(np.unravel_index(where, (h, w)), axis=1)
         return flat[np.arange(n), where].astype(np.float64), positions
-    c, i, j = (int(v) for v in unit)
+    c, i, j = (int(v) for v in unit)  # type: ignore[union-attr]
     if not (0 <= c < channels and 0 <= i < h and 0 <= j < w):
-        raise ValueError(f"unit {tuple(unit)} is out of range for layer {layer!r} whose output is {(channels, h, w)}")
+        raise ValueError(f"unit {tuple(unit)} is out of range for layer {layer!r} whose output is {(channels, h, w)}")  # type: ignore[arg-type]
     return out[:, c, i, j].astype(np.float64), np.tile([i, j], (n, 1))
 
 
-def top_images(model, data, layer, unit, k=20, batch_size=256, transform=None, limit=None):
+def top_images(model: fastconv.Sequential, data: np.ndarray, layer: str, unit: int | Sequence[int], k: int = 20,
+               batch_size: int = 256, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+               limit: int | None = None) -> TopImages:
     """The ``k`` images of ``data`` that activate ``unit`` of ``layer`` most.
 
     ``data`` is any array-like of images (N, C, H, W) that can be sliced
@@ -127,7 +137,7 @@ def top_images(model, data, layer, unit, k=20, batch_size=256, transform=None, l
     )
 
 
-def _default_transform(model, data):
+def _default_transform(model: fastconv.Sequential, data: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     sample = np.asarray(data[:1])
     if sample.dtype == np.uint8:
         return C.Normalizer.from_model(model)

@@ -4,13 +4,22 @@
 scales each first-layer filter to [0, 1] so it can be shown as a small RGB
 or grey image.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fastconv.analysis import _common as C
 from fastconv.nn import layers as L
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
-def filters(model, layer=None):
+    import fastconv
+
+
+def filters(model: fastconv.Sequential, layer: str | None = None) -> np.ndarray:
     """Weights (F, C, KH, KW) of the Conv2d ``layer`` (default: the first one), as a copy."""
     if layer is None:
         names = C.conv_layer_names(model)
@@ -23,7 +32,7 @@ def filters(model, layer=None):
     return conv.params["weight"].astype(np.float64)
 
 
-def filter_tiles(weights):
+def filter_tiles(weights: ArrayLike) -> np.ndarray:
     """Each filter scaled to [0, 1] on its own range: (F, KH, KW, 3) for 3 input
     channels (RGB), (F, KH, KW) for one; ValueError for other channel counts."""
     weights = np.asarray(weights, dtype=np.float64)
