@@ -507,6 +507,7 @@ def backward_from(model: fastconv.Sequential, gradients: Mapping[str, np.ndarray
         name, layer = pairs[index]
         if name in gradients:
             grad = gradients[name] if grad is None else grad + gradients[name]
+        assert grad is not None  # the deepest layer, where the loop starts, has a gradient
         grad = layer.backward(grad, param_grads=False)
     assert grad is not None  # the loop ran at least once, down to the first layer
     return grad

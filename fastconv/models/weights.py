@@ -451,7 +451,7 @@ def _flatten_input(model: fastconv.Sequential, position: int, in_features: int) 
                 f"reads ({in_features} features); set model.meta['input_shape'] = [C, H, W]"
             )
         size = (side, side)
-    return (channels,) + tuple(size)
+    return (channels,) + tuple(int(v) for v in size if v is not None)
 
 
 def _keras_to_torch(model: fastconv.Sequential, position: int, layer: Layer, role: str,
@@ -614,7 +614,8 @@ def save_weights(model: fastconv.Sequential, path: str | os.PathLike) -> str:
     if extension == ".safetensors":
         write_safetensors(path, state, metadata)
     elif extension == ".npz":
-        entries = dict(state)
+        # Any: numpy's stub would read a key as savez's allow_pickle flag.
+        entries: dict[str, Any] = dict(state)
         entries[_METADATA_ENTRY] = np.array(json.dumps(metadata))
         atomic_write(path, lambda f: np.savez(f, **entries))
     else:

@@ -216,8 +216,8 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> 
 
 def _layer_rngs(model: fastconv.Sequential) -> dict[str, np.random.Generator]:
     """The random generators held by layers (Dropout), by layer name."""
-    return {name: layer.rng for name, layer in model.named_layers()
-            if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+    return {name: rng for name, layer in model.named_layers()
+            if isinstance(rng := getattr(layer, "rng", None), np.random.Generator)}
 
 
 def _architecture(model: fastconv.Sequential) -> list[dict[str, Any]] | None:
@@ -317,7 +317,7 @@ class Trainer:
         self._perm: np.ndarray | None = None
         self._running: dict[str, Any] | None = None
         self._stop_requested = False
-        self._stop_signal = None
+        self._stop_signal: int | None = None
         if normalize is not None:
             model.meta["normalization"] = normalize.to_meta()
 
@@ -413,7 +413,7 @@ class Trainer:
             yield
             return
         stop_signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {signum: signal.getsignal(signum) for signum in stop_signals}
+        previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in stop_signals}
 
         def on_interrupt(signum: int, frame: FrameType | None) -> None:
             if self._stop_requested:
@@ -431,8 +431,8 @@ class Trainer:
         try:
             yield
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            for stopper, handler in previous.items():
+                signal.signal(stopper, handler if handler is not None else signal.SIG_DFL)
 
     def _stop(self) -> NoReturn:
         path = self._checkpoint("last")
