@@ -302,3 +302,40 @@ def test_demo_ends_with_its_report(tmp_path, capsys):
                        "--no-report"])
     assert status == 0 and "report.html" not in capsys.readouterr().out
     assert os.path.getsize(out_dir / "report.html") > 100_000
+
+
+def test_a_model_saved_from_python_gets_a_report(tmp_path, capsys):
+    """No history, no metadata: the training section says why it has nothing to
+    show, the class models take the side the layers fix, the title names the
+    model file and the data set."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    mnist2(seed=1).save(folder / "model.npz")
+    out = tmp_path / "page.html"
+    status = cli.main(["report", str(folder / "model.npz"), "--quick", "--dataset", "mnist-sample", "--out",
+                       str(out), "--sections", "summary", "training", "class-models", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "0 failed, 1 with nothing to show" in printed
+    assert "nothing to show: Training curves: model.npz has no training history" in printed
+    text = out.read_text()
+    assert "<h1>model.npz on mnist-sample</h1>" in text and "class=failed" not in text
+
+
+@pytest.mark.parametrize("build, side", [(mnist2, 28), (fastconv.models.cifar6, 32)])
+def test_class_models_find_the_side_the_layers_fix(build, side):
+    from fastconv.analysis.optimize.methods import input_shape
+
+    model = build(seed=0)
+    model.meta.pop("input_shape", None)
+    assert input_shape(model)[1:] == (side, side)
+
+
+def test_a_model_that_takes_any_size_asks_for_one():
+    from fastconv.analysis.optimize.methods import input_shape
+    from fastconv.nn import layers as L
+
+    model = fastconv.Sequential([L.Conv2d(1, 4, 3), L.ReLU(), L.GlobalAvgPool2d(), L.Linear(4, 3)])
+    with pytest.raises(ValueError, match="pass size"):
+        input_shape(model)
+    assert input_shape(model, size=20) == (1, 20, 20)

@@ -160,9 +160,38 @@ def input_shape(model: fastconv.Sequential, size: int | tuple[int, int] | None =
         raise ValueError("cannot tell how many channels the model's input has; its first layer has no weight")
     if size is not None:
         return (channels,) + C.check_pair(size, "size")
-    if meta_shape is None:
-        raise ValueError("the model's metadata has no input_shape; pass size=(H, W)")
-    return (channels, int(meta_shape[1]), int(meta_shape[2]))
+    if meta_shape is not None:
+        return (channels, int(meta_shape[1]), int(meta_shape[2]))
+    side = _square_side(model, channels)
+    if side is None:
+        raise ValueError("the model's metadata has no input_shape and its layers take any image size; "
+                         "pass size=(H, W)")
+    return (channels, side, side)
+
+
+def _square_side(model: fastconv.Sequential, channels: int, largest: int = 1024) -> int | None:
+    """The side of the square images a model takes, when a fully connected
+    layer after a Flatten fixes it (its in_features); None when any size fits
+    (no such layer) or no square side gives the features."""
+    from fastconv.nn.layers import Flatten, Linear
+
+    layers = [layer for _, layer in model.named_layers()]
+    flatten = next((i for i, layer in enumerate(layers) if isinstance(layer, Flatten)), None)
+    if flatten is None or not any(isinstance(layer, Linear) for layer in layers[flatten:]):
+        return None
+    linear = next(layer for layer in layers[flatten:] if isinstance(layer, Linear))
+    for side in range(1, largest + 1):
+        shape: tuple[int, ...] = (1, channels, side, side)
+        try:
+            for layer in layers[:flatten + 1]:
+                shape = layer.output_shape(shape)
+        except ValueError:
+            continue
+        if shape[-1] == linear.in_features:
+            return side
+        if shape[-1] > linear.in_features:
+            return None
+    return None
 
 
 def output_shape(model: fastconv.Sequential, layer: str, shape: Sequence[int]) -> tuple[int, ...]:

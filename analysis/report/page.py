@@ -49,7 +49,10 @@ if TYPE_CHECKING:
     from fastconv.analysis.optimize.methods import Dream, Inversion, Visualization
     from fastconv.data.datasets import Dataset
 
-__all__ = ["ReportSettings", "FULL", "QUICK", "Report", "SectionResult", "SECTIONS", "build_report", "write_report"]
+__all__ = [
+    "ReportSettings", "FULL", "QUICK", "Report", "SectionResult", "SectionSkipped", "SECTIONS", "build_report",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,8 @@ class Run:
     def name(self) -> str:
         from fastconv.data.datasets import short_name
 
-        model = self.model.meta.get("model") or self.config.get("model") or "model"
-        data = self.model.meta.get("dataset") or self.config.get("dataset")
+        model = self.model.meta.get("model") or self.config.get("model") or self.files.model_path.name
+        data = self.model.meta.get("dataset") or self.config.get("dataset") or self._dataset_option
         return f"{model} on {short_name(data)}" if data else model
 
     @property
@@ -308,7 +311,9 @@ def _training(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.train.figures import plot_history
 
     if not run.history:
-        raise ValueError(f"{run.folder} has no {HISTORY_JSON}: it was not written by 'fastconv train'")
+        raise SectionSkipped(f"{run.files.model_path.name} has no training history ({HISTORY_JSON}): it was not "
+                             "trained by 'fastconv train' or 'fastconv demo' (a model saved from Python, or "
+                             "imported weights)")
     path = plot_history(run.history, Path(scratch) / "history.png", title=f"Training of {run.name}")
     rows = [(r["epoch"], f"{r['lr']:.3g}" if r.get("lr") is not None else "", _number(r.get("train_loss")),
              _percent(r.get("train_accuracy")), _number(r.get("val_loss")), _percent(r.get("val_accuracy")),
@@ -544,10 +549,12 @@ def _attribution(run: Run, settings: ReportSettings, scratch: str) -> list[_Bloc
                   "baseline.")]
 
 
-def _class_models(model: fastconv.Sequential, count: int, settings: ReportSettings) -> Visualization:
+def _class_models(model: fastconv.Sequential, count: int, settings: ReportSettings,
+                  size: tuple[int, int] | None = None) -> Visualization:
     from fastconv.analysis.optimize.methods import class_model
 
-    return class_model(model, list(range(count)), steps=settings.class_model_steps, blur_every=4, progress=False)
+    return class_model(model, list(range(count)), size=size, steps=settings.class_model_steps, blur_every=4,
+                       progress=False)
 
 
 @_section("class-models", "Class model visualizations", "For each class, the image that the network scores "
@@ -555,7 +562,8 @@ def _class_models(model: fastconv.Sequential, count: int, settings: ReportSettin
 def _class_models_section(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
     from fastconv.analysis.optimize.figures import plot_class_models
 
-    result = _class_models(run.model, len(run.classes), settings)
+    _, height, width = run.input_shape
+    result = _class_models(run.model, len(run.classes), settings, size=(height, width))
     return [_Image(plot_class_models(result, classes=run.classes), alt="class model visualizations"),
             _Text(f"{settings.class_model_steps} steps with L2 decay and a blur every 4 steps (Simonyan et al., "
                   "Yosinski et al.).")]
@@ -668,14 +676,21 @@ def _adversarial(run: Run, settings: ReportSettings, scratch: str) -> list[_Bloc
 
 # -- running the sections and writing the page -----------------------------------------------------
 
+class SectionSkipped(Exception):
+    """Raised by a section that has nothing to show for this run (say, training
+    curves of a model without a history); the page prints the reason as a note."""
+
+
 @dataclass
 class SectionResult:
-    """What one section produced: its blocks, or the error and traceback it raised."""
+    """What one section produced: its blocks, or the error and traceback it
+    raised, or the reason it had nothing to show (``skipped``)."""
 
     section: Section
     blocks: list[_Block] = field(default_factory=list)
     error: str | None = None
     trace: str | None = None
+    skipped: str | None = None
     seconds: float = 0.0
 
     @property
@@ -695,6 +710,10 @@ class Report:
     @property
     def failures(self) -> list[SectionResult]:
         return [r for r in self.results if r.failed]
+
+    @property
+    def skipped(self) -> list[SectionResult]:
+        return [r for r in self.results if r.skipped is not None]
 
 
 def _chosen_sections(sections: Collection[str] | None) -> list[Section]:
@@ -737,6 +756,8 @@ def build_report(run_dir: str | os.PathLike, quick: bool = False, settings: Repo
             begun = time.perf_counter()
             try:
                 result.blocks = section.build(run, settings, scratch)
+            except SectionSkipped as reason:
+                result.skipped = str(reason)
             except Exception as error:  # noqa: BLE001 -- a failed section is reported on the page
                 result.error = f"{type(error).__name__}: {error}"
                 result.trace = traceback.format_exc()
@@ -791,6 +812,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .timing { color: #8c959f; font-size: 12px; text-align: right; margin: 0; }
 section.failed { border-left: 4px solid #cf222e; background: #ffebe9; padding-left: 14px; padding-right: 14px; }
 .error { color: #82071e; font-weight: 600; }
+.skipped { color: #57606a; font-style: italic; }
 details summary { cursor: pointer; color: #59636e; }
 """
 
@@ -808,6 +830,8 @@ def _section_html(number: int, result: SectionResult) -> str:
         assert result.error is not None and result.trace is not None  # build_report sets both for a failed section
         parts += [f'<p class="error">This section failed: {html.escape(result.error)}</p>',
                   f"<details><summary>traceback</summary><pre>{html.escape(result.trace)}</pre></details>"]
+    elif result.skipped is not None:
+        parts.append(f'<p class="skipped">Nothing to show: {html.escape(result.skipped)}.</p>')
     else:
         parts += [block.html() for block in result.blocks]
     parts.append(f'<p class="timing">{result.seconds:.1f} s</p></section>')
@@ -820,8 +844,11 @@ def _page(run: Run, settings: ReportSettings, results: Sequence[SectionResult], 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     toc = "".join(
         f'<li><a href="#{_anchor(r.section)}">{html.escape(r.section.title)}</a>'
-        f'{" <span class=failed-mark>(failed)</span>" if r.failed else ""}</li>' for r in results)
-    status = f"{len(results)} sections, {failed} failed" if failed else f"{len(results)} sections"
+        f'{" <span class=failed-mark>(failed)</span>" if r.failed else ""}'
+        f'{" (nothing to show)" if r.skipped is not None else ""}</li>' for r in results)
+    skipped = sum(r.skipped is not None for r in results)
+    status = f"{len(results)} sections" + (f", {failed} failed" if failed else "") + (
+        f", {skipped} with nothing to show" if skipped else "")
     body = "\n".join(_section_html(k, r) for k, r in enumerate(results, start=1))
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -834,7 +861,7 @@ def _page(run: Run, settings: ReportSettings, results: Sequence[SectionResult], 
 <body>
 <main>
 <h1>{html.escape(run.name)}</h1>
-<p class="meta">A look inside the network in {html.escape(str(run.folder))}: {status}, {mode} settings,
+<p class="meta">A look inside the network in {html.escape(str(run.files.model_path))}: {status}, {mode} settings,
 made by fastconv in {seconds:.0f} s on {stamp}.</p>
 <nav><ol>{toc}</ol></nav>
 {body}

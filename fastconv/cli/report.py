@@ -62,11 +62,13 @@ def run(args):
 
 
 def _print_outcome(report):
-    failures = report.failures
+    failures, skipped = report.failures, report.skipped
     print(f"wrote {report.path}: {len(report.results)} sections in {report.seconds:.0f} s, "
-          f"{len(failures)} failed", flush=True)
+          f"{len(failures)} failed" + (f", {len(skipped)} with nothing to show" if skipped else ""), flush=True)
     for result in failures:
         print(f"  failed: {result.section.title}: {result.error}", flush=True)
+    for result in skipped:
+        print(f"  nothing to show: {result.section.title}: {result.skipped}", flush=True)
 
 
 def write_demo_report(run_dir):
