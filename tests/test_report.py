@@ -177,21 +177,26 @@ def test_a_failing_section_is_reported_and_the_rest_renders(run_dir, monkeypatch
     assert "1 failed" in report.html and "(failed)" in report.html
 
 
-def test_command_exits_0_and_counts_the_failed_sections(run_dir, tmp_path, capsys):
-    """A run without history.json: the training curves fail, the page is still written."""
+def test_command_exits_0_and_counts_the_failed_sections(run_dir, tmp_path, capsys, monkeypatch):
+    """A section that raises is counted and named; a run without history.json
+    has training curves with nothing to show, which is not a failure; the page
+    is still written."""
     partial = tmp_path / "partial"
     partial.mkdir()
     for name in ("model.npz", "config.json"):
         shutil.copy(run_dir / name, partial / name)
+    broken = R.Section("broken", "A broken section", "A section whose tool raises.", _failing)
+    monkeypatch.setattr(R, "SECTIONS", [*R.SECTIONS, broken])
     out = tmp_path / "out" / "page.html"
     status = cli.main(["report", str(partial), "--out", str(out), "--sections", "summary", "training",
-                       "confusion", "--threads", "1"])
+                       "confusion", "broken", "--threads", "1"])
     captured = capsys.readouterr()
     assert status == 0, captured.err
-    assert f"wrote {out}: 3 sections" in captured.out and ", 1 failed" in captured.out
-    assert "failed: Training curves: ValueError" in captured.out and "history.json" in captured.out
+    assert f"wrote {out}: 4 sections" in captured.out and ", 1 failed, 1 with nothing to show" in captured.out
+    assert "failed: A broken section: RuntimeError" in captured.out
+    assert "nothing to show: Training curves: model.npz has no training history (history.json)" in captured.out
     sections = _Page(out.read_text()).sections
-    assert [s["class"] for s in sections] == [None, "failed", None]
+    assert [s["class"] for s in sections] == [None, None, None, "failed"]
 
 
 @pytest.mark.parametrize("make, words", [
