@@ -51,8 +51,11 @@ FIGURES = {
 }
 MODELS = {"final": FINAL_MODEL, "best": BEST_MODEL}
 CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
-# What the trainer writes, and so whose leftover temporary files it removes.
-TRAINING_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HISTORY_JSON, HISTORY_CSV)
+# What a training run writes (the trainer, and the command line around it: the
+# configuration and the figures), and so whose leftover temporary files the
+# trainer removes.
+TRAINING_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HISTORY_JSON, HISTORY_CSV,
+                  CONFIG, FIGURES["samples"], FIGURES["history"])
 DATASET_CHOICES = "mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH"
 
 
