@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 from training_runs import (
+    INSTRUMENTED,
     assert_same_run,
     environment,
     finish,
@@ -51,10 +52,11 @@ def test_a_two_thread_run_resumes_bit_for_bit(tmp_path, tmp_path_factory, reques
 
 def start_training(run_dir, options, env=None, cpus=None):
     """A `fastconv train` process, on the given CPUs if any."""
-    return subprocess.Popen(
-        train_command(run_dir, resume=False, options=options), env=env or environment(), cwd=run_dir.parent,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)))
+    env = dict(env or environment())
+    if cpus is not None:
+        env["FASTCONV_TEST_CPUS"] = ",".join(str(cpu) for cpu in sorted(cpus))
+    return subprocess.Popen(train_command(run_dir, resume=False, launcher=INSTRUMENTED, options=options), env=env,
+                            cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_all(processes):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import threadpoolctl
 from training_runs import (
-    KILL_BEFORE_RENAME,
+    INSTRUMENTED,
     Writes,
     assert_same_run,
     assert_whole,
@@ -175,7 +175,7 @@ def kill_repeatedly(tmp_path, reference_dir, seed, kills, longest_delay):
             how = f"after {timeout:.2f} s"
         resume = (run_dir / LAST_CHECKPOINT).exists()
         before = temporaries(run_dir)
-        process = subprocess.Popen(train_command(run_dir, resume, launcher=("-c", KILL_BEFORE_RENAME)),
+        process = subprocess.Popen(train_command(run_dir, resume, launcher=INSTRUMENTED),
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
         try:
             _, err = process.communicate(timeout=timeout)

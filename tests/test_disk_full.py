@@ -3,17 +3,16 @@ that file and a non-zero status, never a traceback; the files written before
 stay whole (the last checkpoint still loads and is unchanged), and once there
 is space again the run resumes and ends identical to one that never stopped.
 
-A disk cannot be filled without root here, so the child process gets a file
-size limit instead (RLIMIT_FSIZE, with SIGXFSZ ignored): a write past it fails
-with EFBIG, as a write to a full disk fails with ENOSPC, half way through the
-file.
+A disk cannot be filled without root here, so the child process sets itself a
+file size limit instead (RLIMIT_FSIZE, with SIGXFSZ ignored: see
+``tests/training_runs.py``): a write past it fails with EFBIG, as a write to a
+full disk fails with ENOSPC, half way through the file.
 """
-import resource
-import signal
 import subprocess
 
 import pytest
 from training_runs import (
+    INSTRUMENTED,
     assert_same_run,
     environment,
     finish,
@@ -34,17 +33,10 @@ def reference(tmp_path_factory):
     return reference_run(tmp_path_factory)
 
 
-def file_size_limit(limit):
-    """A preexec_fn: files of the child process cannot grow past `limit` bytes."""
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    return limited
-
-
 def train_with_a_full_disk(run_dir, resume, limit):
-    return subprocess.run(train_command(run_dir, resume), env=environment(), capture_output=True, text=True,
-                          timeout=600, cwd=run_dir.parent, preexec_fn=file_size_limit(limit))
+    return subprocess.run(train_command(run_dir, resume, launcher=INSTRUMENTED), cwd=run_dir.parent,
+                          env=environment(FASTCONV_TEST_FILE_SIZE_LIMIT=limit), capture_output=True, text=True,
+                          timeout=600)
 
 
 def assert_one_line_naming(stopped, path):

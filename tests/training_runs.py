@@ -47,8 +47,21 @@ TIMING = ("seconds", "images_per_second")
 #     write() call into the file, or before the rename if it makes fewer.
 # FASTCONV_TEST_PLANT=checkpoint-in-place  plants a fault: checkpoints are
 #     written straight to their path, without a temporary file and a rename.
+# FASTCONV_TEST_FILE_SIZE_LIMIT=BYTES  no file grows past BYTES (RLIMIT_FSIZE,
+#     SIGXFSZ ignored): a write past it fails with EFBIG, as on a full disk.
+# FASTCONV_TEST_CPUS=0,1  runs the process, and the threads it starts, on those CPUs.
+# Set here rather than in a preexec_fn, which is not safe in a process with threads.
 KILL_BEFORE_RENAME = r"""
 import fnmatch, io, os, signal, sys, tempfile
+
+if os.environ.get("FASTCONV_TEST_FILE_SIZE_LIMIT"):
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = int(os.environ["FASTCONV_TEST_FILE_SIZE_LIMIT"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+if os.environ.get("FASTCONV_TEST_CPUS"):
+    os.sched_setaffinity(0, {int(cpu) for cpu in os.environ["FASTCONV_TEST_CPUS"].split(",")})
 
 log_path = os.environ.get("FASTCONV_TEST_WRITE_LOG")
 log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if log_path else None
@@ -172,6 +185,9 @@ def run_options(threads=1, dataset=None):
     return options + ["--threads", str(threads)]
 
 
+INSTRUMENTED = ("-c", KILL_BEFORE_RENAME)
+
+
 def train_command(run_dir, resume, launcher=("-m", "fastconv.cli"), options=None):
     if resume:
         arguments = ["--out", str(run_dir), "--resume"]
@@ -207,7 +223,7 @@ def killed_run(run_dir, target, options=None, env=None, resume=False):
     log = run_dir.parent / f"{run_dir.name}-writes.log"
     log.unlink(missing_ok=True)
     env = dict(env or environment(), FASTCONV_KILL_BEFORE_RENAME=target, FASTCONV_TEST_WRITE_LOG=str(log))
-    killed = subprocess.run(train_command(run_dir, resume, launcher=("-c", KILL_BEFORE_RENAME), options=options),
+    killed = subprocess.run(train_command(run_dir, resume, launcher=INSTRUMENTED, options=options),
                             env=env, capture_output=True, text=True, timeout=600, cwd=run_dir.parent)
     assert killed.returncode == -9, f"not killed (status {killed.returncode}): {killed.stderr}"
     return Writes(log)
