@@ -34,12 +34,13 @@ TRAINER_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, "his
 TIMING = ("seconds", "images_per_second")
 
 # Runs the command line with every atomic write instrumented. atomic_write
-# (fastconv/_files.py) calls tempfile.mkstemp, os.fdopen, os.fsync and
-# os.replace through their modules, so replacing those four functions here
+# (fastconv/_files.py) calls tempfile.mkstemp, os.fdopen, os.replace and
+# os.unlink through their modules, so replacing those four functions here
 # reaches every write the library makes, whoever imported atomic_write.
 #
-# FASTCONV_TEST_WRITE_LOG=PATH  appends "begin NAME N", "end NAME N BYTES" and
-#     "kill NAME N WHERE BYTES" lines to PATH, N counting the writes onto NAME.
+# FASTCONV_TEST_WRITE_LOG=PATH  appends "begin NAME N", "end NAME N BYTES" (the
+#     rename follows), "abort NAME N BYTES" (a failed write) and "kill NAME N
+#     WHERE BYTES" lines to PATH, N counting the writes onto NAME.
 # FASTCONV_KILL_BEFORE_RENAME=PATTERN:NTH  SIGKILL just before the rename that
 #     ends the NTH write onto a file whose name matches PATTERN (fnmatch; "*"
 #     counts every write), i.e. with the new content whole under its temporary
@@ -117,7 +118,7 @@ def tracked_file(fd, write):
     return f
 
 
-real_mkstemp, real_fdopen, real_replace = tempfile.mkstemp, os.fdopen, os.replace
+real_mkstemp, real_fdopen, real_replace, real_unlink = tempfile.mkstemp, os.fdopen, os.replace, os.unlink
 
 
 def mkstemp(suffix=None, prefix=None, dir=None, text=False):
@@ -133,16 +134,22 @@ def fdopen(fd, *args, **kwargs):
 
 
 def replace(src, dst, *args, **kwargs):
+    # "end" before the rename: a kill between the two leaves a temporary file
+    # that the log does not claim, never a claimed one that is gone.
     write = by_tmp.pop(os.fspath(src), None)
-    if write is not None and write.doomed:
-        write.die("before-rename")
-    done = real_replace(src, dst, *args, **kwargs)
     if write is not None:
-        log("end", write.name, write.nth, write.bytes)
-    return done
+        write.end()
+    return real_replace(src, dst, *args, **kwargs)
 
 
-tempfile.mkstemp, os.fdopen, os.replace = mkstemp, fdopen, replace
+def unlink(path, *args, **kwargs):
+    write = by_tmp.pop(os.fspath(path), None)
+    if write is not None:
+        log("abort", write.name, write.nth, write.bytes)
+    return real_unlink(path, *args, **kwargs)
+
+
+tempfile.mkstemp, os.fdopen, os.replace, os.unlink = mkstemp, fdopen, replace, unlink
 
 if os.environ.get("FASTCONV_TEST_PLANT") == "checkpoint-in-place":
     from pathlib import Path
@@ -243,12 +250,14 @@ class Writes:
             elif word == "end":
                 self.open.pop((name, int(nth)), None)
                 self.completed.append(name)
+            elif word == "abort":
+                self.open.pop((name, int(nth)), None)
             elif word == "kill":
                 self.kill = (name, int(nth), rest[0], int(rest[1]))
 
     def interrupted(self):
         """(name, nth) of the write under way when the process died, or None."""
-        return next(iter(self.open), None)
+        return list(self.open)[-1] if self.open else None
 
     def where(self):
         """Where the process died, in words."""
