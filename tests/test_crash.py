@@ -16,6 +16,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,11 @@ def kill_repeatedly(tmp_path, reference_dir, seed, kills, longest_delay):
     equal the reference, and the next one starts afresh. Every other kill
     comes after a random delay; the others are the instrumented writer's, half
     way through a random write() call of a random write of the process (the
-    first to the sixteenth), or just before its rename. Returns a line per kill,
-    the number that interrupted a file write, and the runs finished."""
+    first to the sixteenth), or just before its rename. The random delays go up
+    to `longest_delay`, and to the length of the last whole run when it is
+    shorter: the machine's speed changes as other jobs come and go. Returns a
+    line per kill, the number that interrupted a file write, and the runs
+    finished."""
     rng = np.random.default_rng(seed)
     landed, kills_done, during_a_write, finished, attempt = [], 0, 0, 0, 0
     run_dir = tmp_path / "run0"
@@ -175,6 +179,7 @@ def kill_repeatedly(tmp_path, reference_dir, seed, kills, longest_delay):
             how = f"after {timeout:.2f} s"
         resume = (run_dir / LAST_CHECKPOINT).exists()
         before = temporaries(run_dir)
+        started = time.perf_counter()
         process = subprocess.Popen(train_command(run_dir, resume, launcher=INSTRUMENTED),
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
         try:
@@ -183,6 +188,8 @@ def kill_repeatedly(tmp_path, reference_dir, seed, kills, longest_delay):
             process.send_signal(signal.SIGKILL)
             _, err = process.communicate()
         if process.returncode == 0:
+            if not resume:
+                longest_delay = min(longest_delay, max(time.perf_counter() - started, 1.0))
             assert_same_run(run_dir, reference_dir)
             landed.append(f"run {finished + 1} ended before its kill ({how}), identical to the uninterrupted one")
             finished += 1
