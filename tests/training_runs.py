@@ -11,6 +11,7 @@ count.
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -232,7 +233,7 @@ def killed_run(run_dir, target, options=None, env=None, resume=False):
     env = dict(env or environment(), FASTCONV_KILL_BEFORE_RENAME=target, FASTCONV_TEST_WRITE_LOG=str(log))
     killed = subprocess.run(train_command(run_dir, resume, launcher=INSTRUMENTED, options=options),
                             env=env, capture_output=True, text=True, timeout=600, cwd=run_dir.parent)
-    assert killed.returncode == -9, f"not killed (status {killed.returncode}): {killed.stderr}"
+    assert killed.returncode == -signal.SIGKILL, f"not killed (status {killed.returncode}): {killed.stderr}"
     return Writes(log)
 
 
@@ -246,7 +247,7 @@ class Writes:
         for line in self.lines:
             word, name, nth, *rest = line.split()
             if word == "begin":
-                self.open[name, int(nth)] = 0
+                self.open[name, int(nth)] = True
             elif word == "end":
                 self.open.pop((name, int(nth)), None)
                 self.completed.append(name)
@@ -346,7 +347,8 @@ _REFERENCES = {}
 
 def reference_run(tmp_path_factory, threads=1, dataset=None, env=None):
     """(run folder, seconds) of an uninterrupted run with these options, trained
-    once per test session and shared by the modules that compare with it."""
+    once per test session and shared by the modules that compare with it (`env`
+    is the first caller's: it must not change what is trained)."""
     key = (threads, dataset)
     if key not in _REFERENCES:
         run_dir = tmp_path_factory.mktemp(f"reference-{threads}-threads") / "run"
