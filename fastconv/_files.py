@@ -39,9 +39,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         # mkstemp creates the file 0600; give it the permissions open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None:
+            # A full disk (or a file-size limit) fails a write with "No space
+            # left on device" ("File too large") alone: name the file, which
+            # is left as it was.
+            named = type(error)(f"cannot write {path}: {error.strerror or error}")
+            named.errno = error.errno
+            raise named from None
         raise
     return path
 

@@ -713,6 +713,12 @@ def _load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike | N
                 NotImplementedError, RuntimeError):
             pass  # a damaged cache is simply rebuilt
     x, y, skipped = _decode_images(scanned, image_size, skip_bad)
+    # What a process killed while writing this cache left: as large as the cache.
+    for stale in cache_dir.glob(f".{cache.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
     try:
         _atomic_savez(cache, x=x, y=y, classes=np.array(classes), skipped=np.array([str(p) for p in skipped]))
     except OSError:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RunDir", "NotARunError",
     "CONFIG", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
-    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "FIGURES", "TRAINING_FILES", "RUN_FILES",
+    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "FIGURES", "TRAINER_FILES", "TRAINING_FILES", "RUN_FILES",
 ]
 
 CONFIG = "config.json"
@@ -62,10 +62,14 @@ FIGURES = {
 }
 MODELS = {"final": FINAL_MODEL, "best": BEST_MODEL}
 CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
-# What the trainer writes, and so whose leftover temporary files it removes.
-TRAINING_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HISTORY_JSON, HISTORY_CSV)
+# What the trainer itself writes: a folder holding any of them holds a run.
+TRAINER_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HISTORY_JSON, HISTORY_CSV)
+# What a training run writes (the trainer, and the command line around it: the
+# configuration and the figures), and so whose leftover temporary files the
+# trainer removes.
+TRAINING_FILES = (*TRAINER_FILES, CONFIG, FIGURES["samples"], FIGURES["history"])
 # Every file a run writes: none of them is replaced unless the user asks for it.
-RUN_FILES = (CONFIG, *TRAINING_FILES, EVAL, REPORT, *FIGURES.values())
+RUN_FILES = (CONFIG, *TRAINER_FILES, EVAL, REPORT, *FIGURES.values())
 DATASET_CHOICES = "mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH"
 
 

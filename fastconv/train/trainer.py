@@ -47,6 +47,7 @@ from fastconv.train.rundir import (  # noqa: F401 -- HISTORY_COLUMNS: re-exporte
     FINAL_MODEL,
     HISTORY_COLUMNS,
     LAST_CHECKPOINT,
+    TRAINER_FILES,
     TRAINING_FILES,
     RunDir,
 )
@@ -469,7 +470,7 @@ class Trainer:
                 raise CheckpointError(f"nothing to resume: {last} does not exist")
             self.load_state(load_checkpoint(last), source=str(last))
             return True
-        existing = self.files.describe_existing(TRAINING_FILES)
+        existing = self.files.describe_existing(TRAINER_FILES)
         if existing and not self.overwrite:
             raise CheckpointError(
                 f"{self.run_dir} already holds {existing}; resume it, pass overwrite=True to replace it, "
