@@ -15,6 +15,11 @@ def pytest_configure(config):
         "every_isa: run once per instruction-set variant of the compiled kernels that "
         "this CPU supports (fastconv.set_isa); FASTCONV_ISA=name runs only that one",
     )
+    config.addinivalue_line(
+        "markers",
+        "widest_isa_only: in an every_isa module, run on the variant the machine picks by itself "
+        "(the one its users and the benchmarks run), not once per variant",
+    )
 
 
 def isa_variants():
@@ -32,7 +37,8 @@ def isa_variants():
 def pytest_generate_tests(metafunc):
     # Module scope: pytest then runs a module's tests variant by variant,
     # switching once per variant rather than once per test.
-    if metafunc.definition.get_closest_marker("every_isa") is not None:
+    if (metafunc.definition.get_closest_marker("every_isa") is not None
+            and metafunc.definition.get_closest_marker("widest_isa_only") is None):
         metafunc.parametrize("isa_variant", isa_variants(), indirect=True, scope="module")
 
 
@@ -139,3 +145,8 @@ def one_thread_per_module():
         fastconv.set_num_threads(1)
         yield
     fastconv.set_num_threads(before)
+
+
+# Under FASTCONV_NO_SKIPS=1 (CI), a skip that CI's set-up should have
+# prevented is a failure (tests/ci_skips.py).
+from ci_skips import pytest_runtest_makereport  # noqa: E402, F401

@@ -1458,6 +1458,7 @@ def test_fuzz(name):
 
 @pytest.mark.slow
 @pytest.mark.fuzz_long
+@pytest.mark.widest_isa_only  # the quick profile covers every variant; the long one, the variant users run
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_fuzz_long(name):
     run(name, LONG_EXAMPLES)
