@@ -107,3 +107,30 @@ def test_only_rundir_knows_the_names_of_a_runs_files(name):
                    for node in _literals(tree) if name in node.value)
     assert found == [], f"{name!r} is spelled out outside fastconv/train/rundir.py"
     assert any(node.value == name for node in _literals(MODULES[owner][1]))
+
+
+def _patches_and_peeks(tree):
+    """Assignments to a ``forward``/``backward`` attribute (replacing a layer's
+    pass on the instance) and calls of ``vars()`` (reading an instance's
+    private state), with their line numbers."""
+    found = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        found += [f"line {node.lineno}: assigns .{t.attr}" for t in targets
+                  if isinstance(t, ast.Attribute) and t.attr in ("forward", "backward")]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "vars":
+            found.append(f"line {node.lineno}: calls vars()")
+    return found
+
+
+def test_no_layer_is_patched_or_peeked_into():
+    # Attribution rules and observers use the hooks (Layer.register_*_hook, backward rules), not
+    # replaced methods; fusion goes through fastconv.nn.fusion, not another layer's private state.
+    found = {path: hits for path, tree in MODULES.values() if (hits := _patches_and_peeks(tree))}
+    assert not found, found
+
+
+def test_the_patch_finder_finds_patches():
+    tree = ast.parse("layer.backward = rule\nstate = vars(layer)\nself.value = 1\n")
+    assert _patches_and_peeks(tree) == ["line 1: assigns .backward", "line 2: calls vars()"]
