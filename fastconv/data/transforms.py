@@ -87,6 +87,8 @@ class Normalize:
         return (mean * self.scale).astype(dtype), (1.0 / (std * self.scale)).astype(dtype)
 
     def __call__(self, x: ArrayLike, dtype: DTypeLike | None = None) -> np.ndarray:
+        """Images x (N, C, H, W) of pixel values in [0, scale], normalized, in ``dtype``
+        (default the Normalize's own)."""
         x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"images must be shaped (N, C, H, W), got shape {x.shape}")
@@ -106,10 +108,12 @@ class Normalize:
         return x.astype(np.float64) / inv + mean
 
     def to_meta(self) -> dict[str, list[float] | float]:
+        """``{'mean', 'std', 'scale'}`` as JSON-able values: what ``model.meta['normalization']`` holds."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "scale": self.scale}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Normalize:
+        """The Normalize a ``to_meta()`` record describes; ValueError if it is not one."""
         try:
             return cls(meta["mean"], meta["std"], meta.get("scale", 255.0))
         except (KeyError, TypeError) as exc:
@@ -134,6 +138,7 @@ class Augment:
         self.flip = bool(flip)
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The batch x (N, C, H, W) cropped and flipped, a new array of x's dtype."""
         n: int
         n, c, h, w = x.shape
         p = self.padding
@@ -152,6 +157,7 @@ class Augment:
         ]
 
     def config(self) -> dict[str, int | bool]:
+        """The constructor's arguments: ``Augment(**augment.config())`` makes the same augmentation."""
         return {"padding": self.padding, "flip": self.flip}
 
     def __repr__(self) -> str:

@@ -75,6 +75,7 @@ class HookHandle:
         self._key = key
 
     def remove(self) -> None:
+        """Unregister the hook; removing it again does nothing."""
         self._hooks.pop(self._key, None)
 
     def __enter__(self) -> Self:
@@ -163,6 +164,7 @@ class Layer:
         return None
 
     def zero_grad(self) -> None:
+        """Set every gradient in ``grads`` to zero, in place (backward adds into them)."""
         for g in self.grads.values():
             g.fill(0)
 
@@ -173,10 +175,12 @@ class Layer:
             self.grads["bias"] += dbias
 
     def train(self, mode: bool = True) -> Self:
+        """Switch to training mode (``mode=False``: evaluation mode); returns the layer."""
         self.training = bool(mode)
         return self
 
     def eval(self) -> Self:
+        """Switch to evaluation mode: ``train(False)``; returns the layer."""
         return self.train(False)
 
     def astype(self, dtype: DTypeLike) -> Self:
@@ -248,6 +252,7 @@ class Layer:
         return y
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Output y for input x, keeping what ``backward`` needs; ``layer(x)`` is the same call."""
         self._check_input(x)
         y, cache = self._forward(x)
         self._remember(cache, x, y.shape)

@@ -97,6 +97,7 @@ class CrossEntropyLoss(_Loss):
     """
 
     def __call__(self, logits: np.ndarray, labels: ArrayLike) -> float:
+        """The loss of ``logits`` (N, K) for ``labels`` (N,); keeps what ``backward()`` needs."""
         labels = self._check(logits, labels, "logits")
         log_probs = log_softmax(logits, axis=1)
         rows = np.arange(logits.shape[0])
@@ -119,6 +120,7 @@ class NLLLoss(_Loss):
     """
 
     def __call__(self, log_probs: np.ndarray, labels: ArrayLike) -> float:
+        """The loss of ``log_probs`` (N, K) for ``labels`` (N,); keeps what ``backward()`` needs."""
         labels = self._check(log_probs, labels, "log_probs")
         self._cache = _NLLCache(log_probs.shape, log_probs.dtype, labels)
         return self._reduce(log_probs[np.arange(log_probs.shape[0]), labels])

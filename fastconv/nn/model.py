@@ -127,6 +127,7 @@ class Sequential:
         return list(zip(self._names, self._layers))
 
     def layer(self, name: str) -> Layer:
+        """The layer called ``name`` (ValueError naming the layers if there is none)."""
         return self._layers[self._position(name)]
 
     def __len__(self) -> int:
@@ -154,16 +155,19 @@ class Sequential:
 
     # -- modes ------------------------------------------------------------------
     def train(self, mode: bool = True) -> Self:
+        """Put every layer in training mode (``mode=False``: evaluation mode); returns the model."""
         self._training = bool(mode)
         for layer in self._layers:
             layer.train(mode)
         return self
 
     def eval(self) -> Self:
+        """Put every layer in evaluation mode (running statistics, no dropout): ``train(False)``."""
         return self.train(False)
 
     @property
     def training(self) -> bool:
+        """Whether the model was last put in training mode (``train()``) rather than ``eval()``."""
         return self._training
 
     # -- passes -----------------------------------------------------------------
@@ -303,6 +307,7 @@ class Sequential:
 
     # -- description --------------------------------------------------------------
     def num_parameters(self) -> int:
+        """The number of trainable values (the sizes of all parameters added up)."""
         return sum(p.size for layer in self._layers for p in layer.params.values())
 
     def summary(self, input_shape: Sequence[int]) -> str:
@@ -344,6 +349,7 @@ class Sequential:
         return {f"{name}.{k}": g for name, layer in self.named_layers() for k, g in layer.grads.items()}
 
     def zero_grad(self) -> None:
+        """Set every parameter gradient to zero: backward adds into them, as PyTorch's does."""
         for layer in self._layers:
             layer.zero_grad()
 

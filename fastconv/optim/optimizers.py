@@ -48,6 +48,7 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
+        """The learning rate of the next ``step()``; schedules set it, and so may you."""
         return self._lr
 
     @lr.setter
@@ -63,6 +64,7 @@ class Optimizer:
         return {"lr": self.lr}
 
     def zero_grad(self) -> None:
+        """Set the gradients of the optimized parameters to zero before the next backward."""
         self.model.zero_grad()
 
     def step(self) -> None:
@@ -191,6 +193,7 @@ class Adam(Optimizer):
 
     @property
     def betas(self) -> tuple[float, float]:
+        """(beta1, beta2): the decay rates of the gradient's running mean and of its square's."""
         return self._betas
 
     @betas.setter
