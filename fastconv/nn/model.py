@@ -1,5 +1,12 @@
 """Sequential: a chain of named layers, with partial passes, hooks and save/load.
 
+A trained model applies its own preprocessing: ``model.preprocess(images)``
+turns raw images (uint8, or floats in [0, 1]) into its input with the
+normalization it carries in ``model.meta['normalization']``;
+``model.classify(images)`` gives class indices of raw images, and
+``model.predict`` takes uint8 images as raw ones too (float input is the
+model's input there, as in ``forward``).
+
 The analysis tools work on this API only: ``forward(x, until=name)`` gives a
 layer's activation, ``backward(grad, start=name)`` sends a chosen gradient of
 that activation back to the image, and hooks watch the passes or change a
@@ -37,6 +44,7 @@ from fastconv import _checks
 from fastconv._files import atomic_write, open_npz
 from fastconv.nn import fusion
 from fastconv.nn.layers import LAYER_TYPES, HookHandle, Layer, _blame, _float_dtype, _register
+from fastconv.nn.normalize import Normalize
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -263,15 +271,73 @@ class Sequential:
             i -= 1
         return grad if input_grad else None
 
+    # -- raw images in, predictions out -------------------------------------------
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """Raw images (N, C, H, W) turned into this model's input, with the
+        normalization it carries in ``meta['normalization']`` (the trainer
+        stores it; see ``fastconv.data.Normalize``), in the model's dtype.
+
+        Raw means one of two things, told apart by the dtype:
+
+        * uint8: pixel values 0 to 255, the format of every data set in
+          ``fastconv.data``; the result is bit for bit what the trainer fed
+          the model (``Normalize.from_model(model)(images)``);
+        * float32 or float64: pixel values in [0, 1] (``images / 255``);
+          anything outside that range is a ValueError, which is what an
+          already normalized batch or a float 0-255 one usually shows.
+
+        A model without a normalization gets pixels / 255 from uint8 images
+        and float images unchanged (converted to its dtype). Any other dtype
+        is a TypeError.
+        """
+        if not isinstance(images, np.ndarray):
+            raise TypeError(f"images must be a numpy.ndarray, got {type(images).__name__}")
+        normalize = Normalize.from_model(self)
+        if images.dtype == np.uint8:
+            return normalize(images)
+        if images.dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"raw images must be uint8 (0 to 255) or float32/float64 (0 to 1), "
+                            f"got dtype {images.dtype}")
+        if images.size and not (images.min() >= 0 and images.max() <= 1):  # also False for NaN
+            raise ValueError(
+                f"float images must hold pixel values in [0, 1], got values from {images.min()} to {images.max()}; "
+                "pass uint8 images as they are, not divided, and not already normalized"
+            )
+        # The same normalization for pixels in [0, 1]: a pixel p is the uint8 value 255 * p.
+        return Normalize(normalize.mean, normalize.std, normalize.scale / 255.0, normalize.dtype)(images)
+
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Evaluation-mode output for x, computed ``batch_size`` samples at a time.
+
+        A float array is the model's input, as for ``forward``: already
+        normalized, not divided by 255. A uint8 array holds raw images
+        (0 to 255) and goes through ``preprocess`` first, batch by batch, so
+        ``model.predict(images)`` applies the model's own normalization.
+        ``classify`` takes raw images of either kind and gives class indices.
 
         Keeps no cache (so ``backward`` still refers to the last ``forward``)
         and leaves every layer in the mode it was in.
         """
+        raw = isinstance(x, np.ndarray) and x.dtype == np.uint8
+        if not raw:
+            _checks.float_array(x, "input")
+        return self._infer(x, batch_size, self.preprocess if raw else None)
+
+    def classify(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class indices (N,) of raw images: ``preprocess``, then the
+        evaluation-mode output's argmax over its axis 1, ``batch_size``
+        images at a time. ``images`` are uint8 (0 to 255) or floats in [0, 1],
+        as ``preprocess`` says; the names, when the model has them, are
+        ``model.meta['classes']``."""
+        if not isinstance(images, np.ndarray):
+            raise TypeError(f"images must be a numpy.ndarray, got {type(images).__name__}")
+        return self._infer(images, batch_size, self.preprocess).argmax(axis=1)
+
+    def _infer(self, x: np.ndarray, batch_size: int,
+               prepare: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+        """Evaluation-mode output of x, each batch first through ``prepare`` if given."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        _checks.float_array(x, "input")
         if x.ndim == 0:
             raise ValueError(f"input must have a batch dimension, got shape {x.shape}")
         _checks.nonempty_batch(x, "input")
@@ -282,6 +348,8 @@ class Sequential:
             outputs = []
             for begin in range(0, x.shape[0], batch_size):
                 out = x[begin:begin + batch_size]
+                if prepare is not None:
+                    out = prepare(out)
                 for name, layer in zip(self._names, self._layers):
                     out = self._run_layer(name, layer, layer.infer, out)
                 outputs.append(out)
@@ -289,6 +357,8 @@ class Sequential:
             for layer, mode in zip(self._layers, modes):
                 layer.train(mode)
         return np.concatenate(outputs)
+
+    # -- hooks ------------------------------------------------------------------------
 
     def register_forward_hook(self, fn: Callable[[str, Layer, np.ndarray], object]) -> HookHandle:
         """Call ``fn(name, layer, output)`` after every layer of every forward pass
