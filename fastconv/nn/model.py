@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
     from typing_extensions import Self
 
-__all__ = ["Sequential", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Sequential", "Parameter", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
@@ -66,6 +66,54 @@ def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"meta holds {value!r} of type {type(value).__name__}, which cannot be saved as JSON")
+
+
+class Parameter:
+    """One trainable array of a model and its gradient, as ``model.parameters()``
+    lists them for an optimizer: ``Adam(model.parameters(), lr=1e-3)``.
+
+    ``name`` is the parameter's key in ``state_dict()``, ``named_parameters()``
+    and an optimizer's state; ``data`` is the array itself (optimizers update
+    it in place) and ``grad`` the array backward adds its gradient into, both
+    looked up in ``layer`` at each access.
+    """
+
+    __slots__ = ("name", "layer", "key")
+
+    def __init__(self, name: str, layer: Layer, key: str) -> None:
+        if key not in layer.params:
+            raise ValueError(f"{type(layer).__name__} has no parameter {key!r}; it has {sorted(layer.params)}")
+        self.name = name
+        self.layer = layer
+        self.key = key
+
+    @property
+    def data(self) -> np.ndarray:
+        """The parameter's array (the layer's own, not a copy)."""
+        return self.layer.params[self.key]
+
+    @property
+    def grad(self) -> np.ndarray:
+        """The gradient array backward adds into, shaped like ``data``."""
+        return self.layer.grads[self.key]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the parameter."""
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the parameter (and of its gradient)."""
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        """Number of values in the parameter."""
+        return self.data.size
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
 
 class Sequential:
@@ -413,6 +461,13 @@ class Sequential:
     def named_parameters(self) -> list[tuple[str, np.ndarray]]:
         """[(key, array), ...] of the trainable parameters, keys as in state_dict."""
         return [(f"{name}.{k}", p) for name, layer in self.named_layers() for k, p in layer.params.items()]
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters as :class:`Parameter` objects (each reaches its
+        array and its gradient), in the order of named_parameters(): what an
+        optimizer takes, ``SGD(model.parameters(), lr=0.1)``, or a part of it
+        (``[p for p in model.parameters() if p.name.startswith("fc")]``)."""
+        return [Parameter(f"{name}.{k}", layer, k) for name, layer in self.named_layers() for k in layer.params]
 
     def gradients(self) -> dict[str, np.ndarray]:
         """{key: gradient} with the keys of named_parameters(), filled by backward."""
