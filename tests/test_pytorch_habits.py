@@ -1,12 +1,22 @@
 """What people coming from PyTorch reach for first, checked against PyTorch
 or against fastconv's explicit API; and ``help()`` on the public modules."""
+import copy
+import gc
 import importlib
 import inspect
+import json
+import pickle
 import pkgutil
 import pydoc
 import re
+import weakref
 
+import numpy as np
 import pytest
+
+from fastconv import optim
+from fastconv.nn import layers, losses
+from fastconv.nn.model import Sequential
 
 # help(): every public module says what it exports, and documents it
 
@@ -90,3 +100,165 @@ def test_help_shows_no_source_comment_as_documentation(name):
     text = pydoc.render_doc(getattr(importlib.import_module(module), export), renderer=pydoc.plaintext)
     dividers = [line.strip() for line in text.splitlines() if re.search(r"#\s*[-=]{2,}", line)]
     assert dividers == []
+
+
+# loss = loss_fn(model(x), y); loss.backward(); opt.step()
+
+def small_model(dtype=np.float64, seed=0):
+    return Sequential(
+        layers.Conv2d(2, 4, 3, padding=1, dtype=dtype, seed=seed),
+        layers.ReLU(),
+        layers.BatchNorm2d(4, dtype=dtype),
+        layers.MaxPool2d(2),
+        layers.Flatten(),
+        layers.Linear(36, 3, dtype=dtype, seed=seed + 1),
+    )
+
+
+def torch_twin(torch):
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(36, 3)).double()
+
+
+def batch(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((5, 2, 6, 6)).astype(dtype), rng.integers(0, 3, 5)
+
+
+def pytorch_way(model, opt, loss_fn, x, y):
+    opt.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_a_step_the_pytorch_way_is_the_explicit_step_bit_for_bit(backend, dtype, input_grad):
+    x, y = batch(dtype)
+    ours, explicit = small_model(dtype), small_model(dtype)
+    opt, opt_explicit = optim.Adam(ours.parameters(), lr=1e-2), optim.Adam(explicit, lr=1e-2)
+    loss_fn, loss_explicit = losses.CrossEntropyLoss(), losses.CrossEntropyLoss()
+    for step in range(3):
+        value = pytorch_way(ours, opt, loss_fn, x, y)
+        opt_explicit.zero_grad()
+        expected = loss_explicit(explicit.forward(x), y)
+        explicit.backward(loss_explicit.backward(), input_grad=input_grad)
+        opt_explicit.step()
+        assert float(value) == float(expected)
+        for key, grad in ours.gradients().items():
+            np.testing.assert_array_equal(grad, explicit.gradients()[key], err_msg=f"step {step} {key}")
+        for key, param in ours.state_dict().items():
+            np.testing.assert_array_equal(param, explicit.state_dict()[key], err_msg=f"step {step} {key}")
+
+
+@pytest.mark.parametrize("make_opt, make_torch_opt", [
+    (lambda p: optim.SGD(p, lr=0.1, momentum=0.9), lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.9)),
+    (lambda p: optim.AdamW(p, lr=1e-2), lambda t, p: t.optim.AdamW(p, lr=1e-2)),
+], ids=["sgd-momentum", "adamw"])
+def test_training_the_pytorch_way_follows_pytorch(backend, torch, copy_to_torch, make_opt, make_torch_opt):
+    model, twin = small_model(), torch_twin(torch)
+    keys = copy_to_torch(model, twin)
+    opt, t_opt = make_opt(model.parameters()), make_torch_opt(torch, twin.parameters())
+    loss_fn, t_loss_fn = losses.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    for step in range(3):
+        x, y = batch(seed=step)
+        loss = pytorch_way(model, opt, loss_fn, x, y)
+        t_opt.zero_grad()
+        t_loss = t_loss_fn(twin(torch.from_numpy(x)), torch.from_numpy(y))
+        t_loss.backward()
+        t_opt.step()
+        assert loss.item() == pytest.approx(t_loss.item(), rel=1e-10)
+        theirs = twin.state_dict()
+        for key, value in model.state_dict().items():
+            np.testing.assert_allclose(value, theirs[keys[key]].numpy(), rtol=1e-7, atol=1e-10,
+                                       err_msg=f"step {step} {key}")
+
+
+def test_a_loss_on_a_partial_pass_backpropagates_from_where_it_stopped(backend):
+    x, y = batch()
+    ours, explicit = small_model(), small_model()
+    # Seen from "flatten1", the 36 features are a 36-class problem: what matters is where backward starts.
+    labels = np.arange(5) % 36
+    loss_fn, loss_explicit = losses.CrossEntropyLoss(), losses.CrossEntropyLoss()
+    loss_fn(ours.forward(x, until="flatten1"), labels).backward()
+    loss_explicit(explicit.forward(x, until="flatten1"), labels)
+    explicit.backward(loss_explicit.backward(), start="flatten1", input_grad=False)
+    for key, grad in ours.gradients().items():
+        np.testing.assert_array_equal(grad, explicit.gradients()[key], err_msg=key)
+    assert not ours.gradients()["fc1.weight"].any()
+
+
+def test_nll_of_a_log_softmax_layer_backpropagates_too():
+    x, y = batch()
+    model = Sequential(*small_model().named_layers(), ("log_probs", layers.LogSoftmax()))
+    twin = Sequential([(name, layer.astype(np.float64)) for name, layer in model.named_layers()])
+    losses.NLLLoss()(model(x), y).backward()
+    loss_fn = losses.NLLLoss()
+    loss_fn(twin.forward(x), y)
+    twin.backward(loss_fn.backward())
+    for key, grad in model.gradients().items():
+        np.testing.assert_array_equal(grad, twin.gradients()[key], err_msg=key)
+
+
+def test_a_loss_value_is_a_number():
+    x, y = batch()
+    model = small_model()
+    loss_fn = losses.CrossEntropyLoss()
+    loss = loss_fn(model(x), y)
+    value = float(loss)
+    assert isinstance(loss, float) and type(float(loss)) is float
+    assert loss.item() == value and type(loss.item()) is float
+    assert str(loss) == str(value) and repr(loss) == repr(value) and f"{loss:.3f}" == f"{value:.3f}"
+    assert loss == value and loss < value + 1 and loss > value - 1 and loss != value + 1
+    assert loss * 2 == value * 2 and type(loss + 1) is float and np.isclose(loss, value)
+    assert json.dumps({"loss": loss}) == json.dumps({"loss": value})
+    # copies and pickles are the number alone, not the model behind it
+    for twin in (pickle.loads(pickle.dumps(loss)), copy.copy(loss), copy.deepcopy(loss)):
+        assert type(twin) is float and twin == value
+
+
+def test_a_loss_value_keeps_neither_the_model_nor_its_arrays():
+    x, y = batch()
+    model = small_model()
+    logits = model(x)
+    loss = losses.CrossEntropyLoss()(logits, y)
+    model_ref, logits_ref = weakref.ref(model), weakref.ref(logits)
+    del model, logits
+    gc.collect()
+    assert model_ref() is None and logits_ref() is None
+    with pytest.raises(RuntimeError, match="cannot tell which model.*gone"):
+        loss.backward()
+
+
+def test_backward_refuses_what_it_cannot_do_right():
+    x, y = batch()
+    model = small_model()
+    loss_fn = losses.CrossEntropyLoss()
+    not_model_outputs = {
+        "a copy": lambda: model(x).copy(),
+        "a computed result": lambda: model(x) * 2,
+        "a slice": lambda: model(x)[:4],
+        "predict's output": lambda: model.predict(x),
+        "a made-up array": lambda: np.zeros((5, 3)),
+    }
+    for what, make in not_model_outputs.items():
+        scores = make()
+        loss = loss_fn(scores, y[:len(scores)])
+        with pytest.raises(RuntimeError, match=r"cannot tell which model.*model.backward\(loss_fn.backward\(\)\)"):
+            loss.backward()
+        loss_fn(scores, y[:len(scores)])
+        assert loss_fn.backward().shape == scores.shape, what  # the explicit way stays as it was
+    stale = loss_fn(model(x), y)
+    model(x)
+    with pytest.raises(RuntimeError, match="another forward pass"):
+        stale.backward()
+    first = loss_fn(model(x), y)
+    loss_fn(np.zeros((5, 3)), y)
+    with pytest.raises(RuntimeError, match="CrossEntropyLoss has been called again"):
+        first.backward()
+    model.zero_grad()
+    loss_fn(model(x), y).backward()  # the latest value of the latest pass
+    assert model.gradients()["conv1.weight"].any()

@@ -36,7 +36,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import TYPE_CHECKING, cast, overload
+import weakref
+from typing import TYPE_CHECKING, NamedTuple, cast, overload
 
 import numpy as np
 
@@ -58,6 +59,36 @@ __all__ = ["Sequential", "Parameter", "HookHandle", "load", "FORMAT", "FORMAT_VE
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
 _RESERVED_ENTRIES = ("architecture", "meta")
+
+
+class _Output(NamedTuple):
+    """Where an array that ``Sequential.forward`` returned comes from."""
+    array: weakref.ref[np.ndarray]
+    model: weakref.ref[Sequential]
+    until: str | None  # the layer the pass stopped at (None: the last one)
+    forward_count: int  # the model's _forward_count once the pass was done
+
+
+# The arrays forward returned and still alive, by id: how a loss called on one
+# of them finds the model to backpropagate through (LossValue.backward). Weak
+# references on both sides, so neither the arrays nor the models are kept.
+_OUTPUTS: dict[int, _Output] = {}
+
+
+def _keep_output(model: Sequential, output: np.ndarray, until: str | None) -> None:
+    key = id(output)
+
+    def forget(ref: weakref.ref[np.ndarray]) -> None:
+        if getattr(_OUTPUTS.get(key), "array", None) is ref:
+            _OUTPUTS.pop(key, None)
+
+    _OUTPUTS[key] = _Output(weakref.ref(output, forget), weakref.ref(model), until, model._forward_count)
+
+
+def _output_source(array: object) -> _Output | None:
+    """The record of the forward pass that returned ``array`` itself, or None if none did."""
+    record = _OUTPUTS.get(id(array))
+    return record if record is not None and record.array() is array else None
 
 
 def _json_default(value: object) -> object:
@@ -175,6 +206,7 @@ class Sequential:
         self._reached: int | None = None  # index of the last layer the last forward ran through
         self._fused: dict[int, fusion.Pass] = {}  # the last forward's fused passes, by the index of their last layer
         self._training = all(layer.training for layer in self._layers)
+        self._forward_count = 0  # forward passes run, so that a loss can tell whether its input is the last one's
         self.meta: dict[str, Any] = {}
 
     # -- structure ------------------------------------------------------------
@@ -239,7 +271,13 @@ class Sequential:
         return bool(self._forward_hooks)
 
     def forward(self, x: np.ndarray, until: str | None = None) -> np.ndarray:
-        """Output of layer ``until`` (inclusive; default the last layer) for input x."""
+        """Output of layer ``until`` (inclusive; default the last layer) for
+        input x, keeping what ``backward`` needs; ``model(x)`` is the same call.
+
+        A loss computed on the very array returned here can backpropagate
+        itself through this model, ``loss_fn(model(x), y).backward()``, as
+        long as the model runs no other forward pass before it does.
+        """
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
         # The passes of fusion.plan(self, until), without a record for each
@@ -258,6 +296,8 @@ class Sequential:
                 i = step.stop
         self._fused = fused
         self._reached = stop
+        self._forward_count += 1
+        _keep_output(self, x, until)
         return x
 
     __call__ = forward
