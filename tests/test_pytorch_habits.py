@@ -262,3 +262,77 @@ def test_backward_refuses_what_it_cannot_do_right():
     model.zero_grad()
     loss_fn(model(x), y).backward()  # the latest value of the latest pass
     assert model.gradients()["conv1.weight"].any()
+
+
+# model[i], model["conv1"], model[a:b], len, iteration, in
+
+def test_a_model_is_indexed_like_a_list_of_named_layers():
+    model = small_model()
+    pairs = model.named_layers()
+    assert len(model) == 6 and list(model) == [layer for _, layer in pairs]
+    assert model[0] is pairs[0][1] and model[-1] is pairs[-1][1] and model[np.int64(2)] is pairs[2][1]
+    for name, layer in pairs:
+        assert model[name] is layer is model.layer(name)
+        assert name in model and layer in model
+    assert "conv9" not in model and layers.ReLU() not in model and 0 not in model
+    with pytest.raises(IndexError, match="index 6 is out of range for a model of 6 layers"):
+        model[6]
+    with pytest.raises(IndexError, match="-7"):
+        model[-7]
+    with pytest.raises(KeyError, match="'conv9'.*conv1, relu1, bn1, pool1, flatten1, fc1"):
+        model["conv9"]
+    for bad in (1.5, True, None):
+        with pytest.raises(TypeError, match="position, name or a slice"):
+            model[bad]
+
+
+def test_a_slice_is_a_model_sharing_the_layers(backend):
+    x, y = batch()
+    model = small_model().eval()
+    features = model[:5]
+    assert [name for name, _ in features.named_layers()] == ["conv1", "relu1", "bn1", "pool1", "flatten1"]
+    assert all(a is b for a, b in zip(features, model)) and not features.training
+    np.testing.assert_array_equal(features(x), model.forward(x, until="flatten1"))
+    np.testing.assert_array_equal(model[2:](model.forward(x, until="relu1")), model.forward(x))
+    assert len(model[:]) == 6 and len(model[-1:]) == 1 and len(model[1:100]) == 5
+    # training the slice trains the model
+    before = model["conv1"].params["weight"].copy()
+    opt = optim.SGD(features.parameters(), lr=0.1)
+    out = features(x)
+    features.backward(np.ones_like(out))
+    opt.step()
+    assert not np.array_equal(model["conv1"].params["weight"], before)
+    np.testing.assert_array_equal(model["conv1"].params["weight"], features["conv1"].params["weight"])
+    with pytest.raises(ValueError, match="step 2"):
+        model[::2]
+    with pytest.raises(ValueError, match=r"model\[4:2\] selects no layers"):
+        model[4:2]
+
+
+def test_a_slice_keeps_the_meta_that_still_applies():
+    model = small_model()
+    model.meta = {"normalization": {"mean": [0.5], "std": [0.25], "scale": 255.0},
+                  "preprocessing": "torch", "classes": ["a", "b", "c"], "epochs": 3}
+    assert model[:].meta == model.meta
+    assert model[:4].meta == {"normalization": model.meta["normalization"], "preprocessing": "torch", "epochs": 3}
+    assert model[1:].meta == {"classes": ["a", "b", "c"], "epochs": 3}
+    assert model[1:3].meta == {"epochs": 3}
+    head = model[:4]
+    head.meta["normalization"]["mean"][0] = 0.0
+    assert model.meta["normalization"]["mean"] == [0.5]
+    raw = np.random.default_rng(0).integers(0, 256, (2, 2, 6, 6), dtype=np.uint8)
+    np.testing.assert_array_equal(model[:4].preprocess(raw), model.preprocess(raw))
+
+
+def test_a_loss_refuses_to_backpropagate_a_pass_a_slice_has_replaced():
+    x, y = batch()
+    model = small_model()
+    loss = losses.CrossEntropyLoss()(model(x), y)
+    model[:3](x[:2])
+    with pytest.raises(RuntimeError, match="layer 'conv1' has run another forward pass.*slice"):
+        loss.backward()
+    model.predict(x)  # keeps no record, so it replaces nothing
+    loss = losses.CrossEntropyLoss()(model(x), y)
+    model.predict(x[:1])
+    loss.backward()
+    assert model.gradients()["fc1.weight"].any()

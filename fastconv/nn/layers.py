@@ -147,6 +147,7 @@ class Layer:
         self.training = True
         self._cache: Any = None  # the subclass's record of the last forward
         self._last_io: _PassIO | None = None  # _PassIO of the last forward
+        self._passes = 0  # forward passes remembered, so a model can tell its own pass from a later one
         self._forward_hooks: dict[int, Callable[[Layer, np.ndarray, np.ndarray], object]] = {}
         self._backward_pre_hooks: dict[int, Callable[[Layer, np.ndarray], np.ndarray | None]] = {}
         self._backward_hooks: dict[int, Callable[[Layer, np.ndarray | None, np.ndarray], np.ndarray | None]] = {}
@@ -272,6 +273,7 @@ class Layer:
         """
         self._cache = cache
         self._last_io = _PassIO(x.shape, x.dtype, output_shape)
+        self._passes += 1
 
     @overload
     def backward(self, dy: np.ndarray, need_dx: Literal[True] = True, param_grads: bool = True) -> np.ndarray: ...

@@ -127,6 +127,15 @@ class LossValue(float):
                 "the model has run another forward pass since it computed this loss's input, and its layers now "
                 "hold that pass: call loss.backward() before the next forward pass"
             )
+        passes = model._layer_passes(self._source.until)
+        if passes != self._source.layer_passes:
+            name = next(name for (name, _), now, then in zip(model.named_layers(), passes, self._source.layer_passes)
+                        if now != then)
+            raise RuntimeError(
+                f"layer {name!r} has run another forward pass since the model computed this loss's input (it is "
+                "shared with another model, a slice of this one say), and now holds that pass: call "
+                "loss.backward() before running the layer again"
+            )
         if self._loss._calls != self._call:
             raise RuntimeError(
                 f"the {type(self._loss).__name__} has been called again since it gave this value: "

@@ -48,7 +48,7 @@ from fastconv.nn.layers import LAYER_TYPES, HookHandle, Layer, _blame, _float_dt
 from fastconv.nn.normalize import Normalize
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from typing import Any, Literal
 
     from numpy.typing import ArrayLike, DTypeLike
@@ -67,6 +67,7 @@ class _Output(NamedTuple):
     model: weakref.ref[Sequential]
     until: str | None  # the layer the pass stopped at (None: the last one)
     forward_count: int  # the model's _forward_count once the pass was done
+    layer_passes: tuple[int, ...]  # each layer's _passes once the pass was done, up to ``until``
 
 
 # The arrays forward returned and still alive, by id: how a loss called on one
@@ -82,7 +83,8 @@ def _keep_output(model: Sequential, output: np.ndarray, until: str | None) -> No
         if getattr(_OUTPUTS.get(key), "array", None) is ref:
             _OUTPUTS.pop(key, None)
 
-    _OUTPUTS[key] = _Output(weakref.ref(output, forget), weakref.ref(model), until, model._forward_count)
+    _OUTPUTS[key] = _Output(weakref.ref(output, forget), weakref.ref(model), until, model._forward_count,
+                            model._layer_passes(until))
 
 
 def _output_source(array: object) -> _Output | None:
@@ -221,9 +223,66 @@ class Sequential:
     def __len__(self) -> int:
         return len(self._layers)
 
+    @overload
+    def __getitem__(self, index: int | str) -> Layer: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+
+    def __getitem__(self, index: int | str | slice) -> Layer | Sequential:
+        """``model[i]`` and ``model["conv1"]``: a layer (IndexError, KeyError if
+        there is none); ``model[a:b]``: a Sequential of those layers, see below.
+
+        A slice shares its layers with this model, as a prefix in PyTorch
+        does: training one trains the other. Each keeps its own record of its
+        last forward pass, but the layers hold one cache, so a forward pass of
+        one replaces what the other's next backward would use (the other's
+        ``loss.backward()`` then refuses). The slice gets a copy of ``meta``
+        without what no longer applies: ``normalization`` and
+        ``preprocessing`` unless it starts at the first layer, ``classes``
+        unless it ends at the last. Its step must be 1 and it must select at
+        least one layer (ValueError).
+        """
+        if isinstance(index, str):
+            if index not in self._index:
+                raise KeyError(f"no layer named {index!r}; the layers are {', '.join(self._names)}")
+            return self._layers[self._index[index]]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self._layers))
+            if step != 1:
+                raise ValueError(f"a slice of a Sequential takes consecutive layers; got step {index.step}")
+            if start >= stop:
+                raise ValueError(f"model[{index.start}:{index.stop}] selects no layers of the {len(self)}")
+            part = Sequential(list(zip(self._names[start:stop], self._layers[start:stop])))
+            part._training = self._training
+            dropped = ({"normalization", "preprocessing"} if start > 0 else set()) | (
+                {"classes"} if stop < len(self._layers) else set())
+            part.meta = copy.deepcopy({key: value for key, value in self.meta.items() if key not in dropped})
+            return part
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            if not -len(self._layers) <= index < len(self._layers):
+                raise IndexError(f"layer index {index} is out of range for a model of {len(self._layers)} layers")
+            return self._layers[index]
+        raise TypeError(f"a Sequential is indexed by a layer's position, name or a slice, got {index!r}")
+
+    def __iter__(self) -> Iterator[Layer]:
+        """The layers, in order (``named_layers()`` gives their names too)."""
+        return iter(list(self._layers))
+
+    def __contains__(self, item: object) -> bool:
+        """``"conv1" in model``: a layer of that name; ``layer in model``: that very layer object."""
+        if isinstance(item, str):
+            return item in self._index
+        return any(layer is item for layer in self._layers)
+
     def __repr__(self) -> str:
         lines = [f"  ({name}): {layer!r}" for name, layer in self.named_layers()]
         return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def _layer_passes(self, until: str | None) -> tuple[int, ...]:
+        """How many forward passes each layer up to ``until`` (default all) has run."""
+        stop = len(self._layers) if until is None else self._position(until) + 1
+        return tuple(layer._passes for layer in self._layers[:stop])
 
     def _position(self, name: str) -> int:
         if not isinstance(name, str):
