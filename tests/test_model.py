@@ -354,6 +354,25 @@ def test_save_and_load_round_trip(backend, tmp_path):
     assert os.listdir(tmp_path) == ["model.npz"]
 
 
+def test_fastconv_save_beside_fastconv_load(tmp_path):
+    model = small_model().eval()
+    model.meta["classes"] = list("abcde")
+    path = tmp_path / "model.npz"
+    assert fastconv.save(model, path) == str(path)
+    loaded = fastconv.load(path)
+    assert loaded.meta == model.meta and not loaded.training
+    for (key, value), (key2, value2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert key == key2
+        np.testing.assert_array_equal(value, value2)
+    x = inputs()
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    with pytest.raises(TypeError, match="Sequential, got dict.*save_weights"):
+        fastconv.save(model.state_dict(), tmp_path / "state.npz")
+    with pytest.raises(TypeError, match="Sequential, got PosixPath"):
+        fastconv.save(path, model)
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
 def test_failed_save_leaves_the_old_file(tmp_path):
     model = models.mnist2(seed=0)
     path = tmp_path / "m.npz"

@@ -54,7 +54,9 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
     from typing_extensions import Self
 
-__all__ = ["Sequential", "Parameter", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+
+__all__ = ["Sequential", "Parameter", "HookHandle", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
@@ -679,8 +681,21 @@ def _build(architecture: object) -> Sequential:
     return model
 
 
+def save(model: fastconv.Sequential, path: str | os.PathLike) -> str:
+    """Write ``model`` to ``path`` (.npz) for ``fastconv.load``: ``model.save(path)``
+    as a function, as ``torch.save(model, path)`` is one. Returns the path.
+
+    The architecture, the weights, the buffers and ``model.meta`` (its
+    normalization and class names included) are saved, atomically.
+    """
+    if not isinstance(model, Sequential):
+        raise TypeError(f"save writes a fastconv Sequential, got {type(model).__name__}; "
+                        "weights alone go through fastconv.save_weights")
+    return model.save(path)
+
+
 def load(path: str | os.PathLike) -> Sequential:
-    """Rebuild a model written by ``Sequential.save``.
+    """Rebuild a model written by ``fastconv.save(model, path)`` or ``model.save(path)``.
 
     A missing file raises FileNotFoundError; a truncated or corrupt file, or
     one that is not a fastconv model, raises ValueError naming the file.
