@@ -60,9 +60,24 @@ def _check_labels(labels: ArrayLike, scores: np.ndarray, name: str) -> np.ndarra
     return _checks.class_indices(labels, "label", (n,), k, context=f" for {name} of shape {scores.shape}")
 
 
+def _check_probabilities(targets: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, K) for ``logits`` (N, K), in the logits' dtype."""
+    if targets.shape != logits.shape:
+        raise ValueError(f"class probabilities have shape {targets.shape}, expected the logits' shape {logits.shape}")
+    if targets.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"class probabilities must be float32 or float64, got dtype {targets.dtype} "
+                        "(one-hot rows as floats, or the class indices as an (N,) array)")
+    bad = np.flatnonzero(~(targets >= 0) | ~np.isfinite(targets))
+    if bad.size:
+        where = np.unravel_index(int(bad[0]), targets.shape)
+        raise ValueError(f"class probability {targets[where]} at index {tuple(int(i) for i in where)} "
+                         "is not a finite number >= 0")
+    return targets.astype(logits.dtype, copy=False)
+
+
 class _CrossEntropyCache(NamedTuple):
     log_probs: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray  # class indices (N,), or class probabilities (N, K)
 
 
 class _NLLCache(NamedTuple):
@@ -185,22 +200,40 @@ class _Loss:
 class CrossEntropyLoss(_Loss):
     """-log softmax(logits)[label], averaged (reduction='mean') or summed over the batch.
 
-    logits (N, K) float32/float64, labels (N,) ints in [0, K).
+    logits (N, K) float32/float64; labels (N,) ints in [0, K), or, as in
+    PyTorch, class probabilities: a float array (N, K) of one-hot rows or
+    soft targets (mixup, distillation, smoothed labels), for which the loss
+    of row i is -sum_k labels[i, k] * log softmax(logits[i])[k] and the mean
+    divides by N. The probabilities are taken in the logits' dtype.
     """
 
     def __call__(self, logits: np.ndarray, labels: ArrayLike) -> LossValue:
-        """The loss of ``logits`` (N, K) for ``labels`` (N,); keeps what ``backward()`` needs."""
-        labels = self._check(logits, labels, "logits")
+        """The loss of ``logits`` (N, K) for ``labels``, class indices (N,) or
+        class probabilities (N, K); keeps what ``backward()`` needs."""
+        targets = np.asarray(labels)
+        if targets.ndim == 2:  # never class indices
+            _checks.float_array(logits, "logits", 2)
+            _checks.nonempty_batch(logits, "logits")
+            targets = _check_probabilities(targets, logits)
+            log_probs = log_softmax(logits, axis=1)
+            self._cache = _CrossEntropyCache(log_probs, targets)
+            return self._value(self._reduce((targets * log_probs).sum(axis=1)), logits)
+        targets = self._check(logits, labels, "logits")
         log_probs = log_softmax(logits, axis=1)
         rows = np.arange(logits.shape[0])
-        self._cache = _CrossEntropyCache(log_probs, labels)
-        return self._value(self._reduce(log_probs[rows, labels]), logits)
+        self._cache = _CrossEntropyCache(log_probs, targets)
+        return self._value(self._reduce(log_probs[rows, targets]), logits)
 
     forward = __call__
 
     def _gradient(self, cache: _CrossEntropyCache) -> np.ndarray:
         grad = np.exp(cache.log_probs)
-        grad[np.arange(grad.shape[0]), cache.labels] -= 1
+        if cache.labels.ndim == 2:
+            # d/dz of -sum_k t_k log softmax(z)_k is softmax(z) * sum_k t_k - t
+            grad *= cache.labels.sum(axis=1, keepdims=True)
+            grad -= cache.labels
+        else:
+            grad[np.arange(grad.shape[0]), cache.labels] -= 1
         grad *= self._scale(grad.shape[0], grad.dtype)
         return grad
 
