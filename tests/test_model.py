@@ -671,3 +671,15 @@ def test_preprocess_refuses_what_is_not_raw_images():
         model.classify(raw.tolist())
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         model.preprocess(raw[0])
+
+
+@pytest.mark.parametrize("mode", ["torch", "caffe"])
+def test_preprocess_of_an_imagenet_model_is_imagenet_preprocess(mode):
+    from fastconv.models import imagenet
+
+    model = models.cifar6(num_classes=4, seed=0)
+    model.meta["normalization"] = imagenet.normalization(mode)
+    images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    expected = imagenet.preprocess(list(images), mode, size=None, resize=None)
+    tol = 1e-5 * (255 if mode == "caffe" else 1)  # caffe inputs are in pixel units
+    np.testing.assert_allclose(model.preprocess(images.transpose(0, 3, 1, 2)), expected, rtol=1e-6, atol=tol)
