@@ -269,7 +269,7 @@ class Sequential:
 
     def __iter__(self) -> Iterator[Layer]:
         """The layers, in order (``named_layers()`` gives their names too)."""
-        return iter(list(self._layers))
+        return iter(self._layers)
 
     def __contains__(self, item: object) -> bool:
         """``"conv1" in model``: a layer of that name; ``layer in model``: that very layer object."""
@@ -508,7 +508,6 @@ class Sequential:
         return np.concatenate(outputs)
 
     # -- hooks ------------------------------------------------------------------------
-
     def register_forward_hook(self, fn: Callable[[str, Layer, np.ndarray], object]) -> HookHandle:
         """Call ``fn(name, layer, output)`` after every layer of every forward pass
         (``predict`` included, once per batch); the return value is ignored.

@@ -39,9 +39,10 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 def _parameters(model: object) -> tuple[fastconv.Sequential | None, list[Parameter]]:
     """(the model or None, the Parameters to optimize) of what an optimizer was given."""
     if isinstance(model, Sequential):
-        if not model.parameters():
+        params = model.parameters()
+        if not params:
             raise ValueError("the model has no parameters to optimize")
-        return model, model.parameters()
+        return model, params
     if isinstance(model, (str, bytes, np.ndarray, Mapping)) or not isinstance(model, Iterable):
         raise TypeError(f"model must be a fastconv Sequential or its parameters(), got {type(model).__name__}")
     params = list(model)
