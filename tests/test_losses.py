@@ -92,3 +92,60 @@ def test_bad_labels_and_misuse():
     with pytest.raises(ValueError, match="'avg'"):
         losses.CrossEntropyLoss(reduction="avg")
     assert losses.CrossEntropyLoss()(logits, list(labels)) == losses.CrossEntropyLoss()(logits, labels)
+
+
+def probabilities(dtype=np.float64, n=6, k=5, seed=1):
+    rng = np.random.default_rng(seed)
+    weights = rng.random((n, k)) ** 3
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("kind", ["soft", "one-hot", "unnormalized"])
+def test_cross_entropy_of_class_probabilities_matches_torch(torch, dtype, tol, reduction, kind):
+    logits, labels = batch(dtype)
+    targets = {"soft": probabilities(dtype),
+               "one-hot": np.eye(5, dtype=dtype)[labels],
+               "unnormalized": probabilities(dtype) * np.arange(1, 7, dtype=dtype)[:, None]}[kind]
+    loss = losses.CrossEntropyLoss(reduction=reduction)
+    value = loss(logits, targets)
+    grad = loss.backward()
+    t_logits = torch.tensor(logits, requires_grad=True)
+    t_value = torch.nn.functional.cross_entropy(t_logits, torch.tensor(targets), reduction=reduction)
+    t_value.backward()
+    assert value == pytest.approx(t_value.item(), rel=tol)
+    assert grad.dtype == dtype
+    assert rel_error(grad, t_logits.grad.numpy()) < tol
+    if kind == "one-hot":  # the same loss as the class indices, to the last bits of a sum's order
+        indices = losses.CrossEntropyLoss(reduction=reduction)
+        assert value == pytest.approx(indices(logits, labels), rel=tol)
+        np.testing.assert_allclose(grad, indices.backward(), rtol=tol, atol=tol)
+
+
+def test_class_probabilities_gradient_is_numerically_right():
+    logits, _ = batch()
+    targets = probabilities() * 0.7  # rows summing to 0.7: the gradient's sum_k t_k term
+    loss = losses.CrossEntropyLoss()
+    loss(logits, targets)
+    assert rel_error(loss.backward(), numerical_gradient(lambda: loss(logits, targets), logits)) < 1e-7
+
+
+def test_class_probabilities_take_the_logits_dtype_and_refuse_nonsense():
+    logits, labels = batch(np.float32)
+    loss = losses.CrossEntropyLoss()
+    assert loss(logits, np.eye(5)[labels]) == pytest.approx(loss(logits, np.eye(5, dtype=np.float32)[labels]))
+    assert loss.backward().dtype == np.float32
+    with pytest.raises(ValueError, match=r"shape \(6, 4\), expected the logits' shape \(6, 5\)"):
+        loss(logits, np.eye(4)[labels % 4])
+    with pytest.raises(TypeError, match="float32 or float64, got dtype int64.*one-hot rows as floats"):
+        loss(logits, np.eye(5, dtype=np.int64)[labels])
+    bad = probabilities()
+    bad[2, 3] = -0.1
+    with pytest.raises(ValueError, match=r"-0.1 at index \(2, 3\)"):
+        loss(logits, bad)
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"nan at index \(2, 3\)"):
+        loss(logits, bad)
+    with pytest.raises(TypeError, match="float64"):  # 1-D floats are neither indices nor probabilities
+        loss(logits, labels.astype(np.float64))

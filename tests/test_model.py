@@ -354,6 +354,25 @@ def test_save_and_load_round_trip(backend, tmp_path):
     assert os.listdir(tmp_path) == ["model.npz"]
 
 
+def test_fastconv_save_beside_fastconv_load(tmp_path):
+    model = small_model().eval()
+    model.meta["classes"] = list("abcde")
+    path = tmp_path / "model.npz"
+    assert fastconv.save(model, path) == str(path)
+    loaded = fastconv.load(path)
+    assert loaded.meta == model.meta and not loaded.training
+    for (key, value), (key2, value2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert key == key2
+        np.testing.assert_array_equal(value, value2)
+    x = inputs()
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    with pytest.raises(TypeError, match="Sequential, got dict.*save_weights"):
+        fastconv.save(model.state_dict(), tmp_path / "state.npz")
+    with pytest.raises(TypeError, match="Sequential, got PosixPath"):
+        fastconv.save(path, model)
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
 def test_failed_save_leaves_the_old_file(tmp_path):
     model = models.mnist2(seed=0)
     path = tmp_path / "m.npz"
@@ -550,3 +569,117 @@ def test_a_relu_whose_backward_rule_is_changed_is_not_fused():
     relu_grad = reference.layer("bn1").backward(np.ones((2, 32, 32, 32)), param_grads=False)
     want = reference.layer("conv1").backward(np.maximum(relu_grad, 0), param_grads=False)
     np.testing.assert_allclose(grad, want, rtol=1e-9, atol=1e-12)
+
+
+# A trained model applies its own preprocessing
+
+@pytest.fixture(scope="module")
+def trained_on_the_sample():
+    """mnist2 after one epoch on 2,048 images of the bundled MNIST sample,
+    trained by the Trainer with a fitted Normalize, on one thread:
+    (model, data, normalize)."""
+    from fastconv import optim
+    from fastconv.data import Normalize, load_dataset
+    from fastconv.train import Trainer
+
+    before = fastconv.get_num_threads()
+    fastconv.set_num_threads(1)
+    try:
+        data = load_dataset("mnist-sample")
+        normalize = Normalize.fit(data.x_train)
+        model = models.mnist2(seed=0)
+        trainer = Trainer(model, optim.SGD(model, lr=0.05, momentum=0.9), normalize=normalize, progress=False,
+                          log=None)
+        trainer.fit(data.x_train[:2048], data.y_train[:2048], epochs=1)
+    finally:
+        fastconv.set_num_threads(before)
+    return model, data, normalize
+
+
+def test_preprocess_and_predict_give_what_the_trainers_evaluate_gives(trained_on_the_sample, tmp_path):
+    from fastconv.train import evaluate
+
+    model, data, normalize = trained_on_the_sample
+    images, labels = data.x_test[:600], data.y_test[:600]
+    result = evaluate(model, images, labels, normalize)
+    assert result["accuracy"] > 0.5  # a trained model, whose predictions depend on the input
+    inputs = model.preprocess(images)
+    np.testing.assert_array_equal(inputs, normalize(images, dtype=model.dtype))
+    model.eval()
+    np.testing.assert_array_equal(model.forward(inputs).argmax(axis=1), result["predictions"])
+    np.testing.assert_allclose(model.forward(inputs), result["logits"], rtol=1e-5, atol=1e-5)
+    # uint8 images are raw: predict normalizes them, batch by batch, as evaluate does
+    np.testing.assert_array_equal(model.predict(images), result["logits"])
+    np.testing.assert_array_equal(model.classify(images), result["predictions"])
+    # so does a model read back from its file
+    path = model.save(tmp_path / "model.npz")
+    np.testing.assert_array_equal(fastconv.load(path).classify(images), result["predictions"])
+    # floats in [0, 1] are the same pixels
+    pixels = images.astype(np.float64) / 255
+    np.testing.assert_allclose(model.preprocess(pixels), inputs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.classify(pixels), result["predictions"])
+    # the mistake preprocess exists for: [0, 1] pixels fed as if they were the model's input
+    assert not np.allclose(model.predict(pixels.astype(np.float32)), result["logits"], atol=1e-2)
+
+
+def test_a_model_without_a_normalization_gets_what_the_trainer_feeds_it():
+    from fastconv.train import evaluate
+
+    model = small_model(dtype=np.float32).eval()
+    assert "normalization" not in model.meta
+    raw = np.random.default_rng(0).integers(0, 256, (7, 2, 6, 6), dtype=np.uint8)
+    labels = np.arange(7) % 5
+    # the trainer divides uint8 images by 255 when it has no statistics
+    np.testing.assert_array_equal(model.predict(raw, batch_size=3), evaluate(model, raw, labels, None, 3)["logits"])
+    pixels = raw / 255.0
+    inputs = model.preprocess(pixels)
+    assert inputs.dtype == np.float32
+    np.testing.assert_array_equal(inputs, pixels.astype(np.float32))
+    np.testing.assert_array_equal(model.preprocess(pixels.astype(np.float32)), pixels.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_preprocess_is_the_textbook_normalization(dtype):
+    model = small_model(dtype=dtype)
+    mean, std = np.array([0.2, 0.6]), np.array([0.3, 0.1])
+    model.meta["normalization"] = {"mean": mean.tolist(), "std": std.tolist(), "scale": 255.0}
+    raw = np.random.default_rng(1).integers(0, 256, (3, 2, 4, 4), dtype=np.uint8)
+    expected = (raw / 255.0 - mean[:, None, None]) / std[:, None, None]
+    exact = 1e-12 if dtype == np.float64 else 1e-5
+    for images, tol in ((raw, exact), (raw / 255.0, exact), ((raw / 255.0).astype(np.float32), 1e-5)):
+        x = model.preprocess(images)
+        assert x.dtype == dtype
+        np.testing.assert_allclose(x, expected, rtol=tol, atol=tol)
+
+
+def test_preprocess_refuses_what_is_not_raw_images():
+    model = small_model(dtype=np.float32)
+    model.meta["normalization"] = {"mean": [0.5], "std": [0.25], "scale": 255.0}
+    raw = np.random.default_rng(2).integers(0, 256, (2, 2, 6, 6), dtype=np.uint8)
+    raw[0, 0, 0, :2] = 0, 255
+    with pytest.raises(ValueError, match=r"\[0, 1\], got values from 0.0 to 255.0"):
+        model.preprocess(raw.astype(np.float32))  # 0-255 floats
+    with pytest.raises(ValueError, match=r"\[0, 1\].*-2.0"):
+        model.preprocess(model.preprocess(raw))  # normalized twice
+    with pytest.raises(ValueError, match=r"\[0, 1\].*nan"):
+        model.preprocess(np.full((1, 2, 6, 6), np.nan, np.float32))
+    with pytest.raises(TypeError, match="int64"):
+        model.preprocess(raw.astype(np.int64))
+    with pytest.raises(TypeError, match="int64"):
+        model.predict(raw.astype(np.int64))
+    with pytest.raises(TypeError, match="list"):
+        model.classify(raw.tolist())
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        model.preprocess(raw[0])
+
+
+@pytest.mark.parametrize("mode", ["torch", "caffe"])
+def test_preprocess_of_an_imagenet_model_is_imagenet_preprocess(mode):
+    from fastconv.models import imagenet
+
+    model = models.cifar6(num_classes=4, seed=0)
+    model.meta["normalization"] = imagenet.normalization(mode)
+    images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    expected = imagenet.preprocess(list(images), mode, size=None, resize=None)
+    tol = 1e-5 * (255 if mode == "caffe" else 1)  # caffe inputs are in pixel units
+    np.testing.assert_allclose(model.preprocess(images.transpose(0, 3, 1, 2)), expected, rtol=1e-6, atol=tol)

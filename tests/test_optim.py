@@ -201,3 +201,90 @@ def test_bad_arguments():
     schedule.step()
     with pytest.raises(ValueError, match="total_steps=2"):
         schedule.step()
+
+
+# Built on model.parameters(), as in PyTorch
+
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_an_optimizer_of_the_parameters_steps_as_one_of_the_model(backend, opt_name):
+    make_opt = OPTIMIZERS[opt_name][0]
+    data = batches(STEPS)
+    by_model, by_params = tiny_model(), tiny_model()
+    opt_a, opt_b = make_opt(by_model), make_opt(by_params.parameters())
+    assert opt_a.model is by_model and opt_b.model is None
+    for x, labels in data:
+        train_step(by_model, opt_a, x, labels)
+        train_step(by_params, opt_b, x, labels)
+    for (key, a), b in zip(by_model.state_dict().items(), by_params.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=key)
+    # the same checkpoint either way: each loads into the other kind and continues alike
+    state_a, state_b = opt_a.state_dict(), opt_b.state_dict()
+    assert state_a.keys() == state_b.keys() and state_a["state"].keys() == state_b["state"].keys()
+    for key, entries in state_a["state"].items():
+        for name, value in entries.items():
+            np.testing.assert_array_equal(value, state_b["state"][key][name], err_msg=f"{key} {name}")
+    resumed = tiny_model(seed=5)
+    resumed.load_state_dict(by_model.state_dict())
+    swapped = make_opt(resumed.parameters())
+    swapped.load_state_dict(state_a)
+    x, labels = batches(1, seed=3)[0]
+    train_step(by_model, opt_a, x, labels)
+    train_step(resumed, swapped, x, labels)
+    for (key, a), b in zip(by_model.state_dict().items(), resumed.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+def test_the_parameters_reach_the_models_arrays_and_gradients():
+    model = tiny_model()
+    params = model.parameters()
+    assert [p.name for p in params] == [key for key, _ in model.named_parameters()]
+    grads = model.gradients()
+    for param, (_, array) in zip(params, model.named_parameters()):
+        assert param.data is array and param.grad is grads[param.name]
+        assert param.shape == array.shape and param.dtype == array.dtype and param.size == array.size
+    assert repr(params[0]) == "Parameter('conv1.weight', shape=(4, 2, 3, 3), dtype=float64)"
+    assert sum(p.size for p in params) == model.num_parameters()
+
+
+def test_a_part_of_the_parameters_is_all_that_steps_and_zeroes(torch, copy_to_torch):
+    # Fine-tuning the head alone, against PyTorch doing the same.
+    model, twin = tiny_model(), torch_twin(torch)
+    copy_to_torch(model, twin)
+    head = [p for p in model.parameters() if p.name.startswith("fc")]
+    opt = optim.SGD(head, lr=0.1, momentum=0.9)
+    t_opt = torch.optim.SGD(twin[-1].parameters(), lr=0.1, momentum=0.9)
+    body_before = {k: v.copy() for k, v in model.state_dict().items() if not k.startswith("fc")}
+    for x, labels in batches(3):
+        train_step(model, opt, x, labels)
+        t_opt.zero_grad()
+        torch.nn.CrossEntropyLoss()(twin(torch.from_numpy(x)), torch.from_numpy(labels)).backward()
+        t_opt.step()
+    for name in ("weight", "bias"):
+        assert rel_error(model.layer("fc1").params[name], getattr(twin[-1], name).detach().numpy()) < 1e-10
+    for key, value in body_before.items():
+        if "running" not in key:  # batch-norm statistics move with every forward pass
+            np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+    assert model.gradients()["conv1.weight"].any()
+    opt.zero_grad()
+    assert not any(p.grad.any() for p in head)
+    assert model.gradients()["conv1.weight"].any()
+    assert set(opt.state_dict()["state"]) == {"fc1.weight", "fc1.bias"}
+    with pytest.raises(ValueError, match="'conv1.weight'.*not among the optimized"):
+        opt.load_state_dict(optim.SGD(model, lr=0.1, momentum=0.9).state_dict() | {
+            "state": {"conv1.weight": {"momentum_buffer": np.zeros((4, 2, 3, 3))}}})
+
+
+def test_what_is_not_parameters_is_refused():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="Sequential or its parameters.*ndarray"):
+        optim.Adam(model.layer("conv1").params["weight"])
+    with pytest.raises(TypeError, match="Parameter objects.*tuple at position 0"):
+        optim.Adam(model.named_parameters())
+    with pytest.raises(TypeError, match="Parameter objects.*Conv2d at position 0"):
+        optim.SGD(iter(model.named_layers()[0][1:]), lr=0.1)
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="two parameters are named 'conv1.weight'"):
+        optim.SGD(model.parameters() + tiny_model(seed=1).parameters(), lr=0.1)
+    generator = (p for p in model.parameters() if p.name.endswith("bias"))
+    assert [p.name for p in optim.SGD(generator, lr=0.1).parameters()] == ["conv1.bias", "bn1.bias", "fc1.bias"]

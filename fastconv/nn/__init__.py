@@ -21,12 +21,12 @@ from fastconv.nn.layers import (
     ReLU,
 )
 from fastconv.nn.losses import CrossEntropyLoss, NLLLoss, log_softmax, softmax
-from fastconv.nn.model import Sequential, load
+from fastconv.nn.model import Parameter, Sequential, load, save
 
 __all__ = [
     "init", "layers", "losses",
     "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "LogSoftmax",
     "CrossEntropyLoss", "NLLLoss", "softmax", "log_softmax",
-    "Sequential", "load",
+    "Sequential", "Parameter", "save", "load",
 ]

@@ -134,6 +134,7 @@ class Pass(NamedTuple):
         return self.start + len(self.layers)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run the pass's layers on x, each keeping its record for backward; returns the last output."""
         if self.fusion is None:
             with _blame(self.names[0], self.layers[0]):
                 return self.layers[0].forward(x)

@@ -75,6 +75,7 @@ class HookHandle:
         self._key = key
 
     def remove(self) -> None:
+        """Unregister the hook; removing it again does nothing."""
         self._hooks.pop(self._key, None)
 
     def __enter__(self) -> Self:
@@ -146,6 +147,7 @@ class Layer:
         self.training = True
         self._cache: Any = None  # the subclass's record of the last forward
         self._last_io: _PassIO | None = None  # _PassIO of the last forward
+        self._passes = 0  # forward passes remembered, so a model can tell its own pass from a later one
         self._forward_hooks: dict[int, Callable[[Layer, np.ndarray, np.ndarray], object]] = {}
         self._backward_pre_hooks: dict[int, Callable[[Layer, np.ndarray], np.ndarray | None]] = {}
         self._backward_hooks: dict[int, Callable[[Layer, np.ndarray | None, np.ndarray], np.ndarray | None]] = {}
@@ -163,6 +165,7 @@ class Layer:
         return None
 
     def zero_grad(self) -> None:
+        """Set every gradient in ``grads`` to zero, in place (backward adds into them)."""
         for g in self.grads.values():
             g.fill(0)
 
@@ -173,10 +176,12 @@ class Layer:
             self.grads["bias"] += dbias
 
     def train(self, mode: bool = True) -> Self:
+        """Switch to training mode (``mode=False``: evaluation mode); returns the layer."""
         self.training = bool(mode)
         return self
 
     def eval(self) -> Self:
+        """Switch to evaluation mode: ``train(False)``; returns the layer."""
         return self.train(False)
 
     def astype(self, dtype: DTypeLike) -> Self:
@@ -248,6 +253,7 @@ class Layer:
         return y
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Output y for input x, keeping what ``backward`` needs; ``layer(x)`` is the same call."""
         self._check_input(x)
         y, cache = self._forward(x)
         self._remember(cache, x, y.shape)
@@ -267,6 +273,7 @@ class Layer:
         """
         self._cache = cache
         self._last_io = _PassIO(x.shape, x.dtype, output_shape)
+        self._passes += 1
 
     @overload
     def backward(self, dy: np.ndarray, need_dx: Literal[True] = True, param_grads: bool = True) -> np.ndarray: ...

@@ -1,11 +1,20 @@
 """Classification losses with PyTorch's semantics, and (log-)softmax.
 
-A loss is called on a batch, returns a Python float, and ``backward()`` then
-returns the gradient of that value w.r.t. the loss's input::
+A loss is called on a batch and returns its value, a :class:`LossValue`: a
+Python float that can also backpropagate itself through the model that
+computed the loss's input, as in PyTorch::
 
-    loss = CrossEntropyLoss()
-    value = loss(logits, labels)
-    model.backward(loss.backward())
+    loss_fn = CrossEntropyLoss()
+    loss = loss_fn(model(x), labels)
+    loss.backward()                       # gradients land in the model
+    print(f"{loss:.4f}", loss.item())
+
+The explicit way does the same in two steps: ``loss_fn.backward()`` returns
+the gradient of the last value w.r.t. the loss's input, and the model
+backpropagates it::
+
+    loss_fn(model.forward(x), labels)
+    model.backward(loss_fn.backward())
 """
 from __future__ import annotations
 
@@ -14,13 +23,14 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from fastconv import _checks
+from fastconv.nn.model import _Output, _output_source
 
 if TYPE_CHECKING:
     from typing import Any
 
     from numpy.typing import ArrayLike
 
-__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "NLLLoss"]
+__all__ = ["softmax", "log_softmax", "CrossEntropyLoss", "NLLLoss", "LossValue"]
 
 _REDUCTIONS = ("mean", "sum")
 
@@ -50,9 +60,24 @@ def _check_labels(labels: ArrayLike, scores: np.ndarray, name: str) -> np.ndarra
     return _checks.class_indices(labels, "label", (n,), k, context=f" for {name} of shape {scores.shape}")
 
 
+def _check_probabilities(targets: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, K) for ``logits`` (N, K), in the logits' dtype."""
+    if targets.shape != logits.shape:
+        raise ValueError(f"class probabilities have shape {targets.shape}, expected the logits' shape {logits.shape}")
+    if targets.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"class probabilities must be float32 or float64, got dtype {targets.dtype} "
+                        "(one-hot rows as floats, or the class indices as an (N,) array)")
+    bad = np.flatnonzero(~(targets >= 0) | ~np.isfinite(targets))
+    if bad.size:
+        where = np.unravel_index(int(bad[0]), targets.shape)
+        raise ValueError(f"class probability {targets[where]} at index {tuple(int(i) for i in where)} "
+                         "is not a finite number >= 0")
+    return targets.astype(logits.dtype, copy=False)
+
+
 class _CrossEntropyCache(NamedTuple):
     log_probs: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray  # class indices (N,), or class probabilities (N, K)
 
 
 class _NLLCache(NamedTuple):
@@ -61,12 +86,94 @@ class _NLLCache(NamedTuple):
     labels: np.ndarray
 
 
+class LossValue(float):
+    """What a loss returns: its value as a Python float, which also knows how
+    to backpropagate itself, PyTorch-style.
+
+    ``float(loss)``, ``loss.item()``, printing, formatting, arithmetic and
+    comparisons work as on any float (their results are plain floats), and
+    so do pickling and copying, which keep the number alone.
+
+    ``loss.backward()`` sends the loss's gradient back through the model
+    whose ``forward`` (or ``model(x)``) returned the loss's input, adding
+    the parameter gradients into the model as ``model.backward(
+    loss_fn.backward(), input_grad=False)`` does, bit for bit (the input
+    gradient, which training does not need, is not computed; the explicit
+    call gives it). The model is the one that returned that very array: a
+    pass through ``forward(x, until=name)`` backpropagates from layer
+    ``name``. RuntimeError, saying why, when backward cannot be right: the
+    input was not an array a model's forward returned (a copy, a slice or a
+    result computed from one, or ``predict``'s output, which keeps nothing
+    for backward), the model has run another forward pass since, or the
+    loss has been called again since.
+    """
+
+    # The loss and the number of its call that gave this value, rather than
+    # the call's own cache, and the model by weak reference: values kept for a
+    # plot hold no arrays and no model.
+    _loss: _Loss
+    _call: int
+    _source: _Output | None
+
+    def __new__(cls, value: float, loss: _Loss, source: _Output | None) -> LossValue:
+        self = super().__new__(cls, value)
+        self._loss = loss
+        self._call = loss._calls
+        self._source = source
+        return self
+
+    def item(self) -> float:
+        """The value as a plain Python float, as ``float(loss)``."""
+        return float(self)
+
+    def backward(self) -> None:
+        """Backpropagate this value through the model that computed the loss's
+        input; the parameter gradients are added into the model's."""
+        model = self._source.model() if self._source is not None else None
+        if self._source is None or model is None:
+            raise RuntimeError(
+                "loss.backward() cannot tell which model computed the loss's input (or that model is gone): "
+                "call the loss on the very array model(x) or model.forward(x) returned (not a copy, a slice or "
+                "a result computed from it, nor predict's output, which keeps nothing for backward), or "
+                "backpropagate explicitly with model.backward(loss_fn.backward())"
+            )
+        if model._forward_count != self._source.forward_count:
+            raise RuntimeError(
+                "the model has run another forward pass since it computed this loss's input, and its layers now "
+                "hold that pass: call loss.backward() before the next forward pass"
+            )
+        passes = model._layer_passes(self._source.until)
+        if passes != self._source.layer_passes:
+            name = next(name for (name, _), now, then in zip(model.named_layers(), passes, self._source.layer_passes)
+                        if now != then)
+            raise RuntimeError(
+                f"layer {name!r} has run another forward pass since the model computed this loss's input (it is "
+                "shared with another model, a slice of this one say), and now holds that pass: call "
+                "loss.backward() before running the layer again"
+            )
+        if self._loss._calls != self._call:
+            raise RuntimeError(
+                f"the {type(self._loss).__name__} has been called again since it gave this value: "
+                "call backward() on its latest value"
+            )
+        model.backward(self._loss.backward(), start=self._source.until, input_grad=False)
+
+    def __reduce__(self) -> tuple[type[float], tuple[float]]:
+        return float, (float(self),)
+
+
 class _Loss:
     def __init__(self, reduction: str = "mean") -> None:
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
         self._cache: _CrossEntropyCache | _NLLCache | None = None
+        self._calls = 0  # how many values this loss has given, so that each knows whether it is the last
+
+    def _value(self, value: float, scores: np.ndarray) -> LossValue:
+        """``value`` as the LossValue of this call, whose input was ``scores``."""
+        self._calls += 1
+        return LossValue(value, self, _output_source(scores))
 
     def _check(self, scores: np.ndarray, labels: ArrayLike, name: str) -> np.ndarray:
         _checks.float_array(scores, name, 2)
@@ -81,7 +188,7 @@ class _Loss:
         return dtype.type(1.0 / n if self.reduction == "mean" else 1.0)
 
     def backward(self) -> np.ndarray:
-        """Gradient of the last value w.r.t. the loss's input."""
+        """Gradient of the last value w.r.t. the loss's input (for ``model.backward``)."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
         return self._gradient(self._cache)
@@ -93,21 +200,40 @@ class _Loss:
 class CrossEntropyLoss(_Loss):
     """-log softmax(logits)[label], averaged (reduction='mean') or summed over the batch.
 
-    logits (N, K) float32/float64, labels (N,) ints in [0, K).
+    logits (N, K) float32/float64; labels (N,) ints in [0, K), or, as in
+    PyTorch, class probabilities: a float array (N, K) of one-hot rows or
+    soft targets (mixup, distillation, smoothed labels), for which the loss
+    of row i is -sum_k labels[i, k] * log softmax(logits[i])[k] and the mean
+    divides by N. The probabilities are taken in the logits' dtype.
     """
 
-    def __call__(self, logits: np.ndarray, labels: ArrayLike) -> float:
-        labels = self._check(logits, labels, "logits")
+    def __call__(self, logits: np.ndarray, labels: ArrayLike) -> LossValue:
+        """The loss of ``logits`` (N, K) for ``labels``, class indices (N,) or
+        class probabilities (N, K); keeps what ``backward()`` needs."""
+        targets = np.asarray(labels)
+        if targets.ndim == 2:  # never class indices
+            _checks.float_array(logits, "logits", 2)
+            _checks.nonempty_batch(logits, "logits")
+            targets = _check_probabilities(targets, logits)
+            log_probs = log_softmax(logits, axis=1)
+            self._cache = _CrossEntropyCache(log_probs, targets)
+            return self._value(self._reduce((targets * log_probs).sum(axis=1)), logits)
+        targets = self._check(logits, labels, "logits")
         log_probs = log_softmax(logits, axis=1)
         rows = np.arange(logits.shape[0])
-        self._cache = _CrossEntropyCache(log_probs, labels)
-        return self._reduce(log_probs[rows, labels])
+        self._cache = _CrossEntropyCache(log_probs, targets)
+        return self._value(self._reduce(log_probs[rows, targets]), logits)
 
     forward = __call__
 
     def _gradient(self, cache: _CrossEntropyCache) -> np.ndarray:
         grad = np.exp(cache.log_probs)
-        grad[np.arange(grad.shape[0]), cache.labels] -= 1
+        if cache.labels.ndim == 2:
+            # d/dz of -sum_k t_k log softmax(z)_k is softmax(z) * sum_k t_k - t
+            grad *= cache.labels.sum(axis=1, keepdims=True)
+            grad -= cache.labels
+        else:
+            grad[np.arange(grad.shape[0]), cache.labels] -= 1
         grad *= self._scale(grad.shape[0], grad.dtype)
         return grad
 
@@ -118,10 +244,11 @@ class NLLLoss(_Loss):
     log_probs (N, K), e.g. the output of a LogSoftmax layer; labels (N,) ints in [0, K).
     """
 
-    def __call__(self, log_probs: np.ndarray, labels: ArrayLike) -> float:
+    def __call__(self, log_probs: np.ndarray, labels: ArrayLike) -> LossValue:
+        """The loss of ``log_probs`` (N, K) for ``labels`` (N,); keeps what ``backward()`` needs."""
         labels = self._check(log_probs, labels, "log_probs")
         self._cache = _NLLCache(log_probs.shape, log_probs.dtype, labels)
-        return self._reduce(log_probs[np.arange(log_probs.shape[0]), labels])
+        return self._value(self._reduce(log_probs[np.arange(log_probs.shape[0]), labels]), log_probs)
 
     forward = __call__
 

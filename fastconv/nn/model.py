@@ -1,5 +1,12 @@
 """Sequential: a chain of named layers, with partial passes, hooks and save/load.
 
+A trained model applies its own preprocessing: ``model.preprocess(images)``
+turns raw images (uint8, or floats in [0, 1]) into its input with the
+normalization it carries in ``model.meta['normalization']``;
+``model.classify(images)`` gives class indices of raw images, and
+``model.predict`` takes uint8 images as raw ones too (float input is the
+model's input there, as in ``forward``).
+
 The analysis tools work on this API only: ``forward(x, until=name)`` gives a
 layer's activation, ``backward(grad, start=name)`` sends a chosen gradient of
 that activation back to the image, and hooks watch the passes or change a
@@ -29,7 +36,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import TYPE_CHECKING, cast, overload
+import weakref
+from typing import TYPE_CHECKING, NamedTuple, cast, overload
 
 import numpy as np
 
@@ -37,19 +45,54 @@ from fastconv import _checks
 from fastconv._files import atomic_write, open_npz
 from fastconv.nn import fusion
 from fastconv.nn.layers import LAYER_TYPES, HookHandle, Layer, _blame, _float_dtype, _register
+from fastconv.nn.normalize import Normalize
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from typing import Any, Literal
 
     from numpy.typing import ArrayLike, DTypeLike
     from typing_extensions import Self
 
-__all__ = ["Sequential", "HookHandle", "load", "FORMAT", "FORMAT_VERSION"]
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+
+__all__ = ["Sequential", "Parameter", "HookHandle", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
 _RESERVED_ENTRIES = ("architecture", "meta")
+
+
+class _Output(NamedTuple):
+    """Where an array that ``Sequential.forward`` returned comes from."""
+    array: weakref.ref[np.ndarray]
+    model: weakref.ref[Sequential]
+    until: str | None  # the layer the pass stopped at (None: the last one)
+    forward_count: int  # the model's _forward_count once the pass was done
+    layer_passes: tuple[int, ...]  # each layer's _passes once the pass was done, up to ``until``
+
+
+# The arrays forward returned and still alive, by id: how a loss called on one
+# of them finds the model to backpropagate through (LossValue.backward). Weak
+# references on both sides, so neither the arrays nor the models are kept.
+_OUTPUTS: dict[int, _Output] = {}
+
+
+def _keep_output(model: Sequential, output: np.ndarray, until: str | None) -> None:
+    key = id(output)
+
+    def forget(ref: weakref.ref[np.ndarray]) -> None:
+        if getattr(_OUTPUTS.get(key), "array", None) is ref:
+            _OUTPUTS.pop(key, None)
+
+    _OUTPUTS[key] = _Output(weakref.ref(output, forget), weakref.ref(model), until, model._forward_count,
+                            model._layer_passes(until))
+
+
+def _output_source(array: object) -> _Output | None:
+    """The record of the forward pass that returned ``array`` itself, or None if none did."""
+    record = _OUTPUTS.get(id(array))
+    return record if record is not None and record.array() is array else None
 
 
 def _json_default(value: object) -> object:
@@ -58,6 +101,54 @@ def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"meta holds {value!r} of type {type(value).__name__}, which cannot be saved as JSON")
+
+
+class Parameter:
+    """One trainable array of a model and its gradient, as ``model.parameters()``
+    lists them for an optimizer: ``Adam(model.parameters(), lr=1e-3)``.
+
+    ``name`` is the parameter's key in ``state_dict()``, ``named_parameters()``
+    and an optimizer's state; ``data`` is the array itself (optimizers update
+    it in place) and ``grad`` the array backward adds its gradient into, both
+    looked up in ``layer`` at each access.
+    """
+
+    __slots__ = ("name", "layer", "key")
+
+    def __init__(self, name: str, layer: Layer, key: str) -> None:
+        if key not in layer.params:
+            raise ValueError(f"{type(layer).__name__} has no parameter {key!r}; it has {sorted(layer.params)}")
+        self.name = name
+        self.layer = layer
+        self.key = key
+
+    @property
+    def data(self) -> np.ndarray:
+        """The parameter's array (the layer's own, not a copy)."""
+        return self.layer.params[self.key]
+
+    @property
+    def grad(self) -> np.ndarray:
+        """The gradient array backward adds into, shaped like ``data``."""
+        return self.layer.grads[self.key]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the parameter."""
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the parameter (and of its gradient)."""
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        """Number of values in the parameter."""
+        return self.data.size
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
 
 class Sequential:
@@ -119,6 +210,7 @@ class Sequential:
         self._reached: int | None = None  # index of the last layer the last forward ran through
         self._fused: dict[int, fusion.Pass] = {}  # the last forward's fused passes, by the index of their last layer
         self._training = all(layer.training for layer in self._layers)
+        self._forward_count = 0  # forward passes run, so that a loss can tell whether its input is the last one's
         self.meta: dict[str, Any] = {}
 
     # -- structure ------------------------------------------------------------
@@ -127,14 +219,72 @@ class Sequential:
         return list(zip(self._names, self._layers))
 
     def layer(self, name: str) -> Layer:
+        """The layer called ``name`` (ValueError naming the layers if there is none)."""
         return self._layers[self._position(name)]
 
     def __len__(self) -> int:
         return len(self._layers)
 
+    @overload
+    def __getitem__(self, index: int | str) -> Layer: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+
+    def __getitem__(self, index: int | str | slice) -> Layer | Sequential:
+        """``model[i]`` and ``model["conv1"]``: a layer (IndexError, KeyError if
+        there is none); ``model[a:b]``: a Sequential of those layers, see below.
+
+        A slice shares its layers with this model, as a prefix in PyTorch
+        does: training one trains the other. Each keeps its own record of its
+        last forward pass, but the layers hold one cache, so a forward pass of
+        one replaces what the other's next backward would use (the other's
+        ``loss.backward()`` then refuses). The slice gets a copy of ``meta``
+        without what no longer applies: ``normalization`` and
+        ``preprocessing`` unless it starts at the first layer, ``classes``
+        unless it ends at the last. Its step must be 1 and it must select at
+        least one layer (ValueError).
+        """
+        if isinstance(index, str):
+            if index not in self._index:
+                raise KeyError(f"no layer named {index!r}; the layers are {', '.join(self._names)}")
+            return self._layers[self._index[index]]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self._layers))
+            if step != 1:
+                raise ValueError(f"a slice of a Sequential takes consecutive layers; got step {index.step}")
+            if start >= stop:
+                raise ValueError(f"model[{index.start}:{index.stop}] selects no layers of the {len(self)}")
+            part = Sequential(list(zip(self._names[start:stop], self._layers[start:stop])))
+            part._training = self._training
+            dropped = ({"normalization", "preprocessing"} if start > 0 else set()) | (
+                {"classes"} if stop < len(self._layers) else set())
+            part.meta = copy.deepcopy({key: value for key, value in self.meta.items() if key not in dropped})
+            return part
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            if not -len(self._layers) <= index < len(self._layers):
+                raise IndexError(f"layer index {index} is out of range for a model of {len(self._layers)} layers")
+            return self._layers[index]
+        raise TypeError(f"a Sequential is indexed by a layer's position, name or a slice, got {index!r}")
+
+    def __iter__(self) -> Iterator[Layer]:
+        """The layers, in order (``named_layers()`` gives their names too)."""
+        return iter(self._layers)
+
+    def __contains__(self, item: object) -> bool:
+        """``"conv1" in model``: a layer of that name; ``layer in model``: that very layer object."""
+        if isinstance(item, str):
+            return item in self._index
+        return any(layer is item for layer in self._layers)
+
     def __repr__(self) -> str:
         lines = [f"  ({name}): {layer!r}" for name, layer in self.named_layers()]
         return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def _layer_passes(self, until: str | None) -> tuple[int, ...]:
+        """How many forward passes each layer up to ``until`` (default all) has run."""
+        stop = len(self._layers) if until is None else self._position(until) + 1
+        return tuple(layer._passes for layer in self._layers[:stop])
 
     def _position(self, name: str) -> int:
         if not isinstance(name, str):
@@ -154,16 +304,19 @@ class Sequential:
 
     # -- modes ------------------------------------------------------------------
     def train(self, mode: bool = True) -> Self:
+        """Put every layer in training mode (``mode=False``: evaluation mode); returns the model."""
         self._training = bool(mode)
         for layer in self._layers:
             layer.train(mode)
         return self
 
     def eval(self) -> Self:
+        """Put every layer in evaluation mode (running statistics, no dropout): ``train(False)``."""
         return self.train(False)
 
     @property
     def training(self) -> bool:
+        """Whether the model was last put in training mode (``train()``) rather than ``eval()``."""
         return self._training
 
     # -- passes -----------------------------------------------------------------
@@ -179,7 +332,13 @@ class Sequential:
         return bool(self._forward_hooks)
 
     def forward(self, x: np.ndarray, until: str | None = None) -> np.ndarray:
-        """Output of layer ``until`` (inclusive; default the last layer) for input x."""
+        """Output of layer ``until`` (inclusive; default the last layer) for
+        input x, keeping what ``backward`` needs; ``model(x)`` is the same call.
+
+        A loss computed on the very array returned here can backpropagate
+        itself through this model, ``loss_fn(model(x), y).backward()``, as
+        long as the model runs no other forward pass before it does.
+        """
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
         # The passes of fusion.plan(self, until), without a record for each
@@ -198,6 +357,8 @@ class Sequential:
                 i = step.stop
         self._fused = fused
         self._reached = stop
+        self._forward_count += 1
+        _keep_output(self, x, until)
         return x
 
     __call__ = forward
@@ -259,15 +420,73 @@ class Sequential:
             i -= 1
         return grad if input_grad else None
 
+    # -- raw images in, predictions out -------------------------------------------
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """Raw images (N, C, H, W) turned into this model's input, with the
+        normalization it carries in ``meta['normalization']`` (the trainer
+        stores it; see ``fastconv.data.Normalize``), in the model's dtype.
+
+        Raw means one of two things, told apart by the dtype:
+
+        * uint8: pixel values 0 to 255, the format of every data set in
+          ``fastconv.data``; the result is bit for bit what the trainer fed
+          the model (``Normalize.from_model(model)(images)``);
+        * float32 or float64: pixel values in [0, 1] (``images / 255``);
+          anything outside that range is a ValueError, which is what an
+          already normalized batch or a float 0-255 one usually shows.
+
+        A model without a normalization gets pixels / 255 from uint8 images
+        and float images unchanged (converted to its dtype). Any other dtype
+        is a TypeError.
+        """
+        if not isinstance(images, np.ndarray):
+            raise TypeError(f"images must be a numpy.ndarray, got {type(images).__name__}")
+        normalize = Normalize.from_model(self)
+        if images.dtype == np.uint8:
+            return normalize(images)
+        if images.dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"raw images must be uint8 (0 to 255) or float32/float64 (0 to 1), "
+                            f"got dtype {images.dtype}")
+        if images.size and not (images.min() >= 0 and images.max() <= 1):  # also False for NaN
+            raise ValueError(
+                f"float images must hold pixel values in [0, 1], got values from {images.min()} to {images.max()}; "
+                "pass uint8 images as they are, not divided, and not already normalized"
+            )
+        # The same normalization for pixels in [0, 1]: a pixel p is the uint8 value 255 * p.
+        return Normalize(normalize.mean, normalize.std, normalize.scale / 255.0, normalize.dtype)(images)
+
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Evaluation-mode output for x, computed ``batch_size`` samples at a time.
+
+        A float array is the model's input, as for ``forward``: already
+        normalized, not divided by 255. A uint8 array holds raw images
+        (0 to 255) and goes through ``preprocess`` first, batch by batch, so
+        ``model.predict(images)`` applies the model's own normalization.
+        ``classify`` takes raw images of either kind and gives class indices.
 
         Keeps no cache (so ``backward`` still refers to the last ``forward``)
         and leaves every layer in the mode it was in.
         """
+        raw = isinstance(x, np.ndarray) and x.dtype == np.uint8
+        if not raw:
+            _checks.float_array(x, "input")
+        return self._infer(x, batch_size, self.preprocess if raw else None)
+
+    def classify(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class indices (N,) of raw images: ``preprocess``, then the
+        evaluation-mode output's argmax over its axis 1, ``batch_size``
+        images at a time. ``images`` are uint8 (0 to 255) or floats in [0, 1],
+        as ``preprocess`` says; the names, when the model has them, are
+        ``model.meta['classes']``."""
+        if not isinstance(images, np.ndarray):
+            raise TypeError(f"images must be a numpy.ndarray, got {type(images).__name__}")
+        return self._infer(images, batch_size, self.preprocess).argmax(axis=1)
+
+    def _infer(self, x: np.ndarray, batch_size: int,
+               prepare: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+        """Evaluation-mode output of x, each batch first through ``prepare`` if given."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        _checks.float_array(x, "input")
         if x.ndim == 0:
             raise ValueError(f"input must have a batch dimension, got shape {x.shape}")
         _checks.nonempty_batch(x, "input")
@@ -278,6 +497,8 @@ class Sequential:
             outputs = []
             for begin in range(0, x.shape[0], batch_size):
                 out = x[begin:begin + batch_size]
+                if prepare is not None:
+                    out = prepare(out)
                 for name, layer in zip(self._names, self._layers):
                     out = self._run_layer(name, layer, layer.infer, out)
                 outputs.append(out)
@@ -286,6 +507,7 @@ class Sequential:
                 layer.train(mode)
         return np.concatenate(outputs)
 
+    # -- hooks ------------------------------------------------------------------------
     def register_forward_hook(self, fn: Callable[[str, Layer, np.ndarray], object]) -> HookHandle:
         """Call ``fn(name, layer, output)`` after every layer of every forward pass
         (``predict`` included, once per batch); the return value is ignored.
@@ -303,6 +525,7 @@ class Sequential:
 
     # -- description --------------------------------------------------------------
     def num_parameters(self) -> int:
+        """The number of trainable values (the sizes of all parameters added up)."""
         return sum(p.size for layer in self._layers for p in layer.params.values())
 
     def summary(self, input_shape: Sequence[int]) -> str:
@@ -339,11 +562,19 @@ class Sequential:
         """[(key, array), ...] of the trainable parameters, keys as in state_dict."""
         return [(f"{name}.{k}", p) for name, layer in self.named_layers() for k, p in layer.params.items()]
 
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters as :class:`Parameter` objects (each reaches its
+        array and its gradient), in the order of named_parameters(): what an
+        optimizer takes, ``SGD(model.parameters(), lr=0.1)``, or a part of it
+        (``[p for p in model.parameters() if p.name.startswith("fc")]``)."""
+        return [Parameter(f"{name}.{k}", layer, k) for name, layer in self.named_layers() for k in layer.params]
+
     def gradients(self) -> dict[str, np.ndarray]:
         """{key: gradient} with the keys of named_parameters(), filled by backward."""
         return {f"{name}.{k}": g for name, layer in self.named_layers() for k, g in layer.grads.items()}
 
     def zero_grad(self) -> None:
+        """Set every parameter gradient to zero: backward adds into them, as PyTorch's does."""
         for layer in self._layers:
             layer.zero_grad()
 
@@ -449,8 +680,21 @@ def _build(architecture: object) -> Sequential:
     return model
 
 
+def save(model: fastconv.Sequential, path: str | os.PathLike) -> str:
+    """Write ``model`` to ``path`` (.npz) for ``fastconv.load``: ``model.save(path)``
+    as a function, as ``torch.save(model, path)`` is one. Returns the path.
+
+    The architecture, the weights, the buffers and ``model.meta`` (its
+    normalization and class names included) are saved, atomically.
+    """
+    if not isinstance(model, Sequential):
+        raise TypeError(f"save writes a fastconv Sequential, got {type(model).__name__}; "
+                        "weights alone go through fastconv.save_weights")
+    return model.save(path)
+
+
 def load(path: str | os.PathLike) -> Sequential:
-    """Rebuild a model written by ``Sequential.save``.
+    """Rebuild a model written by ``fastconv.save(model, path)`` or ``model.save(path)``.
 
     A missing file raises FileNotFoundError; a truncated or corrupt file, or
     one that is not a fastconv model, raises ValueError naming the file.

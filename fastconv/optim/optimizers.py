@@ -1,13 +1,18 @@
 """Optimizers and learning-rate schedules with PyTorch's update rules.
 
-An optimizer is bound to a model: ``step()`` reads ``model.gradients()`` and
-updates ``model.named_parameters()`` in place. Gradients accumulate across
-backward passes, so a training step is::
+An optimizer takes a model, or its parameters as PyTorch's do
+(``Adam(model.parameters(), lr=1e-3)``, or a part of them): ``step()``
+updates each parameter in place from its gradient. Gradients accumulate
+across backward passes, so a training step is::
 
     opt.zero_grad()
-    model.backward(loss_fn.backward())
+    loss = loss_fn(model(x), y)
+    loss.backward()           # or model.backward(loss_fn.backward())
     opt.step()
     scheduler.step()          # once per step (OneCycleLR) or per epoch
+
+The optimizer's state is kept by parameter name (``conv1.weight``), so
+``state_dict()`` is the same whichever way the optimizer was built.
 
 To resume, rebuild the model, optimizer and schedule as before, then call
 ``load_state_dict`` on each with what ``state_dict()`` returned.
@@ -15,39 +20,67 @@ To resume, rebuild the model, optimizer and schedule as before, then call
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastconv import _checks, backend
+from fastconv.nn.model import Parameter, Sequential
 
 if TYPE_CHECKING:
     from typing import Any
 
-    from fastconv.nn.model import Sequential
+    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
+def _parameters(model: object) -> tuple[fastconv.Sequential | None, list[Parameter]]:
+    """(the model or None, the Parameters to optimize) of what an optimizer was given."""
+    if isinstance(model, Sequential):
+        params = model.parameters()
+        if not params:
+            raise ValueError("the model has no parameters to optimize")
+        return model, params
+    if isinstance(model, (str, bytes, np.ndarray, Mapping)) or not isinstance(model, Iterable):
+        raise TypeError(f"model must be a fastconv Sequential or its parameters(), got {type(model).__name__}")
+    params = list(model)
+    for i, param in enumerate(params):
+        if not isinstance(param, Parameter):
+            raise TypeError(f"expected the Parameter objects model.parameters() returns, "
+                            f"got a {type(param).__name__} at position {i}")
+    if not params:
+        raise ValueError("no parameters to optimize: the list is empty")
+    seen: set[str] = set()
+    for param in params:
+        if param.name in seen:
+            raise ValueError(f"two parameters are named {param.name!r}: the optimizer keeps its state by name, "
+                             "so it takes the parameters of one model")
+        seen.add(param.name)
+    return None, params
 
 
 class Optimizer:
-    """Base class: the model binding, ``lr``, per-parameter state and its (de)serialization."""
+    """Base class: the parameters, ``lr``, per-parameter state and its (de)serialization.
+
+    ``model`` is a ``fastconv.Sequential`` (all its parameters) or an iterable
+    of the :class:`~fastconv.nn.model.Parameter` objects its ``parameters()``
+    returns (those alone). ``self.model`` is the model, or None when the
+    optimizer was given parameters.
+    """
 
     _state_names: tuple[str, ...] = ()
 
-    def __init__(self, model: Sequential, lr: float) -> None:
-        if not hasattr(model, "named_parameters") or not hasattr(model, "gradients"):
-            raise TypeError(f"model must be a fastconv Sequential, got {type(model).__name__}")
-        if not model.named_parameters():
-            raise ValueError("the model has no parameters to optimize")
-        self.model = model
+    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float) -> None:
+        self.model, self._params = _parameters(model)
         self.lr = _checks.real_number(lr, "lr")
         self.state: dict[str, dict[str, np.ndarray]] = {}  # by parameter key, then state name
         self.step_count = 0
 
     @property
     def lr(self) -> float:
+        """The learning rate of the next ``step()``; schedules set it, and so may you."""
         return self._lr
 
     @lr.setter
@@ -62,15 +95,20 @@ class Optimizer:
         """The settings state_dict() saves, by constructor argument name."""
         return {"lr": self.lr}
 
+    def parameters(self) -> list[Parameter]:
+        """The parameters this optimizer updates, in order."""
+        return list(self._params)
+
     def zero_grad(self) -> None:
-        self.model.zero_grad()
+        """Set the gradients of the optimized parameters to zero before the next backward."""
+        for param in self._params:
+            param.grad.fill(0)
 
     def step(self) -> None:
-        """Apply one update with the gradients currently in the model."""
-        grads = self.model.gradients()
+        """Apply one update with the gradients currently in the parameters."""
         self.step_count += 1
-        for key, param in self.model.named_parameters():
-            self._update(param, grads[key], self.state.setdefault(key, {}))
+        for param in self._params:
+            self._update(param.data, param.grad, self.state.setdefault(param.name, {}))
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
@@ -99,11 +137,11 @@ class Optimizer:
         if not isinstance(state_dict, dict) or state_dict.get("type") != type(self).__name__:
             found = state_dict.get("type") if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"state_dict is for {found!r}, not {type(self).__name__}")
-        params = dict(self.model.named_parameters())
+        params = {param.name: param.data for param in self._params}
         state: dict[str, dict[str, np.ndarray]] = {}
         for key, entries in state_dict["state"].items():
             if key not in params:
-                raise ValueError(f"state_dict has state for {key!r}, which the model does not have")
+                raise ValueError(f"state_dict has state for {key!r}, which is not among the optimized parameters")
             state[key] = {}
             for name, value in entries.items():
                 if name not in self._state_names:
@@ -134,8 +172,8 @@ class SGD(Optimizer):
 
     _state_names = ("momentum_buffer",)
 
-    def __init__(self, model: Sequential, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self._set_hyperparams(lr, momentum, nesterov, weight_decay)
 
@@ -177,8 +215,8 @@ class Adam(Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, model: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self._set_hyperparams(lr, betas, eps, weight_decay)
 
@@ -191,6 +229,7 @@ class Adam(Optimizer):
 
     @property
     def betas(self) -> tuple[float, float]:
+        """(beta1, beta2): the decay rates of the gradient's running mean and of its square's."""
         return self._betas
 
     @betas.setter
@@ -226,6 +265,6 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, model: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
         super().__init__(model, lr, betas, eps, weight_decay)

@@ -28,17 +28,20 @@ class _Schedule:
         self.step()
 
     def step(self) -> None:
+        """Advance one epoch (or one batch, for OneCycleLR) and set the optimizer's lr."""
         self.last_epoch += 1
         self.optimizer.lr = self._next_lr()
         self.last_lr = self.optimizer.lr
 
     def get_last_lr(self) -> float:
+        """The learning rate the last ``step()`` (or the construction) set."""
         return self.last_lr
 
     def _next_lr(self) -> float:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
+        """The position in the schedule and its settings, for ``load_state_dict``."""
         names = ("base_lr", "last_epoch", "last_lr") + self._config_names
         return {"type": type(self).__name__, **{name: getattr(self, name) for name in names}}
 
