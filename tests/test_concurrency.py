@@ -127,3 +127,101 @@ def test_two_processes_decoding_the_same_folder_share_its_cache(tmp_path, tmp_pa
     report(request, SECTION, f"two processes on one folder data set, cold cache: trainings overlapping for "
                              f"{overlap:.1f} s, both identical to the run alone, one cache file left, and a "
                              f"third run from that cache identical too")
+
+
+# ---------------------------------------------------------------- one model, several threads
+
+
+def _small_model():
+    from fastconv.models import mnist2
+
+    return mnist2(seed=0)
+
+
+def test_threads_sharing_one_model_get_a_clear_error_not_mixed_results():
+    """Two threads running passes of one model at once: the second is refused
+    with a sentence saying what to do, and the first pass's results are the
+    ones a single thread computes."""
+    import threading
+
+    model = _small_model()
+    x = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    alone = model.forward(x).copy()
+    entered, release = threading.Event(), threading.Event()
+    hold = model.layer("conv1").register_forward_hook(lambda layer, inputs, output: (entered.set(),
+                                                                                     release.wait(30)))
+    results, errors = {}, {}
+
+    def first():
+        results["first"] = model.forward(x).copy()
+
+    def second():
+        entered.wait(30)
+        try:
+            model.forward(x)
+        except RuntimeError as error:
+            errors["second"] = str(error)
+        finally:
+            release.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    hold.remove()
+    assert "in the middle of a pass in another thread" in errors["second"]
+    assert "copy.deepcopy(model)" in errors["second"]
+    np.testing.assert_array_equal(results["first"], alone)
+
+
+def test_a_backward_needs_the_forward_of_its_own_thread():
+    import threading
+
+    model = _small_model()
+    x = np.random.default_rng(1).random((4, 1, 28, 28), dtype=np.float32)
+    thread = threading.Thread(target=model.forward, args=(x,))
+    thread.start()
+    thread.join(60)
+    with pytest.raises(RuntimeError, match="last forward pass of this model ran in another thread"):
+        model.backward(np.ones((4, 10), np.float32))
+    model.forward(x)
+    model.backward(np.ones((4, 10), np.float32))  # forward and backward in one thread: fine
+
+
+def test_copies_work_in_threads_of_their_own():
+    import copy
+    import threading
+
+    model = _small_model()
+    rng = np.random.default_rng(2)
+    batches = [rng.random((8, 1, 28, 28), dtype=np.float32) for _ in range(4)]
+    want = [model.forward(b).copy() for b in batches]
+    got = [None] * len(batches)
+
+    def work(i):
+        mine = copy.deepcopy(model)
+        out = mine.forward(batches[i])
+        mine.backward(np.ones_like(out))
+        got[i] = out
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_a_copy_taken_after_a_forward_starts_with_no_pass():
+    import copy
+
+    model = _small_model()
+    x = np.random.default_rng(3).random((2, 1, 28, 28), dtype=np.float32)
+    model.forward(x)
+    clone = copy.deepcopy(model)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        clone.backward(np.ones((2, 10), np.float32))
+    model.backward(np.ones((2, 10), np.float32))  # the original keeps its pass
+    np.testing.assert_array_equal(clone.forward(x), model.forward(x))

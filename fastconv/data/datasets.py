@@ -175,6 +175,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the labels count (the length of ``classes``)."""
         return len(self.classes)
 
     def __repr__(self) -> str:

@@ -184,6 +184,14 @@ class Layer:
         """Switch to evaluation mode: ``train(False)``; returns the layer."""
         return self.train(False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy or a pickle holds: everything but the last forward's
+        record (it refers to the kernel module, and belongs to that pass), so
+        ``copy.deepcopy`` works at any time and the copy starts with no pass."""
+        state = dict(self.__dict__)
+        state.update(_cache=None, _last_io=None)
+        return state
+
     def astype(self, dtype: DTypeLike) -> Self:
         """A copy of the layer with parameters and buffers converted to float32 or float64.
 

@@ -33,9 +33,11 @@ array per ``state_dict()`` key.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import threading
 import weakref
 from typing import TYPE_CHECKING, NamedTuple, cast, overload
 
@@ -76,6 +78,11 @@ class _Output(NamedTuple):
 # of them finds the model to backpropagate through (LossValue.backward). Weak
 # references on both sides, so neither the arrays nor the models are kept.
 _OUTPUTS: dict[int, _Output] = {}
+
+
+# Guards the thread records of every model (Sequential._pass): held for a few
+# comparisons, never during a pass.
+_THREADS = threading.Lock()
 
 
 def _keep_output(model: Sequential, output: np.ndarray, until: str | None) -> None:
@@ -211,7 +218,54 @@ class Sequential:
         self._fused: dict[int, fusion.Pass] = {}  # the last forward's fused passes, by the index of their last layer
         self._training = all(layer.training for layer in self._layers)
         self._forward_count = 0  # forward passes run, so that a loss can tell whether its input is the last one's
+        self._clear_threads()
         self.meta: dict[str, Any] = {}
+
+    # -- one thread at a time ------------------------------------------------------
+    # The layers keep what a pass needs for the next backward (their caches), so
+    # two threads running passes of one model would mix each other's. Each pass
+    # records its thread; a pass from another thread meanwhile, or a backward
+    # from a thread whose forward is not the one in the caches, is refused.
+
+    def _clear_threads(self) -> None:
+        self._pass_thread: int | None = None  # the thread running a pass now
+        self._pass_depth = 0                  # nested passes of that thread (a hook may run one)
+        self._forward_thread: int | None = None  # the thread whose forward the caches hold
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy or a pickle holds: everything but the thread records and
+        the last pass (as for each layer), so that ``copy.deepcopy(model)``,
+        say for another thread, works at any time and starts with no pass."""
+        state = dict(self.__dict__)
+        state.update(_pass_thread=None, _pass_depth=0, _forward_thread=None, _reached=None, _fused={})
+        return state
+
+    @contextlib.contextmanager
+    def _pass(self, kind: str) -> Iterator[None]:
+        me = threading.get_ident()
+        with _THREADS:
+            if self._pass_thread not in (None, me):
+                raise RuntimeError(
+                    f"this model is in the middle of a pass in another thread, and its layers hold that pass's "
+                    f"intermediate results: give each thread its own copy (copy.deepcopy(model)) or run its "
+                    f"{kind} passes under a lock"
+                )
+            if kind == "backward" and self._forward_thread not in (None, me):
+                raise RuntimeError(
+                    "the last forward pass of this model ran in another thread, so its layers hold that "
+                    "thread's intermediate results: run forward and backward in the same thread, or give "
+                    "each thread its own copy (copy.deepcopy(model))"
+                )
+            self._pass_thread, self._pass_depth = me, self._pass_depth + 1
+        try:
+            yield
+            if kind == "forward":
+                self._forward_thread = me
+        finally:
+            with _THREADS:
+                self._pass_depth -= 1
+                if self._pass_depth == 0:
+                    self._pass_thread = None
 
     # -- structure ------------------------------------------------------------
     def named_layers(self) -> list[tuple[str, Layer]]:
@@ -339,6 +393,10 @@ class Sequential:
         itself through this model, ``loss_fn(model(x), y).backward()``, as
         long as the model runs no other forward pass before it does.
         """
+        with self._pass("forward"):
+            return self._forward_pass(x, until)
+
+    def _forward_pass(self, x: np.ndarray, until: str | None) -> np.ndarray:
         stop = len(self._layers) - 1 if until is None else self._position(until)
         self._reached = None
         # The passes of fusion.plan(self, until), without a record for each
@@ -387,6 +445,11 @@ class Sequential:
         """
         if not input_grad and not param_grads:
             raise ValueError("backward with input_grad=False and param_grads=False has nothing to compute")
+        with self._pass("backward"):
+            return self._backward_pass(grad, start, input_grad, param_grads)
+
+    def _backward_pass(self, grad: np.ndarray, start: str | None, input_grad: bool,
+                       param_grads: bool) -> np.ndarray | None:
         if self._reached is None:
             raise RuntimeError("backward called before forward")
         first = len(self._layers) - 1 if start is None else self._position(start)
