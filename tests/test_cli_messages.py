@@ -54,6 +54,8 @@ CASES = [
     (["viz", "dream", "{run}", "--size", "100000", "--out", "{tmp}/d.png"], ["'100000'"]),
     (["viz", "class-model", "{run}", "--size", "0", "--out", "{tmp}/c.png"], ["'0'"]),
     (["imagenet", "predict", "{tmp}/nowhere.jpg", "--weights", "{tmp}/w.pth"], ["no weights file at {tmp}/w.pth"]),
+    (["viz", "dream", "{run}", "--image", "{huge}", "--out", "{tmp}/d.png"],
+     ["an image is too large to open", "300000000 pixels"]),
     (["imagenet", "predict", "{tmp}/nowhere.jpg", "--weights", "{garbage}"], ["garbage.npz"]),
 ]
 for command in MODEL_COMMANDS:
@@ -81,6 +83,7 @@ def places(tmp_path_factory):
     (root / "notes.txt").write_text("not a folder")
     (root / "garbage.npz").write_bytes(b"PK\x03\x04 not a zip archive at all")
     (root / "fake.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    Image.new("L", (100_000, 3_000)).save(root / "huge.png")  # 300 million pixels, a few hundred KB
     rng = np.random.default_rng(0)
     for folder, corrupt in ((root / "rgb", False), (root / "broken", True)):
         for label in ("a", "b"):
@@ -97,7 +100,8 @@ def places(tmp_path_factory):
     images = truncated / "train-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
     return {"root": root, "run": run, "file": root / "notes.txt", "garbage": root / "garbage.npz",
-            "rgb": root / "rgb", "broken": root / "broken", "truncated": root / "truncated"}
+            "rgb": root / "rgb", "broken": root / "broken", "truncated": root / "truncated",
+            "huge": root / "huge.png"}
 
 
 def fill(text, places, tmp):

@@ -64,6 +64,12 @@ def os_error_message(exc):
     return f"{path}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
 
 
+def _image_bomb():
+    from PIL import Image
+
+    return Image.DecompressionBombError
+
+
 def build_parser():
     """The ``fastconv`` argument parser with every command."""
     from fastconv.cli import attack, bench, cache, demo, evaluate, imagenet, info, report, train, viz
@@ -108,6 +114,10 @@ def main(argv=None):
         return 1
     except OSError as exc:
         print(f"fastconv {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+    except _image_bomb() as exc:
+        # Pillow refuses an image whose pixel count could exhaust memory.
+        print(f"fastconv {args.command}: error: an image is too large to open: {exc}", file=sys.stderr)
         return 2
     except (UsageError, DataError, CheckpointError, ValueError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
