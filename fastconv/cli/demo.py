@@ -5,7 +5,7 @@ from pathlib import Path
 
 from fastconv.cli.argtypes import positive_int as _positive_int
 from fastconv.cli.evaluate import evaluate_run
-from fastconv.cli.train import claim_folder, print_lines, train_run
+from fastconv.cli.train import add_force_option, claim_folder, print_lines, train_run
 from fastconv.train.rundir import (
     BEST_MODEL,
     CONFIG,
@@ -105,9 +105,7 @@ def add_parsers(commands):
     demo.add_argument("--out", metavar="DIR",
                       help=f"folder for the results (default ./{DEFAULT_OUT}, or {DEFAULT_OUT}-2, -3, ... "
                            "when it holds an earlier run)")
-    demo.add_argument("--force", action="store_true",
-                      help="replace the run already in --out (without it, a folder holding a run or model "
-                           "is refused); only the files a run writes are deleted")
+    add_force_option(demo, "--out")
     demo.add_argument("--epochs", type=_positive_int, help=f"epochs (default {DEMO['epochs']})")
     demo.add_argument("--limit", type=_positive_int,
                       help="use only N training and N test images, a fixed random subset")

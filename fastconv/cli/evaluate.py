@@ -24,7 +24,6 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
 
     The data set is ``dataset`` (with its validation part ``val``) when given,
     else the run's (RunDir.load_dataset) or the one named."""
-    import fastconv
     from fastconv.data import Normalize
     from fastconv.nn.losses import softmax
     from fastconv.train import confusion_matrix, evaluate
@@ -32,7 +31,8 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
 
     model_path = run.model_file(which) if model is None else None
     if model is None:
-        model = fastconv.load(model_path)
+        # The final model is the one run.load_dataset already read to check the data fits it.
+        model = run.model if which == "final" else run.load_model(which)
     if dataset is None:
         if split == "val" and not run.config:
             raise UsageError(f"{run.label} is a model without its run's configuration, so it has no validation "

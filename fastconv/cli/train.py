@@ -30,8 +30,8 @@ from fastconv.train.rundir import (
 )
 
 __all__ = [
-    "add_parsers", "cmd_train", "train_run", "claim_folder", "build_model", "load_data", "resume_hint",
-    "set_threads", "print_lines",
+    "add_parsers", "cmd_train", "train_run", "claim_folder", "add_force_option", "build_model", "load_data",
+    "resume_hint", "set_threads", "print_lines",
 ]
 
 # name -> (the image side it takes, the constructor in fastconv.models, its options)
@@ -223,6 +223,13 @@ def _merge_config(args, run):
 
 def resume_hint(run_dir):
     return f"resume with: fastconv train --out {run_dir} --resume"
+
+
+def add_force_option(parser, folder):
+    """The --force option of the commands that train into a folder (see claim_folder)."""
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace the run or model already in {folder} (without it, a folder holding one "
+                             "is refused); only the files a run writes are deleted")
 
 
 def claim_folder(run, force, option="--out"):
@@ -467,8 +474,6 @@ def add_parsers(commands):
     train.add_argument("--from", dest="resume_from", choices=("last", "best"),
                        help="with --resume: the checkpoint to continue from, the last (default) or the one of "
                             "the best validation epoch (when the last cannot be read)")
-    train.add_argument("--force", action="store_true",
-                       help="replace the run or model already in RUN_DIR (without it, a folder holding "
-                            "one is refused); only the files a run writes are deleted")
+    add_force_option(train, "RUN_DIR")
     train.set_defaults(handler=cmd_train)
     return train
