@@ -56,7 +56,7 @@ __all__ = [
     "ENGINES", "NETS", "KERNEL_OPS", "LayerShape", "KernelCall", "ModelCall",
     "layer_shapes", "kernel_call", "model_call", "model_flops", "outputs_agree",
     "model_outputs_agree", "torch_twin",
-    "gemm_rate", "best_time", "machine_info", "memory_probe", "run", "format_table",
+    "gemm_rate", "best_time", "machine_info", "memory_probe", "run", "format_table", "GEMM_SIZE", "SEED",
 ]
 
 ENGINES = ("fastconv", "numpy", "torch")
