@@ -35,11 +35,11 @@ Unit = Union[int, np.integer, tuple[int, ...]]
 Target = Union[Unit, Sequence[Unit], np.ndarray]
 
 
-def layer_names(model: fastconv.Sequential) -> list[str]:
+def layer_names(model: fastconv.Model) -> list[str]:
     return [name for name, _ in model.named_layers()]
 
 
-def check_layer(model: fastconv.Sequential, name: str, what: str = "layer") -> L.Layer:
+def check_layer(model: fastconv.Model, name: str, what: str = "layer") -> L.Layer:
     """Return the layer called ``name``; ValueError listing the valid names otherwise."""
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a layer name (str), got {name!r}")
@@ -49,36 +49,36 @@ def check_layer(model: fastconv.Sequential, name: str, what: str = "layer") -> L
     raise ValueError(f"unknown {what} {name!r}; the model's layers are {layer_names(model)}")
 
 
-def layer_index(model: fastconv.Sequential, name: str) -> int:
+def layer_index(model: fastconv.Model, name: str) -> int:
     check_layer(model, name)
     return layer_names(model).index(name)
 
 
-def layers_after(model: fastconv.Sequential, name: str) -> list[tuple[str, L.Layer]]:
+def layers_after(model: fastconv.Model, name: str) -> list[tuple[str, L.Layer]]:
     """The (name, layer) pairs that follow layer ``name``."""
     pairs = list(model.named_layers())
     return pairs[layer_index(model, name) + 1:]
 
 
-def conv_layer_names(model: fastconv.Sequential) -> list[str]:
+def conv_layer_names(model: fastconv.Model) -> list[str]:
     return [name for name, layer in model.named_layers() if isinstance(layer, L.Conv2d)]
 
 
-def last_conv_name(model: fastconv.Sequential) -> str:
+def last_conv_name(model: fastconv.Model) -> str:
     names = conv_layer_names(model)
     if not names:
         raise ValueError("the model has no Conv2d layer")
     return names[-1]
 
 
-def model_dtype(model: fastconv.Sequential) -> np.dtype:
+def model_dtype(model: fastconv.Model) -> np.dtype:
     for _, layer in model.named_layers():
         for value in layer.params.values():
             return value.dtype
     return np.dtype(np.float32)
 
 
-def input_channels(model: fastconv.Sequential) -> int | None:
+def input_channels(model: fastconv.Model) -> int | None:
     """Channels the first layer with a weight expects (None if it cannot tell)."""
     for _, layer in model.named_layers():
         if isinstance(layer, L.Conv2d):
@@ -90,7 +90,7 @@ def input_channels(model: fastconv.Sequential) -> int | None:
     return None
 
 
-def check_images(model: fastconv.Sequential, x: np.ndarray, name: str = "x") -> np.ndarray:
+def check_images(model: fastconv.Model, x: np.ndarray, name: str = "x") -> np.ndarray:
     """Check that x is a float batch (N, C, H, W) this model accepts; return it.
 
     The spatial size is checked by following the shapes through every layer,
@@ -126,7 +126,7 @@ def check_images(model: fastconv.Sequential, x: np.ndarray, name: str = "x") -> 
 
 
 @contextlib.contextmanager
-def evaluating(model: fastconv.Sequential) -> Iterator[fastconv.Sequential]:
+def evaluating(model: fastconv.Model) -> Iterator[fastconv.Model]:
     """Run the block with the model in eval mode, then restore its mode and
     its parameter gradients.
 
@@ -147,7 +147,7 @@ def evaluating(model: fastconv.Sequential) -> Iterator[fastconv.Sequential]:
             model.train()
 
 
-def forward_with_outputs(model: fastconv.Sequential, x: np.ndarray, names: Iterable[str],
+def forward_with_outputs(model: fastconv.Model, x: np.ndarray, names: Iterable[str],
                          until: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Forward x once and return (output, {name: that layer's output})."""
     captured: dict[str, np.ndarray] = {}
@@ -291,7 +291,7 @@ def resize(maps: np.ndarray, size: Sequence[int], mode: str = "bilinear") -> np.
     return top[:, :, :, c0] * (1 - fc) + top[:, :, :, c1] * fc
 
 
-def meta_classes(model: fastconv.Sequential, count: int | None = None) -> list[str] | None:
+def meta_classes(model: fastconv.Model, count: int | None = None) -> list[str] | None:
     """Class names from the model's metadata, or '0', '1', ... when it has none."""
     classes = None
     meta = getattr(model, "meta", None) or {}

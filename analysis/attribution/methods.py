@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     class AttributionMethod(Protocol):
         """What SmoothGrad averages: any object with a model and the ``attribute`` verb."""
 
-        model: fastconv.Sequential
+        model: fastconv.Model
 
         def attribute(self, x: np.ndarray, target: C.Target) -> np.ndarray:
             ...
@@ -65,7 +65,7 @@ def _deconvnet(layer: L.Layer, grad_input: np.ndarray | None, grad_output: np.nd
 
 
 @contextlib.contextmanager
-def relu_backward_rule(model: fastconv.Sequential, rule: str) -> Iterator[fastconv.Sequential]:
+def relu_backward_rule(model: fastconv.Model, rule: str) -> Iterator[fastconv.Model]:
     """Temporarily replace the backward pass of every ReLU layer of ``model``.
 
     ``rule`` is ``'gradient'`` (unchanged: dy where the input was positive),
@@ -94,7 +94,7 @@ def relu_backward_rule(model: fastconv.Sequential, rule: str) -> Iterator[fastco
 class Attribution:
     """Base class: holds the model and the layer whose output is the target."""
 
-    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
+    def __init__(self, model: fastconv.Model, layer: str | None = None) -> None:
         self.model = model
         if layer is not None:
             C.check_layer(model, layer)
@@ -155,7 +155,7 @@ def channel_max(attributions: np.ndarray) -> np.ndarray:
     return attributions.max(axis=1)
 
 
-def default_gradcam_layer(model: fastconv.Sequential) -> str:
+def default_gradcam_layer(model: fastconv.Model) -> str:
     """The rectified maps of the last convolution (the ReLU right after it), as
     in Selvaraju et al.; the convolution itself when no activation follows it."""
     conv = C.last_conv_name(model)
@@ -175,7 +175,7 @@ class GradCAM(Attribution):
     ``interpolation`` ('bilinear', 'nearest' or None to keep the layer's size).
     """
 
-    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
+    def __init__(self, model: fastconv.Model, layer: str | None = None) -> None:
         if layer is None:
             layer = default_gradcam_layer(model)
         super().__init__(model, None)
@@ -211,7 +211,7 @@ class GradCAM(Attribution):
 class GuidedGradCAM(Attribution):
     """Guided backpropagation multiplied by the Grad-CAM map resized to the input."""
 
-    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
+    def __init__(self, model: fastconv.Model, layer: str | None = None) -> None:
         super().__init__(model, None)
         self.gradcam = GradCAM(model, layer)
         self.guided = GuidedBackprop(model)
@@ -229,7 +229,7 @@ class SmoothGrad:
     times each example's value range.
     """
 
-    def __init__(self, model_or_method: fastconv.Sequential | AttributionMethod) -> None:
+    def __init__(self, model_or_method: fastconv.Model | AttributionMethod) -> None:
         self.method: AttributionMethod
         if hasattr(model_or_method, "attribute"):
             self.method = cast("AttributionMethod", model_or_method)  # hasattr does not narrow the union

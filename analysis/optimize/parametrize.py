@@ -79,7 +79,7 @@ class PixelSpace:
     a model without them gets x = p, as the trainer feeds it pixels / 255.
     """
 
-    def __init__(self, model: fastconv.Sequential, normalizer: C.Normalizer | None = None) -> None:
+    def __init__(self, model: fastconv.Model, normalizer: C.Normalizer | None = None) -> None:
         self.normalizer = normalizer if normalizer is not None else C.Normalizer.from_model(model)
         self.dtype = C.model_dtype(model)
         self.channels = C.input_channels(model)
@@ -486,7 +486,7 @@ def minimize(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np
 
 # -- gradients at several layers ----------------------------------------------------
 
-def backward_from(model: fastconv.Sequential, gradients: Mapping[str, np.ndarray]) -> np.ndarray:
+def backward_from(model: fastconv.Model, gradients: Mapping[str, np.ndarray]) -> np.ndarray:
     """Gradient w.r.t. the model input of sum_l <g_l, output of layer l>, for
     ``gradients`` = {layer name: g_l}, in one backward pass.
 

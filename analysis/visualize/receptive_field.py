@@ -67,7 +67,7 @@ def _window(layer: L.Layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int
     return kernel, stride, padding
 
 
-def geometry(model: fastconv.Sequential, layer: str) -> Geometry:
+def geometry(model: fastconv.Model, layer: str) -> Geometry:
     """Theoretical receptive-field geometry of the units of ``layer``."""
     C.check_layer(model, layer)
     size, jump, start = [1, 1], [1, 1], [0, 0]
@@ -85,7 +85,7 @@ def geometry(model: fastconv.Sequential, layer: str) -> Geometry:
     return Geometry(tuple(size), tuple(jump), tuple(start))
 
 
-def theoretical_size(model: fastconv.Sequential, layer: str, image_size: Sequence[int]) -> tuple[int, ...]:
+def theoretical_size(model: fastconv.Model, layer: str, image_size: Sequence[int]) -> tuple[int, ...]:
     """Theoretical receptive field (rows, cols) of a unit, before clipping to the image."""
     geo = geometry(model, layer)
     return tuple(image_size) if geo.size is None else geo.size
@@ -112,7 +112,7 @@ class EffectiveField:
     mass: float
 
 
-def effective_receptive_field(model: fastconv.Sequential, x: np.ndarray, layers: str | Sequence[str] | None = None,
+def effective_receptive_field(model: fastconv.Model, x: np.ndarray, layers: str | Sequence[str] | None = None,
                               channel: int | None = None, mass: float = 0.95,
                               batch_size: int = 64) -> list[EffectiveField]:
     """Effective receptive field of the central unit at each of ``layers``.

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
     from fastconv.nn.layers import Layer
 
 __all__ = [
@@ -416,7 +416,7 @@ class _Mismatch(Exception):
         self.matched = matched
 
 
-def _flatten_input(model: fastconv.Sequential, position: int, in_features: int) -> tuple[int, ...] | None:
+def _flatten_input(model: fastconv.Model, position: int, in_features: int) -> tuple[int, ...] | None:
     """(C, H, W) of the maps flattened for the Linear at ``position``, or None when
     no Flatten comes before it (parameter-free layers may sit between)."""
     pairs = model.named_layers()
@@ -454,7 +454,7 @@ def _flatten_input(model: fastconv.Sequential, position: int, in_features: int) 
     return (channels,) + tuple(int(v) for v in size if v is not None)
 
 
-def _keras_to_torch(model: fastconv.Sequential, position: int, layer: Layer, role: str,
+def _keras_to_torch(model: fastconv.Model, position: int, layer: Layer, role: str,
                     array: np.ndarray) -> np.ndarray:
     if isinstance(layer, Conv2d) and role == "weight" and array.ndim == 4:
         return array.transpose(3, 2, 0, 1)
@@ -468,7 +468,7 @@ def _keras_to_torch(model: fastconv.Sequential, position: int, layer: Layer, rol
     return array
 
 
-def _targets(model: fastconv.Sequential) -> list[tuple[int, str, Layer]]:
+def _targets(model: fastconv.Model) -> list[tuple[int, str, Layer]]:
     """[(position, name, layer)] of the layers that hold parameters or buffers."""
     return [(i, name, layer) for i, (name, layer) in enumerate(model.named_layers()) if layer.params or layer.buffers]
 
@@ -482,7 +482,7 @@ def _describe(layer: Layer) -> str:
     return type(layer).__name__
 
 
-def _plan(model: fastconv.Sequential, weights: WeightsFile, groups: Sequence[_Group],
+def _plan(model: fastconv.Model, weights: WeightsFile, groups: Sequence[_Group],
           strict: bool) -> dict[str, np.ndarray]:
     """{state_dict key: array} pairing the model's layers with ``groups`` in order; _Mismatch otherwise."""
     targets = _targets(model)
@@ -522,7 +522,7 @@ def _plan(model: fastconv.Sequential, weights: WeightsFile, groups: Sequence[_Gr
     return values
 
 
-def _by_name(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray] | None:
+def _by_name(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray] | None:
     """{key: array} when the file names its tensors as the model does, else None."""
     if weights.layout != "pytorch":
         return None
@@ -533,7 +533,7 @@ def _by_name(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> 
     return {key: weights.tensors[key] for key in wanted}
 
 
-def _mapped_values(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
+def _mapped_values(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
     values = _by_name(model, weights, strict)
     if values is not None:
         return values
@@ -557,8 +557,8 @@ def _preprocessing(weights: WeightsFile, preprocessing: str | None) -> str | Non
     return "caffe" if weights.layout == "keras" else "torch"
 
 
-def load_weights(model: fastconv.Sequential, source: str | os.PathLike | Mapping[str, ArrayLike], strict: bool = True,
-                 preprocessing: str | None = None, bgr: bool | None = None) -> fastconv.Sequential:
+def load_weights(model: fastconv.Model, source: str | os.PathLike | Mapping[str, ArrayLike], strict: bool = True,
+                 preprocessing: str | None = None, bgr: bool | None = None) -> fastconv.Model:
     """Copy the weights in ``source`` (a file path, or a mapping name -> array or
     tensor) into ``model``; returns the model.
 
@@ -601,7 +601,7 @@ def load_weights(model: fastconv.Sequential, source: str | os.PathLike | Mapping
 # --------------------------------------------------------------------------- writing
 
 
-def save_weights(model: fastconv.Sequential, path: str | os.PathLike) -> str:
+def save_weights(model: fastconv.Model, path: str | os.PathLike) -> str:
     """Write the model's state_dict to ``path``: .npz or .safetensors, by extension,
     atomically, with the preprocessing from ``model.meta`` in the file's metadata.
     The tensors are named as in ``model.state_dict()``; returns the path."""

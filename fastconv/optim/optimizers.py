@@ -26,25 +26,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastconv import _checks, backend
-from fastconv.nn.model import Parameter, Sequential
+from fastconv.nn.model import Model, Parameter
 
 if TYPE_CHECKING:
     from typing import Any
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
-def _parameters(model: object) -> tuple[fastconv.Sequential | None, list[Parameter]]:
+def _parameters(model: object) -> tuple[fastconv.Model | None, list[Parameter]]:
     """(the model or None, the Parameters to optimize) of what an optimizer was given."""
-    if isinstance(model, Sequential):
+    if isinstance(model, Model):
         params = model.parameters()
         if not params:
             raise ValueError("the model has no parameters to optimize")
         return model, params
     if isinstance(model, (str, bytes, np.ndarray, Mapping)) or not isinstance(model, Iterable):
-        raise TypeError(f"model must be a fastconv Sequential or its parameters(), got {type(model).__name__}")
+        raise TypeError(f"model must be a fastconv model or its parameters(), got {type(model).__name__}")
     params = list(model)
     for i, param in enumerate(params):
         if not isinstance(param, Parameter):
@@ -64,7 +64,7 @@ def _parameters(model: object) -> tuple[fastconv.Sequential | None, list[Paramet
 class Optimizer:
     """Base class: the parameters, ``lr``, per-parameter state and its (de)serialization.
 
-    ``model`` is a ``fastconv.Sequential`` (all its parameters) or an iterable
+    ``model`` is a ``fastconv.Model`` (all its parameters) or an iterable
     of the :class:`~fastconv.nn.model.Parameter` objects its ``parameters()``
     returns (those alone). ``self.model`` is the model, or None when the
     optimizer was given parameters.
@@ -72,7 +72,7 @@ class Optimizer:
 
     _state_names: tuple[str, ...] = ()
 
-    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float) -> None:
+    def __init__(self, model: fastconv.Model | Iterable[Parameter], lr: float) -> None:
         self.model, self._params = _parameters(model)
         self.lr = _checks.real_number(lr, "lr")
         self.state: dict[str, dict[str, np.ndarray]] = {}  # by parameter key, then state name
@@ -172,7 +172,7 @@ class SGD(Optimizer):
 
     _state_names = ("momentum_buffer",)
 
-    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float, momentum: float = 0.0,
+    def __init__(self, model: fastconv.Model | Iterable[Parameter], lr: float, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self._set_hyperparams(lr, momentum, nesterov, weight_decay)
@@ -215,7 +215,7 @@ class Adam(Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float = 1e-3,
+    def __init__(self, model: fastconv.Model | Iterable[Parameter], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(model, lr)
         self._set_hyperparams(lr, betas, eps, weight_decay)
@@ -265,6 +265,6 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, model: fastconv.Sequential | Iterable[Parameter], lr: float = 1e-3,
+    def __init__(self, model: fastconv.Model | Iterable[Parameter], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
         super().__init__(model, lr, betas, eps, weight_decay)

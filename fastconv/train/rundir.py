@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Collection, Iterable, Mapping, Sequence
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
     from fastconv.data.datasets import Dataset
 
 __all__ = [
@@ -99,7 +99,7 @@ class RunDir:
         self._config = dict(config) if config is not None else None
         self._config_given = config is not None
         self._history: Any = _UNREAD  # until history.json is read; then what it holds (None without the file)
-        self._model: fastconv.Sequential | None = None
+        self._model: fastconv.Model | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
@@ -195,14 +195,14 @@ class RunDir:
             raise NotARunError(f"{self.folder} holds no {path.name}: {why}")
         return path
 
-    def load_model(self, which: str = "final") -> fastconv.Sequential:
+    def load_model(self, which: str = "final") -> fastconv.Model:
         """The ``'final'`` or ``'best'`` model, read from its file (ValueError naming a damaged one)."""
         from fastconv.nn.model import load
 
         return load(self.model_file(which))
 
     @property
-    def model(self) -> fastconv.Sequential:
+    def model(self) -> fastconv.Model:
         """The final model, loaded once."""
         if self._model is None:
             self._model = self.load_model("final")

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
     from fastconv.data.transforms import Augment, Normalize
     from fastconv.nn.losses import NLLLoss
     from fastconv.optim.optimizers import Optimizer
@@ -162,7 +162,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 # ------------------------------------------------------------------ evaluation
 
 
-def _model_dtype(model: fastconv.Sequential) -> np.dtype:
+def _model_dtype(model: fastconv.Model) -> np.dtype:
     dtype = getattr(model, "dtype", None)
     return np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
 
@@ -175,7 +175,7 @@ def _prepare(x: np.ndarray, normalize: Normalize | None, dtype: np.dtype) -> np.
     return x.astype(dtype, copy=False)
 
 
-def evaluate(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike, normalize: Normalize | None = None,
+def evaluate(model: fastconv.Model, x: np.ndarray, y: ArrayLike, normalize: Normalize | None = None,
              batch_size: int = 256, loss: CrossEntropyLoss | NLLLoss | None = None) -> dict[str, Any]:
     """Loss, accuracy, logits and predictions of the model (in eval mode) on (x, y).
 
@@ -215,13 +215,13 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> 
 # ------------------------------------------------------------------ trainer
 
 
-def _layer_rngs(model: fastconv.Sequential) -> dict[str, np.random.Generator]:
+def _layer_rngs(model: fastconv.Model) -> dict[str, np.random.Generator]:
     """The random generators held by layers (Dropout), by layer name."""
     return {name: rng for name, layer in model.named_layers()
             if isinstance(rng := getattr(layer, "rng", None), np.random.Generator)}
 
 
-def _architecture(model: fastconv.Sequential) -> list[dict[str, Any]] | None:
+def _architecture(model: fastconv.Model) -> list[dict[str, Any]] | None:
     """The model's layer list as plain JSON values, or None for a model without one."""
     describe = getattr(model, "architecture", None)
     if describe is None:
@@ -275,13 +275,13 @@ class Trainer:
         either stops training as Ctrl-C does.
     """
 
-    def __init__(self, model: fastconv.Sequential, optimizer: Optimizer, loss: CrossEntropyLoss | NLLLoss | None = None,
+    def __init__(self, model: fastconv.Model, optimizer: Optimizer, loss: CrossEntropyLoss | NLLLoss | None = None,
                  schedule: StepLR | CosineAnnealingLR | OneCycleLR | None = None, *, batch_size: int = 64,
                  seed: int = 0, normalize: Normalize | None = None, augment: Augment | None = None,
                  schedule_interval: str | None = None, run_dir: str | os.PathLike | RunDir | None = None,
                  overwrite: bool = False, eval_batch_size: int = 256, progress: bool | None = None,
                  log: Callable[[str], None] | None = print, callbacks: Iterable[object] = (),
-                 adversarial: Callable[[fastconv.Sequential, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+                 adversarial: Callable[[fastconv.Model, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
                  | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -631,7 +631,7 @@ class Trainer:
                 hook(self, record)
 
 
-def train(model: fastconv.Sequential, optimizer: Optimizer, x_train: np.ndarray, y_train: ArrayLike, epochs: int,
+def train(model: fastconv.Model, optimizer: Optimizer, x_train: np.ndarray, y_train: ArrayLike, epochs: int,
           x_val: np.ndarray | None = None, y_val: ArrayLike | None = None, *, resume: bool = False,
           **options: Any) -> list[dict[str, Any]]:
     """``Trainer(model, optimizer, **options).fit(...)`` in one call; returns the history."""
