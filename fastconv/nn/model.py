@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "Sequential", "Parameter", "HookHandle", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
-FORMAT = "fastconv.Model"
+FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
 _RESERVED_ENTRIES = ("architecture", "meta")
 
