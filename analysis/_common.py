@@ -16,10 +16,11 @@ import numpy as np
 
 from fastconv import _checks
 from fastconv.data.transforms import Normalize
+from fastconv.nn import graph as G
 from fastconv.nn import layers as L
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from typing_extensions import TypeIs
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 # Layers that do not change the spatial geometry of what flows through them.
 POINTWISE = (L.ReLU, L.LeakyReLU, L.BatchNorm2d, L.Dropout)
 ACTIVATIONS = (L.ReLU, L.LeakyReLU)
+# Layers between a convolution and its activation that leave its maps in place:
+# normalization, dropout, and a graph's identity or residual sum.
+PASS_THROUGH = (L.BatchNorm2d, L.Dropout, G.Add, G.Identity)
 
 # The target of an attribution: one unit of an output (an output index, a
 # channel of a spatial output, or a position (c, i, j)), or one per example.
@@ -55,9 +59,22 @@ def layer_index(model: fastconv.Model, name: str) -> int:
 
 
 def layers_after(model: fastconv.Model, name: str) -> list[tuple[str, L.Layer]]:
-    """The (name, layer) pairs that follow layer ``name``."""
+    """The (name, layer) pairs that follow layer ``name`` along a chain: in a
+    Sequential every later layer; in a Graph the nodes that each read only the
+    one before and are its only reader (a node whose output branches, or that
+    merges several, ends the chain)."""
     pairs = list(model.named_layers())
-    return pairs[layer_index(model, name) + 1:]
+    consumers = getattr(model, "consumers", None)
+    if consumers is None:
+        return pairs[layer_index(model, name) + 1:]
+    check_layer(model, name)
+    chain: list[tuple[str, L.Layer]] = []
+    while True:
+        readers = consumers(name)
+        if len(readers) != 1 or len(model.inputs(readers[0])) != 1:  # type: ignore[attr-defined]
+            return chain
+        name = readers[0]
+        chain.append((name, model.layer(name)))
 
 
 def conv_layer_names(model: fastconv.Model) -> list[str]:
@@ -114,15 +131,43 @@ def check_images(model: fastconv.Model, x: np.ndarray, name: str = "x") -> np.nd
         raise ValueError(
             f"{name} has {x.shape[1]} channels (shape {x.shape}) but the model expects {channels}"
         )
-    shape = tuple(x.shape)
-    for layer_name, layer in model.named_layers():
-        try:
-            shape = tuple(layer.output_shape(shape))
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"{name} of shape {x.shape} does not fit the model at layer {layer_name!r}: {err}"
-            ) from None
+    try:
+        model.output_shapes(x.shape)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} of shape {x.shape} does not fit the model: {err}") from None
     return x
+
+
+def activation_and_gradient(model: fastconv.Model, x: np.ndarray, layer: str,
+                            seed: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(A, dT/dA): the output A of ``layer`` for x, and the gradient of the
+    model output's target T w.r.t. A, where ``seed(output)`` gives dT/d output.
+
+    Runs the whole model forward and back with hooks that keep A and its
+    gradient, so it works whatever the wiring between ``layer`` and the output
+    (a chain, or a graph's branches and merges)."""
+    check_layer(model, layer)
+    kept: dict[str, np.ndarray] = {}
+
+    def keep_activation(name: str, _layer: L.Layer, output: np.ndarray) -> None:
+        if name == layer:
+            kept["activation"] = output
+
+    def keep_gradient(name: str, _layer: L.Layer, _grad_input: object, grad_output: np.ndarray) -> None:
+        if name == layer:
+            kept["gradient"] = grad_output
+
+    forward = model.register_forward_hook(keep_activation)
+    try:
+        out = model.forward(x)
+    finally:
+        forward.remove()
+    backward = model.register_backward_hook(keep_gradient)
+    try:
+        model.backward(seed(out), param_grads=False)
+    finally:
+        backward.remove()
+    return kept["activation"], kept["gradient"]
 
 
 @contextlib.contextmanager

@@ -1222,7 +1222,7 @@ FUZZED_LAYERS = ("AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "Conv2d", "Dro
 
 # Layers that only wire a graph: no kernel, the same NumPy on both backends
 # (tests/test_graph.py checks them against PyTorch).
-WIRING_LAYERS = ("Identity", "Add", "Concat")
+WIRING_LAYERS = ("Identity", "PadShortcut", "Add", "Concat")
 
 
 def test_every_layer_type_is_fuzzed():

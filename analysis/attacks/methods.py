@@ -220,9 +220,7 @@ def _resolve_labels(y: ArrayLike | None, target: ArrayLike | None, pixels: _Pixe
 
 def _num_classes(model: fastconv.Model, x_shape: Sequence[int]) -> int:
     """Size of the model's output for inputs of shape x_shape, from the layers' shapes alone."""
-    shape = tuple(x_shape)
-    for _, layer in model.named_layers():
-        shape = tuple(layer.output_shape(shape))
+    shape = list(model.output_shapes(x_shape).values())[-1]
     if len(shape) != 2:
         raise ValueError(f"attacks need a classifier with outputs (N, classes); this model outputs shape {shape}")
     return int(shape[1])

@@ -156,12 +156,17 @@ def channel_max(attributions: np.ndarray) -> np.ndarray:
 
 
 def default_gradcam_layer(model: fastconv.Model) -> str:
-    """The rectified maps of the last convolution (the ReLU right after it), as
-    in Selvaraju et al.; the convolution itself when no activation follows it."""
+    """The rectified maps of the last convolution, as in Selvaraju et al.: the
+    first ReLU after it, past a batch norm, dropout or, in a graph, the sum
+    with a residual branch (so the output of a ResNet's last block); the
+    convolution itself when no activation follows it."""
     conv = C.last_conv_name(model)
-    following = C.layers_after(model, conv)
-    if following and isinstance(following[0][1], C.ACTIVATIONS):
-        return following[0][0]
+    pairs = list(model.named_layers())
+    for name, layer in pairs[C.layer_index(model, conv) + 1:]:
+        if isinstance(layer, C.ACTIVATIONS):
+            return name
+        if not isinstance(layer, C.PASS_THROUGH):
+            break
     return conv
 
 
@@ -185,17 +190,12 @@ class GradCAM(Attribution):
     def layer_map(self, x: np.ndarray, target: C.Target, relu: bool = True) -> np.ndarray:
         """The map at the layer's own resolution, shape (N, 1, h, w)."""
         C.check_images(self.model, x)
-        tail = C.layers_after(self.model, self.conv_layer)
+        shape = self.model.output_shapes(x.shape, until=self.conv_layer)[self.conv_layer]
+        if len(shape) != 4:
+            raise ValueError(f"Grad-CAM needs a layer with a spatial output; {self.conv_layer!r} outputs shape {shape}")
         with C.evaluating(self.model):
-            activation = self.model.forward(x, until=self.conv_layer)
-            if activation.ndim != 4:
-                raise ValueError(
-                    f"Grad-CAM needs a layer with a spatial output; "
-                    f"{self.conv_layer!r} outputs shape {activation.shape}"
-                )
-            out = C.tail_forward(tail, activation)
-            seed = C.seed_gradient(out, target, "the model output")
-            grad = C.tail_backward(tail, seed)
+            activation, grad = C.activation_and_gradient(
+                self.model, x, self.conv_layer, lambda out: C.seed_gradient(out, target, "the model output"))
         weights = grad.mean(axis=(2, 3), keepdims=True)
         cam = (weights * activation).sum(axis=1, keepdims=True)
         return np.maximum(cam, 0) if relu else cam

@@ -175,16 +175,14 @@ def _square_side(model: fastconv.Model, channels: int, largest: int = 1024) -> i
     (no such layer) or no square side gives the features."""
     from fastconv.nn.layers import Flatten, Linear
 
-    layers = [layer for _, layer in model.named_layers()]
-    flatten = next((i for i, layer in enumerate(layers) if isinstance(layer, Flatten)), None)
-    if flatten is None or not any(isinstance(layer, Linear) for layer in layers[flatten:]):
+    pairs = model.named_layers()
+    flatten = next((i for i, (_, layer) in enumerate(pairs) if isinstance(layer, Flatten)), None)
+    if flatten is None or not any(isinstance(layer, Linear) for _, layer in pairs[flatten:]):
         return None
-    linear = next(layer for layer in layers[flatten:] if isinstance(layer, Linear))
+    linear = next(layer for _, layer in pairs[flatten:] if isinstance(layer, Linear))
     for side in range(1, largest + 1):
-        shape: tuple[int, ...] = (1, channels, side, side)
         try:
-            for layer in layers[:flatten + 1]:
-                shape = layer.output_shape(shape)
+            shape = model.output_shapes((1, channels, side, side), until=pairs[flatten][0])[pairs[flatten][0]]
         except ValueError:
             continue
         if shape[-1] == linear.in_features:
@@ -198,18 +196,10 @@ def output_shape(model: fastconv.Model, layer: str, shape: Sequence[int]) -> tup
     """Shape of layer ``layer``'s output for an input batch of ``shape``;
     ValueError naming the layer and the size when the input does not fit."""
     C.check_layer(model, layer)
-    current = tuple(shape)
-    for name, module in model.named_layers():
-        try:
-            current = tuple(module.output_shape(current))
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"an input of shape {tuple(shape)} does not reach layer {layer!r}: "
-                f"layer {name!r} rejects it ({error})"
-            ) from None
-        if name == layer:
-            return current
-    raise AssertionError("unreachable: check_layer found the layer")
+    try:
+        return model.output_shapes(shape, until=layer)[layer]
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"an input of shape {tuple(shape)} does not reach layer {layer!r}: {error}") from None
 
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> str:

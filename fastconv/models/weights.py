@@ -28,6 +28,13 @@ entries by name) are tried in numeric name order (``features.2`` before
 ``features.10``) with their top-level modules in every order; a file whose
 names are exactly the model's own is loaded by name.
 
+A :class:`~fastconv.nn.graph.Graph` model (ResNet, MobileNetV2) has no
+single layer order, so its tensors are matched by name only: its node names
+are torchvision's module names, and the first key of the file the model lacks
+(with ``strict``), the first shape that differs, or the first key the model
+needs that the file lacks is a ValueError naming it. ``num_batches_tracked``
+entries are skipped.
+
 Networks trained with Caffe-style preprocessing (Keras's VGG16) read BGR
 images; their first convolution is turned around to RGB on import, so that
 every model takes RGB input, and ``model.meta`` records the preprocessing
@@ -52,6 +59,7 @@ import numpy as np
 
 from fastconv._files import atomic_write, open_npz
 from fastconv.models import imagenet
+from fastconv.nn.graph import Graph
 from fastconv.nn.layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
 
 if TYPE_CHECKING:
@@ -533,7 +541,32 @@ def _by_name(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[
     return {key: weights.tensors[key] for key in wanted}
 
 
+def _graph_values(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
+    """{key: array} for a graph, whose tensors are matched by name only: a
+    graph has no single layer order to pair a file's layers with."""
+    if weights.layout != "pytorch":
+        raise ValueError(f"{weights.source} is a {weights.layout} file; a Graph model loads weights by name, "
+                         "from a PyTorch-layout state dict")
+    wanted = {f"{name}.{role}": array for _, name, layer in _targets(model) for role, array in _slots(layer).items()}
+    for key, array in weights.tensors.items():
+        if _split_key(key)[1] in _SKIPPED_ROLES:
+            continue
+        if key not in wanted:
+            if strict:
+                raise ValueError(f"{weights.source} has {key!r}, which the model does not have "
+                                 "(load with strict=False to ignore the file's extra tensors)")
+            continue
+        if array.shape != wanted[key].shape:
+            raise ValueError(f"{weights.source} has {key!r} of shape {array.shape}; the model's is {wanted[key].shape}")
+    missing = [key for key in wanted if key not in weights.tensors]
+    if missing:
+        raise ValueError(f"{weights.source} has no {missing[0]!r} ({len(missing)} of the model's tensors missing)")
+    return {key: weights.tensors[key] for key in wanted}
+
+
 def _mapped_values(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
+    if isinstance(model, Graph):
+        return _graph_values(model, weights, strict)
     values = _by_name(model, weights, strict)
     if values is not None:
         return values

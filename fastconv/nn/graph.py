@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import DTypeLike
 
-__all__ = ["Graph", "Add", "Concat", "Identity", "Merge", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Graph", "Add", "Concat", "Identity", "PadShortcut", "Merge", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Graph"
 FORMAT_VERSION = 1
@@ -64,6 +64,44 @@ class Identity(Layer):
 
     def _backward(self, dy: np.ndarray, cache: None, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         return dy if need_dx else None
+
+
+class PadShortcut(Layer):
+    """The parameter-free shortcut of He et al.'s CIFAR ResNets ("option A"):
+    every ``stride``-th pixel of each plane, then zero channels appended up to
+    ``out_channels``. x (N, C, H, W) -> y (N, out_channels, ceil(H/s), ceil(W/s)).
+    """
+
+    name_prefix = "shortcut"
+    input_ndim = 4
+
+    def __init__(self, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.out_channels = _checks.positive_int(out_channels, "out_channels")
+        self.stride = _checks.positive_int(stride, "stride")
+
+    def config(self) -> dict[str, Any]:
+        return {"out_channels": self.out_channels, "stride": self.stride}
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        n, c, h, w = self._check_ndim(input_shape)
+        if c > self.out_channels:
+            raise ValueError(f"PadShortcut pads {c} channels up to out_channels={self.out_channels}, which is fewer")
+        s = self.stride
+        return (n, self.out_channels, -(-h // s), -(-w // s))
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        y = np.zeros(self.output_shape(x.shape), dtype=x.dtype)
+        y[:, :x.shape[1]] = x[:, :, ::self.stride, ::self.stride]
+        return y, x.shape
+
+    def _backward(self, dy: np.ndarray, cache: tuple[int, ...], need_dx: bool,
+                  param_grads: bool) -> np.ndarray | None:
+        if not need_dx:
+            return None
+        dx = np.zeros(cache, dtype=dy.dtype)
+        dx[:, :, ::self.stride, ::self.stride] = dy[:, :cache[1]]
+        return dx
 
 
 class Merge(Layer):
@@ -201,7 +239,7 @@ class Concat(Merge):
         return [np.ascontiguousarray(part) for part in np.split(dy, bounds, axis=1)]
 
 
-LAYER_TYPES.update({cls.__name__: cls for cls in (Identity, Add, Concat)})
+LAYER_TYPES.update({cls.__name__: cls for cls in (Identity, PadShortcut, Add, Concat)})
 
 
 class _Plan(NamedTuple):
@@ -446,10 +484,14 @@ class Graph(Model):
                 grads[source] = grads[source] + dx_source if source in grads else dx_source
         return grads.get(INPUT) if input_grad else None
 
-    def _output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[str, Layer, tuple[int, ...]]]:
+    def _output_shapes(self, input_shape: tuple[int, ...],
+                       until: str | None) -> list[tuple[str, Layer, tuple[int, ...]]]:
         shapes: dict[str, tuple[int, ...]] = {INPUT: input_shape}
         rows = []
-        for name, layer, sources in self.nodes():
+        wanted = None if until is None else set(self._plan(until).order)
+        for i, (name, layer, sources) in enumerate(self.nodes()):
+            if wanted is not None and i not in wanted:
+                continue
             with _blame(name, layer):
                 if isinstance(layer, Merge):
                     shape = layer.output_shape([shapes[source] for source in sources])

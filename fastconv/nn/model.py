@@ -445,6 +445,17 @@ class Model:
         """The number of trainable values (the sizes of all parameters added up)."""
         return sum(p.size for layer in self._layers for p in layer.params.values())
 
+    def output_shapes(self, input_shape: Sequence[int], until: str | None = None) -> dict[str, tuple[int, ...]]:
+        """{layer name: output shape} for an input of shape ``input_shape``
+        (batch included), computed from the layers' configurations alone, in
+        the order the layers run; with ``until``, only the layers a pass up to
+        that one runs. A shape a layer cannot take is a ValueError naming the layer."""
+        try:
+            shape = tuple(int(v) for v in input_shape)
+        except (TypeError, ValueError):
+            raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+        return {name: output for name, _, output in self._output_shapes(shape, until)}
+
     def summary(self, input_shape: Sequence[int]) -> str:
         """A table of each layer's output shape and parameter count for an
         input of shape ``input_shape`` (batch included), with the total."""
@@ -453,7 +464,7 @@ class Model:
         except (TypeError, ValueError):
             raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
         rows = [("input", str(shape), "")]
-        for name, layer, output_shape in self._output_shapes(shape):
+        for name, layer, output_shape in self._output_shapes(shape, None):
             count = sum(p.size for p in layer.params.values())
             rows.append((self._describe(name, layer), str(output_shape), f"{count:,}"))
         header = ("Layer (type)", "Output shape", "Param #")
@@ -555,8 +566,10 @@ class Model:
         """Evaluation-mode output of one batch, keeping nothing for backward."""
         raise NotImplementedError
 
-    def _output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[str, Layer, tuple[int, ...]]]:
-        """[(name, layer, output shape)] for an input of ``input_shape``, in order."""
+    def _output_shapes(self, input_shape: tuple[int, ...],
+                       until: str | None) -> list[tuple[str, Layer, tuple[int, ...]]]:
+        """[(name, layer, output shape)] for an input of ``input_shape``, in
+        order, of the layers a pass up to ``until`` (default: all) runs."""
         raise NotImplementedError
 
     def _layer_passes(self, until: str | None) -> tuple[int, ...]:
@@ -699,10 +712,12 @@ class Sequential(Model):
         stop = len(self._layers) if until is None else self._position(until) + 1
         return tuple(layer._passes for layer in self._layers[:stop])
 
-    def _output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[str, Layer, tuple[int, ...]]]:
+    def _output_shapes(self, input_shape: tuple[int, ...],
+                       until: str | None) -> list[tuple[str, Layer, tuple[int, ...]]]:
+        stop = len(self._layers) if until is None else self._position(until) + 1
         rows = []
         shape = input_shape
-        for name, layer in self.named_layers():
+        for name, layer in self.named_layers()[:stop]:
             with _blame(name, layer):
                 shape = layer.output_shape(shape)
             rows.append((name, layer, shape))

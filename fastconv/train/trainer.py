@@ -222,11 +222,13 @@ def _layer_rngs(model: fastconv.Model) -> dict[str, np.random.Generator]:
 
 
 def _architecture(model: fastconv.Model) -> list[dict[str, Any]] | None:
-    """The model's layer list as plain JSON values, or None for a model without one."""
+    """The model's layer list (a Sequential's layers, a Graph's nodes) as plain
+    JSON values, or None for a model without one."""
     describe = getattr(model, "architecture", None)
     if describe is None:
         return None
-    return json.loads(json.dumps(describe()["layers"]))
+    architecture = describe()
+    return json.loads(json.dumps(architecture.get("layers", architecture.get("nodes"))))
 
 
 def _threads() -> int | None:
