@@ -14,6 +14,8 @@ F = torch.nn.functional
 # --------------------------------------------------------------------------- PyTorch twins
 # Written here in torchvision's module layout (same attribute names, so the same
 # state_dict keys), so that the tests need neither torchvision nor a download.
+# Unlike torchvision, each ReLU is a module of its own (no weights, so the keys
+# are the same): Captum's hooks need every module to run once per pass.
 
 class BasicBlock(nn.Module):
     def __init__(self, cin, width, stride, downsample):
@@ -24,11 +26,12 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.downsample = downsample
+        self.relu_out = nn.ReLU()
 
     def forward(self, x):
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.relu_out(out + shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -40,15 +43,15 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(width * 4)
-        self.relu = nn.ReLU()
+        self.relu, self.relu2, self.relu_out = nn.ReLU(), nn.ReLU(), nn.ReLU()
         self.downsample = downsample
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.relu_out(out + shortcut)
 
 
 class TorchResNet(nn.Module):
@@ -267,3 +270,59 @@ def test_a_mismatched_weights_file_names_the_first_wrong_key(tmp_path):
 def test_cifar_depth_must_be_6n_plus_2(depth):
     with pytest.raises(ValueError, match=f"6n \\+ 2 layers.*got depth {depth}|depth must be a positive"):
         resnet.cifar_resnet(depth)
+
+
+# --------------------------------------------------------------------------- Captum on resnet18
+
+def relative_error(ours, theirs):
+    theirs = np.asarray(theirs, dtype=np.float64)
+    return float(np.abs(np.asarray(ours, dtype=np.float64) - theirs).max() / max(np.abs(theirs).max(), 1e-300))
+
+
+@pytest.fixture(scope="module")
+def resnet18_pair(tmp_path_factory):
+    """Our float64 resnet18 with random weights in evaluation mode, its PyTorch twin, two images, targets."""
+    pytest.importorskip("captum", reason="Captum is not installed (pip install captum)")
+    torch.manual_seed(18)
+    twin = TorchResNet(18, num_classes=10)
+    randomize_batch_norms(twin, torch.Generator().manual_seed(5))
+    ours = imported(resnet.resnet18(num_classes=10, dtype=np.float64), twin, tmp_path_factory.mktemp("r18"),
+                    np.float64).eval()
+    twin.eval()
+    x = np.random.default_rng(6).normal(size=(2, 3, 48, 48))
+    return ours, twin, x, [3, 7]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning:captum")
+def test_attributions_on_resnet18_match_captum(resnet18_pair):
+    from captum import attr
+
+    from fastconv.analysis import attribution as fa
+    from fastconv.analysis.attribution.methods import default_gradcam_layer
+
+    ours, twin, x, target = resnet18_pair
+    xt = torch.from_numpy(x)
+    baseline = np.full_like(x, 0.1)
+    pairs = {
+        "saliency": (fa.Saliency(ours).attribute(x, target), attr.Saliency(twin).attribute(xt, target=target)),
+        "guided backprop": (fa.GuidedBackprop(ours).attribute(x, target),
+                            attr.GuidedBackprop(twin).attribute(xt, target=target)),
+        "deconvnet": (fa.Deconvnet(ours).attribute(x, target), attr.Deconvolution(twin).attribute(xt, target=target)),
+        "integrated gradients": (
+            fa.IntegratedGradients(ours).attribute(x, target, baseline=baseline, steps=4, method="gausslegendre"),
+            attr.IntegratedGradients(twin).attribute(xt, baselines=torch.from_numpy(baseline), target=target,
+                                                     n_steps=4, method="gausslegendre")),
+    }
+    for relu in (False, True):
+        pairs[f"grad-cam relu={relu}"] = (
+            fa.GradCAM(ours).layer_map(x, target, relu=relu),
+            attr.LayerGradCam(twin, twin.layer4[1]).attribute(xt, target=target, relu_attributions=relu))
+    pairs["guided grad-cam"] = (fa.GuidedGradCAM(ours, "layer3.1").attribute(x, target),
+                                attr.GuidedGradCam(twin, twin.layer3[1]).attribute(xt, target=target))
+    pairs["occlusion"] = (fa.Occlusion(ours).attribute(x, target, patch=24, stride=24, fill=0.0),
+                          attr.Occlusion(twin).attribute(xt, sliding_window_shapes=(3, 24, 24), strides=(3, 24, 24),
+                                                         baselines=0.0, target=target))
+    assert default_gradcam_layer(ours) == "layer4.1"
+    for name, (mine, theirs) in pairs.items():
+        assert relative_error(mine, theirs.detach().numpy()) < 1e-4, name
