@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_report import TINY, _browser, _Page
 
 from fastconv import cli
 from fastconv.analysis.report import page as R
-from test_report import TINY, _browser, _Page
 
 CLASSES = ("bars", "blobs", "rings")
 
