@@ -44,6 +44,9 @@ from fastconv.models import mnist2  # noqa: E402
 from fastconv.nn.losses import softmax  # noqa: E402
 from fastconv.train.rundir import RunDir  # noqa: E402
 
+# One kernel and BLAS thread: the server's threads and the background jobs share the cores.
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = 300
 FEATURE_STEPS = 6
@@ -481,3 +484,194 @@ def test_loopback_names(monkeypatch):
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+
+
+# ---------------------------------------------------------------- in a real browser
+
+
+@pytest.fixture(scope="module")
+def server(explorer):
+    """The explorer served by uvicorn on a free loopback port, in a thread of this process."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium with its fake camera, which it lets the page use without asking."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("needs a Chromium browser and its driver (Debian: apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--window-size=1400,1000", "--use-fake-device-for-media-stream",
+                     "--use-fake-ui-for-media-stream"):
+        options.add_argument(argument)
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    except WebDriverException as error:
+        pytest.skip(f"Chromium did not start: {error.msg}")
+    driver.set_script_timeout(20)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """Where the screenshots go: docs/explore/ of a source checkout (docs/explore.md shows them)."""
+    folder = ROOT / "docs" / "explore" if (ROOT / "docs").is_dir() else tmp_path_factory.mktemp("shots")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _until(driver, script, seconds=20, what="the page"):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {script}"
+        time.sleep(0.05)
+
+
+LOADED = """return Array.from(document.querySelectorAll(arguments[0])).filter(i => i.offsetParent !== null)
+    .map(i => [i.getAttribute('alt'), i.complete, i.naturalWidth]);"""
+
+
+def _all_loaded(driver, selector):
+    images = driver.execute_script(LOADED, selector)
+    return bool(images) and all(complete and width > 0 for _, complete, width in images)
+
+
+def _severe(driver):
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def _screenshot(driver, path, height=None):
+    total = driver.execute_script("return document.documentElement.scrollHeight")
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": 1400, "height": min(height or total, total), "scale": 0.75}})
+    path.write_bytes(base64.b64decode(shot["data"]))
+    assert Image.open(path).size[0] == 1050
+
+
+def test_the_page_picks_an_image_selects_a_unit_and_shows_an_upload_error(server, browser, shots, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(server)
+    _until(driver, "return document.querySelectorAll('#thumbs img').length === 30", what="the thumbnails")
+    _until(driver, "return typeof state !== 'undefined' && state.input === 'test/0'", what="the first image")
+    driver.find_elements(By.CSS_SELECTOR, "#thumbs img")[4].click()
+    _until(driver, "return state.input === 'test/4' && state.acts.input === 'test/4'", what="the picked image")
+    assert driver.find_element(By.ID, "current-name").text.startswith("test/4")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#top5 li")) == 5
+    # Hover, then click, the unit in the third row and second column of conv2's grid.
+    canvas = driver.find_element(By.CSS_SELECTOR, 'canvas[data-layer="conv2"]')
+    grid = driver.execute_script("const g = state.grids.conv2; return [g.cols, g.tileW + g.gap, g.canvas.width];")
+    cols, step, width = grid
+    scale = canvas.size["width"] / width
+    offset_x = (1 * step + step / 2) * scale - canvas.size["width"] / 2
+    offset_y = (2 * step + step / 2) * scale - canvas.size["height"] / 2
+    ActionChains(driver).move_to_element_with_offset(canvas, int(offset_x), int(offset_y)).perform()
+    unit = 2 * cols + 1
+    tip = driver.find_element(By.ID, "tip")
+    assert tip.is_displayed() and tip.text.startswith(f"conv2 unit {unit}: max ")
+    ActionChains(driver).click().perform()
+    assert driver.find_element(By.ID, "unit-title").text == f"conv2 unit {unit}"
+    _until(driver, "return document.querySelectorAll('#top-images figure').length === 9", what="the top images")
+    _until(driver, "return document.getElementById('feature').naturalWidth > 0", what="the feature visualization")
+    for selector in ("#unit-panel img", "#attributions img", "#current-image"):
+        deadline = time.monotonic() + 20
+        while not _all_loaded(driver, selector):
+            assert time.monotonic() < deadline, driver.execute_script(LOADED, selector)
+            time.sleep(0.05)
+    assert len(driver.execute_script(LOADED, "#unit-panel img")) == 3 + 2 * 9
+    assert _severe(driver) == []
+    _screenshot(driver, shots / "explore-unit.png", height=1000)
+
+    # A file that is not an image: the page says so, and the server's 415 is the only error logged.
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not a picture\n")
+    driver.find_element(By.CSS_SELECTOR, '[data-tab="upload"]').click()
+    driver.find_element(By.ID, "file").send_keys(str(bad))
+    _until(driver, "return !document.getElementById('error').hidden", what="the error")
+    message = driver.find_element(By.ID, "error-text").text
+    assert message.startswith("notes.png: the upload") and "is not an image file" in message
+    assert driver.execute_script("return state.input") == "test/4"
+    severe = _severe(driver)
+    assert len(severe) == 1 and "/api/inputs" in severe[0]["message"] and "415" in severe[0]["message"], severe
+    _screenshot(driver, shots / "explore-upload-error.png", height=560)
+
+    # A good file: its prediction replaces the error.
+    good = tmp_path / "good.png"
+    good.write_bytes(_png(np.tri(40, dtype=np.uint8) * 255))
+    driver.find_element(By.ID, "file").send_keys(str(good))
+    _until(driver, "return state.input.startsWith('upload/') && document.getElementById('error').hidden",
+           what="the upload")
+    assert _severe(driver) == []
+
+
+def test_live_webcam_mode_and_an_adversarial_example(server, browser, shots):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(server)
+    _until(driver, "return typeof state !== 'undefined' && state.input === 'test/0'", what="the first image")
+    driver.find_element(By.ID, "adv-target").send_keys("3: 3")
+    driver.find_element(By.ID, "adv-eps").clear()
+    driver.find_element(By.ID, "adv-eps").send_keys("0.3")
+    driver.find_element(By.ID, "adv-run").click()
+    _until(driver, "return !document.getElementById('adv-result').hidden", what="the adversarial example")
+    assert _all_loaded(driver, "#adv-result img")
+    assert driver.find_element(By.ID, "adv-text").text.startswith("PGD towards 3, eps 0.3, 10 steps: succeeded")
+    driver.find_element(By.ID, "adversarial-panel").screenshot(str(shots / "explore-adversarial.png"))
+    driver.find_element(By.ID, "adv-explore").click()
+    _until(driver, "return state.input.startsWith('upload/') && state.acts.top5[0].class === 3",
+           what="the adversarial example explored")
+
+    driver.find_element(By.CSS_SELECTOR, '[data-tab="webcam"]').click()
+    driver.find_element(By.ID, "webcam-toggle").click()
+    seen = set()
+    deadline = time.monotonic() + 20
+    while len(seen) < 4:
+        assert time.monotonic() < deadline, seen
+        if driver.execute_script("return state.live"):
+            seen.add(driver.execute_script("return state.input"))
+        time.sleep(0.05)
+    _until(driver, "return /frames\\/s$/.test(document.getElementById('webcam-rate').textContent)",
+           what="the frame rate")
+    assert driver.find_element(By.ID, "video").size["width"] > 0
+    _screenshot(driver, shots / "explore-webcam.png", height=1000)
+    driver.find_element(By.ID, "webcam-toggle").click()
+    assert driver.execute_script("return state.live") is False
+    # Each frame replaced the image being shown; the last one loads.
+    _until(driver, "const i = document.getElementById('current-image'); return i.complete && i.naturalWidth > 0",
+           what="the last frame")
+    assert _severe(driver) == []
