@@ -181,7 +181,8 @@ def test_browsing_by_class_random_and_misclassified(client, model, data):
     assert shuffled[0] == shuffled[1] != shuffled[2] and shuffled[0] != first
     wrong = client.get("/api/images", params={"order": "misclassified", "count": 500}).json()
     predicted = model.classify(data.x_test)
-    assert [item["input"] for item in wrong["images"]] == [f"test/{i}" for i in np.flatnonzero(predicted != data.y_test)]
+    mistakes = np.flatnonzero(predicted != data.y_test)
+    assert [item["input"] for item in wrong["images"]] == [f"test/{i}" for i in mistakes]
     assert all(item["predicted"] == predicted[int(item["input"][5:])] != item["label"] for item in wrong["images"])
 
 
@@ -230,12 +231,12 @@ def test_top_images_are_those_top_images_finds(client, model, data, layer, unit)
 
 
 def test_the_index_is_kept_in_the_run_folder_for_this_model_only(explorer, run_dir, tmp_path):
-    kept = list(RunDir(run_dir).explore_cache.glob("top-images-*.npz"))
-    assert len(kept) == 1
+    kept = RunDir(run_dir).explore_cache / f"{explorer._index_key}.npz"
+    assert kept.is_file()
     again = Explorer(run_dir, max_side=MAX_IMAGE_SIDE, top_limit=IMAGES, feature_steps=FEATURE_STEPS)
     try:
         job = _wait(again.index_job())
-        assert job.done == IMAGES
+        assert job.done == IMAGES and again._index_key == explorer._index_key
         first, second = explorer.top_images("conv2", 3), again.top_images("conv2", 3)
         assert first["images"] == second["images"]
     finally:
@@ -251,7 +252,26 @@ def test_the_index_is_kept_in_the_run_folder_for_this_model_only(explorer, run_d
         _wait(third.index_job())
     finally:
         third.close()
-    assert len(list(RunDir(other).explore_cache.glob("top-images-*.npz"))) == 2
+    assert third._index_key != explorer._index_key
+    assert (RunDir(other).explore_cache / f"{third._index_key}.npz").is_file()
+
+
+def test_stopping_the_server_ends_a_running_job(explorer):
+    from fastconv.analysis.explore.jobs import Jobs
+
+    jobs = Jobs()
+    started = threading.Event()
+
+    def endless(job):
+        started.set()
+        for step in range(10**9):
+            job.progress(step, 10**9)
+            time.sleep(0.001)
+
+    job = jobs.submit("endless", "a job that never ends", endless)
+    assert started.wait(10)
+    jobs.shutdown(wait=True)
+    assert job.state == "failed" and "the server stopped" in job.error
 
 
 def test_feature_visualization_runs_in_the_background_and_is_kept(client, explorer, model):

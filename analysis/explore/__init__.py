@@ -6,7 +6,7 @@ looks inside a trained network as you pick, upload or film an input.
 FastAPI and uvicorn) serves it. This package is not imported by
 ``fastconv.analysis`` itself, so the other tools work without the extra.
 """
-from fastconv.analysis.explore.explorer import Explorer, ExploreError, Picture
+from fastconv.analysis.explore.explorer import ExploreError, Explorer, Picture
 from fastconv.analysis.explore.images import UploadError
 
 __all__ = ["Explorer", "ExploreError", "Picture", "UploadError"]

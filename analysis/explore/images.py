@@ -43,6 +43,8 @@ def decode_upload(data: bytes, channels: int, size: Sequence[int], max_side: int
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if channels not in (1, 3):
+        raise ValueError(f"the explorer shows images of 1 or 3 channels, the model takes {channels}")
     if not data:
         raise UploadError("the upload is empty: choose an image file", 400)
     try:
@@ -60,24 +62,22 @@ def decode_upload(data: bytes, channels: int, size: Sequence[int], max_side: int
         raise UploadError(f"the image is {width}x{height} pixels: it holds no pixel", 400)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
-        array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        picture: Image.Image = ImageOps.exif_transpose(image) or image
+        if picture.mode in ("RGBA", "LA", "P", "PA") or "transparency" in picture.info:
+            picture = picture.convert("RGBA")
+            background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+            picture = Image.alpha_composite(background, picture)
+        array = np.asarray(picture.convert("L" if channels == 1 else "RGB"))
     except Image.DecompressionBombError as error:
         raise UploadError(f"the image is too large to open: {error}", 413) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise UploadError(f"the image file is damaged or truncated: {error}", 400) from None
-    if channels not in (1, 3):
-        raise ValueError(f"the explorer shows images of 1 or 3 channels, the model takes {channels}")
     return fit_to_input(array, size).astype(np.float32) / 255.0
 
 
 def fit_to_input(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """A uint8 image (H, W) or (H, W, C) brought to (C, h, w) = (C, *size): scaled
-    to cover it, then the centre cut out."""
+    """A uint8 image (H, W) or (H, W, C) brought to (C, h, w), where (h, w) is
+    ``size``: scaled to cover it, then the centre cut out."""
     h, w = (int(v) for v in size)
     if h == w:
         fitted = resize_and_crop(array, size=h, resize=h)

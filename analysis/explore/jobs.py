@@ -17,9 +17,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Job", "Jobs"]
+__all__ = ["Job", "Jobs", "Stopped"]
 
 STATES = ("queued", "running", "done", "failed")
+
+
+class Stopped(Exception):
+    """Raised by :meth:`Job.progress` once the server stops, to end the job's work."""
 
 
 @dataclass
@@ -38,9 +42,13 @@ class Job:
     started: float | None = None
     finished: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def progress(self, done: int, total: int) -> None:
-        """Record that ``done`` of ``total`` steps are done."""
+        """Record that ``done`` of ``total`` steps are done; raises :class:`Stopped`
+        once the server stops, so that the work reporting its progress ends."""
+        if self._stop.is_set():
+            raise Stopped(f"{self.title}: the server stopped")
         with self._lock:
             self.done, self.total = int(done), int(total)
 
@@ -62,6 +70,7 @@ class Jobs:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explore-job")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def get(self, key: str) -> Job | None:
         with self._lock:
@@ -74,7 +83,7 @@ class Jobs:
             job = self._jobs.get(key)
             if job is not None and job.state != "failed":
                 return job
-            job = Job(key=key, title=title)
+            job = Job(key=key, title=title, _stop=self._stop)
             self._jobs[key] = job
         self._executor.submit(self._run, job, work)
         return job
@@ -85,6 +94,9 @@ class Jobs:
         job.state = "running"
         try:
             result = work(job)
+        except Stopped as error:
+            job.error = str(error)
+            job.state = "failed"
         except Exception as error:  # a failed job reports its error to the page; the server goes on
             job.error = " ".join(f"{type(error).__name__}: {error}".split())
             job.state = "failed"
@@ -95,6 +107,7 @@ class Jobs:
         finally:
             job.finished = time.monotonic()
 
-    def shutdown(self) -> None:
-        """Stop taking jobs; the running one finishes."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop: queued jobs are dropped, the running one ends at its next progress report."""
+        self._stop.set()
+        self._executor.shutdown(wait=wait, cancel_futures=True)
