@@ -12,6 +12,7 @@ with Chromium's fake camera for the live mode), which also takes the
 screenshots of docs/explore.md.
 """
 import base64
+import importlib.util
 import io
 import json
 import shutil
@@ -23,35 +24,50 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-pytest.importorskip("fastapi", reason="the explorer needs its extra (pip install 'fastconv[explore]')")
-pytest.importorskip("httpx", reason="the explorer's API tests use Starlette's test client, which needs httpx")
-
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import fastconv  # noqa: E402
-from fastconv import cli  # noqa: E402
-from fastconv.analysis import _common as C  # noqa: E402
-from fastconv.analysis.explore import Explorer  # noqa: E402
-from fastconv.analysis.explore import images as I  # noqa: E402
-from fastconv.analysis.explore.server import create_app  # noqa: E402
-from fastconv.cli import limited  # noqa: E402
-from fastconv.cli.argtypes import MAX_IMAGE_SIDE  # noqa: E402
-from fastconv.data import Normalize, load_dataset  # noqa: E402
-from fastconv.data.transforms import resize_and_crop  # noqa: E402
-from fastconv.models import mnist2  # noqa: E402
-from fastconv.nn.losses import softmax  # noqa: E402
-from fastconv.train.rundir import RunDir  # noqa: E402
+import fastconv
+from fastconv import cli
+from fastconv.analysis import _common as C
+from fastconv.analysis.explore import Explorer
+from fastconv.analysis.explore import images as I
+from fastconv.cli import limited
+from fastconv.cli.argtypes import MAX_IMAGE_SIDE
+from fastconv.data import Normalize, load_dataset
+from fastconv.data.transforms import resize_and_crop
+from fastconv.models import mnist2
+from fastconv.nn.losses import softmax
+from fastconv.train.rundir import RunDir
 
 # One kernel and BLAS thread: the server's threads and the background jobs share the cores.
-pytestmark = pytest.mark.usefixtures("one_thread_per_module")
+pytestmark = pytest.mark.usefixtures("one_thread_per_module", "explore_extra")
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = 300
 FEATURE_STEPS = 6
 SECRET = "do-not-serve-7f3a"
 LOCAL = "http://127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def explore_extra():
+    """The server's packages, or a skip naming them (a failure in CI, which installs them)."""
+    pytest.importorskip("fastapi", reason="the explorer needs its extra (pip install 'fastconv[explore]')")
+    pytest.importorskip("uvicorn", reason="the explorer needs its extra (pip install 'fastconv[explore]')")
+    if importlib.util.find_spec("httpx2") is None and importlib.util.find_spec("httpx") is None:
+        pytest.skip("the explorer's API tests use Starlette's test client, which needs httpx2 (or httpx)")
+
+
+def _app(explorer):
+    from fastconv.analysis.explore.server import create_app
+
+    return create_app(explorer)
+
+
+def _client(app, **options):
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=LOCAL, **options)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +110,7 @@ def explorer(run_dir):
 
 @pytest.fixture(scope="module")
 def client(explorer):
-    with TestClient(create_app(explorer), base_url=LOCAL) as client:
+    with _client(_app(explorer)) as client:
         yield client
 
 
@@ -427,9 +443,9 @@ def test_only_loopback_host_names_are_answered(client, explorer):
 
 
 def test_two_users_see_their_own_images(explorer):
-    app = create_app(explorer)
+    app = _app(explorer)
     images = [np.full((28, 28), 0, np.uint8), np.tri(28, dtype=np.uint8) * 255]
-    with TestClient(app, base_url=LOCAL) as alice, TestClient(app, base_url=LOCAL) as bob:
+    with _client(app) as alice, _client(app) as bob:
         mine = alice.post("/api/inputs", content=_png(images[0])).json()
         theirs = bob.post("/api/inputs", content=_png(images[1])).json()
         assert mine["input"] != theirs["input"] and len(mine["input"]) == len("upload/") + 32
@@ -440,18 +456,18 @@ def test_two_users_see_their_own_images(explorer):
 
 def test_concurrent_requests_get_the_answers_of_sequential_ones(explorer):
     """Four threads share the one model; the lock keeps their passes apart."""
-    app = create_app(explorer)
+    app = _app(explorer)
     jobs = [("/api/activations", {"input": f"test/{i}"}) for i in range(8)] + \
            [("/api/projection", {"input": f"test/{i}", "layer": "conv2", "unit": i, "method": "guided-backprop"})
             for i in range(8)]
-    with TestClient(app, base_url=LOCAL) as sequential:
+    with _client(app) as sequential:
         expected = [sequential.get(path, params=params).content for path, params in jobs]
     answers = {}
     errors = []
 
     def work(worker):
         try:
-            with TestClient(app, base_url=LOCAL) as user:
+            with _client(app) as user:
                 for repeat in range(3):
                     for number in range(worker, len(jobs), 4):
                         path, params = jobs[number]
@@ -520,7 +536,7 @@ def server(explorer):
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(_app(explorer), log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -695,3 +711,14 @@ def test_live_webcam_mode_and_an_adversarial_example(server, browser, shots):
     _until(driver, "const i = document.getElementById('current-image'); return i.complete && i.naturalWidth > 0",
            what="the last frame")
     assert _severe(driver) == []
+
+
+def test_a_failure_inside_the_server_is_one_line_of_json(explorer, monkeypatch):
+    def broken(picture):
+        raise RuntimeError("the kernels broke")
+
+    monkeypatch.setattr(explorer, "activations", broken)
+    with _client(_app(explorer), raise_server_exceptions=False) as client:
+        answer = client.get("/api/activations", params={"input": "test/1"})
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "the server failed: RuntimeError: the kernels broke"}

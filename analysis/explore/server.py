@@ -93,6 +93,8 @@ def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = LOOPBAC
                     "feature visualizations, attributions and adversarial examples. Inputs are named "
                     "test/N, train/N (the run's data set) or upload/TOKEN (from POST /api/inputs).",
         version="1",
+        # Their pages load scripts from the internet; the schema at /openapi.json is served from here.
+        docs_url=None, redoc_url=None,
     )
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
@@ -114,6 +116,11 @@ def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = LOOPBAC
             where = ".".join(str(part) for part in problem.get("loc", ())[1:]) or "request"
             problems.append(f"{where}: {problem.get('msg', 'invalid')}")
         return _error("bad request: " + "; ".join(problems), 422)
+
+    @app.exception_handler(Exception)
+    async def broken(request: Request, error: Exception) -> JSONResponse:
+        # Uvicorn still logs the traceback; the page gets one line instead of a bare status.
+        return _error(f"the server failed: {type(error).__name__}: {' '.join(str(error).split())}", 500)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
