@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--requests", type=int, default=50, help="timed requests of each kind (default 50)")
-    parser.add_argument("--threads", type=int, help="threads of the server's kernels (default all cores)")
+    parser.add_argument("--threads", type=int, help="threads of the server's kernels (default: the command's, 1)")
     args = parser.parse_args(argv)
     print(f"{datetime.date.today()}, {_processor()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; {args.requests} requests of each kind")

@@ -48,8 +48,9 @@ def add_parsers(commands):
                    help="data set of the images (default: the one in the model's metadata)")
     p.add_argument("--top-limit", type=positive_int, default=5000, metavar="N",
                    help="search the first N training images for each unit's top images (default: 5000)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="threads for the kernels and BLAS (default all cores)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="threads for the kernels and BLAS (default: 1, the fastest for requests of one image "
+                        "each on a busy machine, and it leaves the other cores to the background work)")
     p.set_defaults(handler=run)
     return p
 
@@ -100,10 +101,11 @@ def run(args):
     except ImportError as error:
         raise UsageError(f"fastconv explore needs the explore extra ({error.name} is missing): "
                          "pip install 'fastconv[explore]'") from None
-    if args.threads is not None:
-        import fastconv
+    import fastconv
 
-        fastconv.set_num_threads(args.threads)
+    # A request works on one image: the threads of one pass would mostly wait
+    # for each other, and for a core, whenever other processes hold the cores.
+    fastconv.set_num_threads(args.threads)
     explorer = Explorer(args.run_dir, args.dataset, max_side=MAX_IMAGE_SIDE, top_limit=args.top_limit)
     if explorer.dataset_error:
         print(f"fastconv explore: warning: the run's data set is not available ({explorer.dataset_error}); "
