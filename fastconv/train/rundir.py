@@ -11,6 +11,7 @@ command line) fills a folder that every other command reads::
     eval.json                  what 'fastconv evaluate' measured
     train_samples.png, training_curves.png, predictions.png, confusion_matrix.png
     report.html                the page of 'fastconv report'
+    explore-cache/             what 'fastconv explore' computes once per model (top images, feature images)
 
 :class:`RunDir` is the only code that knows these names. ``RunDir.open(path)``
 takes a run folder or a model ``.npz`` file; its files are read when first
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 __all__ = [
     "RunDir", "NotARunError",
     "CONFIG", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
-    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "FIGURES", "TRAINER_FILES", "TRAINING_FILES", "RUN_FILES",
+    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "EXPLORE_CACHE", "FIGURES", "TRAINER_FILES", "TRAINING_FILES",
+    "RUN_FILES",
 ]
 
 CONFIG = "config.json"
@@ -54,6 +56,9 @@ FINAL_MODEL = "model.npz"
 BEST_MODEL = "best_model.npz"
 EVAL = "eval.json"
 REPORT = "report.html"
+# A folder, not a file: its entries name the model they were computed for, so
+# a run trained again over this one never reads another model's results.
+EXPLORE_CACHE = "explore-cache"
 FIGURES = {
     "samples": "train_samples.png",
     "history": "training_curves.png",
@@ -141,6 +146,11 @@ class RunDir:
     @property
     def report_path(self) -> Path:
         return self.folder / REPORT
+
+    @property
+    def explore_cache(self) -> Path:
+        """The folder where 'fastconv explore' keeps what it computes once (it may not exist yet)."""
+        return self.folder / EXPLORE_CACHE
 
     def existing_files(self, names: Sequence[str] = RUN_FILES) -> list[str]:
         """Which of ``names`` (by default every file a run writes) the folder
