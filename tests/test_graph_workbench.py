@@ -85,3 +85,30 @@ def test_the_report_of_a_resnet_run_loads_in_a_browser(resnet_run):
         driver.quit()
     assert images and all(complete and width > 0 and height > 0 for complete, width, height in images)
     assert severe == []
+
+
+def test_the_explorer_serves_a_resnet_run(resnet_run):
+    pytest.importorskip("fastapi", reason="the explorer needs its extra (pip install 'fastconv[explore]')")
+    from fastapi.testclient import TestClient
+
+    import fastconv
+    from fastconv.analysis.explore.explorer import Explorer
+    from fastconv.analysis.explore.server import create_app
+
+    explorer = Explorer(resnet_run, max_side=64, top_limit=30, feature_steps=2)
+    try:
+        with TestClient(create_app(explorer), base_url="http://127.0.0.1") as client:
+            info = client.get("/api/info").json()
+            names = [layer["name"] for layer in info["layers"]]
+            assert "layer3.2" in names and "layer1.0.add" in names
+            activations = client.get("/api/activations", params={"input": "test/0"})
+            assert activations.status_code == 200
+            model = fastconv.load(resnet_run / "model.npz")
+            assert activations.json()["top5"][0]["class"] == int(model.predict(explorer.model_input(explorer.picture("test/0"))).argmax())
+            for path, params in (("/api/projection", {"input": "test/0", "layer": "layer3.2", "unit": 5,
+                                                      "method": "guided-backprop"}),
+                                 ("/api/attribution", {"input": "test/0", "method": "gradcam"})):
+                response = client.get(path, params=params)
+                assert response.status_code == 200 and response.content.startswith(b"\x89PNG"), path
+    finally:
+        explorer.close()

@@ -179,15 +179,12 @@ class Explorer:
         return input_shape(self.model)
 
     def _layer_shapes(self) -> dict[str, tuple[int, ...]]:
-        shape: tuple[int, ...] = (1, *self.input_shape)
-        shapes = {}
-        for name, layer in self.model.named_layers():
-            shape = tuple(layer.output_shape(shape))
-            shapes[name] = shape[1:]
-        return shapes
+        shapes = self.model.output_shapes((1, *self.input_shape))
+        return {name: shape[1:] for name, shape in shapes.items()}
 
     def _classes(self) -> list[str]:
-        count = self.shapes[self.model.named_layers()[-1][0]][0]
+        output = getattr(self.model, "output", None) or self.model.named_layers()[-1][0]  # a Graph names its output
+        count = self.shapes[output][0]
         names = C.meta_classes(self.model)
         if names is None and self.data is not None:
             names = [str(c) for c in self.data.classes]
