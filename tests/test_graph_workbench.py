@@ -104,7 +104,8 @@ def test_the_explorer_serves_a_resnet_run(resnet_run):
             activations = client.get("/api/activations", params={"input": "test/0"})
             assert activations.status_code == 200
             model = fastconv.load(resnet_run / "model.npz")
-            assert activations.json()["top5"][0]["class"] == int(model.predict(explorer.model_input(explorer.picture("test/0"))).argmax())
+            predicted = model.predict(explorer.model_input(explorer.picture("test/0"))).argmax()
+            assert activations.json()["top5"][0]["class"] == predicted
             for path, params in (("/api/projection", {"input": "test/0", "layer": "layer3.2", "unit": 5,
                                                       "method": "guided-backprop"}),
                                  ("/api/attribution", {"input": "test/0", "method": "gradcam"})):
