@@ -499,7 +499,7 @@ class ReLU6(Layer):
     """min(max(x, 0), 6), any shape: MobileNetV2's activation. The gradient
     passes where 0 < x < 6, as in PyTorch."""
 
-    name_prefix = "relu6"
+    name_prefix = "relu6_"  # relu6_1, relu6_2: the count apart from the 6
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _ReLUCache]:
         kernels = backend.current()
