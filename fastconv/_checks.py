@@ -91,21 +91,27 @@ def window_geometry(x_shape: Sequence[int], kernel_size: int | Sequence[int], st
 LARGEST_IMAGE_BUFFER = 2 ** 48
 
 
-def _input_weight_bias(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, ndim: int, inputs: str) -> None:
+def _input_weight_bias(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, ndim: int, inputs: str,
+                      groups: int = 1) -> None:
     """The checks a convolution and a fully connected layer share: x and weight
-    ndim-D arrays of one float dtype, a nonempty batch, weight's axis 1
-    matching x's (its `inputs`: channels or features), bias (weight.shape[0],)
-    or None."""
+    ndim-D arrays of one float dtype, a nonempty batch, weight's axis 1 times
+    ``groups`` matching x's (its `inputs`: channels or features), weight's
+    axis 0 a multiple of ``groups``, bias (weight.shape[0],) or None."""
     float_array(x, "x", ndim)
     float_array(weight, "weight", ndim)
     same_dtype(x, weight, "weight")
     nonempty_batch(x)
     if weight.size == 0:
         raise ValueError(f"weight has a zero-size dimension: shape {weight.shape}")
-    if x.shape[1] != weight.shape[1]:
+    if x.shape[1] != weight.shape[1] * groups:
+        with_groups = f" with groups {groups}" if groups != 1 else ""
         raise ValueError(
-            f"input has {x.shape[1]} {inputs} but weight {weight.shape} expects {weight.shape[1]}"
+            f"input has {x.shape[1]} {inputs} but weight {weight.shape}{with_groups} "
+            f"expects {weight.shape[1] * groups}"
         )
+    if weight.shape[0] % groups:
+        raise ValueError(f"weight {weight.shape} has {weight.shape[0]} filters, "
+                         f"which is not divisible by groups {groups}")
     if bias is not None:
         float_array(bias, "bias", 1)
         same_dtype(x, bias, "bias")
@@ -113,10 +119,22 @@ def _input_weight_bias(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | Non
             raise ValueError(f"bias has shape {bias.shape}, expected ({weight.shape[0]},)")
 
 
+def conv_groups(groups: object, in_channels: int, out_channels: int) -> int:
+    """``groups`` as an int >= 1 that divides both in_channels and out_channels:
+    a TypeError for a non-integer, a ValueError naming the count it does not divide."""
+    count = positive_int(groups, "groups")
+    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if channels % count:
+            raise ValueError(f"{name} {channels} is not divisible by groups {count}")
+    return count
+
+
 def conv_args(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int | Sequence[int],
-              padding: int | Sequence[int]) -> tuple[int, int, int, int, int, int, int, int]:
-    """Validate a convolution call; return the window geometry."""
-    _input_weight_bias(x, weight, bias, 4, "channels")
+              padding: int | Sequence[int], groups: int = 1) -> tuple[int, int, int, int, int, int, int, int]:
+    """Validate a convolution call of weight (F, C/groups, KH, KW) on x (N, C, H, W)
+    split into ``groups`` groups of channels; return the window geometry."""
+    groups = positive_int(groups, "groups")
+    _input_weight_bias(x, weight, bias, 4, "channels", groups)
     geometry = window_geometry(x.shape, weight.shape[2:], stride, padding)
     kh, kw, sh, sw, ph, pw, oh, ow = geometry
     _, c, h, w = x.shape

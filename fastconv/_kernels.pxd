@@ -36,18 +36,25 @@ cdef extern from "fastconv.h" nogil:
                        const fc_window *g, int64_t ld)
     int fc_conv_forward_f32(float *y, const float *x, const float *weight, const float *bias,
                             int64_t n_images, int64_t channels, int64_t filters,
-                            const fc_window *g)
+                            int64_t groups, const fc_window *g)
     int fc_conv_forward_f64(double *y, const double *x, const double *weight,
                             const double *bias, int64_t n_images, int64_t channels,
-                            int64_t filters, const fc_window *g)
-    int fc_conv_uses_winograd_f32(int64_t channels, int64_t filters, const fc_window *g)
-    int fc_conv_uses_winograd_f64(int64_t channels, int64_t filters, const fc_window *g)
+                            int64_t filters, int64_t groups, const fc_window *g)
+    enum:
+        FC_CONV_SHIFTED
+        FC_CONV_UNFOLDED
+        FC_CONV_WINOGRAD
+        FC_CONV_DEPTHWISE
+    int fc_conv_path_f32(int64_t channels, int64_t filters, int64_t groups, const fc_window *g)
+    int fc_conv_path_f64(int64_t channels, int64_t filters, int64_t groups, const fc_window *g)
     int fc_conv_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
                              const float *x, const float *weight, int64_t n_images,
-                             int64_t channels, int64_t filters, const fc_window *g)
+                             int64_t channels, int64_t filters, int64_t groups,
+                             const fc_window *g)
     int fc_conv_backward_f64(double *dx, double *dweight, double *dbias, const double *dy,
                              const double *x, const double *weight, int64_t n_images,
-                             int64_t channels, int64_t filters, const fc_window *g)
+                             int64_t channels, int64_t filters, int64_t groups,
+                             const fc_window *g)
     void fc_channel_sums_f32(float *sums, const float *y,
                              int64_t n_images, int64_t channels, int64_t plane)
     void fc_channel_sums_f64(double *sums, const double *y,
@@ -106,6 +113,10 @@ cdef extern from "fastconv.h" nogil:
     void fc_relu_forward_f64(double *y, const double *x, int64_t size)
     void fc_relu_backward_f32(float *dx, const float *dy, const float *y, int64_t size)
     void fc_relu_backward_f64(double *dx, const double *dy, const double *y, int64_t size)
+    void fc_relu6_forward_f32(float *y, const float *x, int64_t size)
+    void fc_relu6_forward_f64(double *y, const double *x, int64_t size)
+    void fc_relu6_backward_f32(float *dx, const float *dy, const float *y, int64_t size)
+    void fc_relu6_backward_f64(double *dx, const double *dy, const double *y, int64_t size)
 
     void fc_adam_update_f32(float *param, const float *grad, float *exp_avg, float *exp_avg_sq,
                             int64_t size, double one_minus_beta1, double beta2,

@@ -31,6 +31,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
+    "relu6_forward", "relu6_backward",
     "adam_update",
 ]
 
@@ -296,16 +297,22 @@ cdef class _ConvCache:
     cdef tuple y_shape
     cdef fc_window window
     cdef bint has_bias
+    cdef int64_t groups
 
 
-def conv2d_forward(x, weight, bias, stride=1, padding=0):
+def conv2d_forward(x, weight, bias, stride=1, padding=0, groups=1):
     """y = conv(x, weight) + bias.
 
-    x (N, C, H, W), weight (F, C, KH, KW), bias (F,) or None -> y (N, F, OH, OW), cache.
+    x (N, C, H, W), weight (F, C/groups, KH, KW), bias (F,) or None -> y (N, F, OH, OW), cache.
+    The channels are split into ``groups`` consecutive groups, and so are the
+    filters: filter f sees channels g*C/groups .. (g+1)*C/groups - 1 of group
+    g = f // (F/groups) only. groups divides C and F; groups = C is the
+    depthwise convolution.
     """
-    geometry = _checks.conv_args(x, weight, bias, stride, padding)
+    geometry = _checks.conv_args(x, weight, bias, stride, padding, groups)
     cdef _ConvCache cache = _ConvCache()
     cache.window = _window(x.shape[2], x.shape[3], geometry)
+    cache.groups = int(groups)
     cdef fc_window *g = &cache.window
     cdef int64_t n = x.shape[0], c = x.shape[1], f = weight.shape[0]
     y = _new((n, f, g.oh, g.ow), x.dtype)
@@ -314,9 +321,9 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0):
     bc = None if bias is None else _c_array(bias)
     cdef int status
     if _is_single(y):
-        status = _conv_forward_run(<float>0, y, cache.x, cache.weight, bc, g, n, c, f)
+        status = _conv_forward_run(<float>0, y, cache.x, cache.weight, bc, g, n, c, f, cache.groups)
     else:
-        status = _conv_forward_run(<double>0, y, cache.x, cache.weight, bc, g, n, c, f)
+        status = _conv_forward_run(<double>0, y, cache.x, cache.weight, bc, g, n, c, f, cache.groups)
     if status != 0:
         raise MemoryError("no memory for the convolution's scratch")
     cache.x_shape = tuple(x.shape)
@@ -326,7 +333,7 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0):
 
 
 cdef int _conv_forward_run(real tag, object y, object x, object weight, object bias,
-                           const fc_window *g, int64_t n, int64_t c, int64_t f):
+                           const fc_window *g, int64_t n, int64_t c, int64_t f, int64_t groups):
     cdef real *py = <real *>_data(y)
     cdef const real *px = <const real *>_data(x)
     cdef const real *pw = <const real *>_data(weight)
@@ -334,21 +341,36 @@ cdef int _conv_forward_run(real tag, object y, object x, object weight, object b
     cdef int status
     with nogil:
         if real is float:
-            status = fc_conv_forward_f32(py, px, pw, pb, n, c, f, g)
+            status = fc_conv_forward_f32(py, px, pw, pb, n, c, f, groups, g)
         else:
-            status = fc_conv_forward_f64(py, px, pw, pb, n, c, f, g)
+            status = fc_conv_forward_f64(py, px, pw, pb, n, c, f, groups, g)
     return status
 
 
-def conv2d_uses_winograd(x, weight, stride=1, padding=0):
+_CONV_PATHS = {FC_CONV_SHIFTED: "shifted", FC_CONV_UNFOLDED: "unfolded", FC_CONV_WINOGRAD: "winograd",
+               FC_CONV_DEPTHWISE: "depthwise"}
+
+
+def conv2d_path(x, weight, stride=1, padding=0, groups=1):
+    """The path conv2d_forward(x, weight, None, stride, padding, groups) takes:
+    "depthwise" (one input channel a group: the direct kernel of
+    src_c/depthwise.inc), "winograd" (Winograd F(2x2, 3x3), see set_winograd),
+    "shifted" (stride 1: the matrix kernel reading taps from the padded image)
+    or "unfolded" (other strides: the matrix kernel on im2col's columns). A
+    grouped convolution takes the path of one of its groups, once per group."""
+    geometry = _checks.conv_args(x, weight, None, stride, padding, groups)
+    cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
+    cdef int64_t c = x.shape[1], f = weight.shape[0], count = int(groups)
+    if x.dtype == np.float32:
+        return _CONV_PATHS[fc_conv_path_f32(c, f, count, &g)]
+    return _CONV_PATHS[fc_conv_path_f64(c, f, count, &g)]
+
+
+def conv2d_uses_winograd(x, weight, stride=1, padding=0, groups=1):
     """Whether conv2d_forward(x, weight, ...) goes through Winograd F(2x2, 3x3)
     rather than the direct kernel (see set_winograd). Its input gradient is the
     forward convolution of dy with the flipped filters, decided the same way."""
-    geometry = _checks.conv_args(x, weight, None, stride, padding)
-    cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
-    if x.dtype == np.float32:
-        return bool(fc_conv_uses_winograd_f32(x.shape[1], weight.shape[0], &g))
-    return bool(fc_conv_uses_winograd_f64(x.shape[1], weight.shape[0], &g))
+    return conv2d_path(x, weight, stride, padding, groups) == "winograd"
 
 
 def conv2d_backward(dy, cache, need_dx=True, need_params=True):
@@ -389,12 +411,13 @@ cdef int _conv_backward_run(real tag, object dx, object dweight, object dbias, o
     cdef const real *pdy = <const real *>_data(dy)
     cdef const real *px = <const real *>_data(cache.x)
     cdef const real *pw = <const real *>_data(cache.weight)
+    cdef int64_t groups = cache.groups
     cdef int status
     with nogil:
         if real is float:
-            status = fc_conv_backward_f32(pdx, pdw, pdb, pdy, px, pw, n, c, f, g)
+            status = fc_conv_backward_f32(pdx, pdw, pdb, pdy, px, pw, n, c, f, groups, g)
         else:
-            status = fc_conv_backward_f64(pdx, pdw, pdb, pdy, px, pw, n, c, f, g)
+            status = fc_conv_backward_f64(pdx, pdw, pdb, pdy, px, pw, n, c, f, groups, g)
     return status
 
 
@@ -788,7 +811,7 @@ cdef void _batchnorm_backward_run(real tag, object dx, object dweight, object db
 
 
 # ---------------------------------------------------------------------------
-# ReLU
+# ReLU and ReLU6
 
 def relu_forward(x):
     """max(x, 0); NaN stays NaN."""
@@ -839,6 +862,57 @@ cdef void _relu_backward_run(real tag, object dx, object dy, object y, int64_t s
             fc_relu_backward_f32(pdx, pdy, py, size)
         else:
             fc_relu_backward_f64(pdx, pdy, py, size)
+
+
+def relu6_forward(x):
+    """min(max(x, 0), 6); NaN stays NaN."""
+    _checks.float_array(x, "x")
+    cdef int64_t size = x.size
+    xc = _c_array(x)
+    y = _new(x.shape, x.dtype)
+    if _is_single(xc):
+        _relu6_forward_run(<float>0, y, xc, size)
+    else:
+        _relu6_forward_run(<double>0, y, xc, size)
+    return y
+
+
+cdef void _relu6_forward_run(real tag, object y, object x, int64_t size):
+    cdef real *py = <real *>_data(y)
+    cdef const real *px = <const real *>_data(x)
+    with nogil:
+        if real is float:
+            fc_relu6_forward_f32(py, px, size)
+        else:
+            fc_relu6_forward_f64(py, px, size)
+
+
+def relu6_backward(dy, y):
+    """dy where the ReLU6's output y lies strictly between 0 and 6, else 0."""
+    _checks.float_array(dy, "dy")
+    _checks.float_array(y, "y")
+    _checks.same_dtype(dy, y, "y")
+    _checks.matching_shape(y, "y", dy.shape, "the ReLU6 output")
+    cdef int64_t size = dy.size
+    dyc = _c_array(dy)
+    yc = _c_array(y)
+    dx = _new(dy.shape, dy.dtype)
+    if _is_single(dyc):
+        _relu6_backward_run(<float>0, dx, dyc, yc, size)
+    else:
+        _relu6_backward_run(<double>0, dx, dyc, yc, size)
+    return dx
+
+
+cdef void _relu6_backward_run(real tag, object dx, object dy, object y, int64_t size):
+    cdef real *pdx = <real *>_data(dx)
+    cdef const real *pdy = <const real *>_data(dy)
+    cdef const real *py = <const real *>_data(y)
+    with nogil:
+        if real is float:
+            fc_relu6_backward_f32(pdx, pdy, py, size)
+        else:
+            fc_relu6_backward_f64(pdx, pdy, py, size)
 
 
 # ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
+    "relu6_forward", "relu6_backward",
     "adam_update",
 ]
 
@@ -101,22 +102,28 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
     return np.ascontiguousarray(xp[:, :, ph:ph + h, pw:pw + w])
 
 
-def conv2d_forward(x, weight, bias, stride=1, padding=0):
-    # type: (np.ndarray, np.ndarray, np.ndarray | None, _IntOrPair, _IntOrPair) -> tuple[np.ndarray, tuple]
+def conv2d_forward(x, weight, bias, stride=1, padding=0, groups=1):
+    # type: (np.ndarray, np.ndarray, np.ndarray | None, _IntOrPair, _IntOrPair, int) -> tuple[np.ndarray, tuple]
     """y = conv(x, weight) + bias.
 
-    x (N, C, H, W), weight (F, C, KH, KW), bias (F,) or None -> y (N, F, OH, OW), cache.
+    x (N, C, H, W), weight (F, C/groups, KH, KW), bias (F,) or None -> y (N, F, OH, OW), cache.
+    The channels are split into ``groups`` consecutive groups, and so are the
+    filters: filter f sees channels g*C/groups .. (g+1)*C/groups - 1 of group
+    g = f // (F/groups) only. groups divides C and F; groups = C is the
+    depthwise convolution.
     """
-    kh, kw, sh, sw, ph, pw, oh, ow = _checks.conv_args(x, weight, bias, stride, padding)
+    kh, kw, sh, sw, ph, pw, oh, ow = _checks.conv_args(x, weight, bias, stride, padding, groups)
+    groups = int(groups)
     n = x.shape[0]
     f = weight.shape[0]
-    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw))
-    out = weight.reshape(f, -1) @ cols
+    # im2col's rows run channel by channel, so each group's rows are one block.
+    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw)).reshape(groups, -1, n * oh * ow)
+    out = weight.reshape(groups, f // groups, -1) @ cols
     y = out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
     if bias is not None:
         y = y + bias.reshape(1, f, 1, 1)
     y = np.ascontiguousarray(y)
-    cache = (x.shape, y.shape, cols, weight, (kh, kw), (sh, sw), (ph, pw), bias is not None)
+    cache = (x.shape, y.shape, cols, weight, (kh, kw), (sh, sw), (ph, pw), bias is not None, groups)
     return y, cache
 
 
@@ -127,18 +134,18 @@ def conv2d_backward(dy, cache, need_dx=True, need_params=True):
     dx is None when need_dx is False; dweight and dbias are None when
     need_params is False, and dbias is None for a convolution without bias.
     """
-    x_shape, y_shape, cols, weight, kernel, stride, padding, has_bias = cache
+    x_shape, y_shape, cols, weight, kernel, stride, padding, has_bias, groups = cache
     _checks.float_array(dy, "dy", 4)
     _checks.matching_shape(dy, "dy", y_shape, "the convolution output")
     f = weight.shape[0]
-    dy_t = dy.transpose(1, 0, 2, 3).reshape(f, -1)
+    dy_t = dy.transpose(1, 0, 2, 3).reshape(groups, f // groups, -1)
     dweight = dbias = dx = None
     if need_params:
-        dweight = (dy_t @ cols.T).reshape(weight.shape)
+        dweight = (dy_t @ cols.transpose(0, 2, 1)).reshape(weight.shape)
         dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     if need_dx:
-        dcols = weight.reshape(f, -1).T @ dy_t
-        dx = col2im(dcols, x_shape, kernel, stride, padding)
+        dcols = weight.reshape(groups, f // groups, -1).transpose(0, 2, 1) @ dy_t
+        dx = col2im(dcols.reshape(-1, dcols.shape[-1]), x_shape, kernel, stride, padding)
     return dx, dweight, dbias
 
 
@@ -318,6 +325,21 @@ def relu_backward(dy, y):
     _checks.float_array(dy, "dy")
     _checks.matching_shape(y, "y", dy.shape, "the ReLU output")
     return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+def relu6_forward(x):
+    # type: (np.ndarray) -> np.ndarray
+    """min(max(x, 0), 6); NaN stays NaN."""
+    _checks.float_array(x, "x")
+    return np.minimum(np.maximum(x, 0), 6).astype(x.dtype, copy=False)
+
+
+def relu6_backward(dy, y):
+    # type: (np.ndarray, np.ndarray) -> np.ndarray
+    """dy where the ReLU6's output y lies strictly between 0 and 6, else 0."""
+    _checks.float_array(dy, "dy")
+    _checks.matching_shape(y, "y", dy.shape, "the ReLU6 output")
+    return np.where((y > 0) & (y < 6), dy, 0).astype(dy.dtype, copy=False)
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):

@@ -17,6 +17,10 @@ typedef struct {
     const fc_window *g;
     int64_t k;                  /* C*KH*KW: depth of the forward product */
     int64_t plane;              /* OH*OW: output pixels per image */
+    /* Distance between consecutive images of x and of y: C*H*W and F*OH*OW,
+     * or the whole image's when the plan covers one group of a grouped
+     * convolution, whose channels are a slice of each image. */
+    int64_t x_image, y_image;
     int shifted;                /* stride 1: read taps from the padded image */
     /* shifted: the padded image, (C, Hp, Wp) plus `slack` zeros, and the
      * wide output grid of `wide` = OH*Wp columns rounded up to a vector. */

@@ -14,7 +14,7 @@
  * Each returns 0 on success, or -1 when an allocation failed, in which case its
  * outputs are partly written and must be discarded; the wrapper raises
  * MemoryError on any nonzero status. maxpool_backward returns a count (see its
- * definition in pooling.inc) and conv_uses_winograd a yes/no; the others return
+ * definition in pooling.inc) and conv_path a path's number; the others return
  * nothing.
  *
  * How src_c/ is laid out:
@@ -26,11 +26,12 @@
  *          (conv_plan.h).
  *   *.inc  template bodies written in REAL and FC_NAME, one operation each:
  *          im2col, pooling, batchnorm, relu, optimizer (Adam), gemm (the
- *          register-tiled matrix kernel and its packing), winograd, conv and
- *          linear. Only the per-type .c files include them, with REAL and
- *          FC_NAME defined, in the order the .c files list (an .inc relies on
- *          the ones before it: gemm.inc before winograd.inc, conv.inc and
- *          linear.inc; im2col.inc and winograd.inc before conv.inc).
+ *          register-tiled matrix kernel and its packing), winograd,
+ *          depthwise, conv and linear. Only the per-type .c files include
+ *          them, with REAL and FC_NAME defined, in the order the .c files
+ *          list (an .inc relies on the ones before it: gemm.inc before
+ *          winograd.inc, depthwise.inc, conv.inc and linear.inc; im2col.inc,
+ *          winograd.inc and depthwise.inc before conv.inc).
  *   *.c    kernels_f32.c and kernels_f64.c instantiate every .inc for float and
  *          double; threads.c holds the thread-count and Winograd switches,
  *          isa.c the choice of instruction-set variant.
@@ -103,24 +104,34 @@ void fc_col2im_f32(float *x, const float *cols, int64_t n_images, int64_t channe
 void fc_col2im_f64(double *x, const double *cols, int64_t n_images, int64_t channels,
                    const fc_window *g, int64_t ld);
 
-/* conv.inc (and winograd.inc); conv_forward and conv_backward allocate scratch
- * and return 0, or -1 when memory ran out. */
+/* conv.inc (and winograd.inc, depthwise.inc); conv_forward and conv_backward
+ * allocate scratch and return 0, or -1 when memory ran out. channels and
+ * filters count the whole layer's; groups divides both. */
 int fc_conv_forward_f32(float *y, const float *x, const float *weight, const float *bias,
-                        int64_t n_images, int64_t channels, int64_t filters,
+                        int64_t n_images, int64_t channels, int64_t filters, int64_t groups,
                         const fc_window *g);
 int fc_conv_forward_f64(double *y, const double *x, const double *weight,
                         const double *bias, int64_t n_images, int64_t channels,
-                        int64_t filters, const fc_window *g);
+                        int64_t filters, int64_t groups, const fc_window *g);
 
-int fc_conv_uses_winograd_f32(int64_t channels, int64_t filters, const fc_window *g);
-int fc_conv_uses_winograd_f64(int64_t channels, int64_t filters, const fc_window *g);
+/* The path conv_forward takes: the matrix kernel on taps read from the padded
+ * image (stride 1) or on unfolded columns (other strides), Winograd, or the
+ * direct depthwise kernel (one input channel a group). */
+#define FC_CONV_SHIFTED 0
+#define FC_CONV_UNFOLDED 1
+#define FC_CONV_WINOGRAD 2
+#define FC_CONV_DEPTHWISE 3
+int fc_conv_path_f32(int64_t channels, int64_t filters, int64_t groups, const fc_window *g);
+int fc_conv_path_f64(int64_t channels, int64_t filters, int64_t groups, const fc_window *g);
 
 int fc_conv_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
                          const float *x, const float *weight, int64_t n_images,
-                         int64_t channels, int64_t filters, const fc_window *g);
+                         int64_t channels, int64_t filters, int64_t groups,
+                         const fc_window *g);
 int fc_conv_backward_f64(double *dx, double *dweight, double *dbias, const double *dy,
                          const double *x, const double *weight, int64_t n_images,
-                         int64_t channels, int64_t filters, const fc_window *g);
+                         int64_t channels, int64_t filters, int64_t groups,
+                         const fc_window *g);
 
 void fc_channel_sums_f32(float *sums, const float *y, int64_t n_images, int64_t channels,
                          int64_t plane);
@@ -193,6 +204,12 @@ void fc_relu_forward_f64(double *y, const double *x, int64_t size);
 
 void fc_relu_backward_f32(float *dx, const float *dy, const float *y, int64_t size);
 void fc_relu_backward_f64(double *dx, const double *dy, const double *y, int64_t size);
+
+void fc_relu6_forward_f32(float *y, const float *x, int64_t size);
+void fc_relu6_forward_f64(double *y, const double *x, int64_t size);
+
+void fc_relu6_backward_f32(float *dx, const float *dy, const float *y, int64_t size);
+void fc_relu6_backward_f64(double *dx, const double *dy, const double *y, int64_t size);
 
 /* optimizer.inc */
 void fc_adam_update_f32(float *param, const float *grad, float *exp_avg, float *exp_avg_sq,

@@ -14,5 +14,6 @@
 #include "optimizer.inc"
 #include "gemm.inc"
 #include "winograd.inc"
+#include "depthwise.inc"
 #include "conv.inc"
 #include "linear.inc"

@@ -446,19 +446,21 @@ def check_weighted_layer(data, rng, kind, x, weight, bias, *geometry, torch_forw
     return cache, dy
 
 
-def check_conv(data, g, filters, with_bias, mode=True, specials=None, expect_winograd=None):
+def check_conv(data, g, filters, with_bias, mode=True, specials=None, expect_winograd=None, groups=1):
     """A convolution of geometry g under set_winograd(mode), checked by
     check_weighted_layer. Counts the examples whose forward pass (and weight
     gradient), and whose input gradient, went through Winograd; with
-    expect_winograd, requires the forward pass to have taken that path or not."""
+    expect_winograd, requires the forward pass to have taken that path or not.
+    groups splits g's channels and the filters (it divides both)."""
     rng, dtype = g["rng"], g["dtype"]
     x = draw_array(data, rng, x_shape_of(g), dtype, "x", specials=specials)
-    weight = draw_array(data, rng, (filters, g["c"]) + g["kernel"], dtype, "weight", specials=False)
+    weight = draw_array(data, rng, (filters, g["c"] // groups) + g["kernel"], dtype, "weight", specials=False)
     bias = draw_array(data, rng, (filters,), dtype, "bias", specials=False) if with_bias else None
     stride = as_argument(data, g["stride"], "stride")
     padding = as_argument(data, g["padding"], "padding")
+    geometry = (stride, padding) if groups == 1 else (stride, padding, groups)
     with winograd_mode(mode):
-        winograd = fast.conv2d_uses_winograd(x, weight, stride, padding)
+        winograd = fast.conv2d_uses_winograd(x, weight, *geometry)
         if expect_winograd is not None:
             assert winograd == expect_winograd, (x.shape, weight.shape, g["stride"], g["padding"], mode)
         if mode == "always":
@@ -466,7 +468,8 @@ def check_conv(data, g, filters, with_bias, mode=True, specials=None, expect_win
             # output row or column ever uses counts as 1.
             oh, ow = output_plane(g)
             assert winograd == (g["kernel"] == (3, 3) and (g["stride"][0] == 1 or oh == 1)
-                                and (g["stride"][1] == 1 or ow == 1))
+                                and (g["stride"][1] == 1 or ow == 1)
+                                and not (groups > 1 and groups == g["c"]))
         dx_winograd = False
         if winograd:
             note("winograd forward and weight gradient")
@@ -477,18 +480,18 @@ def check_conv(data, g, filters, with_bias, mode=True, specials=None, expect_win
             oh, ow = output_plane(g)
             exact = g["h"] + 2 * ph - 2 == oh and g["w"] + 2 * pw - 2 == ow
             if exact and ph < 3 and pw < 3 and fast.conv2d_uses_winograd(
-                    np.empty((1, filters, oh, ow), dtype), np.empty((g["c"], filters, 3, 3), dtype),
-                    1, (2 - ph, 2 - pw)):
+                    np.empty((1, filters // groups, oh, ow), dtype),
+                    np.empty((g["c"] // groups, filters // groups, 3, 3), dtype), 1, (2 - ph, 2 - pw)):
                 note("winograd input gradient")
                 dx_winograd = True
         if not np.isfinite(x).all():
             note("x with NaN or inf")
 
         def torch_forward(tx, tw, tb):
-            return torch_functional.conv2d(tx, tw, tb, g["stride"], g["padding"])
+            return torch_functional.conv2d(tx, tw, tb, g["stride"], g["padding"], 1, groups)
 
         check_weighted_layer(
-            data, rng, "conv2d", x, weight, bias, stride, padding, torch_forward=torch_forward,
+            data, rng, "conv2d", x, weight, bias, *geometry, torch_forward=torch_forward,
             widen=(lambda magnitudes: winograd_magnitudes(magnitudes, dx_winograd)) if winograd else None)
 
 
@@ -547,6 +550,33 @@ def fuzz_conv2d(data):
     mode = data.draw(st.sampled_from([True, False, "always"]), label="set_winograd")
     check_conv(data, g, data.draw(st.integers(1, 5), label="filters"),
                data.draw(st.booleans(), label="bias"), mode)
+
+
+@target
+def fuzz_conv2d_grouped(data):
+    """Grouped convolutions: depthwise ones (groups = C, one to three filters a
+    channel), whose direct kernel turns every stride into stride 1 on a split
+    plane, and groups of several channels, which run the other paths once per
+    group on slices of the images. Windows, strides and paddings as
+    fuzz_conv2d's, NaN and inf in x, against the twin and PyTorch."""
+    g = data.draw(geometries(), label="geometry")
+    if data.draw(st.booleans(), label="depthwise"):
+        groups = g["c"] = data.draw(st.integers(2, 6), label="channels")
+        filters = groups * data.draw(st.integers(1, 3), label="filters a channel")
+    else:
+        groups = data.draw(st.integers(2, 3), label="groups")
+        g["c"] = groups * data.draw(st.integers(2, 3), label="channels a group")
+        filters = groups * data.draw(st.integers(1, 3), label="filters a group")
+    if data.draw(st.booleans(), label="3x3 at stride 1 or 2, padding 1"):
+        # MobileNet's depthwise layers, and Winograd's shape for the others.
+        g = dict(g, kernel=(3, 3), padding=(1, 1), stride=(data.draw(st.sampled_from([1, 2]), label="stride"),) * 2)
+    mode = data.draw(st.sampled_from([True, False, "always"]), label="set_winograd")
+    x = np.empty(x_shape_of(g), g["dtype"])
+    path = fast.conv2d_path(x, np.empty((filters, g["c"] // groups) + g["kernel"], g["dtype"]), g["stride"],
+                            g["padding"], groups)
+    assert (path == "depthwise") == (groups == g["c"]), (path, groups, g["c"])
+    note(f"path {path}")
+    check_conv(data, g, filters, data.draw(st.booleans(), label="bias"), mode, groups=groups)
 
 
 def test_set_winograd_always_reaches_what_the_cost_model_never_picks():
@@ -809,6 +839,32 @@ def fuzz_relu(data):
     assert_matches(fast.relu_backward(dy, y), ref.relu_backward(dy, y))
 
 
+@target
+def fuzz_relu6(data):
+    shape = tuple(data.draw(st.lists(st.integers(0, 6), max_size=5), label="shape"))
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+    # Values around both kinks, and exactly on them.
+    x = draw_array(data, rng, shape, dtype, "x", scale=4.0, offset=3.0)
+    if x.size and data.draw(st.booleans(), label="values on the kinks"):
+        x = x.copy()
+        x.flat[::3] = rng.choice([0.0, -0.0, 6.0], size=x.flat[::3].shape)
+    y = fast.relu6_forward(x)
+    assert_matches(y, ref.relu6_forward(x))
+    dy = draw_array(data, rng, shape, dtype, "dy")
+    y = laid_out(data, y, "y")
+    dx = fast.relu6_backward(dy, y)
+    assert_matches(dx, ref.relu6_backward(dy, y))
+    if torch is not None and np.isfinite(x).all():
+        # PyTorch's gradient passes where 0 < x < 6, zero on both kinks.
+        tx = to_torch(x)
+        y_torch = torch_functional.relu6(tx)
+        y_torch.backward(to_torch(dy, requires_grad=False))
+        assert_matches_torch(fast.relu6_forward(x), from_torch(y_torch))
+        assert_matches_torch(fast.relu6_backward(dy, fast.relu6_forward(x)), from_torch(tx.grad))
+        note("compared with torch")
+
+
 # ---------------------------------------------------------------------------
 # Garbage: one argument of a valid call replaced by something malformed
 
@@ -851,6 +907,9 @@ def bad_geometry(data, label):
 BAD_EPS = (0, 0.0, -1e-5, float("nan"), float("-inf"), "1e-5", None, True, 10 ** 400, np.array([1e-5]))
 
 
+BAD_GROUPS = (0, -2, 1.0, True, "1", None, (1,), np.float64(2.0), 2 ** 70)
+
+
 def valid_call(data, name):
     """(fast arguments, twin arguments, {position: kind}) of a valid call to name."""
     pooling = name.startswith(("maxpool", "avgpool"))
@@ -868,8 +927,8 @@ def valid_call(data, name):
         return args, args, {0: "array", 2: "geometry", 3: "geometry", 4: "geometry"}
     if name == "conv2d_forward":
         weight = random_values(rng, (2, c) + g["kernel"], dtype)
-        args = (x, weight, random_values(rng, (2,), dtype), g["stride"], g["padding"])
-        return args, args, {0: "array", 1: "array", 2: "array", 3: "geometry", 4: "geometry"}
+        args = (x, weight, random_values(rng, (2,), dtype), g["stride"], g["padding"], 1)
+        return args, args, {0: "array", 1: "array", 2: "array", 3: "geometry", 4: "geometry", 5: "groups"}
     if name == "conv2d_backward":
         weight = random_values(rng, (2, c) + g["kernel"], dtype)
         y, cache = fast.conv2d_forward(x, weight, None, g["stride"], g["padding"])
@@ -914,9 +973,9 @@ def valid_call(data, name):
         *_, cache_ref = ref.batchnorm2d_forward_train(x, weight, bias)
         dy = random_values(rng, x.shape, dtype)
         return (dy, cache), (dy, cache_ref), {0: "array", 1: "cache"}
-    if name == "relu_forward":
+    if name in ("relu_forward", "relu6_forward"):
         return (x,), (x,), {0: "array"}
-    y = ref.relu_forward(x)
+    y = getattr(ref, name.replace("backward", "forward"))(x)
     args = (random_values(rng, x.shape, dtype), y)
     return args, args, {0: "array", 1: "array"}
 
@@ -980,6 +1039,12 @@ def fuzz_garbage(data):
         fast_args[position] = ref_args[position] = bad
     elif kind == "eps":
         bad = data.draw(st.sampled_from(BAD_EPS), label="eps")
+        fragments = [repr(bad)]
+        fast_args[position] = ref_args[position] = bad
+    elif kind == "groups":
+        # Counts that are not positive ints, and ints that do not divide the
+        # channels (a count above them included).
+        bad = data.draw(st.sampled_from(BAD_GROUPS + (fast_args[0].shape[1] + 1,)), label="groups")
         fragments = [repr(bad)]
         fast_args[position] = ref_args[position] = bad
     else:
@@ -1217,7 +1282,7 @@ def test_conv2d_1x1_with_a_stride_matches_reference(dtype):
 # bad input is refused the same way on both.
 
 FUZZED_LAYERS = ("AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
-                 "GlobalAvgPool2d", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU")
+                 "GlobalAvgPool2d", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "ReLU6")
 
 
 # Layers that only wire a graph: no kernel, the same NumPy on both backends
@@ -1240,8 +1305,11 @@ def layer_cases(draw):
     if kind == "Conv2d":
         kh, kw = draw(st.integers(1, min(4, h + 2))), draw(st.integers(1, min(4, w + 2)))
         padding = (draw(st.integers(max(0, -(-(kh - h) // 2)), 2)), draw(st.integers(max(0, -(-(kw - w) // 2)), 2)))
-        layer = layers.Conv2d(c, draw(st.integers(1, 4)), (kh, kw), (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
-                              padding, bias=draw(st.booleans()), dtype=dtype, seed=rng)
+        # One group, every channel its own group (depthwise), or any count dividing c.
+        groups = draw(st.sampled_from(sorted({1, c} | {k for k in range(1, c + 1) if c % k == 0})))
+        layer = layers.Conv2d(c, groups * draw(st.integers(1, 3)), (kh, kw),
+                              (draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding, bias=draw(st.booleans()),
+                              dtype=dtype, seed=rng, groups=groups)
     elif kind == "BatchNorm2d":
         layer = layers.BatchNorm2d(c, eps=draw(st.sampled_from([1e-5, 0.1])), dtype=dtype)
         layer.params["weight"][...] = rng.standard_normal(c)

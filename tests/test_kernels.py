@@ -147,12 +147,12 @@ def test_col2im_is_the_adjoint_of_im2col(case):
 # ---------------------------------------------------------------------------
 # Convolution
 
-def check_conv(x, weight, bias, stride, padding):
+def check_conv(x, weight, bias, stride, padding, groups=1):
     """Forward and backward of both backends; magnitudes from the twin run on |values|."""
-    y, cache = fast.conv2d_forward(x, weight, bias, stride, padding)
-    y_ref, cache_ref = ref.conv2d_forward(x, weight, bias, stride, padding)
+    y, cache = fast.conv2d_forward(x, weight, bias, stride, padding, groups)
+    y_ref, cache_ref = ref.conv2d_forward(x, weight, bias, stride, padding, groups)
     abs_bias = None if bias is None else np.abs(bias)
-    y_abs, cache_abs = ref.conv2d_forward(np.abs(x), np.abs(weight), abs_bias, stride, padding)
+    y_abs, cache_abs = ref.conv2d_forward(np.abs(x), np.abs(weight), abs_bias, stride, padding, groups)
     assert_close(y, y_ref, y_abs)
 
     dy = random_array(np.random.default_rng(y.size), y.shape, y.dtype)
@@ -500,6 +500,126 @@ def test_conv2d_winograd_gives_the_same_bits_on_any_thread_count():
 
 
 # ---------------------------------------------------------------------------
+# Grouped and depthwise convolution
+
+@property_test
+@given(windows(), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.booleans())
+def test_grouped_conv2d_matches_reference(case, groups, channels_a_group, filters_a_group, with_bias):
+    # One channel a group (groups > 1) is the depthwise kernel; more, the
+    # other paths once per group.
+    case["c"] = groups * channels_a_group
+    rng, dtype = case["rng"], case["dtype"]
+    weight = random_array(rng, (groups * filters_a_group, channels_a_group) + case["kernel"], dtype)
+    bias = random_array(rng, (groups * filters_a_group,), dtype) if with_bias else None
+    check_conv(x_of(case), weight, bias, case["stride"], case["padding"], groups)
+
+
+DEPTHWISE_CASES = [
+    # MobileNetV2's layers, narrower: 3x3, padding 1, stride 1 and 2, one
+    # filter a channel, on planes of several vectors and of less than one
+    ((2, 8, 40, 40), 1, (3, 3), 1, 1),
+    ((2, 8, 41, 39), 1, (3, 3), 2, 1),
+    ((3, 16, 7, 7), 1, (3, 3), 1, 1),
+    ((1, 16, 4, 4), 1, (3, 3), 2, 1),
+    # several filters a channel; other kernels, strides and paddings
+    ((1, 5, 9, 11), 3, (3, 3), 1, 0),
+    ((2, 4, 12, 13), 2, (5, 3), (2, 3), (2, 1)),
+    ((2, 3, 6, 5), 1, (7, 7), 1, 3),
+    ((1, 2, 1, 1), 2, (3, 3), 1, 1),
+    ((2, 3, 20, 9), 1, (1, 1), 2, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, multiplier, kernel, stride, padding", DEPTHWISE_CASES)
+def test_depthwise_conv2d_matches_reference(dtype, shape, multiplier, kernel, stride, padding):
+    rng = np.random.default_rng(10)
+    c = shape[1]
+    x = random_array(rng, shape, dtype)
+    weight = random_array(rng, (c * multiplier, 1) + kernel, dtype)
+    assert fast.conv2d_path(x, weight, stride, padding, c) == "depthwise"
+    check_conv(x, weight, random_array(rng, (c * multiplier,), dtype), stride, padding, c)
+    check_conv(x, weight, None, stride, padding, c)
+
+
+def test_conv2d_path_of_resnet_and_mobilenet_layers():
+    def path(c, f, h, kernel, stride, groups=1):
+        x = np.zeros((1, c, h, h), np.float32)
+        return fast.conv2d_path(x, np.zeros((f, c // groups, kernel, kernel), np.float32), stride, kernel // 2,
+                                groups)
+    # ResNet-18's downsampling: the matrix kernel on unfolded columns, never
+    # the direct depthwise kernel or a per-pixel loop.
+    assert path(3, 64, 224, 7, 2) == "unfolded"
+    assert path(64, 128, 56, 3, 2) == "unfolded"
+    assert path(64, 128, 56, 1, 2) == "unfolded"
+    assert path(64, 64, 56, 3, 1) == "winograd"
+    assert path(64, 256, 56, 1, 1) == "shifted"
+    # MobileNetV2's depthwise layers, and a grouped layer of several channels a group.
+    assert path(32, 32, 112, 3, 1, groups=32) == "depthwise"
+    assert path(96, 96, 112, 3, 2, groups=96) == "depthwise"
+    assert path(64, 128, 32, 3, 1, groups=2) == "winograd"
+    assert path(8, 8, 16, 3, 2, groups=4) == "unfolded"
+    # One channel and one group: the matrix kernel, all filters as its rows.
+    assert path(1, 32, 28, 3, 1) == "shifted"
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_conv2d_keeps_nan_to_its_windows(dtype, special):
+    # The depthwise kernel computes on a wide grid whose junk columns hold
+    # pixels of other rows: a NaN or inf in x must still reach only the
+    # outputs (and weight-gradient taps) whose window holds it, and one in a
+    # weight only the input gradient that tap reaches.
+    rng = np.random.default_rng(11)
+    x = random_array(rng, (2, 3, 9, 10), dtype)
+    x[1, 2, 4, 0] = special
+    weight = random_array(rng, (6, 1, 3, 3), dtype)
+    bias = random_array(rng, (6,), dtype)
+    y, cache = fast.conv2d_forward(x, weight, bias, 1, 1, 3)
+    y_ref, cache_ref = ref.conv2d_forward(x, weight, bias, 1, 1, 3)
+    assert np.isfinite(y[1, 4:6, 4, 2]).all() and not np.isfinite(y[1, 4:6, 4, 1]).all()
+    dy = random_array(rng, y.shape, dtype)
+    got = (y,) + fast.conv2d_backward(dy, cache)
+    want = (y_ref,) + ref.conv2d_backward(dy, cache_ref)
+    # The pixel is in the first column: the last kernel column never sees it.
+    assert np.isfinite(got[2][4:6, :, :, 2]).all()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
+    bad_weight = weight.copy()
+    bad_weight[3, 0, 2, 2] = special
+    _, cache = fast.conv2d_forward(x, bad_weight, bias, 1, 1, 3)
+    _, cache_ref = ref.conv2d_forward(x, bad_weight, bias, 1, 1, 3)
+    dx = fast.conv2d_backward(dy, cache)[0]
+    dx_ref = ref.conv2d_backward(dy, cache_ref)[0]
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx_ref))
+    # Filter 3 reads channel 1; its bottom-right tap never reaches the
+    # channel's first row or column.
+    assert np.isfinite(dx[:, [0, 2]]).all() and not np.isfinite(dx[:, 1]).all()
+    assert np.isfinite(dx[:, 1, 0]).all() and np.isfinite(dx[:, 1, :, 0]).all()
+
+
+def test_grouped_conv2d_is_the_groups_convolved_apart():
+    # An oracle that shares nothing with either backend's grouping: each
+    # group convolved on its own by the compiled kernel, then stacked.
+    rng = np.random.default_rng(12)
+    x = random_array(rng, (2, 6, 11, 10), np.float64)
+    weight = random_array(rng, (9, 2, 3, 3), np.float64)
+    bias = random_array(rng, (9,), np.float64)
+    y, cache = fast.conv2d_forward(x, weight, bias, 2, 1, 3)
+    dy = random_array(rng, y.shape, np.float64)
+    dx, dweight, dbias = fast.conv2d_backward(dy, cache)
+    for k in range(3):
+        part = slice(3 * k, 3 * k + 3)
+        y_k, cache_k = fast.conv2d_forward(x[:, 2 * k:2 * k + 2], weight[part], bias[part], 2, 1)
+        dx_k, dweight_k, dbias_k = fast.conv2d_backward(np.ascontiguousarray(dy[:, part]), cache_k)
+        np.testing.assert_allclose(y[:, part], y_k, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(dx[:, 2 * k:2 * k + 2], dx_k, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(dweight[part], dweight_k, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(dbias[part], dbias_k, rtol=1e-13, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------
 # Pooling
 
 def pool_args(case, data):
@@ -713,6 +833,25 @@ def test_relu_matches_reference(shape, dtype, seed):
     assert dx.dtype == dtype
 
 
+@property_test
+@given(st.lists(st.integers(0, 7), min_size=0, max_size=4), st.sampled_from(DTYPES),
+       st.integers(0, 2 ** 32 - 1))
+def test_relu6_matches_reference(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = random_array(rng, shape, dtype, scale=5.0, offset=3.0)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 6.0], dtype)
+    mask = rng.random(x.shape) < 0.3
+    x[mask] = rng.choice(specials, size=int(mask.sum()))
+    y = fast.relu6_forward(x)
+    np.testing.assert_array_equal(y, ref.relu6_forward(x))
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert np.all((y[~np.isnan(y)] >= 0) & (y[~np.isnan(y)] <= 6))
+    dy = random_array(rng, shape, dtype)
+    dx = fast.relu6_backward(dy, y)
+    np.testing.assert_array_equal(dx, ref.relu6_backward(dy, y))
+    assert dx.dtype == dtype
+
+
 def test_relu_is_parallel_safe_on_large_arrays():
     x = random_array(np.random.default_rng(7), (3, 200_001), np.float32)
     np.testing.assert_array_equal(fast.relu_forward(x), ref.relu_forward(x))
@@ -758,8 +897,8 @@ def kernel_calls(dtype, n=2):
     bn_params = random_array(rng, (2, 3), dtype)
     stats = np.abs(random_array(rng, (2, 3), dtype)) + 0.5
 
-    def conv(x, weight, bias, dy, stride=2, padding=1):
-        y, cache = fast.conv2d_forward(x, weight, bias, stride, padding)
+    def conv(x, weight, bias, dy, stride=2, padding=1, groups=1):
+        y, cache = fast.conv2d_forward(x, weight, bias, stride, padding, groups)
         return (y,) + fast.conv2d_backward(dy, cache)
 
     # 1x1 kernels take the path without im2col.
@@ -784,6 +923,18 @@ def kernel_calls(dtype, n=2):
         y = fast.relu_forward(x)
         return y, fast.relu_backward(dy, y)
 
+    def relu6(x, dy):
+        y = fast.relu6_forward(x * 4)
+        return y, fast.relu6_backward(dy, y)
+
+    # Depthwise (three channels, two filters each) and two groups of two.
+    depthwise_weight = random_array(rng, (6, 1, 3, 2), dtype)
+    depthwise_bias = random_array(rng, (6,), dtype)
+    depthwise_dy = random_array(rng, (n, 6, 4, 4), dtype)
+    grouped_x = random_array(rng, (n, 4, 7, 6), dtype)
+    grouped_weight = random_array(rng, (4, 2, 3, 3), dtype)
+    grouped_dy = random_array(rng, (n, 4, 7, 6), dtype)
+
     def linear(x, weight, bias, dy):
         y, cache = fast.linear_forward(x, weight, bias)
         return (y,) + fast.linear_backward(dy, cache)
@@ -799,10 +950,14 @@ def kernel_calls(dtype, n=2):
                             (large_x, weight, bias, large_dy[..., :23])),
         "conv2d 1x1": (lambda *a: conv(*a, stride=1, padding=0),
                        (large_x, pointwise_weight, bias, large_dy)),
+        "conv2d depthwise": (lambda *a: conv(*a, groups=3), (x, depthwise_weight, depthwise_bias, depthwise_dy)),
+        "conv2d grouped": (lambda *a: conv(*a, stride=1, padding=1, groups=2),
+                           (grouped_x, grouped_weight, bias, grouped_dy)),
         "maxpool2d": (maxpool, (x, pool_dy)),
         "avgpool2d": (avgpool, (x, pool_dy)),
         "batchnorm2d": (batchnorm, (x, bn_params, stats, x[:, :, ::-1] * 2)),
         "relu": (relu, (x, x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2))),
+        "relu6": (relu6, (x, x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2))),
         "linear": (linear, (features, fc_weight, bias[:1].repeat(21), features[:, :21] * 3)),
     }
 
@@ -883,7 +1038,15 @@ BAD_CALLS = [
      "(2, 3, 0, 4)"),
     ("batchnorm eval stats", "batchnorm2d_forward_eval", (X, GAMMA, GAMMA, GAMMA[:1], GAMMA),
      ValueError, "(1,)"),
+    ("conv groups zero", "conv2d_forward", (X, W, B, 1, 0, 0), ValueError, "groups must be a positive int, got 0"),
+    ("conv groups float", "conv2d_forward", (X, W, B, 1, 0, 1.5), TypeError, "1.5"),
+    ("conv groups channels", "conv2d_forward", (X, W[:4, :1], B[:4], 1, 1, 2), ValueError,
+     "input has 3 channels but weight (4, 1, 3, 3) with groups 2 expects 2"),
+    ("conv groups filters", "conv2d_forward", (X, W[:, :1], B, 1, 1, 3), ValueError,
+     "(5, 1, 3, 3) has 5 filters, which is not divisible by groups 3"),
     ("relu int", "relu_forward", (np.zeros(3, np.int16),), TypeError, "int16"),
+    ("relu6 int", "relu6_forward", (np.zeros(3, np.int16),), TypeError, "int16"),
+    ("relu6_backward y shape", "relu6_backward", (X, X[0]), ValueError, "(3, 4, 4)"),
     ("relu_backward y shape", "relu_backward", (X, X[0]), ValueError, "(3, 4, 4)"),
 ]
 
@@ -974,7 +1137,7 @@ def test_concurrent_calls_release_the_gil_and_agree():
 
 @pytest.mark.skipif(not fast.openmp_enabled(), reason="built without OpenMP")
 @pytest.mark.parametrize("kernel", ["im2col", "col2im", "maxpool2d", "avgpool2d", "batchnorm2d",
-                                    "relu", "linear"])
+                                    "relu", "relu6", "linear", "conv2d depthwise"])
 def test_thread_count_does_not_change_results(kernel):
     # 512 images: enough work for every loop to start its threads.
     function, arrays = kernel_calls(np.float32, n=512)[kernel]

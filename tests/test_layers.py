@@ -80,6 +80,11 @@ def test_conv2d_gradients(backend, case):
 def test_relu_and_leaky_relu_gradients(backend):
     rng = np.random.default_rng(3)
     check_gradients(layers.ReLU(), away_from_zero(rng, (2, 3, 4, 5)))
+    # ReLU6: values below 0, between 0 and 6 and above 6, at least 0.1 from either kink.
+    shape = (2, 3, 4, 5)
+    x = rng.choice([-1.0, 3.0, 7.0], size=shape) + rng.uniform(-0.9, 0.9, shape)
+    dx = check_gradients(layers.ReLU6(), x)
+    np.testing.assert_array_equal(dx != 0, (x > 0) & (x < 6))
     check_gradients(layers.ReLU(), away_from_zero(rng, (3, 7)))
     check_gradients(layers.LeakyReLU(0.2), away_from_zero(rng, (2, 3, 4, 5)))
 
@@ -225,7 +230,10 @@ def test_backward_without_input_gradient_still_fills_parameter_gradients(backend
 
 ALL_LAYERS = [
     (lambda dt: layers.Conv2d(3, 4, 3, stride=2, padding=1, dtype=dt), (2, 3, 7, 6)),
+    (lambda dt: layers.Conv2d(4, 6, 3, padding=1, groups=2, dtype=dt), (2, 4, 7, 6)),
+    (lambda dt: layers.Conv2d(3, 6, 3, stride=2, padding=1, groups=3, dtype=dt), (2, 3, 7, 6)),
     (lambda dt: layers.ReLU(), (2, 3, 7, 6)),
+    (lambda dt: layers.ReLU6(), (2, 3, 7, 6)),
     (lambda dt: layers.LeakyReLU(), (2, 3, 7, 6)),
     (lambda dt: layers.BatchNorm2d(3, dtype=dt), (2, 3, 7, 6)),
     (lambda dt: layers.MaxPool2d(3, 2, 1), (2, 3, 7, 6)),
@@ -280,6 +288,10 @@ def test_shapes_dtypes_and_non_contiguous_input(backend, make, shape, dtype):
     (lambda: layers.Conv2d(3, 4, 2.5), TypeError, "2.5"),
     (lambda: layers.Conv2d(3.0, 4, 3), TypeError, "3.0"),
     (lambda: layers.Conv2d(3, 4, 3, dtype=np.int32), TypeError, "int32"),
+    (lambda: layers.Conv2d(6, 4, 3, groups=4), ValueError, "in_channels 6 is not divisible by groups 4"),
+    (lambda: layers.Conv2d(6, 4, 3, groups=3), ValueError, "out_channels 4 is not divisible by groups 3"),
+    (lambda: layers.Conv2d(6, 6, 3, groups=0), ValueError, "groups must be a positive int, got 0"),
+    (lambda: layers.Conv2d(6, 6, 3, groups=2.0), TypeError, "2.0"),
     (lambda: layers.Linear(4, -2), ValueError, "-2"),
     (lambda: layers.BatchNorm2d(4, momentum=1.5), ValueError, "1.5"),
     (lambda: layers.BatchNorm2d(4, eps=0), ValueError, "eps"),

@@ -142,6 +142,8 @@ def long_calls():
         "batchnorm2d_backward": lambda: fast.batchnorm2d_backward(x, bn_cache),
         "relu_forward": lambda: fast.relu_forward(big),
         "relu_backward": lambda: fast.relu_backward(big, big_y),
+        "relu6_forward": lambda: fast.relu6_forward(big),
+        "relu6_backward": lambda: fast.relu6_backward(big, big_y),
         "adam_update": lambda: fast.adam_update(adam_arrays[0], big, adam_arrays[1], adam_arrays[2],
                                                 1e-3, 0.9, 0.999, 1e-8, 1),
     }
@@ -311,6 +313,32 @@ def test_conv2d_on_any_thread_count(case, dtype):
                 f"{(difference / (np.finfo(dtype).eps * magnitude)).max():.3g} ulps of its magnitude")
 
 
+DEPTHWISE_CASES = {
+    # name: (x shape, filters a channel, kernel, stride, padding)
+    "MobileNet's 3x3, stride 1": ((4, 12, 24, 24), 1, (3, 3), 1, 1),
+    "MobileNet's 3x3, stride 2, one image": ((1, 32, 33, 31), 1, (3, 3), 2, 1),
+    "two filters a channel, 5x3": ((3, 8, 20, 21), 2, (5, 3), (1, 2), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", sorted(DEPTHWISE_CASES))
+def test_depthwise_conv2d_gives_the_same_bits_on_any_thread_count(case, dtype):
+    # Threads take whole planes, and each channel's weight gradient is one
+    # thread's sum over the images, in image order: every result, dweight
+    # included, is the same bits on any thread count.
+    shape, multiplier, kernel, stride, padding = DEPTHWISE_CASES[case]
+    c = shape[1]
+    x, weight, bias = rng_arrays(5, dtype, shape, (c * multiplier, 1) + kernel, (c * multiplier,))
+    assert fast.conv2d_path(x, weight, stride, padding, c) == "depthwise"
+
+    def forward_backward():
+        y, cache = fast.conv2d_forward(x, weight, bias, stride, padding, c)
+        return (y,) + fast.conv2d_backward(np.cos(y), cache)
+
+    assert_same_bits(on_threads(forward_backward), f"depthwise conv2d {case}")
+
+
 LINEAR_CASES = {
     # name: (batch, in_features, out_features)
     "shared out by rows": (300, 700, 500),
@@ -393,9 +421,10 @@ def test_relu_on_any_thread_count(dtype):
 
     def forward_backward():
         y = fast.relu_forward(x)
-        return y, fast.relu_backward(dy, y)
+        y6 = fast.relu6_forward(x * 4)
+        return y, fast.relu_backward(dy, y), y6, fast.relu6_backward(dy, y6)
 
-    assert_same_bits(on_threads(forward_backward), "relu")
+    assert_same_bits(on_threads(forward_backward), "relu, relu6")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
@@ -429,5 +458,6 @@ def test_thread_determinism_covers_every_kernel():
     covered = {"conv2d_forward", "conv2d_backward", "linear_forward", "linear_backward",
                "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
                "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
-               "relu_forward", "relu_backward", "adam_update", "im2col", "col2im"}
+               "relu_forward", "relu_backward", "relu6_forward", "relu6_backward", "adam_update", "im2col",
+               "col2im"}
     assert covered == set(fast.KERNELS)

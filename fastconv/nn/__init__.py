@@ -21,13 +21,14 @@ from fastconv.nn.layers import (
     LogSoftmax,
     MaxPool2d,
     ReLU,
+    ReLU6,
 )
 from fastconv.nn.losses import CrossEntropyLoss, NLLLoss, log_softmax, softmax
 from fastconv.nn.model import Model, Parameter, Sequential, load, save
 
 __all__ = [
     "init", "layers", "losses", "graph",
-    "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "Layer", "Conv2d", "ReLU", "ReLU6", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "LogSoftmax", "Add", "Concat", "Identity",
     "CrossEntropyLoss", "NLLLoss", "softmax", "log_softmax",
     "Model", "Sequential", "Graph", "Parameter", "save", "load",

@@ -29,7 +29,10 @@ pass only while that still holds and the model has no backward hook (which
 sees every layer's input gradient); otherwise the layers run one at a time.
 
 A later fusion (a convolution and the batch norm after it, say) is one more
-:class:`Fusion` here and one more entry in :data:`FUSIONS`.
+:class:`Fusion` here and one more entry in :data:`FUSIONS`; one that takes a
+``Conv2d`` must pass its ``groups`` on or not match a grouped one. The rule
+above matches exact types, so a ``ReLU6`` (which clamps at 6 as well) is
+never run as the ReLU before a batch norm.
 """
 from __future__ import annotations
 

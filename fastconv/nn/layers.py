@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
-    "HookHandle", "Layer", "Conv2d", "ReLU", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
+    "HookHandle", "Layer", "Conv2d", "ReLU", "ReLU6", "LeakyReLU", "BatchNorm2d", "MaxPool2d", "AvgPool2d",
     "GlobalAvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear", "Dropout", "LogSoftmax", "LAYER_TYPES",
 ]
 
@@ -400,9 +400,13 @@ class Conv2d(Layer):
     """2-D convolution (cross-correlation, as in PyTorch).
 
     x (N, C, H, W) -> y (N, F, OH, OW), OH = 1 + (H + 2*PH - KH) // SH.
-    weight (F, C, KH, KW), bias (F,). Default initialization is PyTorch's:
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, fan_in = C*KH*KW.
-    ``seed``: int, numpy Generator or None.
+    weight (F, C/groups, KH, KW), bias (F,). ``groups`` splits the channels
+    and the filters into that many consecutive groups, each group of filters
+    seeing its group of channels only, as in PyTorch: groups must divide C and
+    F, and groups = C is the depthwise convolution (MobileNet's), which runs
+    on a direct kernel of its own. Default initialization is PyTorch's:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, fan_in =
+    C/groups*KH*KW. ``seed``: int, numpy Generator or None.
     """
 
     name_prefix = "conv"
@@ -410,10 +414,12 @@ class Conv2d(Layer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, bias: bool = True,
-                 dtype: DTypeLike = np.float32, seed: np.random.Generator | int | None = None) -> None:
+                 dtype: DTypeLike = np.float32, seed: np.random.Generator | int | None = None,
+                 groups: int = 1) -> None:
         super().__init__()
         self.in_channels = _checks.positive_int(in_channels, "in_channels")
         self.out_channels = _checks.positive_int(out_channels, "out_channels")
+        self.groups = _checks.conv_groups(groups, self.in_channels, self.out_channels)
         self.kernel_size = _window(kernel_size, "kernel_size", 1)
         self.stride = _window(stride, "stride", 1)
         self.padding = _window(padding, "padding", 0)
@@ -421,7 +427,7 @@ class Conv2d(Layer):
             raise TypeError(f"bias must be a bool, got {bias!r}")
         dtype = _float_dtype(dtype)
         rng = init.as_generator(seed)
-        weight = np.empty((self.out_channels, self.in_channels) + self.kernel_size, dtype=dtype)
+        weight = np.empty((self.out_channels, self.in_channels // self.groups) + self.kernel_size, dtype=dtype)
         init.kaiming_uniform_(weight, rng, a=math.sqrt(5))
         self._add_param("weight", weight)
         if bias:
@@ -434,6 +440,7 @@ class Conv2d(Layer):
             "in_channels": self.in_channels, "out_channels": self.out_channels,
             "kernel_size": list(self.kernel_size), "stride": list(self.stride),
             "padding": list(self.padding), "bias": "bias" in self.params, "dtype": self.dtype.name,
+            "groups": self.groups,
         }
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -445,7 +452,7 @@ class Conv2d(Layer):
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _ConvCache]:
         kernels = backend.current()
         y, kernel_cache = kernels.conv2d_forward(
-            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding, self.groups
         )
         return y, _ConvCache(kernels, kernel_cache)
 
@@ -486,6 +493,21 @@ class ReLU(Layer):
 
     def _backward(self, dy: np.ndarray, cache: _ReLUCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         return cache.kernels.relu_backward(dy, cache.gate) if need_dx else None
+
+
+class ReLU6(Layer):
+    """min(max(x, 0), 6), any shape: MobileNetV2's activation. The gradient
+    passes where 0 < x < 6, as in PyTorch."""
+
+    name_prefix = "relu6_"  # relu6_1, relu6_2: the count apart from the 6
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _ReLUCache]:
+        kernels = backend.current()
+        y = kernels.relu6_forward(x)
+        return y, _ReLUCache(kernels, y)
+
+    def _backward(self, dy: np.ndarray, cache: _ReLUCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
+        return cache.kernels.relu6_backward(dy, cache.gate) if need_dx else None
 
 
 class _LeakyReLUCache(NamedTuple):
@@ -953,7 +975,7 @@ class AdaptiveAvgPool2d(Layer):
 
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.__name__: cls
-    for cls in (Conv2d, ReLU, LeakyReLU, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d,
+    for cls in (Conv2d, ReLU, ReLU6, LeakyReLU, BatchNorm2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d,
                 AdaptiveAvgPool2d, Flatten, Linear, Dropout, LogSoftmax)
 }
 
