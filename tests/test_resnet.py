@@ -152,9 +152,15 @@ def compare(ours, theirs, x, training, rtol, atol):
     torch_params = dict(theirs.named_parameters())
     grads = ours.gradients()
     assert set(grads) == set(torch_params)
+    # A batch norm in training mode whose output goes, through a linear layer,
+    # into another one gets a bias gradient of exactly zero in exact arithmetic
+    # (the second normalization removes every channel's mean); both frameworks
+    # give rounding noise there, so each gradient is compared on the scale of
+    # the largest one where its own is that small.
+    largest = max(np.abs(p.grad.numpy()).max() for p in torch_params.values())
     for key, grad in grads.items():
         expected = torch_params[key].grad.numpy()
-        scale = np.abs(expected).max() + 1e-30
+        scale = max(np.abs(expected).max(), 1e-6 * largest) + 1e-30
         np.testing.assert_allclose(grad / scale, expected / scale, rtol=0, atol=atol, err_msg=key)
     torch_state = theirs.state_dict()
     for key, value in ours.state_dict().items():

@@ -40,7 +40,7 @@ MODELS = {
     "mnist2-bn": (28, "mnist2", {"batchnorm": True}),
     "cifar6": (32, "cifar6", {}),
     **{name: (32, name, {}) for name in ("resnet20", "resnet32", "resnet44", "resnet56")},
-    **{name: (224, name, {}) for name in ("resnet18", "resnet34", "resnet50")},
+    **{name: (224, name, {}) for name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2")},
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
@@ -421,7 +421,7 @@ def add_parsers(commands):
     train.add_argument("--model", choices=sorted(MODELS),
                        help="network: mnist2 (28x28 images), mnist2-bn (mnist2 with batch norm after each "
                             "convolution's ReLU), cifar6 or the CIFAR ResNets resnet20/32/44/56 (32x32), "
-                            "or the ImageNet ResNets resnet18/34/50 (224x224); default: the one that fits")
+                            "or the ImageNet networks resnet18/34/50 and mobilenet_v2 (224x224); default: the one that fits")
     train.add_argument("--init", choices=("he", "torch"),
                        help="initialization: he (Kaiming normal for layers followed by a ReLU, the default) "
                             "or torch (PyTorch's layer defaults, as a PyTorch script without explicit "

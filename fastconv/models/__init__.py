@@ -1,6 +1,7 @@
-"""The model zoo (the seeds' ``cifar6`` and ``mnist2``, VGG, ResNets), weight
+"""The model zoo (the seeds' ``cifar6`` and ``mnist2``, VGG, ResNets, MobileNetV2), weight
 import from other frameworks' files, and the ImageNet conventions pretrained
 weights need."""
+from fastconv.models.mobilenet import mobilenet_v2
 from fastconv.models.resnets import (
     cifar_resnet,
     resnet,
@@ -15,4 +16,5 @@ from fastconv.models.resnets import (
 from fastconv.models.zoo import VGG16_BLOCKS, VGG19_BLOCKS, VGG_WIDTHS, cifar6, mnist2, vgg, vgg16, vgg19
 
 __all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19", "VGG16_BLOCKS", "VGG19_BLOCKS", "VGG_WIDTHS",
-           "cifar_resnet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet", "resnet18", "resnet34", "resnet50"]
+           "cifar_resnet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet", "resnet18", "resnet34", "resnet50",
+           "mobilenet_v2"]
