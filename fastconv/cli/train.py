@@ -421,7 +421,8 @@ def add_parsers(commands):
     train.add_argument("--model", choices=sorted(MODELS),
                        help="network: mnist2 (28x28 images), mnist2-bn (mnist2 with batch norm after each "
                             "convolution's ReLU), cifar6 or the CIFAR ResNets resnet20/32/44/56 (32x32), "
-                            "or the ImageNet networks resnet18/34/50 and mobilenet_v2 (224x224); default: the one that fits")
+                            "or the ImageNet networks resnet18/34/50 and mobilenet_v2 (224x224); "
+                            "default: the one that fits")
     train.add_argument("--init", choices=("he", "torch"),
                        help="initialization: he (Kaiming normal for layers followed by a ReLU, the default) "
                             "or torch (PyTorch's layer defaults, as a PyTorch script without explicit "
