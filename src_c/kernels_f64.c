@@ -16,3 +16,4 @@
 #include "winograd.inc"
 #include "conv.inc"
 #include "linear.inc"
+#include "gelu.inc"

@@ -1217,7 +1217,8 @@ def test_conv2d_1x1_with_a_stride_matches_reference(dtype):
 # bad input is refused the same way on both.
 
 FUZZED_LAYERS = ("AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
-                 "GlobalAvgPool2d", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU")
+                 "GlobalAvgPool2d", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU",
+                 "GELU", "GlobalMaxPool2d", "Scale")
 
 
 def test_every_layer_type_is_fuzzed():
@@ -1262,6 +1263,8 @@ def layer_cases(draw):
     elif kind == "LogSoftmax":
         shape = draw(st.sampled_from([(n, c), shape]))
         layer = layers.LogSoftmax()
+    elif kind == "Scale":
+        layer = layers.Scale(draw(st.sampled_from([0.0, 1 / 9, -2.0, 1e3])))
     else:
         layer = layers.LAYER_TYPES[kind]()
     layer.train(draw(st.booleans()))
@@ -1302,7 +1305,7 @@ def invalid_shape(layer, shape):
     if isinstance(layer, layers.Linear):
         return (shape[0], shape[1] + 1)
     if isinstance(layer, (layers.MaxPool2d, layers.AvgPool2d, layers.GlobalAvgPool2d,
-                          layers.AdaptiveAvgPool2d)):
+                          layers.AdaptiveAvgPool2d, layers.GlobalMaxPool2d)):
         return tuple(shape[1:])
     return None
 
