@@ -61,7 +61,7 @@ def _scores(out: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return best.T.astype(np.float64), positions.transpose(1, 0, 2)
 
 
-def build_index(model: fastconv.Sequential, data: np.ndarray, layers: Sequence[str], k: int,
+def build_index(model: fastconv.Model, data: np.ndarray, layers: Sequence[str], k: int,
                 transform: Callable[[np.ndarray], np.ndarray], batch_size: int = 128,
                 progress: Callable[[int, int], None] | None = None) -> UnitIndex:
     """Search every image of ``data`` (N, C, H, W; ``transform`` makes a slice

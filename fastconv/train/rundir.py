@@ -4,6 +4,7 @@
 command line) fills a folder that every other command reads::
 
     config.json                the options the run was started with
+    recipe.json                the recipe it trains with, when it has one (fastconv.train.recipes)
     history.json, history.csv  one record per epoch
     checkpoint-last.npz        where an interrupted run resumes
     checkpoint-best.npz        the state at the best epoch
@@ -38,12 +39,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunDir", "NotARunError",
-    "CONFIG", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
+    "CONFIG", "RECIPE", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
     "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "EXPLORE_CACHE", "FIGURES", "TRAINER_FILES", "TRAINING_FILES",
     "RUN_FILES",
 ]
 
 CONFIG = "config.json"
+RECIPE = "recipe.json"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 HISTORY_COLUMNS = [
@@ -72,9 +74,9 @@ TRAINER_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HIST
 # What a training run writes (the trainer, and the command line around it: the
 # configuration and the figures), and so whose leftover temporary files the
 # trainer removes.
-TRAINING_FILES = (*TRAINER_FILES, CONFIG, FIGURES["samples"], FIGURES["history"])
+TRAINING_FILES = (*TRAINER_FILES, CONFIG, RECIPE, FIGURES["samples"], FIGURES["history"])
 # Every file a run writes: none of them is replaced unless the user asks for it.
-RUN_FILES = (CONFIG, *TRAINER_FILES, EVAL, REPORT, *FIGURES.values())
+RUN_FILES = (CONFIG, RECIPE, *TRAINER_FILES, EVAL, REPORT, *FIGURES.values())
 DATASET_CHOICES = "mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH"
 
 
@@ -246,6 +248,23 @@ class RunDir:
         return path
 
     @property
+    def recipe_path(self) -> Path:
+        return self.folder / RECIPE
+
+    def read_recipe(self) -> dict[str, Any] | None:
+        """The recipe the run trains with (recipe.json, as ``Recipe.to_dict()``
+        wrote it), None for a run without one."""
+        recipe = self._read_json(self.recipe_path, None)
+        if recipe is not None and not isinstance(recipe, dict):
+            raise NotARunError(f"{self.recipe_path} is not a fastconv recipe")
+        return recipe
+
+    def write_recipe(self, recipe: Mapping[str, Any]) -> Path:
+        """Write recipe.json (atomically); returns its path."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return write_json(self.recipe_path, recipe)
+
+    @property
     def history(self) -> list[dict[str, Any]] | None:
         """The records of history.json (one dict per epoch), None if the run has none."""
         if self._history is _UNREAD:
@@ -317,14 +336,17 @@ class RunDir:
 
     def _folder_options(self, name: str) -> dict[str, Any]:
         """How a ``folder:`` data set is brought to the model: the run's
-        ``--image-size`` (else the side of the model's input, when it is known)
-        and ``--skip-bad-images``."""
+        ``--image-size`` (else the side of the model's input, when it is known),
+        ``--skip-bad-images`` and ``--test-fraction``."""
         if not name.startswith("folder:"):
             return {}
         image_size = self.config.get("image_size")
         if image_size is None and self.model_path is not None and self.model_path.is_file():
             image_size = _model_side(self.model.meta)
-        return {"image_size": image_size, "skip_bad_images": bool(self.config.get("skip_bad_images"))}
+        options = {"image_size": image_size, "skip_bad_images": bool(self.config.get("skip_bad_images"))}
+        if self.config.get("test_fraction") is not None:
+            options["test_fraction"] = self.config["test_fraction"]
+        return options
 
     def load_dataset(self, override_name: str | None = None, data_dir: str | os.PathLike | None = None,
                      subset: bool = True) -> Dataset:
