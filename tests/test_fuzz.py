@@ -914,8 +914,11 @@ def valid_call(data, name):
         *_, cache_ref = ref.batchnorm2d_forward_train(x, weight, bias)
         dy = random_values(rng, x.shape, dtype)
         return (dy, cache), (dy, cache_ref), {0: "array", 1: "cache"}
-    if name == "relu_forward":
+    if name in ("relu_forward", "gelu_forward"):
         return (x,), (x,), {0: "array"}
+    if name == "gelu_backward":
+        args = (random_values(rng, x.shape, dtype), x)
+        return args, args, {0: "array", 1: "array"}
     y = ref.relu_forward(x)
     args = (random_values(rng, x.shape, dtype), y)
     return args, args, {0: "array", 1: "array"}
@@ -1570,6 +1573,8 @@ def test_misaligned_arrays_are_aligned_before_they_reach_c(dtype):
     calls = [
         ("relu_forward", (x,)),
         ("relu_backward", (x, x)),
+        ("gelu_forward", (x,)),
+        ("gelu_backward", (x, x)),
         ("im2col", (x, (3, 2), 2, 1)),
         ("conv2d_forward", (x, weight, gamma[:1].repeat(4), 1, 1)),
         ("linear_forward", (x.reshape(2, -1), x.reshape(2, -1)[::-1] * 0.5, gamma[:1].repeat(2))),
