@@ -1646,6 +1646,8 @@ def test_misaligned_arrays_are_aligned_before_they_reach_c(dtype):
     calls = [
         ("relu_forward", (x,)),
         ("relu_backward", (x, x)),
+        ("gelu_forward", (x,)),
+        ("gelu_backward", (x, x)),
         ("im2col", (x, (3, 2), 2, 1)),
         ("conv2d_forward", (x, weight, gamma[:1].repeat(4), 1, 1)),
         ("linear_forward", (x.reshape(2, -1), x.reshape(2, -1)[::-1] * 0.5, gamma[:1].repeat(2))),
