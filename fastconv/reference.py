@@ -27,6 +27,7 @@ Conventions shared by both backends
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -372,26 +373,32 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
     param -= tmp
 
 
+def _normal_cdf(x):
+    # type: (np.ndarray) -> np.ndarray
+    """Phi(x) in float64, as erfc(-x / sqrt(2)) / 2: no cancellation in the
+    lower tail. The standard library's erfc, element by element, rather than
+    SciPy's: importing scipy.special creates ufuncs that live until the
+    process ends, which the leak sanitizer run (tools/sanitize.sh) reports."""
+    erfc = np.frompyfunc(math.erfc, 1, 1)
+    return 0.5 * np.asarray(erfc(-np.asarray(x, dtype=np.float64) / math.sqrt(2.0)), dtype=np.float64)
+
+
 def gelu_forward(x):
     # type: (np.ndarray) -> np.ndarray
     """x * Phi(x), Phi the standard normal distribution function (the erf
     form, torch.nn.GELU's default); NaN stays NaN."""
-    from scipy.special import ndtr
-
     _checks.float_array(x, "x")
     with np.errstate(invalid="ignore"):  # -inf * 0: NaN, as in the compiled kernel
-        return (x * ndtr(x)).astype(x.dtype, copy=False)
+        return (x * _normal_cdf(x)).astype(x.dtype, copy=False)
 
 
 def gelu_backward(dy, x):
     # type: (np.ndarray, np.ndarray) -> np.ndarray
     """dy * (Phi(x) + x * phi(x)), x the GELU's input and phi the standard normal density."""
-    from scipy.special import ndtr
-
     _checks.float_array(dy, "dy")
     _checks.float_array(x, "x")
     _checks.same_dtype(dy, x, "x")
     _checks.matching_shape(x, "x", dy.shape, "the GELU input")
     with np.errstate(over="ignore", invalid="ignore"):  # x^2 of a huge x is inf; inf * 0 is NaN
         density = np.exp(-0.5 * np.square(x, dtype=np.float64)) / np.sqrt(2 * np.pi)
-        return (dy * (ndtr(x.astype(np.float64)) + x * density)).astype(dy.dtype, copy=False)
+        return (dy * (_normal_cdf(x) + x * density)).astype(dy.dtype, copy=False)
