@@ -227,8 +227,7 @@ def model_flops(net, batch_size, training):
         if isinstance(layer, layers.Conv2d):
             n, f, oh, ow = layer.output_shape(shape)
             kh, kw = layer.kernel_size
-            forward = 2 * n * f * (shape[1] // layer.groups if hasattr(layer, "groups") else shape[1]) \
-                * kh * kw * oh * ow
+            forward = 2 * n * f * (shape[1] // layer.groups) * kh * kw * oh * ow
         elif isinstance(layer, layers.Linear):
             forward = 2 * shape[0] * layer.in_features * layer.out_features
         else:
@@ -471,7 +470,7 @@ def _torch_module(name, layer, torch):
     if isinstance(layer, layers.Conv2d):
         return nn.Conv2d(layer.in_channels, layer.out_channels, tuple(layer.kernel_size),
                          tuple(layer.stride), tuple(layer.padding), bias="bias" in layer.params,
-                         **({"groups": layer.groups} if getattr(layer, "groups", 1) != 1 else {}))
+                         groups=layer.groups)
     if isinstance(layer, layers.Linear):
         return nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
     if isinstance(layer, layers.BatchNorm2d):
