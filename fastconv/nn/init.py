@@ -121,9 +121,9 @@ __all__ += ["dirac_", "patch_whitening_"]
 
 
 def dirac_(array: np.ndarray, groups: int = 1) -> np.ndarray:
-    """Fill a convolution weight (out, in, *kernel) so that the convolution
+    """Fill a convolution weight ``(out, in, *kernel)`` so that the convolution
     passes its input through: zeros, and a 1 at the kernel's centre from
-    input channel d to output channel d of each group (torch.nn.init.dirac_).
+    input channel d to output channel d of each group (``torch.nn.init.dirac_``).
 
     Output channels past the input's are left zero. Apply it to a slice,
     ``dirac_(weight[:in_channels])``, for the partial identity the airbench
@@ -147,7 +147,7 @@ def dirac_(array: np.ndarray, groups: int = 1) -> np.ndarray:
 
 def patch_whitening_(array: np.ndarray, images: np.ndarray, eps: float = 5e-4,
                      chunk: int = 512) -> np.ndarray:
-    """Fill a convolution weight (2*D, C, KH, KW), D = C*KH*KW, with the
+    """Fill a convolution weight ``(2*D, C, KH, KW)``, ``D = C*KH*KW``, with the
     whitening filters of the images' KH x KW patches, as the first layer of
     the airbench networks (Jordan, 2024).
 
