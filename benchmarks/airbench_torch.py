@@ -19,6 +19,7 @@ What differs is the network's arithmetic.
 recipe's test-time augmentation. Needs PyTorch (pip install ".[test]").
 """
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -144,6 +145,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="threads (default all cores)")
     parser.add_argument("--engines", nargs="+", default=["fastconv", "torch"], choices=["fastconv", "torch"])
+    parser.add_argument("--rounds", type=int, default=1, help="times to train both from the start, in turns")
     parser.add_argument("--evaluate", action="store_true", help="accuracy on the held-out images, with TTA")
     parser.add_argument("--cifar", default=str(ROOT.parent / "shared/data/cifar10/cifar10-train-jpeg.tar.gz"))
     args = parser.parse_args()
@@ -154,33 +156,41 @@ def main():
                                                    replace=False))
     x, y = data.x_train[pick], data.y_train[pick]
     recipe = RECIPES["airbench94"].replace(epochs=args.epochs)
-    setup = recipe.build(x, data.num_classes, seed=0)
-    twin = torch_twin(recipe.model_options["widths"], data.num_classes)
-    copy_weights(setup.model, twin)
-    print(f"threads {threads}; {len(x)} training images, {args.epochs} epoch(s) of the airbench94 recipe; "
-          f"torch {torch.__version__}", flush=True)
+    print(f"threads {threads}; {len(x)} training images, {args.epochs} epoch(s) of the airbench94 recipe, "
+          f"{args.rounds} round(s); torch {torch.__version__}", flush=True)
+    totals = {engine: [] for engine in args.engines}
+    for round_ in range(1, args.rounds + 1):
+        # Each round starts both from the same fresh weights; the engines take
+        # turns, so that a change of load on a shared machine falls on both.
+        setup = recipe.build(x, data.num_classes, seed=0)
+        twin = torch_twin(recipe.model_options["widths"], data.num_classes)
+        copy_weights(setup.model, twin)
+        trainer = Trainer(setup.model, setup.optimizer, setup.loss, setup.schedule, batch_size=recipe.batch_size,
+                          normalize=setup.normalize, augment=setup.augment,
+                          schedule_interval=setup.schedule_interval, callbacks=setup.callbacks, progress=False,
+                          log=None)
 
-    trainer = Trainer(setup.model, setup.optimizer, setup.loss, setup.schedule, batch_size=recipe.batch_size,
-                      normalize=setup.normalize, augment=setup.augment, schedule_interval=setup.schedule_interval,
-                      callbacks=setup.callbacks, progress=False, log=None)
+        def batches_of_epoch(perm, epoch, batch, trainer=trainer):
+            return trainer._batch(x, y, perm, epoch, batch, np.dtype(np.float32))
 
-    def batches_of_epoch(perm, epoch, batch):
-        return trainer._batch(x, y, perm, epoch, batch, np.dtype(np.float32))
-
-    results = {}
-    if "fastconv" in args.engines:
-        history = trainer.fit(x, y, args.epochs)
-        results["fastconv"] = [{k: r[k] for k in ("seconds", "train_loss", "train_accuracy")} for r in history]
-    if "torch" in args.engines:
-        results["torch"] = train_torch(recipe, setup, twin, x, y, batches_of_epoch, args.epochs)
-    for engine, records in results.items():
-        for epoch, r in enumerate(records, start=1):
-            print(f"{engine:8s} epoch {epoch}: {r['seconds']:.1f} s, {len(x) / r['seconds']:.0f} img/s, "
-                  f"train loss {r['train_loss']:.4f} acc {r['train_accuracy']:.4f}", flush=True)
-    if len(results) == 2:
-        ours = sum(r["seconds"] for r in results["fastconv"])
-        theirs = sum(r["seconds"] for r in results["torch"])
-        print(f"fastconv {ours:.1f} s, torch {theirs:.1f} s: fastconv {theirs / ours:.2f}x PyTorch's speed")
+        results = {}
+        for engine in args.engines:
+            load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+            if engine == "fastconv":
+                history = trainer.fit(x, y, args.epochs)
+                results[engine] = [{k: r[k] for k in ("seconds", "train_loss", "train_accuracy")} for r in history]
+            else:
+                results[engine] = train_torch(recipe, setup, twin, x, y, batches_of_epoch, args.epochs)
+            for epoch, r in enumerate(results[engine], start=1):
+                print(f"round {round_} {engine:8s} epoch {epoch}: {r['seconds']:.1f} s, "
+                      f"{len(x) / r['seconds']:.0f} img/s, train loss {r['train_loss']:.4f} "
+                      f"acc {r['train_accuracy']:.4f} (load average {load} at its start)", flush=True)
+            totals[engine].append(sum(r["seconds"] for r in results[engine]))
+    if len(totals) == 2:
+        ours, theirs = statistics.median(totals["fastconv"]), statistics.median(totals["torch"])
+        print(f"median over rounds: fastconv {ours:.1f} s, torch {theirs:.1f} s: "
+              f"fastconv {theirs / ours:.2f}x PyTorch's speed; per round "
+              + ", ".join(f"{t / o:.2f}x" for o, t in zip(totals["fastconv"], totals["torch"])))
     if args.evaluate:
         tta = recipe.evaluation.tta
         if "fastconv" in results:

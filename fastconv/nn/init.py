@@ -147,7 +147,7 @@ def dirac_(array: np.ndarray, groups: int = 1) -> np.ndarray:
 
 def patch_whitening_(array: np.ndarray, images: np.ndarray, eps: float = 5e-4,
                      chunk: int = 512) -> np.ndarray:
-    """Fill a convolution weight (2*D, C, KH, KW), D = C*KH*KW, with the
+    """Fill a convolution weight ``(2*D, C, KH, KW)``, ``D = C*KH*KW``, with the
     whitening filters of the images' KH x KW patches, as the first layer of
     the airbench networks (Jordan, 2024).
 
