@@ -16,10 +16,11 @@ import numpy as np
 
 from fastconv import _checks
 from fastconv.data.transforms import Normalize
+from fastconv.nn import graph as G
 from fastconv.nn import layers as L
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from typing_extensions import TypeIs
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 # Layers that do not change the spatial geometry of what flows through them.
 POINTWISE = (L.ReLU, L.LeakyReLU, L.BatchNorm2d, L.Dropout)
 ACTIVATIONS = (L.ReLU, L.LeakyReLU)
+# Layers between a convolution and its activation that leave its maps in place:
+# normalization, dropout, and a graph's identity or residual sum.
+PASS_THROUGH = (L.BatchNorm2d, L.Dropout, G.Add, G.Identity)
 
 # The target of an attribution: one unit of an output (an output index, a
 # channel of a spatial output, or a position (c, i, j)), or one per example.
@@ -35,11 +39,11 @@ Unit = Union[int, np.integer, tuple[int, ...]]
 Target = Union[Unit, Sequence[Unit], np.ndarray]
 
 
-def layer_names(model: fastconv.Sequential) -> list[str]:
+def layer_names(model: fastconv.Model) -> list[str]:
     return [name for name, _ in model.named_layers()]
 
 
-def check_layer(model: fastconv.Sequential, name: str, what: str = "layer") -> L.Layer:
+def check_layer(model: fastconv.Model, name: str, what: str = "layer") -> L.Layer:
     """Return the layer called ``name``; ValueError listing the valid names otherwise."""
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a layer name (str), got {name!r}")
@@ -49,36 +53,49 @@ def check_layer(model: fastconv.Sequential, name: str, what: str = "layer") -> L
     raise ValueError(f"unknown {what} {name!r}; the model's layers are {layer_names(model)}")
 
 
-def layer_index(model: fastconv.Sequential, name: str) -> int:
+def layer_index(model: fastconv.Model, name: str) -> int:
     check_layer(model, name)
     return layer_names(model).index(name)
 
 
-def layers_after(model: fastconv.Sequential, name: str) -> list[tuple[str, L.Layer]]:
-    """The (name, layer) pairs that follow layer ``name``."""
+def layers_after(model: fastconv.Model, name: str) -> list[tuple[str, L.Layer]]:
+    """The (name, layer) pairs that follow layer ``name`` along a chain: in a
+    Sequential every later layer; in a Graph the nodes that each read only the
+    one before and are its only reader (a node whose output branches, or that
+    merges several, ends the chain)."""
     pairs = list(model.named_layers())
-    return pairs[layer_index(model, name) + 1:]
+    consumers = getattr(model, "consumers", None)
+    if consumers is None:
+        return pairs[layer_index(model, name) + 1:]
+    check_layer(model, name)
+    chain: list[tuple[str, L.Layer]] = []
+    while True:
+        readers = consumers(name)
+        if len(readers) != 1 or len(model.inputs(readers[0])) != 1:  # type: ignore[attr-defined]
+            return chain
+        name = readers[0]
+        chain.append((name, model.layer(name)))
 
 
-def conv_layer_names(model: fastconv.Sequential) -> list[str]:
+def conv_layer_names(model: fastconv.Model) -> list[str]:
     return [name for name, layer in model.named_layers() if isinstance(layer, L.Conv2d)]
 
 
-def last_conv_name(model: fastconv.Sequential) -> str:
+def last_conv_name(model: fastconv.Model) -> str:
     names = conv_layer_names(model)
     if not names:
         raise ValueError("the model has no Conv2d layer")
     return names[-1]
 
 
-def model_dtype(model: fastconv.Sequential) -> np.dtype:
+def model_dtype(model: fastconv.Model) -> np.dtype:
     for _, layer in model.named_layers():
         for value in layer.params.values():
             return value.dtype
     return np.dtype(np.float32)
 
 
-def input_channels(model: fastconv.Sequential) -> int | None:
+def input_channels(model: fastconv.Model) -> int | None:
     """Channels the first layer with a weight expects (None if it cannot tell)."""
     for _, layer in model.named_layers():
         if isinstance(layer, L.Conv2d):
@@ -90,7 +107,7 @@ def input_channels(model: fastconv.Sequential) -> int | None:
     return None
 
 
-def check_images(model: fastconv.Sequential, x: np.ndarray, name: str = "x") -> np.ndarray:
+def check_images(model: fastconv.Model, x: np.ndarray, name: str = "x") -> np.ndarray:
     """Check that x is a float batch (N, C, H, W) this model accepts; return it.
 
     The spatial size is checked by following the shapes through every layer,
@@ -114,19 +131,47 @@ def check_images(model: fastconv.Sequential, x: np.ndarray, name: str = "x") -> 
         raise ValueError(
             f"{name} has {x.shape[1]} channels (shape {x.shape}) but the model expects {channels}"
         )
-    shape = tuple(x.shape)
-    for layer_name, layer in model.named_layers():
-        try:
-            shape = tuple(layer.output_shape(shape))
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"{name} of shape {x.shape} does not fit the model at layer {layer_name!r}: {err}"
-            ) from None
+    try:
+        model.output_shapes(x.shape)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} of shape {x.shape} does not fit the model: {err}") from None
     return x
 
 
+def activation_and_gradient(model: fastconv.Model, x: np.ndarray, layer: str,
+                            seed: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(A, dT/dA): the output A of ``layer`` for x, and the gradient of the
+    model output's target T w.r.t. A, where ``seed(output)`` gives dT/d output.
+
+    Runs the whole model forward and back with hooks that keep A and its
+    gradient, so it works whatever the wiring between ``layer`` and the output
+    (a chain, or a graph's branches and merges)."""
+    check_layer(model, layer)
+    kept: dict[str, np.ndarray] = {}
+
+    def keep_activation(name: str, _layer: L.Layer, output: np.ndarray) -> None:
+        if name == layer:
+            kept["activation"] = output
+
+    def keep_gradient(name: str, _layer: L.Layer, _grad_input: object, grad_output: np.ndarray) -> None:
+        if name == layer:
+            kept["gradient"] = grad_output
+
+    forward = model.register_forward_hook(keep_activation)
+    try:
+        out = model.forward(x)
+    finally:
+        forward.remove()
+    backward = model.register_backward_hook(keep_gradient)
+    try:
+        model.backward(seed(out), param_grads=False)
+    finally:
+        backward.remove()
+    return kept["activation"], kept["gradient"]
+
+
 @contextlib.contextmanager
-def evaluating(model: fastconv.Sequential) -> Iterator[fastconv.Sequential]:
+def evaluating(model: fastconv.Model) -> Iterator[fastconv.Model]:
     """Run the block with the model in eval mode, then restore its mode and
     its parameter gradients.
 
@@ -147,7 +192,7 @@ def evaluating(model: fastconv.Sequential) -> Iterator[fastconv.Sequential]:
             model.train()
 
 
-def forward_with_outputs(model: fastconv.Sequential, x: np.ndarray, names: Iterable[str],
+def forward_with_outputs(model: fastconv.Model, x: np.ndarray, names: Iterable[str],
                          until: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Forward x once and return (output, {name: that layer's output})."""
     captured: dict[str, np.ndarray] = {}
@@ -291,7 +336,7 @@ def resize(maps: np.ndarray, size: Sequence[int], mode: str = "bilinear") -> np.
     return top[:, :, :, c0] * (1 - fc) + top[:, :, :, c1] * fc
 
 
-def meta_classes(model: fastconv.Sequential, count: int | None = None) -> list[str] | None:
+def meta_classes(model: fastconv.Model, count: int | None = None) -> list[str] | None:
     """Class names from the model's metadata, or '0', '1', ... when it has none."""
     classes = None
     meta = getattr(model, "meta", None) or {}

@@ -33,7 +33,8 @@ from fastconv._runtime import build_info, get_isa, get_num_threads, set_isa, set
 from fastconv.backend import get_backend, set_backend
 from fastconv.models.weights import load_weights, save_weights
 from fastconv.nn import init, layers, losses, model
-from fastconv.nn.model import Sequential, load, save
+from fastconv.nn.graph import Graph
+from fastconv.nn.model import Model, Sequential, load, save
 
 # The first releases kept layers, losses, init and model at the top level:
 # `from fastconv.losses import CrossEntropyLoss` keeps working.
@@ -44,5 +45,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "build_info", "get_num_threads", "set_num_threads", "get_isa", "set_isa", "get_backend", "set_backend",
-    "Sequential", "save", "load", "load_weights", "save_weights", "layers", "losses", "optim", "models", "init",
+    "Model", "Sequential", "Graph", "save", "load", "load_weights", "save_weights",
+    "layers", "losses", "optim", "models", "init",
 ]

@@ -126,3 +126,8 @@ cdef extern from "fastconv.h" nogil:
                             double *exp_avg_sq, int64_t size, double one_minus_beta1,
                             double beta2, double one_minus_beta2,
                             double bias_correction2_sqrt, double eps, double step_size)
+
+    void fc_gelu_forward_f32(float *y, const float *x, int64_t size)
+    void fc_gelu_forward_f64(double *y, const double *x, int64_t size)
+    void fc_gelu_backward_f32(float *dx, const float *dy, const float *x, int64_t size)
+    void fc_gelu_backward_f64(double *dx, const double *dy, const double *x, int64_t size)

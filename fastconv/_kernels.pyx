@@ -33,6 +33,7 @@ __all__ = [
     "relu_forward", "relu_backward",
     "relu6_forward", "relu6_backward",
     "adam_update",
+    "gelu_forward", "gelu_backward",
 ]
 
 BACKEND_NAME = "compiled"
@@ -952,3 +953,58 @@ cdef void _adam_update_run(real tag, object param, object grad, object exp_avg, 
         else:
             fc_adam_update_f64(pp, pg, pm, pv, size, one_minus_beta1, beta2, one_minus_beta2,
                                correction2, eps, step_size)
+
+
+# ---------------------------------------------------------------------------
+# GELU
+
+def gelu_forward(x):
+    """x * Phi(x), Phi the standard normal distribution function (the erf
+    form, torch.nn.GELU's default); NaN stays NaN."""
+    _checks.float_array(x, "x")
+    cdef int64_t size = x.size
+    xc = _c_array(x)
+    y = _new(x.shape, x.dtype)
+    if _is_single(xc):
+        _gelu_forward_run(<float>0, y, xc, size)
+    else:
+        _gelu_forward_run(<double>0, y, xc, size)
+    return y
+
+
+cdef void _gelu_forward_run(real tag, object y, object x, int64_t size):
+    cdef real *py = <real *>_data(y)
+    cdef const real *px = <const real *>_data(x)
+    with nogil:
+        if real is float:
+            fc_gelu_forward_f32(py, px, size)
+        else:
+            fc_gelu_forward_f64(py, px, size)
+
+
+def gelu_backward(dy, x):
+    """dy * (Phi(x) + x * phi(x)), x the GELU's input and phi the standard normal density."""
+    _checks.float_array(dy, "dy")
+    _checks.float_array(x, "x")
+    _checks.same_dtype(dy, x, "x")
+    _checks.matching_shape(x, "x", dy.shape, "the GELU input")
+    cdef int64_t size = dy.size
+    dyc = _c_array(dy)
+    xc = _c_array(x)
+    dx = _new(dy.shape, dy.dtype)
+    if _is_single(dyc):
+        _gelu_backward_run(<float>0, dx, dyc, xc, size)
+    else:
+        _gelu_backward_run(<double>0, dx, dyc, xc, size)
+    return dx
+
+
+cdef void _gelu_backward_run(real tag, object dx, object dy, object x, int64_t size):
+    cdef real *pdx = <real *>_data(dx)
+    cdef const real *pdy = <const real *>_data(dy)
+    cdef const real *px = <const real *>_data(x)
+    with nogil:
+        if real is float:
+            fc_gelu_backward_f32(pdx, pdy, px, size)
+        else:
+            fc_gelu_backward_f64(pdx, pdy, px, size)

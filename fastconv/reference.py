@@ -50,6 +50,7 @@ __all__ = [
     "relu_forward", "relu_backward",
     "relu6_forward", "relu6_backward",
     "adam_update",
+    "gelu_forward", "gelu_backward",
 ]
 
 BACKEND_NAME = "numpy"
@@ -369,3 +370,28 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
     np.divide(exp_avg, tmp, out=tmp)
     tmp *= step_size
     param -= tmp
+
+
+def gelu_forward(x):
+    # type: (np.ndarray) -> np.ndarray
+    """x * Phi(x), Phi the standard normal distribution function (the erf
+    form, torch.nn.GELU's default); NaN stays NaN."""
+    from scipy.special import ndtr
+
+    _checks.float_array(x, "x")
+    with np.errstate(invalid="ignore"):  # -inf * 0: NaN, as in the compiled kernel
+        return (x * ndtr(x)).astype(x.dtype, copy=False)
+
+
+def gelu_backward(dy, x):
+    # type: (np.ndarray, np.ndarray) -> np.ndarray
+    """dy * (Phi(x) + x * phi(x)), x the GELU's input and phi the standard normal density."""
+    from scipy.special import ndtr
+
+    _checks.float_array(dy, "dy")
+    _checks.float_array(x, "x")
+    _checks.same_dtype(dy, x, "x")
+    _checks.matching_shape(x, "x", dy.shape, "the GELU input")
+    with np.errstate(over="ignore", invalid="ignore"):  # x^2 of a huge x is inf; inf * 0 is NaN
+        density = np.exp(-0.5 * np.square(x, dtype=np.float64)) / np.sqrt(2 * np.pi)
+        return (dy * (ndtr(x.astype(np.float64)) + x * density)).astype(dy.dtype, copy=False)

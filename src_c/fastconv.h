@@ -27,9 +27,9 @@
  *   *.inc  template bodies written in REAL and FC_NAME, one operation each:
  *          im2col, pooling, batchnorm, relu, optimizer (Adam), gemm (the
  *          register-tiled matrix kernel and its packing), winograd,
- *          depthwise, conv and linear. Only the per-type .c files include
- *          them, with REAL and FC_NAME defined, in the order the .c files
- *          list (an .inc relies on the ones before it: gemm.inc before
+ *          depthwise, conv, linear and gelu. Only the per-type .c files
+ *          include them, with REAL and FC_NAME defined, in the order the .c
+ *          files list (an .inc relies on the ones before it: gemm.inc before
  *          winograd.inc, depthwise.inc, conv.inc and linear.inc; im2col.inc,
  *          winograd.inc and depthwise.inc before conv.inc).
  *   *.c    kernels_f32.c and kernels_f64.c instantiate every .inc for float and
@@ -220,5 +220,12 @@ void fc_adam_update_f64(double *param, const double *grad, double *exp_avg,
                         double *exp_avg_sq, int64_t size, double one_minus_beta1,
                         double beta2, double one_minus_beta2, double bias_correction2_sqrt,
                         double eps, double step_size);
+
+/* gelu.inc */
+void fc_gelu_forward_f32(float *y, const float *x, int64_t size);
+void fc_gelu_forward_f64(double *y, const double *x, int64_t size);
+
+void fc_gelu_backward_f32(float *dx, const float *dy, const float *x, int64_t size);
+void fc_gelu_backward_f64(double *dx, const double *dy, const double *x, int64_t size);
 
 #endif

@@ -17,3 +17,4 @@
 #include "depthwise.inc"
 #include "conv.inc"
 #include "linear.inc"
+#include "gelu.inc"

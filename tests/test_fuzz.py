@@ -973,8 +973,11 @@ def valid_call(data, name):
         *_, cache_ref = ref.batchnorm2d_forward_train(x, weight, bias)
         dy = random_values(rng, x.shape, dtype)
         return (dy, cache), (dy, cache_ref), {0: "array", 1: "cache"}
-    if name in ("relu_forward", "relu6_forward"):
+    if name in ("relu_forward", "relu6_forward", "gelu_forward"):
         return (x,), (x,), {0: "array"}
+    if name == "gelu_backward":  # takes the forward's input, not its output
+        args = (random_values(rng, x.shape, dtype), x)
+        return args, args, {0: "array", 1: "array"}
     y = getattr(ref, name.replace("backward", "forward"))(x)
     args = (random_values(rng, x.shape, dtype), y)
     return args, args, {0: "array", 1: "array"}
@@ -1282,11 +1285,17 @@ def test_conv2d_1x1_with_a_stride_matches_reference(dtype):
 # bad input is refused the same way on both.
 
 FUZZED_LAYERS = ("AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
-                 "GlobalAvgPool2d", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "ReLU6")
+                 "GlobalAvgPool2d", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "ReLU6",
+                 "GELU", "GlobalMaxPool2d", "Scale")
+
+
+# Layers that only wire a graph: no kernel, the same NumPy on both backends
+# (tests/test_graph.py checks them against PyTorch).
+WIRING_LAYERS = ("Identity", "PadShortcut", "Add", "Concat")
 
 
 def test_every_layer_type_is_fuzzed():
-    assert set(layers.LAYER_TYPES) <= set(FUZZED_LAYERS), "add the new layers to layer_cases()"
+    assert set(layers.LAYER_TYPES) - set(WIRING_LAYERS) <= set(FUZZED_LAYERS), "add the new layers to layer_cases()"
 
 
 @st.composite
@@ -1330,6 +1339,8 @@ def layer_cases(draw):
     elif kind == "LogSoftmax":
         shape = draw(st.sampled_from([(n, c), shape]))
         layer = layers.LogSoftmax()
+    elif kind == "Scale":
+        layer = layers.Scale(draw(st.sampled_from([0.0, 1 / 9, -2.0, 1e3])))
     else:
         layer = layers.LAYER_TYPES[kind]()
     layer.train(draw(st.booleans()))
@@ -1370,7 +1381,7 @@ def invalid_shape(layer, shape):
     if isinstance(layer, layers.Linear):
         return (shape[0], shape[1] + 1)
     if isinstance(layer, (layers.MaxPool2d, layers.AvgPool2d, layers.GlobalAvgPool2d,
-                          layers.AdaptiveAvgPool2d)):
+                          layers.AdaptiveAvgPool2d, layers.GlobalMaxPool2d)):
         return tuple(shape[1:])
     return None
 
@@ -1635,6 +1646,8 @@ def test_misaligned_arrays_are_aligned_before_they_reach_c(dtype):
     calls = [
         ("relu_forward", (x,)),
         ("relu_backward", (x, x)),
+        ("gelu_forward", (x,)),
+        ("gelu_backward", (x, x)),
         ("im2col", (x, (3, 2), 2, 1)),
         ("conv2d_forward", (x, weight, gamma[:1].repeat(4), 1, 1)),
         ("linear_forward", (x.reshape(2, -1), x.reshape(2, -1)[::-1] * 0.5, gamma[:1].repeat(2))),

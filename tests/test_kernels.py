@@ -1173,3 +1173,98 @@ def test_thread_count_does_not_change_results(kernel):
         fast.set_openmp_threads(before)
     for a, b in zip(outputs(serial), outputs(parallel)):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# GELU
+
+# The float32 kernel evaluates Phi with an approximation of relative error
+# below 1.2e-7 and an exp of its own: a few float32 ulps of the result,
+# against the NumPy twin's correctly rounded scipy.special.ndtr. In the
+# negative tail Phi(x) is exp(-x^2/2) times a slowly varying factor, and the
+# rounding of that exponent, relative to its size x^2/2, is relative error of
+# the result: the bound grows with x^2 there (a value near 1e-27 at x = -11
+# may be off by 1e-5 of itself, where the float64 twin is exact). Results
+# far below the smallest normal float may be flushed to zero.
+GELU_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+
+
+def gelu_scales(x, dy):
+    """The size of each term of gelu(x) and of dy * gelu'(x), in float64: the
+    scale of their rounding errors (gelu' = Phi + x phi crosses zero near
+    x = -0.75, where the result cancels to much less than its terms)."""
+    from scipy.special import ndtr
+
+    x = x.astype(np.float64)
+    phi = ndtr(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        density = np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+        return np.abs(x * phi), np.abs(dy) * (phi + np.abs(x) * density)
+
+
+def gelu_close(actual, expected, x, scale):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape and actual.flags.c_contiguous
+    assert np.array_equal(np.isnan(actual), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(actual[~finite], expected[~finite])
+    info = np.finfo(expected.dtype)
+    # Past |x| = 100 the tail has long underflowed and gelu(x) is x itself.
+    x2 = np.square(np.clip(x[finite].astype(np.float64), -100, 100))
+    bound = scale[finite] * (GELU_RTOL[expected.dtype] + 4 * info.eps * x2) + info.tiny * 2.0 ** 20
+    error = np.abs(actual[finite].astype(np.float64) - expected[finite])
+    bad = error > bound
+    assert not bad.any(), (x[finite][bad][:5], actual[finite][bad][:5], expected[finite][bad][:5])
+
+
+def check_gelu(x, dy):
+    forward_scale, backward_scale = gelu_scales(x, dy)
+    gelu_close(fast.gelu_forward(x), ref.gelu_forward(x), x, forward_scale)
+    gelu_close(fast.gelu_backward(dy, x), ref.gelu_backward(dy, x), x, backward_scale)
+
+
+@property_test
+@given(st.lists(st.integers(0, 7), min_size=0, max_size=4), st.sampled_from(DTYPES),
+       st.floats(0.1, 20.0), st.integers(0, 2 ** 32 - 1))
+def test_gelu_matches_reference(shape, dtype, scale, seed):
+    rng = np.random.default_rng(seed)
+    check_gelu(random_array(rng, shape, dtype, scale=scale), random_array(rng, shape, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_over_the_whole_float_line(dtype):
+    # Every regime of the float32 approximation: the polynomial's range, both
+    # tails, the clamps of its exp, the largest floats, signed zeros.
+    finite = np.finfo(dtype).max
+    x = np.concatenate([np.linspace(-40, 40, 80_001), [-1e30, -90.0, -87.0, 87.0, 89.0, 1e30, finite, -finite],
+                        [0.0, -0.0, 1e-30, -1e-30]]).astype(dtype)
+    check_gelu(x, np.ones_like(x))
+    np.testing.assert_array_equal(np.signbit(fast.gelu_forward(x)[-4:]), [False, True, False, True])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_of_nan_and_infinities_is_x_times_phi(dtype):
+    # x * Phi(x): gelu(inf) = inf * 1, gelu(-inf) = -inf * 0 = NaN, and the
+    # gradient Phi(x) + x * phi(x) is NaN at both (inf * 0), as PyTorch's.
+    x = np.array([np.nan, np.inf, -np.inf], dtype)
+    y = fast.gelu_forward(x)
+    assert np.isnan(y[0]) and y[1] == np.inf and np.isnan(y[2])
+    np.testing.assert_array_equal(y, ref.gelu_forward(x))
+    dx = fast.gelu_backward(np.ones(3, dtype), x)
+    assert np.isnan(dx).all()
+    np.testing.assert_array_equal(dx, ref.gelu_backward(np.ones(3, dtype), x))
+
+
+def test_gelu_is_parallel_safe_on_large_arrays():
+    x = random_array(np.random.default_rng(8), (3, 200_001), np.float32, scale=3.0)
+    check_gelu(x, random_array(np.random.default_rng(9), x.shape, np.float32))
+
+
+@pytest.mark.parametrize("kernels", [fast, ref], ids=["compiled", "numpy"])
+def test_gelu_refuses_what_it_cannot_take(kernels):
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kernels.gelu_forward(x.astype(np.int64))
+    with pytest.raises(TypeError, match="dtype"):
+        kernels.gelu_backward(x, x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
+        kernels.gelu_backward(x, np.zeros((3, 2), np.float32))

@@ -15,7 +15,7 @@ from fastconv.train import rundir
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ("nn", "optim", "data", "train", "models", "bench")
-RUN_FILES = [rundir.CONFIG, rundir.HISTORY_JSON, rundir.HISTORY_CSV, rundir.LAST_CHECKPOINT,
+RUN_FILES = [rundir.CONFIG, rundir.RECIPE, rundir.HISTORY_JSON, rundir.HISTORY_CSV, rundir.LAST_CHECKPOINT,
              rundir.BEST_CHECKPOINT, rundir.FINAL_MODEL, rundir.BEST_MODEL, rundir.EVAL, rundir.REPORT,
              *rundir.FIGURES.values()]
 

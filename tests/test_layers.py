@@ -243,6 +243,9 @@ ALL_LAYERS = [
     (lambda dt: layers.Linear(6, 5, dtype=dt), (4, 6)),
     (lambda dt: layers.Dropout(0.5, seed=0), (4, 6)),
     (lambda dt: layers.LogSoftmax(), (4, 6)),
+    (lambda dt: layers.GELU(), (2, 3, 7, 6)),
+    (lambda dt: layers.GlobalMaxPool2d(), (2, 3, 7, 6)),
+    (lambda dt: layers.Scale(0.5), (4, 6)),
 ]
 
 
@@ -408,3 +411,147 @@ def test_layer_astype_copies():
     double.params["weight"][:] = 0
     assert conv.params["weight"].any()
     assert double.config() == {**conv.config(), "dtype": "float64"}
+
+
+# -- GELU, global max-pooling, Scale, freezing and the identity and whitening initializations
+
+def test_gelu_global_max_pool_and_scale_gradients(backend):
+    rng = np.random.default_rng(21)
+    check_gradients(layers.GELU(), rng.standard_normal((2, 3, 4, 5)) * 2)
+    check_gradients(layers.GELU(), rng.standard_normal((3, 7)))
+    check_gradients(layers.GlobalMaxPool2d(), distinct(rng, (2, 3, 4, 5)))
+    check_gradients(layers.GlobalMaxPool2d(), distinct(rng, (1, 2, 1, 1)))
+    check_gradients(layers.Scale(1 / 9), rng.standard_normal((4, 6)))
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_gelu_global_max_pool_and_scale_match_torch(backend, torch, dtype, tol):
+    rng = np.random.default_rng(22)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    t_x = torch.tensor(x, requires_grad=True)
+    t_y = torch.nn.GELU()(t_x)
+    t_y.backward(torch.tensor(dy))
+    gelu = layers.GELU()
+    assert rel_error(gelu(x), t_y.detach().numpy()) < tol
+    assert rel_error(gelu.backward(dy), t_x.grad.numpy()) < tol
+    pool = layers.GlobalMaxPool2d()
+    dy_pool = rng.standard_normal((3, 4)).astype(dtype)
+    t_x = torch.tensor(x, requires_grad=True)
+    t_y = torch.nn.AdaptiveMaxPool2d(1)(t_x).flatten(1)
+    t_y.backward(torch.tensor(dy_pool))
+    np.testing.assert_array_equal(pool(x), t_y.detach().numpy())
+    np.testing.assert_array_equal(pool.backward(dy_pool), t_x.grad.numpy())
+    scale = layers.Scale(1 / 9)
+    np.testing.assert_allclose(scale(x), x * dtype(1 / 9), rtol=tol)
+    assert scale(x).dtype == dtype and scale.backward(dy).dtype == dtype
+
+
+def test_global_max_pool_takes_the_first_of_tied_maxima(backend):
+    x = np.array([[[[1.0, 3.0], [3.0, 0.0]]]])
+    pool = layers.GlobalMaxPool2d()
+    assert pool(x).shape == (1, 1)
+    np.testing.assert_array_equal(pool.backward(np.array([[2.0]])), [[[[0.0, 2.0], [0.0, 0.0]]]])
+
+
+def test_new_layers_rebuild_from_their_configuration():
+    for layer in (layers.GELU(), layers.GlobalMaxPool2d(), layers.Scale(-0.25)):
+        clone = layers.LAYER_TYPES[type(layer).__name__](**layer.config())
+        assert repr(clone) == repr(layer)
+    assert layers.Scale(0.5).config() == {"factor": 0.5}
+    for bad, error in (("2", TypeError), (float("inf"), ValueError), (float("nan"), ValueError)):
+        with pytest.raises(error, match="factor"):
+            layers.Scale(bad)
+    with pytest.raises(ValueError, match="4-D"):
+        layers.GlobalMaxPool2d()(np.zeros((2, 3)))
+
+
+def test_a_frozen_parameter_gets_no_gradient_and_the_rest_the_same(backend):
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((4, 3, 5, 5))
+    dy = rng.standard_normal((4, 3, 5, 5))
+    free, partly = layers.BatchNorm2d(3, dtype=np.float64), layers.BatchNorm2d(3, dtype=np.float64)
+    assert partly.requires_grad_(False, "weight") is partly and partly.frozen == {"weight"}
+    free(x)
+    partly(x)
+    np.testing.assert_array_equal(partly.backward(dy), free.backward(dy))
+    np.testing.assert_array_equal(partly.grads["bias"], free.grads["bias"])
+    assert free.grads["weight"].any() and not partly.grads["weight"].any()
+    partly.requires_grad_(True)
+    assert partly.frozen == frozenset()
+
+
+def test_a_layer_frozen_whole_computes_no_parameter_gradient(backend):
+    rng = np.random.default_rng(24)
+    conv = layers.Conv2d(2, 3, 3, padding=1, dtype=np.float64, seed=0).requires_grad_(False)
+    assert conv.frozen == {"weight", "bias"}
+    x = rng.standard_normal((2, 2, 4, 4))
+    dy = rng.standard_normal((2, 3, 4, 4))
+    seen = []
+    conv.register_backward_hook(lambda layer, dx, g: seen.append(dx))
+    conv(x)
+    dx = conv.backward(dy)
+    assert not conv.grads["weight"].any() and not conv.grads["bias"].any()
+    free = layers.Conv2d(2, 3, 3, padding=1, dtype=np.float64, seed=0)
+    free(x)
+    np.testing.assert_array_equal(dx, free.backward(dy))
+    assert conv.backward(dy, need_dx=False) is None and seen[-1] is None
+    with pytest.raises(ValueError, match="no parameter 'scale'.*'bias', 'weight'"):
+        conv.requires_grad_(False, "scale")
+    with pytest.raises(TypeError, match="requires_grad must be a bool"):
+        conv.requires_grad_(0)
+    assert layers.ReLU().requires_grad_(False).frozen == frozenset()
+
+
+def test_dirac_init_matches_torch_and_passes_the_input_through(backend, torch):
+    for shape, groups in (((6, 4, 3, 3), 1), ((4, 6, 3, 5), 1), ((6, 2, 3, 3), 3), ((5, 3, 1, 1), 1),
+                          ((4, 3, 3), 1), ((4, 2, 3, 3, 3), 2)):
+        ours = init.dirac_(np.full(shape, 7.0), groups)
+        theirs = torch.nn.init.dirac_(torch.full(shape, 7.0, dtype=torch.float64), groups)
+        np.testing.assert_array_equal(ours, theirs.numpy(), err_msg=str((shape, groups)))
+    conv = layers.Conv2d(4, 8, 3, padding=1, bias=False, dtype=np.float64, seed=0)
+    init.dirac_(conv.params["weight"][:4])
+    x = np.random.default_rng(25).standard_normal((2, 4, 5, 5))
+    y = conv(x)
+    np.testing.assert_array_equal(y[:, :4], x)
+    assert np.abs(y[:, 4:]).sum() > 0  # the rest keep their random filters
+    with pytest.raises(ValueError, match="6 output channels do not split into 4 groups"):
+        init.dirac_(np.zeros((6, 2, 3, 3)), 4)
+    with pytest.raises(ValueError, match="3 to 5 dimensions"):
+        init.dirac_(np.zeros((6, 2)))
+
+
+def test_patch_whitening_makes_the_patches_uncorrelated_with_unit_variance():
+    rng = np.random.default_rng(26)
+    # Correlated channels and neighbouring pixels, as in photographs.
+    base = rng.standard_normal((300, 1, 9, 9))
+    smooth = base + np.roll(base, 1, axis=2) + np.roll(base, 1, axis=3)
+    images = np.concatenate([smooth, 0.5 * smooth + 0.1 * rng.standard_normal(smooth.shape),
+                             rng.standard_normal(smooth.shape) * 3], axis=1)
+    weight = init.patch_whitening_(np.zeros((24, 3, 2, 2)), images, eps=1e-9)
+    np.testing.assert_array_equal(weight[12:], -weight[:12])
+    windows = np.lib.stride_tricks.sliding_window_view(images, (2, 2), axis=(2, 3))
+    patches = windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    whitened = (patches - patches.mean(axis=0)) @ weight[:12].reshape(12, -1).T
+    np.testing.assert_allclose(np.cov(whitened.T), np.eye(12), atol=1e-6)
+    # The same filters as a convolution, as the network applies them.
+    conv = layers.Conv2d(3, 24, 2, bias=False, dtype=np.float64)
+    conv.params["weight"][...] = weight
+    out = conv(images)[:, :12].transpose(0, 2, 3, 1).reshape(-1, 12)
+    np.testing.assert_allclose(np.cov(out.T), np.eye(12), atol=1e-6)
+    # Components are in decreasing order of variance, eps damps the weak ones.
+    damped = init.patch_whitening_(np.zeros((24, 3, 2, 2)), images, eps=1.0)
+    variances = np.diag(np.cov(((patches - patches.mean(axis=0)) @ damped[:12].reshape(12, -1).T).T))
+    assert (np.diff(variances) <= 1e-12).all() and variances[-1] < 0.5 < variances[0] < 1
+
+
+def test_patch_whitening_refuses_what_it_cannot_use():
+    images = np.zeros((2, 3, 4, 4))
+    with pytest.raises(ValueError, match="24 filters"):
+        init.patch_whitening_(np.zeros((12, 3, 2, 2)), images)
+    with pytest.raises(ValueError, match="images have 1 channels"):
+        init.patch_whitening_(np.zeros((24, 3, 2, 2)), np.zeros((2, 1, 4, 4)))
+    with pytest.raises(ValueError, match="no 2x2 patch"):
+        init.patch_whitening_(np.zeros((24, 3, 2, 2)), np.zeros((2, 3, 1, 4)))
+    with pytest.raises(ValueError, match="eps"):
+        init.patch_whitening_(np.zeros((24, 3, 2, 2)), images, eps=0.0)

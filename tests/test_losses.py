@@ -149,3 +149,37 @@ def test_class_probabilities_take_the_logits_dtype_and_refuse_nonsense():
         loss(logits, bad)
     with pytest.raises(TypeError, match="float64"):  # 1-D floats are neither indices nor probabilities
         loss(logits, labels.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("smoothing", [0.2, 1.0])
+@pytest.mark.parametrize("kind", ["indices", "probabilities"])
+def test_label_smoothing_matches_torch(torch, dtype, tol, reduction, smoothing, kind):
+    logits, labels = batch(dtype)
+    if kind == "probabilities":
+        labels = np.random.default_rng(3).dirichlet(np.ones(logits.shape[1]), len(labels)).astype(dtype)
+    loss = losses.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    value = loss(logits, labels)
+    grad = loss.backward()
+    t_logits = torch.tensor(logits, requires_grad=True)
+    t_value = torch.nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)(
+        t_logits, torch.tensor(labels))
+    t_value.backward()
+    assert value == pytest.approx(t_value.item(), rel=tol)
+    assert grad.dtype == dtype
+    assert rel_error(grad, t_logits.grad.numpy()) < tol
+
+
+def test_label_smoothing_gradient_is_numerically_right_and_zero_smoothing_changes_nothing():
+    logits, labels = batch()
+    loss = losses.CrossEntropyLoss(label_smoothing=0.3)
+    loss(logits, labels)
+    grad = loss.backward()
+    assert rel_error(grad, numerical_gradient(lambda: float(loss(logits, labels)), logits)) < 1e-7
+    plain, zero = losses.CrossEntropyLoss(), losses.CrossEntropyLoss(label_smoothing=0.0)
+    assert float(plain(logits, labels)) == float(zero(logits, labels))
+    np.testing.assert_array_equal(plain.backward(), zero.backward())
+    for bad, error in ((1.5, ValueError), (-0.1, ValueError), ("0.1", TypeError)):
+        with pytest.raises(error, match="label_smoothing"):
+            losses.CrossEntropyLoss(label_smoothing=bad)

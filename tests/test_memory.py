@@ -206,6 +206,8 @@ def kernel_calls(dtype=np.float32):
         "relu_backward": lambda: fast.relu_backward(x, relu_y),
         "relu6_forward": lambda: fast.relu6_forward(x),
         "relu6_backward": lambda: fast.relu6_backward(x, relu_y),
+        "gelu_forward": lambda: fast.gelu_forward(x),
+        "gelu_backward": lambda: fast.gelu_backward(x, x),
         "adam_update": lambda: fast.adam_update(adam_arrays[0], fc_weight, adam_arrays[1], adam_arrays[2],
                                                 1e-3, 0.9, 0.999, 1e-8, 1),
     }

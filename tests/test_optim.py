@@ -181,7 +181,7 @@ def test_bad_arguments():
         optim.SGD(model, lr=-1)
     with pytest.raises(ValueError, match="beta1.*1.0"):
         optim.Adam(model, betas=(1.0, 0.999))
-    with pytest.raises(TypeError, match="Sequential"):
+    with pytest.raises(TypeError, match="a fastconv model or its parameters"):
         optim.SGD("model", lr=0.1)
     with pytest.raises(TypeError, match="Optimizer"):
         optim.StepLR("optimizer", 3)
@@ -276,7 +276,7 @@ def test_a_part_of_the_parameters_is_all_that_steps_and_zeroes(torch, copy_to_to
 
 def test_what_is_not_parameters_is_refused():
     model = tiny_model()
-    with pytest.raises(TypeError, match="Sequential or its parameters.*ndarray"):
+    with pytest.raises(TypeError, match="a fastconv model or its parameters.*ndarray"):
         optim.Adam(model.layer("conv1").params["weight"])
     with pytest.raises(TypeError, match="Parameter objects.*tuple at position 0"):
         optim.Adam(model.named_parameters())
@@ -288,3 +288,197 @@ def test_what_is_not_parameters_is_refused():
         optim.SGD(model.parameters() + tiny_model(seed=1).parameters(), lr=0.1)
     generator = (p for p in model.parameters() if p.name.endswith("bias"))
     assert [p.name for p in optim.SGD(generator, lr=0.1).parameters()] == ["conv1.bias", "bn1.bias", "fc1.bias"]
+
+
+# Parameter groups, frozen parameters, PiecewiseLinearLR and Lookahead
+
+def grouped(model, names_lr_wd):
+    """PyTorch-style groups of ``model``'s parameters: [(name filter, lr or None, wd or None)]."""
+    groups = []
+    for keep, lr, wd in names_lr_wd:
+        group = {"params": [p for p in model.parameters() if keep(p.name)]}
+        if lr is not None:
+            group["lr"] = lr
+        if wd is not None:
+            group["weight_decay"] = wd
+        groups.append(group)
+    return groups
+
+
+GROUPS = [(lambda n: n.endswith("weight"), None, None), (lambda n: n.endswith("bias"), 0.4, 0.0)]
+
+
+def torch_grouped(twin):
+    named = list(twin.named_parameters())
+    return [{"params": [p for n, p in named if n.endswith("weight")]},
+            {"params": [p for n, p in named if n.endswith("bias")], "lr": 0.4, "weight_decay": 0.0}]
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_parameter_groups_match_torch_under_a_schedule(backend, torch, copy_to_torch, opt_name):
+    model, twin = tiny_model(), torch_twin(torch)
+    keys = copy_to_torch(model, twin)
+    if opt_name == "sgd":
+        opt = optim.SGD(grouped(model, GROUPS), lr=0.05, momentum=0.85, nesterov=True, weight_decay=5e-3)
+        t_opt = torch.optim.SGD(torch_grouped(twin), lr=0.05, momentum=0.85, nesterov=True, weight_decay=5e-3)
+    else:
+        opt = optim.Adam(grouped(model, GROUPS), lr=0.05, weight_decay=5e-3)
+        t_opt = torch.optim.Adam(torch_grouped(twin), lr=0.05, weight_decay=5e-3)
+    schedule = optim.StepLR(opt, step_size=2, gamma=0.5)
+    t_schedule = torch.optim.lr_scheduler.StepLR(t_opt, step_size=2, gamma=0.5)
+    for step, (x, labels) in enumerate(batches(STEPS)):
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in t_opt.param_groups])
+        train_step(model, opt, x, labels)
+        t_opt.zero_grad()
+        torch.nn.CrossEntropyLoss()(twin(torch.from_numpy(x)), torch.from_numpy(labels)).backward()
+        t_opt.step()
+        schedule.step()
+        t_schedule.step()
+        theirs = twin.state_dict()
+        for key, value in model.state_dict().items():
+            assert rel_error(value, theirs[keys[key]].numpy()) < 1e-6, (step, key)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-3, 0.0]
+
+
+def test_frozen_parameters_are_left_alone_as_in_torch(backend, torch, copy_to_torch):
+    # A batch norm with its scale frozen and a convolution frozen whole, under
+    # momentum and weight decay that would move them if they were stepped.
+    model, twin = tiny_model(), torch_twin(torch)
+    keys = copy_to_torch(model, twin)
+    model.layer("bn1").requires_grad_(False, "weight")
+    model.layer("conv1").requires_grad_(False)
+    twin[2].weight.requires_grad_(False)
+    twin[0].requires_grad_(False)
+    frozen = {k: v.copy() for k, v in model.state_dict().items() if k.startswith("conv1") or k == "bn1.weight"}
+    opt = optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=0.1)
+    t_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    for x, labels in batches(3):
+        train_step(model, opt, x, labels)
+        t_opt.zero_grad()
+        torch.nn.CrossEntropyLoss()(twin(torch.from_numpy(x)), torch.from_numpy(labels)).backward()
+        t_opt.step()
+    theirs = twin.state_dict()
+    for key, value in model.state_dict().items():
+        assert rel_error(value, theirs[keys[key]].numpy()) < 1e-10, key
+    for key, value in frozen.items():
+        np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+    assert not set(opt.state_dict()["state"]) & set(frozen)
+
+
+def test_piecewise_linear_schedule_matches_torch_lambda(torch):
+    model, twin = tiny_model(), torch_twin(torch)
+    milestones, factors = [0, 3, 10], [0.2, 1.0, 0.0]
+    opt = optim.SGD(model, lr=0.5)
+    schedule = optim.PiecewiseLinearLR(opt, milestones, factors)
+    t_opt = torch.optim.SGD(twin.parameters(), lr=0.5)
+    t_schedule = torch.optim.lr_scheduler.LambdaLR(t_opt, lambda s: float(np.interp(s, milestones, factors)))
+    for _ in range(13):
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], abs=1e-15)
+        t_opt.step()  # no gradients: changes nothing, and keeps PyTorch from warning about the order
+        schedule.step()
+        t_schedule.step()
+    resumed = optim.PiecewiseLinearLR(optim.SGD(tiny_model(), lr=0.5), milestones, factors)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.optimizer.lr == opt.lr and resumed.last_epoch == schedule.last_epoch
+    with pytest.raises(ValueError, match="must not decrease"):
+        optim.PiecewiseLinearLR(opt, [0, 5, 2], [1, 1, 1])
+    with pytest.raises(ValueError, match="same length"):
+        optim.PiecewiseLinearLR(opt, [0, 5], [1])
+
+
+def torch_lookahead_steps(torch, twin, data, k, alphas, total):
+    """The oracle: PyTorch's SGD and, every k steps, slow += alpha * (fast - slow), fast = slow."""
+    opt = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    slow = [p.detach().clone() for p in twin.parameters()]
+    for step, (x, labels) in enumerate(data, start=1):
+        opt.zero_grad()
+        torch.nn.CrossEntropyLoss()(twin(torch.from_numpy(x)), torch.from_numpy(labels)).backward()
+        opt.step()
+        with torch.no_grad():
+            if step % k == 0:
+                for s, p in zip(slow, twin.parameters()):
+                    s += alphas(step) * (p - s)
+                    p.copy_(s)
+            if step == total:
+                for s, p in zip(slow, twin.parameters()):
+                    p.copy_(s)
+
+
+@pytest.mark.parametrize("ramp_power, total", [(0.0, None), (3.0, 11)])
+def test_lookahead_matches_a_torch_loop(backend, torch, copy_to_torch, ramp_power, total):
+    model, twin = tiny_model(), torch_twin(torch)
+    keys = copy_to_torch(model, twin)
+    data = batches(11)
+    opt = optim.Lookahead(optim.SGD(model, lr=0.05, momentum=0.9, nesterov=True), k=3, alpha=0.3,
+                          total_steps=total, ramp_power=ramp_power)
+    for x, labels in data:
+        train_step(model, opt, x, labels)
+    alphas = (lambda s: 0.3) if not ramp_power else (lambda s: 1 - 0.7 * (s / total) ** ramp_power)
+    torch_lookahead_steps(torch, twin, data, 3, alphas, total)
+    theirs = twin.state_dict()
+    for key, value in model.state_dict().items():
+        if "running" not in key:  # batch-norm statistics are buffers, which Lookahead does not average
+            assert rel_error(value, theirs[keys[key]].numpy()) < 1e-10, key
+    if total:  # the model ends on the slow weights
+        for param in model.parameters():
+            np.testing.assert_array_equal(param.data, opt.slow[param.name])
+    assert opt.alpha_at(0) == (0.3 if not ramp_power else 1.0)
+
+
+def test_lookahead_resumes_from_its_state_dict(backend):
+    data = batches(9)
+
+    def make(model):
+        sgd = optim.SGD(grouped(model, GROUPS), lr=0.05, momentum=0.9)
+        return optim.Lookahead(sgd, k=2, alpha=0.5, total_steps=9, ramp_power=2.0), sgd
+
+    straight = tiny_model()
+    opt, _ = make(straight)
+    for x, labels in data:
+        train_step(straight, opt, x, labels)
+    first = tiny_model()
+    opt_first, sgd_first = make(first)
+    schedule = optim.StepLR(sgd_first, step_size=100)
+    for x, labels in data[:5]:
+        train_step(first, opt_first, x, labels)
+    saved_model, saved_opt = first.state_dict(), opt_first.state_dict()
+    assert saved_opt["type"] == "Lookahead" and opt_first.lr == schedule.get_last_lr()
+    resumed = tiny_model(seed=7)
+    resumed.load_state_dict(saved_model)
+    opt_resumed, _ = make(resumed)
+    opt_resumed.load_state_dict(saved_opt)
+    for x, labels in data[5:]:
+        train_step(resumed, opt_resumed, x, labels)
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=key)
+    with pytest.raises(ValueError, match="for 'SGD', not Lookahead"):
+        opt_resumed.load_state_dict(optim.SGD(resumed, lr=0.1).state_dict())
+
+
+def test_parameter_groups_and_lookahead_refuse_nonsense():
+    model = tiny_model()
+    params = model.parameters()
+    with pytest.raises(ValueError, match="group 0 has the key 'momentum'"):
+        optim.SGD([{"params": params, "momentum": 0.5}], lr=0.1)
+    with pytest.raises(ValueError, match="group 1 has no parameters"):
+        optim.SGD([{"params": params}, {"params": []}], lr=0.1)
+    with pytest.raises(ValueError, match="group 0 has no 'params'"):
+        optim.SGD([{"lr": 0.1}], lr=0.1)
+    with pytest.raises(TypeError, match="not both mixed"):
+        optim.SGD([params[0], {"params": params[1:]}], lr=0.1)
+    with pytest.raises(ValueError, match="each once"):
+        optim.SGD([{"params": params}, {"params": params[:1]}], lr=0.1)
+    with pytest.raises(ValueError, match="lr 0.5 while the optimizer's lr is 0"):
+        optim.SGD([{"params": params, "lr": 0.5}], lr=0.0)
+    with pytest.raises(TypeError, match="lr of parameter group 0 must be a number"):
+        optim.SGD([{"params": params, "lr": "1"}], lr=0.1)
+    opt = optim.SGD(grouped(model, GROUPS), lr=0.1)
+    other = optim.SGD(model, lr=0.1)
+    with pytest.raises(ValueError, match="parameter group"):
+        opt.load_state_dict(other.state_dict())
+    with pytest.raises(TypeError, match="fastconv Optimizer"):
+        optim.Lookahead(model)
+    with pytest.raises(ValueError, match="ramp_power needs total_steps"):
+        optim.Lookahead(opt, ramp_power=2.0)
+    with pytest.raises(ValueError, match="alpha"):
+        optim.Lookahead(opt, alpha=1.5)

@@ -144,6 +144,8 @@ def long_calls():
         "relu_backward": lambda: fast.relu_backward(big, big_y),
         "relu6_forward": lambda: fast.relu6_forward(big),
         "relu6_backward": lambda: fast.relu6_backward(big, big_y),
+        "gelu_forward": lambda: fast.gelu_forward(big),
+        "gelu_backward": lambda: fast.gelu_backward(big, big),
         "adam_update": lambda: fast.adam_update(adam_arrays[0], big, adam_arrays[1], adam_arrays[2],
                                                 1e-3, 0.9, 0.999, 1e-8, 1),
     }
@@ -430,6 +432,18 @@ def test_relu_on_any_thread_count(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_gelu_on_any_thread_count(dtype):
+    # Chunks of 4096 elements, each one thread's; the last one short.
+    x, dy = rng_arrays(10, dtype, (3, 5, 61, 67), (3, 5, 61, 67))
+    x[0, 0, 0, :5] = [np.nan, -0.0, 0.0, np.inf, -np.inf]
+
+    def forward_backward():
+        return fast.gelu_forward(x), fast.gelu_backward(dy, x)
+
+    assert_same_bits(on_threads(forward_backward), "gelu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("size", [100_001, 4096 * 9 + 5])
 def test_adam_update_on_any_thread_count(size, dtype):
     grad, param, exp_avg, exp_avg_sq = rng_arrays(8, dtype, (size,), (size,), (size,), (size,))
@@ -461,5 +475,5 @@ def test_thread_determinism_covers_every_kernel():
                "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
                "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
                "relu_forward", "relu_backward", "relu6_forward", "relu6_backward", "adam_update", "im2col",
-               "col2im"}
+               "col2im", "gelu_forward", "gelu_backward"}
     assert covered == set(fast.KERNELS)

@@ -44,7 +44,7 @@ def _show_pixels(ax: Axes, image: ArrayLike, title: str | None = None) -> None:
     _clean(ax, title)
 
 
-def _confidences(model: fastconv.Sequential, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _confidences(model: fastconv.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = softmax((A.predict_pixels(model, x)).astype(np.float64), axis=1)
     return p.argmax(axis=1), p.max(axis=1), p
 
@@ -53,7 +53,7 @@ def _describe(classes: Sequence[str] | None, k: int, confidence: float) -> str:
     return f"{_class_name(classes, k)} ({confidence:.1%})"
 
 
-def plot_adversarial(model: fastconv.Sequential, x: np.ndarray, x_adv: np.ndarray, y: ArrayLike | None = None,
+def plot_adversarial(model: fastconv.Model, x: np.ndarray, x_adv: np.ndarray, y: ArrayLike | None = None,
                      target: ArrayLike | None = None, classes: Sequence[str] | None = None,
                      amplify: float | None = None, title: str | None = None,
                      path: str | os.PathLike | None = None) -> Figure:
@@ -95,7 +95,7 @@ def plot_adversarial(model: fastconv.Sequential, x: np.ndarray, x_adv: np.ndarra
     return _finish(fig, path)
 
 
-def plot_fooling_images(model: fastconv.Sequential, images: np.ndarray, classes: Sequence[str] | None = None,
+def plot_fooling_images(model: fastconv.Model, images: np.ndarray, classes: Sequence[str] | None = None,
                         columns: int = 10, title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
     """A grid of images, each titled with the class ``model`` sees in it and
     its confidence (fooling images made from noise, for instance)."""

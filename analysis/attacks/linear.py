@@ -37,7 +37,7 @@ __all__ = ["linear_classifier", "train_linear", "templates", "add_template", "te
 
 
 def linear_classifier(input_shape: Sequence[int], num_classes: int, seed: np.random.Generator | int | None = 0,
-                      dtype: DTypeLike = np.float32) -> fastconv.Sequential:
+                      dtype: DTypeLike = np.float32) -> fastconv.Model:
     """Flatten then Linear(C*H*W -> num_classes): a softmax (multinomial
     logistic regression) classifier for images of ``input_shape`` (C, H, W)."""
     try:
@@ -51,7 +51,7 @@ def linear_classifier(input_shape: Sequence[int], num_classes: int, seed: np.ran
 
 def train_linear(x: np.ndarray, y: ArrayLike, num_classes: int | None = None, epochs: int = 5, batch_size: int = 128,
                  lr: float = 1e-3, weight_decay: float = 1e-3, seed: np.random.Generator | int | None = 0,
-                 progress: Callable[[str], object] | None = None) -> fastconv.Sequential:
+                 progress: Callable[[str], object] | None = None) -> fastconv.Model:
     """A softmax classifier trained with Adam on images x ([0, 1] pixels) and labels y.
 
     The L2 penalty ``weight_decay`` keeps the templates smooth enough to be
@@ -66,7 +66,7 @@ def train_linear(x: np.ndarray, y: ArrayLike, num_classes: int | None = None, ep
                seed=seed, progress=progress)
 
 
-def _linear_layer(model: fastconv.Sequential) -> L.Linear:
+def _linear_layer(model: fastconv.Model) -> L.Linear:
     layers = [layer for _, layer in model.named_layers()]
     linear = [layer for layer in layers if isinstance(layer, L.Linear)]
     if len(linear) != 1 or any(not isinstance(layer, (L.Linear, L.Flatten)) for layer in layers):
@@ -75,7 +75,7 @@ def _linear_layer(model: fastconv.Sequential) -> L.Linear:
     return linear[0]
 
 
-def templates(model: fastconv.Sequential, input_shape: Sequence[int] | None = None) -> np.ndarray:
+def templates(model: fastconv.Model, input_shape: Sequence[int] | None = None) -> np.ndarray:
     """The weights of a linear classifier as one image per class, (K, C, H, W),
     in pixel units: the change of each class score per unit of each pixel
     (the model's normalization is folded in).
@@ -99,7 +99,7 @@ def templates(model: fastconv.Sequential, input_shape: Sequence[int] | None = No
     return weight.reshape((k,) + input_shape) / std
 
 
-def add_template(model: fastconv.Sequential, x: np.ndarray, target: ArrayLike, eps: float) -> np.ndarray:
+def add_template(model: fastconv.Model, x: np.ndarray, target: ArrayLike, eps: float) -> np.ndarray:
     """x plus the template of class ``target`` scaled so its largest pixel
     change is eps, clipped to [0, 1]; one target, or one per image."""
     x = A.check_pixels(model, x)
@@ -112,7 +112,7 @@ def add_template(model: fastconv.Sequential, x: np.ndarray, target: ArrayLike, e
     return np.clip(x + chosen * scale.reshape(-1, 1, 1, 1), 0, 1).astype(x.dtype)
 
 
-def template_flip(model: fastconv.Sequential, x: np.ndarray, target: ArrayLike,
+def template_flip(model: fastconv.Model, x: np.ndarray, target: ArrayLike,
                   eps_list: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """For each image, the smallest eps in ``eps_list`` at which
     :func:`add_template` makes the linear classifier ``model`` predict

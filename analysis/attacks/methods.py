@@ -77,7 +77,7 @@ def _eps(value: float, name: str = "eps") -> float:
     return _number(value, name, 0.0)
 
 
-def check_pixels(model: fastconv.Sequential, x: np.ndarray, name: str = "x") -> np.ndarray:
+def check_pixels(model: fastconv.Model, x: np.ndarray, name: str = "x") -> np.ndarray:
     """Check that x is a batch the model accepts, of pixels in [0, 1]; return it.
 
     The message of an out-of-range batch names the offending value and where
@@ -118,7 +118,7 @@ class _PixelModel:
     eval mode and the backward passes leave no trace in the model's gradients.
     """
 
-    def __init__(self, model: fastconv.Sequential) -> None:
+    def __init__(self, model: fastconv.Model) -> None:
         self.model = model
         self.dtype = C.model_dtype(model)
         self.normalizer = C.Normalizer.from_model(model)
@@ -182,14 +182,14 @@ def _project_l2(delta: np.ndarray, eps: float) -> np.ndarray:
     return delta * _broadcast(factor, delta.ndim).astype(delta.dtype)
 
 
-def predict_pixels(model: fastconv.Sequential, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_pixels(model: fastconv.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of the model (eval mode) for [0, 1] pixel images x."""
     check_pixels(model, x)
     pixels = _PixelModel(model)
     return model.predict(pixels.inputs(x), batch_size=batch_size)
 
 
-def loss_gradient(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike | None = None,
+def loss_gradient(model: fastconv.Model, x: np.ndarray, y: ArrayLike | None = None,
                   target: ArrayLike | None = None) -> np.ndarray:
     """Gradient w.r.t. the pixels x of the cross-entropy of the labels y
     (untargeted), or of minus the cross-entropy of ``target``; the direction
@@ -218,11 +218,9 @@ def _resolve_labels(y: ArrayLike | None, target: ArrayLike | None, pixels: _Pixe
     return _class_array(y, n, num_classes, "label"), None
 
 
-def _num_classes(model: fastconv.Sequential, x_shape: Sequence[int]) -> int:
+def _num_classes(model: fastconv.Model, x_shape: Sequence[int]) -> int:
     """Size of the model's output for inputs of shape x_shape, from the layers' shapes alone."""
-    shape = tuple(x_shape)
-    for _, layer in model.named_layers():
-        shape = tuple(layer.output_shape(shape))
+    shape = list(model.output_shapes(x_shape).values())[-1]
     if len(shape) != 2:
         raise ValueError(f"attacks need a classifier with outputs (N, classes); this model outputs shape {shape}")
     return int(shape[1])
@@ -247,7 +245,7 @@ class Attack:
     norm = "linf"
     minimal = False
 
-    def __init__(self, model: fastconv.Sequential, batch_size: int = 256) -> None:
+    def __init__(self, model: fastconv.Model, batch_size: int = 256) -> None:
         if not hasattr(model, "forward") or not hasattr(model, "backward"):
             raise TypeError(f"model must be a fastconv Sequential, got {type(model).__name__}")
         self.model = model
@@ -316,7 +314,7 @@ class FGSM(Attack):
 
     name = "fgsm"
 
-    def __init__(self, model: fastconv.Sequential, eps: float = 8 / 255, batch_size: int = 256) -> None:
+    def __init__(self, model: fastconv.Model, eps: float = 8 / 255, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.eps = _eps(eps)
 
@@ -339,7 +337,7 @@ class PGD(Attack):
 
     name = "pgd"
 
-    def __init__(self, model: fastconv.Sequential, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+    def __init__(self, model: fastconv.Model, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
                  random_start: bool = True, seed: np.random.Generator | int | None = 0, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.eps = _eps(eps)
@@ -379,7 +377,7 @@ class BIM(PGD):
 
     name = "bim"
 
-    def __init__(self, model: fastconv.Sequential, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
+    def __init__(self, model: fastconv.Model, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
                  batch_size: int = 256) -> None:
         super().__init__(model, eps, alpha, steps, random_start=False, batch_size=batch_size)
 
@@ -392,7 +390,7 @@ class PGDL2(PGD):
     name = "pgd-l2"
     norm = "l2"
 
-    def __init__(self, model: fastconv.Sequential, eps: float = 1.0, alpha: float | None = None, steps: int = 10,
+    def __init__(self, model: fastconv.Model, eps: float = 1.0, alpha: float | None = None, steps: int = 10,
                  random_start: bool = True, seed: np.random.Generator | int | None = 0, batch_size: int = 256) -> None:
         super().__init__(model, eps, alpha, steps, random_start, seed, batch_size)
 
@@ -426,7 +424,7 @@ class IterativeTargeted(Attack):
 
     name = "iterative"
 
-    def __init__(self, model: fastconv.Sequential, confidence: float = 0.99, alpha: float = 0.01, steps: int = 200,
+    def __init__(self, model: fastconv.Model, confidence: float = 0.99, alpha: float = 0.01, steps: int = 200,
                  eps: float | None = None, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.confidence = _number(confidence, "confidence", 0.0, strict=True)
@@ -486,7 +484,7 @@ class DeepFool(Attack):
     norm = "l2"
     minimal = True
 
-    def __init__(self, model: fastconv.Sequential, steps: int = 50, overshoot: float = 0.02,
+    def __init__(self, model: fastconv.Model, steps: int = 50, overshoot: float = 0.02,
                  candidates: int | None = None, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
         self.steps = _checks.positive_int(steps, "steps")
@@ -568,7 +566,7 @@ class CarliniWagnerL2(Attack):
     norm = "l2"
     minimal = True
 
-    def __init__(self, model: fastconv.Sequential, c: float | None = None, initial_const: float = 1.0,
+    def __init__(self, model: fastconv.Model, c: float | None = None, initial_const: float = 1.0,
                  kappa: float = 0.0, steps: int = 100, lr: float = 0.1, binary_search_steps: int = 5,
                  abort_early: bool = True, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
@@ -663,7 +661,7 @@ ATTACKS: dict[str, type[Attack]] = {
 }
 
 
-def make_attack(name: str, model: fastconv.Sequential, eps: float | None = None, **options: Any) -> Attack:
+def make_attack(name: str, model: fastconv.Model, eps: float | None = None, **options: Any) -> Attack:
     """The attack called ``name`` (a key of ATTACKS) on ``model``, with eps for
     the attacks bounded by one (ignored by DeepFool and CW, which look for the
     smallest perturbation themselves) and any constructor options."""

@@ -50,7 +50,7 @@ def _norms(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(np.square(delta).sum(axis=1)), np.abs(delta).max(axis=1)
 
 
-def _predicted(model: fastconv.Sequential, x: np.ndarray, batch_size: int) -> np.ndarray:
+def _predicted(model: fastconv.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     return A.predict_pixels(model, x, batch_size).argmax(axis=1)
 
 
@@ -58,7 +58,7 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def attack_report(model: fastconv.Sequential, x: np.ndarray, x_adv: np.ndarray, y: ArrayLike,
+def attack_report(model: fastconv.Model, x: np.ndarray, x_adv: np.ndarray, y: ArrayLike,
                   target: ArrayLike | None = None, batch_size: int = 256) -> dict[str, Any]:
     """Numbers describing adversarial examples x_adv of the images x (labels y).
 
@@ -97,7 +97,7 @@ def attack_report(model: fastconv.Sequential, x: np.ndarray, x_adv: np.ndarray, 
     }
 
 
-def evaluate_attack(model: fastconv.Sequential, attack: A.Attack, x: np.ndarray, y: ArrayLike,
+def evaluate_attack(model: fastconv.Model, attack: A.Attack, x: np.ndarray, y: ArrayLike,
                     target: ArrayLike | None = None, batch_size: int = 256) -> tuple[dict[str, Any], np.ndarray]:
     """Run ``attack`` (on ``model``) on x and return (report, x_adv); see :func:`attack_report`."""
     x_adv = attack(x, y if target is None else None, target=target)
@@ -110,7 +110,7 @@ def _label(item: str | A.Attack) -> str:
     return getattr(item, "name", type(item).__name__)
 
 
-def _attack_items(model: fastconv.Sequential,
+def _attack_items(model: fastconv.Model,
                   attacks_or_names: str | A.Attack | Sequence[str | A.Attack] | dict[str, str | A.Attack],
                   attack_options: Mapping[str, Mapping[str, Any]] | None) -> list[tuple[str, A.Attack]]:
     """(label, attack) pairs; names become attacks built on ``model``."""
@@ -160,7 +160,7 @@ def _eps_values(values: ArrayLike | None, name: str) -> list[float] | None:
     return sorted(values)
 
 
-def robustness_curve(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike,
+def robustness_curve(model: fastconv.Model, x: np.ndarray, y: ArrayLike,
                      attacks_or_names: str | A.Attack | Sequence[str | A.Attack] | dict[str, str | A.Attack],
                      eps_list: ArrayLike, l2_eps_list: ArrayLike | None = None,
                      attack_options: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 256,
@@ -239,7 +239,7 @@ def _add_point(curve: dict[str, Any], correct: np.ndarray, broken: np.ndarray, l
     curve["mean_linf"].append(_mean(linf[broken]))
 
 
-def transfer(attack: A.Attack, target_model: fastconv.Sequential, x: np.ndarray, y: ArrayLike,
+def transfer(attack: A.Attack, target_model: fastconv.Model, x: np.ndarray, y: ArrayLike,
              batch_size: int = 256) -> dict[str, Any]:
     """Show adversarial examples made by ``attack`` on its own model to ``target_model``.
 
@@ -286,10 +286,10 @@ def _soft_targets(targets: ArrayLike, n: int, num_classes: int) -> np.ndarray:
     return targets.astype(np.float64)
 
 
-def fit(model: fastconv.Sequential, x: np.ndarray, targets: ArrayLike, epochs: int = 1, batch_size: int = 64,
+def fit(model: fastconv.Model, x: np.ndarray, targets: ArrayLike, epochs: int = 1, batch_size: int = 64,
         lr: float = 1e-3, temperature: float = 1.0, weight_decay: float = 0.0,
         seed: np.random.Generator | int | None = 0,
-        progress: Callable[[str], object] | None = None) -> fastconv.Sequential:
+        progress: Callable[[str], object] | None = None) -> fastconv.Model:
     """Train ``model`` with Adam on images x ([0, 1] pixels, through the model's
     normalization) against ``targets``: N labels, or (N, K) probabilities
     (soft labels).
@@ -328,17 +328,17 @@ def fit(model: fastconv.Sequential, x: np.ndarray, targets: ArrayLike, epochs: i
     return model.eval()
 
 
-def _copy_normalization(source: fastconv.Sequential, model: fastconv.Sequential) -> fastconv.Sequential:
+def _copy_normalization(source: fastconv.Model, model: fastconv.Model) -> fastconv.Model:
     if "normalization" in (source.meta or {}):
         model.meta["normalization"] = dict(source.meta["normalization"])
     return model
 
 
-def defensive_distillation(make_model: Callable[[], fastconv.Sequential], x: np.ndarray, y: ArrayLike,
+def defensive_distillation(make_model: Callable[[], fastconv.Model], x: np.ndarray, y: ArrayLike,
                            temperature: float = 100.0, epochs: int = 2, batch_size: int = 128, lr: float = 1e-3,
-                           teacher: fastconv.Sequential | None = None, seed: int = 0,
+                           teacher: fastconv.Model | None = None, seed: int = 0,
                            progress: Callable[[str], object] | None = None
-                           ) -> tuple[fastconv.Sequential, fastconv.Sequential]:
+                           ) -> tuple[fastconv.Model, fastconv.Model]:
     """Defensive distillation (Papernot et al. 2016): a teacher trained at
     temperature T on the labels y, then a student of the same kind trained
     at T on the teacher's soft labels softmax(z / T); both then answer at
@@ -372,7 +372,7 @@ def defensive_distillation(make_model: Callable[[], fastconv.Sequential], x: np.
 # ------------------------------------------------------------------ black box
 
 
-def jacobian_augmentation(substitute: fastconv.Sequential, x: np.ndarray, labels: ArrayLike,
+def jacobian_augmentation(substitute: fastconv.Model, x: np.ndarray, labels: ArrayLike,
                           step: float = 0.1) -> np.ndarray:
     """Papernot et al.'s Jacobian-based augmentation: x + step * sign(d Z_label / dx)
     for each image, where Z_label is the substitute's logit of the label the
@@ -394,11 +394,11 @@ def jacobian_augmentation(substitute: fastconv.Sequential, x: np.ndarray, labels
     return out
 
 
-def train_substitute(victim: fastconv.Sequential | Callable[[np.ndarray], ArrayLike], x_seed: ArrayLike,
-                     make_model: Callable[[], fastconv.Sequential], rounds: int = 5, step: float = 0.1,
+def train_substitute(victim: fastconv.Model | Callable[[np.ndarray], ArrayLike], x_seed: ArrayLike,
+                     make_model: Callable[[], fastconv.Model], rounds: int = 5, step: float = 0.1,
                      epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                      x_check: ArrayLike | None = None,
-                     progress: Callable[[str], object] | None = None) -> tuple[fastconv.Sequential, dict[str, Any]]:
+                     progress: Callable[[str], object] | None = None) -> tuple[fastconv.Model, dict[str, Any]]:
     """Train a substitute of a black-box ``victim`` from its answers only.
 
     The victim is a model, or a function from [0, 1] images to predicted
@@ -416,7 +416,7 @@ def train_substitute(victim: fastconv.Sequential | Callable[[np.ndarray], ArrayL
     measurement, not counted as queries.
     """
     ask = victim if not hasattr(victim, "forward") else (
-        lambda images: _predicted(cast("fastconv.Sequential", victim), images, 256))
+        lambda images: _predicted(cast("fastconv.Model", victim), images, 256))
     x_seed = np.asarray(x_seed)
     rounds = _checks.positive_int(rounds, "rounds")
     data = x_seed.copy()
@@ -443,7 +443,7 @@ def train_substitute(victim: fastconv.Sequential | Callable[[np.ndarray], ArrayL
         data = np.concatenate([data, new])
         labels = np.concatenate([labels, new_labels])
     info["queries"] = int(queries)
-    return cast("fastconv.Sequential", substitute), info  # rounds >= 1: a substitute was trained
+    return cast("fastconv.Model", substitute), info  # rounds >= 1: a substitute was trained
 
 
 # ------------------------------------------------------------------ adversarial training
@@ -484,12 +484,12 @@ class AdversarialTraining:
         steps = f", {self.steps} steps" if self.method == "pgd" else ""
         return f"adversarial training ({self.method}, eps {self.eps:g}{steps}, {self.fraction:.0%} of each batch)"
 
-    def attack(self, model: fastconv.Sequential, rng: np.random.Generator) -> A.FGSM | A.PGD:
+    def attack(self, model: fastconv.Model, rng: np.random.Generator) -> A.FGSM | A.PGD:
         if self.method == "fgsm":
             return A.FGSM(model, eps=self.eps)
         return A.PGD(model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True, seed=rng)
 
-    def __call__(self, model: fastconv.Sequential, inputs: np.ndarray, labels: np.ndarray,
+    def __call__(self, model: fastconv.Model, inputs: np.ndarray, labels: np.ndarray,
                  rng: np.random.Generator) -> np.ndarray:
         count = int(round(self.fraction * len(inputs)))
         if count == 0 or self.eps == 0:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     class AttributionMethod(Protocol):
         """What SmoothGrad averages: any object with a model and the ``attribute`` verb."""
 
-        model: fastconv.Sequential
+        model: fastconv.Model
 
         def attribute(self, x: np.ndarray, target: C.Target) -> np.ndarray:
             ...
@@ -65,7 +65,7 @@ def _deconvnet(layer: L.Layer, grad_input: np.ndarray | None, grad_output: np.nd
 
 
 @contextlib.contextmanager
-def relu_backward_rule(model: fastconv.Sequential, rule: str) -> Iterator[fastconv.Sequential]:
+def relu_backward_rule(model: fastconv.Model, rule: str) -> Iterator[fastconv.Model]:
     """Temporarily replace the backward pass of every ReLU layer of ``model``.
 
     ``rule`` is ``'gradient'`` (unchanged: dy where the input was positive),
@@ -94,7 +94,7 @@ def relu_backward_rule(model: fastconv.Sequential, rule: str) -> Iterator[fastco
 class Attribution:
     """Base class: holds the model and the layer whose output is the target."""
 
-    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
+    def __init__(self, model: fastconv.Model, layer: str | None = None) -> None:
         self.model = model
         if layer is not None:
             C.check_layer(model, layer)
@@ -155,13 +155,18 @@ def channel_max(attributions: np.ndarray) -> np.ndarray:
     return attributions.max(axis=1)
 
 
-def default_gradcam_layer(model: fastconv.Sequential) -> str:
-    """The rectified maps of the last convolution (the ReLU right after it), as
-    in Selvaraju et al.; the convolution itself when no activation follows it."""
+def default_gradcam_layer(model: fastconv.Model) -> str:
+    """The rectified maps of the last convolution, as in Selvaraju et al.: the
+    first ReLU after it, past a batch norm, dropout or, in a graph, the sum
+    with a residual branch (so the output of a ResNet's last block); the
+    convolution itself when no activation follows it."""
     conv = C.last_conv_name(model)
-    following = C.layers_after(model, conv)
-    if following and isinstance(following[0][1], C.ACTIVATIONS):
-        return following[0][0]
+    pairs = list(model.named_layers())
+    for name, layer in pairs[C.layer_index(model, conv) + 1:]:
+        if isinstance(layer, C.ACTIVATIONS):
+            return name
+        if not isinstance(layer, C.PASS_THROUGH):
+            break
     return conv
 
 
@@ -175,7 +180,7 @@ class GradCAM(Attribution):
     ``interpolation`` ('bilinear', 'nearest' or None to keep the layer's size).
     """
 
-    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
+    def __init__(self, model: fastconv.Model, layer: str | None = None) -> None:
         if layer is None:
             layer = default_gradcam_layer(model)
         super().__init__(model, None)
@@ -185,17 +190,12 @@ class GradCAM(Attribution):
     def layer_map(self, x: np.ndarray, target: C.Target, relu: bool = True) -> np.ndarray:
         """The map at the layer's own resolution, shape (N, 1, h, w)."""
         C.check_images(self.model, x)
-        tail = C.layers_after(self.model, self.conv_layer)
+        shape = self.model.output_shapes(x.shape, until=self.conv_layer)[self.conv_layer]
+        if len(shape) != 4:
+            raise ValueError(f"Grad-CAM needs a layer with a spatial output; {self.conv_layer!r} outputs shape {shape}")
         with C.evaluating(self.model):
-            activation = self.model.forward(x, until=self.conv_layer)
-            if activation.ndim != 4:
-                raise ValueError(
-                    f"Grad-CAM needs a layer with a spatial output; "
-                    f"{self.conv_layer!r} outputs shape {activation.shape}"
-                )
-            out = C.tail_forward(tail, activation)
-            seed = C.seed_gradient(out, target, "the model output")
-            grad = C.tail_backward(tail, seed)
+            activation, grad = C.activation_and_gradient(
+                self.model, x, self.conv_layer, lambda out: C.seed_gradient(out, target, "the model output"))
         weights = grad.mean(axis=(2, 3), keepdims=True)
         cam = (weights * activation).sum(axis=1, keepdims=True)
         return np.maximum(cam, 0) if relu else cam
@@ -211,7 +211,7 @@ class GradCAM(Attribution):
 class GuidedGradCAM(Attribution):
     """Guided backpropagation multiplied by the Grad-CAM map resized to the input."""
 
-    def __init__(self, model: fastconv.Sequential, layer: str | None = None) -> None:
+    def __init__(self, model: fastconv.Model, layer: str | None = None) -> None:
         super().__init__(model, None)
         self.gradcam = GradCAM(model, layer)
         self.guided = GuidedBackprop(model)
@@ -229,7 +229,7 @@ class SmoothGrad:
     times each example's value range.
     """
 
-    def __init__(self, model_or_method: fastconv.Sequential | AttributionMethod) -> None:
+    def __init__(self, model_or_method: fastconv.Model | AttributionMethod) -> None:
         self.method: AttributionMethod
         if hasattr(model_or_method, "attribute"):
             self.method = cast("AttributionMethod", model_or_method)  # hasattr does not narrow the union

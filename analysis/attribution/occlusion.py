@@ -92,7 +92,7 @@ def _occluded_batches(image: np.ndarray, patch: int | Sequence[int], stride: int
         yield chunk, batch
 
 
-def occlusion_maps(model: fastconv.Sequential, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None,
+def occlusion_maps(model: fastconv.Model, x: np.ndarray, target: int | Sequence[int] | np.ndarray | None = None,
                    patch: int | Sequence[int] = 14, stride: int | Sequence[int] = 2, fill: ArrayLike = 0.0,
                    batch_size: int = 256) -> OcclusionMaps:
     """Slide a ``patch`` (size, stride, fill value in model-input units) over each image.
@@ -162,7 +162,7 @@ class Occlusion:
     use :func:`occlusion_maps` for probabilities.
     """
 
-    def __init__(self, model: fastconv.Sequential) -> None:
+    def __init__(self, model: fastconv.Model) -> None:
         self.model = model
 
     def attribute(self, x: np.ndarray, target: C.Target, patch: int | Sequence[int] = 14,

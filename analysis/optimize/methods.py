@@ -140,7 +140,7 @@ def _resized(image: PIL.Image.Image, size: int | tuple[int, int] | None) -> PIL.
 
 # -- shared checks ---------------------------------------------------------------------
 
-def logits_layer(model: fastconv.Sequential) -> str:
+def logits_layer(model: fastconv.Model) -> str:
     """The layer holding the class scores before the softmax: the last one,
     or the one before a final LogSoftmax."""
     pairs = model.named_layers()
@@ -149,7 +149,7 @@ def logits_layer(model: fastconv.Sequential) -> str:
     return pairs[-1][0]
 
 
-def input_shape(model: fastconv.Sequential, size: int | tuple[int, int] | None = None) -> tuple[int, int, int]:
+def input_shape(model: fastconv.Model, size: int | tuple[int, int] | None = None) -> tuple[int, int, int]:
     """(C, H, W) of the images to optimize: ``size`` (an int or (H, W)), else
     the ``input_shape`` in the model's metadata."""
     channels = C.input_channels(model)
@@ -169,22 +169,20 @@ def input_shape(model: fastconv.Sequential, size: int | tuple[int, int] | None =
     return (channels, side, side)
 
 
-def _square_side(model: fastconv.Sequential, channels: int, largest: int = 1024) -> int | None:
+def _square_side(model: fastconv.Model, channels: int, largest: int = 1024) -> int | None:
     """The side of the square images a model takes, when a fully connected
     layer after a Flatten fixes it (its in_features); None when any size fits
     (no such layer) or no square side gives the features."""
     from fastconv.nn.layers import Flatten, Linear
 
-    layers = [layer for _, layer in model.named_layers()]
-    flatten = next((i for i, layer in enumerate(layers) if isinstance(layer, Flatten)), None)
-    if flatten is None or not any(isinstance(layer, Linear) for layer in layers[flatten:]):
+    pairs = model.named_layers()
+    flatten = next((i for i, (_, layer) in enumerate(pairs) if isinstance(layer, Flatten)), None)
+    if flatten is None or not any(isinstance(layer, Linear) for _, layer in pairs[flatten:]):
         return None
-    linear = next(layer for layer in layers[flatten:] if isinstance(layer, Linear))
+    linear = next(layer for _, layer in pairs[flatten:] if isinstance(layer, Linear))
     for side in range(1, largest + 1):
-        shape: tuple[int, ...] = (1, channels, side, side)
         try:
-            for layer in layers[:flatten + 1]:
-                shape = layer.output_shape(shape)
+            shape = model.output_shapes((1, channels, side, side), until=pairs[flatten][0])[pairs[flatten][0]]
         except ValueError:
             continue
         if shape[-1] == linear.in_features:
@@ -194,22 +192,14 @@ def _square_side(model: fastconv.Sequential, channels: int, largest: int = 1024)
     return None
 
 
-def output_shape(model: fastconv.Sequential, layer: str, shape: Sequence[int]) -> tuple[int, ...]:
+def output_shape(model: fastconv.Model, layer: str, shape: Sequence[int]) -> tuple[int, ...]:
     """Shape of layer ``layer``'s output for an input batch of ``shape``;
     ValueError naming the layer and the size when the input does not fit."""
     C.check_layer(model, layer)
-    current = tuple(shape)
-    for name, module in model.named_layers():
-        try:
-            current = tuple(module.output_shape(current))
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                f"an input of shape {tuple(shape)} does not reach layer {layer!r}: "
-                f"layer {name!r} rejects it ({error})"
-            ) from None
-        if name == layer:
-            return current
-    raise AssertionError("unreachable: check_layer found the layer")
+    try:
+        return model.output_shapes(shape, until=layer)[layer]
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"an input of shape {tuple(shape)} does not reach layer {layer!r}: {error}") from None
 
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> str:
@@ -270,7 +260,7 @@ def _unit_values(out: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return (out.astype(np.float64) * seed).reshape(len(seed), -1).sum(axis=1)
 
 
-def _single_image(image: np.ndarray, model: fastconv.Sequential, name: str = "image") -> np.ndarray:
+def _single_image(image: np.ndarray, model: fastconv.Model, name: str = "image") -> np.ndarray:
     pixels = P.as_pixel_batch(image, name)
     if pixels.shape[0] != 1:
         raise ValueError(f"{name} must be one image (C, H, W), got a batch of shape {pixels.shape}")
@@ -340,7 +330,7 @@ def _parametrization(parametrization: str, init: str | np.ndarray, shape: tuple[
     return P.FourierImage(shape, center, rng, color=color, std=0.1 if init == "noise" else 0.0)
 
 
-def feature_visualization(model: fastconv.Sequential, layer: str,
+def feature_visualization(model: fastconv.Model, layer: str,
                           channel: int | tuple[int, ...] | Sequence[int | Sequence[int]] | np.ndarray,
                           steps: int = 256, seed: int | None = 0, init: str | np.ndarray = "noise",
                           size: int | tuple[int, int] | None = None, optimizer: str = "adam", lr: float = 0.05,
@@ -454,7 +444,7 @@ def _clip_pixels(image: P.PixelImage, pixel_gradient: np.ndarray, norm_percentil
     image.zero_pixels(mask)
 
 
-def class_model(model: fastconv.Sequential, target: int | Sequence[int], steps: int = 200, seed: int | None = 0,
+def class_model(model: fastconv.Model, target: int | Sequence[int], steps: int = 200, seed: int | None = 0,
                 init: str | np.ndarray = "zeros", optimizer: str = "sgd", lr: float = 0.05, l2_decay: float = 0.01,
                 **options: Any) -> Visualization:
     """The image that maximizes the pre-softmax score of class ``target``
@@ -473,7 +463,7 @@ def class_model(model: fastconv.Sequential, target: int | Sequence[int], steps: 
                                  l2_decay=l2_decay, **options)
 
 
-def default_feature_layers(model: fastconv.Sequential) -> list[str]:
+def default_feature_layers(model: fastconv.Model) -> list[str]:
     return C.conv_layer_names(model)
 
 
@@ -483,7 +473,7 @@ def spread_channels(count: int, per_layer: int) -> list[int]:
     return [int(c) for c in np.unique(np.linspace(0, count - 1, min(per_layer, count)).round())]
 
 
-def feature_grid(model: fastconv.Sequential, layers: Iterable[str] | None = None, per_layer: int = 8,
+def feature_grid(model: fastconv.Model, layers: Iterable[str] | None = None, per_layer: int = 8,
                  channels: Iterable[int] | None = None, center: bool = False,
                  **options: Any) -> dict[str, Visualization]:
     """:func:`feature_visualization` of several channels at each of ``layers``
@@ -535,7 +525,7 @@ class ToClass:
         return float(self.history["probability"][-1])
 
 
-def to_class(model: fastconv.Sequential, image: np.ndarray, target: int, threshold: float = 0.9, max_steps: int = 300,
+def to_class(model: fastconv.Model, image: np.ndarray, target: int, threshold: float = 0.9, max_steps: int = 300,
              lr: float = 0.01, progress: bool | None = None) -> ToClass:
     """Change ``image`` (C, H, W) until the model gives class ``target`` a
     probability of at least ``threshold``, or ``max_steps`` steps have run.
@@ -600,7 +590,7 @@ class Inversion:
     history: dict[str, np.ndarray]
 
 
-def invert(model: fastconv.Sequential, image: np.ndarray, layer: str, steps: int = 200, method: str = "lbfgs",
+def invert(model: fastconv.Model, image: np.ndarray, layer: str, steps: int = 200, method: str = "lbfgs",
            lr: float = 0.05, tv_weight: float = 0.3, tv_beta: float = 2.0, alpha_weight: float = 1e-3,
            alpha: float = 6.0, init: str | np.ndarray = "noise", seed: int | None = 0,
            progress: bool | None = None) -> Inversion:
@@ -651,7 +641,7 @@ def invert(model: fastconv.Sequential, image: np.ndarray, layer: str, steps: int
     return Inversion(layer=layer, image=best[0], original=original[0], relative_error=error, history=history)
 
 
-def default_inversion_layers(model: fastconv.Sequential) -> list[str]:
+def default_inversion_layers(model: fastconv.Model) -> list[str]:
     """The output of every activation, pooling layer and the logits, in order."""
     names = [name for name, layer in model.named_layers()
              if isinstance(layer, C.ACTIVATIONS + (L.MaxPool2d, L.AvgPool2d, L.GlobalAvgPool2d))]
@@ -659,7 +649,7 @@ def default_inversion_layers(model: fastconv.Sequential) -> list[str]:
     return names + ([logits] if logits not in names else [])
 
 
-def invert_layers(model: fastconv.Sequential, image: np.ndarray, layers: Iterable[str] | None = None,
+def invert_layers(model: fastconv.Model, image: np.ndarray, layers: Iterable[str] | None = None,
                   **options: Any) -> list[Inversion]:
     """:func:`invert` from each of ``layers`` (default
     :func:`default_inversion_layers`); a list of :class:`Inversion`."""
@@ -687,7 +677,7 @@ class Dream:
     history: dict[str, np.ndarray]
 
 
-def deep_dream(model: fastconv.Sequential, image: np.ndarray, layer: str, steps: int = 10, octaves: int = 4,
+def deep_dream(model: fastconv.Model, image: np.ndarray, layer: str, steps: int = 10, octaves: int = 4,
                octave_scale: float = 1.4, lr: float = 0.01, jitter: int = 8, channel: int | None = None,
                seed: int | None = 0, progress: bool | None = None) -> Dream:
     """DeepDream: gradient ascent on half the squared activations of ``layer``

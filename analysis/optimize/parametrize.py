@@ -79,7 +79,7 @@ class PixelSpace:
     a model without them gets x = p, as the trainer feeds it pixels / 255.
     """
 
-    def __init__(self, model: fastconv.Sequential, normalizer: C.Normalizer | None = None) -> None:
+    def __init__(self, model: fastconv.Model, normalizer: C.Normalizer | None = None) -> None:
         self.normalizer = normalizer if normalizer is not None else C.Normalizer.from_model(model)
         self.dtype = C.model_dtype(model)
         self.channels = C.input_channels(model)
@@ -486,7 +486,7 @@ def minimize(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np
 
 # -- gradients at several layers ----------------------------------------------------
 
-def backward_from(model: fastconv.Sequential, gradients: Mapping[str, np.ndarray]) -> np.ndarray:
+def backward_from(model: fastconv.Model, gradients: Mapping[str, np.ndarray]) -> np.ndarray:
     """Gradient w.r.t. the model input of sum_l <g_l, output of layer l>, for
     ``gradients`` = {layer name: g_l}, in one backward pass.
 
@@ -497,17 +497,29 @@ def backward_from(model: fastconv.Sequential, gradients: Mapping[str, np.ndarray
     """
     if not gradients:
         raise ValueError("backward_from needs at least one layer's gradient")
-    pairs = model.named_layers()
-    names = [name for name, _ in pairs]
-    for name in gradients:
-        C.check_layer(model, name)
-    deepest = max(names.index(name) for name in gradients)
-    grad: np.ndarray | None = None
-    for index in range(deepest, -1, -1):
-        name, layer = pairs[index]
-        if name in gradients:
-            grad = gradients[name] if grad is None else grad + gradients[name]
-        assert grad is not None  # the deepest layer, where the loop starts, has a gradient
-        grad = layer.backward(grad, param_grads=False)
-    assert grad is not None  # the loop ran at least once, down to the first layer
+    names = [name for name, _ in model.named_layers()]
+    layers = {name: C.check_layer(model, name) for name in gradients}
+    deepest = max(gradients, key=names.index)
+    reached: set[str] = set()
+    handles = []
+    for name, layer in layers.items():
+        if name == deepest:
+            continue
+
+        # A pre-hook adds g_l to the gradient the pass brings to layer l, the
+        # gradient w.r.t. its output: whatever the wiring in between.
+        def add(_layer: object, grad: np.ndarray, name: str = name) -> np.ndarray:
+            reached.add(name)
+            return grad + gradients[name]
+
+        handles.append(layer.register_backward_pre_hook(add))
+    try:
+        grad = model.backward(gradients[deepest], start=deepest, param_grads=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = sorted(set(gradients) - reached - {deepest}, key=names.index)
+    if missing:
+        raise ValueError(f"layer {missing[0]!r} is not on a path from the input to {deepest!r}, "
+                         "so a gradient given there cannot reach the input")
     return grad

@@ -119,7 +119,7 @@ def content_loss(features: ArrayLike, target: ArrayLike) -> tuple[float, np.ndar
 
 # -- layers and networks ---------------------------------------------------------------
 
-def _after_activation(model: fastconv.Sequential, name: str) -> str:
+def _after_activation(model: fastconv.Model, name: str) -> str:
     """The activation right after ``name`` (past batch norm or dropout), else ``name``."""
     for following, layer in C.layers_after(model, name):
         if isinstance(layer, C.ACTIVATIONS):
@@ -129,11 +129,11 @@ def _after_activation(model: fastconv.Sequential, name: str) -> str:
     return name
 
 
-def _rectified_convolutions(model: fastconv.Sequential) -> list[str]:
+def _rectified_convolutions(model: fastconv.Model) -> list[str]:
     return [_after_activation(model, name) for name in C.conv_layer_names(model)]
 
 
-def default_style_layers(model: fastconv.Sequential) -> list[str]:
+def default_style_layers(model: fastconv.Model) -> list[str]:
     """The rectified output of the first convolution of each block (the
     first one, and each one that follows a pooling layer), as Gatys et al.
     take conv1_1 ... conv5_1 of VGG."""
@@ -149,7 +149,7 @@ def default_style_layers(model: fastconv.Sequential) -> list[str]:
     return firsts
 
 
-def default_content_layer(model: fastconv.Sequential) -> str:
+def default_content_layer(model: fastconv.Model) -> str:
     """The rectified output of the convolution two thirds of the way up."""
     layers = _rectified_convolutions(model)
     if not layers:
@@ -157,7 +157,7 @@ def default_content_layer(model: fastconv.Sequential) -> str:
     return layers[(2 * len(layers) - 1) // 3]
 
 
-def random_weights(model: fastconv.Sequential, seed: int | None = 0) -> fastconv.Sequential:
+def random_weights(model: fastconv.Model, seed: int | None = 0) -> fastconv.Model:
     """A copy of ``model`` with fresh random weights: He-normal convolutions and
     linear layers with zero biases, batch norm as the identity (weight 1,
     bias 0, running mean 0, variance 1). Names, metadata and normalization
@@ -187,7 +187,7 @@ class StyleObjective:
     returns (loss, gradient shaped like the image, {'content', 'style', 'tv'}).
     """
 
-    def __init__(self, model: fastconv.Sequential, content: np.ndarray | None, style: np.ndarray,
+    def __init__(self, model: fastconv.Model, content: np.ndarray | None, style: np.ndarray,
                  content_layer: str | None = None, style_layers: Iterable[str] | None = None,
                  style_weights: Iterable[float] | None = None, content_weight: float = 1.0,
                  style_weight: float = 100.0, tv_weight: float = 1.0, statistics: str = "gram") -> None:
@@ -297,7 +297,7 @@ class Stylized:
         return len(self.history["loss"])
 
 
-def style_transfer(model: fastconv.Sequential, content: np.ndarray | None, style: np.ndarray, steps: int = 200,
+def style_transfer(model: fastconv.Model, content: np.ndarray | None, style: np.ndarray, steps: int = 200,
                    method: str = "lbfgs", lr: float = 0.02, size: int | tuple[int, int] | None = None,
                    init: str | np.ndarray | None = None, content_layer: str | None = None,
                    style_layers: Iterable[str] | None = None, style_weights: Iterable[float] | None = None,

@@ -439,7 +439,7 @@ def _activations(run: Run, settings: ReportSettings, scratch: str) -> list[_Bloc
     return blocks
 
 
-def _unit_layers(model: fastconv.Sequential) -> list[str]:
+def _unit_layers(model: fastconv.Model) -> list[str]:
     """The convolutions and the hidden fully connected layers (not the class scores)."""
     pairs = model.named_layers()
     linear = [name for name, layer in pairs if isinstance(layer, L.Linear)]
@@ -447,7 +447,7 @@ def _unit_layers(model: fastconv.Sequential) -> list[str]:
             if isinstance(layer, L.Conv2d) or (isinstance(layer, L.Linear) and name != linear[-1])]
 
 
-def _busiest_units(model: fastconv.Sequential, x: np.ndarray, layer: str, count: int) -> list[int]:
+def _busiest_units(model: fastconv.Model, x: np.ndarray, layer: str, count: int) -> list[int]:
     """``count`` units of ``layer`` taken evenly from the more active half of its
     units (ranked by their largest value, averaged over x), the most active
     first: a unit that never fires has no top images worth showing."""
@@ -549,7 +549,7 @@ def _attribution(run: Run, settings: ReportSettings, scratch: str) -> list[_Bloc
                   "baseline.")]
 
 
-def _class_models(model: fastconv.Sequential, count: int, settings: ReportSettings,
+def _class_models(model: fastconv.Model, count: int, settings: ReportSettings,
                   size: tuple[int, int] | None = None) -> Visualization:
     from fastconv.analysis.optimize.methods import class_model
 
@@ -569,7 +569,7 @@ def _class_models_section(run: Run, settings: ReportSettings, scratch: str) -> l
                   "Yosinski et al.).")]
 
 
-def _inversions(model: fastconv.Sequential, image: np.ndarray, settings: ReportSettings) -> list[Inversion]:
+def _inversions(model: fastconv.Model, image: np.ndarray, settings: ReportSettings) -> list[Inversion]:
     from fastconv.analysis.optimize.methods import invert_layers
 
     return invert_layers(model, image, steps=settings.inversion_steps, progress=False)
@@ -590,7 +590,7 @@ def _inversions_section(run: Run, settings: ReportSettings, scratch: str) -> lis
     return blocks
 
 
-def _dream(model: fastconv.Sequential, settings: ReportSettings) -> Dream:
+def _dream(model: fastconv.Model, settings: ReportSettings) -> Dream:
     from fastconv.analysis.optimize.methods import deep_dream, load_image
     from fastconv.analysis.optimize.style import default_content_layer
 
@@ -624,14 +624,14 @@ def _eps_labels(eps_list: Sequence[float]) -> dict[float, str]:
     return {e: f"{e:.3g}" for e in eps_list}
 
 
-def _adversarial_examples(model: fastconv.Sequential, x: np.ndarray, y: np.ndarray, eps: float,
+def _adversarial_examples(model: fastconv.Model, x: np.ndarray, y: np.ndarray, eps: float,
                           settings: ReportSettings) -> np.ndarray:
     from fastconv.analysis.attacks.methods import PGD
 
     return PGD(model, eps=eps, steps=settings.attack_steps)(x, y)
 
 
-def _robustness(model: fastconv.Sequential, x: np.ndarray, y: np.ndarray, eps_list: Sequence[float],
+def _robustness(model: fastconv.Model, x: np.ndarray, y: np.ndarray, eps_list: Sequence[float],
                 settings: ReportSettings) -> dict[str, Any]:
     from fastconv.analysis.attacks.robustness import robustness_curve
 

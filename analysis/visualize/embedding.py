@@ -40,7 +40,7 @@ def _sklearn() -> None:
         ) from None
 
 
-def default_code_layer(model: fastconv.Sequential) -> str:
+def default_code_layer(model: fastconv.Model) -> str:
     """The layer whose codes the classifier reads: the input of the last Linear
     layer (the layer before it); for a model without one, the last layer but one."""
     from fastconv.nn import layers as L
@@ -52,7 +52,7 @@ def default_code_layer(model: fastconv.Sequential) -> str:
     return names[-2] if len(names) > 1 else names[-1]
 
 
-def layer_features(model: fastconv.Sequential, data: np.ndarray, layer: str, batch_size: int = 256,
+def layer_features(model: fastconv.Model, data: np.ndarray, layer: str, batch_size: int = 256,
                    transform: Callable[[np.ndarray], np.ndarray] | None = None,
                    limit: int | None = None) -> np.ndarray:
     """Flattened output of ``layer`` for each image of ``data``: (N, D) float64.

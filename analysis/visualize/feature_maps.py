@@ -31,7 +31,7 @@ class Activations:
     probabilities: np.ndarray | None
 
 
-def _following_activation(model: fastconv.Sequential, layer: str) -> str | None:
+def _following_activation(model: fastconv.Model, layer: str) -> str | None:
     """Name of the ReLU/LeakyReLU after ``layer``, skipping batch norm and dropout."""
     for name, current in C.layers_after(model, layer):
         if isinstance(current, C.ACTIVATIONS):
@@ -41,7 +41,7 @@ def _following_activation(model: fastconv.Sequential, layer: str) -> str | None:
     return None
 
 
-def activations(model: fastconv.Sequential, image: np.ndarray, layer: str) -> Activations:
+def activations(model: fastconv.Model, image: np.ndarray, layer: str) -> Activations:
     """All feature maps of ``layer`` for one ``image`` (C, H, W) or (1, C, H, W).
 
     If ``layer`` is itself a ReLU, ``before`` is the output of the layer

@@ -127,7 +127,7 @@ def _map_grid(fig: FigureBase, maps: np.ndarray, title: str, columns: int, first
 
 # -- filters --------------------------------------------------------------
 
-def plot_filters(model: fastconv.Sequential, layer: str | None = None, channels: Sequence[int] | None = None,
+def plot_filters(model: fastconv.Model, layer: str | None = None, channels: Sequence[int] | None = None,
                  max_filters: int = 64, columns: int = 8, path: str | os.PathLike | None = None) -> Figure:
     """First-layer filters as RGB or grey tiles; a deeper layer as one grid of
     filter slices per input channel (``channels``, default the first four)."""

@@ -7,7 +7,8 @@ and poolings with kernel k, stride s and padding p: starting from the input
 r -> r + (k - 1) * j, a -> a - p * j, j -> j * s. Unit u of the layer then
 sees input pixels a + u * j .. a + u * j + r - 1 (clipped to the image).
 Layers that mix every position (Flatten, Linear, GlobalAvgPool2d) see the
-whole image.
+whole image. In a graph, a node that merges branches (a residual sum, a
+concatenation) sees the union of its inputs' fields.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastconv.analysis import _common as C
+from fastconv.nn import graph as G
 from fastconv.nn import layers as L
 
 if TYPE_CHECKING:
@@ -67,25 +69,57 @@ def _window(layer: L.Layer) -> tuple[tuple[int, int], tuple[int, int], tuple[int
     return kernel, stride, padding
 
 
-def geometry(model: fastconv.Sequential, layer: str) -> Geometry:
-    """Theoretical receptive-field geometry of the units of ``layer``."""
-    C.check_layer(model, layer)
-    size, jump, start = [1, 1], [1, 1], [0, 0]
-    for name, current in model.named_layers():
-        if isinstance(current, (L.Conv2d, L.MaxPool2d, L.AvgPool2d)):
+_WHOLE = Geometry(None, None, None)
+
+
+def _through(current: L.Layer, before: Geometry) -> Geometry:
+    """The geometry of a one-input layer's units, from that of its input's."""
+    if before.size is None:
+        return before
+    assert before.jump is not None and before.start is not None  # set with size
+    if isinstance(current, (L.Conv2d, L.MaxPool2d, L.AvgPool2d, G.PadShortcut)):
+        if isinstance(current, G.PadShortcut):
+            kernel, stride, padding = (1, 1), (current.stride, current.stride), (0, 0)
+        else:
             kernel, stride, padding = _window(current)
-            for axis in (0, 1):
-                size[axis] += (kernel[axis] - 1) * jump[axis]
-                start[axis] -= padding[axis] * jump[axis]
-                jump[axis] *= stride[axis]
-        elif not isinstance(current, C.POINTWISE):
-            return Geometry(None, None, None)
+        return Geometry(tuple(before.size[a] + (kernel[a] - 1) * before.jump[a] for a in (0, 1)),
+                        tuple(before.jump[a] * stride[a] for a in (0, 1)),
+                        tuple(before.start[a] - padding[a] * before.jump[a] for a in (0, 1)))
+    if isinstance(current, C.POINTWISE + (G.Identity,)):
+        return before
+    return _WHOLE
+
+
+def _merged(inputs: list[Geometry]) -> Geometry:
+    """The geometry of a merge's units (Add, Concat): the union of its inputs'
+    fields, which must step alike; else the whole image."""
+    if any(g.size is None for g in inputs) or len({g.jump for g in inputs}) != 1:
+        return _WHOLE
+    starts = [min(g.start[a] for g in inputs) for a in (0, 1)]  # type: ignore[index]
+    ends = [max(g.start[a] + g.size[a] for g in inputs) for a in (0, 1)]  # type: ignore[index]
+    return Geometry(tuple(ends[a] - starts[a] for a in (0, 1)), inputs[0].jump, tuple(starts))
+
+
+def geometry(model: fastconv.Model, layer: str) -> Geometry:
+    """Theoretical receptive-field geometry of the units of ``layer``; in a
+    graph, the union of the fields along every path from the input."""
+    C.check_layer(model, layer)
+    inputs_of = getattr(model, "inputs", None)
+    previous = "input"
+    geometries = {previous: Geometry((1, 1), (1, 1), (0, 0))}
+    for name, current in model.named_layers():
+        sources = inputs_of(name) if inputs_of is not None else (previous,)
+        if isinstance(current, G.Merge):
+            geometries[name] = _merged([geometries[source] for source in sources])
+        else:
+            geometries[name] = _through(current, geometries[sources[0]])
         if name == layer:
-            break
-    return Geometry(tuple(size), tuple(jump), tuple(start))
+            return geometries[name]
+        previous = name
+    raise AssertionError("unreachable: check_layer found the layer")
 
 
-def theoretical_size(model: fastconv.Sequential, layer: str, image_size: Sequence[int]) -> tuple[int, ...]:
+def theoretical_size(model: fastconv.Model, layer: str, image_size: Sequence[int]) -> tuple[int, ...]:
     """Theoretical receptive field (rows, cols) of a unit, before clipping to the image."""
     geo = geometry(model, layer)
     return tuple(image_size) if geo.size is None else geo.size
@@ -112,7 +146,7 @@ class EffectiveField:
     mass: float
 
 
-def effective_receptive_field(model: fastconv.Sequential, x: np.ndarray, layers: str | Sequence[str] | None = None,
+def effective_receptive_field(model: fastconv.Model, x: np.ndarray, layers: str | Sequence[str] | None = None,
                               channel: int | None = None, mass: float = 0.95,
                               batch_size: int = 64) -> list[EffectiveField]:
     """Effective receptive field of the central unit at each of ``layers``.

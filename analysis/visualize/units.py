@@ -74,7 +74,7 @@ def _scores(out: np.ndarray, unit: int | Sequence[int], layer: str) -> tuple[np.
     return out[:, c, i, j].astype(np.float64), np.tile([i, j], (n, 1))
 
 
-def top_images(model: fastconv.Sequential, data: np.ndarray, layer: str, unit: int | Sequence[int], k: int = 20,
+def top_images(model: fastconv.Model, data: np.ndarray, layer: str, unit: int | Sequence[int], k: int = 20,
                batch_size: int = 256, transform: Callable[[np.ndarray], np.ndarray] | None = None,
                limit: int | None = None) -> TopImages:
     """The ``k`` images of ``data`` that activate ``unit`` of ``layer`` most.
@@ -137,7 +137,7 @@ def top_images(model: fastconv.Sequential, data: np.ndarray, layer: str, unit: i
     )
 
 
-def _default_transform(model: fastconv.Sequential, data: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+def _default_transform(model: fastconv.Model, data: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     sample = np.asarray(data[:1])
     if sample.dtype == np.uint8:
         return C.Normalizer.from_model(model)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import fastconv
 
 
-def filters(model: fastconv.Sequential, layer: str | None = None) -> np.ndarray:
+def filters(model: fastconv.Model, layer: str | None = None) -> np.ndarray:
     """Weights (F, C, KH, KW) of the Conv2d ``layer`` (default: the first one), as a copy."""
     if layer is None:
         names = C.conv_layer_names(model)

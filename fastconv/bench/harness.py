@@ -53,7 +53,7 @@ from fastconv import _checks, _runtime, backend, models, optim, reference
 from fastconv.nn import fusion, layers, losses
 
 __all__ = [
-    "ENGINES", "NETS", "KERNEL_OPS", "LayerShape", "KernelCall", "ModelCall",
+    "ENGINES", "NETS", "GRAPH_NETS", "KERNEL_OPS", "LayerShape", "KernelCall", "ModelCall",
     "layer_shapes", "kernel_call", "model_call", "model_flops", "outputs_agree",
     "model_outputs_agree", "torch_twin",
     "gemm_rate", "best_time", "machine_info", "memory_probe", "run", "format_table", "GEMM_SIZE", "SEED",
@@ -67,6 +67,13 @@ NETS = {
     "cifar6": (models.cifar6, (3, 32, 32)),
     "mnist2": (models.mnist2, (1, 28, 28)),
 }
+# Graph models: timed as whole networks (model_call, benchmarks/bench_resnet.py);
+# the kernel sweeps of run() cover NETS only.
+GRAPH_NETS = {
+    "resnet20": (models.resnet20, (3, 32, 32)),
+    "resnet18": (models.resnet18, (3, 224, 224)),
+}
+_ALL_NETS = {**NETS, **GRAPH_NETS}
 
 KERNEL_OPS = {
     "conv": ("im2col", "col2im", "conv fwd", "conv bwd"),
@@ -159,23 +166,27 @@ class LayerShape:
 
 
 def _check_net(net):
-    if net not in NETS:
-        raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
+    if net not in _ALL_NETS:
+        raise ValueError(f"net must be one of {tuple(_ALL_NETS)}, got {net!r}")
 
 
 def _build(net, seed=SEED):
     _check_net(net)
-    constructor, _ = NETS[net]
+    constructor, _ = _ALL_NETS[net]
     return constructor(seed=seed)
 
 
 def _layer_inputs(model, input_shape):
-    """(name, layer, input shape) for every layer of the model, in order."""
-    shape = tuple(input_shape)
+    """(name, layer, input shape) for every layer of the model, in order (a
+    merge's first input's shape)."""
+    shapes = {"input": tuple(input_shape), **model.output_shapes(input_shape)}
+    inputs_of = getattr(model, "inputs", None)
     result = []
+    previous = "input"
     for name, layer in model.named_layers():
-        result.append((name, layer, shape))
-        shape = tuple(layer.output_shape(shape))
+        source = inputs_of(name)[0] if inputs_of is not None else previous
+        result.append((name, layer, shapes[source]))
+        previous = name
     return result
 
 
@@ -209,14 +220,15 @@ def model_flops(net, batch_size, training):
     layer's input gradient, which no engine computes.
     """
     model = _build(net)
-    _, image_shape = NETS[net]
+    _, image_shape = _ALL_NETS[net]
     total = 0
     first = True
     for _, layer, shape in _layer_inputs(model, (batch_size,) + image_shape):
         if isinstance(layer, layers.Conv2d):
             n, f, oh, ow = layer.output_shape(shape)
             kh, kw = layer.kernel_size
-            forward = 2 * n * f * shape[1] * kh * kw * oh * ow
+            forward = 2 * n * f * (shape[1] // layer.groups if hasattr(layer, "groups") else shape[1]) \
+                * kh * kw * oh * ow
         elif isinstance(layer, layers.Linear):
             forward = 2 * shape[0] * layer.in_features * layer.out_features
         else:
@@ -444,38 +456,90 @@ class ModelCall:
 
 
 def _batch(net, batch_size, seed=SEED):
-    _, image_shape = NETS[net]
+    _, image_shape = _ALL_NETS[net]
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((batch_size,) + image_shape, dtype=np.float32)
     labels = rng.integers(0, 10, size=batch_size, dtype=np.int64)
     return x, labels
 
 
+def _torch_module(name, layer, torch):
+    """The PyTorch module (or function, for a layer without state) that does what ``layer`` does."""
+    from fastconv.nn import graph
+
+    nn, F = torch.nn, torch.nn.functional
+    if isinstance(layer, layers.Conv2d):
+        return nn.Conv2d(layer.in_channels, layer.out_channels, tuple(layer.kernel_size),
+                         tuple(layer.stride), tuple(layer.padding), bias="bias" in layer.params,
+                         **({"groups": layer.groups} if getattr(layer, "groups", 1) != 1 else {}))
+    if isinstance(layer, layers.Linear):
+        return nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
+    if isinstance(layer, layers.BatchNorm2d):
+        return nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    if isinstance(layer, layers.MaxPool2d):
+        return nn.MaxPool2d(tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding))
+    if isinstance(layer, layers.ReLU):
+        return nn.ReLU()
+    if isinstance(layer, layers.Flatten):
+        return nn.Flatten()
+    if isinstance(layer, layers.GlobalAvgPool2d):
+        return lambda x: x.mean(dim=(2, 3))
+    if isinstance(layer, graph.Add):
+        return lambda *xs: sum(xs[1:], xs[0])
+    if isinstance(layer, graph.Concat):
+        return lambda *xs: torch.cat(xs, 1)
+    if isinstance(layer, graph.Identity):
+        return lambda x: x
+    if isinstance(layer, graph.PadShortcut):
+        return lambda x: F.pad(x[:, :, ::layer.stride, ::layer.stride],
+                               (0, 0, 0, 0, 0, layer.out_channels - x.shape[1]))
+    raise ValueError(f"torch_twin does not know how to translate layer {name!r} ({layer!r})")
+
+
+def _torch_graph(model, torch):
+    """A ``torch.nn.Module`` running ``model``'s nodes in order, its stateful
+    modules registered under the node names (``layer1.0.conv1``), so that the
+    two state dicts have the same keys."""
+    nn = torch.nn
+
+    class TorchGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.steps = []  # (name, callable, inputs): a plain list, so not registered twice
+
+        def forward(self, x):
+            values = {"input": x}
+            for name, step, sources in self.steps:
+                values[name] = step(*[values[source] for source in sources])
+            return values[model.output]
+
+    root = TorchGraph()
+    for name, layer, sources in model.nodes():
+        step = _torch_module(name, layer, torch)
+        if isinstance(step, nn.Module) and (layer.params or layer.buffers):
+            parent = root
+            *path, leaf = name.split(".")
+            for part in path:
+                if part not in parent._modules:
+                    parent.add_module(part, nn.Module())
+                parent = parent._modules[part]
+            parent.add_module(leaf, step)
+        root.steps.append((name, step, sources))
+    return root
+
+
 def torch_twin(model):
-    """A ``torch.nn.Sequential`` with the same layers, names and weights as ``model``."""
+    """A PyTorch module with the same layers, names and weights as ``model``:
+    a ``torch.nn.Sequential`` for a Sequential, a module that runs the nodes in
+    order for a Graph."""
     torch = _torch()
     if torch is None:
         raise RuntimeError("torch_twin needs PyTorch, which is not installed")
-    nn = torch.nn
-    modules = []
-    for name, layer in model.named_layers():
-        if isinstance(layer, layers.Conv2d):
-            module = nn.Conv2d(layer.in_channels, layer.out_channels, tuple(layer.kernel_size),
-                               tuple(layer.stride), tuple(layer.padding), bias="bias" in layer.params)
-        elif isinstance(layer, layers.Linear):
-            module = nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
-        elif isinstance(layer, layers.BatchNorm2d):
-            module = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
-        elif isinstance(layer, layers.MaxPool2d):
-            module = nn.MaxPool2d(tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding))
-        elif isinstance(layer, layers.ReLU):
-            module = nn.ReLU()
-        elif isinstance(layer, layers.Flatten):
-            module = nn.Flatten()
-        else:
-            raise ValueError(f"torch_twin does not know how to translate layer {name!r} ({layer!r})")
-        modules.append((name, module))
-    net = nn.Sequential(collections.OrderedDict(modules))
+    if hasattr(model, "nodes"):
+        net = _torch_graph(model, torch)
+    else:
+        net = torch.nn.Sequential(collections.OrderedDict(
+            (name, _torch_module(name, layer, torch)) for name, layer in model.named_layers()))
     state = {key: torch.from_numpy(np.array(value, copy=True)) for key, value in model.state_dict().items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
     left_out = [key for key in missing if not key.endswith("num_batches_tracked")]

@@ -9,7 +9,7 @@
 One module per command, each with ``add_parsers(commands)`` and its
 handler, calling the package's public API: ``train`` (with what training
 commands share), ``evaluate``, ``demo``, ``info``, ``bench``, ``viz``,
-``report``, ``attack`` (and ``robustness``), ``imagenet`` and ``cache``; run folders
+``report``, ``explore``, ``attack`` (and ``robustness``), ``imagenet`` and ``cache``; run folders
 are opened through :class:`fastconv.train.RunDir`. ``main`` dispatches.
 Errors a user can cause (unknown data set, missing or corrupt files, a run
 folder that belongs to another model) print one line on stderr and exit with
@@ -72,7 +72,7 @@ def _image_bomb():
 
 def build_parser():
     """The ``fastconv`` argument parser with every command."""
-    from fastconv.cli import attack, bench, cache, demo, evaluate, imagenet, info, report, train, viz
+    from fastconv.cli import attack, bench, cache, demo, evaluate, explore, imagenet, info, report, train, viz
 
     parser = _Parser(
         prog="fastconv",
@@ -82,7 +82,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     # In the order 'fastconv --help' lists them.
-    for command in (train, evaluate, demo, info, bench, viz, report, attack, imagenet, cache):
+    for command in (train, evaluate, demo, info, bench, viz, report, explore, attack, imagenet, cache):
         command.add_parsers(commands)
     return parser
 

@@ -12,18 +12,21 @@ import numpy as np
 from fastconv.cli.argtypes import UsageError
 from fastconv.cli.train import load_data, print_lines
 from fastconv.data.datasets import short_name
+from fastconv.data.transforms import TTA_MODES
 from fastconv.train.rundir import BEST_MODEL, EVAL, FIGURES, FINAL_MODEL, LAST_CHECKPOINT, RunDir
 
 __all__ = ["add_parsers", "cmd_evaluate", "evaluate_run"]
 
 
 def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, dataset=None, val=None,
-                 model=None):
+                 model=None, tta=None):
     """Evaluate a run's model (``model``, else its ``which`` model file) on a
     split; write its eval.json and figures; return the results.
 
     The data set is ``dataset`` (with its validation part ``val``) when given,
-    else the run's (RunDir.load_dataset) or the one named."""
+    else the run's (RunDir.load_dataset) or the one named. ``tta`` is the
+    test-time augmentation; None takes the model's own (a recipe's, in
+    ``model.meta``), else none."""
     from fastconv.data import Normalize
     from fastconv.nn.losses import softmax
     from fastconv.train import confusion_matrix, evaluate
@@ -46,7 +49,8 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
         raise UsageError(f"the {split} split of {dataset.name} is empty (the run used --val-fraction 0)")
     run.check_fits(dataset, model.meta)
     normalize = Normalize.from_meta(model.meta["normalization"]) if "normalization" in model.meta else None
-    result = evaluate(model, x, y, normalize)
+    tta = tta if tta is not None else model.meta.get("test_time_augmentation", "none")
+    result = evaluate(model, x, y, normalize, tta=tta)
     cm = confusion_matrix(y, result["predictions"], dataset.num_classes)
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     report = {
@@ -56,6 +60,7 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
         "split": split,
         "split_description": dataset.test_split if split == "test" else "the validation part of the training split",
         "images": int(len(y)),
+        "test_time_augmentation": tta,
         "loss": result["loss"],
         "accuracy": result["accuracy"],
         "per_class_accuracy": {c: float(a) for c, a in zip(dataset.classes, per_class)},
@@ -72,8 +77,10 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
 
 def _print_report(report):
     width = max(len(c) for c in report["classes"])
+    tta = report.get("test_time_augmentation", "none")
     lines = [f"{report['dataset']}, {report['split']} split ({report['split_description']}): "
-             f"{report['images']:,} images, loss {report['loss']:.4f}", "per-class accuracy:"]
+             f"{report['images']:,} images, loss {report['loss']:.4f}"
+             + (f", test-time augmentation {tta}" if tta != "none" else ""), "per-class accuracy:"]
     lines += [f"  {c:<{width}}  {a:.4f}" for c, a in report["per_class_accuracy"].items()]
     lines.append("confusion matrix (rows: true class, columns: predicted class):")
     cm = np.array(report["confusion_matrix"])
@@ -85,12 +92,12 @@ def _print_report(report):
 
 def _checkpoint_model(run, data_dir, dataset_name):
     """The model of an unfinished run's last checkpoint, and the data set it was built for."""
-    from fastconv.cli.train import build_model
+    from fastconv.cli.train import build_model, load_run_recipe
     from fastconv.train.trainer import load_checkpoint
 
     state = load_checkpoint(run.checkpoint("last"))
     dataset, _, val = load_data(run, data_dir, dataset_name)
-    model = build_model(run.require_config(), dataset)
+    model = build_model(run.require_config(), dataset, load_run_recipe(run))
     model.load_state_dict(state["model"])
     model.meta.update(state["meta"])
     done = f"epoch {state['epoch']}" + (f" and batch {state['batch']} of the next" if state["batch"] else "")
@@ -104,14 +111,16 @@ def cmd_evaluate(args):
     unfinished = path.is_dir() and not (path / FINAL_MODEL).exists()
     if unfinished and args.which == "best" and (path / BEST_MODEL).is_file():
         run = RunDir(path)
-        report = evaluate_run(run, args.split, "best", dataset_name=args.dataset, data_dir=args.data_dir)
+        report = evaluate_run(run, args.split, "best", dataset_name=args.dataset, data_dir=args.data_dir,
+                              tta=args.tta)
     elif unfinished and args.which == "final" and (path / LAST_CHECKPOINT).is_file():
         run = RunDir(path)
         model, dataset, val = _checkpoint_model(run, args.data_dir, args.dataset)
-        report = evaluate_run(run, args.split, dataset=dataset, val=val, model=model)
+        report = evaluate_run(run, args.split, dataset=dataset, val=val, model=model, tta=args.tta)
     else:
         run = RunDir(path) if unfinished and args.which == "best" else RunDir.open(path)
-        report = evaluate_run(run, args.split, args.which, dataset_name=args.dataset, data_dir=args.data_dir)
+        report = evaluate_run(run, args.split, args.which, dataset_name=args.dataset, data_dir=args.data_dir,
+                              tta=args.tta)
     _print_report(report)
     print_lines(f"results: {run.eval_path}, figures: {run.figure('confusion')}, "
                 f"{run.figure('predictions')}",
@@ -139,5 +148,8 @@ def add_parsers(commands):
                           help="test (default) or val, the validation part the run held out")
     evaluate.add_argument("--which", choices=("final", "best"), default="final",
                           help=f"the final model ({FINAL_MODEL}, default) or the best on validation ({BEST_MODEL})")
+    evaluate.add_argument("--tta", choices=TTA_MODES,
+                          help="test-time augmentation: none, flip or flip-translate (default: the one the "
+                               "run's recipe names, else none)")
     evaluate.set_defaults(handler=cmd_evaluate)
     return evaluate

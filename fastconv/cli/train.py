@@ -1,7 +1,13 @@
 """``fastconv train``: train a model into a run folder, or resume it.
 
     fastconv train --dataset mnist --model mnist2 --epochs 8 --optimizer sgd --lr 0.08 --out runs/mnist
+    fastconv train --recipe airbench94 --dataset folder:cifar10-train-jpeg.tar.gz --out runs/airbench
     fastconv train --out runs/mnist --resume
+
+With ``--recipe`` (a preset of ``fastconv.train.recipes`` or a JSON file of
+one) the recipe sets the model, optimizer, schedule, augmentation, loss and
+evaluation, and any option given as well overrides it; the resolved recipe
+is written to the run folder, which ``--resume`` reads back.
 
 Also what every command that trains shares: the built-in models and
 optimizers, the data of a run (its --limit subset and validation part), and
@@ -16,7 +22,9 @@ from fastconv.cli.argtypes import image_side as _image_side
 from fastconv.cli.argtypes import non_negative_float as _non_negative_float
 from fastconv.cli.argtypes import non_negative_int as _non_negative_int
 from fastconv.cli.argtypes import positive_int as _positive_int
+from fastconv.cli.argtypes import unit_interval as _unit_interval
 from fastconv.data.datasets import short_name
+from fastconv.data.transforms import TTA_MODES
 from fastconv.train.rundir import (
     BEST_CHECKPOINT,
     BEST_MODEL,
@@ -26,12 +34,13 @@ from fastconv.train.rundir import (
     HISTORY_CSV,
     HISTORY_JSON,
     LAST_CHECKPOINT,
+    RECIPE,
     RunDir,
 )
 
 __all__ = [
     "add_parsers", "cmd_train", "train_run", "claim_folder", "add_force_option", "build_model", "load_data",
-    "resume_hint", "set_threads", "print_lines",
+    "resume_hint", "set_threads", "print_lines", "load_run_recipe",
 ]
 
 # name -> (the image side it takes, the constructor in fastconv.models, its options)
@@ -39,9 +48,12 @@ MODELS = {
     "mnist2": (28, "mnist2", {}),
     "mnist2-bn": (28, "mnist2", {"batchnorm": True}),
     "cifar6": (32, "cifar6", {}),
+    "airbench94": (32, "airbench94", {}),
+    **{name: (32, name, {}) for name in ("resnet20", "resnet32", "resnet44", "resnet56")},
+    **{name: (224, name, {}) for name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2")},
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "step", "cosine", "onecycle")
+SCHEDULES = ("none", "step", "cosine", "onecycle", "piecewise")
 
 # Options that define a run: a resumed run keeps them (see _merge_config).
 TRAIN_DEFAULTS = {
@@ -65,7 +77,15 @@ TRAIN_DEFAULTS = {
     "init": "he",
     "image_size": None,
     "skip_bad_images": False,
+    "recipe": None,
+    "label_smoothing": None,
+    "tta": None,
+    "test_fraction": None,
 }
+# What a recipe sets, by the option's name: a recipe run takes these from the
+# recipe unless the option is given.
+RECIPE_OPTIONS = ("model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                  "step_size", "label_smoothing", "tta", "init")
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
 
@@ -124,21 +144,33 @@ def _default_model(dataset):
     )
 
 
-def build_model(config, dataset):
+def build_model(config, dataset, recipe=None):
+    """The run's model, freshly initialized (a recipe run's as its recipe builds
+    it, without the data-dependent whitening: for loading a checkpoint)."""
     from fastconv import models
 
     _check_model_fits(config["model"], dataset)
     _, constructor, options = MODELS[config["model"]]
-    model = getattr(models, constructor)(
-        num_classes=dataset.num_classes, in_channels=dataset.input_shape[0], seed=config["seed"],
-        init=config.get("init", "he"), **options)
+    if recipe is not None:
+        model = recipe.build_model(dataset.num_classes, dataset.input_shape[0], config["seed"])
+    elif constructor == "airbench94":
+        model = models.airbench94(num_classes=dataset.num_classes, in_channels=dataset.input_shape[0],
+                                  seed=config["seed"])
+    else:
+        model = getattr(models, constructor)(
+            num_classes=dataset.num_classes, in_channels=dataset.input_shape[0], seed=config["seed"],
+            init=config.get("init", "he"), **options)
+    _describe_model(model, config, dataset)
+    return model
+
+
+def _describe_model(model, config, dataset):
     model.meta.update({
         "model": config["model"],
         "dataset": config["dataset"],
         "classes": list(dataset.classes),
         "input_shape": list(dataset.input_shape),
     })
-    return model
 
 
 def _build_optimizer(config, model, steps_per_epoch):
@@ -180,12 +212,65 @@ class _FigureWriter:
         plot_history(trainer.history, self.path, title=self.title)
 
 
+def load_run_recipe(run):
+    """The Recipe of a run trained with --recipe (its recipe.json), else None."""
+    from fastconv.train.recipes import Recipe
+
+    values = run.read_recipe()
+    if values is None:
+        return None
+    try:
+        return Recipe.from_dict(values)
+    except ValueError as error:
+        raise UsageError(f"{run.recipe_path}: {error}") from None
+
+
+def _resolve_recipe(given):
+    """The recipe --recipe names, with the options given applied over it, and the
+    options it sets, as the configuration records them."""
+    from fastconv.train.recipes import load_recipe
+
+    try:
+        recipe = load_recipe(given["recipe"])
+        overrides = {k: given[k] for k in RECIPE_OPTIONS if k in given}
+        if overrides.get("schedule") == "step" and "step_size" not in overrides:
+            overrides["step_size"] = max(1, overrides.get("epochs", recipe.epochs) // 3)
+        recipe = recipe.replace(**overrides)
+        if given.get("augment") and recipe.augment is None:
+            recipe = recipe.replace(augment={"padding": 4, "flip": True})
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"--recipe {given['recipe']}: {error}") from None
+    spec = recipe.optimizer
+    derived = {
+        "recipe": recipe.name, "model": recipe.model, "epochs": recipe.epochs, "batch_size": recipe.batch_size,
+        "optimizer": spec.name, "lr": spec.lr, "momentum": spec.momentum, "weight_decay": spec.weight_decay,
+        "schedule": recipe.schedule.name, "step_size": recipe.schedule.step_size,
+        "augment": recipe.augment is not None, "label_smoothing": recipe.loss.label_smoothing,
+        "tta": recipe.evaluation.tta, "init": recipe.init,
+    }
+    return recipe, derived
+
+
 def _merge_config(args, run):
-    """The run's configuration: stored (on --resume) or from the options and defaults."""
+    """The run's configuration, and its recipe (None without --recipe): stored
+    (on --resume) or from the options, the recipe and the defaults."""
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    if not args.resume and "recipe" in given:
+        if "dataset" not in given:
+            raise UsageError("--dataset is required (mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH)")
+        for option in ("adversarial", "adv_eps", "adv_steps"):
+            if option in given:
+                raise UsageError(f"--{option.replace('_', '-')} does not go with --recipe")
+        recipe, derived = _resolve_recipe(given)
+        return {**TRAIN_DEFAULTS, **given, **derived}, recipe
     if not args.resume:
         if "dataset" not in given:
             raise UsageError("--dataset is required (mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH)")
+        for option in ("label_smoothing", "tta"):
+            if option in given:
+                raise UsageError(f"--{option.replace('_', '-')} is a recipe's setting: give it with --recipe")
+        if given.get("schedule") == "piecewise":
+            raise UsageError("--schedule piecewise takes its milestones from a recipe: give it with --recipe")
         config = {**TRAIN_DEFAULTS, **given}
         if "momentum" in given and config["optimizer"] != "sgd":
             raise UsageError(f"--momentum is for --optimizer sgd; {config['optimizer']} has betas instead")
@@ -202,23 +287,27 @@ def _merge_config(args, run):
         if config["schedule"] == "step" and config["step_size"] is None:
             # Fixed now, so that resuming with more epochs keeps the steps where they were.
             config["step_size"] = max(1, config["epochs"] // 3)
-        return config
+        return config, None
     config = run.require_config()
+    recipe = load_run_recipe(run)
     for key, value in given.items():
         stored = config.get(key)
         if key == "epochs" and value != stored:
-            if config["schedule"] in ("cosine", "onecycle"):
+            if config["schedule"] in ("cosine", "onecycle", "piecewise") or (recipe and recipe.lookahead):
+                laid_out = f"the {config['schedule']} schedule" if config["schedule"] != "none" else "Lookahead"
                 raise UsageError(
-                    f"{run.folder} uses the {config['schedule']} schedule, which is laid out for "
+                    f"{run.folder} uses {laid_out}, which is laid out for "
                     f"--epochs {stored}; it cannot be changed on --resume"
                 )
             config["epochs"] = value
+            if recipe is not None:
+                recipe = recipe.replace(epochs=value)
         elif value != stored:
             raise UsageError(
                 f"{run.folder} was started with --{key.replace('_', '-')} {stored}, not {value}; "
                 f"drop the option to resume it, or start a new run with another --out"
             )
-    return config
+    return config, recipe
 
 
 def resume_hint(run_dir):
@@ -254,8 +343,65 @@ def claim_folder(run, force, option="--out"):
     run.remove_run_files()
 
 
-def train_run(config, run_dir, data_dir, threads, resume):
-    """Train as config says into the folder run_dir; return (trainer, dataset, (x_val, y_val))."""
+def _recipe_setup(recipe, config, dataset, x_train):
+    """The Trainer's arguments for a recipe run, its model described for the run."""
+    _check_model_fits(config["model"], dataset)
+    setup = recipe.build(x_train, dataset.num_classes, seed=config["seed"])
+    _describe_model(setup.model, config, dataset)
+    setup.model.meta["test_time_augmentation"] = recipe.evaluation.tta
+    return setup
+
+
+def _recipe_train_run(config, recipe, run, dataset, train, val, threads, resume):
+    """train_run for a run with a recipe."""
+    from fastconv.train import Trainer, evaluate
+    from fastconv.train.figures import plot_samples
+
+    (x_train, y_train), (x_val, y_val) = train, val
+    setup = _recipe_setup(recipe, config, dataset, x_train)
+    _create_folder(run)
+    title = f"{config['model']} on {short_name(config['dataset'])}"
+    trainer = Trainer(
+        setup.model, setup.optimizer, setup.loss, setup.schedule, batch_size=recipe.batch_size,
+        seed=config["seed"], normalize=setup.normalize, augment=setup.augment,
+        schedule_interval=setup.schedule_interval, run_dir=run,
+        callbacks=[*setup.callbacks, _FigureWriter(run.figure("history"), title)],
+    )
+    if not resume:
+        run.write_config({**config, "threads": threads, "data_dir": config.get("data_dir")})
+        run.write_recipe(recipe.to_dict())
+        plot_samples(x_train, y_train, dataset.classes, run.figure("samples"),
+                     seed=config["seed"], title=f"A random sample of the {short_name(config['dataset'])} training set")
+    steps = -(-len(x_train) // recipe.batch_size)
+    val_text = f"{len(x_val):,} validation" if len(x_val) else "no validation"
+    print_lines(
+        f"training {config['model']} ({setup.model.num_parameters():,} parameters) on {config['dataset']}: "
+        f"{len(x_train):,} training and {val_text} images, {threads} thread{'' if threads == 1 else 's'}",
+        f"{recipe.describe()}; {steps} batches an epoch",
+        f"data: {dataset.source}; test split: {dataset.test_split}",
+        f"run folder: {run.folder}",
+    )
+    val_args = (x_val, y_val) if len(x_val) else (None, None)
+    trainer.fit(x_train, y_train, config["epochs"], *val_args, resume=resume)
+    if len(x_val) and recipe.evaluation.tta != "none":
+        result = evaluate(setup.model, x_val, y_val, setup.normalize, tta=recipe.evaluation.tta)
+        print_lines(f"validation accuracy with test-time augmentation ({recipe.evaluation.tta}): "
+                    f"{result['accuracy']:.4f}")
+    return trainer, dataset, (x_val, y_val)
+
+
+def _create_folder(run):
+    try:
+        run.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from fastconv.cli import os_error_message
+
+        raise UsageError(f"cannot create the folder {run.folder} ({os_error_message(exc)})") from None
+
+
+def train_run(config, run_dir, data_dir, threads, resume, recipe=None):
+    """Train as config (and recipe, for a --recipe run) says into the folder
+    run_dir; return (trainer, dataset, (x_val, y_val))."""
     from fastconv.data import Augment, Normalize
     from fastconv.train import Trainer
     from fastconv.train.figures import plot_samples
@@ -263,6 +409,9 @@ def train_run(config, run_dir, data_dir, threads, resume):
     threads = set_threads(threads)
     run = RunDir(run_dir, config=config)
     dataset, (x_train, y_train), (x_val, y_val) = load_data(run, data_dir, config["dataset"])
+    if recipe is not None:
+        config = {**config, "data_dir": data_dir}
+        return _recipe_train_run(config, recipe, run, dataset, (x_train, y_train), (x_val, y_val), threads, resume)
     if config.get("model") is None:
         config["model"] = _default_model(dataset)
     model = build_model(config, dataset)
@@ -280,12 +429,7 @@ def train_run(config, run_dir, data_dir, threads, resume):
 
         adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"],
                                           steps=config.get("adv_steps") or AdversarialTraining.PGD_STEPS)
-    try:
-        run.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        from fastconv.cli import os_error_message
-
-        raise UsageError(f"cannot create the folder {run.folder} ({os_error_message(exc)})") from None
+    _create_folder(run)
     title = f"{config['model']} on {short_name(config['dataset'])}"
     trainer = Trainer(
         model, optimizer, schedule=schedule, batch_size=config["batch_size"], seed=config["seed"],
@@ -367,7 +511,7 @@ def cmd_train(args):
     if args.resume_from is not None and not args.resume:
         raise UsageError("--from says which checkpoint --resume continues from: give --resume too")
     run = RunDir(args.out)
-    config = _merge_config(args, run)
+    config, recipe = _merge_config(args, run)
     if not args.resume:
         claim_folder(run, args.force)
     if args.resume:
@@ -389,7 +533,9 @@ def cmd_train(args):
         resume = False
     elif resume and args.epochs is not None:
         run.write_config({**run.require_config(), "epochs": config["epochs"]})
-    trainer, _, _ = train_run(config, run.folder, data_dir, threads, resume=resume)
+        if recipe is not None:
+            run.write_recipe(recipe.to_dict())
+    trainer, _, _ = train_run(config, run.folder, data_dir, threads, resume=resume, recipe=recipe)
     best = trainer.best
     print_lines(
         f"done: {trainer.epoch} epochs; best {best['metric'].replace('_', ' ')} {best['value']:.4f} "
@@ -410,15 +556,22 @@ def add_parsers(commands):
         "train", help="train a model and save it with its history, checkpoints and figures",
         description=f"Train a model on a data set. Writes {CONFIG}, {HISTORY_JSON}/{Path(HISTORY_CSV).suffix}, "
                     f"{LAST_CHECKPOINT}, {BEST_CHECKPOINT}, {FINAL_MODEL}, {BEST_MODEL}, "
-                    f"{FIGURES['samples']} and {FIGURES['history']} to the --out folder. "
+                    f"{FIGURES['samples']} and {FIGURES['history']} (and {RECIPE} with --recipe) to the --out "
+                    "folder. "
                     "Ctrl-C stops after the current batch and saves a checkpoint; "
                     "'fastconv train --out RUN_DIR --resume' continues from it.",
     )
     train.add_argument("--dataset", help="mnist, mnist-sample, fashion-mnist, cifar10 or folder:PATH "
                                          "(PATH/<class>/<image>, or a .tar.gz of such a folder)")
+    train.add_argument("--recipe", metavar="NAME|FILE",
+                       help="train with a recipe: airbench94 (the airbench method: whitened first layer, "
+                            "Nesterov SGD, Lookahead, alternating flips, test-time augmentation) or cifar6, "
+                            "or a .json file of one; any option given as well overrides it")
     train.add_argument("--model", choices=sorted(MODELS),
                        help="network: mnist2 (28x28 images), mnist2-bn (mnist2 with batch norm after each "
-                            "convolution's ReLU) or cifar6 (32x32); default: the one that fits")
+                            "convolution's ReLU), cifar6, airbench94 or the CIFAR ResNets resnet20/32/44/56 "
+                            "(32x32), or the ImageNet networks resnet18/34/50 and mobilenet_v2 (224x224); "
+                            "default: the one that fits")
     train.add_argument("--init", choices=("he", "torch"),
                        help="initialization: he (Kaiming normal for layers followed by a ReLU, the default) "
                             "or torch (PyTorch's layer defaults, as a PyTorch script without explicit "
@@ -435,7 +588,13 @@ def add_parsers(commands):
                        help="weight decay (default 0; 0.01 for adamw)")
     train.add_argument("--schedule", choices=SCHEDULES,
                        help="learning-rate schedule: step (x0.1 every --step-size epochs), cosine "
-                            "(to 0 over the epochs), onecycle (per batch) or none (default)")
+                            "(to 0 over the epochs), onecycle (per batch), piecewise (a recipe's, per batch) "
+                            "or none (default)")
+    train.add_argument("--label-smoothing", type=_unit_interval, metavar="EPS",
+                       help="with --recipe: label smoothing of the cross-entropy loss (airbench94: 0.2)")
+    train.add_argument("--tta", choices=TTA_MODES,
+                       help="with --recipe: the test-time augmentation 'fastconv evaluate' applies "
+                            "(airbench94: flip-translate)")
     train.add_argument("--step-size", type=_positive_int,
                        help="epochs between steps of --schedule step (default a third of the epochs)")
     train.add_argument("--augment", action="store_const", const=True,
@@ -443,6 +602,9 @@ def add_parsers(commands):
                             "horizontal flips")
     train.add_argument("--val-fraction", type=_fraction,
                        help="stratified part of the training split held out for validation (default 0.1)")
+    train.add_argument("--test-fraction", type=_fraction,
+                       help="folder: data sets: the last part of each class held out as the test split "
+                            "(default 0.1); 0 trains on every image, with --val-fraction 0 too")
     train.add_argument("--seed", type=_non_negative_int,
                        help="seed of the initialization, split, shuffling and augmentation (default 0)")
     train.add_argument("--limit", type=_positive_int,

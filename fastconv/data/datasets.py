@@ -836,10 +836,14 @@ def load_folder_dataset(path: str | os.PathLike, test_fraction: float = 0.1, ima
                         skip_bad_images: bool = False) -> Dataset:
     """A Dataset from an image folder (or a tar archive of one) with a held-out test part.
 
+    The test part is the last ``test_fraction`` of each class; 0 holds
+    nothing out (every image trains, and the test split is empty).
     ``image_size`` and ``skip_bad_images`` are :func:`load_image_folder`'s
     ``image_size`` and ``skip_bad``; the images left out are listed in the
     Dataset's ``skipped``.
     """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 <= test_fraction < 1:
+        raise ValueError(f"test fraction must be in [0, 1), got {test_fraction!r}")
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"image folder {path} does not exist")
@@ -857,6 +861,9 @@ def load_folder_dataset(path: str | os.PathLike, test_fraction: float = 0.1, ima
     small = [classes[c] for c in range(len(classes)) if np.count_nonzero(y == c) < 2]
     if small:
         raise DataError(f"class folder {root / small[0]} has one image; each class needs at least two to hold one out")
+    if test_fraction == 0:
+        return Dataset(f"folder:{path}", x, y, x[:0], y[:0], classes,
+                       test_split="none (--test-fraction 0: every image trains)", source=str(root), skipped=skipped)
     kept, held = held_out_split(y, test_fraction)
     return Dataset(
         f"folder:{path}", x[kept], y[kept], x[held], y[held], classes,

@@ -3,13 +3,15 @@
 :func:`load_weights` copies a weights file into a model built with the same
 architecture (``fastconv.models.vgg16()`` for VGG-16 weights):
 
-* ``.pth`` / ``.pt`` / ``.bin``: a PyTorch ``state_dict`` (or a checkpoint
-  dict holding one), read with ``torch.load(weights_only=True)``, which never
-  runs code from the file; needs PyTorch.
-* ``.safetensors``: read by this module, no dependency. The format is an
-  8-byte little-endian header length, a JSON header mapping each tensor's
-  name to its dtype, shape and [begin, end) byte offsets, then the raw
-  little-endian bytes.
+* ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt``: a PyTorch ``state_dict`` (or a
+  checkpoint dict holding one) as ``torch.save`` writes it since PyTorch 1.6,
+  read by :func:`fastconv.models.torchfile.read_torch` without PyTorch; it
+  unpickles tensors, dicts, lists, strings and numbers only, never running
+  code from the file.
+* ``.safetensors``: read by :func:`fastconv.models.torchfile.read_safetensors`,
+  no dependency. The format is an 8-byte little-endian header length, a JSON
+  header mapping each tensor's name to its dtype, shape and [begin, end) byte
+  offsets, then the raw little-endian bytes.
 * ``.npz``: NumPy archives of named arrays, including the files
   :func:`save_weights` and ``Sequential.save`` write.
 * ``.h5`` / ``.hdf5``: Keras weights (``model.save_weights`` or a whole saved
@@ -27,6 +29,13 @@ both shapes. Files whose order is not the layer order (safetensors sorts its
 entries by name) are tried in numeric name order (``features.2`` before
 ``features.10``) with their top-level modules in every order; a file whose
 names are exactly the model's own is loaded by name.
+
+A :class:`~fastconv.nn.graph.Graph` model (ResNet, MobileNetV2) has no
+single layer order, so its tensors are matched by name only: its node names
+are torchvision's module names, and the first key of the file the model lacks
+(with ``strict``), the first shape that differs, or the first key the model
+needs that the file lacks is a ValueError naming it. ``num_batches_tracked``
+entries are skipped.
 
 Networks trained with Caffe-style preprocessing (Keras's VGG16) read BGR
 images; their first convolution is turned around to RGB on import, so that
@@ -46,21 +55,22 @@ import os
 import re
 import zipfile
 from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastconv._files import atomic_write, open_npz
 from fastconv.models import imagenet
+from fastconv.models.torchfile import _MAX_HEADER, read_safetensors, read_torch, write_safetensors
+from fastconv.nn.graph import Graph
 from fastconv.nn.layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
-    from pathlib import Path
 
     from numpy.typing import ArrayLike
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
     from fastconv.nn.layers import Layer
 
 __all__ = [
@@ -75,136 +85,12 @@ _FORMAT_HELP = "a PyTorch state_dict (.pth, .pt), .safetensors, .npz or Keras we
 _SKIPPED_ROLES = ("num_batches_tracked",)
 _FASTCONV_MODEL_ENTRIES = ("architecture", "meta")
 _METADATA_ENTRY = "__metadata__"
-_MAX_HEADER = 100 * 1024 * 1024
 _MAX_PREFIX_ORDERS = 5  # top-level modules whose orders are all tried: 5! = 120 orders
-
-_SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"), "BF16": np.dtype("<u2"),
-}
-_SAFETENSORS_CODES = {
-    dtype.newbyteorder("="): code for code, dtype in _SAFETENSORS_DTYPES.items() if code != "BF16"
-}
 
 # Keras weight names: 'block1_conv1/kernel:0' (Keras 2) or 'block1_conv1_W_1:0' (Keras 1).
 _KERAS_ROLES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
                 "moving_mean": "running_mean", "moving_variance": "running_var", "W": "weight", "b": "bias"}
 _KERAS_ROLES_BY_COUNT = {1: ("weight",), 2: ("weight", "bias"), 4: ("weight", "bias", "running_mean", "running_var")}
-
-
-# --------------------------------------------------------------------------- safetensors
-
-
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors, metadata) of a .safetensors file: {name: ndarray} in the order of
-    the data, and the header's ``__metadata__`` dict of strings.
-
-    BF16 tensors come back as float32, every other dtype as itself. A file
-    that is truncated or whose header is inconsistent raises ValueError naming it.
-    """
-    path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path} is not a safetensors file: it is {size} bytes long, "
-                             "shorter than the 8-byte header length")
-        header_size = int.from_bytes(head, "little")
-        if header_size > min(size - 8, _MAX_HEADER):
-            raise ValueError(f"{path} is not a safetensors file, or is truncated: its first 8 bytes give "
-                             f"a header of {header_size} bytes, the file holds {size - 8} after them")
-        try:
-            header = json.loads(f.read(header_size).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise ValueError(f"{path} is not a safetensors file: its header is not JSON") from None
-        if not isinstance(header, dict):
-            raise ValueError(f"{path} is not a safetensors file: its header is not a JSON object")
-        metadata = header.pop(_METADATA_ENTRY, None) or {}
-        data_size = size - 8 - header_size
-        entries = sorted((_safetensors_entry(path, name, info, data_size) for name, info in header.items()),
-                         key=lambda entry: entry[3])
-        tensors = {}
-        end_of_previous = 0
-        for name, dtype_code, shape, begin, end in entries:
-            if begin < end_of_previous:
-                raise ValueError(f"{path} is corrupt: tensor {name!r} overlaps the one before it")
-            end_of_previous = end
-            f.seek(8 + header_size + begin)
-            raw = np.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype_code])
-            # numpy's stubs give ndarray the buffer protocol for Python 3.12+ only; mypy checks as 3.11.
-            if raw.nbytes and f.readinto(memoryview(raw.reshape(-1)).cast("B")) != raw.nbytes:  # type: ignore[arg-type]
-                raise ValueError(f"{path} is truncated: tensor {name!r} is cut short")
-            tensors[name] = _native(raw, dtype_code)
-    return tensors, dict(metadata)
-
-
-def _safetensors_entry(path: str, name: str, info: Any, data_size: int) -> tuple[str, str, tuple[int, ...], int, int]:
-    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise ValueError(f"{path} is not a safetensors file: header entry {name!r} lacks dtype, shape or data_offsets")
-    dtype_code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype_code not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"{path}: tensor {name!r} has dtype {dtype_code!r}, which fastconv cannot read "
-                         f"(it reads {', '.join(_SAFETENSORS_DTYPES)})")
-    if (not isinstance(shape, list) or not all(isinstance(v, int) and v >= 0 for v in shape)
-            or not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(v, int) and v >= 0 for v in offsets) or offsets[0] > offsets[1]):
-        raise ValueError(f"{path} is corrupt: tensor {name!r} has shape {shape!r} and data_offsets {offsets!r}")
-    begin, end = offsets
-    nbytes = math.prod(shape) * _SAFETENSORS_DTYPES[dtype_code].itemsize
-    if end - begin != nbytes:
-        raise ValueError(f"{path} is corrupt: tensor {name!r} ({dtype_code}, shape {tuple(shape)}) needs "
-                         f"{nbytes} bytes but its data_offsets span {end - begin}")
-    if end > data_size:
-        raise ValueError(f"{path} is truncated: tensor {name!r} ends at byte {end} of the data, "
-                         f"the file holds {data_size} bytes of data")
-    return name, dtype_code, tuple(shape), begin, end
-
-
-def _native(raw: np.ndarray, dtype_code: str) -> np.ndarray:
-    if dtype_code == "BF16":
-        # bfloat16 is the top half of a float32.
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(raw.dtype.newbyteorder("="), copy=False)
-
-
-def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, ArrayLike],
-                      metadata: Mapping[str, str] | None = None) -> Path:
-    """Write {name: array} to a .safetensors file, atomically, in the given order.
-
-    ``metadata``: a dict of strings stored as the header's ``__metadata__``.
-    Arrays may be float16/32/64, (unsigned) integers or bool.
-    """
-    header: dict[str, Any] = {}
-    arrays = []
-    offset = 0
-    for name, value in tensors.items():
-        if not isinstance(name, str) or name == _METADATA_ENTRY:
-            raise ValueError(f"tensor names must be strings other than {_METADATA_ENTRY!r}, got {name!r}")
-        array = np.ascontiguousarray(value)
-        code = _SAFETENSORS_CODES.get(array.dtype.newbyteorder("="))
-        if code is None:
-            raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot hold here")
-        array = array.astype(_SAFETENSORS_DTYPES[code], copy=False)
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
-        arrays.append(array)
-        offset += array.nbytes
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise TypeError(f"safetensors metadata must map strings to strings, got {metadata!r}")
-        header[_METADATA_ENTRY] = dict(metadata)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-(8 + len(text)) % 8)  # the data starts 8-byte aligned, as the reference writer does
-
-    def write(f: IO[bytes]) -> None:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        for array in arrays:
-            # numpy's stubs give ndarray the buffer protocol for Python 3.12+ only; mypy checks as 3.11.
-            f.write(memoryview(array.reshape(-1)).cast("B"))  # type: ignore[arg-type]
-
-    return atomic_write(os.fspath(path), write)
 
 
 # --------------------------------------------------------------------------- reading any format
@@ -253,14 +139,15 @@ def _format_of(path: str) -> str:
     raise ValueError(f"cannot tell the format of {path}: expected {_FORMAT_HELP}")
 
 
-def _torch_tensors(obj: Any) -> Mapping[str, Any] | None:
-    """The {name: tensor} inside what torch.load returned, or None."""
-    if isinstance(obj, Mapping) and obj and all(hasattr(v, "detach") for v in obj.values()):
-        return obj
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
-            if isinstance(obj.get(key), Mapping):
-                return _torch_tensors(obj[key])
+def _state_dict_in(obj: Any) -> Mapping[Any, np.ndarray] | None:
+    """The {name: array} inside what read_torch returned, or None."""
+    seen = set()
+    while isinstance(obj, Mapping) and id(obj) not in seen:  # a dict may hold itself: stop there
+        if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
+            return obj
+        seen.add(id(obj))
+        obj = next((obj[key] for key in ("state_dict", "model_state_dict", "model", "net", "weights")
+                    if isinstance(obj.get(key), Mapping)), None)
     return None
 
 
@@ -274,22 +161,11 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _read_pytorch(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    try:
-        import torch
-    except ImportError:
-        raise RuntimeError(f"reading {path} needs PyTorch (pip install torch); without it, "
-                           "convert the weights to .safetensors or .npz") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, pickle errors, EOFError, ... for bad files
-        if "weights_only" in str(error) or "Weights only" in str(error):
-            raise ValueError(f"{path} holds more than tensors (a whole pickled model?), which fastconv does "
-                             "not unpickle: save model.state_dict() instead") from None
-        raise ValueError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {error}") from None
-    tensors = _torch_tensors(obj)
+    obj = read_torch(path)
+    tensors = _state_dict_in(obj)
     if tensors is None:
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors")
-    return {key: _to_numpy(value) for key, value in tensors.items()}, {}
+    return {str(key): value for key, value in tensors.items()}, {}
 
 
 def _read_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -416,7 +292,7 @@ class _Mismatch(Exception):
         self.matched = matched
 
 
-def _flatten_input(model: fastconv.Sequential, position: int, in_features: int) -> tuple[int, ...] | None:
+def _flatten_input(model: fastconv.Model, position: int, in_features: int) -> tuple[int, ...] | None:
     """(C, H, W) of the maps flattened for the Linear at ``position``, or None when
     no Flatten comes before it (parameter-free layers may sit between)."""
     pairs = model.named_layers()
@@ -454,7 +330,7 @@ def _flatten_input(model: fastconv.Sequential, position: int, in_features: int) 
     return (channels,) + tuple(int(v) for v in size if v is not None)
 
 
-def _keras_to_torch(model: fastconv.Sequential, position: int, layer: Layer, role: str,
+def _keras_to_torch(model: fastconv.Model, position: int, layer: Layer, role: str,
                     array: np.ndarray) -> np.ndarray:
     if isinstance(layer, Conv2d) and role == "weight" and array.ndim == 4:
         return array.transpose(3, 2, 0, 1)
@@ -468,7 +344,7 @@ def _keras_to_torch(model: fastconv.Sequential, position: int, layer: Layer, rol
     return array
 
 
-def _targets(model: fastconv.Sequential) -> list[tuple[int, str, Layer]]:
+def _targets(model: fastconv.Model) -> list[tuple[int, str, Layer]]:
     """[(position, name, layer)] of the layers that hold parameters or buffers."""
     return [(i, name, layer) for i, (name, layer) in enumerate(model.named_layers()) if layer.params or layer.buffers]
 
@@ -482,7 +358,7 @@ def _describe(layer: Layer) -> str:
     return type(layer).__name__
 
 
-def _plan(model: fastconv.Sequential, weights: WeightsFile, groups: Sequence[_Group],
+def _plan(model: fastconv.Model, weights: WeightsFile, groups: Sequence[_Group],
           strict: bool) -> dict[str, np.ndarray]:
     """{state_dict key: array} pairing the model's layers with ``groups`` in order; _Mismatch otherwise."""
     targets = _targets(model)
@@ -522,7 +398,7 @@ def _plan(model: fastconv.Sequential, weights: WeightsFile, groups: Sequence[_Gr
     return values
 
 
-def _by_name(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray] | None:
+def _by_name(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray] | None:
     """{key: array} when the file names its tensors as the model does, else None."""
     if weights.layout != "pytorch":
         return None
@@ -533,7 +409,32 @@ def _by_name(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> 
     return {key: weights.tensors[key] for key in wanted}
 
 
-def _mapped_values(model: fastconv.Sequential, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
+def _graph_values(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
+    """{key: array} for a graph, whose tensors are matched by name only: a
+    graph has no single layer order to pair a file's layers with."""
+    if weights.layout != "pytorch":
+        raise ValueError(f"{weights.source} is a {weights.layout} file; a Graph model loads weights by name, "
+                         "from a PyTorch-layout state dict")
+    wanted = {f"{name}.{role}": array for _, name, layer in _targets(model) for role, array in _slots(layer).items()}
+    for key, array in weights.tensors.items():
+        if _split_key(key)[1] in _SKIPPED_ROLES:
+            continue
+        if key not in wanted:
+            if strict:
+                raise ValueError(f"{weights.source} has {key!r}, which the model does not have "
+                                 "(load with strict=False to ignore the file's extra tensors)")
+            continue
+        if array.shape != wanted[key].shape:
+            raise ValueError(f"{weights.source} has {key!r} of shape {array.shape}; the model's is {wanted[key].shape}")
+    missing = [key for key in wanted if key not in weights.tensors]
+    if missing:
+        raise ValueError(f"{weights.source} has no {missing[0]!r} ({len(missing)} of the model's tensors missing)")
+    return {key: weights.tensors[key] for key in wanted}
+
+
+def _mapped_values(model: fastconv.Model, weights: WeightsFile, strict: bool) -> dict[str, np.ndarray]:
+    if isinstance(model, Graph):
+        return _graph_values(model, weights, strict)
     values = _by_name(model, weights, strict)
     if values is not None:
         return values
@@ -557,8 +458,8 @@ def _preprocessing(weights: WeightsFile, preprocessing: str | None) -> str | Non
     return "caffe" if weights.layout == "keras" else "torch"
 
 
-def load_weights(model: fastconv.Sequential, source: str | os.PathLike | Mapping[str, ArrayLike], strict: bool = True,
-                 preprocessing: str | None = None, bgr: bool | None = None) -> fastconv.Sequential:
+def load_weights(model: fastconv.Model, source: str | os.PathLike | Mapping[str, ArrayLike], strict: bool = True,
+                 preprocessing: str | None = None, bgr: bool | None = None) -> fastconv.Model:
     """Copy the weights in ``source`` (a file path, or a mapping name -> array or
     tensor) into ``model``; returns the model.
 
@@ -601,7 +502,7 @@ def load_weights(model: fastconv.Sequential, source: str | os.PathLike | Mapping
 # --------------------------------------------------------------------------- writing
 
 
-def save_weights(model: fastconv.Sequential, path: str | os.PathLike) -> str:
+def save_weights(model: fastconv.Model, path: str | os.PathLike) -> str:
     """Write the model's state_dict to ``path``: .npz or .safetensors, by extension,
     atomically, with the preprocessing from ``model.meta`` in the file's metadata.
     The tensors are named as in ``model.state_dict()``; returns the path."""

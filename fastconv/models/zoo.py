@@ -16,7 +16,19 @@ import numpy as np
 
 from fastconv import _checks
 from fastconv.nn import init as init_module
-from fastconv.nn.layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from fastconv.nn.layers import (
+    GELU,
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalMaxPool2d,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Scale,
+)
 from fastconv.nn.model import Sequential
 
 if TYPE_CHECKING:
@@ -28,7 +40,8 @@ if TYPE_CHECKING:
     import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
     from fastconv.nn.layers import Layer
 
-__all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19", "VGG16_BLOCKS", "VGG19_BLOCKS", "VGG_WIDTHS"]
+__all__ = ["cifar6", "mnist2", "vgg", "vgg16", "vgg19", "VGG16_BLOCKS", "VGG19_BLOCKS", "VGG_WIDTHS",
+           "airbench94", "AIRBENCH94_WIDTHS"]
 
 
 def _he_relu(layer: Layer, rng: np.random.Generator) -> Layer:
@@ -210,3 +223,60 @@ def vgg19(include_top: bool = True, num_classes: int = 1000, batchnorm: bool = F
     143,667,240 parameters with the head (20,024,384 without); see :func:`vgg`.
     """
     return vgg(VGG19_BLOCKS, VGG_WIDTHS, 4096, include_top, num_classes, batchnorm, in_channels, weights, seed)
+
+
+AIRBENCH94_WIDTHS = (64, 256, 256)
+
+
+def airbench94(num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = AIRBENCH94_WIDTHS,
+               seed: np.random.Generator | int | None = None, whitening_images: np.ndarray | None = None,
+               whitening_eps: float = 5e-4) -> fastconv.Sequential:
+    """The network of the airbench94 recipe (Jordan, 2024, "94% on CIFAR-10
+    in 3.29 seconds on a single GPU"), 1,972,792 parameters for 10 classes:
+
+    * ``whiten``: a 2x2 convolution (no padding) with 2 * in_channels * 4
+      filters and a bias, then a GELU. With ``whitening_images`` (the
+      normalized training images, (N, C, H, W)) its filters are their
+      patches' whitening filters and their negations
+      (:func:`fastconv.nn.init.patch_whitening_`); the weight is frozen.
+    * three blocks of widths ``widths`` (64, 256, 256), each: 3x3
+      convolution (padding 1, no bias) - 2x2 max-pool - batch norm - GELU -
+      3x3 convolution - batch norm - GELU. The convolutions start as a
+      partial identity (the first in_channels filters pass their input
+      through, :func:`fastconv.nn.init.dirac_`; the others keep PyTorch's
+      default initialization); each batch norm has eps 1e-12, momentum 0.4
+      (PyTorch's convention: 0.4 of the batch's statistics enter the running
+      ones) and a frozen scale of 1, its shift alone being trained.
+    * global max-pooling, a linear layer without bias, and the logits
+      multiplied by 1/9 (``Scale``).
+
+    Expects 32x32 inputs (it takes any of at least 16x16); freezing is part
+    of the training set-up, which a saved model does not carry.
+    """
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+    in_channels = _checks.positive_int(in_channels, "in_channels")
+    widths = tuple(_checks.positive_int(w, "widths entry") for w in widths)
+    if len(widths) != 3:
+        raise ValueError(f"airbench94 has three blocks, got widths {widths}")
+    rng = init_module.as_generator(seed)
+    whiten_width = 2 * in_channels * 4
+    whiten = Conv2d(in_channels, whiten_width, 2, seed=rng)
+    whiten.params["bias"].fill(0)
+    if whitening_images is not None:
+        init_module.patch_whitening_(whiten.params["weight"], whitening_images, eps=whitening_eps)
+    whiten.requires_grad_(False, "weight")
+    layers: list[tuple[str, Layer]] = [("whiten", whiten), ("whiten_gelu", GELU())]
+    channels = whiten_width
+    for b, width in enumerate(widths, start=1):
+        for i in (1, 2):
+            conv = Conv2d(channels, width, 3, padding=1, bias=False, seed=rng)
+            init_module.dirac_(conv.params["weight"][:channels])
+            norm = BatchNorm2d(width, eps=1e-12, momentum=0.4).requires_grad_(False, "weight")
+            layers.append((f"block{b}_conv{i}", conv))
+            if i == 1:
+                layers.append((f"block{b}_pool", MaxPool2d(2)))
+            layers += [(f"block{b}_bn{i}", norm), (f"block{b}_gelu{i}", GELU())]
+            channels = width
+    layers += [("pool", GlobalMaxPool2d()), ("head", Linear(channels, num_classes, bias=False, seed=rng)),
+               ("scale", Scale(1 / 9))]
+    return Sequential(layers)

@@ -48,7 +48,7 @@ from fastconv import _checks, backend
 from fastconv.nn import init
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import ModuleType
     from typing import Any, Literal
 
@@ -170,10 +170,47 @@ class Layer:
             g.fill(0)
 
     def _add_grads(self, dweight: np.ndarray, dbias: np.ndarray | None) -> None:
-        """Add one backward pass's weight and bias gradients (dbias None: none)."""
-        self.grads["weight"] += dweight
-        if dbias is not None:
+        """Add one backward pass's weight and bias gradients (dbias None: none);
+        a frozen parameter's gradient stays as it is."""
+        frozen = self.frozen
+        if "weight" not in frozen:
+            self.grads["weight"] += dweight
+        if dbias is not None and "bias" not in frozen:
             self.grads["bias"] += dbias
+
+    # -- freezing -------------------------------------------------------------
+    @property
+    def frozen(self) -> frozenset[str]:
+        """Names of the parameters that training leaves as they are (``requires_grad_``)."""
+        return frozenset(self.__dict__.get("_frozen", ()))
+
+    def requires_grad_(self, requires_grad: bool = True, params: str | Iterable[str] | None = None) -> Self:
+        """Freeze (``requires_grad=False``) or unfreeze parameters, as PyTorch's
+        ``requires_grad_``; ``params`` names some of them (a name or a list;
+        None: all). Returns the layer.
+
+        Backward adds no gradient into a frozen parameter (it stays zero
+        after ``zero_grad``), skips the parameter gradients of a layer whose
+        parameters are all frozen, and optimizers leave frozen parameters
+        alone: no update, no weight decay, no momentum. A batch norm with a
+        fixed scale and a trained shift is ``bn.requires_grad_(False, "weight")``.
+        Freezing belongs to the training set-up, not the model: ``save`` does
+        not record it.
+        """
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"requires_grad must be a bool, got {requires_grad!r}")
+        names = list(self.params) if params is None else [params] if isinstance(params, str) else list(params)
+        for name in names:
+            if name not in self.params:
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}; it has {sorted(self.params)}")
+        frozen = set(self.frozen)
+        frozen = frozen - set(names) if requires_grad else frozen | set(names)
+        self._frozen = frozen
+        return self
+
+    def _trains_params(self) -> bool:
+        """Whether any parameter of this layer is trained (none frozen, or some left)."""
+        return bool(set(self.params) - self.frozen)
 
     def train(self, mode: bool = True) -> Self:
         """Switch to training mode (``mode=False``: evaluation mode); returns the layer."""
@@ -294,14 +331,16 @@ class Layer:
 
         Parameter gradients are added into ``grads``; with ``param_grads=False``
         they are neither computed nor added (tools that only want the input
-        gradient: attacks, saliency, image optimization). Backward pre-hooks
+        gradient: attacks, saliency, image optimization), nor are they for
+        a layer whose parameters are all frozen (``requires_grad_``). Backward pre-hooks
         may replace dy and backward hooks the result (see the module's
         docstring); dy is checked before either runs.
         """
         self._check_gradient(dy)
         if self._backward_pre_hooks:
             dy = self._run_backward_pre_hooks(dy)
-        dx = self._backward(dy, self._cache, need_dx, param_grads)
+        param_grads = param_grads and self._trains_params()
+        dx = self._backward(dy, self._cache, need_dx, param_grads) if need_dx or param_grads else None
         if self._backward_hooks:
             dx = self._run_backward_hooks(dx, dy, need_dx)
         return dx
@@ -979,3 +1018,91 @@ LAYER_TYPES: dict[str, type[Layer]] = {
                 AdaptiveAvgPool2d, Flatten, Linear, Dropout, LogSoftmax)
 }
 
+
+
+# ---------------------------------------------------------------------------
+# GELU, global max-pooling and a constant scale: the layers of the airbench
+# network (fastconv.models.airbench94) beyond the seeds' ones.
+
+__all__ += ["GELU", "GlobalMaxPool2d", "Scale"]
+
+
+class _GELUCache(NamedTuple):
+    kernels: ModuleType
+    x: np.ndarray  # the input, whose value the gradient needs
+
+
+class GELU(Layer):
+    """x * Phi(x), Phi the standard normal distribution function; any shape.
+
+    The exact (erf) form, ``torch.nn.GELU()``'s default. The kernels come
+    from the backend; backward needs the input, which the pass keeps.
+    """
+
+    name_prefix = "gelu"
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _GELUCache]:
+        kernels = backend.current()
+        return kernels.gelu_forward(x), _GELUCache(kernels, x)
+
+    def _backward(self, dy: np.ndarray, cache: _GELUCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
+        return cache.kernels.gelu_backward(dy, cache.x) if need_dx else None
+
+
+class _GlobalMaxPoolCache(NamedTuple):
+    kernels: ModuleType
+    argmax: np.ndarray
+    x_shape: tuple
+
+
+class GlobalMaxPool2d(Layer):
+    """Max over each whole plane: x (N, C, H, W) -> y (N, C), as
+    ``AdaptiveMaxPool2d(1)`` then ``Flatten`` in PyTorch.
+
+    The max-pooling kernels with one window the size of the plane; ties go
+    to the first maximum in row-major order, a NaN in a plane is its maximum.
+    """
+
+    name_prefix = "gmp"
+    input_ndim = 4
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        return self._check_ndim(input_shape)[:2]
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, _GlobalMaxPoolCache]:
+        kernels = backend.current()
+        plane = x.shape[2:]
+        y, argmax = kernels.maxpool2d_forward(x, plane, plane, 0)
+        return y.reshape(x.shape[:2]), _GlobalMaxPoolCache(kernels, argmax, x.shape)
+
+    def _backward(self, dy: np.ndarray, cache: _GlobalMaxPoolCache, need_dx: bool,
+                  param_grads: bool) -> np.ndarray | None:
+        if not need_dx:
+            return None
+        return cache.kernels.maxpool2d_backward(dy.reshape(dy.shape + (1, 1)), cache.argmax, cache.x_shape)
+
+
+class Scale(Layer):
+    """y = factor * x, any shape: a fixed multiplier, such as the one the
+    airbench network puts after its classifier so that the logits start
+    small without shrinking the classifier's weights (and their steps)."""
+
+    name_prefix = "scale"
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = _checks.real_number(factor, "factor", -math.inf)
+        if not math.isfinite(self.factor):
+            raise ValueError(f"factor must be finite, got {factor!r}")
+
+    def config(self) -> dict[str, Any]:
+        return {"factor": self.factor}
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+        return x * x.dtype.type(self.factor), None
+
+    def _backward(self, dy: np.ndarray, cache: None, need_dx: bool, param_grads: bool) -> np.ndarray | None:
+        return dy * dy.dtype.type(self.factor) if need_dx else None
+
+
+LAYER_TYPES.update({cls.__name__: cls for cls in (GELU, GlobalMaxPool2d, Scale)})

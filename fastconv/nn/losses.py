@@ -205,22 +205,40 @@ class CrossEntropyLoss(_Loss):
     soft targets (mixup, distillation, smoothed labels), for which the loss
     of row i is -sum_k labels[i, k] * log softmax(logits[i])[k] and the mean
     divides by N. The probabilities are taken in the logits' dtype.
+
+    ``label_smoothing`` eps in [0, 1] mixes the targets with the uniform
+    distribution as PyTorch's does: a label k becomes the probabilities
+    (1 - eps) on k plus eps / K on every class, and class probabilities t
+    become (1 - eps) * t + eps / K.
     """
+
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+        super().__init__(reduction)
+        self.label_smoothing = _checks.real_number(label_smoothing, "label_smoothing", 0.0, 1.0)
 
     def __call__(self, logits: np.ndarray, labels: ArrayLike) -> LossValue:
         """The loss of ``logits`` (N, K) for ``labels``, class indices (N,) or
         class probabilities (N, K); keeps what ``backward()`` needs."""
+        eps = self.label_smoothing
         targets = np.asarray(labels)
         if targets.ndim == 2:  # never class indices
             _checks.float_array(logits, "logits", 2)
             _checks.nonempty_batch(logits, "logits")
             targets = _check_probabilities(targets, logits)
+            if eps:
+                targets = targets * targets.dtype.type(1 - eps) + targets.dtype.type(eps / targets.shape[1])
             log_probs = log_softmax(logits, axis=1)
             self._cache = _CrossEntropyCache(log_probs, targets)
             return self._value(self._reduce((targets * log_probs).sum(axis=1)), logits)
         targets = self._check(logits, labels, "logits")
         log_probs = log_softmax(logits, axis=1)
         rows = np.arange(logits.shape[0])
+        if eps:
+            # The smoothed targets' loss without making them: (1 - eps) times
+            # the label's term plus eps times the mean over the classes.
+            picked = (1 - eps) * log_probs[rows, targets] + eps * log_probs.mean(axis=1, dtype=np.float64)
+            self._cache = _CrossEntropyCache(log_probs, targets)
+            return self._value(self._reduce(picked), logits)
         self._cache = _CrossEntropyCache(log_probs, targets)
         return self._value(self._reduce(log_probs[rows, targets]), logits)
 
@@ -233,7 +251,10 @@ class CrossEntropyLoss(_Loss):
             grad *= cache.labels.sum(axis=1, keepdims=True)
             grad -= cache.labels
         else:
-            grad[np.arange(grad.shape[0]), cache.labels] -= 1
+            eps = self.label_smoothing
+            if eps:
+                grad -= grad.dtype.type(eps / grad.shape[1])
+            grad[np.arange(grad.shape[0]), cache.labels] -= grad.dtype.type(1 - eps)
         grad *= self._scale(grad.shape[0], grad.dtype)
         return grad
 

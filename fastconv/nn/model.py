@@ -56,9 +56,9 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
     from typing_extensions import Self
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
 
-__all__ = ["Sequential", "Parameter", "HookHandle", "save", "load", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Model", "Sequential", "Parameter", "HookHandle", "save", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastconv.Sequential"
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ _RESERVED_ENTRIES = ("architecture", "meta")
 class _Output(NamedTuple):
     """Where an array that ``Sequential.forward`` returned comes from."""
     array: weakref.ref[np.ndarray]
-    model: weakref.ref[Sequential]
+    model: weakref.ref[Model]
     until: str | None  # the layer the pass stopped at (None: the last one)
     forward_count: int  # the model's _forward_count once the pass was done
     layer_passes: tuple[int, ...]  # each layer's _passes once the pass was done, up to ``until``
@@ -85,7 +85,7 @@ _OUTPUTS: dict[int, _Output] = {}
 _THREADS = threading.Lock()
 
 
-def _keep_output(model: Sequential, output: np.ndarray, until: str | None) -> None:
+def _keep_output(model: Model, output: np.ndarray, until: str | None) -> None:
     key = id(output)
 
     def forget(ref: weakref.ref[np.ndarray]) -> None:
@@ -158,65 +158,30 @@ class Parameter:
         return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-class Sequential:
-    """Layers applied in order: ``Sequential(layer, layer, ...)`` or
-    ``Sequential([(name, layer), ...])`` (a list may also mix plain layers in).
+class Model:
+    """What every fastconv model offers, over its named layers in the order
+    a forward pass runs them: passes up to or from a named layer, hooks,
+    modes, parameters and state, raw-image prediction, saving.
 
-    Unnamed layers are named from their type and rank: conv1, relu1, bn1,
-    pool1, flatten1, fc1, dropout1, ... Names must be unique and contain no '.'.
+    A subclass sets up its layers with ``_setup(names, layers)`` and
+    implements the passes (``_forward_pass``, ``_backward_pass``,
+    ``_infer_batch``), ``_output_shapes``, ``astype`` and ``architecture``.
     """
 
-    def __init__(self,
-                 *layers: Layer | tuple[str, Layer] | list[Layer] | list[tuple[str, Layer]]
-                 | list[Layer | tuple[str, Layer]] | dict[str, Layer]) -> None:
-        if len(layers) == 1 and isinstance(layers[0], (list, dict)):
-            items: list[object] = list(layers[0].items()) if isinstance(layers[0], dict) else list(layers[0])
-        else:
-            items = list(layers)
-        if not items:
-            raise ValueError("Sequential needs at least one layer")
-        named: list[tuple[str | None, Layer]] = []
-        for item in items:
-            if isinstance(item, Layer):
-                named.append((None, item))
-            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Layer):
-                name = item[0]
-                if not isinstance(name, str) or not name or "." in name:
-                    raise ValueError(f"layer names must be non-empty strings without '.', got {name!r}")
-                named.append(item)
-            else:
-                raise TypeError(f"expected a Layer or a (name, Layer) pair, got {item!r}")
-        used: list[str] | set[str]  # a list of the names given, then a set of all names
-        used = [name for name, _ in named if name is not None]
-        duplicates = sorted({name for name in used if used.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate layer name {duplicates[0]!r}")
-        seen_layers = set()
-        for _, layer in named:
-            if id(layer) in seen_layers:
-                raise ValueError(f"the same {type(layer).__name__} object appears twice; create one per position")
-            seen_layers.add(id(layer))
-        counters: dict[str, int] = {}
-        used = set(used)
-        self._names: list[str] = []
-        self._layers: list[Layer] = []
-        for name, layer in named:
-            if name is None:
-                prefix = type(layer).name_prefix
-                while True:
-                    counters[prefix] = counters.get(prefix, 0) + 1
-                    name = f"{prefix}{counters[prefix]}"
-                    if name not in used:
-                        break
-                used.add(name)
-            self._names.append(name)
-            self._layers.append(layer)
-        self._index = {name: i for i, name in enumerate(self._names)}
+    _names: list[str]
+    _layers: list[Layer]
+    _reached: object  # what the last forward ran through (None: no pass to backpropagate)
+
+    def _setup(self, names: list[str], layers: list[Layer]) -> None:
+        """Take the model's layers, named, in the order a forward pass runs them."""
+        self._names = names
+        self._layers = layers
+        self._index = {name: i for i, name in enumerate(names)}
         self._forward_hooks: dict[int, Callable[[str, Layer, np.ndarray], object]] = {}
         self._backward_hooks: dict[int, Callable[[str, Layer, np.ndarray | None, np.ndarray], object]] = {}
-        self._reached: int | None = None  # index of the last layer the last forward ran through
+        self._reached = None
         self._fused: dict[int, fusion.Pass] = {}  # the last forward's fused passes, by the index of their last layer
-        self._training = all(layer.training for layer in self._layers)
+        self._training = all(layer.training for layer in layers)
         self._forward_count = 0  # forward passes run, so that a loss can tell whether its input is the last one's
         self._clear_threads()
         self.meta: dict[str, Any] = {}
@@ -279,48 +244,6 @@ class Sequential:
     def __len__(self) -> int:
         return len(self._layers)
 
-    @overload
-    def __getitem__(self, index: int | str) -> Layer: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequential: ...
-
-    def __getitem__(self, index: int | str | slice) -> Layer | Sequential:
-        """``model[i]`` and ``model["conv1"]``: a layer (IndexError, KeyError if
-        there is none); ``model[a:b]``: a Sequential of those layers, see below.
-
-        A slice shares its layers with this model, as a prefix in PyTorch
-        does: training one trains the other. Each keeps its own record of its
-        last forward pass, but the layers hold one cache, so a forward pass of
-        one replaces what the other's next backward would use (the other's
-        ``loss.backward()`` then refuses). The slice gets a copy of ``meta``
-        without what no longer applies: ``normalization`` and
-        ``preprocessing`` unless it starts at the first layer, ``classes``
-        unless it ends at the last. Its step must be 1 and it must select at
-        least one layer (ValueError).
-        """
-        if isinstance(index, str):
-            if index not in self._index:
-                raise KeyError(f"no layer named {index!r}; the layers are {', '.join(self._names)}")
-            return self._layers[self._index[index]]
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self._layers))
-            if step != 1:
-                raise ValueError(f"a slice of a Sequential takes consecutive layers; got step {index.step}")
-            if start >= stop:
-                raise ValueError(f"model[{index.start}:{index.stop}] selects no layers of the {len(self)}")
-            part = Sequential(list(zip(self._names[start:stop], self._layers[start:stop])))
-            part._training = self._training
-            dropped = ({"normalization", "preprocessing"} if start > 0 else set()) | (
-                {"classes"} if stop < len(self._layers) else set())
-            part.meta = copy.deepcopy({key: value for key, value in self.meta.items() if key not in dropped})
-            return part
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            if not -len(self._layers) <= index < len(self._layers):
-                raise IndexError(f"layer index {index} is out of range for a model of {len(self._layers)} layers")
-            return self._layers[index]
-        raise TypeError(f"a Sequential is indexed by a layer's position, name or a slice, got {index!r}")
-
     def __iter__(self) -> Iterator[Layer]:
         """The layers, in order (``named_layers()`` gives their names too)."""
         return iter(self._layers)
@@ -330,15 +253,6 @@ class Sequential:
         if isinstance(item, str):
             return item in self._index
         return any(layer is item for layer in self._layers)
-
-    def __repr__(self) -> str:
-        lines = [f"  ({name}): {layer!r}" for name, layer in self.named_layers()]
-        return "Sequential(\n" + "\n".join(lines) + "\n)"
-
-    def _layer_passes(self, until: str | None) -> tuple[int, ...]:
-        """How many forward passes each layer up to ``until`` (default all) has run."""
-        stop = len(self._layers) if until is None else self._position(until) + 1
-        return tuple(layer._passes for layer in self._layers[:stop])
 
     def _position(self, name: str) -> int:
         if not isinstance(name, str):
@@ -396,29 +310,6 @@ class Sequential:
         with self._pass("forward"):
             return self._forward_pass(x, until)
 
-    def _forward_pass(self, x: np.ndarray, until: str | None) -> np.ndarray:
-        stop = len(self._layers) - 1 if until is None else self._position(until)
-        self._reached = None
-        # The passes of fusion.plan(self, until), without a record for each
-        # layer that runs alone.
-        watched = bool(self._forward_hooks)
-        fused: dict[int, fusion.Pass] = {}
-        i = 0
-        while i <= stop:
-            step = None if watched else fusion._fused_pass(self._names, self._layers, i, stop)
-            if step is None:
-                x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
-                i += 1
-            else:
-                x = step.forward(x)
-                fused[step.stop - 1] = step
-                i = step.stop
-        self._fused = fused
-        self._reached = stop
-        self._forward_count += 1
-        _keep_output(self, x, until)
-        return x
-
     __call__ = forward
 
     @overload
@@ -447,41 +338,6 @@ class Sequential:
             raise ValueError("backward with input_grad=False and param_grads=False has nothing to compute")
         with self._pass("backward"):
             return self._backward_pass(grad, start, input_grad, param_grads)
-
-    def _backward_pass(self, grad: np.ndarray, start: str | None, input_grad: bool,
-                       param_grads: bool) -> np.ndarray | None:
-        if self._reached is None:
-            raise RuntimeError("backward called before forward")
-        first = len(self._layers) - 1 if start is None else self._position(start)
-        if first > self._reached:
-            raise RuntimeError(
-                f"backward from layer {self._names[first]!r} needs a forward pass through it; "
-                f"the last forward stopped at {self._names[self._reached]!r}"
-            )
-        if input_grad:
-            last = 0
-        else:
-            with_params = [i for i, layer in enumerate(self._layers[:first + 1]) if layer.params]
-            if not with_params:
-                return None
-            last = with_params[0]
-        hooks = list(self._backward_hooks.values())
-        i = first
-        while i >= last:
-            step = self._fused.get(i)
-            if step is not None and step.start >= last and not hooks and step.backward_fusable():
-                grad = step.backward(grad, param_grads=param_grads)
-                i = step.start - 1
-                continue
-            name, layer = self._names[i], self._layers[i]
-            with _blame(name, layer):
-                grad_input = layer.backward(grad, need_dx=input_grad or i > last, param_grads=param_grads)
-            for hook in hooks:
-                hook(name, layer, grad_input, grad)
-            # None only from the last layer (input_grad=False), where the loop ends.
-            grad = cast(np.ndarray, grad_input)
-            i -= 1
-        return grad if input_grad else None
 
     # -- raw images in, predictions out -------------------------------------------
     def preprocess(self, images: np.ndarray) -> np.ndarray:
@@ -562,9 +418,7 @@ class Sequential:
                 out = x[begin:begin + batch_size]
                 if prepare is not None:
                     out = prepare(out)
-                for name, layer in zip(self._names, self._layers):
-                    out = self._run_layer(name, layer, layer.infer, out)
-                outputs.append(out)
+                outputs.append(self._infer_batch(out))
         finally:
             for layer, mode in zip(self._layers, modes):
                 layer.train(mode)
@@ -591,6 +445,17 @@ class Sequential:
         """The number of trainable values (the sizes of all parameters added up)."""
         return sum(p.size for layer in self._layers for p in layer.params.values())
 
+    def output_shapes(self, input_shape: Sequence[int], until: str | None = None) -> dict[str, tuple[int, ...]]:
+        """{layer name: output shape} for an input of shape ``input_shape``
+        (batch included), computed from the layers' configurations alone, in
+        the order the layers run; with ``until``, only the layers a pass up to
+        that one runs. A shape a layer cannot take is a ValueError naming the layer."""
+        try:
+            shape = tuple(int(v) for v in input_shape)
+        except (TypeError, ValueError):
+            raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+        return {name: output for name, _, output in self._output_shapes(shape, until)}
+
     def summary(self, input_shape: Sequence[int]) -> str:
         """A table of each layer's output shape and parameter count for an
         input of shape ``input_shape`` (batch included), with the total."""
@@ -599,11 +464,9 @@ class Sequential:
         except (TypeError, ValueError):
             raise TypeError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
         rows = [("input", str(shape), "")]
-        for name, layer in self.named_layers():
-            with _blame(name, layer):
-                shape = layer.output_shape(shape)
+        for name, layer, output_shape in self._output_shapes(shape, None):
             count = sum(p.size for p in layer.params.values())
-            rows.append((f"{name} ({type(layer).__name__})", str(shape), f"{count:,}"))
+            rows.append((self._describe(name, layer), str(output_shape), f"{count:,}"))
         header = ("Layer (type)", "Output shape", "Param #")
         widths = [max(len(r[i]) for r in rows + [header]) + 2 for i in range(3)]
         rule = "=" * sum(widths)
@@ -686,30 +549,45 @@ class Sequential:
             targets[key][...] = value
         return missing, unexpected
 
-    def astype(self, dtype: DTypeLike) -> Sequential:
+    # -- files ----------------------------------------------------------------------
+    # -- what each kind of model defines ----------------------------------------------
+    def _describe(self, name: str, layer: Layer) -> str:
+        """The first column of ``summary``'s row for a layer."""
+        return f"{name} ({type(layer).__name__})"
+
+    def _forward_pass(self, x: np.ndarray, until: str | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _backward_pass(self, grad: np.ndarray, start: str | None, input_grad: bool,
+                       param_grads: bool) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _infer_batch(self, x: np.ndarray) -> np.ndarray:
+        """Evaluation-mode output of one batch, keeping nothing for backward."""
+        raise NotImplementedError
+
+    def _output_shapes(self, input_shape: tuple[int, ...],
+                       until: str | None) -> list[tuple[str, Layer, tuple[int, ...]]]:
+        """[(name, layer, output shape)] for an input of ``input_shape``, in
+        order, of the layers a pass up to ``until`` (default: all) runs."""
+        raise NotImplementedError
+
+    def _layer_passes(self, until: str | None) -> tuple[int, ...]:
+        """How many forward passes each layer a pass up to ``until`` runs has run, in order."""
+        raise NotImplementedError
+
+    def astype(self, dtype: DTypeLike) -> Model:
         """A copy of the model with parameters and buffers in float32 or float64.
 
         Names, modes and meta are copied; hooks are not.
         """
-        dtype = _float_dtype(dtype)
-        clone = Sequential([(name, layer.astype(dtype)) for name, layer in self.named_layers()])
-        clone._training = self._training
-        clone.meta = copy.deepcopy(self.meta)
-        return clone
+        raise NotImplementedError
+
+    def architecture(self) -> dict[str, Any]:
+        """The JSON-able description ``save()`` writes."""
+        raise NotImplementedError
 
     # -- files ----------------------------------------------------------------------
-    def architecture(self) -> dict[str, Any]:
-        """The JSON-able description save() writes: mode and each layer's name, class and config."""
-        return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "training": self._training,
-            "layers": [
-                {"name": name, "class": type(layer).__name__, "config": layer.config()}
-                for name, layer in self.named_layers()
-            ],
-        }
-
     def save(self, path: str | os.PathLike) -> str:
         """Write the model to ``path`` (.npz) atomically: a temporary file in the
         same directory, then os.replace. Returns the path."""
@@ -726,37 +604,259 @@ class Sequential:
         return path
 
 
-def _build(architecture: object) -> Sequential:
-    if not isinstance(architecture, dict) or architecture.get("format") != FORMAT:
-        raise ValueError("its architecture entry is not a fastconv Sequential")
-    if architecture.get("version") != FORMAT_VERSION:
+class Sequential(Model):
+    """Layers applied in order: ``Sequential(layer, layer, ...)`` or
+    ``Sequential([(name, layer), ...])`` (a list may also mix plain layers in).
+
+    Unnamed layers are named from their type and rank: conv1, relu1, bn1,
+    pool1, flatten1, fc1, dropout1, ... Names must be unique and contain no '.'.
+    """
+
+    _reached: int | None  # index of the last layer the last forward ran through
+
+    def __init__(self,
+                 *layers: Layer | tuple[str, Layer] | list[Layer] | list[tuple[str, Layer]]
+                 | list[Layer | tuple[str, Layer]] | dict[str, Layer]) -> None:
+        if len(layers) == 1 and isinstance(layers[0], (list, dict)):
+            items: list[object] = list(layers[0].items()) if isinstance(layers[0], dict) else list(layers[0])
+        else:
+            items = list(layers)
+        if not items:
+            raise ValueError("Sequential needs at least one layer")
+        named: list[tuple[str | None, Layer]] = []
+        for item in items:
+            if isinstance(item, Layer):
+                named.append((None, item))
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Layer):
+                name = item[0]
+                if not isinstance(name, str) or not name or "." in name:
+                    raise ValueError(f"layer names must be non-empty strings without '.', got {name!r}")
+                named.append(item)
+            else:
+                raise TypeError(f"expected a Layer or a (name, Layer) pair, got {item!r}")
+        used: list[str] | set[str]  # a list of the names given, then a set of all names
+        used = [name for name, _ in named if name is not None]
+        duplicates = sorted({name for name in used if used.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate layer name {duplicates[0]!r}")
+        seen_layers = set()
+        for _, layer in named:
+            if id(layer) in seen_layers:
+                raise ValueError(f"the same {type(layer).__name__} object appears twice; create one per position")
+            seen_layers.add(id(layer))
+        counters: dict[str, int] = {}
+        used = set(used)
+        names: list[str] = []
+        chain: list[Layer] = []
+        for name, layer in named:
+            if name is None:
+                prefix = type(layer).name_prefix
+                while True:
+                    counters[prefix] = counters.get(prefix, 0) + 1
+                    name = f"{prefix}{counters[prefix]}"
+                    if name not in used:
+                        break
+                used.add(name)
+            names.append(name)
+            chain.append(layer)
+        self._setup(names, chain)
+
+    @overload
+    def __getitem__(self, index: int | str) -> Layer: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+
+    def __getitem__(self, index: int | str | slice) -> Layer | Sequential:
+        """``model[i]`` and ``model["conv1"]``: a layer (IndexError, KeyError if
+        there is none); ``model[a:b]``: a Sequential of those layers, see below.
+
+        A slice shares its layers with this model, as a prefix in PyTorch
+        does: training one trains the other. Each keeps its own record of its
+        last forward pass, but the layers hold one cache, so a forward pass of
+        one replaces what the other's next backward would use (the other's
+        ``loss.backward()`` then refuses). The slice gets a copy of ``meta``
+        without what no longer applies: ``normalization`` and
+        ``preprocessing`` unless it starts at the first layer, ``classes``
+        unless it ends at the last. Its step must be 1 and it must select at
+        least one layer (ValueError).
+        """
+        if isinstance(index, str):
+            if index not in self._index:
+                raise KeyError(f"no layer named {index!r}; the layers are {', '.join(self._names)}")
+            return self._layers[self._index[index]]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self._layers))
+            if step != 1:
+                raise ValueError(f"a slice of a Sequential takes consecutive layers; got step {index.step}")
+            if start >= stop:
+                raise ValueError(f"model[{index.start}:{index.stop}] selects no layers of the {len(self)}")
+            part = Sequential(list(zip(self._names[start:stop], self._layers[start:stop])))
+            part._training = self._training
+            dropped = ({"normalization", "preprocessing"} if start > 0 else set()) | (
+                {"classes"} if stop < len(self._layers) else set())
+            part.meta = copy.deepcopy({key: value for key, value in self.meta.items() if key not in dropped})
+            return part
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            if not -len(self._layers) <= index < len(self._layers):
+                raise IndexError(f"layer index {index} is out of range for a model of {len(self._layers)} layers")
+            return self._layers[index]
+        raise TypeError(f"a Sequential is indexed by a layer's position, name or a slice, got {index!r}")
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): {layer!r}" for name, layer in self.named_layers()]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def _layer_passes(self, until: str | None) -> tuple[int, ...]:
+        """How many forward passes each layer up to ``until`` (default all) has run."""
+        stop = len(self._layers) if until is None else self._position(until) + 1
+        return tuple(layer._passes for layer in self._layers[:stop])
+
+    def _output_shapes(self, input_shape: tuple[int, ...],
+                       until: str | None) -> list[tuple[str, Layer, tuple[int, ...]]]:
+        stop = len(self._layers) if until is None else self._position(until) + 1
+        rows = []
+        shape = input_shape
+        for name, layer in self.named_layers()[:stop]:
+            with _blame(name, layer):
+                shape = layer.output_shape(shape)
+            rows.append((name, layer, shape))
+        return rows
+
+    def _infer_batch(self, x: np.ndarray) -> np.ndarray:
+        for name, layer in zip(self._names, self._layers):
+            x = self._run_layer(name, layer, layer.infer, x)
+        return x
+
+    def _forward_pass(self, x: np.ndarray, until: str | None) -> np.ndarray:
+        stop = len(self._layers) - 1 if until is None else self._position(until)
+        self._reached = None
+        # The passes of fusion.plan(self, until), without a record for each
+        # layer that runs alone.
+        watched = bool(self._forward_hooks)
+        fused: dict[int, fusion.Pass] = {}
+        i = 0
+        while i <= stop:
+            step = None if watched else fusion._fused_pass(self._names, self._layers, i, stop)
+            if step is None:
+                x = self._run_layer(self._names[i], self._layers[i], self._layers[i].forward, x)
+                i += 1
+            else:
+                x = step.forward(x)
+                fused[step.stop - 1] = step
+                i = step.stop
+        self._fused = fused
+        self._reached = stop
+        self._forward_count += 1
+        _keep_output(self, x, until)
+        return x
+
+    def _backward_pass(self, grad: np.ndarray, start: str | None, input_grad: bool,
+                       param_grads: bool) -> np.ndarray | None:
+        if self._reached is None:
+            raise RuntimeError("backward called before forward")
+        first = len(self._layers) - 1 if start is None else self._position(start)
+        if first > self._reached:
+            raise RuntimeError(
+                f"backward from layer {self._names[first]!r} needs a forward pass through it; "
+                f"the last forward stopped at {self._names[self._reached]!r}"
+            )
+        if input_grad:
+            last = 0
+        else:
+            with_params = [i for i, layer in enumerate(self._layers[:first + 1]) if layer.params]
+            if not with_params:
+                return None
+            last = with_params[0]
+        hooks = list(self._backward_hooks.values())
+        i = first
+        while i >= last:
+            step = self._fused.get(i)
+            if step is not None and step.start >= last and not hooks and step.backward_fusable():
+                grad = step.backward(grad, param_grads=param_grads)
+                i = step.start - 1
+                continue
+            name, layer = self._names[i], self._layers[i]
+            with _blame(name, layer):
+                grad_input = layer.backward(grad, need_dx=input_grad or i > last, param_grads=param_grads)
+            for hook in hooks:
+                hook(name, layer, grad_input, grad)
+            # None only from the last layer (input_grad=False), where the loop ends.
+            grad = cast(np.ndarray, grad_input)
+            i -= 1
+        return grad if input_grad else None
+
+    def astype(self, dtype: DTypeLike) -> Sequential:
+        """A copy of the model with parameters and buffers in float32 or float64.
+
+        Names, modes and meta are copied; hooks are not.
+        """
+        dtype = _float_dtype(dtype)
+        clone = Sequential([(name, layer.astype(dtype)) for name, layer in self.named_layers()])
+        clone._training = self._training
+        clone.meta = copy.deepcopy(self.meta)
+        return clone
+
+    def architecture(self) -> dict[str, Any]:
+        """The JSON-able description save() writes: mode and each layer's name, class and config."""
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "training": self._training,
+            "layers": [
+                {"name": name, "class": type(layer).__name__, "config": layer.config()}
+                for name, layer in self.named_layers()
+            ],
+        }
+
+
+def _layer_from(entry: Mapping[str, Any]) -> Layer:
+    """The layer an architecture entry (its class and config) describes."""
+    cls = LAYER_TYPES.get(entry["class"])
+    if cls is None:
+        raise ValueError(f"unknown layer class {entry['class']!r}")
+    return cls(**entry["config"])
+
+
+def _build_sequential(architecture: Mapping[str, Any]) -> Sequential:
+    return Sequential([(entry["name"], _layer_from(entry)) for entry in architecture["layers"]])
+
+
+# How load() rebuilds each kind of model from its architecture entry: format tag
+# -> (format version, builder). Other model kinds add theirs where they are defined.
+BUILDERS: dict[str, tuple[int, Callable[[Mapping[str, Any]], Model]]] = {
+    FORMAT: (FORMAT_VERSION, _build_sequential),
+}
+
+
+def _build(architecture: object) -> Model:
+    kind = architecture.get("format") if isinstance(architecture, dict) else None
+    if kind not in BUILDERS:
+        raise ValueError("its architecture entry is not a fastconv model")
+    assert isinstance(architecture, dict)
+    version, builder = BUILDERS[kind]
+    if architecture.get("version") != version:
         raise ValueError(f"format version {architecture.get('version')!r} is not supported "
-                         f"(this fastconv reads version {FORMAT_VERSION})")
-    layers: list[Layer | tuple[str, Layer]] = []
-    for entry in architecture["layers"]:
-        cls = LAYER_TYPES.get(entry["class"])
-        if cls is None:
-            raise ValueError(f"unknown layer class {entry['class']!r}")
-        layers.append((entry["name"], cls(**entry["config"])))
-    model = Sequential(layers)
+                         f"(this fastconv reads version {version})")
+    model = builder(architecture)
     model.train(bool(architecture["training"]))
     return model
 
 
-def save(model: fastconv.Sequential, path: str | os.PathLike) -> str:
+def save(model: fastconv.Model, path: str | os.PathLike) -> str:
     """Write ``model`` to ``path`` (.npz) for ``fastconv.load``: ``model.save(path)``
     as a function, as ``torch.save(model, path)`` is one. Returns the path.
 
     The architecture, the weights, the buffers and ``model.meta`` (its
     normalization and class names included) are saved, atomically.
     """
-    if not isinstance(model, Sequential):
-        raise TypeError(f"save writes a fastconv Sequential, got {type(model).__name__}; "
+    if not isinstance(model, Model):
+        raise TypeError(f"save writes a fastconv model (Sequential or Graph), got {type(model).__name__}; "
                         "weights alone go through fastconv.save_weights")
     return model.save(path)
 
 
-def load(path: str | os.PathLike) -> Sequential:
+def load(path: str | os.PathLike) -> Model:
     """Rebuild a model written by ``fastconv.save(model, path)`` or ``model.save(path)``.
 
     A missing file raises FileNotFoundError; a truncated or corrupt file, or

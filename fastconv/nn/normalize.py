@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike, DTypeLike
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
 
 __all__ = ["Normalize"]
 
@@ -67,7 +67,7 @@ class Normalize:
         return cls(mean, np.where(std > 1e-6, std, 1.0), 255.0)
 
     @classmethod
-    def from_model(cls, model: fastconv.Sequential) -> Normalize:
+    def from_model(cls, model: fastconv.Model) -> Normalize:
         """The normalization a model was trained with, from ``model.meta``
         (``normalization``, as the trainer stores it, or top-level ``mean``
         and ``std``), in the model's dtype. A model without statistics gets

@@ -1,5 +1,6 @@
 """Learning-rate schedules with PyTorch's rules: ``step()`` once per epoch
-(StepLR, CosineAnnealingLR) or once per batch (OneCycleLR) sets ``optimizer.lr``."""
+(StepLR, CosineAnnealingLR) or once per batch (OneCycleLR, PiecewiseLinearLR)
+sets ``optimizer.lr``."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from fastconv.optim.optimizers import SGD, Adam, Optimizer
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR"]
+__all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "PiecewiseLinearLR"]
 
 
 class _Schedule:
@@ -177,3 +178,40 @@ class OneCycleLR(_Schedule):
         super().load_state_dict(state_dict)
         if self.cycle_momentum and self.last_momentum is not None:
             self._set_momentum(self.last_momentum)
+
+
+class PiecewiseLinearLR(_Schedule):
+    """The initial lr times a factor that goes linearly from ``factors[i]`` at
+    step ``milestones[i]`` to ``factors[i + 1]`` at ``milestones[i + 1]``,
+    held at the last factor past the last milestone: PyTorch's ``LambdaLR``
+    with ``lambda step: numpy.interp(step, milestones, factors)``. Step
+    once per batch (or per epoch, with milestones counted in epochs).
+
+    The airbench schedule is ``milestones=[0, w, total], factors=[0.2, 1,
+    0]``: a linear warm-up to the peak over w steps, then a linear fall to 0.
+    """
+
+    _config_names = ("milestones", "factors")
+
+    def __init__(self, optimizer: Optimizer, milestones: list[float], factors: list[float]) -> None:
+        milestones = [_checks.real_number(m, "milestone") for m in milestones]
+        factors = [_checks.real_number(f, "factor", -math.inf) for f in factors]
+        if len(milestones) < 1 or len(milestones) != len(factors):
+            raise ValueError(f"milestones and factors must be two lists of the same length (at least 1), got "
+                             f"{len(milestones)} milestones and {len(factors)} factors")
+        if any(b < a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"milestones must not decrease, got {milestones}")
+        if not all(math.isfinite(f) for f in factors):
+            raise ValueError(f"factors must be finite, got {factors}")
+        self.milestones = milestones
+        self.factors = factors
+        super().__init__(optimizer)
+
+    def _next_lr(self) -> float:
+        step, points, values = self.last_epoch, self.milestones, self.factors
+        if step <= points[0]:
+            return self.base_lr * values[0]
+        for (a, fa), (b, fb) in zip(zip(points, values), zip(points[1:], values[1:])):
+            if step <= b:
+                return self.base_lr * (fa + (fb - fa) * (step - a) / (b - a) if b > a else fb)
+        return self.base_lr * values[-1]

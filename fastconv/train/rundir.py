@@ -4,6 +4,7 @@
 command line) fills a folder that every other command reads::
 
     config.json                the options the run was started with
+    recipe.json                the recipe it trains with, when it has one (fastconv.train.recipes)
     history.json, history.csv  one record per epoch
     checkpoint-last.npz        where an interrupted run resumes
     checkpoint-best.npz        the state at the best epoch
@@ -11,6 +12,7 @@ command line) fills a folder that every other command reads::
     eval.json                  what 'fastconv evaluate' measured
     train_samples.png, training_curves.png, predictions.png, confusion_matrix.png
     report.html                the page of 'fastconv report'
+    explore-cache/             what 'fastconv explore' computes once per model (top images, feature images)
 
 :class:`RunDir` is the only code that knows these names. ``RunDir.open(path)``
 takes a run folder or a model ``.npz`` file; its files are read when first
@@ -32,16 +34,18 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Collection, Iterable, Mapping, Sequence
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
     from fastconv.data.datasets import Dataset
 
 __all__ = [
     "RunDir", "NotARunError",
-    "CONFIG", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
-    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "FIGURES", "TRAINER_FILES", "TRAINING_FILES", "RUN_FILES",
+    "CONFIG", "RECIPE", "HISTORY_JSON", "HISTORY_CSV", "HISTORY_COLUMNS", "LAST_CHECKPOINT", "BEST_CHECKPOINT",
+    "FINAL_MODEL", "BEST_MODEL", "EVAL", "REPORT", "EXPLORE_CACHE", "FIGURES", "TRAINER_FILES", "TRAINING_FILES",
+    "RUN_FILES",
 ]
 
 CONFIG = "config.json"
+RECIPE = "recipe.json"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 HISTORY_COLUMNS = [
@@ -54,6 +58,9 @@ FINAL_MODEL = "model.npz"
 BEST_MODEL = "best_model.npz"
 EVAL = "eval.json"
 REPORT = "report.html"
+# A folder, not a file: its entries name the model they were computed for, so
+# a run trained again over this one never reads another model's results.
+EXPLORE_CACHE = "explore-cache"
 FIGURES = {
     "samples": "train_samples.png",
     "history": "training_curves.png",
@@ -67,9 +74,9 @@ TRAINER_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, FINAL_MODEL, BEST_MODEL, HIST
 # What a training run writes (the trainer, and the command line around it: the
 # configuration and the figures), and so whose leftover temporary files the
 # trainer removes.
-TRAINING_FILES = (*TRAINER_FILES, CONFIG, FIGURES["samples"], FIGURES["history"])
+TRAINING_FILES = (*TRAINER_FILES, CONFIG, RECIPE, FIGURES["samples"], FIGURES["history"])
 # Every file a run writes: none of them is replaced unless the user asks for it.
-RUN_FILES = (CONFIG, *TRAINER_FILES, EVAL, REPORT, *FIGURES.values())
+RUN_FILES = (CONFIG, RECIPE, *TRAINER_FILES, EVAL, REPORT, *FIGURES.values())
 DATASET_CHOICES = "mnist-sample, mnist, fashion-mnist, cifar10 or folder:PATH"
 
 
@@ -99,7 +106,7 @@ class RunDir:
         self._config = dict(config) if config is not None else None
         self._config_given = config is not None
         self._history: Any = _UNREAD  # until history.json is read; then what it holds (None without the file)
-        self._model: fastconv.Sequential | None = None
+        self._model: fastconv.Model | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
@@ -141,6 +148,11 @@ class RunDir:
     @property
     def report_path(self) -> Path:
         return self.folder / REPORT
+
+    @property
+    def explore_cache(self) -> Path:
+        """The folder where 'fastconv explore' keeps what it computes once (it may not exist yet)."""
+        return self.folder / EXPLORE_CACHE
 
     def existing_files(self, names: Sequence[str] = RUN_FILES) -> list[str]:
         """Which of ``names`` (by default every file a run writes) the folder
@@ -195,14 +207,14 @@ class RunDir:
             raise NotARunError(f"{self.folder} holds no {path.name}: {why}")
         return path
 
-    def load_model(self, which: str = "final") -> fastconv.Sequential:
+    def load_model(self, which: str = "final") -> fastconv.Model:
         """The ``'final'`` or ``'best'`` model, read from its file (ValueError naming a damaged one)."""
         from fastconv.nn.model import load
 
         return load(self.model_file(which))
 
     @property
-    def model(self) -> fastconv.Sequential:
+    def model(self) -> fastconv.Model:
         """The final model, loaded once."""
         if self._model is None:
             self._model = self.load_model("final")
@@ -234,6 +246,23 @@ class RunDir:
         path = write_json(self.config_path, config)
         self._config = dict(config)
         return path
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.folder / RECIPE
+
+    def read_recipe(self) -> dict[str, Any] | None:
+        """The recipe the run trains with (recipe.json, as ``Recipe.to_dict()``
+        wrote it), None for a run without one."""
+        recipe = self._read_json(self.recipe_path, None)
+        if recipe is not None and not isinstance(recipe, dict):
+            raise NotARunError(f"{self.recipe_path} is not a fastconv recipe")
+        return recipe
+
+    def write_recipe(self, recipe: Mapping[str, Any]) -> Path:
+        """Write recipe.json (atomically); returns its path."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return write_json(self.recipe_path, recipe)
 
     @property
     def history(self) -> list[dict[str, Any]] | None:
@@ -307,14 +336,17 @@ class RunDir:
 
     def _folder_options(self, name: str) -> dict[str, Any]:
         """How a ``folder:`` data set is brought to the model: the run's
-        ``--image-size`` (else the side of the model's input, when it is known)
-        and ``--skip-bad-images``."""
+        ``--image-size`` (else the side of the model's input, when it is known),
+        ``--skip-bad-images`` and ``--test-fraction``."""
         if not name.startswith("folder:"):
             return {}
         image_size = self.config.get("image_size")
         if image_size is None and self.model_path is not None and self.model_path.is_file():
             image_size = _model_side(self.model.meta)
-        return {"image_size": image_size, "skip_bad_images": bool(self.config.get("skip_bad_images"))}
+        options = {"image_size": image_size, "skip_bad_images": bool(self.config.get("skip_bad_images"))}
+        if self.config.get("test_fraction") is not None:
+            options["test_fraction"] = self.config["test_fraction"]
+        return options
 
     def load_dataset(self, override_name: str | None = None, data_dir: str | os.PathLike | None = None,
                      subset: bool = True) -> Dataset:

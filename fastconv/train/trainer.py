@@ -59,11 +59,12 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike
 
-    import fastconv  # fastconv.Sequential in annotations: the API reference has two, a bare one is ambiguous
+    import fastconv  # fastconv.Model in annotations: the API reference documents it once, under fastconv
     from fastconv.data.transforms import Augment, Normalize
     from fastconv.nn.losses import NLLLoss
+    from fastconv.optim.lookahead import Lookahead
     from fastconv.optim.optimizers import Optimizer
-    from fastconv.optim.schedules import CosineAnnealingLR, OneCycleLR, StepLR
+    from fastconv.optim.schedules import CosineAnnealingLR, OneCycleLR, PiecewiseLinearLR, StepLR
 
 __all__ = [
     "Trainer", "train", "evaluate", "confusion_matrix",
@@ -162,7 +163,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 # ------------------------------------------------------------------ evaluation
 
 
-def _model_dtype(model: fastconv.Sequential) -> np.dtype:
+def _model_dtype(model: fastconv.Model) -> np.dtype:
     dtype = getattr(model, "dtype", None)
     return np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
 
@@ -175,13 +176,21 @@ def _prepare(x: np.ndarray, normalize: Normalize | None, dtype: np.dtype) -> np.
     return x.astype(dtype, copy=False)
 
 
-def evaluate(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike, normalize: Normalize | None = None,
-             batch_size: int = 256, loss: CrossEntropyLoss | NLLLoss | None = None) -> dict[str, Any]:
+def evaluate(model: fastconv.Model, x: np.ndarray, y: ArrayLike, normalize: Normalize | None = None,
+             batch_size: int = 256, loss: CrossEntropyLoss | NLLLoss | None = None,
+             tta: str = "none") -> dict[str, Any]:
     """Loss, accuracy, logits and predictions of the model (in eval mode) on (x, y).
 
+    ``tta`` is the test-time augmentation: ``"none"``, ``"flip"`` or
+    ``"flip-translate"`` (:func:`fastconv.data.transforms.tta_views`);
+    the logits are the weighted mean of the model's logits over the views.
     Returns a dict: ``loss`` (mean), ``accuracy``, ``logits`` (N, K),
     ``predictions`` (N,). The model's mode is left as it was.
     """
+    from fastconv.data.transforms import TTA_MODES, tta_views
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")
     loss = loss if loss is not None else CrossEntropyLoss()
     y = np.asarray(y, dtype=np.int64)
     if len(x) != len(y):
@@ -192,8 +201,9 @@ def evaluate(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike, normalize:
     outputs, total = [], 0.0
     for start in range(0, len(x), batch_size):
         xb = _prepare(x[start:start + batch_size], normalize, dtype)
-        out = model.predict(xb, batch_size=batch_size)
-        total += float(loss(out, y[start:start + batch_size])) * len(xb)
+        views = tta_views(xb, tta)
+        out = sum(dtype.type(weight) * model.predict(view, batch_size=batch_size) for weight, view in views)
+        total += _loss_per_image(loss, float(loss(out, y[start:start + batch_size])), len(xb)) * len(xb)
         outputs.append(out)
     logits = np.concatenate(outputs)
     predictions = logits.argmax(axis=1)
@@ -203,6 +213,12 @@ def evaluate(model: fastconv.Sequential, x: np.ndarray, y: ArrayLike, normalize:
         "logits": logits,
         "predictions": predictions,
     }
+
+
+def _loss_per_image(loss: object, value: float, count: int) -> float:
+    """The mean loss of a batch of ``count`` images whose loss was ``value``,
+    summed or averaged as the loss's reduction says: what histories record."""
+    return value / count if getattr(loss, "reduction", "mean") == "sum" else value
 
 
 def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
@@ -215,18 +231,20 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> 
 # ------------------------------------------------------------------ trainer
 
 
-def _layer_rngs(model: fastconv.Sequential) -> dict[str, np.random.Generator]:
+def _layer_rngs(model: fastconv.Model) -> dict[str, np.random.Generator]:
     """The random generators held by layers (Dropout), by layer name."""
     return {name: rng for name, layer in model.named_layers()
             if isinstance(rng := getattr(layer, "rng", None), np.random.Generator)}
 
 
-def _architecture(model: fastconv.Sequential) -> list[dict[str, Any]] | None:
-    """The model's layer list as plain JSON values, or None for a model without one."""
+def _architecture(model: fastconv.Model) -> list[dict[str, Any]] | None:
+    """The model's layer list (a Sequential's layers, a Graph's nodes) as plain
+    JSON values, or None for a model without one."""
     describe = getattr(model, "architecture", None)
     if describe is None:
         return None
-    return json.loads(json.dumps(describe()["layers"]))
+    architecture = describe()
+    return json.loads(json.dumps(architecture.get("layers", architecture.get("nodes"))))
 
 
 def _threads() -> int | None:
@@ -270,19 +288,30 @@ class Trainer:
         (adversarial examples mixed into each batch). It draws any random
         numbers from the trainer's generator, so a resumed run repeats them.
     callbacks
-        Objects with optional methods ``on_batch_end(trainer, epoch, batch, loss)``
-        and ``on_epoch_end(trainer, record)``; ``trainer.request_stop()`` in
-        either stops training as Ctrl-C does.
+        Objects with optional methods ``on_epoch_begin(trainer, epoch)`` (epoch
+        from 0, also when a run resumes in the middle of it),
+        ``on_batch_end(trainer, epoch, batch, loss)`` and
+        ``on_epoch_end(trainer, record)``; ``trainer.request_stop()`` in the
+        last two stops training as Ctrl-C does.
+    prefetch
+        How many batches a background thread prepares ahead (gathered,
+        augmented and normalized while the current step runs), 0 for none.
+        Each batch's augmentation draws from a generator of its own, seeded
+        by (seed, epoch, batch), so a run gives the same batches whether or
+        not they are made ahead, and a resumed run the same as one that
+        never stopped.
     """
 
-    def __init__(self, model: fastconv.Sequential, optimizer: Optimizer, loss: CrossEntropyLoss | NLLLoss | None = None,
-                 schedule: StepLR | CosineAnnealingLR | OneCycleLR | None = None, *, batch_size: int = 64,
+    def __init__(self, model: fastconv.Model, optimizer: Optimizer | Lookahead,
+                 loss: CrossEntropyLoss | NLLLoss | None = None,
+                 schedule: StepLR | CosineAnnealingLR | OneCycleLR | PiecewiseLinearLR | None = None, *,
+                 batch_size: int = 64,
                  seed: int = 0, normalize: Normalize | None = None, augment: Augment | None = None,
                  schedule_interval: str | None = None, run_dir: str | os.PathLike | RunDir | None = None,
                  overwrite: bool = False, eval_batch_size: int = 256, progress: bool | None = None,
                  log: Callable[[str], None] | None = print, callbacks: Iterable[object] = (),
-                 adversarial: Callable[[fastconv.Sequential, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
-                 | None = None) -> None:
+                 adversarial: Callable[[fastconv.Model, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+                 | None = None, prefetch: int = 2) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -310,6 +339,9 @@ class Trainer:
         self.log = log if log is not None else (lambda line: None)
         self.callbacks = list(callbacks)
         self.adversarial = adversarial
+        if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
+            raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
+        self.prefetch = int(prefetch)
         self.rng = np.random.default_rng(self.seed)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0          # epochs completed
@@ -522,32 +554,55 @@ class Trainer:
             self.files.write_history(self.history)
         return self.history
 
+    def _batch(self, x: np.ndarray, y: np.ndarray, perm: np.ndarray, epoch: int, batch: int,
+               dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, labels) of batch ``batch`` of epoch ``epoch`` (from 0): gathered,
+        augmented with the batch's own generator, and normalized."""
+        from fastconv.data.transforms import Augment
+
+        idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size]
+        xb, yb = x[idx], y[idx]
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, epoch, batch))
+            if isinstance(self.augment, Augment):
+                xb = self.augment(xb, rng, indices=idx, epoch=epoch)
+            else:
+                xb = self.augment(xb, rng)
+        return _prepare(xb, self.normalize, dtype), yb
+
     def _run_epoch(self, x: np.ndarray, y: np.ndarray, epochs: int, x_val: np.ndarray | None,
                    y_val: ArrayLike | None) -> dict[str, Any]:
         from tqdm.auto import tqdm
+
+        from fastconv.data.loader import Prefetcher
 
         model, n, bs = self.model, len(x), self.batch_size
         num_batches = math.ceil(n / bs)
         if self.batch == 0:
             self._perm = self.rng.permutation(n)
             self._running = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "lr": None}
-        running = self._running
+        running, perm, epoch = self._running, self._perm, self.epoch
         # Set just above, or restored with a checkpoint taken in the middle of the epoch.
-        assert self._perm is not None and running is not None
+        assert perm is not None and running is not None
+        for callback in self.callbacks:
+            hook = getattr(callback, "on_epoch_begin", None)
+            if hook is not None:
+                hook(self, epoch)
         dtype = _model_dtype(model)
         model.train()
         bar = tqdm(total=num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{epochs}",
                    unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if self.progress is None else not self.progress)
+
+        def make(batch: int) -> tuple[np.ndarray, np.ndarray]:
+            return self._batch(x, y, perm, epoch, batch, dtype)
+
+        batches = (Prefetcher(make, self.batch, num_batches, self.prefetch) if self.prefetch
+                   else (make(b) for b in range(self.batch, num_batches)))
         started = time.perf_counter() - running["seconds"]
-        with bar:
-            while self.batch < num_batches:
-                idx = self._perm[self.batch * bs:(self.batch + 1) * bs]
-                xb, yb = x[idx], y[idx]
-                if self.augment is not None:
-                    xb = self.augment(xb, self.rng)
+        with bar, contextlib.closing(batches):
+            for inputs, yb in batches:
                 running["lr"] = float(self.optimizer.lr)
-                inputs = _prepare(xb, self.normalize, dtype)
                 if self.adversarial is not None:
                     inputs = self.adversarial(model, inputs, yb, self.rng)
                 logits = model.forward(inputs)
@@ -564,9 +619,9 @@ class Trainer:
                 if self.schedule is not None and self.schedule_interval == "step":
                     self.schedule.step()
                 self.batch += 1
-                running["loss"] += loss * len(idx)
+                running["loss"] += _loss_per_image(self.loss, loss, len(yb)) * len(yb)
                 running["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == yb))
-                running["seen"] += len(idx)
+                running["seen"] += len(yb)
                 running["seconds"] = time.perf_counter() - started
                 bar.update(1)
                 bar.set_postfix(loss=f"{running['loss'] / running['seen']:.4f}",
@@ -631,7 +686,7 @@ class Trainer:
                 hook(self, record)
 
 
-def train(model: fastconv.Sequential, optimizer: Optimizer, x_train: np.ndarray, y_train: ArrayLike, epochs: int,
+def train(model: fastconv.Model, optimizer: Optimizer, x_train: np.ndarray, y_train: ArrayLike, epochs: int,
           x_val: np.ndarray | None = None, y_val: ArrayLike | None = None, *, resume: bool = False,
           **options: Any) -> list[dict[str, Any]]:
     """``Trainer(model, optimizer, **options).fit(...)`` in one call; returns the history."""
