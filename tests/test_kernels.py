@@ -343,6 +343,28 @@ def test_conv2d_pointwise_fast_path(dtype, with_bias, plane):
     check_conv(x, weight, bias, 1, 0)
 
 
+@pytest.mark.skipif(not fast.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("plane", [(14, 14), (16, 16), (13, 11)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_pointwise_on_one_image_shared_among_threads(dtype, plane, groups):
+    # One image on two threads: a 1x1 stride-1 layer multiplies the image in
+    # place, its columns split among the threads, and the columns past the
+    # last whole vector (none on 16x16) go through a small buffer. Each
+    # group's product is large enough to start the threads (src_c/threads.c).
+    rng = np.random.default_rng(13)
+    x = random_array(rng, (1, 128) + plane, dtype)
+    weight = random_array(rng, (128, 128 // groups, 1, 1), dtype)
+    bias = random_array(rng, (128,), dtype)
+    before = fast.get_openmp_threads()
+    try:
+        fast.set_openmp_threads(2)
+        check_conv(x, weight, bias, 1, 0, groups)
+        check_conv(x, weight, None, 1, 0, groups)
+    finally:
+        fast.set_openmp_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, kernel, stride, padding", [
     # stride 1: taps read from the padded image, dx by the flipped convolution

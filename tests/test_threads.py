@@ -274,6 +274,8 @@ CONV_CASES = {
     "direct, stride 2 on unfolded columns": ((4, 8, 33, 31), 16, (3, 2), 2, 1, False),
     "direct, padding as large as the kernel": ((3, 6, 24, 24), 12, (2, 2), 1, 2, False),
     "direct, 5x5 on three channels": ((9, 3, 30, 30), 32, (5, 5), 1, 2, False),
+    "direct, one image's columns unfolded and shared out, 7x7 stride 2": ((1, 3, 64, 64), 64, (7, 7), 2, 3, False),
+    "direct, 1x1 on one image multiplied in place": ((1, 128, 14, 14), 128, (1, 1), 1, 0, False),
     "winograd by the cost model": ((3, 64, 16, 16), 64, (3, 3), 1, 1, True),
     "winograd by the cost model, one image's tile rows shared out": ((1, 64, 16, 16), 64, (3, 3), 1, 1, True),
     "winograd forced on a narrow layer": ((3, 8, 18, 18), 16, (3, 3), 1, 1, "always"),
