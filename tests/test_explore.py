@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import headless_chromium
 from PIL import Image
 
 import fastconv
@@ -552,25 +553,8 @@ def server(explorer):
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium with its fake camera, which it lets the page use without asking."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip("needs a Chromium browser and its driver (Debian: apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--window-size=1400,1000", "--use-fake-device-for-media-stream",
-                     "--use-fake-ui-for-media-stream"):
-        options.add_argument(argument)
-    options.binary_location = chromium
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    except WebDriverException as error:
-        pytest.skip(f"Chromium did not start: {error.msg}")
+    driver = headless_chromium("1400,1000", ("--use-fake-device-for-media-stream",
+                                             "--use-fake-ui-for-media-stream"))
     driver.set_script_timeout(20)
     yield driver
     driver.quit()

@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import threadpoolctl
+from browser import headless_chromium
 
 import fastconv
 from fastconv import cli
@@ -233,30 +234,8 @@ def test_bad_arguments_are_rejected(run_dir):
 # ---------------------------------------------------------------- in a real browser
 
 
-def _browser():
-    """A headless Chromium driven by Selenium, or a skip saying what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip("needs a Chromium browser and its driver (Debian: apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--window-size=1280,1000"):
-        options.add_argument(argument)
-    options.binary_location = chromium
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        return webdriver.Chrome(service=Service(driver_path), options=options)
-    except WebDriverException as error:
-        pytest.skip(f"Chromium did not start: {error.msg}")
-
-
 def test_page_loads_in_a_browser(page, tmp_path):
-    driver = _browser()
+    driver = headless_chromium()
     try:
         driver.get(page.path.resolve().as_uri())
         images = driver.execute_script(
