@@ -55,13 +55,13 @@ def residual_twin(model):
             self.conv1, self.relu1 = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
             self.conv2, self.bn2, self.relu2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
             self.conv3, self.add, self.relu3 = nn.Conv2d(4, 4, 3, padding=1), Addition_Module(), nn.ReLU()
-            self.pool, self.gap, self.flat = nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            self.pool, self.gap = nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(4, 3)
 
         def forward(self, x):
             a = self.relu1(self.conv1(self.pool(x)))
             b = self.conv3(self.relu2(self.bn2(self.conv2(a))))
-            return self.fc(self.flat(self.gap(self.relu3(self.add(b, a)))))
+            return self.fc(self.gap(self.relu3(self.add(b, a))).flatten(1))
 
     twin = Twin().double().eval()
     state = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in model.state_dict().items()}
@@ -137,6 +137,37 @@ def test_gradient_shap_matches_captum_on_the_same_draws(cases, case, monkeypatch
     np.testing.assert_array_equal(again, ours)
 
 
+def flatten_into_linear(twin):
+    """A copy of the twin for Captum's LRP, which has no rule for nn.Flatten
+    (relevance passes through a reshape unchanged, as ours does): each Linear
+    flattens its own input and the Flatten modules go."""
+    import copy
+
+    import torch
+
+    class FlatLinear(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x.flatten(1))
+
+    def rebuild(module):
+        if isinstance(module, torch.nn.Sequential):
+            kept = [(name, rebuild(child)) for name, child in module.named_children()
+                    if not isinstance(child, torch.nn.Flatten)]
+            return torch.nn.Sequential(OrderedDict(kept))
+        if type(module) is torch.nn.Linear:
+            flat = FlatLinear(module.in_features, module.out_features).double()
+            flat.load_state_dict(module.state_dict())
+            flat.rule = EpsilonRule()
+            return flat
+        return module
+
+    from collections import OrderedDict
+
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    return rebuild(copy.deepcopy(twin))
+
+
 @pytest.mark.torch
 @pytest.mark.filterwarnings("ignore::UserWarning:captum")
 @pytest.mark.parametrize("case", CASES)
@@ -147,28 +178,28 @@ def test_lrp_epsilon_and_alpha_beta_match_captum(cases, case):
 
     model, twin, x, target = cases[case]
     xt = torch.from_numpy(x)
-    from captum.attr._utils.lrp_rules import IdentityRule
-
-    for module in twin.modules():
-        if isinstance(module, torch.nn.Flatten):
-            module.rule = IdentityRule()
+    twin = flatten_into_linear(twin)
     ours, lost = lrp.LRP(model).attribute(x, target, return_relevance_lost=True)
     theirs = attr.LRP(twin).attribute(xt, target=target)
     assert relative_error(ours, theirs.detach().numpy()) < 1e-4
     # What the biases took: zero once they are (the sequential net's batch norm keeps its shift).
     assert np.all(np.abs(lost) > 1e-6)
-    # alpha=1, beta=0 on every weighted layer after the first, whose input is
-    # not a ReLU's (Captum clips the weights only, the same rule for inputs >= 0).
+    # alpha=1, beta=0 on the weighted layers whose input is never negative (a
+    # ReLU's, not a batch norm's): Captum clips the weights only, which is the
+    # same rule for such inputs. The others keep the epsilon rule.
     weighted = [name for name, layer in model.named_layers() if isinstance(layer, (L.Conv2d, L.Linear))]
-    rules = {name: lrp.AlphaBeta(1, 0) for name in weighted[1:]}
-    ours = lrp.LRP(model, rules=rules).attribute(x, target)
+    seen = {}
+    handles = [model.layer(name).register_forward_hook(lambda layer, a, z, name=name: seen.update({name: a}))
+               for name in weighted]
+    model.forward(x)
+    for handle in handles:
+        handle.remove()
+    positive = [name for name in weighted if seen[name].min() >= 0]
+    assert len(positive) >= 2, positive
+    ours = lrp.LRP(model, rules={name: lrp.AlphaBeta(1, 0) for name in positive}).attribute(x, target)
     for name in weighted:
-        getattr(twin, name).rule = EpsilonRule() if name == weighted[0] else Alpha1_Beta0_Rule(set_bias_to_zero=True)
-    try:
-        theirs = attr.LRP(twin).attribute(xt, target=target)
-    finally:
-        for name in weighted:
-            del getattr(twin, name).rule
+        getattr(twin, name).rule = Alpha1_Beta0_Rule(set_bias_to_zero=True) if name in positive else EpsilonRule()
+    theirs = attr.LRP(twin).attribute(xt, target=target)
     assert relative_error(ours, theirs.detach().numpy()) < 1e-4
 
 

@@ -92,6 +92,12 @@ def _stabilize(z: np.ndarray, eps: float) -> np.ndarray:
     return z + eps * np.where(z >= 0, 1, -1).astype(z.dtype)
 
 
+def _divide(relevance: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """relevance / z, and 0 where z is 0 (with eps = 0: an output that nothing fed)."""
+    safe = np.where(z == 0, 1, z)
+    return np.where(z == 0, 0, relevance / safe).astype(relevance.dtype, copy=False)
+
+
 def _shadow(layer: L.Layer, weight: np.ndarray, bias: np.ndarray | None) -> L.Layer:
     """A fresh layer of ``layer``'s kind and geometry with the given weight and bias."""
     config = dict(layer.config())
@@ -119,7 +125,7 @@ def _alpha_beta(layer: L.Layer, rule: AlphaBeta, x: np.ndarray, relevance: np.nd
         a = _shadow(layer, w_for_pos_x, b)
         c = _shadow(layer, w_for_neg_x, None)
         z = a.forward(pos_x) + c.forward(neg_x)
-        s = relevance / (z + sign * rule.epsilon)
+        s = _divide(relevance, z + sign * rule.epsilon)
         return pos_x * a.backward(s, param_grads=False) + neg_x * c.backward(s, param_grads=False)
 
     out = rule.alpha * share(pos_w, neg_w, None if bias is None else np.maximum(bias, 0), 1.0)
@@ -136,7 +142,7 @@ def _zbox(layer: L.Layer, rule: ZBox, x: np.ndarray, relevance: np.ndarray) -> n
     pos = _shadow(layer, np.maximum(weight, 0), None)
     neg = _shadow(layer, np.minimum(weight, 0), None)
     z = plain.forward(x) - pos.forward(low) - neg.forward(high)
-    s = relevance / _stabilize(z, rule.epsilon)
+    s = _divide(relevance, _stabilize(z, rule.epsilon))
     return (x * plain.backward(s, param_grads=False) - low * pos.backward(s, param_grads=False)
             - high * neg.backward(s, param_grads=False))
 
@@ -210,7 +216,7 @@ class LRP:
                 elif isinstance(rule, Epsilon):
                     handles.append(layer.register_forward_hook(keep))  # type: ignore[arg-type]
                     handles.append(layer.register_backward_pre_hook(
-                        lambda lay, r, e=rule.epsilon: r / _stabilize(outputs[id(lay)], e)))
+                        lambda lay, r, e=rule.epsilon: _divide(r, _stabilize(outputs[id(lay)], e))))
                     handles.append(layer.register_backward_hook(times_input))  # type: ignore[arg-type]
                 else:
                     handles.append(layer.register_forward_hook(keep))  # type: ignore[arg-type]
