@@ -5,11 +5,10 @@ cascading randomization sanity check."""
 
 import numpy as np
 import pytest
-from test_analysis_attribution import bars, rgb_net, relative_error, torch_twin
+from test_analysis_attribution import bars, relative_error, rgb_net, torch_twin
 
 import fastconv.analysis as fa
 from fastconv.analysis.attribution import lrp, metrics
-from fastconv.analysis.attribution import methods as A
 from fastconv.nn import graph as G
 from fastconv.nn import layers as L
 from fastconv.nn.losses import softmax

@@ -31,6 +31,7 @@ from fastconv.analysis.attribution.segment import grabcut_from_saliency
 __all__ = [
     "Gradient", "Saliency", "Deconvnet", "GuidedBackprop", "GradCAM", "GuidedGradCAM", "SmoothGrad",
     "IntegratedGradients", "InputXGradient", "DeepLift", "GradientShap", "LayerConductance", "LRP",
-    "PerturbationCurve", "SanityCheck", "cascading_randomization", "perturbation_curve", "channel_max", "relu_backward_rule",
+    "PerturbationCurve", "SanityCheck", "cascading_randomization", "perturbation_curve",
+    "channel_max", "relu_backward_rule",
     "Occlusion", "OcclusionMaps", "occlusion_maps", "grabcut_from_saliency",
 ]
