@@ -38,7 +38,7 @@ from fastconv.nn import graph as G
 from fastconv.nn import layers as L
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from numpy.typing import ArrayLike
 
@@ -185,6 +185,9 @@ class LRP:
         def keep(layer: L.Layer, x_in: np.ndarray | list[np.ndarray], z: np.ndarray) -> None:
             inputs[id(layer)], outputs[id(layer)] = x_in, z
 
+        def divide_by_output(e: float) -> Callable[[L.Layer, np.ndarray], np.ndarray]:
+            return lambda layer, relevance: _divide(relevance, _stabilize(outputs[id(layer)], e))
+
         def times_input(layer: L.Layer, grad_input: object, grad_output: np.ndarray) -> object:
             x_in = inputs[id(layer)]
             if isinstance(x_in, list):
@@ -214,12 +217,11 @@ class LRP:
                 elif isinstance(layer, _PASS):
                     continue
                 elif isinstance(rule, Epsilon):
-                    handles.append(layer.register_forward_hook(keep))  # type: ignore[arg-type]
-                    handles.append(layer.register_backward_pre_hook(
-                        lambda lay, r, e=rule.epsilon: _divide(r, _stabilize(outputs[id(lay)], e))))
+                    handles.append(layer.register_forward_hook(keep))
+                    handles.append(layer.register_backward_pre_hook(divide_by_output(rule.epsilon)))
                     handles.append(layer.register_backward_hook(times_input))  # type: ignore[arg-type]
                 else:
-                    handles.append(layer.register_forward_hook(keep))  # type: ignore[arg-type]
+                    handles.append(layer.register_forward_hook(keep))
                     handles.append(layer.register_backward_hook(custom(rule)))  # type: ignore[arg-type]
             with C.evaluating(self.model):
                 out = self.model.forward(x)

@@ -94,7 +94,7 @@ def perturbation_curve(model: fastconv.Model, x: np.ndarray, target: C.Target, a
         images[k] = np.where(changed, end, start)
     probs = softmax(model.predict(images.reshape((-1,) + x.shape[1:]), batch_size=batch_size).astype(np.float64))
     probs = probs.reshape(steps + 1, n, -1)
-    scores = np.stack([probs[:, i, int(t)] for i, t in enumerate(targets)])  # type: ignore[arg-type]
+    scores = np.stack([probs[:, i, int(t)] for i, t in enumerate(targets)])
     fractions = counts / (h * w)
     auc = ((scores[:, 1:] + scores[:, :-1]) / 2 * np.diff(fractions)).sum(axis=1)
     return PerturbationCurve(mode, fractions, scores, auc)
