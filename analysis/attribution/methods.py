@@ -484,7 +484,7 @@ class GradientShap(Attribution):
     def draw(n: int, samples: int, baselines: int, shape: tuple[int, ...], stdevs: float,
              seed: np.random.Generator | int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The random draws of :meth:`attribute`: baseline indices (n, samples),
-        noise (n, samples, *shape) and alphas (n, samples)."""
+        noise (n, samples) + shape and alphas (n, samples)."""
         rng = np.random.default_rng(seed)
         index = rng.integers(0, baselines, (n, samples))
         noise = rng.standard_normal((n, samples) + tuple(shape)) * stdevs
