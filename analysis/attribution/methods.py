@@ -15,7 +15,10 @@ layers (:func:`relu_backward_rule`); the layers' methods are untouched.
 References: Simonyan et al. 2014 (saliency), Zeiler & Fergus 2014
 (deconvnet), Springenberg et al. 2015 (guided backpropagation), Selvaraju
 et al. 2017 (Grad-CAM), Smilkov et al. 2017 (SmoothGrad), Sundararajan et
-al. 2017 (integrated gradients).
+al. 2017 (integrated gradients), Shrikumar et al. 2016 (input x gradient)
+and 2017 (DeepLIFT), Lundberg & Lee 2017 (gradient SHAP, as Captum defines
+it), Dhamdhere et al. 2018 (layer conductance). Layer-wise relevance
+propagation is in :mod:`fastconv.analysis.attribution.lrp`.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, cast, overload
 import numpy as np
 
 from fastconv import _checks
+from fastconv import reference as R
 from fastconv.analysis import _common as C
 from fastconv.nn import layers as L
 
@@ -333,15 +337,225 @@ class IntegratedGradients(Attribution):
         return attributions, delta
 
     def _baseline(self, x: np.ndarray, baseline: ArrayLike | None) -> np.ndarray:
-        if baseline is None:
-            return np.zeros_like(x)
-        base = np.asarray(baseline, dtype=x.dtype)
+        return _broadcast_baseline(x, baseline)
+
+
+def _broadcast_baseline(x: np.ndarray, baseline: ArrayLike | None) -> np.ndarray:
+    """The baseline as an array shaped like x (zeros when None)."""
+    if baseline is None:
+        return np.zeros_like(x)
+    base = np.asarray(baseline, dtype=x.dtype)
+    try:
+        return np.broadcast_to(base, x.shape).copy()
+    except ValueError:
+        raise ValueError(
+            f"baseline of shape {base.shape} does not broadcast to the input shape {x.shape}"
+        ) from None
+
+
+class InputXGradient(Attribution):
+    """The input times the gradient of the target unit (Shrikumar et al. 2016)."""
+
+    def attribute(self, x: np.ndarray, target: C.Target) -> np.ndarray:
+        return x * self._gradient(x, target)
+
+
+# Elementwise nonlinearities, whose DeepLIFT multiplier is delta-out / delta-in.
+_ELEMENTWISE = (L.ReLU, L.ReLU6, L.LeakyReLU, L.GELU)
+_MAX_POOLS = (L.MaxPool2d, L.GlobalMaxPool2d)
+
+
+def _max_pool(layer: L.Layer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(y, argmax) of a max-pooling layer for input x, as 4-D arrays."""
+    if isinstance(layer, L.MaxPool2d):
+        return R.maxpool2d_forward(x, layer.kernel_size, layer.stride, layer.padding)
+    plane = x.shape[2:]
+    return R.maxpool2d_forward(x, plane, plane, 0)
+
+
+def _rescale_maxpool(layer: L.Layer, x: np.ndarray, x0: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """DeepLIFT's rule for max pooling, as Captum computes it: each window's
+    change of output, delta = max(x) - max(x0), goes to the input that is the
+    maximum of x when delta >= 0 and to the maximum of x0 otherwise; the
+    multiplier of an input is what it received divided by its own change."""
+    y, where_x = _max_pool(layer, x)
+    y0, where_x0 = _max_pool(layer, x0)
+    dy = dy.reshape(y.shape)
+    delta = (y - y0) * dy
+    return (R.maxpool2d_backward(np.where(y >= y0, delta, 0), where_x, x.shape)
+            + R.maxpool2d_backward(np.where(y < y0, delta, 0), where_x0, x.shape))
+
+
+class DeepLift(Attribution):
+    """DeepLIFT with the rescale rule (Shrikumar et al. 2017), in Captum's form.
+
+    Both x and the baseline run forward; the backward pass is the gradient's
+    except at the nonlinear layers, where the multiplier replaces the local
+    derivative: delta-out / delta-in for an elementwise activation (ReLU,
+    ReLU6, LeakyReLU, GELU; the derivative itself where the input barely
+    moved, ``|delta-in| < eps``), and for max pooling the window's change of
+    output routed to the maximum of x or of the baseline (see
+    :func:`_rescale_maxpool`). Linear layers (convolution, batch norm in
+    eval mode, average pooling, a graph's sums and concatenations) keep
+    their gradient, which is their multiplier. The attribution is
+    (x - baseline) times the multipliers; for a network of such layers it
+    adds up to f(x) - f(baseline) exactly (summation to delta).
+    """
+
+    def __init__(self, model: fastconv.Model, layer: str | None = None, eps: float = 1e-10) -> None:
+        super().__init__(model, layer)
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+        self.eps = float(eps)
+
+    @overload
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = ...,
+                  return_convergence_delta: Literal[False] = ...) -> np.ndarray:
+        ...
+
+    @overload
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = ..., *,
+                  return_convergence_delta: Literal[True]) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = None,
+                  return_convergence_delta: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        C.check_images(self.model, x)
+        base = _broadcast_baseline(x, baseline)
+        n = x.shape[0]
+        targets = C.target_list(target, n, "DeepLIFT")
+        seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def keep(layer: L.Layer, inputs: np.ndarray, output: np.ndarray) -> None:
+            seen[id(layer)] = (inputs, output)
+
+        def rule(layer: L.Layer, grad_input: np.ndarray | None, grad_output: np.ndarray) -> np.ndarray | None:
+            if grad_input is None:
+                return None
+            inputs, outputs = seen[id(layer)]
+            x1, x0 = inputs[:n], inputs[n:]
+            delta_in = x1 - x0
+            if isinstance(layer, _MAX_POOLS):
+                routed = _rescale_maxpool(layer, x1, x0, grad_output[:n])
+            else:
+                routed = grad_output[:n] * (outputs[:n] - outputs[n:])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                multiplier = np.where(np.abs(delta_in) < self.eps, grad_input[:n], routed / delta_in)
+            # Only x's half is seeded, so the baseline's half carries no gradient.
+            return np.concatenate([multiplier.astype(grad_input.dtype), np.zeros_like(grad_input[n:])])
+
+        handles: list[L.HookHandle] = []
         try:
-            return np.broadcast_to(base, x.shape).copy()
-        except ValueError:
-            raise ValueError(
-                f"baseline of shape {base.shape} does not broadcast to the input shape {x.shape}"
-            ) from None
+            for _, layer in self.model.named_layers():
+                if isinstance(layer, _ELEMENTWISE + _MAX_POOLS):
+                    handles.append(layer.register_forward_hook(keep))
+                    handles.append(layer.register_backward_hook(rule))
+            with C.evaluating(self.model):
+                out = self.model.forward(np.concatenate([x, base]), until=self.layer)
+                seed = np.zeros_like(out)
+                seed[:n] = C.seed_gradient(out[:n], targets, self._where())
+                grad = self.model.backward(seed, start=self.layer, param_grads=False)[:n]
+        finally:
+            for handle in handles:
+                handle.remove()
+        attributions = (x - base) * grad
+        if not return_convergence_delta:
+            return attributions
+        delta = attributions.reshape(n, -1).sum(axis=1, dtype=np.float64) - (
+            (out[:n] * seed[:n]).reshape(n, -1).sum(axis=1, dtype=np.float64)
+            - (out[n:] * seed[:n]).reshape(n, -1).sum(axis=1, dtype=np.float64))
+        return attributions, delta
+
+
+class GradientShap(Attribution):
+    """Gradient SHAP as Captum defines it: expected gradients over random
+    baselines, random points between them and the input, and Gaussian noise
+    on the input.
+
+    For each example and each of ``samples`` draws: a baseline b picked
+    uniformly from ``baselines`` (shaped (B, C, H, W), or one image), noise
+    e ~ N(0, stdevs^2) added to the input, x' = x + e, a position alpha ~
+    U(0, 1), and the term (x' - b) * grad f(b + alpha (x' - b)); the
+    attribution is their mean. The draws come from ``seed``
+    (:meth:`draw`), so a call is repeatable.
+    """
+
+    @staticmethod
+    def draw(n: int, samples: int, baselines: int, shape: tuple[int, ...], stdevs: float,
+             seed: np.random.Generator | int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The random draws of :meth:`attribute`: baseline indices (n, samples),
+        noise (n, samples) + shape and alphas (n, samples)."""
+        rng = np.random.default_rng(seed)
+        index = rng.integers(0, baselines, (n, samples))
+        noise = rng.standard_normal((n, samples) + tuple(shape)) * stdevs
+        alphas = rng.uniform(0.0, 1.0, (n, samples))
+        return index, noise, alphas
+
+    def attribute(self, x: np.ndarray, target: C.Target, baselines: ArrayLike | None = None, samples: int = 5,
+                  stdevs: float = 0.0, seed: np.random.Generator | int | None = 0,
+                  batch_size: int = 256) -> np.ndarray:
+        C.check_images(self.model, x)
+        samples = _checks.positive_int(samples, "samples")
+        if not (isinstance(stdevs, (int, float)) and stdevs >= 0):
+            raise ValueError(f"stdevs must be a non-negative number, got {stdevs!r}")
+        refs = np.zeros((1,) + x.shape[1:], x.dtype) if baselines is None else np.asarray(baselines, x.dtype)
+        if refs.shape == x.shape[1:]:
+            refs = refs[None]
+        if refs.ndim != 4 or refs.shape[1:] != x.shape[1:] or refs.shape[0] == 0:
+            raise ValueError(f"baselines must be shaped (B,) + {x.shape[1:]} or {x.shape[1:]}, got {refs.shape}")
+        n = x.shape[0]
+        targets = C.target_list(target, n, "gradient SHAP")
+        index, noise, alphas = self.draw(n, samples, refs.shape[0], x.shape[1:], float(stdevs), seed)
+        # Example-major rows, as Captum repeats each example for its samples.
+        noisy = (x[:, None] + noise.astype(x.dtype)).reshape((n * samples,) + x.shape[1:])
+        chosen = refs[index.reshape(-1)]
+        alpha = alphas.reshape((-1, 1, 1, 1)).astype(x.dtype)
+        points = alpha * noisy + (1 - alpha) * chosen
+        row_targets = [t for t in targets for _ in range(samples)]
+        grads = np.empty_like(points)
+        for start, stop in C.batches(len(points), batch_size):
+            grads[start:stop] = self._gradient(points[start:stop], row_targets[start:stop])
+        terms = (noisy - chosen) * grads
+        return terms.reshape((n, samples) + x.shape[1:]).mean(axis=1)
+
+
+class LayerConductance:
+    """Conductance of the units of a hidden layer (Dhamdhere et al. 2018), in Captum's form.
+
+    Along the straight path from the baseline to x, each unit of ``layer``
+    collects d target / d unit times the unit's change between neighbouring
+    points of the path, for ``steps + 1`` points placed by ``method`` (those
+    of :func:`integration_points`). The result has the layer's output shape;
+    a layer's conductances add up to about f(x) - f(baseline).
+    """
+
+    def __init__(self, model: fastconv.Model, layer: str) -> None:
+        self.model = model
+        C.check_layer(model, layer)
+        self.layer = layer
+
+    def attribute(self, x: np.ndarray, target: C.Target, baseline: ArrayLike | None = None, steps: int = 50,
+                  method: str = "gausslegendre", batch_size: int = 256) -> np.ndarray:
+        C.check_images(self.model, x)
+        base = _broadcast_baseline(x, baseline)
+        steps = _checks.positive_int(steps, "steps")
+        alphas = integration_points(steps + 1, method)[0]
+        n = x.shape[0]
+        targets = C.target_list(target, n, "layer conductance")
+        per_batch = max(1, _checks.positive_int(batch_size, "batch_size") // n)
+        activations, gradients = [], []
+        with C.evaluating(self.model):
+            for start, stop in C.batches(len(alphas), per_batch):
+                a = alphas[start:stop].astype(x.dtype).reshape(-1, 1, 1, 1, 1)
+                points = (base[None] + a * (x - base)[None]).reshape((-1,) + x.shape[1:])
+                k = stop - start
+                activation, grad = C.activation_and_gradient(
+                    self.model, points, self.layer,
+                    lambda out, k=k: C.seed_gradient(out, targets * k, "the model output"))
+                activations.append(activation.reshape((k, n) + activation.shape[1:]))
+                gradients.append(grad.reshape((k, n) + grad.shape[1:]))
+        act, grad = np.concatenate(activations), np.concatenate(gradients)
+        return ((act[1:] - act[:-1]) * grad[:-1]).sum(axis=0)
 
 
 METHODS: dict[str, type[Attribution] | type[SmoothGrad]] = {
@@ -353,4 +567,7 @@ METHODS: dict[str, type[Attribution] | type[SmoothGrad]] = {
     "guided-gradcam": GuidedGradCAM,
     "smoothgrad": SmoothGrad,
     "integrated-gradients": IntegratedGradients,
+    "input-x-gradient": InputXGradient,
+    "deeplift": DeepLift,
+    "gradient-shap": GradientShap,
 }

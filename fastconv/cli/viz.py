@@ -164,26 +164,82 @@ def _occlusion(ctx, args):
     return plot_occlusion(maps, raw, classes=ctx.classes(), path=args.out)
 
 
-@_tool("attribution", "saliency, deconvnet, guided backprop, Grad-CAM, SmoothGrad, integrated gradients")
-def _attribution(ctx, args):
+def _attribute(ctx, args, method, x, targets):
+    """The (label, map) of one --methods entry."""
     from fastconv.analysis.attribution import methods as A
+    from fastconv.analysis.attribution.lrp import LRP, AlphaBeta, Epsilon
+
+    if method in ("gradcam", "guided-gradcam"):
+        layer = args.layer or A.default_gradcam_layer(ctx.model)
+        return f"{method} ({layer})", A.METHODS[method](ctx.model, layer).attribute(x, targets)
+    if method == "integrated-gradients":
+        return method, A.IntegratedGradients(ctx.model).attribute(x, targets, steps=args.steps)
+    if method in ("smoothgrad", "gradient-shap"):
+        return method, A.METHODS[method](ctx.model).attribute(x, targets, samples=args.samples)
+    if method == "lrp-epsilon":
+        return method, LRP(ctx.model, Epsilon(0.25)).attribute(x, targets)
+    if method == "lrp-alpha-beta":
+        return method, LRP(ctx.model, AlphaBeta(1, 0)).attribute(x, targets)
+    return method, A.METHODS[method](ctx.model).attribute(x, targets)
+
+
+SIGNED = {"gradient", "integrated-gradients", "input-x-gradient", "deeplift", "gradient-shap", "lrp-epsilon",
+          "lrp-alpha-beta"}
+EXTRA_METHODS = ("lrp-epsilon", "lrp-alpha-beta")
+
+
+@_tool("attribution", "saliency, deconvnet, guided backprop, Grad-CAM, SmoothGrad, integrated gradients, "
+                      "input x gradient, DeepLIFT, gradient SHAP, LRP")
+def _attribution(ctx, args):
     from fastconv.analysis.visualize.figures import plot_attributions
 
     raw, x, labels = ctx.selected()
     targets = labels.tolist() if args.target is None else [args.target] * len(x)
-    results = {}
-    for method in args.methods:
-        if method in ("gradcam", "guided-gradcam"):
-            layer = args.layer or A.default_gradcam_layer(ctx.model)
-            results[f"{method} ({layer})"] = A.METHODS[method](ctx.model, layer).attribute(x, targets)
-        elif method == "integrated-gradients":
-            results[method] = A.IntegratedGradients(ctx.model).attribute(x, targets, steps=args.steps)
-        elif method == "smoothgrad":
-            results[method] = A.SmoothGrad(ctx.model).attribute(x, targets, samples=args.samples)
-        else:
-            results[method] = A.METHODS[method](ctx.model).attribute(x, targets)
-    signed = {"gradient", "integrated-gradients"}
+    results = dict(_attribute(ctx, args, method, x, targets) for method in args.methods)
+    signed = {label for label in results if label in SIGNED}
     return plot_attributions(raw, results, targets=targets, classes=ctx.classes(), signed=signed, path=args.out)
+
+
+@_tool("sanity", "cascading layer randomization (rank correlation of maps) and deletion/insertion AUC per method")
+def _sanity(ctx, args):
+    import numpy as np
+
+    from fastconv.analysis.attribution import metrics
+    from fastconv.analysis.attribution.figures import plot_sanity
+
+    raw, labels = ctx.images()
+    if not 0 < args.count <= len(raw):
+        raise _usage_error(f"--count {args.count} is out of range for the {args.split} split of {len(raw)} images")
+    x, targets = ctx.normalize(raw[:args.count]), labels[:args.count].tolist()
+    checks, deletion, insertion = {}, {}, {}
+    rows = ["| method | rank correlation, top layer random | all layers random | deletion AUC | insertion AUC |",
+            "|---|---|---|---|---|"]
+    for method in args.methods + ["random"]:
+        if method == "random":
+            maps = np.random.default_rng(0).normal(size=x.shape).astype(x.dtype)
+        else:
+            label, maps = _attribute(ctx, args, method, x, targets)
+            checks[label] = metrics.cascading_randomization(
+                ctx.model, lambda m, method=method: _Bound(ctx, args, method, m), x, targets, seed=0)
+        deletion[method] = float(metrics.perturbation_curve(ctx.model, x, targets, maps, "deletion").auc.mean())
+        insertion[method] = float(metrics.perturbation_curve(ctx.model, x, targets, maps, "insertion").auc.mean())
+        sanity = (f"{checks[label].mean[0]:.2f} | {checks[label].mean[-1]:.2f}" if method != "random"
+                  else "- | -")
+        rows.append(f"| {method} | {sanity} | {deletion[method]:.3f} | {insertion[method]:.3f} |")
+    print("\n".join(rows))
+    return plot_sanity(checks, deletion, insertion, path=args.out)
+
+
+class _Bound:
+    """One --methods entry on another model (the randomized copy), with the ``attribute`` verb."""
+
+    def __init__(self, ctx, args, method, model):
+        self.model = model
+        self.ctx = argparse.Namespace(model=model)
+        self.args, self.method = args, method
+
+    def attribute(self, x, targets):
+        return _attribute(self.ctx, self.args, self.method, x, targets)[1]
 
 
 @_tool("segment", "GrabCut segmentation seeded by the saliency map (needs opencv)")
@@ -387,14 +443,25 @@ def add_viz_parser(subparsers):
 
     p = tools.add_parser("attribution", help=TOOLS["attribution"][1], description=TOOLS["attribution"][1])
     _add_common(p, many=True)
-    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="METHOD",
-                   default=["saliency", "deconvnet", "guided-backprop", "gradcam", "guided-gradcam"],
-                   help=f"any of {', '.join(sorted(METHODS))} "
-                        "(default: saliency deconvnet guided-backprop gradcam guided-gradcam)")
+    methods = sorted(set(METHODS) | set(EXTRA_METHODS))
+
+    def add_methods(p, default):
+        p.add_argument("--methods", nargs="+", choices=methods, metavar="METHOD", default=default,
+                       help=f"any of {', '.join(methods)} (default: {' '.join(default)})")
+        p.add_argument("--layer", help="layer for Grad-CAM (default: the ReLU after the last Conv2d)")
+        p.add_argument("--steps", type=argtypes.positive_int, default=50,
+                       help="integrated-gradients steps (default: 50)")
+        p.add_argument("--samples", type=argtypes.positive_int, default=25,
+                       help="SmoothGrad and gradient-SHAP samples (default: 25)")
+
+    add_methods(p, ["saliency", "deconvnet", "guided-backprop", "gradcam", "guided-gradcam"])
     p.add_argument("--target", type=int, help="class to explain (default: each image's label)")
-    p.add_argument("--layer", help="layer for Grad-CAM (default: the ReLU after the last Conv2d)")
-    p.add_argument("--steps", type=argtypes.positive_int, default=50, help="integrated-gradients steps (default: 50)")
-    p.add_argument("--samples", type=argtypes.positive_int, default=25, help="SmoothGrad noisy samples (default: 25)")
+
+    p = tools.add_parser("sanity", help=TOOLS["sanity"][1], description=TOOLS["sanity"][1])
+    _add_common(p, index=False)
+    add_methods(p, ["gradient", "guided-backprop", "gradcam", "integrated-gradients", "deeplift", "lrp-epsilon"])
+    p.add_argument("--count", type=argtypes.positive_int, default=16,
+                   help="how many images of the split, from the first (default: 16)")
 
     p = tools.add_parser("segment", help=TOOLS["segment"][1], description=TOOLS["segment"][1])
     _add_common(p)
