@@ -208,10 +208,11 @@ def plot_templates(templates: ArrayLike, classes: Sequence[str] | None = None, t
 
 
 def plot_loss_history(curves: dict[str, ArrayLike], ylabel: str = "loss", title: str | None = None,
-                      secondary: dict[str, ArrayLike] | None = None,
+                      secondary: dict[str, ArrayLike] | None = None, log: bool = False,
                       path: str | os.PathLike | None = None) -> Figure:
     """Curves of an attack's objective against its steps: {label: values}
-    (an attack's ``loss_history``, or the terms of its ``loss_parts``);
+    (an attack's ``loss_history``, or the terms of its ``loss_parts``),
+    on a log scale with ``log`` (for positive values);
     ``secondary`` curves (a probability, say) go on a second axis on the right."""
     if not curves:
         raise ValueError("no curve to plot")
@@ -222,6 +223,8 @@ def plot_loss_history(curves: dict[str, ArrayLike], ylabel: str = "loss", title:
         ax.plot(np.arange(1, len(values) + 1), values, color=f"C{i}", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if secondary:
@@ -307,7 +310,7 @@ def plot_survival(model: fastconv.Model, images: dict[str, np.ndarray], transfor
     for r, label in enumerate(rows):
         predicted, confidence, _ = _confidences(model, images[label][:1])
         _show_pixels(axes[r, 0], images[label][0],
-                     f"{label} ({rates[label]:.0%} survive)\n{_describe(classes, predicted[0], confidence[0])}")
+                     f"{label}\n{rates[label]:.0%} survive\n{_describe(classes, predicted[0], confidence[0])}")
         predicted, confidence, _ = _confidences(model, transformed[label])
         for c in range(1, columns):
             if c - 1 < len(transformed[label]):

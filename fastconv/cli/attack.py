@@ -389,8 +389,8 @@ def cmd_look_alike(args):
     cost_path = args.plot_loss or str(Path(args.out).with_name(Path(args.out).stem + "_cost.png"))
     plot_loss_history({"total": attack.loss_history, "cross-entropy of the target": parts["cross_entropy"],
                        f"{args.beta:g} x MSE to the picture": args.beta * parts["mse"]},
-                      ylabel="cost (mean over the images)", secondary={"target probability":
-                                                                       parts["target_probability"]},
+                      ylabel="cost (mean over the images)", log=True,
+                      secondary={"target probability": parts["target_probability"]},
                       title=f"cost of the look-alike images ({classes[target]}, beta {args.beta:g})",
                       path=cost_path)
     p = softmax(A.predict_pixels(model, images).astype(np.float64), axis=1)
@@ -603,18 +603,21 @@ def cmd_eot(args):
     attacks = {f"PGD eps {args.eps:g}": A.PGD(model, eps=args.eps, steps=args.steps, seed=args.seed),
                f"EOT eps {args.eps:g}": EOT(model, eps=args.eps, steps=args.steps, samples=args.samples,
                                             transformations=transformations, seed=args.seed)}
-    images, shown, rates, record = {}, {}, {}, {}
-    rng = np.random.default_rng(args.seed + 1)
-    views = [transformations.sample(rng) for _ in range(args.views)]
+    adversarial, rates, record = {}, {}, {}
     for label, attack in attacks.items():
-        x_adv = attack(x, y)
-        record[label] = survival(model, x_adv, y, transformations=transformations, draws=args.draws,
+        adversarial[label] = attack(x, y)
+        record[label] = survival(model, adversarial[label], y, transformations=transformations, draws=args.draws,
                                  seed=args.seed + 2)
         rates[label] = record[label]["survival_rate"]
-        images[label] = x_adv[:1]
-        shown[label] = np.concatenate([view.apply(x_adv[:1]) for view in views])
         print(f"{label}: fools the model on {record[label]['untransformed']:.1%} of {len(x)} correctly classified "
               f"images as they are, on {rates[label]:.1%} after a random transformation ({args.draws} draws each)")
+    # the figure shows the first image that every attack fools as it is, when there is one
+    fooled = np.all([A.predict_pixels(model, x_adv).argmax(axis=1) != y for x_adv in adversarial.values()], axis=0)
+    shown_index = int(np.argmax(fooled)) if fooled.any() else 0
+    rng = np.random.default_rng(args.seed + 1)
+    views = [transformations.sample(rng) for _ in range(args.views)]
+    images = {label: x_adv[shown_index:shown_index + 1] for label, x_adv in adversarial.items()}
+    shown = {label: np.concatenate([view.apply(image) for view in views]) for label, image in images.items()}
     plot_survival(model, images, shown, rates, classes=classes,
                   title=f"adversarial images under random transformations ({run.label})", path=args.out)
     json_path = _json_path(args.out, args.json)
