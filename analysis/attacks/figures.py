@@ -322,19 +322,21 @@ def plot_survival(model: fastconv.Model, images: dict[str, np.ndarray], transfor
     return _finish(fig, path)
 
 
-def plot_substitute(info: dict[str, Any], transfers: dict[str, dict[str, Any]], title: str | None = None,
-                    path: str | os.PathLike | None = None) -> Figure:
+def plot_substitute(info: dict[str, Any], transfers: dict[str, dict[str, Any]], baseline: float | None = None,
+                    title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
     """A black-box attack through a substitute: the substitute's agreement with
     the victim after each round (left, against the victim queries), and for
     each attack on the substitute ({label: :func:`~fastconv.analysis.transfer`
-    result}) how often it fools the substitute and the victim (right)."""
+    result}) how often it fools the substitute and the victim (right), with
+    ``baseline`` (how often random noise of the same size fools the victim)
+    as a dashed line."""
     fig = new_figure(9.6, 3.9)
     left, right = fig.subplots(1, 2)
     sizes = info["set_sizes"]
     left.plot(sizes, info["agreement"], marker="o")
     left.set_xscale("log", base=2)
     left.set_xlabel("training set of the round (victim queries so far)")
-    left.set_ylabel("agreement with the victim")
+    left.set_ylabel("agreement with the victim's labels")
     left.set_ylim(0, 1.02)
     left.grid(alpha=0.3)
     left.set_title("substitute training (Jacobian augmentation)", fontsize=9)
@@ -344,6 +346,8 @@ def plot_substitute(info: dict[str, Any], transfers: dict[str, dict[str, Any]], 
     rates = [t["transfer_rate"] for t in transfers.values()]
     right.bar(positions - 0.2, fooled_source, 0.4, label="substitute fooled (white box)")
     right.bar(positions + 0.2, rates, 0.4, label="victim fooled too (transfer rate)")
+    if baseline is not None:
+        right.axhline(baseline, linestyle="--", color="grey", label="victim fooled by random noise of that size")
     right.set_xticks(positions, labels, fontsize=8)
     right.set_ylim(0, 1.02)
     right.set_ylabel("share of the images")

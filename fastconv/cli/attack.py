@@ -483,7 +483,8 @@ def cmd_substitute(args):
     substitute, info = train_substitute(
         victim, x_seed, lambda: _fresh_model(name, victim, num_classes, x.shape[1], args.seed + 7),
         rounds=args.rounds, step=args.step, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, progress=lambda line: print(f"  {line}", flush=True))
+        # agreement on the evaluation images, which the substitute never trains on
+        seed=args.seed, x_check=x, progress=lambda line: print(f"  {line}", flush=True))
     transfers = {}
     for method in args.methods:
         attack = A.make_attack(method, substitute, eps=args.eps, **({"steps": args.steps} if method == "pgd" else {}))
@@ -499,8 +500,10 @@ def cmd_substitute(args):
     correct = predicted == y
     noise_rate = float((correct & (A.predict_pixels(victim, noisy).argmax(axis=1) != y)).sum() / max(correct.sum(), 1))
     print(f"random +-{args.eps:g} noise of the same size fools the victim on {noise_rate:.1%} of its correct answers")
-    plot_substitute(info, transfers, title=f"black-box attack on {run.label}: {info['queries']} victim queries, "
-                                           f"{args.limit} test images", path=args.out)
+    plot_substitute(info, transfers, baseline=noise_rate,
+                    title=f"black-box attack on {run.label}: {info['queries']} victim queries, "
+                          f"{args.limit} test images",
+                    path=args.out)
     json_path = _json_path(args.out, args.json)
     _write_json(json_path, {"run": str(args.run_dir), "substitute_model": name, "training": info,
                             "transfers": transfers, "random_noise_fooling_rate": noise_rate})
