@@ -1,6 +1,19 @@
 """Adversarial examples: the attacks, robustness measurements and defenses,
 the linear-classifier experiments, and their figures."""
-from fastconv.analysis.attacks.figures import plot_adversarial, plot_fooling_images, plot_robustness, plot_templates
+from fastconv.analysis.attacks.detect import FeatureSqueezing, detection_roc
+from fastconv.analysis.attacks.eot import EOT, Transformations, survival
+from fastconv.analysis.attacks.figures import (
+    plot_adversarial,
+    plot_detection_roc,
+    plot_fooling_images,
+    plot_loss_history,
+    plot_perturbation_transfer,
+    plot_robustness,
+    plot_substitute,
+    plot_survival,
+    plot_templates,
+)
+from fastconv.analysis.attacks.generation import LookAlike, perturbation_transfer
 from fastconv.analysis.attacks.linear import add_template, linear_classifier, template_flip, templates, train_linear
 from fastconv.analysis.attacks.methods import (
     ATTACKS,
@@ -32,4 +45,6 @@ __all__ = [
     "defensive_distillation", "train_substitute", "jacobian_augmentation",
     "linear_classifier", "train_linear", "templates", "add_template", "template_flip",
     "plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates",
+    "LookAlike", "perturbation_transfer", "FeatureSqueezing", "detection_roc", "EOT", "Transformations", "survival",
+    "plot_loss_history", "plot_perturbation_transfer", "plot_detection_roc", "plot_survival", "plot_substitute",
 ]

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
     import fastconv
 
-__all__ = ["plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates"]
+__all__ = ["plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates", "plot_loss_history",
+           "plot_perturbation_transfer", "plot_detection_roc", "plot_survival", "plot_substitute"]
 
 NORM_TITLES = {"linf": "L-infinity", "l2": "L2"}
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -200,4 +201,158 @@ def plot_templates(templates: ArrayLike, classes: Sequence[str] | None = None, t
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, fraction=0.02)
     fig.suptitle(title or "templates of a linear classifier (one weight row per class)", fontsize=10)
+    return _finish(fig, path)
+
+
+# ------------------------------------------------------------------ the seeds' experiments
+
+
+def plot_loss_history(curves: dict[str, ArrayLike], ylabel: str = "loss", title: str | None = None,
+                      secondary: dict[str, ArrayLike] | None = None, log: bool = False,
+                      path: str | os.PathLike | None = None) -> Figure:
+    """Curves of an attack's objective against its steps: {label: values}
+    (an attack's ``loss_history``, or the terms of its ``loss_parts``),
+    on a log scale with ``log`` (for positive values);
+    ``secondary`` curves (a probability, say) go on a second axis on the right."""
+    if not curves:
+        raise ValueError("no curve to plot")
+    fig = new_figure(6.4, 4.0)
+    ax = fig.subplots()
+    for i, (label, values) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=np.float64)
+        ax.plot(np.arange(1, len(values) + 1), values, color=f"C{i}", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        right = ax.twinx()
+        for j, (label, values) in enumerate(secondary.items()):
+            values = np.asarray(values, dtype=np.float64)
+            right.plot(np.arange(1, len(values) + 1), values, ":", color=f"C{len(curves) + j}", label=label)
+        right.set_ylabel(", ".join(secondary))
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=7)
+    ax.set_title(title or "the attack's objective at each step", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_perturbation_transfer(model: fastconv.Model, result: dict[str, Any], classes: Sequence[str] | None = None,
+                               title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
+    """For each row of a :func:`~fastconv.analysis.attacks.generation.perturbation_transfer`
+    result, a 2x2 grid: the image and its adversarial version (top), the
+    perturbation and the other image with it added (bottom), each titled
+    with the model's prediction and confidence."""
+    classes = classes if classes is not None else C.meta_classes(model)
+    x, n = result["x"], len(result["x"])
+    delta = np.asarray(result["perturbation"], dtype=np.float64)
+    largest = float(np.abs(delta).max())
+    amplify = 0.5 / largest if largest > 0 else 1.0
+    shown = {name: _confidences(model, result[name]) for name in ("x", "x_adv", "other", "other_adv")}
+    fig = new_figure(3.3 * n + 0.2, 4.0)
+    panels = fig.subfigures(1, n, squeeze=False)[0]
+    for i, panel in enumerate(panels):
+        axes = panel.subplots(2, 2)
+
+        def label(name: str, what: str, i: int = i) -> str:
+            predicted, confidence, _ = shown[name]
+            return f"{what}\n{_describe(classes, predicted[i], confidence[i])}"
+
+        _show_pixels(axes[0, 0], x[i], label("x", "image"))
+        _show_pixels(axes[0, 1], result["x_adv"][i], label("x_adv", "image + perturbation"))
+        _show_pixels(axes[1, 0], 0.5 + amplify * delta[i], f"perturbation x{amplify:.3g}")
+        _show_pixels(axes[1, 1], result["other_adv"][i],
+                     label("other_adv", f"other image + perturbation\n(alone: "
+                           f"{_describe(classes, shown['other'][0][i], shown['other'][1][i])})"))
+    fig.suptitle(title or "one image's perturbation added to another image", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_detection_roc(rocs: dict[str, dict[str, Any]], title: str | None = None,
+                       path: str | os.PathLike | None = None) -> Figure:
+    """ROC curves of a detector of adversarial images, one per attack:
+    {label: :func:`~fastconv.analysis.attacks.detect.detection_roc` result}, AUC in the legend."""
+    if not rocs:
+        raise ValueError("no ROC curve to plot")
+    fig = new_figure(5.0, 4.6)
+    ax = fig.subplots()
+    for i, (label, roc) in enumerate(rocs.items()):
+        ax.plot(roc["fpr"], roc["tpr"], color=f"C{i}",
+                label=f"{label}: AUC {roc['auc']:.3f} ({roc['adversarial']} adversarial, {roc['natural']} natural)")
+        if "detection_rate" in roc:
+            ax.plot([roc["false_positive_rate"]], [roc["detection_rate"]], "o", color=f"C{i}", markersize=5)
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+    ax.set_xlabel("false positive rate (natural images flagged)")
+    ax.set_ylabel("true positive rate (adversarial images flagged)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or "detecting adversarial images", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_survival(model: fastconv.Model, images: dict[str, np.ndarray], transformed: dict[str, np.ndarray],
+                  rates: dict[str, float], classes: Sequence[str] | None = None, title: str | None = None,
+                  path: str | os.PathLike | None = None) -> Figure:
+    """Adversarial images under random transformations: one row per kind of
+    image ({label: (N, C, H, W)}), the image then the same transformations
+    of it ({label: (K, C, H, W)}), each titled with the prediction; the
+    row's title gives its survival rate ``rates[label]``."""
+    classes = classes if classes is not None else C.meta_classes(model)
+    rows = list(images)
+    columns = 1 + max(len(transformed[label]) for label in rows)
+    fig = new_figure(1.45 * columns + 0.3, 1.9 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, label in enumerate(rows):
+        predicted, confidence, _ = _confidences(model, images[label][:1])
+        _show_pixels(axes[r, 0], images[label][0],
+                     f"{label}\n{rates[label]:.0%} survive\n{_describe(classes, predicted[0], confidence[0])}")
+        predicted, confidence, _ = _confidences(model, transformed[label])
+        for c in range(1, columns):
+            if c - 1 < len(transformed[label]):
+                _show_pixels(axes[r, c], transformed[label][c - 1],
+                             _describe(classes, predicted[c - 1], confidence[c - 1]))
+            else:
+                axes[r, c].axis("off")
+    fig.suptitle(title or "adversarial images under random transformations", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_substitute(info: dict[str, Any], transfers: dict[str, dict[str, Any]], baseline: float | None = None,
+                    title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
+    """A black-box attack through a substitute: the substitute's agreement with
+    the victim after each round (left, against the victim queries), and for
+    each attack on the substitute ({label: :func:`~fastconv.analysis.transfer`
+    result}) how often it fools the substitute and the victim (right), with
+    ``baseline`` (how often random noise of the same size fools the victim)
+    as a dashed line."""
+    fig = new_figure(9.6, 3.9)
+    left, right = fig.subplots(1, 2)
+    sizes = info["set_sizes"]
+    left.plot(sizes, info["agreement"], marker="o")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("training set of the round (victim queries so far)")
+    left.set_ylabel("agreement with the victim's labels")
+    left.set_ylim(0, 1.02)
+    left.grid(alpha=0.3)
+    left.set_title("substitute training (Jacobian augmentation)", fontsize=9)
+    labels = list(transfers)
+    positions = np.arange(len(labels))
+    fooled_source = [t["source"]["success_rate"] for t in transfers.values()]
+    rates = [t["transfer_rate"] for t in transfers.values()]
+    right.bar(positions - 0.2, fooled_source, 0.4, label="substitute fooled (white box)")
+    right.bar(positions + 0.2, rates, 0.4, label="victim fooled too (transfer rate)")
+    if baseline is not None:
+        right.axhline(baseline, linestyle="--", color="grey", label="victim fooled by random noise of that size")
+    right.set_xticks(positions, labels, fontsize=8)
+    right.set_ylim(0, 1.02)
+    right.set_ylabel("share of the images")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3, axis="y")
+    right.set_title("adversarial examples of the substitute shown to the victim", fontsize=9)
+    fig.suptitle(title or "a black-box attack through a substitute", fontsize=10)
     return _finish(fig, path)

@@ -37,7 +37,7 @@ import numpy as np
 
 from fastconv import _checks
 from fastconv.analysis import _common as C
-from fastconv.nn.losses import softmax
+from fastconv.nn.losses import log_softmax, softmax
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -157,6 +157,11 @@ def _cross_entropy_ascent(logits: np.ndarray, y: np.ndarray | None, target: np.n
     return _one_hot(target, p.shape[1]) - p
 
 
+def _cross_entropy(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Per-example cross-entropy of ``classes`` under the logits."""
+    return -log_softmax(logits.astype(np.float64), axis=1)[np.arange(len(logits)), classes]
+
+
 def _per_example(values: np.ndarray, n: int) -> np.ndarray:
     return values.reshape(n, -1)
 
@@ -239,11 +244,18 @@ class Attack:
     ``norm`` is the distance the attack measures perturbations with ('linf'
     or 'l2'); ``minimal`` is True for attacks that look for the smallest
     perturbation that succeeds rather than the most harmful one of size eps.
+
+    After each call, ``loss_history`` holds one value per step of the attack:
+    the mean over the images of the objective it works on at that step
+    (``loss_name`` says which). An image that stopped early keeps its last
+    value; when batches stop after different numbers of steps, the later
+    steps average over the batches that reached them.
     """
 
     name = "attack"
     norm = "linf"
     minimal = False
+    loss_name = "loss"
 
     def __init__(self, model: fastconv.Model, batch_size: int = 256) -> None:
         if not hasattr(model, "forward") or not hasattr(model, "backward"):
@@ -286,6 +298,9 @@ class Attack:
         rng = self._rng()
         num_classes = _num_classes(self.model, x.shape)
         out = np.empty_like(x)
+        self._loss_sums: list[float] = []
+        self._loss_counts: list[int] = []
+        self._part_sums: dict[str, list[float]] = {}
         with C.evaluating(self.model):
             pixels = _PixelModel(self.model)
             for start, stop in C.batches(n, self.batch_size):
@@ -295,7 +310,33 @@ class Attack:
                 tb = target if target is None or C.is_int(target) else cast(np.ndarray, target)[start:stop]
                 yb, tb = _resolve_labels(yb, tb, pixels, xb, num_classes)
                 out[start:stop] = self._attack(pixels, xb, yb, tb, rng)
+        counts = np.maximum(np.asarray(self._loss_counts), 1)
+        self._loss_history = np.asarray(self._loss_sums) / counts
+        self._loss_parts = {name: np.asarray(sums) / counts for name, sums in self._part_sums.items()}
         return out
+
+    @property
+    def loss_history(self) -> np.ndarray:
+        """The objective's mean at each step of the last call (empty before the first)."""
+        return getattr(self, "_loss_history", np.zeros(0))
+
+    @property
+    def loss_parts(self) -> dict[str, np.ndarray]:
+        """The terms of an objective that has several, each like ``loss_history`` (empty for most attacks)."""
+        return dict(getattr(self, "_loss_parts", {}))
+
+    def _record(self, step: int, losses: np.ndarray, **parts: np.ndarray) -> None:
+        """Add the per-image values of the objective at ``step`` (0-based), and of its
+        terms if it has several, to ``loss_history`` and ``loss_parts``."""
+        while len(self._loss_sums) <= step:
+            self._loss_sums.append(0.0)
+            self._loss_counts.append(0)
+        self._loss_sums[step] += float(np.sum(losses))
+        self._loss_counts[step] += int(np.size(losses))
+        for name, values in parts.items():
+            sums = self._part_sums.setdefault(name, [])
+            sums.extend([0.0] * (step + 1 - len(sums)))
+            sums[step] += float(np.sum(values))
 
     def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
                 rng: np.random.Generator) -> np.ndarray:
@@ -313,6 +354,7 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    loss_name = "cross-entropy of the label (untargeted, rises) or of the target (targeted, falls)"
 
     def __init__(self, model: fastconv.Model, eps: float = 8 / 255, batch_size: int = 256) -> None:
         super().__init__(model, batch_size)
@@ -321,6 +363,7 @@ class FGSM(Attack):
     def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
                 rng: np.random.Generator) -> np.ndarray:
         logits = pixels.logits(x)
+        self._record(0, _cross_entropy(logits, cast(np.ndarray, y if target is None else target)))
         grad = pixels.input_gradient(_cross_entropy_ascent(logits, y, target), x.shape[1])
         return np.clip(x + x.dtype.type(self.eps) * np.sign(grad), 0, 1).astype(x.dtype)
 
@@ -336,6 +379,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    loss_name = "cross-entropy of the label (untargeted, rises) or of the target (targeted, falls)"
 
     def __init__(self, model: fastconv.Model, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
                  random_start: bool = True, seed: np.random.Generator | int | None = 0, batch_size: int = 256) -> None:
@@ -363,8 +407,9 @@ class PGD(Attack):
                 rng: np.random.Generator) -> np.ndarray:
         alpha = x.dtype.type(self.step_size())
         x_adv = self._start(x, rng) if self.random_start else x.copy()
-        for _ in range(self.steps):
+        for step in range(self.steps):
             logits = pixels.logits(x_adv)
+            self._record(step, _cross_entropy(logits, cast(np.ndarray, y if target is None else target)))
             grad = pixels.input_gradient(_cross_entropy_ascent(logits, y, target), x.shape[1])
             delta = self._project(x_adv + self._step(grad, alpha) - x)
             x_adv = np.clip(x + delta, 0, 1).astype(x.dtype)
@@ -423,6 +468,7 @@ class IterativeTargeted(Attack):
     """
 
     name = "iterative"
+    loss_name = "cross-entropy of the class each image climbs towards (falls)"
 
     def __init__(self, model: fastconv.Model, confidence: float = 0.99, alpha: float = 0.01, steps: int = 200,
                  eps: float | None = None, batch_size: int = 256) -> None:
@@ -446,6 +492,7 @@ class IterativeTargeted(Attack):
         x_adv = x.copy()
         active = np.arange(x.shape[0])
         channels = x.shape[1]
+        losses = np.zeros(x.shape[0])
         for step in range(self.steps + 1):
             xa = x_adv[active]
             logits = pixels.logits(xa)
@@ -453,6 +500,8 @@ class IterativeTargeted(Attack):
             unfinished = softmax(logits.astype(np.float64), axis=1)[np.arange(len(active)), goal] < self.confidence
             if step == self.steps or not unfinished.any():
                 break
+            losses[active] = _cross_entropy(logits, goal)
+            self._record(step, losses)
             if not unfinished.all():
                 active, goal, xa = active[unfinished], goal[unfinished], xa[unfinished]
                 logits = pixels.logits(xa)  # the forward pass the gradient goes back through
@@ -483,6 +532,8 @@ class DeepFool(Attack):
     name = "deepfool"
     norm = "l2"
     minimal = True
+    loss_name = ("logit of the original class minus the highest other (untargeted), or minus the "
+                 "target's (targeted); falls below zero where the decision changes")
 
     def __init__(self, model: fastconv.Model, steps: int = 50, overshoot: float = 0.02,
                  candidates: int | None = None, batch_size: int = 256) -> None:
@@ -504,6 +555,16 @@ class DeepFool(Attack):
             grads[j] = pixels.input_gradient(seed, x_shape[1])
         return grads
 
+    @staticmethod
+    def _margin(logits: np.ndarray, source: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+        z = logits.astype(np.float64)
+        rows = np.arange(len(z))
+        if target is not None:
+            return z[rows, source] - z[rows, target]
+        others = z.copy()
+        others[rows, source] = -np.inf
+        return z[rows, source] - others.max(axis=1)
+
     def _attack(self, pixels: _PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
                 rng: np.random.Generator) -> np.ndarray:
         n = x.shape[0]
@@ -520,12 +581,15 @@ class DeepFool(Attack):
         total = np.zeros(x.shape, dtype=np.float64)
         x_adv = x.copy()
         active = np.arange(n)
-        for _ in range(self.steps):
+        margins = np.zeros(n)
+        for step in range(self.steps):
             logits = pixels.logits(x_adv[active])
             predicted = logits.argmax(axis=1)
             unfinished = predicted != target[active] if target is not None else predicted == source[active]
             if not unfinished.any():
                 break
+            margins[active] = self._margin(logits, source[active], None if target is None else target[active])
+            self._record(step, margins)
             if not unfinished.all():
                 active = active[unfinished]
                 logits = pixels.logits(x_adv[active])  # the forward pass the gradients go back through
@@ -565,6 +629,7 @@ class CarliniWagnerL2(Attack):
     name = "cw"
     norm = "l2"
     minimal = True
+    loss_name = "||x_adv - x||^2 + c * f(x_adv), the steps of every constant one after another"
 
     def __init__(self, model: fastconv.Model, c: float | None = None, initial_const: float = 1.0,
                  kappa: float = 0.0, steps: int = 100, lr: float = 0.1, binary_search_steps: int = 5,
@@ -611,6 +676,7 @@ class CarliniWagnerL2(Attack):
         best_l2 = np.full(n, np.inf)
         best = x.copy()
         beta1, beta2 = 0.9, 0.999
+        taken = 0
         for _ in range(self.binary_search_steps):
             w = w0.copy()
             m, v = np.zeros_like(w), np.zeros_like(w)
@@ -629,7 +695,10 @@ class CarliniWagnerL2(Attack):
                 best_l2[improved] = l2_sq[improved]
                 best[improved] = candidate[improved]
                 succeeded |= won
-                loss = float((l2_sq + const * f).sum())
+                per_image = l2_sq + const * f
+                self._record(taken, per_image)
+                taken += 1
+                loss = float(per_image.sum())
                 dx = 2 * diff + pixels.input_gradient(dlogits * const[:, None], x.shape[1])
                 grad = dx * (1 - np.square(np.tanh(w))) / 2
                 m = beta1 * m + (1 - beta1) * grad
