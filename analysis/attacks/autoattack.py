@@ -35,6 +35,7 @@ it is decided.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -152,6 +153,11 @@ def _succeeded(logits: np.ndarray, y: np.ndarray | None, target: np.ndarray | No
     return predicted == target if target is not None else predicted != y
 
 
+def _reached(logits: np.ndarray, y: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+    """Success of a call aimed at ``target`` if given, else away from the labels y."""
+    return _succeeded(logits, None if target is not None else y, target)
+
+
 def _ranked_classes(logits: np.ndarray, rank: int) -> np.ndarray:
     """The class each image's logits rank ``rank``-th (1: the top one)."""
     return np.argsort(-logits.astype(np.float64), axis=1, kind="stable")[:, rank - 1].astype(np.intp)
@@ -207,6 +213,8 @@ def _apgd_run(pixels: A._PixelModel, x: np.ndarray, start: np.ndarray, objective
     increases = np.zeros(n)
     last_checkpoint, eta_then, best_then = 0, eta.copy(), best_value.copy()
     for k in range(steps):
+        if found.all():
+            break  # later iterates cannot change what is returned
         step = (eta.reshape(shape) * np.sign(grad)).astype(x.dtype)
         z = _project(x_k + step, x, eps)
         if k == 0:
@@ -289,8 +297,7 @@ class APGD(A.Attack):
                 break
             xs, ys, ts = x[left], labels[left], None if target is None else target[left]
             result, found = _apgd_run(pixels, xs, _random_start(xs, self.eps, rng), self._objective(ys, ts),
-                                      lambda logits, ys=ys, ts=ts: _succeeded(logits, None if ts is not None
-                                                                              else ys, ts),
+                                      functools.partial(_reached, y=ys, target=ts),
                                       self.eps, self.steps, self.rho)
             x_adv[left] = result
             left = left[~found]
@@ -350,12 +357,10 @@ class APGDT(A.Attack):
                 aim = ts if target is not None else None
                 result, found = _apgd_run(
                     pixels, xs, _random_start(xs, self.eps, rng),
-                    lambda logits, ys=ys, ts=ts: targeted_dlr_loss(logits, ys, ts),
-                    lambda logits, ys=ys, aim=aim: _succeeded(logits, None if aim is not None else ys, aim),
+                    functools.partial(targeted_dlr_loss, y=ys, target=ts),
+                    functools.partial(_reached, y=ys, target=aim),
                     self.eps, self.steps, self.rho)
-                x_adv[left[found]] = result[found]
-                if target is not None or not (~found).any():
-                    x_adv[left[~found]] = result[~found]
+                x_adv[left] = result
                 left = left[~found]
         return x_adv
 
@@ -672,8 +677,8 @@ class AutoAttack(A.Attack):
         """
         x = A.check_pixels(self.model, x)
         n = x.shape[0]
-        y = A._class_array(y, n, A._num_classes(self.model, x.shape), "label")
-        robust = A.predict_pixels(self.model, x, self.batch_size).argmax(axis=1) == y
+        labels = A._class_array(y, n, A._num_classes(self.model, x.shape), "label")
+        robust = A.predict_pixels(self.model, x, self.batch_size).argmax(axis=1) == labels
         report: dict[str, Any] = {"images": int(n), "eps": self.eps, "clean_accuracy": float(robust.mean()),
                                   "sequence": []}
         if progress:
@@ -683,8 +688,8 @@ class AutoAttack(A.Attack):
             started = time.perf_counter()
             left = np.flatnonzero(robust)
             if left.size:
-                attempt = attack(x[left], y[left])
-                broken = A.predict_pixels(self.model, attempt, self.batch_size).argmax(axis=1) != y[left]
+                attempt = attack(x[left], labels[left])
+                broken = A.predict_pixels(self.model, attempt, self.batch_size).argmax(axis=1) != labels[left]
                 x_adv[left[broken]] = attempt[broken]
                 robust[left[broken]] = False
             report["sequence"].append({"attack": attack.name, "robust_accuracy": float(robust.mean()),
@@ -693,15 +698,15 @@ class AutoAttack(A.Attack):
                 progress(f"after {attack.name}: {robust.mean():.4f}")
         report["robust_accuracy"] = float(robust.mean())
         if individual:
-            correct = A.predict_pixels(self.model, x, self.batch_size).argmax(axis=1) == y
+            correct = A.predict_pixels(self.model, x, self.batch_size).argmax(axis=1) == labels
             report["individual"] = {}
             for attack in self.components():
                 started = time.perf_counter()
                 held = correct.copy()
                 left = np.flatnonzero(correct)
                 if left.size:
-                    attempt = attack(x[left], y[left])
-                    held[left] = A.predict_pixels(self.model, attempt, self.batch_size).argmax(axis=1) == y[left]
+                    attempt = attack(x[left], labels[left])
+                    held[left] = A.predict_pixels(self.model, attempt, self.batch_size).argmax(axis=1) == labels[left]
                 report["individual"][attack.name] = {"robust_accuracy": float(held.mean()),
                                                      "seconds": time.perf_counter() - started}
                 if progress:
