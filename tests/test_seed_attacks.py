@@ -114,6 +114,11 @@ def test_loss_history_has_a_value_per_step_and_pgd_climbs(trained, correct):
     batched = A.BIM(trained, eps=0.2, steps=8, batch_size=5)
     batched(x, y)
     np.testing.assert_allclose(batched.loss_history, bim.loss_history, rtol=1e-4)
+    momentum = A.MIFGSM(trained, eps=0.2, steps=8)
+    momentum(x, y)
+    assert momentum.loss_history.shape == (8,)
+    assert momentum.loss_history[0] == pytest.approx(bim.loss_history[0], rel=1e-6)
+    assert momentum.loss_history[-1] > momentum.loss_history[0] + 1.0
 
 
 def test_targeted_and_minimal_attacks_record_falling_objectives(trained, correct):

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
     import fastconv
 
-__all__ = ["plot_adversarial", "plot_fooling_images", "plot_robustness", "plot_templates", "plot_loss_history",
-           "plot_perturbation_transfer", "plot_detection_roc", "plot_survival", "plot_substitute"]
+__all__ = ["plot_adversarial", "plot_autoattack", "plot_fooling_images", "plot_robustness", "plot_templates",
+           "plot_loss_history", "plot_perturbation_transfer", "plot_detection_roc", "plot_survival", "plot_substitute"]
 
 NORM_TITLES = {"linf": "L-infinity", "l2": "L2"}
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -169,6 +169,45 @@ def plot_robustness(curves: dict[str, Any], title: str | None = None,
         ax.legend(fontsize=7)
     sizes = sorted({r["images"] for r in models.values()})
     fig.suptitle(title or f"Accuracy under attack ({', '.join(map(str, sizes))} images)", fontsize=11)
+    return _finish(fig, path)
+
+
+def plot_autoattack(reports: dict[str, Any], title: str | None = None,
+                    path: str | os.PathLike | None = None) -> Figure:
+    """Robust accuracy along AutoAttack's sequence, one group of bars per model.
+
+    ``reports`` is an :meth:`~fastconv.analysis.AutoAttack.evaluate` report,
+    or {model label: report}. Each group shows the clean accuracy, then the
+    robust accuracy after each component (the images each one broke are
+    gone from the next bar); hatched bars, when the reports have them, give
+    each component's robust accuracy alone.
+    """
+    if not isinstance(reports, dict):
+        raise TypeError(f"reports must be an AutoAttack report or a dict of them, got {type(reports).__name__}")
+    models = {"": reports} if "sequence" in reports else reports
+    if not models or not all(isinstance(r, dict) and "sequence" in r for r in models.values()):
+        raise ValueError("reports must be AutoAttack.evaluate reports (with a 'sequence')")
+    stages = ["clean"] + [step["attack"] for step in next(iter(models.values()))["sequence"]]
+    fig = new_figure(1.6 + 1.3 * len(stages) * len(models), 4.2)
+    ax = fig.subplots()
+    width = 0.8 / len(models)
+    for m, (label, report) in enumerate(models.items()):
+        after = [report["clean_accuracy"]] + [step["robust_accuracy"] for step in report["sequence"]]
+        positions = np.arange(len(stages)) + (m - (len(models) - 1) / 2) * width
+        bars = ax.bar(positions, after, width * 0.9, color=f"C{m}", label=(label or "model") + ": the sequence")
+        ax.bar_label(bars, labels=[f"{a:.1%}" for a in after], fontsize=7)
+        alone = report.get("individual")
+        if alone:
+            values = [alone[name]["robust_accuracy"] for name in stages[1:]]
+            ax.bar(positions[1:], values, width * 0.9, fill=False, hatch="//", edgecolor=f"C{m}",
+                   label=(label or "model") + ": each attack alone")
+    ax.set_xticks(np.arange(len(stages)), ["clean"] + [f"after {s}" for s in stages[1:]])
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.08)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    first = next(iter(models.values()))
+    fig.suptitle(title or f"AutoAttack, L-infinity eps {first['eps']:.4g} ({first['images']} images)", fontsize=11)
     return _finish(fig, path)
 
 

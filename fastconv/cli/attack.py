@@ -6,6 +6,7 @@ robustness curves of a trained run, from the command line.
     fastconv attack RUN_DIR --method iterative --start noise --target all --out fooling.png
     fastconv robustness RUN_DIR [OTHER_RUN ...] --methods fgsm pgd deepfool \\
         --eps-list 0 0.1 0.2 0.3 --l2-eps-list 0 1 2 3 --out curves.png
+    fastconv robustness RUN_DIR [OTHER_RUN ...] --suite autoattack --eps 0.0314 --limit 200 --out aa.png
 
 RUN_DIR is a training run folder holding ``model.npz`` (or a model file),
 opened as a :class:`fastconv.train.RunDir`. Images come from the data set
@@ -38,6 +39,14 @@ OPTIONS = {
     "bim": ("eps", "steps", "alpha"),
     "pgd": ("eps", "steps", "alpha", "seed"),
     "pgd-l2": ("eps", "steps", "alpha", "seed"),
+    "mi-fgsm": ("eps", "steps", "alpha"),
+    "apgd-ce": ("eps", "steps", "seed"),
+    "apgd-dlr": ("eps", "steps", "seed"),
+    "apgd-t": ("eps", "steps", "seed"),
+    "fab-t": ("eps", "steps", "seed"),
+    "square": ("eps", "queries", "seed"),
+    "autoattack": ("eps", "steps", "queries", "seed"),
+    "universal": ("eps", "seed"),
     "iterative": ("eps", "steps", "alpha", "confidence"),
     "deepfool": ("steps",),
     "cw": ("steps",),
@@ -66,7 +75,7 @@ def _attack_options(args, method, applicable_only=False):
     """Constructor options of ``method`` from the command line; an option the
     method does not take is an error, or skipped with ``applicable_only``."""
     options = {}
-    for name in ("eps", "steps", "alpha", "confidence"):
+    for name in ("eps", "steps", "alpha", "confidence", "queries"):
         value = getattr(args, name, None)
         if value is None:
             continue
@@ -130,6 +139,8 @@ def cmd_attack(args):
     if args.eps is None and method not in ("iterative",) and not A.ATTACKS[method].minimal:
         raise ValueError(f"--eps is required for {method} (the size of the perturbation in [0, 1] pixels)")
     attack = A.make_attack(method, model, **_attack_options(args, method))
+    if args.plot_loss and attack.loss_name == A.Attack.loss_name:
+        raise ValueError(f"--plot-loss: {method} records no per-step objective to draw")
     if args.start == "noise":
         classes = C.meta_classes(model)
         shape = model.meta.get("input_shape")
@@ -212,6 +223,10 @@ def cmd_robustness(args):
     from fastconv.analysis.attacks.robustness import robustness_curve
 
     _set_threads(args.threads)
+    if args.suite:
+        return _robustness_suite(args)
+    if args.eps is not None:
+        raise ValueError("--eps is for --suite; robustness curves take --eps-list")
     runs = [RunDir.open(path) for path in args.run_dirs]
     labels = [run.label for run in runs]
     if len(set(labels)) != len(labels):
@@ -243,6 +258,34 @@ def cmd_robustness(args):
     return 0
 
 
+def _robustness_suite(args):
+    """AutoAttack's standard sequence at one eps on each run: robust accuracy after each attack."""
+    from fastconv.analysis.attacks.autoattack import AutoAttack
+    from fastconv.analysis.attacks.figures import plot_autoattack
+
+    eps = 8 / 255 if args.eps is None else args.eps
+    runs = [RunDir.open(path) for path in args.run_dirs]
+    raw, y, _ = _images(runs[0], args)
+    count = min(args.limit, len(raw))
+    raw, y = raw[:count], y[:count]
+    options = {name: getattr(args, name) for name in ("steps", "queries") if getattr(args, name) is not None}
+    reports = {}
+    for run in runs:
+        print(f"{run.label}: AutoAttack (standard), eps {eps:g}, {count} {args.split} images", flush=True)
+        suite = AutoAttack(run.model, eps=eps, seed=args.seed, **options)
+        _, reports[run.label] = suite.evaluate(_pixels(raw, run.model), y, individual=args.individual,
+                                               progress=lambda line: print(f"  {line}", flush=True))
+        print(f"  robust accuracy {reports[run.label]['robust_accuracy']:.4f}")
+    plot_autoattack(reports if len(reports) > 1 else reports[runs[0].label],
+                    title=f"AutoAttack at eps {eps:.4g}: {' vs '.join(reports)} ({count} {args.split} images)",
+                    path=args.out)
+    json_path = _json_path(args.out, args.json)
+    _write_json(json_path, {"suite": args.suite, "split": args.split, "images": count, "eps": eps, "runs": {
+        label: {"path": str(path), **report} for (label, report), path in zip(reports.items(), args.run_dirs)}})
+    print(f"wrote {args.out} and {json_path}")
+    return 0
+
+
 # ------------------------------------------------------------------ parsers
 
 
@@ -264,12 +307,15 @@ def _attack_tuning(parser, curves=False):
         steps_help = ("iterations of bim, pgd and pgd-l2 and the step budget of iterative (default: each "
                       "attack's own: 10, 10, 10, 200); deepfool and cw keep theirs (50, 5 x 100)")
     else:
-        steps_help = ("iterations of bim, pgd, pgd-l2, deepfool or cw (per constant), or the step budget "
-                      "of iterative (default: each attack's own)")
+        steps_help = ("iterations of bim, pgd, pgd-l2, mi-fgsm, apgd-*, fab-t (per target), autoattack's "
+                      "components, deepfool or cw (per constant), or the step budget of iterative "
+                      "(default: each attack's own)")
     parser.add_argument("--steps", type=_positive_int, help=steps_help)
     parser.add_argument("--alpha", type=_positive_float,
                         help="step size of bim, pgd, pgd-l2 (default 2.5 * eps / steps) or iterative "
                              "(default 0.01, relative to the gradient's RMS)")
+    parser.add_argument("--queries", type=_positive_int,
+                        help="queries of square, and of square in autoattack (default 5000)")
     parser.add_argument("--confidence", type=_probability,
                         help="probability of the target at which iterative stops (default 0.99)")
     parser.add_argument("--seed", type=_non_negative_int, default=0,
@@ -320,6 +366,13 @@ def add_parsers(commands):
                    help="L2 sizes for pgd-l2, deepfool and cw (default: "
                         + " ".join(f"{e:g}" for e in DEFAULT_L2_EPS) + ")")
     p.add_argument("--limit", type=_positive_int, default=500, help="use the first N images (default: 500)")
+    p.add_argument("--suite", choices=("autoattack",),
+                   help="instead of curves, AutoAttack's standard sequence (apgd-ce, apgd-t, fab-t, square) "
+                        "at one --eps: the robust accuracy after each attack")
+    p.add_argument("--eps", type=_positive_float,
+                   help="with --suite: the L-infinity size, [0, 1] pixels (default 8/255)")
+    p.add_argument("--individual", action="store_true",
+                   help="with --suite: also run each attack alone on every image")
     _attack_tuning(p, curves=True)
     _data_options(p)
     p.add_argument("--out", required=True, metavar="FIG.png", help="where to write the figure")
