@@ -326,7 +326,7 @@ def test_viz_linear_templates_flips_the_softmax_classifier(trained, tmp_path, ca
     assert cli.main(["viz", "linear-templates", str(folder), "--epochs", "1", "--limit", "2000",
                      "--out", str(out)]) == 0
     match = re.search(r"the softmax classifier: (\d+\.\d)%", capsys.readouterr().out)
-    assert match and float(match.group(1)) > 70
+    assert match and float(match.group(1)) > 50  # chance is 10%
     from fastconv.analysis.attacks import figures as attack_figures
 
     calls = capture(monkeypatch, attack_figures, "plot_adversarial")
