@@ -287,13 +287,17 @@ def _unit_attribution(ctx, args, raw, x):
 def _neighbors(ctx, args):
     from fastconv.analysis.visualize.neighbors import nearest_neighbors, plot_neighbors
 
+    import numpy as np
+
     raw, _, labels = _chosen(ctx, args)
     ds = ctx.dataset
-    result = nearest_neighbors(ctx.model, raw, ds.x_train, layer=args.layer, k=args.k, transform=ctx.normalize,
-                               limit=args.limit)
+    # Spread over the split rather than its first images: a folder's training split is in class order.
+    chosen = np.unique(np.linspace(0, len(ds.x_train) - 1, min(args.limit, len(ds.x_train))).astype(np.int64))
+    database, database_labels = ds.x_train[chosen], ds.y_train[chosen]
+    result = nearest_neighbors(ctx.model, raw, database, layer=args.layer, k=args.k, transform=ctx.normalize)
     if labels is not None:
-        print(f"{result.label_agreement(labels, ds.y_train):.1%} of the neighbours share the query's class")
-    return plot_neighbors(result, raw, ds.x_train, query_labels=labels, database_labels=ds.y_train,
+        print(f"{result.label_agreement(labels, database_labels):.1%} of the neighbours share the query's class")
+    return plot_neighbors(result, raw, database, query_labels=labels, database_labels=database_labels,
                           classes=ctx.classes(), path=args.out)
 
 
@@ -561,7 +565,7 @@ def add_viz_parser(subparsers):
     p.add_argument("--layer", help="layer whose codes to compare (default: the input of the last Linear)")
     p.add_argument("--k", type=argtypes.positive_int, default=8, help="neighbours per query (default: 8)")
     p.add_argument("--limit", type=argtypes.positive_int, default=10000,
-                   help="search the first N training images (default: 10000)")
+                   help="search N training images spread evenly over the split (default: 10000)")
 
     p = tools.add_parser("unit-projections", help=TOOLS["unit-projections"][1],
                          description=TOOLS["unit-projections"][1])
