@@ -285,9 +285,9 @@ def _unit_attribution(ctx, args, raw, x):
 
 @_tool("neighbors", "query images and their nearest training images by a layer's codes")
 def _neighbors(ctx, args):
-    from fastconv.analysis.visualize.neighbors import nearest_neighbors, plot_neighbors
-
     import numpy as np
+
+    from fastconv.analysis.visualize.neighbors import nearest_neighbors, plot_neighbors
 
     raw, _, labels = _chosen(ctx, args)
     ds = ctx.dataset
