@@ -10,6 +10,9 @@ from fastconv.analysis.visualize.embedding import (
     snap_to_grid,
 )
 from fastconv.analysis.visualize.feature_maps import Activations, activations
+from fastconv.analysis.visualize.hog import HogComparison, compare_hog, hog_descriptors
+from fastconv.analysis.visualize.neighbors import Neighbors, nearest_neighbors
+from fastconv.analysis.visualize.projections import UnitProjections, unit_projections
 from fastconv.analysis.visualize.receptive_field import (
     EffectiveField,
     effective_receptive_field,
@@ -23,5 +26,6 @@ __all__ = [
     "Activations", "activations", "Clusters", "cluster", "default_code_layer", "embed", "layer_features",
     "snap_to_grid",
     "filter_tiles", "filters", "EffectiveField", "effective_receptive_field", "geometry", "theoretical_size",
-    "TopImages", "top_images",
+    "TopImages", "top_images", "Neighbors", "nearest_neighbors", "UnitProjections", "unit_projections",
+    "HogComparison", "compare_hog", "hog_descriptors",
 ]

@@ -9,6 +9,7 @@ normalized as the model was trained (``model.meta``).
 from __future__ import annotations
 
 import argparse
+import os
 
 from fastconv.analysis import _common as C
 from fastconv.cli import argtypes
@@ -158,10 +159,10 @@ def _occlusion(ctx, args):
     from fastconv.analysis.attribution.occlusion import occlusion_maps
     from fastconv.analysis.visualize.figures import plot_occlusion
 
-    raw, x, labels = ctx.selected()
-    maps = occlusion_maps(ctx.model, x, labels.tolist(), patch=args.patch, stride=args.stride,
-                          fill=ctx.fill_value(x.shape[1]))
-    return plot_occlusion(maps, raw, classes=ctx.classes(), path=args.out)
+    raw, x, labels = _chosen(ctx, args)
+    maps = occlusion_maps(ctx.model, x, None if labels is None else labels.tolist(), patch=args.patch,
+                          stride=args.stride, fill=ctx.fill_value(x.shape[1]))
+    return plot_occlusion(maps, raw, classes=_classes(ctx, args), path=args.out)
 
 
 def _attribute(ctx, args, method, x, targets):
@@ -186,6 +187,8 @@ def _attribute(ctx, args, method, x, targets):
 SIGNED = {"gradient", "integrated-gradients", "input-x-gradient", "deeplift", "gradient-shap", "lrp-epsilon",
           "lrp-alpha-beta"}
 EXTRA_METHODS = ("lrp-epsilon", "lrp-alpha-beta")
+# The methods that can start from one unit of a layer instead of a class score.
+UNIT_METHODS = ("gradient", "saliency", "deconvnet", "guided-backprop", "smoothgrad", "integrated-gradients")
 
 
 @_tool("attribution", "saliency, deconvnet, guided backprop, Grad-CAM, SmoothGrad, integrated gradients, "
@@ -193,11 +196,14 @@ EXTRA_METHODS = ("lrp-epsilon", "lrp-alpha-beta")
 def _attribution(ctx, args):
     from fastconv.analysis.visualize.figures import plot_attributions
 
-    raw, x, labels = ctx.selected()
-    targets = labels.tolist() if args.target is None else [args.target] * len(x)
+    raw, x, labels = _chosen(ctx, args)
+    if args.unit is not None:
+        return _unit_attribution(ctx, args, raw, x)
+    targets = _targets(ctx, args, x, labels)
     results = dict(_attribute(ctx, args, method, x, targets) for method in args.methods)
     signed = {label for label in results if label in SIGNED}
-    return plot_attributions(raw, results, targets=targets, classes=ctx.classes(), signed=signed, path=args.out)
+    return plot_attributions(raw, results, targets=targets, classes=_classes(ctx, args), signed=signed,
+                             path=args.out)
 
 
 @_tool("sanity", "cascading layer randomization (rank correlation of maps) and deletion/insertion AUC per method")
@@ -248,12 +254,14 @@ def _segment(ctx, args):
     from fastconv.analysis.attribution.segment import grabcut_from_saliency
     from fastconv.analysis.visualize.figures import plot_segmentation
 
-    raw, x, labels = ctx.selected()
-    saliency = channel_max(Saliency(ctx.model).attribute(x, labels.tolist()))[0]
+    raw, x, labels = _chosen(ctx, args)
+    target = _targets(ctx, args, x, labels)[0]
+    saliency = channel_max(Saliency(ctx.model).attribute(x, [target]))[0]
     mask = grabcut_from_saliency(raw[0], saliency, foreground=args.foreground, background=args.background)
-    classes = ctx.classes()
-    name = classes[labels[0]] if classes is not None else str(labels[0])
-    return plot_segmentation(raw[0], saliency, mask, title=f"image {args.index[0]}: {name}", path=args.out)
+    classes = _classes(ctx, args)
+    name = classes[target] if classes is not None else str(target)
+    what = os.path.basename(args.image) if args.image is not None else f"image {args.index[0]}"
+    return plot_segmentation(raw[0], saliency, mask, title=f"{what}: {name}", path=args.out)
 
 
 @_tool("erf", "effective receptive field of a central unit at each layer, with the theoretical one")
@@ -265,6 +273,143 @@ def _erf(ctx, args):
     x = ctx.normalize(raw[:args.limit])
     fields = effective_receptive_field(ctx.model, x, layers=args.layers)
     return plot_receptive_fields(fields, path=args.out)
+
+
+# -- images from files, per-unit projections, neighbours, Zeiler & Fergus units, HOG ---------------
+
+def _chosen(ctx, args):
+    """Raw images (uint8), model inputs and labels of ``--image FILE`` (labels None:
+    a file has none; the image is scaled and cropped to the model's input size)
+    or of the ``--index`` images of the data set."""
+    if getattr(args, "image", None) is None:
+        return ctx.selected()
+    import numpy as np
+
+    from fastconv.analysis.optimize.methods import input_shape, load_image
+
+    try:
+        size = input_shape(ctx.model)[1:]
+    except ValueError:
+        size = None  # a model that takes any size: the image as it is
+    pixels = load_image(args.image, channels=C.input_channels(ctx.model) or 3, size=size)
+    raw = np.round(pixels * 255.0).astype(np.uint8)[None]
+    return raw, ctx.normalize(raw), None
+
+
+def _targets(ctx, args, x, labels):
+    """One class per image: ``--target``, else the label, else (a file) the predicted class."""
+    target = getattr(args, "target", None)
+    if target is not None:
+        return [target] * len(x)
+    if labels is not None:
+        return labels.tolist()
+    return ctx.model.predict(x).argmax(axis=1).tolist()
+
+
+def _classes(ctx, args):
+    """Class names; for a file, only those the model records (no data set is opened)."""
+    if getattr(args, "image", None) is not None:
+        return C.meta_classes(ctx.model)
+    return ctx.classes()
+
+
+def _unit_attribution(ctx, args, raw, x):
+    """``viz attribution --unit``: each gradient method projects one unit of ``--layer``
+    (a channel at its maximum in each image, or C I J) back to the pixels."""
+    from fastconv.analysis.attribution import methods as A
+    from fastconv.analysis.visualize.figures import plot_attributions
+
+    if len(args.unit) not in (1, 3):
+        raise _usage_error(f"--unit takes one channel or neuron, or C I J for one position; "
+                           f"got {' '.join(map(str, args.unit))}")
+    unit = args.unit[0] if len(args.unit) == 1 else tuple(args.unit)
+    layer = args.layer or C.last_conv_name(ctx.model)
+    cams = [m for m in args.methods if m in ("gradcam", "guided-gradcam")]
+    if cams:
+        raise _usage_error(f"--unit projects a unit with a gradient rule; {' and '.join(cams)} weigh a "
+                           f"layer's maps by a class score: leave them out of --methods")
+    others = [m for m in args.methods if m not in UNIT_METHODS]
+    if others:
+        raise _usage_error(f"--unit works with {', '.join(UNIT_METHODS)}; not with {', '.join(others)}")
+    results = {}
+    for method in args.methods:
+        if method == "integrated-gradients":
+            result = A.IntegratedGradients(ctx.model, layer).attribute(x, unit, steps=args.steps)
+        elif method == "smoothgrad":
+            result = A.SmoothGrad(A.Saliency(ctx.model, layer)).attribute(x, unit, samples=args.samples)
+        else:
+            result = A.METHODS[method](ctx.model, layer).attribute(x, unit)
+        results[f"{method}, {layer} unit {unit}"] = result
+    signed = {name for name in results if name.startswith(("gradient", "integrated-gradients"))}
+    return plot_attributions(raw, results, targets=None, signed=signed, path=args.out)
+
+
+@_tool("neighbors", "query images and their nearest training images by a layer's codes")
+def _neighbors(ctx, args):
+    import numpy as np
+
+    from fastconv.analysis.visualize.neighbors import nearest_neighbors, plot_neighbors
+
+    raw, _, labels = _chosen(ctx, args)
+    ds = ctx.dataset
+    # Spread over the split rather than its first images: a folder's training split is in class order.
+    chosen = np.unique(np.linspace(0, len(ds.x_train) - 1, min(args.limit, len(ds.x_train))).astype(np.int64))
+    database, database_labels = ds.x_train[chosen], ds.y_train[chosen]
+    result = nearest_neighbors(ctx.model, raw, database, layer=args.layer, k=args.k, transform=ctx.normalize)
+    if labels is not None:
+        print(f"{result.label_agreement(labels, database_labels):.1%} of the neighbours share the query's class")
+    return plot_neighbors(result, raw, database, query_labels=labels, database_labels=database_labels,
+                          classes=ctx.classes(), path=args.out)
+
+
+@_tool("unit-projections", "Zeiler & Fergus: top images of units of each layer beside their deconvnet projections")
+def _unit_projections(ctx, args):
+    from fastconv.analysis.visualize.projections import plot_unit_projections, unit_projections
+
+    raw, _ = ctx.images()
+    layers = args.layers or C.conv_layer_names(ctx.model)
+    results = []
+    for layer in layers:
+        results.extend(unit_projections(ctx.model, raw, layer, args.units, k=args.k, method=args.method,
+                                        transform=ctx.normalize, limit=args.limit))
+    return plot_unit_projections(results, raw, per_row=len(args.units), path=args.out)
+
+
+@_tool("hog", "HOG of images, the image nearest in HOG, and the network's inversion of their codes")
+def _hog(ctx, args):
+    from fastconv.analysis.visualize.hog import compare_hog, plot_hog
+
+    raw, _, _ = _chosen(ctx, args)
+    database = ctx.dataset.x_train
+    result = compare_hog(ctx.model, raw, database, layer=args.layer, cell=args.cell, limit=args.limit,
+                         steps=args.steps, seed=args.seed)
+    return plot_hog(result, raw, database, path=args.out)
+
+
+@_tool("linear-templates", "a softmax classifier's templates, or adding one class's template to images")
+def _linear_templates(ctx, args):
+    from fastconv.analysis.attacks.figures import plot_adversarial, plot_templates
+    from fastconv.analysis.attacks.linear import add_template, templates, train_linear
+
+    ds = ctx.dataset
+    count = min(len(ds.x_train), args.limit)
+    pixels = ds.x_train[:count].astype("float32") / ctx.normalize.scale
+    softmax = train_linear(pixels, ds.y_train[:count], num_classes=len(ds.classes), epochs=args.epochs)
+    raw, labels = ctx.images()
+    accuracy = float((softmax.predict(raw[:args.limit].astype("float32") / ctx.normalize.scale).argmax(axis=1)
+                      == labels[:args.limit]).mean())
+    print(f"the softmax classifier: {accuracy:.1%} on the first {min(len(raw), args.limit)} {args.split} images")
+    classes = list(ds.classes)
+    if args.target is None:
+        return plot_templates(templates(softmax), classes=classes, path=args.out)
+    if not 0 <= args.target < len(classes):
+        raise _usage_error(f"--target {args.target} is out of range for {len(classes)} classes")
+    _, _, chosen = ctx.selected()
+    x = raw[list(args.index)].astype("float32") / ctx.normalize.scale
+    adversarial = add_template(softmax, x, args.target, args.eps)
+    return plot_adversarial(softmax, x, adversarial, y=chosen, target=[args.target] * len(x), classes=classes,
+                            title=f"the template of {classes[args.target]} added at largest change {args.eps}",
+                            path=args.out)
 
 
 def _pixels_of(ctx, args, size):
@@ -445,16 +590,17 @@ def add_viz_parser(subparsers):
     _add_common(p, many=True)
     methods = sorted(set(METHODS) | set(EXTRA_METHODS))
 
-    def add_methods(p, default):
+    def add_methods(p, default, layer_help="layer for Grad-CAM (default: the ReLU after the last Conv2d)"):
         p.add_argument("--methods", nargs="+", choices=methods, metavar="METHOD", default=default,
                        help=f"any of {', '.join(methods)} (default: {' '.join(default)})")
-        p.add_argument("--layer", help="layer for Grad-CAM (default: the ReLU after the last Conv2d)")
+        p.add_argument("--layer", help=layer_help)
         p.add_argument("--steps", type=argtypes.positive_int, default=50,
                        help="integrated-gradients steps (default: 50)")
         p.add_argument("--samples", type=argtypes.positive_int, default=25,
                        help="SmoothGrad and gradient-SHAP samples (default: 25)")
 
-    add_methods(p, ["saliency", "deconvnet", "guided-backprop", "gradcam", "guided-gradcam"])
+    add_methods(p, ["saliency", "deconvnet", "guided-backprop", "gradcam", "guided-gradcam"],
+                layer_help="layer for Grad-CAM (default: the ReLU after the last Conv2d), or of the --unit to explain")
     p.add_argument("--target", type=int, help="class to explain (default: each image's label)")
 
     p = tools.add_parser("sanity", help=TOOLS["sanity"][1], description=TOOLS["sanity"][1])
@@ -475,6 +621,58 @@ def add_viz_parser(subparsers):
     p.add_argument("--layers", nargs="+", help="layers to measure (default: every convolution and pooling layer)")
     p.add_argument("--limit", type=argtypes.positive_int, default=256,
                    help="average over the first N images (default: 256)")
+
+    image_help = ("an image file instead of --index, scaled and cropped to the model's input size "
+                  "(its class: --target, else the predicted one)")
+    for name in ("occlusion", "attribution", "segment"):
+        tools.choices[name].add_argument("--image", metavar="FILE", help=image_help)
+    tools.choices["attribution"].add_argument(
+        "--unit", type=int, nargs="+", metavar="U",
+        help="explain a unit of --layer (default: the last Conv2d) instead of a class: a channel at its "
+             "maximum in each image, a neuron, or C I J; any method but gradcam and guided-gradcam")
+
+    p = tools.add_parser("neighbors", help=TOOLS["neighbors"][1], description=TOOLS["neighbors"][1])
+    _add_common(p, many=True)
+    p.add_argument("--image", metavar="FILE", help="an image file as the query instead of --index")
+    p.add_argument("--layer", help="layer whose codes to compare (default: the input of the last Linear)")
+    p.add_argument("--k", type=argtypes.positive_int, default=8, help="neighbours per query (default: 8)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=10000,
+                   help="search N training images spread evenly over the split (default: 10000)")
+
+    p = tools.add_parser("unit-projections", help=TOOLS["unit-projections"][1],
+                         description=TOOLS["unit-projections"][1])
+    _add_common(p, index=False)
+    p.add_argument("--layers", nargs="+", help="layers, one row of units each (default: every Conv2d)")
+    p.add_argument("--units", type=int, nargs="+", default=[0, 1, 2, 3], metavar="C",
+                   help="channels to show in every layer (default: 0 1 2 3)")
+    p.add_argument("--k", type=argtypes.positive_int, default=9, help="top images per unit (default: 9)")
+    p.add_argument("--method", choices=("deconvnet", "guided-backprop", "gradient"), default="deconvnet",
+                   help="backward rule of the projection (default: deconvnet)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=2000,
+                   help="search the first N images (default: 2000)")
+
+    p = tools.add_parser("hog", help=TOOLS["hog"][1], description=TOOLS["hog"][1])
+    _add_common(p, many=True)
+    p.add_argument("--image", metavar="FILE", help="an image file instead of --index")
+    p.add_argument("--layer", help="layer whose code to invert (default: the input of the last Linear)")
+    p.add_argument("--cell", type=argtypes.positive_int,
+                   help="HOG cell side in pixels (default: an eighth of the image side, at least 4)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=5000,
+                   help="search the first N training images for the nearest HOG (default: 5000)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=200,
+                   help="evaluations of the inversion's loss (default: 200)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="seed of the inversion (default: 0)")
+
+    p = tools.add_parser("linear-templates", help=TOOLS["linear-templates"][1],
+                         description=TOOLS["linear-templates"][1])
+    _add_common(p, many=True)
+    p.add_argument("--epochs", type=argtypes.positive_int, default=5, help="training epochs (default: 5)")
+    p.add_argument("--limit", type=argtypes.positive_int, default=60000,
+                   help="train on (and score) the first N images (default: 60000)")
+    p.add_argument("--target", type=int, help="add this class's template to the --index images "
+                                              "instead of drawing the templates")
+    p.add_argument("--eps", type=argtypes.positive_float, default=0.2,
+                   help="largest pixel change of the added template, in [0, 1] pixels (default: 0.2)")
 
 
     def add_regularizers(p):
