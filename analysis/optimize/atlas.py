@@ -44,7 +44,7 @@ def layer_activations(model: fastconv.Model, data: np.ndarray, layer: str, posit
     statistics unless ``transform`` is given.
     """
     C.check_layer(model, layer)
-    if positions != "mean" and not (C.is_int(positions) and positions >= 1):
+    if positions != "mean" and not (C.is_int(positions) and int(positions) >= 1):
         raise ValueError(f"positions must be 'mean' or a positive int (positions drawn per image), got {positions!r}")
     total = len(data) if limit is None else min(len(data), _checks.positive_int(limit, "limit"))
     if total == 0:

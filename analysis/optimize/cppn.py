@@ -35,7 +35,7 @@ from fastconv.analysis.optimize import parametrize as P
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from matplotlib.figure import Figure
 
@@ -54,7 +54,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 # The functions a CPPN's hidden units draw from: periodic ones give
 # repetition, the Gaussian and |z| symmetry, the saturating ones edges.
-FUNCTIONS = {
+FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sin": np.sin,
     "cos": np.cos,
     "gaussian": _gaussian,

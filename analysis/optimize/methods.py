@@ -553,7 +553,7 @@ def _direction_vectors(directions: ArrayLike | Mapping[int, float] | Sequence[Ma
     vectors = np.atleast_2d(vectors)
     if vectors.ndim != 2 or vectors.shape[1] != channels or len(vectors) == 0:
         raise ValueError(f"directions for layer {layer!r} must be shaped (C,) or (K, C) with C = {channels}, "
-                         f"got shape {np.shape(directions)}")
+                         f"got shape {vectors.shape}")
     if not np.all(np.isfinite(vectors)) or np.any(np.abs(vectors).sum(axis=1) == 0):
         raise ValueError("every direction must be finite and not all zeros")
     return vectors
