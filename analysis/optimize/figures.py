@@ -212,3 +212,32 @@ def plot_optimizer_comparison(results: Mapping[str, Stylized | Inversion], path:
     ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return _finish(fig, path)
+
+
+def _direction_name(direction: np.ndarray, terms: int = 3) -> str:
+    """The largest weights of a direction, e.g. '1.0 c3 + 0.5 c7 + ...'."""
+    order = np.argsort(-np.abs(direction))
+    shown = [k for k in order[:terms] if direction[k] != 0]
+    text = " ".join(f"{'-' if direction[k] < 0 else '+'} {abs(direction[k]):.2g} c{k}" for k in shown)
+    text = text[2:] if text.startswith("+ ") else text
+    return text + (" ..." if np.count_nonzero(direction) > len(shown) else "")
+
+
+def plot_directions(result: Visualization, columns: int = 8, title: str | None = None,
+                    path: str | os.PathLike | None = None) -> Figure:
+    """Each image of a :func:`~fastconv.analysis.optimize.methods.direction_visualization`
+    result, titled with its direction's largest weights and its final objective."""
+    if result.directions is None:
+        raise ValueError("the result has no directions: draw a unit visualization with plot_feature_grid")
+    n = len(result.images)
+    rows, cols = _grid(n, columns)
+    fig = new_figure(1.8 * cols + 0.4, 1.9 * rows + 0.6)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k in range(n):
+        _show(axes.flat[k], result.images[k], f"{_direction_name(result.directions[k])}\n"
+                                              f"objective {result.values[k]:.3g}", stretch=True, fontsize=7)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    fig.suptitle(title or f"images pushed along directions of {result.layer}'s channels "
+                          "(each tile stretched to its own range)", fontsize=10)
+    return _finish(fig, path)

@@ -32,6 +32,7 @@ they were.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,7 +45,7 @@ from fastconv.nn import layers as L
 from fastconv.nn.losses import softmax
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     import PIL.Image
     from numpy.typing import ArrayLike
@@ -284,7 +285,9 @@ class Visualization:
     ``values`` (N,) are the units' final values on the images as they are
     (no jitter or transformation). ``history['objective']`` (steps, N) holds
     each step's values, under that step's random transformation; a class
-    model also has ``history['probability']`` (steps, N).
+    model also has ``history['probability']`` (steps, N). A
+    :func:`direction_visualization` has no ``units`` but ``directions``
+    (N, C), the vector each image was pushed along.
     """
 
     layer: str
@@ -292,6 +295,7 @@ class Visualization:
     images: np.ndarray
     values: np.ndarray
     history: dict[str, np.ndarray] = field(default_factory=dict)
+    directions: np.ndarray | None = None
 
     @property
     def image(self) -> np.ndarray:
@@ -337,7 +341,8 @@ def feature_visualization(model: fastconv.Model, layer: str,
                           l2_decay: float = 0.0, blur_every: int = 0, blur_sigma: float = 0.5, jitter: int = 0,
                           scale: float | Sequence[float] | None = None, rotate: float = 0.0, clip_norm: float = 0.0,
                           clip_contribution: float = 0.0, parametrization: str = "pixel",
-                          color: ArrayLike | None = None, progress: bool | None = None) -> Visualization:
+                          color: ArrayLike | None = None, diversity: float = 0.0, diversity_layer: str | None = None,
+                          progress: bool | None = None) -> Visualization:
     """Images that maximize ``channel`` of ``layer`` (gradient ascent on the input).
 
     ``channel``: an int (a whole channel, its mean over positions; a neuron
@@ -365,8 +370,61 @@ def feature_visualization(model: fastconv.Model, layer: str,
     ``parametrization='fourier'`` optimizes a 1/f-scaled spectrum through a
     sigmoid instead of the pixels; ``color`` ((C, C) matrix, or images
     (N, C, H, W) to take the channel correlation from) decorrelates it.
+
+    ``diversity`` > 0 subtracts that many times the batch's Gram-matrix
+    similarity at ``diversity_layer`` (default ``layer`` when its output is
+    spatial, else the last Conv2d before it;
+    :func:`~fastconv.analysis.optimize.parametrize.gram_similarity`) from
+    the objective, so that the images of the batch differ (Olah et al.
+    2017); :func:`diverse_visualization` makes such a batch for one unit.
+    ``history['similarity']`` then holds the similarity per step.
     """
     C.check_layer(model, layer)
+    one_shape = input_shape(model, size)
+    probe = output_shape(model, layer, (1,) + one_shape)
+    is_class = layer == logits_layer(model) and len(probe) == 2
+    units = _unit_list(channel, layer, probe, "class" if is_class else "channel")
+    seed_gradient = _unit_seed(units, output_shape(model, layer, (len(units),) + one_shape))
+    labels = np.array([u[0] for u in units])
+
+    def objective(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _unit_values(out, seed_gradient), seed_gradient
+
+    def probability(out: np.ndarray) -> np.ndarray:
+        return softmax(out.astype(np.float64), axis=1)[np.arange(len(units)), labels]
+
+    images, values, history = _ascend(
+        model, layer, objective, len(units), one_shape, probability if is_class else None,
+        steps=steps, seed=seed, init=init, optimizer=optimizer, lr=lr, l2_decay=l2_decay, blur_every=blur_every,
+        blur_sigma=blur_sigma, jitter=jitter, scale=scale, rotate=rotate, clip_norm=clip_norm,
+        clip_contribution=clip_contribution, parametrization=parametrization, color=color, diversity=diversity,
+        diversity_layer=diversity_layer, progress=progress)
+    return Visualization(layer=layer, units=units, images=images, values=values, history=history)
+
+
+def _default_diversity_layer(model: fastconv.Model, layer: str, one_shape: tuple[int, int, int]) -> str:
+    if len(output_shape(model, layer, (1,) + one_shape)) == 4:
+        return layer
+    names = C.layer_names(model)
+    convs = [name for name in C.conv_layer_names(model) if names.index(name) < names.index(layer)]
+    if not convs:
+        raise ValueError(f"layer {layer!r} has no spatial output and no Conv2d before it; "
+                         "pass diversity_layer=...")
+    return convs[-1]
+
+
+def _ascend(model: fastconv.Model, layer: str, objective: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+            count: int, one_shape: tuple[int, int, int],
+            probability: Callable[[np.ndarray], np.ndarray] | None, steps: int, seed: int | None,
+            init: str | np.ndarray, optimizer: str, lr: float, l2_decay: float, blur_every: int,
+            blur_sigma: float, jitter: int, scale: float | Sequence[float] | None, rotate: float,
+            clip_norm: float, clip_contribution: float, parametrization: str, color: ArrayLike | None,
+            diversity: float, diversity_layer: str | None,
+            progress: bool | None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Gradient ascent on ``objective`` (the layer's output -> each image's
+    value and the gradient of their sum) for a batch of ``count`` images,
+    with every regularizer of :func:`feature_visualization`. Returns
+    (images, final values, history)."""
     steps = _checks.positive_int(steps, "steps")
     _check_choice(optimizer, OPTIMIZERS, "optimizer")
     lr = P.check_positive(lr, "lr")
@@ -378,36 +436,56 @@ def feature_visualization(model: fastconv.Model, layer: str,
     blur_sigma = P.check_weight(blur_sigma, "blur_sigma")
     clip_norm = _check_percentile(clip_norm, "clip_norm")
     clip_contribution = _check_percentile(clip_contribution, "clip_contribution")
+    diversity = P.check_weight(diversity, "diversity")
     transform = P.RandomTransform(jitter, scale, rotate)
     pixel_only = {"blur_every": blur_every, "clip_norm": clip_norm, "clip_contribution": clip_contribution}
     if parametrization == "fourier" and any(pixel_only.values()):
         used = ", ".join(f"{k}={v!r}" for k, v in pixel_only.items() if v)
         raise ValueError(f"{used} act on pixels; use parametrization='pixel' with them")
+    spread: str | None = None
+    if diversity:
+        if count < 2:
+            raise ValueError(f"diversity={diversity!r} needs at least 2 images to keep apart, got {count}")
+        spread = diversity_layer if diversity_layer is not None else _default_diversity_layer(model, layer, one_shape)
+        C.check_layer(model, spread)
+        output_shape(model, spread, (1,) + one_shape)
+    elif diversity_layer is not None:
+        raise ValueError(f"diversity_layer={diversity_layer!r} is used only with diversity > 0")
     rng = P.check_seed(seed)
     space = P.PixelSpace(model)
-    one_shape = input_shape(model, size)
-    probe = output_shape(model, layer, (1,) + one_shape)
-    is_class = layer == logits_layer(model) and len(probe) == 2
-    units = _unit_list(channel, layer, probe, "class" if is_class else "channel")
-    shape = (len(units),) + one_shape
-    seed_gradient = _unit_seed(units, output_shape(model, layer, shape))
+    shape = (count,) + one_shape
     center = space.mean_color(one_shape[0])
     image = _parametrization(parametrization, init, shape, center, rng, color)
     adam = P.Adam(lr) if optimizer == "adam" else None
-    history: dict[str, list[np.ndarray]] = {"objective": []}
-    if is_class:
+    history: dict[str, list[Any]] = {"objective": []}
+    if probability is not None:
         history["probability"] = []
-    labels = np.array([u[0] for u in units])
+    if spread is not None:
+        history["similarity"] = []
     with C.evaluating(model), P.progress_bar(steps, f"visualizing {layer}", progress) as bar:
         for step in range(steps):
             pixels = image.render()
             transform.sample(rng, one_shape[1:])
-            out = model.forward(space.to_input(transform(pixels)), until=layer)
-            values = _unit_values(out, seed_gradient)
+            x = space.to_input(transform(pixels))
+            if spread is None:
+                out = model.forward(x, until=layer)
+                values, layer_gradient = objective(out)
+                grad = model.backward(layer_gradient.astype(out.dtype), start=layer, param_grads=False)
+            else:
+                names = C.layer_names(model)
+                deepest = max(layer, spread, key=names.index)
+                _, outputs = C.forward_with_outputs(model, x, {layer, spread}, until=deepest)
+                out = outputs[layer]
+                values, layer_gradient = objective(out)
+                similarity, similarity_gradient = P.gram_similarity(outputs[spread])
+                history["similarity"].append(similarity)
+                gradients = {layer: layer_gradient.astype(out.dtype)}
+                penalty = (-diversity * similarity_gradient).astype(out.dtype)
+                gradients[spread] = gradients[spread] + penalty if spread == layer else penalty
+                grad = P.backward_from(model, gradients)
             history["objective"].append(values)
-            if is_class:
-                history["probability"].append(softmax(out.astype(np.float64), axis=1)[np.arange(len(units)), labels])
-            grad = model.backward(seed_gradient.astype(out.dtype), start=layer, param_grads=False)
+            if probability is not None:
+                history["probability"].append(probability(out))
             pixel_gradient = transform.adjoint(space.pixel_gradient(grad))
             param_gradient = image.backward(pixel_gradient)
             if adam is not None:
@@ -424,9 +502,115 @@ def feature_visualization(model: fastconv.Model, layer: str,
             bar.update(1)
             bar.set_postfix(objective=f"{values.mean():.4g}", refresh=False)
         final = image.render()
-        values = _unit_values(model.forward(space.to_input(final), until=layer), seed_gradient)
-    return Visualization(layer=layer, units=units, images=final, values=values,
-                         history={k: np.array(v) for k, v in history.items()})
+        values, _ = objective(model.forward(space.to_input(final), until=layer))
+    return final, values, {k: np.array(v) for k, v in history.items()}
+
+
+def diverse_visualization(model: fastconv.Model, layer: str, channel: int | tuple[int, ...], count: int = 4,
+                          diversity: float = 1.0, **options: Any) -> Visualization:
+    """``count`` different images that each maximize one ``channel`` (an int,
+    or (c, i, j) for one unit) of ``layer``: :func:`feature_visualization`
+    of the unit repeated ``count`` times with the diversity term of weight
+    ``diversity``, from noise. Every option of :func:`feature_visualization`
+    applies (``diversity_layer`` among them)."""
+    count = _checks.positive_int(count, "count")
+    if count < 2:
+        raise ValueError(f"count must be at least 2 for images that differ, got {count}")
+    if not (C.is_int(channel) or (isinstance(channel, tuple) and all(C.is_int(v) for v in channel))):
+        raise TypeError(f"channel must be one int or one tuple (c, i, j), got {channel!r}")
+    return feature_visualization(model, layer, [channel] * count, diversity=diversity, **options)
+
+
+# -- directions and channel combinations ----------------------------------------------------
+
+def combine_channels(weights: Mapping[int, float], channels: int) -> np.ndarray:
+    """The direction (channels,) that weights channel c by ``weights[c]`` and
+    the others by zero: ``{3: 1.0, 7: 0.5}`` is channel 3 plus half of channel 7."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise TypeError(f"weights must be a non-empty mapping {{channel: weight}}, got {weights!r}")
+    vector = np.zeros(channels)
+    for c, w in weights.items():
+        if not C.is_int(c) or not 0 <= c < channels:
+            raise ValueError(f"channel {c!r} is out of range for a layer with {channels} channels "
+                             f"(valid: 0..{channels - 1})")
+        if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)) or not np.isfinite(w):
+            raise ValueError(f"the weight of channel {c} must be a finite number, got {w!r}")
+        vector[int(c)] = float(w)
+    return vector
+
+
+def _direction_vectors(directions: ArrayLike | Mapping[int, float] | Sequence[Mapping[int, float]],
+                       channels: int, layer: str) -> np.ndarray:
+    if isinstance(directions, Mapping):
+        return combine_channels(directions, channels)[None]
+    if isinstance(directions, (list, tuple)) and directions and all(isinstance(d, Mapping) for d in directions):
+        return np.stack([combine_channels(d, channels) for d in directions])
+    try:
+        vectors = np.array(directions, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("directions must be a vector (C,), an array (K, C), a mapping {channel: weight} "
+                        f"or a list of mappings, got {directions!r}") from None
+    vectors = np.atleast_2d(vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != channels or len(vectors) == 0:
+        raise ValueError(f"directions for layer {layer!r} must be shaped (C,) or (K, C) with C = {channels}, "
+                         f"got shape {vectors.shape}")
+    if not np.all(np.isfinite(vectors)) or np.any(np.abs(vectors).sum(axis=1) == 0):
+        raise ValueError("every direction must be finite and not all zeros")
+    return vectors
+
+
+def direction_visualization(model: fastconv.Model, layer: str,
+                            directions: ArrayLike | Mapping[int, float] | Sequence[Mapping[int, float]],
+                            position: tuple[int, int] | None = None, cosine_power: float = 0.0,
+                            **options: Any) -> Visualization:
+    """Images that push ``layer``'s activation along directions of its channel space.
+
+    ``directions``: a vector (C,) or one per image (K, C); or a channel
+    combination, a mapping {channel: weight} (:func:`combine_channels`), or
+    a list of those. The objective of image k is
+    :func:`~fastconv.analysis.optimize.parametrize.direction_objective` of
+    direction k with the activation vector at ``position`` (i, j), or its
+    mean over positions when None (a flat layer's output is a vector
+    already), and ``cosine_power``. Every option of
+    :func:`feature_visualization` applies. The result has ``units`` empty
+    and ``directions`` (K, C); ``values`` are the objectives' final values.
+    """
+    C.check_layer(model, layer)
+    one_shape = input_shape(model, options.pop("size", None))
+    probe = output_shape(model, layer, (1,) + one_shape)
+    vectors = _direction_vectors(directions, probe[1], layer)
+    if position is not None:
+        if len(probe) != 4:
+            raise ValueError(f"layer {layer!r} outputs vectors {probe[1:]}; a position needs a spatial layer")
+        if (not isinstance(position, (tuple, list)) or len(position) != 2
+                or not all(C.is_int(v) for v in position)
+                or not (0 <= position[0] < probe[2] and 0 <= position[1] < probe[3])):
+            raise ValueError(f"position must be (i, j) within layer {layer!r}'s {probe[2]}x{probe[3]} map, "
+                             f"got {position!r}")
+        position = (int(position[0]), int(position[1]))
+    P.check_weight(cosine_power, "cosine_power")
+
+    def objective(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return P.direction_objective(out, vectors, position, cosine_power)
+
+    images, values, history = _ascend(model, layer, objective, len(vectors), one_shape, None,
+                                      **_ascent_options(options))
+    return Visualization(layer=layer, units=[], images=images, values=values, history=history, directions=vectors)
+
+
+_ASCENT_DEFAULTS: dict[str, Any] = {
+    "steps": 256, "seed": 0, "init": "noise", "optimizer": "adam", "lr": 0.05, "l2_decay": 0.0, "blur_every": 0,
+    "blur_sigma": 0.5, "jitter": 0, "scale": None, "rotate": 0.0, "clip_norm": 0.0, "clip_contribution": 0.0,
+    "parametrization": "pixel", "color": None, "diversity": 0.0, "diversity_layer": None, "progress": None,
+}
+
+
+def _ascent_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`feature_visualization`'s defaults with ``options`` over them; an unknown name is a TypeError."""
+    unknown = sorted(set(options) - set(_ASCENT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown option {unknown[0]!r} (options: size, {', '.join(_ASCENT_DEFAULTS)})")
+    return {**_ASCENT_DEFAULTS, **options}
 
 
 def _clip_pixels(image: P.PixelImage, pixel_gradient: np.ndarray, norm_percentile: float,

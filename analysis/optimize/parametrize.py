@@ -523,3 +523,90 @@ def backward_from(model: fastconv.Model, gradients: Mapping[str, np.ndarray]) ->
         raise ValueError(f"layer {missing[0]!r} is not on a path from the input to {deepest!r}, "
                          "so a gradient given there cannot reach the input")
     return grad
+
+
+# -- objectives on a layer's output ---------------------------------------------------
+
+def _pooled(activations: np.ndarray, position: tuple[int, int] | None) -> np.ndarray:
+    """Each image's activation vector (N, C): the channels at ``position``
+    (i, j), or their mean over positions; a flat layer's output as it is."""
+    if activations.ndim == 2:
+        return activations
+    if position is not None:
+        return activations[:, :, position[0], position[1]]
+    return activations.mean(axis=(2, 3))
+
+
+def _spread(vector_gradient: np.ndarray, shape: tuple[int, ...], position: tuple[int, int] | None) -> np.ndarray:
+    """The adjoint of :func:`_pooled`: a gradient (N, C) back to the layer's shape."""
+    if len(shape) == 2:
+        return vector_gradient
+    gradient = np.zeros(shape)
+    if position is not None:
+        gradient[:, :, position[0], position[1]] = vector_gradient
+        return gradient
+    gradient[...] = vector_gradient[:, :, None, None] / (shape[2] * shape[3])
+    return gradient
+
+
+def direction_objective(activations: ArrayLike, vectors: ArrayLike, position: tuple[int, int] | None = None,
+                        cosine_power: float = 0.0, floor: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """How far each image's activation points along its direction, with the gradient.
+
+    ``activations`` (N, C, H, W) or (N, C); ``vectors`` (N, C), or (C,) for
+    all. With a = the activation vector at ``position`` (i, j), or its mean
+    over positions when None, and v the direction, the value is
+    ``<v, a> * max(cos(v, a), floor) ** cosine_power``. ``cosine_power=0``
+    gives the plain dot product, a linear objective (a channel combination
+    when v weights channels); a positive power rewards pointing the same way
+    as v rather than a large activation in roughly that direction, as in the
+    activation atlas of Carter et al. 2019. Returns (values (N,), gradient of
+    their sum w.r.t. ``activations``).
+    """
+    cosine_power = check_weight(cosine_power, "cosine_power")
+    activations = np.asarray(activations, dtype=np.float64)
+    a = _pooled(activations, position)
+    v = np.broadcast_to(np.asarray(vectors, dtype=np.float64), a.shape)
+    dot = np.sum(v * a, axis=1)
+    if cosine_power == 0:
+        return dot, _spread(np.array(v), activations.shape, position)
+    v_norm = np.linalg.norm(v, axis=1) + 1e-12
+    a_norm = np.linalg.norm(a, axis=1) + 1e-12
+    cosine = dot / (v_norm * a_norm)
+    clipped = np.maximum(cosine, floor)
+    values = dot * clipped ** cosine_power
+    cosine_gradient = v / (v_norm * a_norm)[:, None] - (dot / (v_norm * a_norm ** 3))[:, None] * a
+    # Below the floor the factor is constant: only the dot product moves.
+    active = (cosine > floor)[:, None]
+    gradient = clipped[:, None] ** cosine_power * v + np.where(
+        active, cosine_power * (dot * clipped ** (cosine_power - 1))[:, None] * cosine_gradient, 0.0)
+    return values, _spread(gradient, activations.shape, position)
+
+
+def gram_similarity(activations: ArrayLike) -> tuple[float, np.ndarray]:
+    """How alike a batch of images is in style: the mean over images of the
+    summed cosine similarity between its Gram matrix and every other image's,
+    with the gradient w.r.t. ``activations`` (N, C, H, W) or (N, C).
+
+    With G_n = A_n A_n^T / (H W) and g_n = G_n / ||G_n||, the value is
+    ``sum over n != m of <g_n, g_m> / N``: N - 1 when all images share one
+    Gram matrix, lower as they differ in which channels fire together. The
+    diversity term of Olah et al. 2017 subtracts it from the objective.
+    """
+    activations = np.asarray(activations, dtype=np.float64)
+    n = activations.shape[0]
+    if n < 2:
+        raise ValueError(f"a similarity between images needs at least 2 of them, got {n}")
+    flat = activations.reshape(n, activations.shape[1], -1)
+    positions = flat.shape[2]
+    grams = flat @ flat.transpose(0, 2, 1) / positions
+    norms = np.sqrt(np.sum(grams ** 2, axis=(1, 2))) + 1e-12
+    unit = grams / norms[:, None, None]
+    total = unit.sum(axis=0)
+    value = float((np.sum(total ** 2) - np.sum(unit ** 2)) / n)
+    others = (total[None] - unit) * (2.0 / n)
+    along = np.sum(others * unit, axis=(1, 2))
+    gram_gradient = (others - along[:, None, None] * unit) / norms[:, None, None]
+    symmetric = gram_gradient + gram_gradient.transpose(0, 2, 1)
+    gradient = symmetric @ flat / positions
+    return value, gradient.reshape(activations.shape)

@@ -441,19 +441,103 @@ def _class_model(ctx, args):
 
 @_tool("feature-vis", "images that maximize channels of each layer (pixel or Fourier parametrization)")
 def _feature_vis(ctx, args):
-    from fastconv.analysis.optimize.figures import plot_feature_grid
-    from fastconv.analysis.optimize.methods import feature_grid
+    from fastconv.analysis.optimize.figures import plot_directions, plot_feature_grid
+    from fastconv.analysis.optimize.methods import direction_visualization, diverse_visualization, feature_grid
     from fastconv.analysis.optimize.parametrize import color_correlation
 
     color = None
     if args.decorrelate:
         raw, _ = ctx.images()
         color = color_correlation(raw[:args.limit])
+    options = dict(init=args.init, steps=args.steps, seed=args.seed, lr=args.lr, size=args.size,
+                   parametrization=args.parametrization, color=color, jitter=args.jitter, scale=args.scale,
+                   rotate=args.rotate, l2_decay=args.l2_decay)
+    if args.combine or args.direction:
+        layer = _one_layer(args, "--combine/--direction")
+        directions = [_combination(args.combine)] if args.combine else _direction_file(args.direction)
+        result = direction_visualization(ctx.model, layer, directions, cosine_power=args.cosine_power,
+                                         position=tuple(args.position) if args.position else None, **options)
+        return plot_directions(result, path=args.out)
+    if args.diversity:
+        if args.diversity < 2:
+            raise _usage_error(f"--diversity is the number of images per channel and must be at least 2, "
+                               f"got {args.diversity}")
+        from fastconv.analysis.optimize.methods import input_shape, output_shape, spread_channels
+
+        layer = _one_layer(args, "--diversity")
+        out = output_shape(ctx.model, layer, (1,) + input_shape(ctx.model, args.size))
+        channels = args.channels or spread_channels(out[1], args.per_layer)
+        grid = {f"{layer} ch {c}": diverse_visualization(ctx.model, layer, c, count=args.diversity,
+                                                         diversity=args.diversity_weight, **options)
+                for c in channels}
+        return plot_feature_grid(grid, path=args.out, title=f"{args.diversity} diverse images per channel of "
+                                                            f"{layer} (Gram-similarity penalty "
+                                                            f"{args.diversity_weight:g}; each tile stretched)")
     grid = feature_grid(ctx.model, layers=args.layers, per_layer=args.per_layer, channels=args.channels,
-                        center=args.center, init=args.init, steps=args.steps, seed=args.seed, lr=args.lr,
-                        size=args.size, parametrization=args.parametrization, color=color, jitter=args.jitter,
-                        scale=args.scale, rotate=args.rotate, l2_decay=args.l2_decay)
+                        center=args.center, **options)
     return plot_feature_grid(grid, path=args.out)
+
+
+def _one_layer(args, option):
+    if not args.layers or len(args.layers) != 1:
+        raise _usage_error(f"{option} needs exactly one layer: --layers NAME")
+    return args.layers[0]
+
+
+def _combination(terms):
+    """{channel: weight} from 'C:W' words ('3' alone weighs channel 3 by 1)."""
+    weights = {}
+    for term in terms:
+        channel, _, weight = term.partition(":")
+        try:
+            weights[int(channel)] = float(weight) if weight else 1.0
+        except ValueError:
+            raise _usage_error(f"--combine takes CHANNEL:WEIGHT words like 3:1 7:-0.5, got {term!r}") from None
+    return weights
+
+
+def _direction_file(path):
+    import numpy as np
+
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as error:
+        raise _usage_error(f"--direction {path!r} is not a .npy file of a vector (C,) or vectors (K, C): "
+                           f"{error}") from None
+
+
+@_tool("atlas", "activation atlas: a layer's activations over many images, laid out, each cell rendered")
+def _atlas(ctx, args):
+    import numpy as np
+
+    from fastconv.analysis.optimize.atlas import activation_atlas, plot_atlas
+
+    raw, labels = ctx.images()
+    layer = args.layer or C.last_conv_name(ctx.model)
+    atlas = activation_atlas(ctx.model, raw, layer, grid=args.grid, positions=args.positions, limit=args.limit,
+                             min_count=args.min_count, method=args.method, cosine_power=args.cosine_power,
+                             seed=args.seed, steps=args.steps, lr=args.lr, jitter=args.jitter)
+    point_labels = labels[:args.limit] if args.positions == "mean" else np.repeat(labels[:args.limit],
+                                                                                  int(args.positions))
+    print(f"{len(atlas.cells)} cells of {args.grid}x{args.grid} drawn ({atlas.method}); objective "
+          f"{atlas.start_values.mean():.3g} at the start, {atlas.values.mean():.3g} after (mean over cells)")
+    return plot_atlas(atlas, labels=point_labels, classes=ctx.classes(), path=args.out)
+
+
+@_tool("fooling", "evolved fooling images: CPPN patterns or regular gratings the model is sure of")
+def _fooling(ctx, args):
+    from fastconv.analysis.optimize.cppn import evolve_fooling, plot_fooling
+
+    classes = C.meta_classes(ctx.model)
+    result = evolve_fooling(ctx.model, targets=args.targets, generator=args.generator,
+                            generations=args.generations, population=args.population, threshold=args.threshold,
+                            seed=args.seed)
+    for target, confidence in zip(result.targets, result.confidences):
+        name = classes[target] if classes else str(target)
+        print(f"{name}: {confidence:.2%}")
+    print(f"{int(result.reached.sum())} of {len(result.targets)} classes at {result.threshold:.0%} or more, "
+          f"{result.evaluations} images classified")
+    return plot_fooling(result, classes=classes, path=args.out)
 
 
 @_tool("to-class", "push an image towards a class until its probability passes a threshold")
@@ -516,6 +600,18 @@ def _style(ctx, args):
     if content is not None:
         title += f", content at {result.content_layer}"
     return plot_style(result, content, style, path=args.out, title=title)
+
+
+def _positions(text):
+    if text == "mean":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"positions must be 'mean' or a positive int, got {text!r}")
+    return value
 
 
 def _grid_size(text):
@@ -723,6 +819,52 @@ def add_viz_parser(subparsers):
                    help="random zoom range per step")
     p.add_argument("--rotate", type=argtypes.non_negative_float, default=0.0,
                    help="random rotation of up to N degrees per step")
+
+    p.add_argument("--diversity", type=argtypes.positive_int, metavar="N",
+                   help="N images per channel of one layer, kept apart by a Gram-similarity penalty")
+    p.add_argument("--diversity-weight", type=argtypes.non_negative_float, default=1.0,
+                   help="weight of that penalty (default: 1)")
+    p.add_argument("--combine", nargs="+", metavar="C:W",
+                   help="one image for a weighted sum of channels of one layer, e.g. 3:1 7:-0.5")
+    p.add_argument("--direction", metavar="FILE.npy",
+                   help="images for directions (C,) or (K, C) of one layer's channels, from a .npy file")
+    p.add_argument("--position", type=argtypes.non_negative_int, nargs=2, metavar=("I", "J"),
+                   help="--combine/--direction at this position of the map instead of the mean over positions")
+    p.add_argument("--cosine-power", type=argtypes.non_negative_float, default=0.0,
+                   help="--combine/--direction: reward pointing along the direction (default: 0, a dot product)")
+
+    p = tools.add_parser("atlas", help=TOOLS["atlas"][1], description=TOOLS["atlas"][1])
+    _add_common(p, index=False)
+    p.add_argument("--layer", help="layer (default: the last Conv2d)")
+    p.add_argument("--grid", type=argtypes.positive_int, default=6, help="cells per side (default: 6)")
+    p.add_argument("--positions", type=_positions, default="mean",
+                   help="'mean' (one activation per image, the default) or N positions drawn per image")
+    p.add_argument("--limit", type=argtypes.positive_int, default=1000, help="use the first N images (default: 1000)")
+    p.add_argument("--min-count", type=argtypes.positive_int, default=3,
+                   help="draw cells with at least N activations (default: 3)")
+    p.add_argument("--method", choices=("auto", "umap", "tsne"), default="auto",
+                   help="layout: UMAP if umap-learn is installed (auto, the default), or t-SNE")
+    p.add_argument("--cosine-power", type=argtypes.non_negative_float, default=1.0,
+                   help="reward pointing along each cell's mean (default: 1)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=200, help="gradient steps (default: 200)")
+    p.add_argument("--lr", type=argtypes.positive_float, default=0.05, help="Adam step (default: 0.05)")
+    p.add_argument("--jitter", type=argtypes.non_negative_int, default=1,
+                   help="random shift of up to N pixels per step (default: 1)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
+
+    p = tools.add_parser("fooling", help=TOOLS["fooling"][1], description=TOOLS["fooling"][1])
+    _add_common(p, data=False, index=False)
+    p.add_argument("--generator", choices=("cppn", "pattern"), default="cppn",
+                   help="CPPN images (default) or regular patterns (sums of gratings)")
+    p.add_argument("--targets", type=argtypes.non_negative_int, nargs="+", metavar="K",
+                   help="classes to fool (default: all)")
+    p.add_argument("--generations", type=argtypes.non_negative_int, default=200,
+                   help="generations at most (default: 200)")
+    p.add_argument("--population", type=argtypes.positive_int, default=32,
+                   help="children per generation (default: 32)")
+    p.add_argument("--threshold", type=argtypes.probability, default=0.99,
+                   help="confidence at which a class is done (default: 0.99)")
+    p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
 
     p = tools.add_parser("to-class", help=TOOLS["to-class"][1], description=TOOLS["to-class"][1])
     _add_common(p)
