@@ -16,6 +16,7 @@ as a mismatch, not a good number.
 import importlib
 import importlib.util
 import io
+import warnings
 
 import numpy as np
 
@@ -44,9 +45,12 @@ def onnx_model(model, image_shape):
     twin = harness.torch_twin(model).eval()
     example = torch.zeros((2,) + tuple(image_shape), dtype=torch.float32)
     buffer = io.BytesIO()
-    # The TorchScript exporter: it needs no package beyond PyTorch and onnx.
-    torch.onnx.export(twin, (example,), buffer, input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    # The TorchScript exporter: it needs no package beyond PyTorch and onnx
+    # (the newer one needs onnxscript), and says it is deprecated.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(twin, (example,), buffer, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     return buffer.getvalue()
 
 
