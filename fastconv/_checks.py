@@ -221,6 +221,7 @@ def matching_shape(a: object, a_name: str, shape: Sequence[int], what: str) -> N
 def channel_epilogue(y: object, relu: object, scale: object, shift: object) -> bool:
     """Check the arguments of conv2d_epilogue; returns relu as a bool."""
     y = float_array(y, "y", 4)
+    nonempty_batch(y, "y")
     if not (y.flags.c_contiguous and y.flags.writeable and y.flags.aligned):
         raise ValueError("y must be a C-contiguous, aligned and writeable array: the epilogue works in place")
     relu = flag(relu, "relu")
