@@ -218,6 +218,25 @@ def matching_shape(a: object, a_name: str, shape: Sequence[int], what: str) -> N
         raise ValueError(f"{a_name} has shape {a.shape}, expected {tuple(shape)} ({what})")
 
 
+def channel_epilogue(y: object, relu: object, scale: object, shift: object) -> bool:
+    """Check the arguments of conv2d_epilogue; returns relu as a bool."""
+    y = float_array(y, "y", 4)
+    nonempty_batch(y, "y")
+    if not (y.flags.c_contiguous and y.flags.writeable and y.flags.aligned):
+        raise ValueError("y must be a C-contiguous, aligned and writeable array: the epilogue works in place")
+    relu = flag(relu, "relu")
+    if (scale is None) != (shift is None):
+        raise ValueError(f"scale and shift go together: got scale {'None' if scale is None else 'an array'} "
+                         f"and shift {'None' if shift is None else 'an array'}")
+    for name, p in (("scale", scale), ("shift", shift)):
+        if p is not None:
+            array = float_array(p, name, 1)
+            same_dtype(y, array, name)
+            if array.shape[0] != y.shape[1]:
+                raise ValueError(f"{name} has shape {array.shape} but y has {y.shape[1]} channels")
+    return relu
+
+
 def batchnorm_params(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
     float_array(x, "x", 4)
     nonempty_batch(x)

@@ -31,6 +31,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
+    "conv2d_epilogue",
     "relu6_forward", "relu6_backward",
     "adam_update",
     "gelu_forward", "gelu_backward",
@@ -863,6 +864,33 @@ cdef void _relu_backward_run(real tag, object dx, object dy, object y, int64_t s
             fc_relu_backward_f32(pdx, pdy, py, size)
         else:
             fc_relu_backward_f64(pdx, pdy, py, size)
+
+
+def conv2d_epilogue(y, relu=False, scale=None, shift=None):
+    """A convolution's evaluation-mode output pass, in place on y (N, C, H, W):
+    y = max(y, 0) if relu, then y * scale[c] + shift[c] if scale and shift
+    (C,) are given (both or neither). Returns y."""
+    cdef int do_relu = 1 if _checks.channel_epilogue(y, relu, scale, shift) else 0
+    cdef int64_t n = y.shape[0], c = y.shape[1], plane = y.shape[2] * y.shape[3]
+    sc = None if scale is None else _c_array(scale)
+    sh = None if shift is None else _c_array(shift)
+    if _is_single(y):
+        _epilogue_run(<float>0, y, sc, sh, n, c, plane, do_relu)
+    else:
+        _epilogue_run(<double>0, y, sc, sh, n, c, plane, do_relu)
+    return y
+
+
+cdef void _epilogue_run(real kind, object y, object scale, object shift, int64_t n, int64_t c,
+                        int64_t plane, int relu):
+    cdef real *py = <real *>_data(y)
+    cdef const real *ps = <const real *>_data(scale)
+    cdef const real *pt = <const real *>_data(shift)
+    with nogil:
+        if real is float:
+            fc_channel_epilogue_f32(py, ps, pt, n, c, plane, relu)
+        else:
+            fc_channel_epilogue_f64(py, ps, pt, n, c, plane, relu)
 
 
 def relu6_forward(x):

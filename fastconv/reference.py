@@ -49,6 +49,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
+    "conv2d_epilogue",
     "relu6_forward", "relu6_backward",
     "adam_update",
     "gelu_forward", "gelu_backward",
@@ -327,6 +328,20 @@ def relu_backward(dy, y):
     _checks.float_array(dy, "dy")
     _checks.matching_shape(y, "y", dy.shape, "the ReLU output")
     return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+def conv2d_epilogue(y, relu=False, scale=None, shift=None):
+    # type: (np.ndarray, bool, Union[np.ndarray, None], Union[np.ndarray, None]) -> np.ndarray
+    """A convolution's evaluation-mode output pass, in place on y (N, C, H, W):
+    y = max(y, 0) if relu, then y * scale[c] + shift[c] if scale and shift
+    (C,) are given (both or neither). Returns y."""
+    relu = _checks.channel_epilogue(y, relu, scale, shift)
+    if relu:
+        np.maximum(y, 0, out=y)
+    if scale is not None and shift is not None:  # both or neither, as checked
+        y *= scale.reshape(1, -1, 1, 1)
+        y += shift.reshape(1, -1, 1, 1)
+    return y
 
 
 def relu6_forward(x):

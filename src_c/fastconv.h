@@ -27,7 +27,8 @@
  *   *.inc  template bodies written in REAL and FC_NAME, one operation each:
  *          im2col, pooling, batchnorm, relu, optimizer (Adam), gemm (the
  *          register-tiled matrix kernel and its packing), winograd,
- *          depthwise, conv, linear and gelu. Only the per-type .c files
+ *          depthwise, conv, linear, gelu and epilogue (a convolution's
+ *          evaluation-mode output pass). Only the per-type .c files
  *          include them, with REAL and FC_NAME defined, in the order the .c
  *          files list (an .inc relies on the ones before it: gemm.inc before
  *          winograd.inc, depthwise.inc, conv.inc and linear.inc; im2col.inc,
@@ -197,6 +198,13 @@ void fc_batchnorm_backward_f64(double *dx, double *dweight, double *dbias, const
                                const double *x, const double *stats, const double *weight,
                                const double *inv_std, int64_t n_images, int64_t channels,
                                int64_t plane, int relu, int through_relu);
+
+/* epilogue.inc: in place on y (n_images, channels, plane); scale and shift
+ * (channels,) are both NULL or neither. */
+void fc_channel_epilogue_f32(float *y, const float *scale, const float *shift, int64_t n_images,
+                             int64_t channels, int64_t plane, int relu);
+void fc_channel_epilogue_f64(double *y, const double *scale, const double *shift, int64_t n_images,
+                             int64_t channels, int64_t plane, int relu);
 
 /* relu.inc */
 void fc_relu_forward_f32(float *y, const float *x, int64_t size);

@@ -18,3 +18,4 @@
 #include "conv.inc"
 #include "linear.inc"
 #include "gelu.inc"
+#include "epilogue.inc"

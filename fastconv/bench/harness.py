@@ -1025,6 +1025,14 @@ def _plan(batch_size, quick, engines, threads):
         for net in scaling_nets:
             tasks.append((f"thread scaling {net}",
                           lambda ctx, net=net: _scaling_rows(net, batch_size, scaling_engines, threads, ctx)))
+    from fastconv.bench import peers  # peers builds on this module
+
+    if peers.available_peers():
+        peer_batches = sorted({1, min(32, batch_size), batch_size})
+        for net in NETS:
+            tasks.append((f"inference peers {net}",
+                          lambda ctx, net=net: peers.peer_inference_rows(
+                              [net], peer_batches, threads, ctx["settings"].time_model)))
     memory_engines = [e for e in engines if e != "numpy"] if quick else list(engines)
     for engine in memory_engines:
         tasks.append((f"memory {engine}",
@@ -1198,6 +1206,16 @@ def format_table(rows):
     if "model" in by_section:
         parts.append("Training step (forward, cross-entropy, backward, Adam) and inference (eval forward)\n"
                      + _speed_lines(by_section["model"]))
+    if "peers" in by_section:
+        rs = by_section["peers"]
+        names = [key[:-2] for key in rs[0] if key.endswith("_s") and key != "fastconv_s"]
+        header = ["net", "batch", "fastconv ms"] + [f"{name} ms" for name in names] + [
+            f"vs {name}" for name in names]
+        lines = [[r["net"], r["batch"], _ms(r["fastconv_s"])] + [_ms(r[f"{name}_s"]) for name in names]
+                 + [_ratio(r[f"vs_{name}"]) for name in names] for r in rs]
+        parts.append("Inference (float32) against the inference engines, the PyTorch twin exported to ONNX\n"
+                     "('vs X' = X's time / fastconv's time; OpenVINO with INFERENCE_PRECISION_HINT=f32)\n"
+                     + _columns(header, lines, right_from=2))
     if "kernel" in by_section:
         batch = by_section["kernel"][0]["batch"]
         parts.append(f"Kernels, batch {batch} (conv fwd+bwd: every conv layer of the net, summed)\n"
@@ -1235,6 +1253,6 @@ def format_table(rows):
     mismatches = sorted({e for r in rows for e in r.get("mismatch", ())})
     footer = [note]
     if mismatches:
-        footer.append(f"* outputs of {', '.join(mismatches)} differ from the NumPy backend's beyond float32 "
-                      "tolerance: check the kernels before trusting these times.")
+        footer.append(f"* outputs of {', '.join(mismatches)} differ from the NumPy backend's (a peer's: from "
+                      "fastconv's) beyond float32 tolerance: check the kernels before trusting these times.")
     return "\n\n".join(parts + ["\n".join(footer)]) + "\n"

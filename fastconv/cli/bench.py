@@ -1,5 +1,6 @@
-"""``fastconv bench``: fastconv's speed on this machine next to its NumPy backend
-and PyTorch (:mod:`fastconv.bench`; benchmarks/README.md explains the columns)."""
+"""``fastconv bench``: fastconv's speed on this machine next to its NumPy backend,
+PyTorch and, for inference, ONNX Runtime and OpenVINO when installed
+(:mod:`fastconv.bench`; benchmarks/README.md explains the columns)."""
 from fastconv.cli.argtypes import positive_int as _positive_int
 
 __all__ = ["add_parsers", "cmd_bench"]
@@ -24,7 +25,8 @@ def add_parsers(commands):
     bench = commands.add_parser(
         "bench", help="time the kernels and the seeds' nets against the NumPy backend and PyTorch",
         description="Print fastconv's speed on this machine next to its NumPy backend and, when "
-                    "installed, PyTorch, measured in the same run (under a minute; --full for every "
+                    "installed, PyTorch, ONNX Runtime and OpenVINO (inference; the bench extra),"
+                    " measured in the same run (under a minute; --full for every "
                     "layer shape, a few minutes). benchmarks/README.md explains the columns.")
     bench.add_argument("--threads", type=_positive_int, help="threads (default all cores)")
     bench.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from fastconv import _checks
+from fastconv.nn import fuse
 from fastconv.nn.layers import LAYER_TYPES, Layer, _blame, _float_dtype, _PassIO
 from fastconv.nn.model import BUILDERS, Model, _keep_output, _layer_from
 
@@ -401,17 +402,29 @@ class Graph(Model):
         return tuple(self._layers[i]._passes for i in self._plan(until).order)
 
     # -- passes -----------------------------------------------------------------
-    def _run(self, x: np.ndarray, until: str | None, keep: bool) -> np.ndarray:
+    def _run(self, x: np.ndarray, until: str | None, keep: bool,
+             steps: fuse.InferencePlan | None = None) -> np.ndarray:
         """Output of node ``until`` (default the output) for input x, through
-        each layer's ``forward`` (``keep``) or ``infer``."""
+        each layer's ``forward`` (``keep``) or ``infer``, and the fused
+        groups of ``steps``, each stored as the output of its last node."""
         plan = self._plan(until)
         values: dict[str, np.ndarray] = {INPUT: x}
         left = dict(plan.readers)
         name = INPUT
         for i in plan.order:
+            if steps is not None and i in steps.skipped:
+                continue
             name, layer = self._names[i], self._layers[i]
             sources = self._inputs[name]
             args = [values[source] for source in sources]
+            if steps is not None and i in steps.groups:
+                name = self._names[steps.groups[i].members[-1]]
+                values[name] = steps.run(i, args[0])
+                for source in sources:
+                    left[source] -= 1
+                    if left[source] == 0:
+                        del values[source]
+                continue
             with _blame(name, layer):
                 if isinstance(layer, Merge):
                     y = layer.forward(args) if keep else layer.infer(args)
@@ -424,7 +437,7 @@ class Graph(Model):
                 left[source] -= 1
                 if left[source] == 0:
                     del values[source]
-        return values[name]
+        return values[self._names[plan.order[-1]]]
 
     def _forward_pass(self, x: np.ndarray, until: str | None) -> np.ndarray:
         if not self._names:
@@ -437,8 +450,24 @@ class Graph(Model):
         _keep_output(self, y, until)
         return y
 
-    def _infer_batch(self, x: np.ndarray) -> np.ndarray:
-        return self._run(x, None, keep=False)
+    def _infer_batch(self, x: np.ndarray, steps: fuse.InferencePlan | None = None) -> np.ndarray:
+        return self._run(x, None, keep=False, steps=steps)
+
+    def _fusable_groups(self) -> list[fuse.Group]:
+        readers: dict[str, list[int]] = {}
+        for i, name in enumerate(self._names):
+            for source in self._inputs[name]:
+                readers.setdefault(source, []).append(i)
+        output = self.output
+
+        def next_of(i: int) -> int | None:
+            name = self._names[i]
+            after = readers.get(name, [])
+            if name == output or len(after) != 1 or self._inputs[self._names[after[0]]] != (name,):
+                return None
+            return after[0]
+
+        return fuse.chain_groups(self._names, self._layers, next_of)
 
     def _backward_pass(self, grad: np.ndarray, start: str | None, input_grad: bool,
                        param_grads: bool) -> np.ndarray | None:
@@ -509,6 +538,7 @@ class Graph(Model):
             clone.add(name, layer.astype(dtype), *sources)
         clone._output = self._output
         clone._training = self._training
+        clone.inference_fusion = self.inference_fusion
         clone.meta = copy.deepcopy(self.meta)
         return clone
 

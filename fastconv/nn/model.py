@@ -25,6 +25,9 @@ hooks ignore return values. Some adjacent layers run as one pass
 (``fastconv.nn.fusion``, a ReLU and the training-mode batch norm after it);
 a hook on the model or on those layers turns that off where it would see or
 change what passes between them, so hooks always see the unfused pass.
+``predict`` and ``classify`` run a convolution and the batch norm and ReLU
+after it as one pass (``fastconv.nn.fuse``) unless a forward hook is
+registered anywhere or ``model.inference_fusion`` is False.
 
 File format (``save`` / ``load``): an uncompressed ``.npz`` holding
 ``architecture`` (JSON: format tag, version, mode and, per layer, its name,
@@ -45,7 +48,7 @@ import numpy as np
 
 from fastconv import _checks
 from fastconv._files import atomic_write, open_npz
-from fastconv.nn import fusion
+from fastconv.nn import fuse, fusion
 from fastconv.nn.layers import LAYER_TYPES, HookHandle, Layer, _blame, _float_dtype, _register
 from fastconv.nn.normalize import Normalize
 
@@ -183,6 +186,9 @@ class Model:
         self._fused: dict[int, fusion.Pass] = {}  # the last forward's fused passes, by the index of their last layer
         self._training = all(layer.training for layer in layers)
         self._forward_count = 0  # forward passes run, so that a loss can tell whether its input is the last one's
+        # Whether predict and classify run a convolution and the layers after it as one pass (fastconv.nn.fuse).
+        self.inference_fusion = True
+        self._folds: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # folded weights kept between inference calls
         self._clear_threads()
         self.meta: dict[str, Any] = {}
 
@@ -202,7 +208,7 @@ class Model:
         the last pass (as for each layer), so that ``copy.deepcopy(model)``,
         say for another thread, works at any time and starts with no pass."""
         state = dict(self.__dict__)
-        state.update(_pass_thread=None, _pass_depth=0, _forward_thread=None, _reached=None, _fused={})
+        state.update(_pass_thread=None, _pass_depth=0, _forward_thread=None, _reached=None, _fused={}, _folds={})
         return state
 
     @contextlib.contextmanager
@@ -413,12 +419,14 @@ class Model:
         for layer in self._layers:
             layer.eval()
         try:
+            # In evaluation mode now, so the batch norms the plan folds use their running statistics.
+            steps = fuse.plan(self, self.__dict__.setdefault("_folds", {}))
             outputs = []
             for begin in range(0, x.shape[0], batch_size):
                 out = x[begin:begin + batch_size]
                 if prepare is not None:
                     out = prepare(out)
-                outputs.append(self._infer_batch(out))
+                outputs.append(self._infer_batch(out, steps))
         finally:
             for layer, mode in zip(self._layers, modes):
                 layer.train(mode)
@@ -562,8 +570,13 @@ class Model:
                        param_grads: bool) -> np.ndarray | None:
         raise NotImplementedError
 
-    def _infer_batch(self, x: np.ndarray) -> np.ndarray:
-        """Evaluation-mode output of one batch, keeping nothing for backward."""
+    def _infer_batch(self, x: np.ndarray, steps: fuse.InferencePlan | None = None) -> np.ndarray:
+        """Evaluation-mode output of one batch, keeping nothing for backward;
+        ``steps``: the fused groups to run (None: every layer alone)."""
+        raise NotImplementedError
+
+    def _fusable_groups(self) -> list[fuse.Group]:
+        """The groups ``fastconv.nn.fuse`` may run in an inference pass now."""
         raise NotImplementedError
 
     def _output_shapes(self, input_shape: tuple[int, ...],
@@ -723,10 +736,21 @@ class Sequential(Model):
             rows.append((name, layer, shape))
         return rows
 
-    def _infer_batch(self, x: np.ndarray) -> np.ndarray:
-        for name, layer in zip(self._names, self._layers):
+    def _infer_batch(self, x: np.ndarray, steps: fuse.InferencePlan | None = None) -> np.ndarray:
+        i = 0
+        while i < len(self._layers):
+            if steps is not None and i in steps.groups:
+                x = steps.run(i, x)
+                i = steps.groups[i].members[-1] + 1
+                continue
+            name, layer = self._names[i], self._layers[i]
             x = self._run_layer(name, layer, layer.infer, x)
+            i += 1
         return x
+
+    def _fusable_groups(self) -> list[fuse.Group]:
+        last = len(self._layers) - 1
+        return fuse.chain_groups(self._names, self._layers, lambda i: i + 1 if i < last else None)
 
     def _forward_pass(self, x: np.ndarray, until: str | None) -> np.ndarray:
         stop = len(self._layers) - 1 if until is None else self._position(until)
@@ -794,6 +818,7 @@ class Sequential(Model):
         dtype = _float_dtype(dtype)
         clone = Sequential([(name, layer.astype(dtype)) for name, layer in self.named_layers()])
         clone._training = self._training
+        clone.inference_fusion = self.inference_fusion
         clone.meta = copy.deepcopy(self.meta)
         return clone
 
