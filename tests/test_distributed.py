@@ -143,7 +143,8 @@ def _train(tmp_path, ranks, model, batch):
 
 def _assert_same_weights(one, two, tol):
     assert set(one.files) == set(two.files)
-    for key in one.files:
+    # The training accuracy counts predictions: a logit's last bit may turn one.
+    for key in set(one.files) - {"accuracy"}:
         scale = max(1.0, float(np.abs(one[key]).max()))
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=tol * scale, err_msg=key)
 
@@ -159,11 +160,11 @@ def test_two_ranks_train_as_one_process_mnist2(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_with_sync_bn_train_as_one_process_cifar6(tmp_path):
-    one, two = _train(tmp_path, 1, "cifar6", 16), _train(tmp_path, 2, "cifar6-sync", 16)
+    one, two = _train(tmp_path, 1, "cifar6", 32), _train(tmp_path, 2, "cifar6-sync", 32)
     _assert_same_weights(one, two, 1e-4)
     # Per-rank statistics (the default) are another computation: documented, and visible.
-    per_rank = _train(tmp_path, 2, "cifar6", 16)
-    assert max(float(np.abs(per_rank[k] - one[k]).max()) for k in one.files) > 1e-3
+    per_rank = _train(tmp_path, 2, "cifar6", 32)
+    assert abs(float(per_rank["loss"]) - float(one["loss"])) > 1e-3
 
 
 def test_shards_over_two_real_ranks(tmp_path):

@@ -389,7 +389,8 @@ class SyncBatchNorm2d(BatchNorm2d):
     """
 
     def __init__(self, layer: BatchNorm2d, comm: Communicator) -> None:
-        super().__init__(layer.num_features, eps=layer.eps, momentum=layer.momentum, dtype=layer.dtype)
+        super().__init__(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                         dtype=layer.params["weight"].dtype)
         self.params, self.grads, self.buffers = layer.params, layer.grads, layer.buffers
         self.training = layer.training
         self.comm = comm
@@ -420,7 +421,9 @@ class SyncBatchNorm2d(BatchNorm2d):
         m = self.momentum
         running_mean[...] = (1.0 - m) * running_mean + m * mean
         running_var[...] = (1.0 - m) * running_var + m * var * (count / (count - 1))
-        return y, _BatchNormTrainCache(_SyncKernels(self), _SyncRecord(xhat, inv_std, count), False)
+        # The record's "kernels" are what its backward calls: here, the synchronized sums.
+        return y, _BatchNormTrainCache(_SyncKernels(self), _SyncRecord(xhat, inv_std, count),  # type: ignore[arg-type]
+                                       False)
 
     def null_pass(self) -> None:
         """Take part in this layer's forward and backward sums with nothing:
