@@ -4,7 +4,10 @@ the run's eval.json and its confusion and prediction figures.
 
 RUN_DIR may also be a model file (as for ``report``, ``viz`` and ``attack``),
 or a run whose training has not finished, whose last checkpoint is then
-evaluated."""
+evaluated.
+
+Under ``mpiexec -n N`` the ranks share the test images, batch by batch, and
+rank 0 gathers the logits, writes and prints: the same result as one process."""
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
     from fastconv.data import Normalize
     from fastconv.nn.losses import softmax
     from fastconv.train import confusion_matrix, evaluate
+    from fastconv.train.distributed import world
     from fastconv.train.figures import plot_confusion, plot_predictions
 
     model_path = run.model_file(which) if model is None else None
@@ -50,7 +54,8 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
     run.check_fits(dataset, model.meta)
     normalize = Normalize.from_meta(model.meta["normalization"]) if "normalization" in model.meta else None
     tta = tta if tta is not None else model.meta.get("test_time_augmentation", "none")
-    result = evaluate(model, x, y, normalize, tta=tta)
+    comm = world()
+    result = evaluate(model, x, y, normalize, tta=tta, comm=comm)
     cm = confusion_matrix(y, result["predictions"], dataset.num_classes)
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     report = {
@@ -67,6 +72,8 @@ def evaluate_run(run, split, which="final", dataset_name=None, data_dir=None, da
         "classes": list(dataset.classes),
         "confusion_matrix": cm.tolist(),
     }
+    if not comm.is_root:
+        return report
     run.write_json(EVAL, report)
     title = f"{model.meta.get('model', 'model')} on the {split} split of {short_name(dataset.name)}"
     plot_confusion(cm, dataset.classes, run.figure("confusion"), title=f"Confusion matrix: {title}")
@@ -107,6 +114,13 @@ def _checkpoint_model(run, data_dir, dataset_name):
 
 
 def cmd_evaluate(args):
+    from fastconv.train.distributed import abort_on_error, world
+
+    with abort_on_error(world(), "evaluate"):
+        return _cmd_evaluate(args)
+
+
+def _cmd_evaluate(args):
     path = Path(args.run_dir)
     unfinished = path.is_dir() and not (path / FINAL_MODEL).exists()
     if unfinished and args.which == "best" and (path / BEST_MODEL).is_file():

@@ -12,6 +12,9 @@ is written to the run folder, which ``--resume`` reads back.
 Also what every command that trains shares: the built-in models and
 optimizers, the data of a run (its --limit subset and validation part), and
 the training itself (``train_run``, which ``fastconv demo`` calls too).
+
+Under ``mpiexec -n N`` the same command trains on N ranks
+(``fastconv.train.distributed``); only rank 0 prints and writes files.
 """
 import os
 from pathlib import Path
@@ -81,6 +84,7 @@ TRAIN_DEFAULTS = {
     "label_smoothing": None,
     "tta": None,
     "test_fraction": None,
+    "sync_bn": False,
 }
 # What a recipe sets, by the option's name: a recipe run takes these from the
 # recipe unless the option is given.
@@ -94,14 +98,32 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
 
 
 def set_threads(threads):
+    """Set the kernels' threads: the number given, else all cores, or under
+    MPI the cores of this node divided among its ranks."""
     import fastconv
+    from fastconv.train.distributed import default_threads, world
 
+    comm = world()
+    if threads is None and comm.size > 1:
+        threads = default_threads(comm)
     return fastconv.set_num_threads(threads)
 
 
 def print_lines(*lines):
-    for line in lines:
-        print(line, flush=True)
+    """Print, on rank 0 only when several ranks run the command."""
+    from fastconv.train.distributed import world
+
+    if world().is_root:
+        for line in lines:
+            print(line, flush=True)
+
+
+def _ranks_text(threads):
+    from fastconv.train.distributed import world
+
+    size = world().size
+    per_rank = f"{threads} thread{'' if threads == 1 else 's'}"
+    return f"{size} MPI ranks x {per_rank} each" if size > 1 else per_rank
 
 
 # ------------------------------------------------------------------ data and model
@@ -355,20 +377,25 @@ def _recipe_setup(recipe, config, dataset, x_train):
 def _recipe_train_run(config, recipe, run, dataset, train, val, threads, resume):
     """train_run for a run with a recipe."""
     from fastconv.train import Trainer, evaluate
+    from fastconv.train.distributed import world
     from fastconv.train.figures import plot_samples
 
+    comm = world()
     (x_train, y_train), (x_val, y_val) = train, val
     setup = _recipe_setup(recipe, config, dataset, x_train)
+    if config.get("sync_bn") and comm.size > 1:
+        raise UsageError("--sync-bn is not available with --recipe: a recipe builds its optimizer on its own model")
     _create_folder(run)
     title = f"{config['model']} on {short_name(config['dataset'])}"
+    figures = [_FigureWriter(run.figure("history"), title)] if comm.is_root else []
     trainer = Trainer(
         setup.model, setup.optimizer, setup.loss, setup.schedule, batch_size=recipe.batch_size,
         seed=config["seed"], normalize=setup.normalize, augment=setup.augment,
         schedule_interval=setup.schedule_interval, run_dir=run,
-        callbacks=[*setup.callbacks, _FigureWriter(run.figure("history"), title)],
+        callbacks=[*setup.callbacks, *figures], comm=comm,
     )
-    if not resume:
-        run.write_config({**config, "threads": threads, "data_dir": config.get("data_dir")})
+    if not resume and comm.is_root:
+        run.write_config({**config, "threads": threads, "ranks": comm.size, "data_dir": config.get("data_dir")})
         run.write_recipe(recipe.to_dict())
         plot_samples(x_train, y_train, dataset.classes, run.figure("samples"),
                      seed=config["seed"], title=f"A random sample of the {short_name(config['dataset'])} training set")
@@ -376,7 +403,7 @@ def _recipe_train_run(config, recipe, run, dataset, train, val, threads, resume)
     val_text = f"{len(x_val):,} validation" if len(x_val) else "no validation"
     print_lines(
         f"training {config['model']} ({setup.model.num_parameters():,} parameters) on {config['dataset']}: "
-        f"{len(x_train):,} training and {val_text} images, {threads} thread{'' if threads == 1 else 's'}",
+        f"{len(x_train):,} training and {val_text} images, {_ranks_text(threads)}",
         f"{recipe.describe()}; {steps} batches an epoch",
         f"data: {dataset.source}; test split: {dataset.test_split}",
         f"run folder: {run.folder}",
@@ -384,7 +411,7 @@ def _recipe_train_run(config, recipe, run, dataset, train, val, threads, resume)
     val_args = (x_val, y_val) if len(x_val) else (None, None)
     trainer.fit(x_train, y_train, config["epochs"], *val_args, resume=resume)
     if len(x_val) and recipe.evaluation.tta != "none":
-        result = evaluate(setup.model, x_val, y_val, setup.normalize, tta=recipe.evaluation.tta)
+        result = evaluate(setup.model, x_val, y_val, setup.normalize, tta=recipe.evaluation.tta, comm=comm)
         print_lines(f"validation accuracy with test-time augmentation ({recipe.evaluation.tta}): "
                     f"{result['accuracy']:.4f}")
     return trainer, dataset, (x_val, y_val)
@@ -404,8 +431,10 @@ def train_run(config, run_dir, data_dir, threads, resume, recipe=None):
     run_dir; return (trainer, dataset, (x_val, y_val))."""
     from fastconv.data import Augment, Normalize
     from fastconv.train import Trainer
+    from fastconv.train.distributed import sync_batchnorm, world
     from fastconv.train.figures import plot_samples
 
+    comm = world()
     threads = set_threads(threads)
     run = RunDir(run_dir, config=config)
     dataset, (x_train, y_train), (x_val, y_val) = load_data(run, data_dir, config["dataset"])
@@ -415,6 +444,8 @@ def train_run(config, run_dir, data_dir, threads, resume, recipe=None):
     if config.get("model") is None:
         config["model"] = _default_model(dataset)
     model = build_model(config, dataset)
+    if config.get("sync_bn") and comm.size > 1:
+        model = sync_batchnorm(model, comm)
     steps_per_epoch = -(-len(x_train) // config["batch_size"])
     optimizer, schedule = _build_optimizer(config, model, steps_per_epoch)
     normalize = Normalize.fit(x_train)
@@ -429,21 +460,23 @@ def train_run(config, run_dir, data_dir, threads, resume, recipe=None):
 
         adversarial = AdversarialTraining(config["adversarial"], eps=config["adv_eps"],
                                           steps=config.get("adv_steps") or AdversarialTraining.PGD_STEPS)
-    _create_folder(run)
+    if comm.is_root:
+        _create_folder(run)
     title = f"{config['model']} on {short_name(config['dataset'])}"
     trainer = Trainer(
         model, optimizer, schedule=schedule, batch_size=config["batch_size"], seed=config["seed"],
         normalize=normalize, augment=augment, run_dir=run,
-        callbacks=[_FigureWriter(run.figure("history"), title)], adversarial=adversarial,
+        callbacks=[_FigureWriter(run.figure("history"), title)] if comm.is_root else [], adversarial=adversarial,
+        comm=comm,
     )
-    if not resume:
-        run.write_config({**config, "threads": threads, "data_dir": data_dir})
+    if not resume and comm.is_root:
+        run.write_config({**config, "threads": threads, "ranks": comm.size, "data_dir": data_dir})
         plot_samples(x_train, y_train, dataset.classes, run.figure("samples"),
                      seed=config["seed"], title=f"A random sample of the {short_name(config['dataset'])} training set")
     val = f"{len(x_val):,} validation" if len(x_val) else "no validation"
     print_lines(
         f"training {config['model']} ({model.num_parameters():,} parameters) on {config['dataset']}: "
-        f"{len(x_train):,} training and {val} images, {threads} thread{'' if threads == 1 else 's'}",
+        f"{len(x_train):,} training and {val} images, {_ranks_text(threads)}",
         f"{config['optimizer']} lr {config['lr']:g}"
         + (f" momentum {config['momentum']:g}" if config["optimizer"] == "sgd" else "")
         + (f" weight decay {config['weight_decay']:g}" if config["weight_decay"] else "")
@@ -506,6 +539,14 @@ def _resume_from_best(run):
 
 
 def cmd_train(args):
+    from fastconv.train.distributed import abort_on_error, world
+
+    comm = world()
+    with abort_on_error(comm, "train"):
+        return _cmd_train(args, comm)
+
+
+def _cmd_train(args, comm):
     if args.resume and args.force:
         raise UsageError("--force replaces a run and --resume continues it: give one of them")
     if args.resume_from is not None and not args.resume:
@@ -513,28 +554,36 @@ def cmd_train(args):
     run = RunDir(args.out)
     config, recipe = _merge_config(args, run)
     if not args.resume:
-        claim_folder(run, args.force)
+        if comm.is_root:
+            claim_folder(run, args.force)
+        comm.barrier()
     if args.resume:
         stored = run.require_config()
         data_dir = run.data_dir(args.data_dir)
         threads = args.threads if args.threads is not None else stored.get("threads")
+        if args.threads is None and stored.get("ranks", 1) != comm.size:
+            threads = None  # the stored count was for another number of ranks per node
     else:
         data_dir, threads = args.data_dir, args.threads
     resume = args.resume
-    if resume and args.resume_from == "best":
+    if resume and args.resume_from == "best" and comm.is_root:
         _resume_from_best(run)
     elif resume and run.checkpoint("last").exists():
         _check_last_checkpoint(run)
+    comm.barrier()
     if resume and not run.checkpoint("last").exists():
         # Stopped before its first checkpoint: nothing to continue from, so the
         # run starts over with its stored options, replacing only its own files.
         print_lines(f"{run.folder} has no checkpoint yet: starting it again from the beginning")
-        run.remove_run_files()
+        comm.barrier()
+        if comm.is_root:
+            run.remove_run_files()
         resume = False
-    elif resume and args.epochs is not None:
+    elif resume and args.epochs is not None and comm.is_root:
         run.write_config({**run.require_config(), "epochs": config["epochs"]})
         if recipe is not None:
             run.write_recipe(recipe.to_dict())
+    comm.barrier()
     trainer, _, _ = train_run(config, run.folder, data_dir, threads, resume=resume, recipe=recipe)
     best = trainer.best
     print_lines(
@@ -618,6 +667,9 @@ def add_parsers(commands):
     train.add_argument("--threads", type=_positive_int,
                        help="threads for the kernels and BLAS (default all cores; results are "
                             "reproducible for a given seed and thread count)")
+    train.add_argument("--sync-bn", action="store_const", const=True,
+                       help="under mpiexec: batch norm with the statistics of the whole global batch, summed "
+                            "over the ranks (default: each rank's own images' statistics, as PyTorch DDP)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for everything the run writes")
     train.add_argument("--data-dir", metavar="DIR",
                        help="folder holding the data sets (default $FASTCONV_DATA or ~/.cache/fastconv, "

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from fastconv.optim.lookahead import Lookahead
     from fastconv.optim.optimizers import Optimizer
     from fastconv.optim.schedules import CosineAnnealingLR, OneCycleLR, PiecewiseLinearLR, StepLR
+    from fastconv.train.distributed import Communicator
 
 __all__ = [
     "Trainer", "train", "evaluate", "confusion_matrix",
@@ -178,7 +179,7 @@ def _prepare(x: np.ndarray, normalize: Normalize | None, dtype: np.dtype) -> np.
 
 def evaluate(model: fastconv.Model, x: np.ndarray, y: ArrayLike, normalize: Normalize | None = None,
              batch_size: int = 256, loss: CrossEntropyLoss | NLLLoss | None = None,
-             tta: str = "none") -> dict[str, Any]:
+             tta: str = "none", comm: Communicator | None = None) -> dict[str, Any]:
     """Loss, accuracy, logits and predictions of the model (in eval mode) on (x, y).
 
     ``tta`` is the test-time augmentation: ``"none"``, ``"flip"`` or
@@ -186,6 +187,11 @@ def evaluate(model: fastconv.Model, x: np.ndarray, y: ArrayLike, normalize: Norm
     the logits are the weighted mean of the model's logits over the views.
     Returns a dict: ``loss`` (mean), ``accuracy``, ``logits`` (N, K),
     ``predictions`` (N,). The model's mode is left as it was.
+
+    With ``comm`` (a :class:`fastconv.train.distributed.Communicator` of
+    several ranks) each rank evaluates its share of the batches and every
+    rank returns the whole result: the same batches as one process runs,
+    so the same logits.
     """
     from fastconv.data.transforms import TTA_MODES, tta_views
 
@@ -198,13 +204,23 @@ def evaluate(model: fastconv.Model, x: np.ndarray, y: ArrayLike, normalize: Norm
     if len(x) == 0:
         raise ValueError("nothing to evaluate: no images")
     dtype = _model_dtype(model)
-    outputs, total = [], 0.0
-    for start in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+    if comm is not None and comm.size > 1:
+        from fastconv.train.distributed import shard
+
+        starts = starts[shard(len(starts), comm)]
+    outputs, losses = [], []
+    for start in starts:
         xb = _prepare(x[start:start + batch_size], normalize, dtype)
         views = tta_views(xb, tta)
         out = sum(dtype.type(weight) * model.predict(view, batch_size=batch_size) for weight, view in views)
-        total += _loss_per_image(loss, float(loss(out, y[start:start + batch_size])), len(xb)) * len(xb)
+        losses.append(_loss_per_image(loss, float(loss(out, y[start:start + batch_size])), len(xb)) * len(xb))
         outputs.append(out)
+    if comm is not None and comm.size > 1:
+        gathered = comm.allgather((outputs, losses))
+        outputs = [out for part, _ in gathered for out in part]
+        losses = [value for _, part in gathered for value in part]
+    total = sum(losses, 0.0)
     logits = np.concatenate(outputs)
     predictions = logits.argmax(axis=1)
     return {
@@ -300,6 +316,21 @@ class Trainer:
         by (seed, epoch, batch), so a run gives the same batches whether or
         not they are made ahead, and a resumed run the same as one that
         never stopped.
+    comm
+        A :class:`fastconv.train.distributed.Communicator` of several ranks
+        (``distributed.world()`` under ``mpiexec``) for data-parallel
+        training, None for one process. Every rank runs the same ``fit``;
+        ``batch_size`` stays the global batch, each rank takes its share of
+        every batch (:func:`~fastconv.train.distributed.shard`), the
+        gradients are averaged over the ranks as backward produces them,
+        and the weights stay the same on every rank. Only rank 0 logs and
+        writes files. BatchNorm2d uses each rank's batch statistics (its
+        running statistics are averaged over the ranks at the end of every
+        epoch) unless the model was made with
+        :func:`~fastconv.train.distributed.sync_batchnorm`. A rank whose
+        batch cannot be made, or whose loss is not finite, raises on every
+        rank. Dropout and ``adversarial`` draw from each rank's own
+        generator: with them, N ranks do not repeat one process's numbers.
     """
 
     def __init__(self, model: fastconv.Model, optimizer: Optimizer | Lookahead,
@@ -311,7 +342,9 @@ class Trainer:
                  overwrite: bool = False, eval_batch_size: int = 256, progress: bool | None = None,
                  log: Callable[[str], None] | None = print, callbacks: Iterable[object] = (),
                  adversarial: Callable[[fastconv.Model, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
-                 | None = None, prefetch: int = 2) -> None:
+                 | None = None, prefetch: int = 2, comm: Communicator | None = None) -> None:
+        from fastconv.train.distributed import Communicator
+
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -342,6 +375,10 @@ class Trainer:
         if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
             raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
         self.prefetch = int(prefetch)
+        self.comm = comm if comm is not None else Communicator()
+        if not self.comm.is_root:
+            self.log = lambda line: None
+            self.progress = False
         self.rng = np.random.default_rng(self.seed)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0          # epochs completed
@@ -351,6 +388,8 @@ class Trainer:
         self._running: dict[str, Any] | None = None
         self._stop_requested = False
         self._stop_signal: int | None = None
+        self._averager: Any = None
+        self._stop_agreed = False  # with several ranks: whether any asked to stop, as of the last step
         if normalize is not None:
             model.meta["normalization"] = normalize.to_meta()
 
@@ -390,6 +429,7 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "threads": _threads(),
+            "ranks": self.comm.size,
         }
 
     def load_state(self, state: Mapping[str, Any], source: str = "checkpoint") -> None:
@@ -427,14 +467,24 @@ class Trainer:
         self.history = list(state["history"])
         self.best = state["best"]
         threads = _threads()
-        if state.get("threads") not in (None, threads):
+        if state.get("ranks", 1) != self.comm.size:
+            self.log(f"note: {source} was written by {state.get('ranks', 1)} rank(s), now {self.comm.size}; "
+                     f"results may differ in the last bits from an uninterrupted run")
+        elif state.get("threads") not in (None, threads):
             self.log(f"note: {source} was written with {state['threads']} threads, now {threads}; "
                      f"results may differ in the last bits from an uninterrupted run")
 
     def _checkpoint(self, which: str) -> Path | None:
-        if self.files is not None:
-            return save_checkpoint(self.files.checkpoint(which), self.state())
-        return None
+        if self.files is None:
+            return None
+        if not self.comm.is_root:
+            return self.files.checkpoint(which)
+        return save_checkpoint(self.files.checkpoint(which), self.state())
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes the run's files: the only one, or rank 0."""
+        return self.files is not None and self.comm.is_root
 
     # -- interrupts ----------------------------------------------------------
     @contextlib.contextmanager
@@ -468,9 +518,10 @@ class Trainer:
                 signal.signal(stopper, handler if handler is not None else signal.SIG_DFL)
 
     def _stop(self) -> NoReturn:
+        self._average_buffers()
         path = self._checkpoint("last")
-        if self.files is not None:
-            self.files.write_history(self.history)
+        if self._writes:
+            self.files.write_history(self.history)  # type: ignore[union-attr]  # _writes: files is set
         where = (f"after batch {self.batch} of epoch {self.epoch + 1}" if self.batch
                  else f"at the end of epoch {self.epoch}")
         saved = f"; the state {where} is saved in {path}" if path else ""
@@ -496,7 +547,8 @@ class Trainer:
             return False
         assert self.files is not None  # set together with run_dir
         last = self.files.checkpoint("last")
-        self.files.remove_stale_temporaries(TRAINING_FILES)
+        if self.comm.is_root:
+            self.files.remove_stale_temporaries(TRAINING_FILES)
         if resume:
             if not last.is_file():
                 raise CheckpointError(f"nothing to resume: {last} does not exist")
@@ -508,10 +560,11 @@ class Trainer:
                 f"{self.run_dir} already holds {existing}; resume it, pass overwrite=True to replace it, "
                 "or choose another folder"
             )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL):
-            with contextlib.suppress(FileNotFoundError):
-                (self.run_dir / stale).unlink()
+        if self.comm.is_root:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in (LAST_CHECKPOINT, BEST_CHECKPOINT, BEST_MODEL, FINAL_MODEL):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.run_dir / stale).unlink()
         return False
 
     def fit(self, x_train: np.ndarray, y_train: ArrayLike, epochs: int, x_val: np.ndarray | None = None,
@@ -543,16 +596,46 @@ class Trainer:
                 self.log(f"resuming at {where}")
         self._stop_requested = False
         self._stop_signal = None
-        with self._deferred_interrupts():
-            while self.epoch < epochs:
-                record = self._run_epoch(x_train, y_train, epochs, x_val, y_val)
-                self._end_epoch(record)
-                if self._stop_requested and self.epoch < epochs:
-                    self._stop()
-        if self.files is not None:
-            self.model.save(self.files.folder / FINAL_MODEL)
-            self.files.write_history(self.history)
+        if self.comm.size > 1:
+            from fastconv.train.distributed import GradientAverager
+
+            self.comm.barrier()  # rank 0 has prepared the folder
+            # Every rank starts from rank 0's weights, whatever each one built.
+            self.comm.bcast_arrays_(self._shared_arrays())
+            self._averager = GradientAverager(self.model, self.comm)
+        try:
+            with self._deferred_interrupts():
+                while self.epoch < epochs:
+                    record = self._run_epoch(x_train, y_train, epochs, x_val, y_val)
+                    self._end_epoch(record)
+                    if self.epoch < epochs and self._agreed_stop(check_in=True):
+                        self._stop()
+        finally:
+            if self._averager is not None:
+                self._averager.remove()
+                self._averager = None
+        if self._writes:
+            self.model.save(self.files.folder / FINAL_MODEL)  # type: ignore[union-attr]  # _writes: files is set
+            self.files.write_history(self.history)  # type: ignore[union-attr]
+        self.comm.barrier()
         return self.history
+
+    def _shared_arrays(self) -> list[np.ndarray]:
+        """The parameters and buffers, which every rank holds alike."""
+        return [array for _, layer in self.model.named_layers()
+                for array in (*layer.params.values(), *layer.buffers.values())]
+
+    def _average_buffers(self) -> None:
+        """Make the ranks' running statistics (each measured on its own
+        images) the mean of them, so that all ranks evaluate and save the same model."""
+        from fastconv.train.distributed import sync_layers
+
+        if self.comm.size == 1 or sync_layers(self.model):
+            return
+        for _, layer in self.model.named_layers():
+            for array in layer.buffers.values():
+                total = self.comm.allreduce_(array.astype(np.float64))
+                array[...] = total / self.comm.size
 
     def _batch(self, x: np.ndarray, y: np.ndarray, perm: np.ndarray, epoch: int, batch: int,
                dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -561,14 +644,23 @@ class Trainer:
         from fastconv.data.transforms import Augment
 
         idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size]
+        mine = slice(None)
+        if self.comm.size > 1:
+            from fastconv.train.distributed import shard
+
+            mine = shard(len(idx), self.comm)
+            if self.augment is None:
+                idx, mine = idx[mine], slice(None)
         xb, yb = x[idx], y[idx]
         if self.augment is not None:
+            # The whole batch's augmentation, of which each rank keeps its
+            # part: the images one process would see.
             rng = np.random.default_rng((self.seed, epoch, batch))
             if isinstance(self.augment, Augment):
                 xb = self.augment(xb, rng, indices=idx, epoch=epoch)
             else:
                 xb = self.augment(xb, rng)
-        return _prepare(xb, self.normalize, dtype), yb
+        return _prepare(xb[mine], self.normalize, dtype), yb[mine]
 
     def _run_epoch(self, x: np.ndarray, y: np.ndarray, epochs: int, x_val: np.ndarray | None,
                    y_val: ArrayLike | None) -> dict[str, Any]:
@@ -601,27 +693,28 @@ class Trainer:
                    else (make(b) for b in range(self.batch, num_batches)))
         started = time.perf_counter() - running["seconds"]
         with bar, contextlib.closing(batches):
-            for inputs, yb in batches:
+            for inputs, yb in self._checked(batches):
                 running["lr"] = float(self.optimizer.lr)
-                if self.adversarial is not None:
-                    inputs = self.adversarial(model, inputs, yb, self.rng)
-                logits = model.forward(inputs)
-                loss = float(self.loss(logits, yb))
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {self.epoch + 1}, batch {self.batch + 1}; "
-                        f"try a lower learning rate"
-                    )
-                dlogits = self.loss.backward()
-                self.optimizer.zero_grad()
-                model.backward(dlogits, input_grad=False)
+                if self._averager is not None:
+                    loss, correct, seen = self._distributed_step(inputs, yb, len(perm))
+                else:
+                    if self.adversarial is not None:
+                        inputs = self.adversarial(model, inputs, yb, self.rng)
+                    logits = model.forward(inputs)
+                    loss = float(self.loss(logits, yb))
+                    if not math.isfinite(loss):
+                        raise self._diverged(loss)
+                    dlogits = self.loss.backward()
+                    self.optimizer.zero_grad()
+                    model.backward(dlogits, input_grad=False)
+                    correct, seen = int(np.count_nonzero(logits.argmax(axis=1) == yb)), len(yb)
                 self.optimizer.step()
                 if self.schedule is not None and self.schedule_interval == "step":
                     self.schedule.step()
                 self.batch += 1
-                running["loss"] += _loss_per_image(self.loss, loss, len(yb)) * len(yb)
-                running["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == yb))
-                running["seen"] += len(yb)
+                running["loss"] += _loss_per_image(self.loss, loss, seen) * seen
+                running["correct"] += correct
+                running["seen"] += seen
                 running["seconds"] = time.perf_counter() - started
                 bar.update(1)
                 bar.set_postfix(loss=f"{running['loss'] / running['seen']:.4f}",
@@ -632,7 +725,7 @@ class Trainer:
                     hook = getattr(callback, "on_batch_end", None)
                     if hook is not None:
                         hook(self, self.epoch, self.batch, loss)
-                if self._stop_requested and self.batch < num_batches:
+                if self.batch < num_batches and self._agreed_stop(check_in=False):
                     self._stop()
         record = {
             "epoch": self.epoch + 1,
@@ -644,12 +737,88 @@ class Trainer:
             "seconds": running["seconds"],
             "images_per_second": running["seen"] / max(running["seconds"], 1e-9),
         }
+        self._average_buffers()
         if x_val is not None and y_val is not None:  # both or neither, as fit checks
-            result = evaluate(model, x_val, y_val, self.normalize, self.eval_batch_size, self.loss)
+            result = evaluate(model, x_val, y_val, self.normalize, self.eval_batch_size, self.loss,
+                              comm=self.comm)
             record["val_loss"] = result["loss"]
             record["val_accuracy"] = result["accuracy"]
         model.train()
         return record
+
+    def _agreed_stop(self, check_in: bool) -> bool:
+        """Whether to stop now: with several ranks, only when they agree, as
+        of the last step's sums or (``check_in``) by asking them all now."""
+        if self.comm.size == 1:
+            return self._stop_requested
+        if check_in:
+            flag = self.comm.allreduce_(np.array([self._stop_requested], dtype=np.int32))
+            self._stop_agreed = bool(flag[0])
+        if self._stop_agreed:
+            self._stop_requested = True
+        return self._stop_agreed
+
+    def _diverged(self, loss: float) -> TrainingDiverged:
+        return TrainingDiverged(f"the loss became {loss} at epoch {self.epoch + 1}, batch {self.batch + 1}; "
+                                f"try a lower learning rate")
+
+    def _checked(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches; with several ranks, the ranks check in after each is
+        made, so that one rank's bad batch raises on all of them."""
+        if self.comm.size == 1:
+            yield from batches
+            return
+        iterator = iter(batches)
+        while True:
+            error: Exception | None = None
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return  # every rank makes the same number of batches
+            except Exception as exc:  # noqa: BLE001 -- reported on every rank by check()
+                error = exc
+            self.comm.check(error)
+            yield item
+
+    def _distributed_step(self, inputs: np.ndarray, labels: np.ndarray, n: int) -> tuple[float, int, int]:
+        """Forward and backward of this rank's part of the batch, the gradients
+        averaged over the ranks; returns the loss of the whole batch (per
+        image when the loss is a mean), its correct predictions and its size."""
+        from fastconv.train.distributed import sync_layers
+
+        averager, model = self._averager, self.model
+        batch = min(self.batch_size, n - self.batch * self.batch_size)
+        mean = getattr(self.loss, "reduction", "mean") != "sum"
+        share = len(labels) / batch if mean else 1.0
+        syncs = sync_layers(model)
+        for layer in syncs:
+            layer.comm_scale = share
+        # A rank without images takes part in the batch norms' sums in
+        # order, after which the gradient buckets go in the same order everywhere.
+        averager.overlap = not syncs or batch >= self.comm.size
+        averager.begin(share)
+        self.optimizer.zero_grad()
+        loss, correct = 0.0, 0
+        if len(labels):
+            if self.adversarial is not None:
+                inputs = self.adversarial(model, inputs, labels, self.rng)
+            logits = model.forward(inputs)
+            loss = float(self.loss(logits, labels))
+            model.backward(self.loss.backward(), input_grad=False)
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == labels))
+        else:
+            for layer in syncs:
+                layer.null_pass()
+            for layer in reversed(syncs):
+                layer.null_backward()
+        finite = math.isfinite(loss)
+        total, correct_all, seen, diverged, stop = averager.finish(
+            [_loss_per_image(self.loss, loss, len(labels)) * len(labels) if finite and len(labels) else 0.0,
+             correct, len(labels), not finite, self._stop_requested])
+        if diverged:
+            raise self._diverged(math.nan)
+        self._stop_agreed = bool(stop)
+        return (total / seen if mean else total), int(correct_all), int(seen)
 
     def _end_epoch(self, record: dict[str, Any]) -> None:
         if self.schedule is not None and self.schedule_interval == "epoch":
@@ -670,15 +839,15 @@ class Trainer:
         line += (f" | lr {record['lr']:.3g} | {record['images_per_second']:.0f} img/s, "
                  f"{record['seconds']:.1f} s")
         self.log(line)
-        if self.files is not None:
-            self.files.write_history(self.history)
+        if self._writes:
+            self.files.write_history(self.history)  # type: ignore[union-attr]  # _writes: files is set
             # The last checkpoint goes last: a run killed before it resumes from
             # the previous epoch and writes the best files again, whereas one
             # killed between it and the best files would resume believing in a
             # best model that was never written.
             if improved:
                 self._checkpoint("best")
-                self.model.save(self.files.folder / BEST_MODEL)
+                self.model.save(self.files.folder / BEST_MODEL)  # type: ignore[union-attr]
             self._checkpoint("last")
         for callback in self.callbacks:
             hook = getattr(callback, "on_epoch_end", None)

@@ -1,0 +1,255 @@
+"""Data-parallel training and evaluation over MPI (fastconv.train.distributed).
+
+The oracle is one process: N ranks must give its weights, its evaluation and
+its checkpoints. The multi-rank tests run real ``mpiexec -n 2`` jobs
+(tests/mpi_worker.py and the command line); they need the ``mpi`` extra.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv.train import distributed
+from fastconv.train.distributed import Communicator, SyncBatchNorm2d, shard
+
+WORKER = Path(__file__).with_name("mpi_worker.py")
+
+
+def _mpiexec() -> str:
+    pytest.importorskip("mpi4py")
+    found = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    if found is None:
+        pytest.skip("no mpiexec: pip install '.[mpi]'")
+    return found
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    return env
+
+
+def mpirun(ranks: int, *command: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """``mpiexec -n ranks command`` (a Python file or a fastconv command line)."""
+    args = [_mpiexec(), "--oversubscribe", "-n", str(ranks), *command]
+    done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def fastconv_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastconv.cli", *args]
+
+
+class _Rank(Communicator):
+    """A communicator that only knows its rank and size (for shard)."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        super().__init__()
+        self.rank, self.size = rank, size
+
+
+# ------------------------------------------------------------------ without MPI
+
+
+def test_no_launcher_means_one_process_and_no_mpi4py():
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    code = ("import sys; from fastconv.train.distributed import world; c = world(); "
+            "print(c.size, c.rank, 'mpi4py' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "0", "False"]
+
+
+def test_launcher_without_mpi4py_says_how_to_install():
+    env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "2"}
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "from fastconv.train.distributed import world, DistributedError\n"
+            "try:\n    world()\nexcept DistributedError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "OMPI_COMM_WORLD_SIZE=2" in out.stdout and 'pip install "fastconv[mpi]"' in out.stdout
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 32, 33])
+def test_shards_are_disjoint_and_complete(size, count):
+    parts = [shard(count, _Rank(rank, size), start=10) for rank in range(size)]
+    items = [i for part in parts for i in range(part.start, part.stop)]
+    assert items == list(range(10, 10 + count))  # in order, each once
+    assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sync_batchnorm_alone_is_batchnorm(dtype):
+    # One rank: the sums over ranks are its own, so forward, backward and the
+    # running statistics must be BatchNorm2d's (the oracle, its compiled kernel).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3, 5, 6)).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    bn = fastconv.nn.BatchNorm2d(3, dtype=dtype)
+    bn.params["weight"][...] = rng.normal(size=3)
+    reference = fastconv.nn.BatchNorm2d(3, dtype=dtype)
+    reference.params["weight"][...] = bn.params["weight"]
+    sync = SyncBatchNorm2d(bn, Communicator())
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(sync.forward(x), reference.forward(x), rtol=tol, atol=tol)
+    np.testing.assert_allclose(sync.backward(dy), reference.backward(dy), rtol=tol * 10, atol=tol * 10)
+    for key in ("weight", "bias"):
+        np.testing.assert_allclose(bn.grads[key], reference.grads[key], rtol=tol, atol=tol)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_allclose(bn.buffers[key], reference.buffers[key], rtol=tol, atol=tol)
+    assert type(sync).__name__ == "BatchNorm2d"  # its files load as a plain BatchNorm2d
+
+
+def test_sync_batchnorm_model_shares_parameters_and_works_on_graphs():
+    from fastconv.models import resnet20
+
+    model = resnet20(seed=0)
+    synced = distributed.sync_batchnorm(model, Communicator())
+    bns = [layer for _, layer in model.named_layers() if type(layer) is fastconv.nn.BatchNorm2d]
+    syncs = distributed.sync_layers(synced)
+    assert len(syncs) == len(bns) > 0
+    assert all(s.params["weight"] is b.params["weight"] for s, b in zip(syncs, bns))
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(synced.forward(x), model.forward(x), rtol=1e-4, atol=1e-4)
+    assert synced.architecture() == model.architecture()
+
+
+# ------------------------------------------------------------------ two ranks
+
+
+def _train(tmp_path, ranks, model, batch):
+    out = tmp_path / f"{model}-{ranks}.npz"
+    if ranks == 1:
+        env = _env()
+        subprocess.run([sys.executable, str(WORKER), "train", str(out), model, str(batch)], env=env, check=True,
+                       timeout=600)
+    else:
+        mpirun(ranks, sys.executable, str(WORKER), "train", str(out), model, str(batch))
+    return np.load(out)
+
+
+def _assert_same_weights(one, two, tol):
+    assert set(one.files) == set(two.files)
+    # The training accuracy counts predictions: a logit's last bit may turn one.
+    for key in set(one.files) - {"accuracy"}:
+        scale = max(1.0, float(np.abs(one[key]).max()))
+        np.testing.assert_allclose(two[key], one[key], rtol=0, atol=tol * scale, err_msg=key)
+
+
+def test_two_ranks_train_as_one_process_mnist2(tmp_path):
+    # 20 steps of a global batch of 15: shards of 8 and 7 images, so the
+    # weighting by each rank's share of the batch is checked too.
+    one, two = _train(tmp_path, 1, "mnist2", 15), _train(tmp_path, 2, "mnist2", 15)
+    _assert_same_weights(one, two, 1e-5)
+    start = fastconv.models.mnist2(seed=0)
+    assert not np.allclose(start["conv1"].params["weight"], one["conv1.weight"])  # it did train
+
+
+@pytest.mark.slow
+def test_two_ranks_with_sync_bn_train_as_one_process_cifar6(tmp_path):
+    one, two = _train(tmp_path, 1, "cifar6", 32), _train(tmp_path, 2, "cifar6-sync", 32)
+    _assert_same_weights(one, two, 1e-4)
+    # Per-rank statistics (the default) are another computation: documented, and visible.
+    per_rank = _train(tmp_path, 2, "cifar6", 32)
+    assert abs(float(per_rank["loss"]) - float(one["loss"])) > 1e-3
+
+
+def test_shards_over_two_real_ranks(tmp_path):
+    out = tmp_path / "shards.json"
+    mpirun(2, sys.executable, str(WORKER), "shards", str(out), "33")
+    assert json.loads(out.read_text()) == {"size": 2, "parts": [[0, 17], [17, 33]]}
+
+
+def test_bad_data_on_one_rank_raises_on_every_rank(tmp_path):
+    out = tmp_path / "failed"
+    mpirun(2, sys.executable, str(WORKER), "bad-batch", str(out), timeout=300)
+    for rank in (0, 1):
+        failed, message = (tmp_path / f"failed.rank{rank}").read_text().split("\n", 1)
+        assert failed == "1"
+        assert "rank 1 of 2 failed" in message and "image 17 is unreadable" in message
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A run trained in one process on 96 images of the bundled sample."""
+    run = tmp_path_factory.mktemp("run") / "run"
+    subprocess.run(fastconv_cli("train", "--dataset", "mnist-sample", "--model", "mnist2", "--limit", "96",
+                                "--epochs", "1", "--batch-size", "32", "--threads", "1", "--out", str(run)),
+                   env=_env(), check=True, capture_output=True, timeout=600)
+    return run
+
+
+def test_distributed_evaluate_equals_one_process(small_run, tmp_path):
+    one = subprocess.run(fastconv_cli("evaluate", str(small_run), "--split", "test"), env=_env(),
+                         capture_output=True, text=True, check=True, timeout=600)
+    single = json.loads((small_run / "eval.json").read_text())
+    (small_run / "eval.json").unlink()
+    two = mpirun(2, *fastconv_cli("evaluate", str(small_run), "--split", "test"))
+    distributed_report = json.loads((small_run / "eval.json").read_text())
+    assert distributed_report == single  # loss, accuracy, per-class accuracy, confusion matrix
+    assert two.stdout.count("accuracy: ") == 1 and one.stdout.splitlines()[-1] == two.stdout.splitlines()[-1]
+
+
+def _rank_pid(job: str, rank: int) -> int | None:
+    """The pid of rank ``rank`` of the job whose environment holds FASTCONV_TEST_JOB=job."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ and \
+                f"FASTCONV_TEST_JOB={job}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_stops_the_job_and_resumes_on_another_rank_count(tmp_path):
+    run = tmp_path / "run"
+    args = [_mpiexec(), "--oversubscribe", "-n", "2",
+            *fastconv_cli("train", "--dataset", "mnist-sample", "--model", "mnist2", "--limit", "512",
+                          "--batch-size", "32", "--epochs", "3", "--threads", "1", "--out", str(run))]
+    # A marker in the job's environment finds its ranks among the processes.
+    env = {**_env(), "FASTCONV_TEST_JOB": uuid.uuid4().hex}
+    launcher = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "checkpoint-last.npz").exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its checkpoint"
+            time.sleep(0.5)
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            victim = _rank_pid(env["FASTCONV_TEST_JOB"], 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        output, _ = launcher.communicate(timeout=120)  # the others stop within a bounded time
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode != 0
+    assert "rank 1" in output, output
+    from fastconv.train import load_checkpoint
+
+    state = load_checkpoint(run / "checkpoint-last.npz")  # whole, and readable
+    assert state["epoch"] >= 1 and state["ranks"] == 2
+    resumed = subprocess.run(fastconv_cli("train", "--out", str(run), "--resume"), env=_env(),
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "written by 2 rank(s), now 1" in resumed.stdout
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3]
