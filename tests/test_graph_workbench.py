@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from browser import headless_chromium
 from PIL import Image
-from test_report import TINY, _browser, _Page
+from test_report import TINY, _Page
 
 from fastconv import cli
 from fastconv.analysis.report import page as R
@@ -75,7 +76,7 @@ def test_the_report_of_a_resnet_run_loads_in_a_browser(resnet_run):
     parsed = _Page(report.html)
     failed = [(s["id"], s["error"]) for s in parsed.sections if s["class"] == "failed"]
     assert failed == []
-    driver = _browser()
+    driver = headless_chromium()
     try:
         driver.get(report.path.resolve().as_uri())
         images = driver.execute_script(
