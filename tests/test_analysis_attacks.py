@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fastconv
 import fastconv.analysis as fa
 from fastconv.analysis.attacks import methods as A
 from fastconv.data import load_dataset
@@ -22,12 +21,7 @@ MEAN, STD = 0.1307, 0.3081
 NORMALIZATION = {"mean": [MEAN], "std": [STD], "scale": 255.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = fastconv.get_num_threads()
-    fastconv.set_num_threads(1)
-    yield
-    fastconv.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def small_net(seed=0, dtype=np.float32):

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-import fastconv
 import fastconv.analysis as fa
 from fastconv.analysis.attacks import autoattack as AA
 from fastconv.analysis.attacks import methods as A
@@ -20,12 +19,7 @@ MEAN, STD = 0.5, 0.25
 NORMALIZATION = {"mean": [MEAN] * 3, "std": [STD] * 3, "scale": 255.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = fastconv.get_num_threads()
-    fastconv.set_num_threads(1)
-    yield
-    fastconv.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def cifar_shaped(n, seed, signal=0.12, balanced=False):

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-import fastconv
 import fastconv.analysis as fa
 from fastconv import cli
 from fastconv.analysis.attacks import detect as D
@@ -25,12 +24,7 @@ MEAN, STD = 0.1307, 0.3081
 NORMALIZATION = {"mean": [MEAN], "std": [STD], "scale": 255.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = fastconv.get_num_threads()
-    fastconv.set_num_threads(1)
-    yield
-    fastconv.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def small_sequential(seed=0):

@@ -725,7 +725,7 @@ def add_viz_parser(subparsers):
     tools.choices["attribution"].add_argument(
         "--unit", type=int, nargs="+", metavar="U",
         help="explain a unit of --layer (default: the last Conv2d) instead of a class: a channel at its "
-             "maximum in each image, a neuron, or C I J; any method but gradcam and guided-gradcam")
+             "maximum in each image, a neuron, or C I J; with the methods " + " ".join(UNIT_METHODS))
 
     p = tools.add_parser("neighbors", help=TOOLS["neighbors"][1], description=TOOLS["neighbors"][1])
     _add_common(p, many=True)
