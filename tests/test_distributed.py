@@ -342,3 +342,47 @@ def test_analysis_passes_over_two_ranks_equal_one_process(tmp_path, model):
             assert split["curves"][label]["accuracy"] == curve["accuracy"], label
             assert split["curves"][label]["success_rate"] == curve["success_rate"], label
             assert min(curve["accuracy"]) < single["clean_accuracy"]  # the attacks broke some images
+
+
+def test_an_attack_that_needs_all_the_images_is_not_split():
+    from fastconv.cli import sharded
+
+    model = fastconv.models.mnist2(seed=0)
+    x = load_mnist_pixels(4)
+    with pytest.raises(ValueError, match="universal makes one perturbation from all the images"):
+        sharded.robustness_curve(_Rank(0, 2), model, x, np.zeros(4, dtype=int), ["fgsm", "universal"], [0.1], None)
+
+
+def _json_without_times(path):
+    report = json.loads(Path(path).read_text())
+    for run in report["runs"].values():
+        for curve in run["curves"].values():
+            curve.pop("seconds")
+            for norm in ("mean_l2", "mean_linf"):
+                curve[norm] = [None if v is None else round(v, 9) for v in curve[norm]]
+    return report
+
+
+def test_distributed_robustness_command_equals_one_process(small_run, tmp_path):
+    args = ["robustness", str(small_run), "--methods", "fgsm", "deepfool", "--eps-list", "0", "0.1", "0.3",
+            "--l2-eps-list", "0", "1", "3", "--limit", "21"]
+    subprocess.run(fastconv_cli(*args, "--threads", "1", "--out", str(tmp_path / "one.png")), env=_env(),
+                   check=True, capture_output=True, timeout=600)
+    two = mpirun(2, *fastconv_cli(*args, "--out", str(tmp_path / "two.png")))
+    single, split = _json_without_times(tmp_path / "one.json"), _json_without_times(tmp_path / "two.json")
+    assert split == single  # accuracies and success rates exactly, mean norms to rounding
+    assert two.stdout.count("wrote ") == 1 and "on 2 MPI ranks" in two.stdout
+    assert (tmp_path / "two.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", [["top-images", "--limit", "41", "--k", "6", "--unit", "3"],
+                                  ["occlusion", "--index", "0", "1", "2", "--patch", "10", "--stride", "6"]])
+def test_distributed_viz_draws_the_one_process_figure_once(small_run, tmp_path, tool):
+    from matplotlib.image import imread
+
+    subprocess.run(fastconv_cli("viz", tool[0], str(small_run), *tool[1:], "--out", str(tmp_path / "one.png")),
+                   env=_env(), check=True, capture_output=True, timeout=600)
+    two = mpirun(2, *fastconv_cli("viz", tool[0], str(small_run), *tool[1:], "--out", str(tmp_path / "two.png")))
+    assert two.stdout.count("wrote ") == 1
+    np.testing.assert_array_equal(imread(tmp_path / "two.png"), imread(tmp_path / "one.png"))
