@@ -246,10 +246,11 @@ def cmd_robustness(args):
     raw, y, _ = _images(runs[0], args)
     count = min(args.limit, len(raw))
     raw, y = raw[:count], y[:count]
-    random = [name for name in args.methods if name in sharded.RANDOM_START_ATTACKS]
-    if comm.size > 1 and random:
-        print_lines(f"note: {', '.join(random)} draw their random starts for each rank's images, so their "
-                    f"curves are not the same draws as one process's")
+    batch_bound = [name for name in args.methods if name in sharded.BATCH_ATTACKS]
+    if comm.size > 1 and batch_bound:
+        print_lines(f"note: what {', '.join(batch_bound)} do to an image depends on the rest of its batch (random "
+                    "starts drawn for the batch, or cw's early stop), so split among ranks their curves are "
+                    "not the same numbers as one process's")
     results = {}
     for label, run in zip(labels, runs):
         options = {method: _attack_options(args, method, applicable_only=True) for method in args.methods}

@@ -20,12 +20,13 @@ are the same whichever rank computes them. What is merged:
   to one process's to rounding); ``seconds`` is the slowest rank's.
 
 An attack whose result for an image depends on the other images cannot be
-split this way: ``universal`` (one perturbation from all the images), and
-the random starts of ``pgd``, ``pgd-l2``, ``apgd-*``, ``fab-t`` and
-``square``, which are drawn for a whole batch from the seed, so that an
-image's start depends on its place in the batch. Every rank draws from the
-same seed: the curves of those attacks are of the same kind as one
-process's but not the same draws.
+split this way: ``universal`` (one perturbation from all the images) is
+refused; the random starts of ``pgd``, ``pgd-l2``, ``apgd-*``, ``fab-t``,
+``square`` and ``autoattack`` are drawn for a whole batch from the seed, so
+an image's start depends on its place in the batch, and ``cw`` stops early
+when the batch's total loss stops falling. Every rank draws from the same
+seed: the curves of those attacks are of the same kind as one process's,
+not the same numbers.
 """
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ if TYPE_CHECKING:
     from fastconv.analysis.attribution.occlusion import OcclusionMaps
     from fastconv.analysis.visualize.units import TopImages
 
-__all__ = ["top_images", "occlusion_maps", "robustness_curve", "RANDOM_START_ATTACKS", "WHOLE_SET_ATTACKS"]
+__all__ = ["top_images", "occlusion_maps", "robustness_curve", "merge_robustness", "BATCH_ATTACKS",
+           "WHOLE_SET_ATTACKS"]
 
-# Attacks whose random draws are made for a whole batch (see the module's docstring).
-RANDOM_START_ATTACKS = ("pgd", "pgd-l2", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")
+# Attacks whose result for an image depends on the rest of its batch (see the module's docstring).
+BATCH_ATTACKS = ("pgd", "pgd-l2", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack", "cw")
 # Attacks whose result for one image depends on all the images.
 WHOLE_SET_ATTACKS = ("universal",)
 
