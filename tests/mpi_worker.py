@@ -14,7 +14,7 @@ import fastconv
 from fastconv.data import load_dataset
 from fastconv.models import cifar6, mnist2
 from fastconv.optim import SGD
-from fastconv.train import Trainer
+from fastconv.train import Trainer, distributed
 from fastconv.train.distributed import shard, sync_batchnorm, world
 
 STEPS = 20
@@ -121,6 +121,14 @@ def analysis(out: str, model_name: str) -> None:
     tops = {f"top{i}": sharded.top_images(comm, model, twice, layer, unit, k=9, transform=normalize)
             for i, unit in enumerate([0, (1, 2, 3)])}
     maps = sharded.occlusion_maps(comm, model, normalize(raw[:5]), labels[:5].tolist(), patch=patch, stride=stride)
+    # One image: the other rank's shard is empty.
+    alone = sharded.occlusion_maps(comm, model, normalize(raw[5:6]), None, patch=patch, stride=stride)
+    # An error on one rank only (any rank but the first) reaches every rank.
+    try:
+        distributed.map_shards(len(raw), comm, lambda part: 1 // (part.start == 0))
+    except distributed.RankFailed as error:
+        with open(f"{out}.rank{comm.rank}", "w") as f:
+            f.write(f"{error.rank}\n{error}")
     curves = None
     if model_name == "mnist2":
         curves = sharded.robustness_curve(comm, model, pixels, labels, ["fgsm", "bim", "deepfool"],
@@ -130,8 +138,9 @@ def analysis(out: str, model_name: str) -> None:
         arrays = {f"{name}.{field}": getattr(top, field) for name, top in tops.items()
                   for field in ("indices", "values", "positions", "boxes", "fields")}
         arrays.update({f"{name}.crop{i}": crop for name, top in tops.items() for i, crop in enumerate(top.crops)})
-        arrays.update({f"occlusion.{field}": getattr(maps, field) for field in (
-            "target", "probability", "top_class", "top_probability", "baseline_probability")})
+        for name, result in (("occlusion", maps), ("occlusion1", alone)):
+            arrays.update({f"{name}.{field}": getattr(result, field) for field in (
+                "target", "probability", "top_class", "top_probability", "baseline_probability")})
         np.savez(out, **arrays, robustness=json.dumps(curves), count=tops["top0"].count)
 
 

@@ -248,9 +248,9 @@ def cmd_robustness(args):
     raw, y = raw[:count], y[:count]
     batch_bound = [name for name in args.methods if name in sharded.BATCH_ATTACKS]
     if comm.size > 1 and batch_bound:
-        print_lines(f"note: what {', '.join(batch_bound)} do to an image depends on the rest of its batch (random "
-                    "starts drawn for the batch, or cw's early stop), so split among ranks their curves are "
-                    "not the same numbers as one process's")
+        print_lines(f"note: split among {comm.size} ranks, the curves of {', '.join(batch_bound)} are not the same "
+                    "numbers as one process's: what these attacks do to an image depends on the rest of its batch "
+                    "(random starts drawn for the batch, or cw's early stop)")
     results = {}
     for label, run in zip(labels, runs):
         options = {method: _attack_options(args, method, applicable_only=True) for method in args.methods}
