@@ -18,6 +18,7 @@ cost model built on them in docs/distributed.md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -69,7 +70,15 @@ def steps(args: argparse.Namespace) -> None:
         print(f"{args.model} batch {args.batch}: {comm.size} rank(s) x {args.threads} thread(s), "
               f"overlap {'off' if args.no_overlap else 'on'}: {args.batch / step_time:.1f} img/s, "
               f"step {step_time * 1e3:.1f} ms, allreduce wait after backward {max(wait) * 1e3:.2f} ms "
-              f"({averager.bytes_per_step if averager else 0:,} bytes a step)")
+              f"({averager.bytes_per_step if averager else 0:,} bytes a step), {_load()}")
+
+
+def _load() -> str:
+    """The machine's load average: a time measured while other processes
+    wanted the cores is not the code's own."""
+    if not hasattr(os, "getloadavg"):
+        return "load average unknown"
+    return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def allreduce(args: argparse.Namespace) -> None:
@@ -88,7 +97,7 @@ def allreduce(args: argparse.Namespace) -> None:
         seconds = (time.perf_counter() - start) / repeats
         if comm.is_root:
             print(f"allreduce {name} ({buffer.nbytes:,} bytes), {comm.size} ranks: {seconds * 1e6:.1f} us, "
-                  f"{buffer.nbytes / seconds / 1e9:.3f} GB/s")
+                  f"{buffer.nbytes / seconds / 1e9:.3f} GB/s, {_load()}")
 
 
 def main() -> None:

@@ -253,3 +253,146 @@ def test_kill_9_of_one_rank_stops_the_job_and_resumes_on_another_rank_count(tmp_
     assert resumed.returncode == 0, resumed.stderr
     assert "written by 2 rank(s), now 1" in resumed.stdout
     assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ analysis passes over ranks
+
+
+def test_top_k_order_puts_larger_values_first_and_ties_to_the_smaller_index():
+    values = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
+    indices = np.array([5, 9, 2, 7, 4])
+    assert distributed.top_k_order(values, indices, 3).tolist() == [2, 4, 1]
+    assert distributed.top_k_order(values, indices, 10).tolist() == [2, 4, 1, 3, 0]
+
+
+def test_map_shards_alone_runs_once_on_everything_and_raises_the_error_itself():
+    assert distributed.map_shards(7, Communicator(), lambda part: (part.start, part.stop)) == [(slice(0, 7), (0, 7))]
+    assert distributed.map_shards(0, Communicator(), lambda part: 1 / 0) == []  # nothing to do: not called
+
+    def fails(part):
+        raise ValueError("unit 99 is out of range")
+
+    with pytest.raises(ValueError, match="unit 99"):
+        distributed.map_shards(3, Communicator(), fails)
+
+
+def test_robustness_reports_of_parts_merge_into_the_report_of_the_whole():
+    # The oracle is robustness_curve on all the images at once; the parts are
+    # of unequal size and one of them has no image the attacks break.
+    from fastconv.analysis.attacks.robustness import robustness_curve
+    from fastconv.cli.sharded import merge_robustness
+
+    fastconv.set_num_threads(1)
+    model = fastconv.models.mnist2(seed=0)
+    x = load_mnist_pixels(23)
+    y = model.predict(x).argmax(axis=1)
+    y[:4] = (y[:4] + 1) % 10  # some images wrong from the start
+    args = (["fgsm", "deepfool"], [0.0, 0.02, 0.3], [0.0, 0.5, 8.0])
+    whole = robustness_curve(model, x, y, *args)
+    parts = [robustness_curve(model, x[part], y[part], *args) for part in (slice(0, 2), slice(2, 13), slice(13, 23))]
+    merged = merge_robustness(parts)
+    assert merged["images"] == whole["images"] == 23 and merged["clean_accuracy"] == whole["clean_accuracy"]
+    assert whole["curves"]["fgsm"]["accuracy"][-1] < whole["clean_accuracy"]  # the attacks do break images
+    for label, curve in whole["curves"].items():
+        got = merged["curves"][label]
+        assert {k: got[k] for k in ("attack", "norm", "minimal", "eps", "accuracy", "success_rate")} == \
+            {k: curve[k] for k in ("attack", "norm", "minimal", "eps", "accuracy", "success_rate")}
+        for norm in ("mean_l2", "mean_linf"):
+            assert [v is None for v in got[norm]] == [v is None for v in curve[norm]]
+            np.testing.assert_allclose([v for v in got[norm] if v is not None],
+                                       [v for v in curve[norm] if v is not None], rtol=1e-12)
+
+
+def load_mnist_pixels(count):
+    from fastconv.data import load_dataset
+
+    return load_dataset("mnist-sample").x_test[:count].astype(np.float32) / np.float32(255)
+
+
+def _analysis(tmp_path, ranks, model):
+    out = tmp_path / f"analysis-{model}-{ranks}.npz"
+    if ranks == 1:
+        subprocess.run([sys.executable, str(WORKER), "analysis", str(out), model], env=_env(), check=True,
+                       timeout=600)
+    else:
+        mpirun(ranks, sys.executable, str(WORKER), "analysis", str(out), model)
+    return np.load(out)
+
+
+@pytest.mark.parametrize("model", ["mnist2", "resnet20"])
+def test_analysis_passes_over_two_ranks_equal_one_process(tmp_path, model):
+    # One process runs the analysis tools themselves (the oracle); two ranks
+    # split the images and merge on rank 0.
+    one, two = _analysis(tmp_path, 1, model), _analysis(tmp_path, 2, model)
+    assert set(one.files) == set(two.files)
+    for key in one.files:
+        if key.startswith("occlusion") and one[key].dtype.kind == "f":
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-12, atol=1e-15, err_msg=key)
+        elif key != "robustness":
+            np.testing.assert_array_equal(two[key], one[key], err_msg=key)  # top images: indices and values
+    # Every image is in the set twice, the copies on the other rank: each value is tied across the ranks.
+    top = one["top0.indices"]
+    assert int(one["count"]) % 2 == 1 and len(top) == 9
+    assert len(set(np.round(one["top0.values"], 12))) < len(top)  # ties were there to break
+    assert one["occlusion.probability"].shape[0] == 5 and one["occlusion1.probability"].shape[0] == 1
+    # rank 1 divided by zero: both ranks raised the same error, naming it
+    for rank in (0, 1):
+        failed, message = (tmp_path / f"analysis-{model}-2.npz.rank{rank}").read_text().split("\n", 1)
+        assert failed == "1" and "rank 1 of 2 failed" in message and "ZeroDivisionError" in message
+    if model == "mnist2":
+        single, split = json.loads(str(one["robustness"])), json.loads(str(two["robustness"]))
+        assert split["clean_accuracy"] == single["clean_accuracy"] > 0
+        for label, curve in single["curves"].items():
+            assert split["curves"][label]["accuracy"] == curve["accuracy"], label
+            assert split["curves"][label]["success_rate"] == curve["success_rate"], label
+            assert min(curve["accuracy"]) < single["clean_accuracy"]  # the attacks broke some images
+
+
+def test_an_attack_that_needs_all_the_images_is_not_split():
+    from fastconv.cli import sharded
+
+    model = fastconv.models.mnist2(seed=0)
+    x = load_mnist_pixels(4)
+    with pytest.raises(ValueError, match="universal makes one perturbation from all the images"):
+        sharded.robustness_curve(_Rank(0, 2), model, x, np.zeros(4, dtype=int), ["fgsm", "universal"], [0.1], None)
+
+
+def _json_without_times(path):
+    report = json.loads(Path(path).read_text())
+    for run in report["runs"].values():
+        for curve in run["curves"].values():
+            curve.pop("seconds")
+            for norm in ("mean_l2", "mean_linf"):
+                curve[norm] = [None if v is None else round(v, 9) for v in curve[norm]]
+    return report
+
+
+def test_distributed_robustness_command_equals_one_process(small_run, tmp_path):
+    args = ["robustness", str(small_run), "--methods", "fgsm", "deepfool", "pgd", "--steps", "2",
+            "--eps-list", "0", "0.1", "0.3", "--l2-eps-list", "0", "1", "3", "--limit", "21"]
+    one = subprocess.run(fastconv_cli(*args, "--threads", "1", "--out", str(tmp_path / "one.png")), env=_env(),
+                         check=True, capture_output=True, text=True, timeout=600)
+    two = mpirun(2, *fastconv_cli(*args, "--out", str(tmp_path / "two.png")))
+    single, split = _json_without_times(tmp_path / "one.json"), _json_without_times(tmp_path / "two.json")
+    # pgd's random starts are drawn for a batch: split, they are other draws (documented, and said).
+    for report in (single, split):
+        (run,) = report["runs"].values()
+        assert run["curves"].pop("pgd")["eps"] == [0, 0.1, 0.3]
+    assert split == single  # accuracies and success rates exactly, mean norms to rounding
+    assert "note: split among 2 ranks, the curves of pgd are not the same numbers" in two.stdout
+    assert "note:" not in one.stdout
+    assert two.stdout.count("wrote ") == 1 and "on 2 MPI ranks" in two.stdout
+    assert (tmp_path / "two.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", [["top-images", "--limit", "41", "--k", "6", "--unit", "3"],
+                                  ["occlusion", "--index", "0", "1", "2", "--patch", "10", "--stride", "6"]])
+def test_distributed_viz_draws_the_one_process_figure_once(small_run, tmp_path, tool):
+    from matplotlib.image import imread
+
+    subprocess.run(fastconv_cli("viz", tool[0], str(small_run), *tool[1:], "--out", str(tmp_path / "one.png")),
+                   env=_env(), check=True, capture_output=True, timeout=600)
+    two = mpirun(2, *fastconv_cli("viz", tool[0], str(small_run), *tool[1:], "--out", str(tmp_path / "two.png")))
+    assert two.stdout.count("wrote ") == 1
+    np.testing.assert_array_equal(imread(tmp_path / "two.png"), imread(tmp_path / "one.png"))

@@ -218,12 +218,24 @@ def cmd_attack(args):
 
 
 def cmd_robustness(args):
-    """Robustness curves of one or more runs on the first --limit images of a split."""
-    from fastconv.analysis.attacks.figures import plot_robustness
-    from fastconv.analysis.attacks.robustness import robustness_curve
+    """Robustness curves of one or more runs on the first --limit images of a split.
 
-    _set_threads(args.threads)
+    Under ``mpiexec -n N`` the images are split among the ranks and rank 0
+    merges, prints and writes (:mod:`fastconv.cli.sharded`)."""
+    from fastconv.analysis.attacks.figures import plot_robustness
+    from fastconv.cli import sharded
+    from fastconv.cli.train import print_lines, set_threads
+    from fastconv.train.distributed import world
+
+    comm = world()
+    if comm.size > 1:
+        set_threads(args.threads)
+    else:
+        _set_threads(args.threads)
     if args.suite:
+        if comm.size > 1:
+            raise ValueError("--suite runs on one process: its attacks' random starts are drawn for a whole "
+                             "batch, so a split among MPI ranks would not repeat them")
         return _robustness_suite(args)
     if args.eps is not None:
         raise ValueError("--eps is for --suite; robustness curves take --eps-list")
@@ -234,15 +246,26 @@ def cmd_robustness(args):
     raw, y, _ = _images(runs[0], args)
     count = min(args.limit, len(raw))
     raw, y = raw[:count], y[:count]
+    batch_bound = [name for name in args.methods if name in sharded.BATCH_ATTACKS]
+    if comm.size > 1 and batch_bound:
+        print_lines(f"note: split among {comm.size} ranks, the curves of {', '.join(batch_bound)} are not the same "
+                    "numbers as one process's: what these attacks do to an image depends on the rest of its batch "
+                    "(random starts drawn for the batch, or cw's early stop)")
     results = {}
     for label, run in zip(labels, runs):
         options = {method: _attack_options(args, method, applicable_only=True) for method in args.methods}
         x = _pixels(raw, run.model)
-        print(f"{label}: {count} {args.split} images, attacks {', '.join(args.methods)}")
-        results[label] = robustness_curve(
-            run.model, x, y, args.methods, args.eps_list, args.l2_eps_list, attack_options=options,
-            progress=lambda line, label=label: print(f"  {line}", flush=True))
+        print_lines(f"{label}: {count} {args.split} images, attacks {', '.join(args.methods)}"
+                    + (f", on {comm.size} MPI ranks" if comm.size > 1 else ""))
+        result = sharded.robustness_curve(
+            comm, run.model, x, y, args.methods, args.eps_list, args.l2_eps_list, attack_options=options,
+            progress=lambda line: print(f"  {line}", flush=True))
+        if result is None:  # a rank other than 0, which writes
+            continue
+        results[label] = result
         print(f"  clean accuracy {results[label]['clean_accuracy']:.4f}")
+    if not comm.is_root:
+        return 0
     title = (f"Accuracy under attack: {' vs '.join(labels)} "
              f"({count} {args.split} images)")
     plot_robustness(results if len(results) > 1 else results[labels[0]], title=title, path=args.out)

@@ -109,7 +109,7 @@ def _activations(ctx, args):
 @_tool("top-images", "the top-k images out of N for one channel or neuron, with receptive-field crops")
 def _top_images(ctx, args):
     from fastconv.analysis.visualize.figures import plot_top_images
-    from fastconv.analysis.visualize.units import top_images
+    from fastconv.cli import sharded
 
     if len(args.unit) not in (1, 3):
         raise _usage_error(f"--unit takes one channel or neuron, or C I J for one position; "
@@ -117,8 +117,23 @@ def _top_images(ctx, args):
     raw, labels = ctx.images()
     layer = args.layer or C.last_conv_name(ctx.model)
     unit = args.unit[0] if len(args.unit) == 1 else tuple(args.unit)
-    top = top_images(ctx.model, raw, layer, unit, k=args.k, transform=ctx.normalize, limit=args.limit)
+    top = sharded.top_images(_ranks(), ctx.model, raw, layer, unit, args.k, transform=ctx.normalize,
+                             limit=args.limit)
+    if top is None:  # a rank other than 0, which draws
+        return None
     return plot_top_images(top, raw, labels=labels, classes=ctx.classes(), path=args.out)
+
+
+def _ranks():
+    """The MPI ranks the command runs on (one process without a launcher),
+    with each rank's share of the cores as its kernel threads."""
+    from fastconv.cli.train import set_threads
+    from fastconv.train.distributed import world
+
+    comm = world()
+    if comm.size > 1:
+        set_threads(None)
+    return comm
 
 
 @_tool("clusters", "k-means clusters of a layer's codes as image montages")
@@ -156,12 +171,15 @@ def _embedding(ctx, args):
 
 @_tool("occlusion", "true-class probability and most probable class as a patch slides over the image")
 def _occlusion(ctx, args):
-    from fastconv.analysis.attribution.occlusion import occlusion_maps
     from fastconv.analysis.visualize.figures import plot_occlusion
+    from fastconv.cli import sharded
 
     raw, x, labels = _chosen(ctx, args)
-    maps = occlusion_maps(ctx.model, x, None if labels is None else labels.tolist(), patch=args.patch,
-                          stride=args.stride, fill=ctx.fill_value(x.shape[1]))
+    targets = None if labels is None else labels.tolist()
+    maps = sharded.occlusion_maps(_ranks(), ctx.model, x, targets, patch=args.patch, stride=args.stride,
+                                  fill=ctx.fill_value(x.shape[1]))
+    if maps is None:  # a rank other than 0, which draws
+        return None
     return plot_occlusion(maps, raw, classes=_classes(ctx, args), path=args.out)
 
 
@@ -946,6 +964,7 @@ add_parsers = add_viz_parser
 
 def run(args):
     """Run the viz tool chosen on the command line; returns the exit status."""
+    from fastconv.cli.train import print_lines
     from fastconv.data import DataError
 
     try:
@@ -953,5 +972,5 @@ def run(args):
         args.viz_function(ctx, args)
     except (ValueError, ImportError, DataError) as err:
         raise _usage_error(str(err)) from None
-    print(f"wrote {args.out}")
+    print_lines(f"wrote {args.out}")
     return 0

@@ -28,13 +28,17 @@ What the ranks share:
 :func:`shard`
     The part of a batch or of a data set one rank takes: contiguous, the
     parts of all ranks disjoint and together the whole.
+:func:`map_shards`, :func:`top_k_order`
+    A pass over a data set split among the ranks (each its shard, the
+    results gathered on rank 0), and the order that merges per-rank
+    top-k candidates into the top-k one process finds.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -43,13 +47,14 @@ from fastconv.nn.layers import BatchNorm2d, Layer
 from fastconv.nn.model import Sequential
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     import fastconv
 
 __all__ = [
     "Communicator", "DistributedError", "RankFailed", "GradientAverager", "SyncBatchNorm2d",
-    "world", "launched_under_mpi", "shard", "sync_batchnorm", "default_threads", "abort_on_error",
+    "world", "launched_under_mpi", "shard", "map_shards", "top_k_order", "sync_batchnorm", "default_threads",
+    "abort_on_error",
 ]
 
 # Variables that MPI launchers put in each process's environment: Open MPI's
@@ -57,6 +62,7 @@ __all__ = [
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE")
 INSTALL_HINT = 'pip install "fastconv[mpi]" (mpi4py and Open MPI)'
 DEFAULT_BUCKET_BYTES = 1 << 20
+T = TypeVar("T")
 
 
 class DistributedError(RuntimeError):
@@ -117,6 +123,13 @@ class Communicator:
     def allgather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank."""
         return [value] if self.comm is None else list(self.comm.allgather(value))
+
+    def gather(self, value: Any, root: int = 0) -> list[Any] | None:
+        """Every rank's ``value``, in rank order, on ``root``; None on the others."""
+        if self.comm is None:
+            return [value]
+        gathered = self.comm.gather(value, root=root)
+        return None if gathered is None else list(gathered)
 
     def bcast(self, value: Any, root: int = 0) -> Any:
         """``root``'s value on every rank."""
@@ -199,6 +212,41 @@ def shard(count: int, comm: Communicator, start: int = 0) -> slice:
     base, extra = divmod(count, comm.size)
     lo = comm.rank * base + min(comm.rank, extra)
     return slice(start + lo, start + lo + base + (comm.rank < extra))
+
+
+def map_shards(count: int, comm: Communicator, compute: Callable[[slice], T],
+               root: int = 0) -> list[tuple[slice, T]] | None:
+    """Run ``compute`` on this rank's :func:`shard` of ``count`` items (a
+    rank whose shard is empty skips it) and gather the ``(shard, result)``
+    pairs of the ranks that ran it on ``root``, in rank order, hence in the
+    items' order; None on the other ranks.
+
+    Every rank checks in before the gather: when ``compute`` raised on any
+    rank, every rank raises :class:`RankFailed` naming it (alone, the error
+    itself), so no rank is left waiting.
+    """
+    part = shard(count, comm)
+    result: T | None = None
+    error: BaseException | None = None
+    if part.stop > part.start:
+        try:
+            result = compute(part)
+        except Exception as caught:
+            error = caught
+    comm.check(error)
+    gathered = comm.gather((part, result) if part.stop > part.start else None, root=root)
+    if gathered is None:
+        return None
+    return [entry for entry in gathered if entry is not None]
+
+
+def top_k_order(values: np.ndarray, indices: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best candidates: the largest ``values`` first,
+    equal values by smaller ``indices`` (each item's index in the whole data
+    set). Candidates pooled from every rank's own top k give, in this order,
+    the top k of the whole set: ties are broken by the global index, not by
+    which rank found them."""
+    return np.lexsort((np.asarray(indices), -np.asarray(values, dtype=np.float64)))[:k]
 
 
 @contextlib.contextmanager
