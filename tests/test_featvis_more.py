@@ -150,13 +150,11 @@ def test_channel_combination_image_beats_the_data(build, mnist):
     assert result.values[1] > (out @ result.directions[1]).max()
 
 
-@pytest.mark.xfail(strict=True, reason="with a penalty strong enough to separate the images, one of the four "
-                   "is pushed below half of the unit's single-image optimum; the weight needs a scale-free form")
 def test_diverse_images_differ_more_than_independent_ones_and_still_fire(digit_model):
     model = digit_model
     layer, channel, count = "conv2", 3, 4
     independent = fa.feature_visualization(model, layer, [channel] * count, steps=80, seed=0)
-    diverse = fa.diverse_visualization(model, layer, channel, count=count, diversity=0.2, steps=80, seed=0)
+    diverse = fa.diverse_visualization(model, layer, channel, count=count, steps=80, seed=0)
     space = P.PixelSpace(model)
 
     def similarity(images):
@@ -166,6 +164,25 @@ def test_diverse_images_differ_more_than_independent_ones_and_still_fire(digit_m
     # each diverse image keeps at least half of what the unit reaches alone
     assert np.all(diverse.values >= 0.5 * independent.values.mean())
     assert "similarity" in diverse.history
+
+
+@pytest.mark.parametrize("build", BOTH)
+def test_diversity_weight_is_free_of_the_layer_scale(build):
+    # Scaling a convolution's weights and bias scales its output; a scale-free diversity
+    # term then yields the same images (Adam's steps do not depend on the gradient's scale).
+    def diverse(factor, weight=10.0):
+        model = build()
+        conv = dict(model.named_layers())["conv2"]
+        conv.params["weight"] *= factor
+        conv.params["bias"] *= factor
+        return fa.diverse_visualization(model, "conv2", 1, count=3, diversity=weight, steps=40, seed=1)
+
+    plain, scaled, alike = diverse(1.0), diverse(100.0), diverse(1.0, weight=1e-9)
+    # the term acts: without it the images end more alike
+    assert plain.history["similarity"][-1] < 0.9 * alike.history["similarity"][-1]
+    assert np.abs(plain.images - alike.images).max() > 0.05
+    np.testing.assert_allclose(scaled.values, 100.0 * plain.values, rtol=1e-3)
+    np.testing.assert_allclose(scaled.images, plain.images, atol=1e-3)
 
 
 @pytest.mark.parametrize("build", BOTH)

@@ -822,8 +822,9 @@ def add_viz_parser(subparsers):
 
     p.add_argument("--diversity", type=argtypes.positive_int, metavar="N",
                    help="N images per channel of one layer, kept apart by a Gram-similarity penalty")
-    p.add_argument("--diversity-weight", type=argtypes.non_negative_float, default=1.0,
-                   help="weight of that penalty (default: 1)")
+    p.add_argument("--diversity-weight", type=argtypes.non_negative_float, default=10.0,
+                   help="weight of that penalty, relative to each image's own activation, so one weight "
+                        "suits any layer (default: 10)")
     p.add_argument("--combine", nargs="+", metavar="C:W",
                    help="one image for a weighted sum of channels of one layer, e.g. 3:1 7:-0.5")
     p.add_argument("--direction", metavar="FILE.npy",
