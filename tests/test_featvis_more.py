@@ -198,6 +198,32 @@ def test_atlas_cells_and_their_renders(build, mnist):
     assert sampled.shape == (30, 6)
 
 
+def test_atlas_renders_beat_their_cells_images_and_noise(digit_model, mnist):
+    # Each cell's render should drive the cell's mean direction harder than every real image
+    # that fell in the cell, and point along it more closely than a noise image does.
+    model = digit_model
+    data = mnist.x_test[:80]
+    result = fa.activation_atlas(model, data, "conv2", grid=3, min_count=4, method="tsne", steps=50, limit=80)
+    space = P.PixelSpace(model)
+    real = model.forward(fa.Normalizer.from_model(model)(data), until="conv2")
+    rendered = model.forward(space.to_input(result.images), until="conv2")
+    noise = np.random.default_rng(0).uniform(0.0, 1.0, result.images.shape)
+    noisy = model.forward(space.to_input(noise), until="conv2")
+    where = AT._grid_cells(result.points, 3, 3) @ np.array([3, 1])
+    assert len(result.cells) >= 2
+    for k, cell in enumerate(result.cells @ np.array([3, 1])):
+        members = real[where == cell]
+        direction = np.repeat(result.directions[k:k + 1], len(members), axis=0)
+        own_best = P.direction_objective(members, direction, None, 1.0)[0].max()
+        value = P.direction_objective(rendered[k:k + 1], result.directions[k:k + 1], None, 1.0)[0][0]
+        assert value == pytest.approx(result.values[k], rel=1e-6)
+        assert value > own_best
+        assert value > P.direction_objective(noisy[k:k + 1], result.directions[k:k + 1], None, 1.0)[0][0]
+        pooled = np.stack([rendered[k], noisy[k]]).mean(axis=(2, 3))
+        cosine = pooled @ result.directions[k] / np.linalg.norm(pooled, axis=1) / np.linalg.norm(result.directions[k])
+        assert cosine[0] > cosine[1]
+
+
 # -- fooling images ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("generator", ["cppn", "pattern"])
