@@ -273,3 +273,4 @@ def test_command_line_tools(digit_model, tmp_path, capsys):
                      "--out", str(tmp_path / "fool.png")]) == 0
     said = capsys.readouterr().out
     assert "cells of 3x3 drawn (" in said and "of 1 classes at 99% or more" in said
+    assert "channel 1: values " in said and "Gram similarity " in said and "direction 0: objective " in said

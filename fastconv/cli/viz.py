@@ -457,19 +457,30 @@ def _feature_vis(ctx, args):
         directions = [_combination(args.combine)] if args.combine else _direction_file(args.direction)
         result = direction_visualization(ctx.model, layer, directions, cosine_power=args.cosine_power,
                                          position=tuple(args.position) if args.position else None, **options)
+        for k, (start, value) in enumerate(zip(result.history["objective"][0], result.values)):
+            print(f"direction {k}: objective {start:.3g} at the start, {value:.3g} after")
         return plot_directions(result, path=args.out)
     if args.diversity:
         if args.diversity < 2:
             raise _usage_error(f"--diversity is the number of images per channel and must be at least 2, "
                                f"got {args.diversity}")
-        from fastconv.analysis.optimize.methods import input_shape, output_shape, spread_channels
+        from fastconv.analysis.optimize.methods import feature_visualization, input_shape, output_shape, spread_channels
+        from fastconv.analysis.optimize.parametrize import PixelSpace, gram_similarity
 
         layer = _one_layer(args, "--diversity")
         out = output_shape(ctx.model, layer, (1,) + input_shape(ctx.model, args.size))
         channels = args.channels or spread_channels(out[1], args.per_layer)
-        grid = {f"{layer} ch {c}": diverse_visualization(ctx.model, layer, c, count=args.diversity,
-                                                         diversity=args.diversity_weight, **options)
-                for c in channels}
+        grid = {}
+        for c in channels:
+            alone = feature_visualization(ctx.model, layer, [c] * args.diversity, **options)
+            result = diverse_visualization(ctx.model, layer, c, count=args.diversity,
+                                           diversity=args.diversity_weight, **options)
+            apart = gram_similarity(ctx.model.forward(PixelSpace(ctx.model).to_input(result.images), until=layer))
+            same = gram_similarity(ctx.model.forward(PixelSpace(ctx.model).to_input(alone.images), until=layer))
+            print(f"channel {c}: values {' '.join(f'{v:.3g}' for v in result.values)} "
+                  f"(without the penalty {' '.join(f'{v:.3g}' for v in alone.values)}); "
+                  f"Gram similarity {apart[0]:.3g} (without {same[0]:.3g}, at most {args.diversity - 1})")
+            grid[f"{layer} ch {c}"] = result
         return plot_feature_grid(grid, path=args.out, title=f"{args.diversity} diverse images per channel of "
                                                             f"{layer} (Gram-similarity penalty "
                                                             f"{args.diversity_weight:g}; each tile stretched)")
