@@ -527,7 +527,8 @@ def _atlas(ctx, args):
     layer = args.layer or C.last_conv_name(ctx.model)
     atlas = activation_atlas(ctx.model, raw, layer, grid=args.grid, positions=args.positions, limit=args.limit,
                              min_count=args.min_count, method=args.method, cosine_power=args.cosine_power,
-                             seed=args.seed, steps=args.steps, lr=args.lr, jitter=args.jitter)
+                             seed=args.seed, steps=args.steps, lr=args.lr, jitter=args.jitter,
+                             parametrization=args.parametrization)
     point_labels = labels[:args.limit] if args.positions == "mean" else np.repeat(labels[:args.limit],
                                                                                   int(args.positions))
     print(f"{len(atlas.cells)} cells of {args.grid}x{args.grid} drawn ({atlas.method}); objective "
@@ -862,6 +863,8 @@ def add_viz_parser(subparsers):
     p.add_argument("--lr", type=argtypes.positive_float, default=0.05, help="Adam step (default: 0.05)")
     p.add_argument("--jitter", type=argtypes.non_negative_int, default=1,
                    help="random shift of up to N pixels per step (default: 1)")
+    p.add_argument("--parametrization", choices=("pixel", "fourier"), default="pixel",
+                   help="render the cells in pixels or a 1/f-scaled spectrum (default: pixel)")
     p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
 
     p = tools.add_parser("fooling", help=TOOLS["fooling"][1], description=TOOLS["fooling"][1])
