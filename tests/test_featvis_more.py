@@ -268,7 +268,8 @@ def test_command_line_tools(digit_model, tmp_path, capsys):
     assert cli.main(["viz", "feature-vis", str(path), "--layers", "conv2", "--combine", "1:1", "3:-0.5",
                      *common, "--out", str(tmp_path / "combine.png")]) == 0
     assert cli.main(["viz", "atlas", str(path), "--layer", "conv2", "--grid", "3", "--limit", "60",
-                     "--method", "tsne", "--parametrization", "fourier", *common, "--out", str(tmp_path / "atlas.png")]) == 0
+                     "--method", "tsne", "--parametrization", "fourier", *common,
+                     "--out", str(tmp_path / "atlas.png")]) == 0
     assert cli.main(["viz", "fooling", str(path), "--targets", "1", "--generations", "5",
                      "--out", str(tmp_path / "fool.png")]) == 0
     said = capsys.readouterr().out
