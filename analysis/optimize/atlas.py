@@ -190,7 +190,7 @@ def plot_atlas(atlas: Atlas, labels: np.ndarray | None = None, classes: list[str
         axes[r, c].imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
         axes[r, c].text(0.02, 0.02, str(count), transform=axes[r, c].transAxes, fontsize=6, color="white",
                         bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
-    left.suptitle(f"each cell: the image whose {atlas.layer} activation points along the cell's mean "
+    left.suptitle(f"each cell: the image whose {atlas.layer} activation points\nalong the cell's mean "
                   "(count in the corner)", fontsize=9)
     ax = right.subplots()
     if labels is not None and len(labels) == len(atlas.points):

@@ -231,13 +231,14 @@ def plot_directions(result: Visualization, columns: int = 8, title: str | None =
         raise ValueError("the result has no directions: draw a unit visualization with plot_feature_grid")
     n = len(result.images)
     rows, cols = _grid(n, columns)
-    fig = new_figure(1.8 * cols + 0.4, 1.9 * rows + 0.6)
+    # wide enough for the title when there are only one or two images
+    fig = new_figure(max(1.8 * cols + 0.4, 5.5), 1.9 * rows + 0.6)
     axes = fig.subplots(rows, cols, squeeze=False)
     for k in range(n):
         _show(axes.flat[k], result.images[k], f"{_direction_name(result.directions[k])}\n"
                                               f"objective {result.values[k]:.3g}", stretch=True, fontsize=7)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    fig.suptitle(title or f"images pushed along directions of {result.layer}'s channels "
+    fig.suptitle(title or f"images pushed along directions of {result.layer}'s channels\n"
                           "(each tile stretched to its own range)", fontsize=10)
     return _finish(fig, path)

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 INITS = ("zeros", "noise")
 OPTIMIZERS = ("sgd", "adam")
+# The fraction of the best value so far below which the diversity term stops pushing an image.
+DIVERSITY_FLOOR = 0.6
 
 
 # -- images from files ---------------------------------------------------------------
@@ -371,12 +373,19 @@ def feature_visualization(model: fastconv.Model, layer: str,
     sigmoid instead of the pixels; ``color`` ((C, C) matrix, or images
     (N, C, H, W) to take the channel correlation from) decorrelates it.
 
-    ``diversity`` > 0 subtracts that many times the batch's Gram-matrix
-    similarity at ``diversity_layer`` (default ``layer`` when its output is
-    spatial, else the last Conv2d before it;
-    :func:`~fastconv.analysis.optimize.parametrize.gram_similarity`) from
-    the objective, so that the images of the batch differ (Olah et al.
-    2017); :func:`diverse_visualization` makes such a batch for one unit.
+    ``diversity`` > 0 keeps the images of the batch apart (Olah et al.
+    2017): it penalizes their Gram-matrix similarity at ``diversity_layer``
+    (default ``layer`` when its output is spatial, else the last Conv2d
+    before it; :func:`~fastconv.analysis.optimize.parametrize.gram_similarity`,
+    a sum of cosine similarities, so free of the layer's scale). The weight
+    is scale-free too: image k's share of the penalty is multiplied by
+    ``diversity`` times its current value above a floor, ``DIVERSITY_FLOOR``
+    (0.6) of the best value reached so far, so the same weight trades
+    similarity against a fraction of the objective at any layer and in any
+    model, and an image that falls to the floor is no longer pushed away
+    from the others. Weights around 10 give visibly different images that
+    still keep most of the unit's activation; :func:`diverse_visualization`
+    makes such a batch for one unit.
     ``history['similarity']`` then holds the similarity per step.
     """
     C.check_layer(model, layer)
@@ -462,6 +471,7 @@ def _ascend(model: fastconv.Model, layer: str, objective: Callable[[np.ndarray],
         history["probability"] = []
     if spread is not None:
         history["similarity"] = []
+    reference = 0.0
     with C.evaluating(model), P.progress_bar(steps, f"visualizing {layer}", progress) as bar:
         for step in range(steps):
             pixels = image.render()
@@ -480,7 +490,13 @@ def _ascend(model: fastconv.Model, layer: str, objective: Callable[[np.ndarray],
                 similarity, similarity_gradient = P.gram_similarity(outputs[spread])
                 history["similarity"].append(similarity)
                 gradients = {layer: layer_gradient.astype(out.dtype)}
-                penalty = (-diversity * similarity_gradient).astype(out.dtype)
+                # The penalty's weight scales with each image's value above a floor, a fraction of the
+                # best value reached so far: the trade is then in units of the objective itself (free of the
+                # layer's scale), and an image that drops to the floor is no longer pushed apart.
+                reference = max(reference, float(np.max(values)))
+                size = np.maximum(values - DIVERSITY_FLOOR * reference, 0.0) * count / (count - 1)
+                penalty = (-diversity * size.reshape((-1,) + (1,) * (similarity_gradient.ndim - 1))
+                           * similarity_gradient).astype(out.dtype)
                 gradients[spread] = gradients[spread] + penalty if spread == layer else penalty
                 grad = P.backward_from(model, gradients)
             history["objective"].append(values)
@@ -507,11 +523,11 @@ def _ascend(model: fastconv.Model, layer: str, objective: Callable[[np.ndarray],
 
 
 def diverse_visualization(model: fastconv.Model, layer: str, channel: int | tuple[int, ...], count: int = 4,
-                          diversity: float = 1.0, **options: Any) -> Visualization:
+                          diversity: float = 10.0, **options: Any) -> Visualization:
     """``count`` different images that each maximize one ``channel`` (an int,
     or (c, i, j) for one unit) of ``layer``: :func:`feature_visualization`
-    of the unit repeated ``count`` times with the diversity term of weight
-    ``diversity``, from noise. Every option of :func:`feature_visualization`
+    of the unit repeated ``count`` times with the scale-free diversity term of
+    weight ``diversity`` (see there), from noise. Every option of :func:`feature_visualization`
     applies (``diversity_layer`` among them)."""
     count = _checks.positive_int(count, "count")
     if count < 2:

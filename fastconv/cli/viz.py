@@ -475,19 +475,30 @@ def _feature_vis(ctx, args):
         directions = [_combination(args.combine)] if args.combine else _direction_file(args.direction)
         result = direction_visualization(ctx.model, layer, directions, cosine_power=args.cosine_power,
                                          position=tuple(args.position) if args.position else None, **options)
+        for k, (start, value) in enumerate(zip(result.history["objective"][0], result.values)):
+            print(f"direction {k}: objective {start:.3g} at the start, {value:.3g} after")
         return plot_directions(result, path=args.out)
     if args.diversity:
         if args.diversity < 2:
             raise _usage_error(f"--diversity is the number of images per channel and must be at least 2, "
                                f"got {args.diversity}")
-        from fastconv.analysis.optimize.methods import input_shape, output_shape, spread_channels
+        from fastconv.analysis.optimize.methods import feature_visualization, input_shape, output_shape, spread_channels
+        from fastconv.analysis.optimize.parametrize import PixelSpace, gram_similarity
 
         layer = _one_layer(args, "--diversity")
         out = output_shape(ctx.model, layer, (1,) + input_shape(ctx.model, args.size))
         channels = args.channels or spread_channels(out[1], args.per_layer)
-        grid = {f"{layer} ch {c}": diverse_visualization(ctx.model, layer, c, count=args.diversity,
-                                                         diversity=args.diversity_weight, **options)
-                for c in channels}
+        grid = {}
+        for c in channels:
+            alone = feature_visualization(ctx.model, layer, [c] * args.diversity, **options)
+            result = diverse_visualization(ctx.model, layer, c, count=args.diversity,
+                                           diversity=args.diversity_weight, **options)
+            apart = gram_similarity(ctx.model.forward(PixelSpace(ctx.model).to_input(result.images), until=layer))
+            same = gram_similarity(ctx.model.forward(PixelSpace(ctx.model).to_input(alone.images), until=layer))
+            print(f"channel {c}: values {' '.join(f'{v:.3g}' for v in result.values)} "
+                  f"(without the penalty {' '.join(f'{v:.3g}' for v in alone.values)}); "
+                  f"Gram similarity {apart[0]:.3g} (without {same[0]:.3g}, at most {args.diversity - 1})")
+            grid[f"{layer} ch {c}"] = result
         return plot_feature_grid(grid, path=args.out, title=f"{args.diversity} diverse images per channel of "
                                                             f"{layer} (Gram-similarity penalty "
                                                             f"{args.diversity_weight:g}; each tile stretched)")
@@ -534,7 +545,8 @@ def _atlas(ctx, args):
     layer = args.layer or C.last_conv_name(ctx.model)
     atlas = activation_atlas(ctx.model, raw, layer, grid=args.grid, positions=args.positions, limit=args.limit,
                              min_count=args.min_count, method=args.method, cosine_power=args.cosine_power,
-                             seed=args.seed, steps=args.steps, lr=args.lr, jitter=args.jitter)
+                             seed=args.seed, steps=args.steps, lr=args.lr, jitter=args.jitter,
+                             parametrization=args.parametrization)
     point_labels = labels[:args.limit] if args.positions == "mean" else np.repeat(labels[:args.limit],
                                                                                   int(args.positions))
     print(f"{len(atlas.cells)} cells of {args.grid}x{args.grid} drawn ({atlas.method}); objective "
@@ -840,8 +852,9 @@ def add_viz_parser(subparsers):
 
     p.add_argument("--diversity", type=argtypes.positive_int, metavar="N",
                    help="N images per channel of one layer, kept apart by a Gram-similarity penalty")
-    p.add_argument("--diversity-weight", type=argtypes.non_negative_float, default=1.0,
-                   help="weight of that penalty (default: 1)")
+    p.add_argument("--diversity-weight", type=argtypes.non_negative_float, default=10.0,
+                   help="weight of that penalty, relative to each image's own activation, so one weight "
+                        "suits any layer (default: 10)")
     p.add_argument("--combine", nargs="+", metavar="C:W",
                    help="one image for a weighted sum of channels of one layer, e.g. 3:1 7:-0.5")
     p.add_argument("--direction", metavar="FILE.npy",
@@ -868,6 +881,8 @@ def add_viz_parser(subparsers):
     p.add_argument("--lr", type=argtypes.positive_float, default=0.05, help="Adam step (default: 0.05)")
     p.add_argument("--jitter", type=argtypes.non_negative_int, default=1,
                    help="random shift of up to N pixels per step (default: 1)")
+    p.add_argument("--parametrization", choices=("pixel", "fourier"), default="pixel",
+                   help="render the cells in pixels or a 1/f-scaled spectrum (default: pixel)")
     p.add_argument("--seed", type=argtypes.non_negative_int, default=0, help="random seed (default: 0)")
 
     p = tools.add_parser("fooling", help=TOOLS["fooling"][1], description=TOOLS["fooling"][1])
