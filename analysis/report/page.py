@@ -4,8 +4,9 @@
 the analysis tools on a training run folder and gathers their figures into
 a single page, one section per tool: the model summary, the training
 curves, predictions, the confusion matrix, filters, activations, top
-images, clusters and t-SNE, occlusion, the saliency family, class models,
-inversions, a DeepDream and adversarial examples with a robustness curve.
+images, clusters and t-SNE, occlusion, the saliency family, the
+attribution sanity checks, class models, inversions, a DeepDream and
+adversarial examples with a robustness curve.
 
 The page needs nothing but itself: figures are PNG files embedded as
 base64, the style sheet is inline, and there is no script. A section that
