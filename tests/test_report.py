@@ -150,6 +150,89 @@ def test_numbers_agree_with_the_trainers_evaluation(page, run_dir):
     assert f"{model.num_parameters():,}" in page.html
 
 
+class _Tables(HTMLParser):
+    """The rows of every table (header row included) of one section of the page."""
+
+    def __init__(self, text, key):
+        super().__init__()
+        self.section = f"section-{key}"
+        self.tables = []
+        self._inside = False
+        self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "section":
+            self._inside = dict(attrs).get("id") == self.section
+        elif self._inside and tag == "table":
+            self.tables.append([])
+        elif self._inside and tag == "tr":
+            self.tables[-1].append([])
+        elif self._inside and tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if self._inside and tag in ("td", "th"):
+            self.tables[-1][-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def test_sanity_section_shows_what_the_metrics_compute(page, run_dir):
+    """The table holds the rank correlations and AUCs that metrics computes
+    directly for the same images (the report's chosen test images, true classes),
+    and the gradient passes the randomization test on the trained model."""
+    from fastconv.analysis import attribution as fa
+    from fastconv.analysis.attribution import metrics
+
+    (table,) = _Tables(page.html, "sanity").tables
+    header, *rows = table
+    assert header == ["method", "rank correlation, top layer random", "all layers random", "deletion AUC",
+                      "insertion AUC"]
+    shown = {row[0]: row[1:] for row in rows}
+    assert list(shown) == [*TINY.sanity_methods, "random"]
+    run = R.Run(run_dir)
+    _, x, labels = run.chosen(TINY.sanity_images)
+    targets = labels.tolist()
+    assert len(x) == TINY.sanity_images == 8
+    model = run.model
+    layer = fa.methods.default_gradcam_layer(model)
+    builders = {"gradient": fa.Gradient, "guided-backprop": fa.GuidedBackprop,
+                "gradcam": lambda m: fa.GradCAM(m, layer)}
+    maps = {name: build(model).attribute(x, targets) for name, build in builders.items()}
+    maps["random"] = np.random.default_rng(0).normal(size=x.shape).astype(x.dtype)
+    means = {}
+    for name, values in shown.items():
+        deletion = metrics.perturbation_curve(model, x, targets, maps[name], "deletion").auc.mean()
+        insertion = metrics.perturbation_curve(model, x, targets, maps[name], "insertion").auc.mean()
+        assert values[2:] == [f"{deletion:.3f}", f"{insertion:.3f}"], name
+        if name == "random":
+            assert values[:2] == ["", ""]
+            continue
+        check = metrics.cascading_randomization(model, builders[name], x, targets, seed=0)
+        assert values[:2] == [f"{check.mean[0]:.3f}", f"{check.mean[-1]:.3f}"], name
+        means[name] = check.mean
+    # The gradient's maps lose their rank order as the layers go random, more with
+    # every layer than with the top one alone; guided backprop keeps far more of its
+    # own once the top layer is random (Adebayo et al.).
+    assert means["gradient"][-1] < means["gradient"][0] < 0.9
+    assert means["guided-backprop"][0] > means["gradient"][0] + 0.2
+    sanity = next(s for s in _Page(page.html).sections if s["id"] == "section-sanity")
+    assert sanity["images"] == 1
+
+
+def test_sanity_section_can_be_left_empty_or_fail_on_an_unknown_method(run_dir):
+    settings = dataclasses.replace(TINY, sanity_images=0)
+    report = R.build_report(run_dir, settings=settings, sections=["sanity"], progress=False)
+    assert report.failures == [] and "0 images" in report.skipped[0].skipped
+    settings = dataclasses.replace(TINY, sanity_methods=("gradient", "nope"))
+    report = R.build_report(run_dir, settings=settings, sections=["sanity"], progress=False)
+    assert "unknown attribution method 'nope'" in report.failures[0].error
+
+
 def test_examples_cover_different_classes_first(run_dir):
     run = R.Run(run_dir)
     raw, x, labels = run.chosen(6)

@@ -4,8 +4,9 @@
 the analysis tools on a training run folder and gathers their figures into
 a single page, one section per tool: the model summary, the training
 curves, predictions, the confusion matrix, filters, activations, top
-images, clusters and t-SNE, occlusion, the saliency family, class models,
-inversions, a DeepDream and adversarial examples with a robustness curve.
+images, clusters and t-SNE, occlusion, the saliency family, the
+attribution sanity checks, class models, inversions, a DeepDream and
+adversarial examples with a robustness curve.
 
 The page needs nothing but itself: figures are PNG files embedded as
 base64, the style sheet is inline, and there is no script. A section that
@@ -68,7 +69,9 @@ class ReportSettings:
     ``attack_steps`` are the optimization budgets; ``attack_images`` images
     measure the robustness curve, at the L-infinity sizes ``eps`` (None:
     0 to 0.3 for one-channel images such as MNIST, 0 to 16/255 for colour
-    ones).
+    ones). The attribution sanity checks run the ``sanity_methods`` (names
+    of :data:`fastconv.analysis.attribution.methods.METHODS`) on
+    ``sanity_images`` test images (0: the section has nothing to show).
     """
 
     images: int = 4
@@ -90,13 +93,15 @@ class ReportSettings:
     attack_images: int = 500
     attack_steps: int = 10
     eps: tuple[float, ...] | None = None
+    sanity_images: int = 16
+    sanity_methods: tuple[str, ...] = ("gradient", "guided-backprop", "gradcam")
 
 
 FULL = ReportSettings()
 QUICK = ReportSettings(
     images=3, activation_images=1, max_maps=32, top_units=2, top_k=8, search=500, codes=500, per_cluster=8,
     tsne=300, ig_steps=16, class_model_steps=60, inversion_steps=40, dream_size=128, dream_octaves=3,
-    dream_steps=5, attack_images=100, attack_steps=5,
+    dream_steps=5, attack_images=100, attack_steps=5, sanity_images=8,
 )
 
 GREY_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -547,6 +552,38 @@ def _attribution(run: Run, settings: ReportSettings, scratch: str) -> list[_Bloc
             _Text("Integrated gradients keep their sign (red raises the score, blue lowers it); the others show "
                   f"magnitudes. Integrated gradients use {settings.ig_steps} steps from a zero (mean-colour) "
                   "baseline.")]
+
+
+@_section("sanity", "Attribution sanity checks",
+          "Whether the attribution maps depend on what the network learned, and whether they rank the pixels "
+          "the class's probability depends on first.")
+def _sanity(run: Run, settings: ReportSettings, scratch: str) -> list[_Block]:
+    from fastconv.analysis.attribution.figures import plot_sanity
+    from fastconv.analysis.attribution.sanity import named_method, sanity_checks
+
+    if settings.sanity_images == 0:
+        raise SectionSkipped("the settings ask for 0 images (sanity_images)")
+    _, x, labels = run.chosen(settings.sanity_images)
+    methods = {name: named_method(name) for name in settings.sanity_methods}
+    results = sanity_checks(run.model, x, labels.tolist(), methods)
+    layers = next(iter(results.checks.values())).layers
+    rows = [(name, _number(top, 3), _number(every, 3), _number(deletion, 3), _number(insertion, 3))
+            for name, top, every, deletion, insertion in results.rows()]
+    return [
+        _Image(plot_sanity(results.checks, results.deletion, results.insertion),
+               alt="rank correlation as layers are randomized; deletion and insertion AUC per method"),
+        _Table(("method", "rank correlation, top layer random", "all layers random", "deletion AUC",
+                "insertion AUC"), rows),
+        _Text(f"On {len(x)} test images, for their true class. Left and first columns: the {len(layers)} layers "
+              f"with parameters ({layers[0]} first) are re-initialized one after the other, and each method's "
+              "map (sum of absolute values over channels) is compared with the trained model's by Spearman "
+              "rank correlation, averaged over the images (Adebayo et al. 2018): a map that explains the "
+              "model falls towards 0, one that keeps its correlation shows the image more than the model. "
+              "Right and last columns: the pixels are set to the mean colour (deletion) or put back into a "
+              "blurred copy (insertion) in the order of the map, and the area under the class's probability "
+              "is measured (Petsiuk et al. 2018): lower is better for deletion, higher for insertion; the "
+              "random row is a map of noise, the mark to beat."),
+    ]
 
 
 def _class_models(model: fastconv.Model, count: int, settings: ReportSettings,

@@ -20,8 +20,8 @@ def add_parsers(commands):
         "report", help="one self-contained HTML page looking inside a trained model",
         description="Run the analysis tools on a trained run (model summary, training curves, predictions, "
                     "confusion matrix, filters, activations, top images, clusters and t-SNE, occlusion, "
-                    "saliency family, class models, inversions, DeepDream, adversarial examples and "
-                    "robustness) and write them into one HTML file with every image embedded. "
+                    "saliency family, attribution sanity checks, class models, inversions, DeepDream, "
+                    "adversarial examples and robustness) and write them into one HTML file with every image embedded. "
                     "A section that fails is marked in the page and the others still render.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'fastconv train' (or a model .npz file)")

@@ -226,32 +226,22 @@ def _attribution(ctx, args):
 
 @_tool("sanity", "cascading layer randomization (rank correlation of maps) and deletion/insertion AUC per method")
 def _sanity(ctx, args):
-    import numpy as np
-
-    from fastconv.analysis.attribution import metrics
     from fastconv.analysis.attribution.figures import plot_sanity
+    from fastconv.analysis.attribution.sanity import sanity_checks
 
     raw, labels = ctx.images()
     if not 0 < args.count <= len(raw):
         raise _usage_error(f"--count {args.count} is out of range for the {args.split} split of {len(raw)} images")
     x, targets = ctx.normalize(raw[:args.count]), labels[:args.count].tolist()
-    checks, deletion, insertion = {}, {}, {}
+    factories = {method: (lambda m, method=method: _Bound(ctx, args, method, m)) for method in args.methods}
+    results = sanity_checks(ctx.model, x, targets, factories, seed=0)
     rows = ["| method | rank correlation, top layer random | all layers random | deletion AUC | insertion AUC |",
             "|---|---|---|---|---|"]
-    for method in args.methods + ["random"]:
-        if method == "random":
-            maps = np.random.default_rng(0).normal(size=x.shape).astype(x.dtype)
-        else:
-            label, maps = _attribute(ctx, args, method, x, targets)
-            checks[label] = metrics.cascading_randomization(
-                ctx.model, lambda m, method=method: _Bound(ctx, args, method, m), x, targets, seed=0)
-        deletion[method] = float(metrics.perturbation_curve(ctx.model, x, targets, maps, "deletion").auc.mean())
-        insertion[method] = float(metrics.perturbation_curve(ctx.model, x, targets, maps, "insertion").auc.mean())
-        sanity = (f"{checks[label].mean[0]:.2f} | {checks[label].mean[-1]:.2f}" if method != "random"
-                  else "- | -")
-        rows.append(f"| {method} | {sanity} | {deletion[method]:.3f} | {insertion[method]:.3f} |")
+    for method, top, every, deletion, insertion in results.rows():
+        sanity = "- | -" if top is None else f"{top:.2f} | {every:.2f}"
+        rows.append(f"| {method} | {sanity} | {deletion:.3f} | {insertion:.3f} |")
     print("\n".join(rows))
-    return plot_sanity(checks, deletion, insertion, path=args.out)
+    return plot_sanity(results.checks, results.deletion, results.insertion, path=args.out)
 
 
 class _Bound:
