@@ -314,7 +314,9 @@ def adam_args(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_
 def flag(value: object, name: str) -> bool:
     """``value`` as a bool; anything but a bool (an int included) is a TypeError."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
+        # An array's repr shows its values, not what it is: name its type and shape.
+        got = f"an ndarray of shape {value.shape}" if isinstance(value, np.ndarray) else repr(value)
+        raise TypeError(f"{name} must be a bool, got {got}")
     return bool(value)
 
 
