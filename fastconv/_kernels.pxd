@@ -45,8 +45,8 @@ cdef extern from "fastconv.h" nogil:
         FC_CONV_UNFOLDED
         FC_CONV_WINOGRAD
         FC_CONV_DEPTHWISE
-    int fc_conv_path_f32(int64_t channels, int64_t filters, int64_t groups, const fc_window *g)
-    int fc_conv_path_f64(int64_t channels, int64_t filters, int64_t groups, const fc_window *g)
+    int fc_conv_path_f32(int64_t n_images, int64_t channels, int64_t filters, int64_t groups, const fc_window *g)
+    int fc_conv_path_f64(int64_t n_images, int64_t channels, int64_t filters, int64_t groups, const fc_window *g)
     int fc_conv_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
                              const float *x, const float *weight, int64_t n_images,
                              int64_t channels, int64_t filters, int64_t groups,

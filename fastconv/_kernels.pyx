@@ -362,10 +362,10 @@ def conv2d_path(x, weight, stride=1, padding=0, groups=1):
     grouped convolution takes the path of one of its groups, once per group."""
     geometry = _checks.conv_args(x, weight, None, stride, padding, groups)
     cdef fc_window g = _window(x.shape[2], x.shape[3], geometry)
-    cdef int64_t c = x.shape[1], f = weight.shape[0], count = int(groups)
+    cdef int64_t n = x.shape[0], c = x.shape[1], f = weight.shape[0], count = int(groups)
     if x.dtype == np.float32:
-        return _CONV_PATHS[fc_conv_path_f32(c, f, count, &g)]
-    return _CONV_PATHS[fc_conv_path_f64(c, f, count, &g)]
+        return _CONV_PATHS[fc_conv_path_f32(n, c, f, count, &g)]
+    return _CONV_PATHS[fc_conv_path_f64(n, c, f, count, &g)]
 
 
 def conv2d_uses_winograd(x, weight, stride=1, padding=0, groups=1):

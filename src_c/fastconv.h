@@ -122,8 +122,8 @@ int fc_conv_forward_f64(double *y, const double *x, const double *weight,
 #define FC_CONV_UNFOLDED 1
 #define FC_CONV_WINOGRAD 2
 #define FC_CONV_DEPTHWISE 3
-int fc_conv_path_f32(int64_t channels, int64_t filters, int64_t groups, const fc_window *g);
-int fc_conv_path_f64(int64_t channels, int64_t filters, int64_t groups, const fc_window *g);
+int fc_conv_path_f32(int64_t n_images, int64_t channels, int64_t filters, int64_t groups, const fc_window *g);
+int fc_conv_path_f64(int64_t n_images, int64_t channels, int64_t filters, int64_t groups, const fc_window *g);
 
 int fc_conv_backward_f32(float *dx, float *dweight, float *dbias, const float *dy,
                          const float *x, const float *weight, int64_t n_images,

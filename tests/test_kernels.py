@@ -436,8 +436,23 @@ def test_conv2d_winograd_matches_reference(dtype, shape, filters, padding):
     x = random_array(rng, shape, dtype)
     weight = random_array(rng, (filters, shape[1], 3, 3), dtype)
     bias = random_array(rng, (filters,), dtype)
-    assert fast.conv2d_uses_winograd(x, weight, 1, padding)
-    check_conv(x, weight, bias, 1, padding)
+    # The cases are small, to reach the edges of the tiling; the cost model
+    # would keep most of them direct (too few tiles), so they are sent through.
+    previous = fast.set_winograd("always")
+    try:
+        assert fast.conv2d_uses_winograd(x, weight, 1, padding)
+        check_conv(x, weight, bias, 1, padding)
+    finally:
+        fast.set_winograd(previous)
+
+
+@pytest.mark.parametrize("images, winograd", [(1, False), (4, False), (8, True), (64, True)])
+def test_winograd_waits_for_enough_tiles(images, winograd):
+    # cifar6's conv6 (128 channels and filters on 8x8 planes, 16 tiles an
+    # image): direct for one image or a few, Winograd once the call has 128 tiles.
+    x = np.zeros((images, 128, 8, 8), np.float32)
+    weight = np.zeros((128, 128, 3, 3), np.float32)
+    assert fast.conv2d_uses_winograd(x, weight, 1, 1) is winograd
 
 
 def test_conv2d_set_winograd_false_keeps_every_layer_direct():
@@ -462,7 +477,7 @@ def test_conv2d_winograd_only_where_it_pays():
     # Three input channels (cifar6's first layer) leave the transforms
     # nothing to save; strides and other kernel sizes have no Winograd path.
     def uses(c, f, h, kernel=3, stride=1):
-        x = np.zeros((1, c, h, h), np.float32)
+        x = np.zeros((16, c, h, h), np.float32)
         return fast.conv2d_uses_winograd(x, np.zeros((f, c, kernel, kernel), np.float32),
                                          stride, kernel // 2)
     assert uses(32, 32, 32) and uses(128, 128, 8)
@@ -480,7 +495,7 @@ def test_conv2d_winograd_keeps_nan_to_its_windows(dtype, special):
     # or inf would reach values whose window never holds it; such images are
     # computed by the direct kernel instead.
     rng = np.random.default_rng(8)
-    x = random_array(rng, (3, 128, 9, 10), dtype)
+    x = random_array(rng, (6, 128, 9, 10), dtype)  # enough tiles for the cost model to take Winograd
     x[1, 5, 4, 0] = special
     weight = random_array(rng, (128, 128, 3, 3), dtype)
     bias = random_array(rng, (128,), dtype)

@@ -278,7 +278,7 @@ CONV_CASES = {
     "direct, one image's columns unfolded and shared out, 7x7 stride 2": ((1, 3, 64, 64), 64, (7, 7), 2, 3, False),
     "direct, 1x1 on one image multiplied in place": ((1, 128, 14, 14), 128, (1, 1), 1, 0, False),
     "winograd by the cost model": ((3, 64, 16, 16), 64, (3, 3), 1, 1, True),
-    "winograd by the cost model, one image's tile rows shared out": ((1, 64, 16, 16), 64, (3, 3), 1, 1, True),
+    "winograd by the cost model, one image's tile rows shared out": ((1, 64, 24, 24), 64, (3, 3), 1, 1, True),
     "winograd forced on a narrow layer": ((3, 8, 18, 18), 16, (3, 3), 1, 1, "always"),
     "winograd forced, no padding, odd planes": ((7, 8, 17, 19), 16, (3, 3), 1, 0, "always"),
 }
