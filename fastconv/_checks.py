@@ -226,8 +226,8 @@ def channel_epilogue(y: object, relu: object, scale: object, shift: object) -> b
         raise ValueError("y must be a C-contiguous, aligned and writeable array: the epilogue works in place")
     relu = flag(relu, "relu")
     if (scale is None) != (shift is None):
-        raise ValueError(f"scale and shift go together: got scale {'None' if scale is None else 'an array'} "
-                         f"and shift {'None' if shift is None else 'an array'}")
+        given, missing = ("scale", "shift") if shift is None else ("shift", "scale")
+        raise ValueError(f"scale and shift go together: {given} is given and {missing} is None (NoneType)")
     for name, p in (("scale", scale), ("shift", shift)):
         if p is not None:
             array = float_array(p, name, 1)

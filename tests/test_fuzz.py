@@ -975,6 +975,10 @@ def valid_call(data, name):
         return (dy, cache), (dy, cache_ref), {0: "array", 1: "cache"}
     if name in ("relu_forward", "relu6_forward", "gelu_forward"):
         return (x,), (x,), {0: "array"}
+    if name == "conv2d_epilogue":  # in place on y: each side gets its own copy
+        fast_args = (x, bool(rng.integers(2)), weight, bias)
+        ref_args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in fast_args)
+        return fast_args, ref_args, {0: "array", 2: "array", 3: "array"}
     if name == "gelu_backward":  # takes the forward's input, not its output
         args = (random_values(rng, x.shape, dtype), x)
         return args, args, {0: "array", 1: "array"}
