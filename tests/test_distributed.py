@@ -34,6 +34,12 @@ def _mpiexec() -> str:
     return found
 
 
+# `python -m` and `python -c` put the working directory first on sys.path; run
+# from a checkout, that would import its source folder, whose kernels a
+# non-editable install leaves uncompiled, instead of the installed package.
+OUTSIDE = Path(sys.executable).parent
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
@@ -44,7 +50,7 @@ def _env() -> dict[str, str]:
 def mpirun(ranks: int, *command: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """``mpiexec -n ranks command`` (a Python file or a fastconv command line)."""
     args = [_mpiexec(), "--oversubscribe", "-n", str(ranks), *command]
-    done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(args, cwd=OUTSIDE, env=_env(), capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"{args} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -69,7 +75,7 @@ def test_no_launcher_means_one_process_and_no_mpi4py():
     env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
     code = ("import sys; from fastconv.train.distributed import world; c = world(); "
             "print(c.size, c.rank, 'mpi4py' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "0", "False"]
 
 
@@ -78,7 +84,7 @@ def test_launcher_without_mpi4py_says_how_to_install():
     code = ("import sys; sys.modules['mpi4py'] = None\n"
             "from fastconv.train.distributed import world, DistributedError\n"
             "try:\n    world()\nexcept DistributedError as e:\n    print(e)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, env=env, capture_output=True, text=True, check=True)
     assert "OMPI_COMM_WORLD_SIZE=2" in out.stdout and 'pip install "fastconv[mpi]"' in out.stdout
 
 
@@ -134,8 +140,8 @@ def _train(tmp_path, ranks, model, batch):
     out = tmp_path / f"{model}-{ranks}.npz"
     if ranks == 1:
         env = _env()
-        subprocess.run([sys.executable, str(WORKER), "train", str(out), model, str(batch)], env=env, check=True,
-                       timeout=600)
+        subprocess.run([sys.executable, str(WORKER), "train", str(out), model, str(batch)], cwd=OUTSIDE, env=env,
+                       check=True, timeout=600)
     else:
         mpirun(ranks, sys.executable, str(WORKER), "train", str(out), model, str(batch))
     return np.load(out)
@@ -188,12 +194,12 @@ def small_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "run"
     subprocess.run(fastconv_cli("train", "--dataset", "mnist-sample", "--model", "mnist2", "--limit", "96",
                                 "--epochs", "1", "--batch-size", "32", "--threads", "1", "--out", str(run)),
-                   env=_env(), check=True, capture_output=True, timeout=600)
+                   cwd=OUTSIDE, env=_env(), check=True, capture_output=True, timeout=600)
     return run
 
 
 def test_distributed_evaluate_equals_one_process(small_run, tmp_path):
-    one = subprocess.run(fastconv_cli("evaluate", str(small_run), "--split", "test"), env=_env(),
+    one = subprocess.run(fastconv_cli("evaluate", str(small_run), "--split", "test"), cwd=OUTSIDE, env=_env(),
                          capture_output=True, text=True, check=True, timeout=600)
     single = json.loads((small_run / "eval.json").read_text())
     (small_run / "eval.json").unlink()
@@ -226,7 +232,7 @@ def test_kill_9_of_one_rank_stops_the_job_and_resumes_on_another_rank_count(tmp_
                           "--batch-size", "32", "--epochs", "3", "--threads", "1", "--out", str(run))]
     # A marker in the job's environment finds its ranks among the processes.
     env = {**_env(), "FASTCONV_TEST_JOB": uuid.uuid4().hex}
-    launcher = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    launcher = subprocess.Popen(args, cwd=OUTSIDE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 600
@@ -248,7 +254,7 @@ def test_kill_9_of_one_rank_stops_the_job_and_resumes_on_another_rank_count(tmp_
 
     state = load_checkpoint(run / "checkpoint-last.npz")  # whole, and readable
     assert state["epoch"] >= 1 and state["ranks"] == 2
-    resumed = subprocess.run(fastconv_cli("train", "--out", str(run), "--resume"), env=_env(),
+    resumed = subprocess.run(fastconv_cli("train", "--out", str(run), "--resume"), cwd=OUTSIDE, env=_env(),
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert "written by 2 rank(s), now 1" in resumed.stdout
@@ -312,7 +318,7 @@ def load_mnist_pixels(count):
 def _analysis(tmp_path, ranks, model):
     out = tmp_path / f"analysis-{model}-{ranks}.npz"
     if ranks == 1:
-        subprocess.run([sys.executable, str(WORKER), "analysis", str(out), model], env=_env(), check=True,
+        subprocess.run([sys.executable, str(WORKER), "analysis", str(out), model], cwd=OUTSIDE, env=_env(), check=True,
                        timeout=600)
     else:
         mpirun(ranks, sys.executable, str(WORKER), "analysis", str(out), model)
@@ -370,8 +376,8 @@ def _json_without_times(path):
 def test_distributed_robustness_command_equals_one_process(small_run, tmp_path):
     args = ["robustness", str(small_run), "--methods", "fgsm", "deepfool", "pgd", "--steps", "2",
             "--eps-list", "0", "0.1", "0.3", "--l2-eps-list", "0", "1", "3", "--limit", "21"]
-    one = subprocess.run(fastconv_cli(*args, "--threads", "1", "--out", str(tmp_path / "one.png")), env=_env(),
-                         check=True, capture_output=True, text=True, timeout=600)
+    one = subprocess.run(fastconv_cli(*args, "--threads", "1", "--out", str(tmp_path / "one.png")), cwd=OUTSIDE,
+                         env=_env(), check=True, capture_output=True, text=True, timeout=600)
     two = mpirun(2, *fastconv_cli(*args, "--out", str(tmp_path / "two.png")))
     single, split = _json_without_times(tmp_path / "one.json"), _json_without_times(tmp_path / "two.json")
     # pgd's random starts are drawn for a batch: split, they are other draws (documented, and said).
@@ -392,7 +398,7 @@ def test_distributed_viz_draws_the_one_process_figure_once(small_run, tmp_path, 
     from matplotlib.image import imread
 
     subprocess.run(fastconv_cli("viz", tool[0], str(small_run), *tool[1:], "--out", str(tmp_path / "one.png")),
-                   env=_env(), check=True, capture_output=True, timeout=600)
+                   cwd=OUTSIDE, env=_env(), check=True, capture_output=True, timeout=600)
     two = mpirun(2, *fastconv_cli("viz", tool[0], str(small_run), *tool[1:], "--out", str(tmp_path / "two.png")))
     assert two.stdout.count("wrote ") == 1
     np.testing.assert_array_equal(imread(tmp_path / "two.png"), imread(tmp_path / "one.png"))
