@@ -258,8 +258,11 @@ def test_autoattack_matches_torchattacks_on_the_same_weights(trained, held_out, 
 @pytest.mark.parametrize("eps", [2 / 255, 8 / 255])
 def test_autoattack_matches_torchattacks_on_200_images(trained, torch, torchattacks, copy_to_torch, eps):
     x, y = cifar_shaped(200, seed=3)
+    # The paper's 100 iterations; a fifth of Square's 5,000 queries, which on the
+    # images that survive the gradient attacks take most of the time. The full
+    # budget on real CIFAR-10 images: benchmarks/autoattack_agreement.py.
     ours, theirs, report = compare_with_torchattacks(trained, torch, torchattacks, copy_to_torch, x, y, eps,
-                                                     steps=100, queries=5000)
+                                                     steps=100, queries=1000)
     assert abs(ours - theirs) <= 0.01 + 1e-9, (ours, theirs, report)
     twin = torch_twin(torch)
     copy_to_torch(trained, twin)
