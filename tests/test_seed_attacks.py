@@ -306,6 +306,15 @@ def test_attack_plots_its_loss_history(model_file, tmp_path):
     assert len(values) == 6 and values[-1] > values[0] and loss.stat().st_size > 0
 
 
+def test_plot_loss_is_refused_for_an_attack_that_records_none(model_file, tmp_path, capsys):
+    status = cli.main(["attack", str(model_file), "--method", "square", "--eps", "0.2", "--queries", "10",
+                       "--dataset", "mnist-sample", "--threads", "1", "--out", str(tmp_path / "sq.png"),
+                       "--plot-loss", str(tmp_path / "loss.png")])
+    err = capsys.readouterr().err
+    assert status != 0 and "square records no per-step objective" in err
+    assert not (tmp_path / "sq.png").exists()
+
+
 def test_look_alike_and_transfer_grid_from_the_command_line(model_file, tmp_path):
     out = tmp_path / "look.png"
     run_cli("adversarial", "look-alike", model_file, "--index", "3", "--target", "5", "--steps", "200",

@@ -247,7 +247,8 @@ class Attack:
 
     After each call, ``loss_history`` holds one value per step of the attack:
     the mean over the images of the objective it works on at that step
-    (``loss_name`` says which). An image that stopped early keeps its last
+    (``loss_name`` says which; None for an attack that records none, whose
+    history stays empty). An image that stopped early keeps its last
     value; when batches stop after different numbers of steps, the later
     steps average over the batches that reached them.
     """
@@ -255,7 +256,7 @@ class Attack:
     name = "attack"
     norm = "linf"
     minimal = False
-    loss_name = "loss"
+    loss_name: str | None = None
 
     def __init__(self, model: fastconv.Model, batch_size: int = 256) -> None:
         if not hasattr(model, "forward") or not hasattr(model, "backward"):

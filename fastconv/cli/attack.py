@@ -139,7 +139,7 @@ def cmd_attack(args):
     if args.eps is None and method not in ("iterative",) and not A.ATTACKS[method].minimal:
         raise ValueError(f"--eps is required for {method} (the size of the perturbation in [0, 1] pixels)")
     attack = A.make_attack(method, model, **_attack_options(args, method))
-    if args.plot_loss and attack.loss_name == A.Attack.loss_name:
+    if args.plot_loss and attack.loss_name is None:
         raise ValueError(f"--plot-loss: {method} records no per-step objective to draw")
     if args.start == "noise":
         classes = C.meta_classes(model)
