@@ -36,8 +36,10 @@ it is decided.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -174,6 +176,25 @@ def _random_start(x: np.ndarray, eps: float, rng: np.random.Generator) -> np.nda
 # ------------------------------------------------------------------ APGD
 
 
+# A run attacks the images at the given indices: (x_adv for them, which succeeded).
+Run = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+def _until_broken(x: np.ndarray, runs: Iterable[Run]) -> np.ndarray:
+    """Apply ``runs`` in turn, each to the images the ones before left
+    unbroken; an image keeps the first successful result, or else the last
+    run's. Restarts and AutoAttack's targets are all this loop."""
+    x_adv = x.copy()
+    left = np.arange(x.shape[0])
+    for run in runs:
+        if left.size == 0:
+            break
+        result, found = run(left)
+        x_adv[left] = result
+        left = left[~found]
+    return x_adv
+
+
 def apgd_checkpoints(steps: int) -> list[int]:
     """The iterations at which APGD decides whether to halve its step:
     w_j = ceil(p_j * steps) with p_0 = 0, p_1 = 0.22 and
@@ -290,18 +311,13 @@ class APGD(A.Attack):
     def _attack(self, pixels: A._PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
                 rng: np.random.Generator) -> np.ndarray:
         labels = y if y is not None else pixels.logits(x).argmax(axis=1).astype(np.intp)
-        x_adv = x.copy()
-        left = np.arange(x.shape[0])
-        for _ in range(self.restarts):
-            if left.size == 0:
-                break
+
+        def run(left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             xs, ys, ts = x[left], labels[left], None if target is None else target[left]
-            result, found = _apgd_run(pixels, xs, _random_start(xs, self.eps, rng), self._objective(ys, ts),
-                                      functools.partial(_reached, y=ys, target=ts),
-                                      self.eps, self.steps, self.rho)
-            x_adv[left] = result
-            left = left[~found]
-        return x_adv
+            return _apgd_run(pixels, xs, _random_start(xs, self.eps, rng), self._objective(ys, ts),
+                             functools.partial(_reached, y=ys, target=ts), self.eps, self.steps, self.rho)
+
+        return _until_broken(x, itertools.repeat(run, self.restarts))
 
 
 class APGDDLR(APGD):
@@ -343,26 +359,19 @@ class APGDT(A.Attack):
         labels = y if y is not None else clean.argmax(axis=1).astype(np.intp)
         if clean.shape[1] < 4:
             raise ValueError(f"APGD-T's loss needs at least 4 classes; this model has {clean.shape[1]}")
-        x_adv = x.copy()
         if target is not None:
             goals = [target]
         else:
             goals = [_ranked_classes(clean, rank) for rank in range(2, min(self.targets + 1, clean.shape[1]) + 1)]
-        left = np.arange(x.shape[0])
-        for goal in goals:
-            for _ in range(self.restarts):
-                if left.size == 0:
-                    return x_adv
-                xs, ys, ts = x[left], labels[left], goal[left]
-                aim = ts if target is not None else None
-                result, found = _apgd_run(
-                    pixels, xs, _random_start(xs, self.eps, rng),
-                    functools.partial(targeted_dlr_loss, y=ys, target=ts),
-                    functools.partial(_reached, y=ys, target=aim),
-                    self.eps, self.steps, self.rho)
-                x_adv[left] = result
-                left = left[~found]
-        return x_adv
+
+        def run(left: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            xs, ys, ts = x[left], labels[left], goal[left]
+            aim = ts if target is not None else None
+            return _apgd_run(pixels, xs, _random_start(xs, self.eps, rng),
+                             functools.partial(targeted_dlr_loss, y=ys, target=ts),
+                             functools.partial(_reached, y=ys, target=aim), self.eps, self.steps, self.rho)
+
+        return _until_broken(x, (functools.partial(run, goal=goal) for goal in goals for _ in range(self.restarts)))
 
 
 # ------------------------------------------------------------------ FAB
@@ -614,15 +623,11 @@ class Square(A.Attack):
     def _attack(self, pixels: A._PixelModel, x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None,
                 rng: np.random.Generator) -> np.ndarray:
         labels = y if y is not None else pixels.logits(x).argmax(axis=1).astype(np.intp)
-        x_adv = x.copy()
-        left = np.arange(x.shape[0])
-        for _ in range(self.restarts):
-            if left.size == 0:
-                break
-            result, found = self._run(pixels, x[left], labels[left], None if target is None else target[left], rng)
-            x_adv[left] = result
-            left = left[~found]
-        return x_adv
+
+        def run(left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self._run(pixels, x[left], labels[left], None if target is None else target[left], rng)
+
+        return _until_broken(x, itertools.repeat(run, self.restarts))
 
 
 # ------------------------------------------------------------------ the standard sequence
