@@ -108,6 +108,30 @@ def fit_briefly():
 
 
 @pytest.fixture(scope="module")
+def mnist():
+    """The MNIST sample bundled with the package."""
+    from fastconv.data import load_dataset
+
+    return load_dataset("mnist-sample")
+
+
+@pytest.fixture(scope="module")
+def digit_model(mnist, fit_briefly):
+    """tests/nets.py's digit net trained for 200 steps on the MNIST sample,
+    once per module (tests may change it; each module starts from the same)."""
+    from nets import digit_net
+
+    from fastconv.analysis import Normalizer
+
+    model = digit_net()
+    normalize = Normalizer.from_model(model)
+    fit_briefly(model, normalize(mnist.x_train[:4000]), mnist.y_train[:4000], steps=200, lr=3e-3)
+    accuracy = np.mean(model.predict(normalize(mnist.x_test[:300])).argmax(axis=1) == mnist.y_test[:300])
+    assert accuracy > 0.85, f"the digit model did not learn (accuracy {accuracy})"
+    return model
+
+
+@pytest.fixture(scope="module")
 def torch():
     torch = pytest.importorskip("torch", reason="PyTorch is the oracle of this test (pip install fastconv[test])")
     # one thread: the oracle's small ops are far slower when its pool competes for a busy machine

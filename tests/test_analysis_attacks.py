@@ -8,32 +8,20 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nets import MNIST_MEAN, MNIST_NORMALIZATION, MNIST_STD, digit_net
 
 import fastconv.analysis as fa
 from fastconv.analysis.attacks import methods as A
 from fastconv.data import load_dataset
-from fastconv.nn import layers as L
 from fastconv.nn import losses
 from fastconv.nn.losses import softmax
 from fastconv.nn.model import Sequential
 
-MEAN, STD = 0.1307, 0.3081
-NORMALIZATION = {"mean": [MEAN], "std": [STD], "scale": 255.0}
+NORMALIZATION = MNIST_NORMALIZATION
+MEAN, STD = MNIST_MEAN, MNIST_STD
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
-
-
-def small_net(seed=0, dtype=np.float32):
-    """conv 8 - ReLU - pool - conv 16 - ReLU - pool - linear 10, for 28x28 digits."""
-    rng = np.random.default_rng(seed)
-    model = Sequential([
-        L.Conv2d(1, 8, 3, padding=1, seed=rng, dtype=dtype), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(8, 16, 3, padding=1, seed=rng, dtype=dtype), L.ReLU(), L.MaxPool2d(2),
-        L.Flatten(), L.Linear(16 * 7 * 7, 10, seed=rng, dtype=dtype),
-    ])
-    model.meta["normalization"] = dict(NORMALIZATION)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +36,7 @@ def trained(digits, fit_briefly):
     """The small net trained briefly on the MNIST sample, on normalized inputs
     (so every attack has to apply model.meta's normalization itself)."""
     x, y, x_test, y_test = digits
-    model = fit_briefly(small_net(), (x - MEAN) / STD, y, steps=200, lr=3e-3)
+    model = fit_briefly(digit_net(), (x - MEAN) / STD, y, steps=200, lr=3e-3)
     accuracy = np.mean(A.predict_pixels(model, x_test[:500]).argmax(axis=1) == y_test[:500])
     assert accuracy > 0.9, f"the small net did not learn (accuracy {accuracy})"
     return model
@@ -97,7 +85,7 @@ def test_fgsm_is_its_closed_form(trained, correct_images, targeted):
 
 
 def test_loss_gradient_matches_finite_differences():
-    model = small_net(seed=4, dtype=np.float64).eval()
+    model = digit_net(seed=4, dtype=np.float64).eval()
     x = random_images(2, seed=1, dtype=np.float64)
     y = np.array([3, 7])
     grad = A.loss_gradient(model, x, y)
@@ -120,7 +108,7 @@ def test_loss_gradient_matches_finite_differences():
 @given(eps=st.floats(0.0, 0.5), steps=st.integers(1, 4), seed=st.integers(0, 100),
        norm=st.sampled_from(["linf", "l2"]))
 def test_pgd_stays_in_the_eps_ball_and_in_pixel_range(eps, steps, seed, norm):
-    model = small_net(seed=seed % 3).eval()
+    model = digit_net(seed=seed % 3).eval()
     x = random_images(3, seed=seed)
     if norm == "linf":
         x_adv = A.PGD(model, eps=eps, steps=steps, alpha=0.2, seed=seed)(x)
@@ -158,7 +146,7 @@ def test_iterative_attack_stops_each_image_once_it_is_confident(trained, correct
 
 def test_attacks_leave_the_model_as_they_found_it(correct_images):
     x, y = correct_images
-    model = small_net(seed=2)
+    model = digit_net(seed=2)
     model.train()
     before = {k: g.copy() for k, g in model.gradients().items()}
     for attack in (A.PGD(model, eps=0.1, steps=2), A.DeepFool(model, steps=2), A.CarliniWagnerL2(model, steps=2)):
@@ -334,7 +322,7 @@ def test_attack_report_and_transfer(trained, correct_images):
         fa.attack_report(trained, x[:2], x_adv[:2], [3, 10])
     same = fa.transfer(A.PGD(trained, eps=0.3, steps=10), trained, x, y)
     assert same["transfer_rate"] == 1.0 or same["transferable"] == 0
-    untrained = small_net(seed=9)
+    untrained = digit_net(seed=9)
     other = fa.transfer(A.PGD(trained, eps=0.3, steps=10), untrained, x, y)
     assert 0 <= other["transfer_rate"] <= 1 and other["source"]["success_rate"] == report["success_rate"]
 
@@ -358,7 +346,7 @@ def test_adversarial_training_hook_replaces_part_of_each_batch(digits):
 
     from fastconv.data import Normalize
 
-    model = small_net(seed=1)
+    model = digit_net(seed=1)
     hook = Recorder("pgd", eps=0.2, fraction=0.5, steps=2)
     trainer = Trainer(model, optim.Adam(model, lr=1e-3), batch_size=32, normalize=Normalize([MEAN], [STD]),
                       log=None, progress=False, adversarial=hook)
@@ -380,7 +368,7 @@ def test_distillation_masks_the_gradient_but_not_the_logits(trained, digits, cor
     teacher.meta["normalization"] = dict(NORMALIZATION)
     for value in teacher.layer("fc1").params.values():
         value *= temperature
-    _, student = fa.defensive_distillation(lambda: small_net(seed=3), x[:1500], y[:1500], teacher=teacher,
+    _, student = fa.defensive_distillation(lambda: digit_net(seed=3), x[:1500], y[:1500], teacher=teacher,
                                            temperature=temperature, epochs=1, batch_size=32, lr=1e-2)
     x_test, y_test = correct_images
     right = A.predict_pixels(student, x_test).argmax(axis=1) == y_test
@@ -397,7 +385,7 @@ def test_distillation_masks_the_gradient_but_not_the_logits(trained, digits, cor
 def test_jacobian_augmentation_and_substitute_bookkeeping(trained, digits):
     _, _, x_test, _ = digits
     seed_images = x_test[100:130]
-    substitute = small_net(seed=6).eval()
+    substitute = digit_net(seed=6).eval()
     labels = np.arange(30) % 10
     augmented = fa.jacobian_augmentation(substitute, seed_images, labels, step=0.1)
     logits = substitute.forward(((seed_images - MEAN) / STD).astype(np.float32))
@@ -410,13 +398,13 @@ def test_jacobian_augmentation_and_substitute_bookkeeping(trained, digits):
         asked.append(len(images))
         return A.predict_pixels(trained, images).argmax(axis=1)
 
-    model, info = fa.train_substitute(victim, seed_images, lambda: small_net(seed=7), rounds=3, epochs=2)
+    model, info = fa.train_substitute(victim, seed_images, lambda: digit_net(seed=7), rounds=3, epochs=2)
     assert info["set_sizes"] == [30, 60, 120]
     assert info["queries"] == sum(asked) == 120
     assert len(info["agreement"]) == 3 and all(0 <= a <= 1 for a in info["agreement"])
     assert isinstance(model, Sequential)
     # agreement measured on held-out images: the victim's answers there are not queries
-    model, info = fa.train_substitute(victim, seed_images[:10], lambda: small_net(seed=7), rounds=1, epochs=1,
+    model, info = fa.train_substitute(victim, seed_images[:10], lambda: digit_net(seed=7), rounds=1, epochs=1,
                                       x_check=seed_images[10:30])
     expected = np.mean(A.predict_pixels(model, seed_images[10:30]).argmax(axis=1) == victim(seed_images[10:30]))
     assert info["queries"] == 10 and info["agreement"] == [expected]

@@ -11,40 +11,11 @@ import fastconv.analysis as fa
 from fastconv.analysis.optimize import figures as OF
 from fastconv.analysis.optimize import parametrize as P
 from fastconv.analysis.optimize import style as S
-from fastconv.data import load_dataset
 from fastconv.nn import layers as L
 from fastconv.nn.losses import softmax
 from fastconv.nn.model import Sequential
 
 pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
-
-MNIST_META = {
-    "normalization": {"mean": [0.1307], "std": [0.3081], "scale": 255.0},
-    "input_shape": [1, 28, 28],
-    "classes": [str(i) for i in range(10)],
-}
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return load_dataset("mnist-sample")
-
-
-@pytest.fixture(scope="module")
-def digit_model(mnist, fit_briefly):
-    """A small conv net trained for a few hundred steps on the MNIST sample."""
-    rng = np.random.default_rng(0)
-    model = Sequential([
-        L.Conv2d(1, 8, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(8, 16, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Flatten(), L.Linear(16 * 7 * 7, 10, seed=rng),
-    ])
-    model.meta.update(MNIST_META)
-    normalize = fa.Normalizer.from_model(model)
-    fit_briefly(model, normalize(mnist.x_train[:4000]), mnist.y_train[:4000], steps=200, lr=3e-3)
-    accuracy = np.mean(model.predict(normalize(mnist.x_test[:300])).argmax(axis=1) == mnist.y_test[:300])
-    assert accuracy > 0.85, f"the digit model did not learn (accuracy {accuracy})"
-    return model
 
 
 def rgb_net(seed=3, dtype=np.float32):

@@ -10,7 +10,6 @@ from matplotlib.text import Text
 
 import fastconv.analysis as fa
 from fastconv.analysis.visualize import figures
-from fastconv.data import load_dataset
 from fastconv.nn import layers as L
 from fastconv.nn.model import Sequential
 
@@ -18,33 +17,6 @@ MNIST_NORMALIZATION = {"mean": [0.1307], "std": [0.3081], "scale": 255.0}
 
 
 pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return load_dataset("mnist-sample")
-
-
-def small_mnist_net(seed=0):
-    rng = np.random.default_rng(seed)
-    return Sequential([
-        L.Conv2d(1, 6, 5, padding=2, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(6, 12, 5, padding=2, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Flatten(), L.Linear(12 * 7 * 7, 10, seed=rng),
-    ])
-
-
-@pytest.fixture(scope="module")
-def digit_model(mnist, fit_briefly):
-    """A small conv net trained for a few hundred steps on the MNIST sample."""
-    model = small_mnist_net()
-    model.meta["normalization"] = dict(MNIST_NORMALIZATION)
-    model.meta["classes"] = list(mnist.classes)
-    normalize = fa.Normalizer.from_model(model)
-    fit_briefly(model, normalize(mnist.x_train[:4000]), mnist.y_train[:4000], steps=200, lr=2e-3)
-    accuracy = np.mean(model.predict(normalize(mnist.x_test[:300])).argmax(axis=1) == mnist.y_test[:300])
-    assert accuracy > 0.85, f"the digit model did not learn (accuracy {accuracy})"
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +117,11 @@ def test_receptive_field_box_holds_everything_the_unit_sees(digit_model, mnist):
     normalize = fa.Normalizer.from_model(digit_model)
     x = normalize(mnist.x_test[:1]).astype(np.float32)
     geo = fa.geometry(digit_model, "conv2")
-    assert geo.size == (14, 14) and geo.jump == (2, 2) and geo.start == (-6, -6)
+    # 3x3 (pad 1), 2x2 pool, 3x3 (pad 1): 3 + 1 + 2 * 2 = 8 pixels wide, starting 1 + 2 * 1 before
+    assert geo.size == (8, 8) and geo.jump == (2, 2) and geo.start == (-3, -3)
     i, j = 3, 4
     top, left, bottom, right = geo.box(i, j, (28, 28))
-    assert (top, left, bottom, right) == (0, 2, 14, 16)
+    assert (top, left, bottom, right) == (3, 5, 11, 13)
     before = digit_model.forward(x, until="conv2")[0, :, i, j]
     outside = x.copy()
     outside_mask = np.ones((28, 28), bool)
@@ -165,7 +138,7 @@ def test_effective_receptive_field_lies_within_the_theoretical_one(digit_model, 
     x = fa.Normalizer.from_model(digit_model)(mnist.x_test[:16])
     fields = fa.effective_receptive_field(digit_model, x, batch_size=5)
     assert [f.layer for f in fields] == ["conv1", "pool1", "conv2", "pool2"]
-    assert [f.theoretical for f in fields] == [(5, 5), (6, 6), (14, 14), (16, 16)]
+    assert [f.theoretical for f in fields] == [(3, 3), (4, 4), (8, 8), (10, 10)]
     for field in fields:
         t, l, b, r = field.box
         outside = np.ones(field.map.shape, bool)
@@ -204,7 +177,7 @@ def test_filter_tiles(digit_model, rgb_model):
     weights = fa.filters(digit_model)
     np.testing.assert_array_equal(weights, digit_model.layer("conv1").params["weight"])
     tiles = fa.filter_tiles(weights)
-    assert tiles.shape == (6, 5, 5)
+    assert tiles.shape == (8, 3, 3)
     np.testing.assert_allclose(tiles.min(axis=(1, 2)), 0)
     np.testing.assert_allclose(tiles.max(axis=(1, 2)), 1)
     rgb = fa.filter_tiles(fa.filters(rgb_model, "conv1"))
@@ -212,7 +185,7 @@ def test_filter_tiles(digit_model, rgb_model):
     # Scaling per filter keeps the order of each filter's weights.
     w = rgb_model.layer("conv1").params["weight"][2].transpose(1, 2, 0)
     np.testing.assert_array_equal(np.argsort(rgb[2], axis=None), np.argsort(w, axis=None))
-    with pytest.raises(ValueError, match="6"):
+    with pytest.raises(ValueError, match="8"):
         fa.filter_tiles(fa.filters(digit_model, "conv2"))
     with pytest.raises(ValueError, match="'relu1' is a ReLU"):
         fa.filters(digit_model, "relu1")
@@ -224,7 +197,7 @@ def test_codes_clusters_and_embeddings(digit_model, mnist):
     pytest.importorskip("sklearn", reason="scikit-learn is not installed")
     data, labels = mnist.x_test[:240], mnist.y_test[:240]
     codes = fa.layer_features(digit_model, data, "flatten1", batch_size=100)
-    assert codes.shape == (240, 588)
+    assert codes.shape == (240, 784)
     expected = digit_model.forward(fa.Normalizer.from_model(digit_model)(data[:3]), until="flatten1")
     np.testing.assert_allclose(codes[:3], expected, rtol=1e-6)
     groups = fa.cluster(codes, n_clusters=6, seed=0)
@@ -354,7 +327,7 @@ def test_figures_have_titles_class_names_and_colour_bars(digit_model, rgb_model,
     assert f"digit-{labels[top.indices[0]]}" in _texts(fig)
     fields = fa.effective_receptive_field(digit_model, x[:4])
     fig = figures.plot_receptive_fields(fields)
-    assert "theoretical 14x14" in _texts(fig) and _colorbars(fig) == 1
+    assert "theoretical 8x8" in _texts(fig) and _colorbars(fig) == 1
     fig = figures.plot_filters(digit_model)
     assert "conv1" in _texts(fig) and _colorbars(fig) == 1
     fig = figures.plot_filters(digit_model, "conv2", channels=[0, 5])

@@ -11,7 +11,6 @@ from fastconv import cli
 from fastconv.analysis.optimize import atlas as AT
 from fastconv.analysis.optimize import cppn as CP
 from fastconv.analysis.optimize import parametrize as P
-from fastconv.data import load_dataset
 from fastconv.nn import layers as L
 from fastconv.nn.graph import Add, Graph
 from fastconv.nn.model import Sequential
@@ -19,27 +18,6 @@ from fastconv.nn.model import Sequential
 pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
 
 META = {"normalization": {"mean": [0.1307], "std": [0.3081], "scale": 255.0}, "input_shape": [1, 12, 12]}
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return load_dataset("mnist-sample")
-
-
-@pytest.fixture(scope="module")
-def digit_model(mnist, fit_briefly):
-    rng = np.random.default_rng(0)
-    model = Sequential([
-        L.Conv2d(1, 8, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(8, 16, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Flatten(), L.Linear(16 * 7 * 7, 10, seed=rng),
-    ])
-    model.meta.update({**META, "input_shape": [1, 28, 28], "classes": [str(i) for i in range(10)]})
-    normalize = fa.Normalizer.from_model(model)
-    fit_briefly(model, normalize(mnist.x_train[:4000]), mnist.y_train[:4000], steps=150, lr=3e-3)
-    accuracy = np.mean(model.predict(normalize(mnist.x_test[:300])).argmax(axis=1) == mnist.y_test[:300])
-    assert accuracy > 0.8, f"the digit model did not learn (accuracy {accuracy})"
-    return model
 
 
 def chain(dtype=np.float64):

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from nets import MNIST_MEAN, MNIST_NORMALIZATION, MNIST_STD, digit_net
 
 import fastconv.analysis as fa
 from fastconv import cli
@@ -18,24 +19,12 @@ from fastconv.data import load_dataset
 from fastconv.nn import layers as L
 from fastconv.nn import losses
 from fastconv.nn.graph import Add, Graph
-from fastconv.nn.model import Sequential
 
-MEAN, STD = 0.1307, 0.3081
-NORMALIZATION = {"mean": [MEAN], "std": [STD], "scale": 255.0}
+NORMALIZATION = MNIST_NORMALIZATION
+MEAN, STD = MNIST_MEAN, MNIST_STD
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
-
-
-def small_sequential(seed=0):
-    rng = np.random.default_rng(seed)
-    model = Sequential([
-        L.Conv2d(1, 8, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Conv2d(8, 16, 3, padding=1, seed=rng), L.ReLU(), L.MaxPool2d(2),
-        L.Flatten(), L.Linear(16 * 7 * 7, 10, seed=rng),
-    ])
-    model.meta["normalization"] = dict(NORMALIZATION)
-    return model
 
 
 def small_graph(seed=0):
@@ -66,7 +55,7 @@ def digits():
 def trained(request, digits, fit_briefly):
     """A small network of each kind trained briefly on the MNIST sample, on normalized inputs."""
     x, y, x_test, y_test = digits
-    make = small_sequential if request.param == "sequential" else small_graph
+    make = digit_net if request.param == "sequential" else small_graph
     model = fit_briefly(make(), (x - MEAN) / STD, y, steps=150, lr=3e-3)
     accuracy = np.mean(A.predict_pixels(model, x_test[:300]).argmax(axis=1) == y_test[:300])
     assert accuracy > 0.85, f"the small {request.param} did not learn (accuracy {accuracy})"
@@ -272,7 +261,7 @@ def test_the_substitute_attack_transfers_above_chance(trained, digits):
     """Papernot et al.'s attack on a victim seen only through its labels: the
     substitute's FGSM examples fool the victim more often than random noise of the same size."""
     _, _, x_test, y_test = digits
-    substitute, info = fa.train_substitute(trained, x_test[1000:1150], lambda: small_sequential(seed=5), rounds=3,
+    substitute, info = fa.train_substitute(trained, x_test[1000:1150], lambda: digit_net(seed=5), rounds=3,
                                            epochs=4, batch_size=32, lr=3e-3)
     assert info["set_sizes"] == [150, 300, 600] and info["queries"] == 600
     x, y = x_test[:100], y_test[:100]

@@ -15,18 +15,12 @@ from fastconv.analysis.attribution import methods as A
 from fastconv.analysis.visualize import figures
 from fastconv.analysis.visualize.neighbors import nearest_neighbors
 from fastconv.analysis.visualize.projections import plot_unit_projections, unit_projections
-from fastconv.data import load_dataset
 from fastconv.models import mnist2, resnet20
 
 pytestmark = pytest.mark.usefixtures("numpy_backend_one_thread")
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MNIST_NORMALIZATION = {"mean": [0.1307], "std": [0.3081], "scale": 255.0}
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    return load_dataset("mnist-sample")
 
 
 @pytest.fixture(scope="module")
