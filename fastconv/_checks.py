@@ -218,11 +218,12 @@ def matching_shape(a: object, a_name: str, shape: Sequence[int], what: str) -> N
         raise ValueError(f"{a_name} has shape {a.shape}, expected {tuple(shape)} ({what})")
 
 
-def channel_epilogue(y: object, relu: object, scale: object, shift: object) -> bool:
-    """Check the arguments of conv2d_epilogue; returns relu as a bool."""
+def channel_epilogue(y: object, relu: object, scale: object, shift: object, in_place: bool = True) -> bool:
+    """Check the arguments of conv2d_epilogue (and, ``in_place`` False, the
+    epilogue part of epilogue_maxpool's); returns relu as a bool."""
     y = float_array(y, "y", 4)
     nonempty_batch(y, "y")
-    if not (y.flags.c_contiguous and y.flags.writeable and y.flags.aligned):
+    if in_place and not (y.flags.c_contiguous and y.flags.writeable and y.flags.aligned):
         raise ValueError("y must be a C-contiguous, aligned and writeable array: the epilogue works in place")
     relu = flag(relu, "relu")
     if (scale is None) != (shift is None):

@@ -113,6 +113,10 @@ cdef extern from "fastconv.h" nogil:
                                  int64_t channels, int64_t plane, int relu)
     void fc_channel_epilogue_f64(double *y, const double *scale, const double *shift, int64_t n_images,
                                  int64_t channels, int64_t plane, int relu)
+    void fc_epilogue_maxpool_f32(float *out, const float *y, const float *scale, const float *shift,
+                                 int64_t n_images, int64_t channels, const fc_window *g, int relu)
+    void fc_epilogue_maxpool_f64(double *out, const double *y, const double *scale, const double *shift,
+                                 int64_t n_images, int64_t channels, const fc_window *g, int relu)
     void fc_relu_forward_f32(float *y, const float *x, int64_t size)
     void fc_relu_forward_f64(double *y, const double *x, int64_t size)
     void fc_relu_backward_f32(float *dx, const float *dy, const float *y, int64_t size)

@@ -31,7 +31,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
-    "conv2d_epilogue",
+    "conv2d_epilogue", "epilogue_maxpool",
     "relu6_forward", "relu6_backward",
     "adam_update",
     "gelu_forward", "gelu_backward",
@@ -891,6 +891,40 @@ cdef void _epilogue_run(real kind, object y, object scale, object shift, int64_t
             fc_channel_epilogue_f32(py, ps, pt, n, c, plane, relu)
         else:
             fc_channel_epilogue_f64(py, ps, pt, n, c, plane, relu)
+
+
+def epilogue_maxpool(y, kernel_size, stride=None, padding=0, relu=False, scale=None, shift=None):
+    """A convolution's evaluation-mode output pass followed by a max-pool:
+    the max over each window (padded with -inf) of y (N, C, H, W) after
+    conv2d_epilogue's ReLU and affine map, in one read of y, which is left
+    unchanged; no argmax. The same values as conv2d_epilogue, then
+    maxpool2d_forward."""
+    cdef int do_relu = 1 if _checks.channel_epilogue(y, relu, scale, shift, in_place=False) else 0
+    geometry = _checks.pool_args(y, kernel_size, stride, padding)
+    cdef fc_window g = _window(y.shape[2], y.shape[3], geometry)
+    cdef int64_t n = y.shape[0], c = y.shape[1]
+    yc = _c_array(y)
+    out = _new((n, c, g.oh, g.ow), y.dtype)
+    sc = None if scale is None else _c_array(scale)
+    sh = None if shift is None else _c_array(shift)
+    if _is_single(yc):
+        _epilogue_maxpool_run(<float>0, out, yc, sc, sh, n, c, &g, do_relu)
+    else:
+        _epilogue_maxpool_run(<double>0, out, yc, sc, sh, n, c, &g, do_relu)
+    return out
+
+
+cdef void _epilogue_maxpool_run(real kind, object out, object y, object scale, object shift, int64_t n,
+                                int64_t c, const fc_window *g, int relu):
+    cdef real *po = <real *>_data(out)
+    cdef const real *py = <const real *>_data(y)
+    cdef const real *ps = <const real *>_data(scale)
+    cdef const real *pt = <const real *>_data(shift)
+    with nogil:
+        if real is float:
+            fc_epilogue_maxpool_f32(po, py, ps, pt, n, c, g, relu)
+        else:
+            fc_epilogue_maxpool_f64(po, py, ps, pt, n, c, g, relu)
 
 
 def relu6_forward(x):

@@ -49,7 +49,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward",
     "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
     "relu_forward", "relu_backward",
-    "conv2d_epilogue",
+    "conv2d_epilogue", "epilogue_maxpool",
     "relu6_forward", "relu6_backward",
     "adam_update",
     "gelu_forward", "gelu_backward",
@@ -342,6 +342,17 @@ def conv2d_epilogue(y, relu=False, scale=None, shift=None):
         y *= scale.reshape(1, -1, 1, 1)
         y += shift.reshape(1, -1, 1, 1)
     return y
+
+
+def epilogue_maxpool(y, kernel_size, stride=None, padding=0, relu=False, scale=None, shift=None):
+    # type: (np.ndarray, _IntOrPair, _IntOrPair | None, _IntOrPair, bool, Union[np.ndarray, None], Union[np.ndarray, None]) -> np.ndarray
+    """A convolution's evaluation-mode output pass followed by a max-pool:
+    conv2d_epilogue on a copy of y (N, C, H, W), then maxpool2d_forward's
+    values (no argmax). y is left unchanged."""
+    relu = _checks.channel_epilogue(y, relu, scale, shift, in_place=False)
+    _checks.pool_args(y, kernel_size, stride, padding)
+    return maxpool2d_forward(conv2d_epilogue(np.array(y, order="C"), relu, scale, shift),
+                             kernel_size, stride, padding)[0]
 
 
 def relu6_forward(x):

@@ -205,6 +205,12 @@ void fc_channel_epilogue_f32(float *y, const float *scale, const float *shift, i
                              int64_t channels, int64_t plane, int relu);
 void fc_channel_epilogue_f64(double *y, const double *scale, const double *shift, int64_t n_images,
                              int64_t channels, int64_t plane, int relu);
+/* out (n_images, channels, OH, OW) = the max-pool with window g of the
+ * epilogue's values of y (n_images, channels, H, W), y left unchanged. */
+void fc_epilogue_maxpool_f32(float *out, const float *y, const float *scale, const float *shift,
+                             int64_t n_images, int64_t channels, const fc_window *g, int relu);
+void fc_epilogue_maxpool_f64(double *out, const double *y, const double *scale, const double *shift,
+                             int64_t n_images, int64_t channels, const fc_window *g, int relu);
 
 /* relu.inc */
 void fc_relu_forward_f32(float *y, const float *x, int64_t size);

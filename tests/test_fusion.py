@@ -1,6 +1,6 @@
 """Evaluation-mode fusion (fastconv.nn.fuse): a convolution with the batch
-norm folded into it, and its ReLU and the batch norm after that in its
-output pass, against the same model run layer by layer."""
+norm folded into it, and its ReLU, the batch norm after that and a max-pool
+in its output pass, against the same model run layer by layer."""
 import copy
 
 import numpy as np
@@ -138,6 +138,129 @@ def test_epilogue_fuzz_never_crashes():
             except (TypeError, ValueError) as error:
                 outcomes.append(type(error))
         assert outcomes[0] == outcomes[1], (shape, dtype, c, scale, shift)
+
+
+# -- the epilogue with a max-pool -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu,affine", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("shape,window", [
+    ((2, 3, 8, 8), (2, None, 0)),      # the common 2x2 window, stride 2
+    ((1, 4, 7, 9), (2, None, 0)),      # odd planes: the last row and column are left out
+    ((2, 2, 6, 6), (3, 2, 1)),         # padded, overlapping windows
+    ((1, 3, 5, 4), ((2, 3), (1, 2), (1, 1))),
+    ((3, 1, 1, 1), (1, None, 0)),
+])
+def test_epilogue_maxpool_is_the_epilogue_then_the_max_pool(dtype, relu, affine, shape, window):
+    rng = np.random.default_rng(sum(shape))
+    y = rng.standard_normal(shape).astype(dtype)
+    y.flat[1 % y.size] = np.nan
+    c = shape[1]
+    scale = rng.uniform(-2, 2, c).astype(dtype) if affine else None
+    shift = rng.standard_normal(c).astype(dtype) if affine else None
+    before = y.copy()
+    expected, _ = reference.maxpool2d_forward(reference.conv2d_epilogue(y.copy(), relu, scale, shift), *window)
+    for module in (reference, _kernels):
+        got = module.epilogue_maxpool(y, *window, relu, scale, shift)
+        assert got.shape == expected.shape and got.dtype == dtype
+        np.testing.assert_allclose(got, expected, rtol=TOLERANCE[dtype] * 10)  # NaN where expected has NaN
+        np.testing.assert_array_equal(y, before)  # y is read, not changed
+    # Without the epilogue it is the max-pool of inference: the same bits as maxpool2d_forward's values.
+    np.testing.assert_array_equal(_kernels.epilogue_maxpool(y, *window), _kernels.maxpool2d_forward(y, *window)[0])
+
+
+def bad_epilogue_maxpool_calls():
+    y = np.zeros((2, 3, 4, 4), np.float32)
+    s = np.ones(3, np.float32)
+    return [
+        ((y.astype(np.float16), 2), {}, TypeError, "float32 or float64"),
+        ((y[0], 2), {}, ValueError, "4-D"),
+        ((y, 5), {}, ValueError, "5"),
+        ((y, 2, 0), {}, ValueError, "stride"),
+        ((y, 2), {"relu": 1}, TypeError, "relu must be a bool"),
+        ((y, 2), {"scale": s}, ValueError, "scale and shift go together"),
+        ((y, 2), {"scale": s, "shift": np.ones(4, np.float32)}, ValueError, "shift has shape (4,)"),
+        ((y, 2), {"scale": s.astype(np.float64), "shift": s}, TypeError, "scale has dtype float64"),
+    ]
+
+
+@pytest.mark.parametrize("module", [reference, _kernels], ids=["numpy", "compiled"])
+@pytest.mark.parametrize("case", range(len(bad_epilogue_maxpool_calls())))
+def test_epilogue_maxpool_refuses_bad_arguments_with_one_clear_error(module, case):
+    args, kwargs, error, message = bad_epilogue_maxpool_calls()[case]
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        module.epilogue_maxpool(*args, **kwargs)
+
+
+def test_a_read_only_or_strided_input_is_pooled_like_a_contiguous_one():
+    y = np.random.default_rng(0).standard_normal((2, 3, 8, 10)).astype(np.float32)
+    strided = y[:, :, :, ::2]
+    read_only = y.copy()
+    read_only.flags.writeable = False
+    for module in (reference, _kernels):
+        np.testing.assert_array_equal(module.epilogue_maxpool(strided, 2, relu=True),
+                                      module.epilogue_maxpool(np.ascontiguousarray(strided), 2, relu=True))
+        np.testing.assert_array_equal(module.epilogue_maxpool(read_only, 2), module.epilogue_maxpool(y, 2))
+
+
+def pooled_chain(dtype, seed=0):
+    """The groups that end in a max-pool: conv-ReLU-BN-pool (cifar6's), conv-BN-ReLU-pool on an
+    odd plane, conv-pool with a padded 3x3 window, conv-ReLU-pool (mnist2's)."""
+    rng = np.random.default_rng(seed)
+    model = Sequential(
+        ("c1", layers.Conv2d(3, 4, 3, padding=1, dtype=dtype, seed=rng)),
+        ("r1", layers.ReLU()),
+        ("b1", layers.BatchNorm2d(4, dtype=dtype)),
+        ("p1", layers.MaxPool2d(2)),
+        ("c2", layers.Conv2d(4, 5, 2, dtype=dtype, seed=rng)),
+        ("b2", layers.BatchNorm2d(5, dtype=dtype)),
+        ("r2", layers.ReLU()),
+        ("p2", layers.MaxPool2d(2)),
+        ("c3", layers.Conv2d(5, 6, 3, padding=1, dtype=dtype, seed=rng)),
+        ("p3", layers.MaxPool2d(3, stride=2, padding=1)),
+        ("c4", layers.Conv2d(6, 6, 1, dtype=dtype, seed=rng)),
+        ("r4", layers.ReLU()),
+        ("p4", layers.MaxPool2d(2)),
+        ("flat", layers.Flatten()),
+        ("fc", layers.Linear(6, 3, dtype=dtype, seed=rng)),
+    )
+    return randomize_batch_norms(model, rng)
+
+
+def test_the_plan_takes_the_max_pool_into_the_group():
+    model = pooled_chain(np.float64).eval()
+    groups = list(fuse.plan(model).groups.values())
+    assert [g.names for g in groups] == [("c1", "r1", "b1", "p1"), ("c2", "b2", "r2", "p2"), ("c3", "p3"),
+                                         ("c4", "r4", "p4")]
+    assert all(g.pool is model.layer(g.names[-1]) for g in groups)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooled_groups_equal_the_unfused_model(backend, dtype):
+    model = pooled_chain(dtype)
+    x = inputs((3, 3, 16, 16), dtype)
+    assert_close(model.predict(x, batch_size=2), unfused(model, x), dtype)
+
+
+def test_a_pool_that_does_not_fit_is_the_unfused_error():
+    model = Sequential(("conv", layers.Conv2d(1, 2, 3, dtype=np.float64)), ("pool", layers.MaxPool2d(4)))
+    x = inputs((1, 1, 4, 4), np.float64)  # the convolution's 2x2 output is smaller than the window
+    messages = []
+    for fusion in (True, False):
+        model.inference_fusion = fusion
+        with pytest.raises(ValueError) as caught:
+            model.predict(x)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and "pool" in messages[0]
+
+
+def test_an_unfused_max_pool_infers_without_its_argmax():
+    pool = layers.MaxPool2d(2)
+    x = inputs((2, 3, 6, 6), np.float32)
+    inferred = pool.infer(x)
+    assert pool._cache is None  # nothing kept for a backward
+    np.testing.assert_array_equal(inferred, pool.forward(x))
 
 
 # -- which layers fuse -----------------------------------------------------------

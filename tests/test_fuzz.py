@@ -657,6 +657,13 @@ def fuzz_maxpool2d(data):
     assert_matches(argmax, argmax_ref)
     forward_argmax = argmax
 
+    # The max-pool of inference, alone and after a convolution's epilogue.
+    assert_matches(fast.epilogue_maxpool(*args), y)
+    relu = data.draw(st.booleans(), label="relu")
+    affine = () if not data.draw(st.booleans(), label="affine") else tuple(
+        draw_array(data, rng, (x.shape[1],), dtype, name, specials=False) for name in ("scale", "shift"))
+    assert_matches(fast.epilogue_maxpool(*args, relu, *affine), ref.epilogue_maxpool(*args, relu, *affine))
+
     dy = draw_array(data, rng, y.shape, dtype, "dy", specials=False)
     index_dtype = data.draw(st.sampled_from([np.int64, np.int32, np.uint16, np.intp]), label="argmax dtype")
     if argmax.size and argmax.min() >= 0 and argmax.max() < np.iinfo(index_dtype).max:
@@ -912,7 +919,7 @@ BAD_GROUPS = (0, -2, 1.0, True, "1", None, (1,), np.float64(2.0), 2 ** 70)
 
 def valid_call(data, name):
     """(fast arguments, twin arguments, {position: kind}) of a valid call to name."""
-    pooling = name.startswith(("maxpool", "avgpool"))
+    pooling = name.startswith(("maxpool", "avgpool")) or name == "epilogue_maxpool"
     g = data.draw(geometries(pooling=pooling, plane=8), label="geometry")
     rng, dtype, c = g["rng"], g["dtype"], g["c"]
     x = random_values(rng, x_shape_of(g), dtype)
@@ -975,6 +982,9 @@ def valid_call(data, name):
         return (dy, cache), (dy, cache_ref), {0: "array", 1: "cache"}
     if name in ("relu_forward", "relu6_forward", "gelu_forward"):
         return (x,), (x,), {0: "array"}
+    if name == "epilogue_maxpool":
+        args = (x,) + geometry + (bool(rng.integers(2)), weight, bias)
+        return args, args, {0: "array", **geometry_kinds, 5: "array", 6: "array"}
     if name == "conv2d_epilogue":  # in place on y: each side gets its own copy
         fast_args = (x, bool(rng.integers(2)), weight, bias)
         ref_args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in fast_args)

@@ -205,6 +205,7 @@ def kernel_calls(dtype=np.float32):
         "batchnorm2d_backward": lambda: fast.batchnorm2d_backward(x, bn_cache),
         "relu_forward": lambda: fast.relu_forward(x),
         "conv2d_epilogue": lambda: fast.conv2d_epilogue(epilogue_y, True, ones, ones - 1),
+        "epilogue_maxpool": lambda: fast.epilogue_maxpool(epilogue_y, 2, None, 0, True, ones, ones - 1),
         "relu_backward": lambda: fast.relu_backward(x, relu_y),
         "relu6_forward": lambda: fast.relu6_forward(x),
         "relu6_backward": lambda: fast.relu6_backward(x, relu_y),

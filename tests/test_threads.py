@@ -142,6 +142,7 @@ def long_calls():
         "batchnorm2d_backward": lambda: fast.batchnorm2d_backward(x, bn_cache),
         "relu_forward": lambda: fast.relu_forward(big),
         "conv2d_epilogue": lambda: fast.conv2d_epilogue(big_y, True, None, None),
+        "epilogue_maxpool": lambda: fast.epilogue_maxpool(big_y, 2, None, 0, True),
         "relu_backward": lambda: fast.relu_backward(big, big_y),
         "relu6_forward": lambda: fast.relu6_forward(big),
         "relu6_backward": lambda: fast.relu6_backward(big, big_y),
@@ -477,6 +478,6 @@ def test_thread_determinism_covers_every_kernel():
                "batchnorm2d_forward_train", "batchnorm2d_forward_eval", "batchnorm2d_backward",
                "relu_forward", "relu_backward", "relu6_forward", "relu6_backward", "adam_update", "im2col",
                "col2im", "gelu_forward", "gelu_backward"}
-    # One element at a time with no sum across threads: the same bits on any thread count.
-    elementwise = {"conv2d_epilogue"}
+    # One element (or one window) at a time with no sum across threads: the same bits on any thread count.
+    elementwise = {"conv2d_epilogue", "epilogue_maxpool"}
     assert covered | elementwise == set(fast.KERNELS)

@@ -15,7 +15,10 @@ there can take over the layers that follow it, found by :func:`plan`:
   norm cannot be folded into the weights) run in the convolution's output
   pass, ``conv2d_epilogue``: the ReLU, then the batch norm's per-channel
   ``y * s + t``, in place on the convolution's output, with no array for
-  each layer.
+  each layer;
+* a ``MaxPool2d`` after those (or right after the convolution) joins that
+  pass, ``epilogue_maxpool``: the convolution's output is read once and
+  written pooled, without the argmax an unfused max-pool keeps for backward.
 
 The folded weights are a derived copy: the layers' own parameters are never
 changed, and ``forward`` and ``backward`` (in either mode, and so training
@@ -43,7 +46,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from fastconv import backend
-from fastconv.nn.layers import BatchNorm2d, Conv2d, ReLU, _blame
+from fastconv.nn.layers import BatchNorm2d, Conv2d, MaxPool2d, ReLU, _blame
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -79,8 +82,8 @@ class Group(NamedTuple):
 
     ``members`` are the node indices (in the model's order) and ``names``
     their names; ``folded`` is the batch norm folded into the weights,
-    ``relu`` whether a ReLU follows and ``affine`` the batch norm after it,
-    applied in the output pass.
+    ``relu`` whether a ReLU follows, ``affine`` the batch norm after it,
+    applied in the output pass, and ``pool`` the max-pool that ends it.
     """
 
     members: tuple[int, ...]
@@ -89,6 +92,7 @@ class Group(NamedTuple):
     folded: BatchNorm2d | None
     relu: bool
     affine: BatchNorm2d | None
+    pool: MaxPool2d | None
 
     def weights(self, store: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray | None]:
         """The convolution's weight and bias for this pass: its own, or the
@@ -117,8 +121,14 @@ class Group(NamedTuple):
         with _blame(self.names[0], conv):
             conv._check_input(x)
             y, _ = kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, conv.groups)
+        scale, shift = _bn_affine(self.affine) if self.affine is not None else (None, None)
+        if self.pool is not None:
+            pool = self.pool
+            with _blame(self.names[-1], pool):
+                pool._check_input(y)
+                return kernels.epilogue_maxpool(y, pool.kernel_size, pool.stride, pool.padding,
+                                                self.relu, scale, shift)
         if self.relu or self.affine is not None:
-            scale, shift = _bn_affine(self.affine) if self.affine is not None else (None, None)
             kernels.conv2d_epilogue(y, self.relu, scale, shift)
         return y
 
@@ -143,13 +153,18 @@ class InferencePlan:
 
 def _take(kind: str, members: list[int], conv: Conv2d, layers: Sequence[Layer],
           next_of: Callable[[int], int | None], taken: set[int]) -> Layer | None:
-    """The layer after ``members[-1]`` if it is of ``kind`` ("relu" or "bn")
-    and free to join the group (appended to ``members``), else None."""
+    """The layer after ``members[-1]`` if it is of ``kind`` ("relu", "bn" or
+    "pool") and free to join the group (appended to ``members``), else None."""
     j = next_of(members[-1])
     if j is None or j in taken or _hooked(layers[j]):
         return None
     candidate = layers[j]
-    fits = type(candidate) is ReLU if kind == "relu" else _bn_fits(candidate, conv)
+    if kind == "relu":
+        fits = type(candidate) is ReLU
+    elif kind == "pool":
+        fits = type(candidate) is MaxPool2d
+    else:
+        fits = _bn_fits(candidate, conv)
     if not fits:
         return None
     members.append(j)
@@ -170,11 +185,12 @@ def chain_groups(names: Sequence[str], layers: Sequence[Layer],
         folded = _take("bn", members, conv, layers, next_of, taken)
         relu = _take("relu", members, conv, layers, next_of, taken) is not None
         affine = _take("bn", members, conv, layers, next_of, taken) if relu else None
+        pool = _take("pool", members, conv, layers, next_of, taken)
         if len(members) == 1:
             continue
         taken.update(members)
         groups.append(Group(tuple(members), tuple(names[k] for k in members), conv,
-                            folded, relu, affine))  # type: ignore[arg-type]
+                            folded, relu, affine, pool))  # type: ignore[arg-type]
     return groups
 
 

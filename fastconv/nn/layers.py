@@ -292,10 +292,15 @@ class Layer:
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Forward pass without keeping the cache (inference); returns y."""
         self._check_input(x)
-        y = self._forward(x)[0]
+        y = self._infer(x)
         if self._forward_hooks:
             self._run_forward_hooks(x, y)
         return y
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        """The output alone, for ``infer``: ``_forward``'s, unless a layer has a
+        cheaper pass when nothing is kept for backward."""
+        return self._forward(x)[0]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Output y for input x, keeping what ``backward`` needs; ``layer(x)`` is the same call."""
@@ -741,6 +746,10 @@ class MaxPool2d(_Pool2d):
         kernels = backend.current()
         y, argmax = kernels.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return y, _MaxPoolCache(kernels, argmax, x.shape)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        # The same values without the argmax, which only backward reads.
+        return backend.current().epilogue_maxpool(x, self.kernel_size, self.stride, self.padding)
 
     def _backward(self, dy: np.ndarray, cache: _MaxPoolCache, need_dx: bool, param_grads: bool) -> np.ndarray | None:
         return cache.kernels.maxpool2d_backward(dy, cache.argmax, cache.x_shape) if need_dx else None
