@@ -1,10 +1,13 @@
 """Data-parallel scaling on one machine: training throughput and the time
 spent communicating, and the allreduce's latency and bandwidth.
 
-    mpiexec -n 1 python benchmarks/distributed_scaling.py steps --model cifar6 --threads 2
+    mpiexec --bind-to none -n 1 python benchmarks/distributed_scaling.py steps --model cifar6 --threads 2
     mpiexec -n 2 python benchmarks/distributed_scaling.py steps --model cifar6 --threads 1
     mpiexec -n 2 python benchmarks/distributed_scaling.py steps --model cifar6 --threads 1 --no-overlap
     mpiexec -n 2 python benchmarks/distributed_scaling.py allreduce
+
+(Open MPI binds one or two ranks to a core each: without ``--bind-to none``
+the one-rank, 2-thread run gets one core.)
 
 ``steps`` times training steps of a global batch (--batch) on random images:
 images per second, and per step the seconds spent waiting for the gradient

@@ -402,3 +402,21 @@ def test_distributed_viz_draws_the_one_process_figure_once(small_run, tmp_path, 
     two = mpirun(2, *fastconv_cli("viz", tool[0], str(small_run), *tool[1:], "--out", str(tmp_path / "two.png")))
     assert two.stdout.count("wrote ") == 1
     np.testing.assert_array_equal(imread(tmp_path / "two.png"), imread(tmp_path / "one.png"))
+
+
+def test_more_threads_than_the_cores_a_process_may_use_are_said(monkeypatch, capsys):
+    """A launcher that binds a process to one core (Open MPI does, for one
+    or two ranks) makes two threads take turns: the default then takes one,
+    and an explicit larger count is kept but warned about."""
+    from fastconv.cli.train import set_threads
+
+    before = fastconv.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    try:
+        assert set_threads(None) == 1
+        assert capsys.readouterr().err == ""
+        assert set_threads(2) == 2
+        err = capsys.readouterr().err
+        assert "2 threads" in err and "1 core" in err and "--bind-to none" in err
+    finally:
+        fastconv.set_num_threads(before)

@@ -98,14 +98,27 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2}
 
 
 def set_threads(threads):
-    """Set the kernels' threads: the number given, else all cores, or under
-    MPI the cores of this node divided among its ranks."""
+    """Set the kernels' threads: the number given, else the cores this
+    process may run on, divided among the ranks of its node under MPI.
+
+    A launcher may bind a process to fewer cores than the machine has (Open
+    MPI binds each rank to one core when it starts one or two): more
+    threads than those cores take turns on them, at the speed of one, so
+    that case is said on stderr."""
+    import sys
+
     import fastconv
-    from fastconv.train.distributed import default_threads, world
+    from fastconv.train.distributed import allowed_cores, default_threads, world
 
     comm = world()
-    if threads is None and comm.size > 1:
+    if threads is None:
         threads = default_threads(comm)
+    allowed = allowed_cores()
+    if threads > allowed and comm.is_root:
+        print(f"warning: {threads} threads, but this process may only run on {allowed} "
+              f"core{'' if allowed == 1 else 's'} (its CPU affinity): the threads will take turns. "
+              "Under mpiexec, launch with --bind-to none (or bind each rank to as many cores "
+              "as threads), or ask for fewer --threads.", file=sys.stderr, flush=True)
     return fastconv.set_num_threads(threads)
 
 

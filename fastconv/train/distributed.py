@@ -191,12 +191,18 @@ def world() -> Communicator:
     return _WORLD
 
 
+def allowed_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system
+    has one (a launcher or ``taskset`` may have narrowed it), else all."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads(comm: Communicator) -> int:
     """Kernel threads per rank: the cores this process may use divided among
     the ranks on its node, at least 1, so ranks x threads does not exceed
     the cores (a launcher that binds each rank to its cores has already
     divided them)."""
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allowed = allowed_cores()
     cores = os.cpu_count() or allowed
     if allowed < cores:
         return max(1, allowed)
