@@ -32,6 +32,10 @@ def _kernels() -> ModuleType:
 
 def _resolve(n: int | None) -> int:
     if n is None or n == -1:
+        # The cores this process may run on (taskset or an MPI launcher may
+        # have narrowed them), not the machine's: more threads would take turns.
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
         return os.cpu_count() or 1
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive int, None or -1, got {n!r}")
@@ -42,7 +46,8 @@ _blas_limits = None
 
 
 def set_num_threads(n: int | None = None) -> int:
-    """Use n threads in the C kernels and in BLAS (None or -1: all cores)."""
+    """Use n threads in the C kernels and in BLAS (None or -1: all the cores
+    this process may run on)."""
     global _blas_limits
     n = _resolve(n)
     _kernels().set_openmp_threads(n)
