@@ -27,12 +27,15 @@ import time
 import numpy as np
 
 import fastconv
-from fastconv.models import cifar6, mnist2, vgg16
+from fastconv.models import cifar6, mnist2, resnet50, vgg16
 from fastconv.nn.losses import CrossEntropyLoss
 from fastconv.optim import SGD
 from fastconv.train.distributed import GradientAverager, shard, world
 
-MODELS = {"mnist2": (mnist2, (1, 28, 28)), "cifar6": (cifar6, (3, 32, 32))}
+# The ImageNet nets give the cost model its compute per image for the large
+# gradients (a few images a step: --batch 2 or 4, --steps 3).
+MODELS = {"mnist2": (mnist2, (1, 28, 28)), "cifar6": (cifar6, (3, 32, 32)),
+          "resnet50": (resnet50, (3, 224, 224)), "vgg16": (vgg16, (3, 224, 224))}
 
 
 def steps(args: argparse.Namespace) -> None:
