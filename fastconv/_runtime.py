@@ -30,13 +30,18 @@ def _kernels() -> ModuleType:
     return backend._compiled()
 
 
+def allowed_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system
+    has one (``taskset`` or an MPI launcher may have narrowed it), else all.
+    More threads than these would only take turns on them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _resolve(n: int | None) -> int:
     if n is None or n == -1:
-        # The cores this process may run on (taskset or an MPI launcher may
-        # have narrowed them), not the machine's: more threads would take turns.
-        if hasattr(os, "sched_getaffinity"):
-            return len(os.sched_getaffinity(0))
-        return os.cpu_count() or 1
+        return allowed_cores()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive int, None or -1, got {n!r}")
     return n

@@ -108,7 +108,8 @@ def set_threads(threads):
     import sys
 
     import fastconv
-    from fastconv.train.distributed import allowed_cores, default_threads, world
+    from fastconv._runtime import allowed_cores
+    from fastconv.train.distributed import default_threads, world
 
     comm = world()
     if threads is None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from fastconv._runtime import allowed_cores
 from fastconv.nn.graph import Graph
 from fastconv.nn.layers import BatchNorm2d, Layer
 from fastconv.nn.model import Sequential
@@ -189,12 +190,6 @@ def world() -> Communicator:
                                        f"mpi4py is not installed: {INSTALL_HINT}") from None
             _WORLD = Communicator(MPI.COMM_WORLD)
     return _WORLD
-
-
-def allowed_cores() -> int:
-    """The cores this process may run on: its CPU affinity where the system
-    has one (a launcher or ``taskset`` may have narrowed it), else all."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_threads(comm: Communicator) -> int:
